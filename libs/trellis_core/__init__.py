@@ -1,0 +1,1 @@
+"""Trellis core: the bus messages, subjects, settings, logging and the embedded servers."""

@@ -1,0 +1,93 @@
+"""Every NATS subject and stream name, built in one place (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import re
+
+from trellis_core.errors import TrellisError
+
+PREFIX = "trellis"
+
+STREAM_RUNS = "TRELLIS_RUNS"
+STREAM_EVENTS = "TRELLIS_EVENTS"
+STREAM_WORK = "TRELLIS_WORK"
+STREAM_LOGS = "TRELLIS_LOGS"
+STREAM_DEADLETTER = "TRELLIS_DEADLETTER"
+
+KV_RUN_STATE = "trellis_run_state"
+KV_LEASES = "trellis_leases"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class InvalidSubjectToken(TrellisError):
+    """A tenant, run, pool or agent name that cannot be one subject token."""
+
+
+def token(value: str, what: str) -> str:
+    """Return `value` if it is safe as one subject token (no dots, wildcards or spaces)."""
+    if not _TOKEN.match(value):
+        raise InvalidSubjectToken(
+            f"{what} {value!r} cannot be used in a subject: use 1-128 letters, digits, '-' or '_'"
+        )
+    return value
+
+
+def activity_token(activity_id: str) -> str:
+    """Activity ids hold '/' (resource/vpc/plan); subjects get them with '/' as '~'."""
+    return token(activity_id.replace("/", "~"), "activity id")
+
+
+def runs_requested(tenant: str) -> str:
+    return f"{PREFIX}.{token(tenant, 'tenant')}.runs.requested"
+
+
+def run_event(tenant: str, run_id: str, kind: str) -> str:
+    """`kind` is the event's tag, e.g. `activity.completed` (two subject tokens)."""
+    return f"{PREFIX}.{token(tenant, 'tenant')}.run.{token(run_id, 'run id')}.{kind}"
+
+
+def run_events(tenant: str, run_id: str) -> str:
+    """Every event of one run."""
+    return f"{PREFIX}.{token(tenant, 'tenant')}.run.{token(run_id, 'run id')}.>"
+
+
+def all_run_events(tenant: str = "*") -> str:
+    t = tenant if tenant == "*" else token(tenant, "tenant")
+    return f"{PREFIX}.{t}.run.>"
+
+
+def work(tenant: str, pool: str, agent: str | None = None) -> str:
+    base = f"{PREFIX}.{token(tenant, 'tenant')}.work.{token(pool, 'pool')}"
+    return base if agent is None else f"{base}.{token(agent, 'agent id')}"
+
+
+def logs(tenant: str, run_id: str, activity_id: str) -> str:
+    return f"{PREFIX}.{token(tenant, 'tenant')}.logs.{token(run_id, 'run id')}.{activity_token(activity_id)}"
+
+
+def run_logs(tenant: str, run_id: str) -> str:
+    return f"{PREFIX}.{token(tenant, 'tenant')}.logs.{token(run_id, 'run id')}.>"
+
+
+def control(tenant: str, pool: str) -> str:
+    """Commands to the agents of one tenant's pool (cancel)."""
+    return f"{PREFIX}.{token(tenant, 'tenant')}.control.{token(pool, 'pool')}"
+
+
+def deadletter(original_subject: str) -> str:
+    return f"{PREFIX}.deadletter.{original_subject}"
+
+
+def store(query: str) -> str:
+    return f"{PREFIX}.store.{query}"
+
+
+# Stream name -> subjects it captures.
+STREAM_SUBJECTS: dict[str, list[str]] = {
+    STREAM_RUNS: [f"{PREFIX}.*.runs.>"],
+    STREAM_EVENTS: [f"{PREFIX}.*.run.>"],
+    STREAM_WORK: [f"{PREFIX}.*.work.>"],
+    STREAM_LOGS: [f"{PREFIX}.*.logs.>"],
+    STREAM_DEADLETTER: [f"{PREFIX}.deadletter.>"],
+}

@@ -1,0 +1,163 @@
+"""The compiled workflow: the activity DAG the compiler produces and the scheduler walks.
+
+This is the one definition of the compiled form of TEMPLATES.md (`trellis template compile
+--format json`); it travels inside the `run.compiled` event and, one activity at a time and
+rendered, inside the work items agents receive.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+ActivityKind = Literal["container", "http", "function", "approval"]
+Action = Literal["deploy", "destroy"]
+RunWhen = Literal["success", "failure", "always"]
+FailurePolicy = Literal["fail", "continue"]
+IacTool = Literal["opentofu", "terraform"]
+IacStage = Literal["init", "plan", "apply", "output", "destroy"]
+
+
+class _Spec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename="camel", omit_defaults=True):
+    """Base of every executor spec; the `type` tag names the variant."""
+
+
+class ContainerSpec(_Spec, tag="container"):
+    """Run a command to completion (pod, container or local process). Exit code decides success."""
+
+    image: str = ""
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    files: dict[str, str] = {}  # path (relative to the workspace, or absolute) -> base64 content
+    working_dir: str = ""
+    cpu_limit_milli: int | None = None
+    memory_limit_mb: int | None = None
+    success_condition: str = ""  # expression over exit_code; default: exit code 0
+
+
+class CheckoutSpec(_Spec, tag="checkout"):
+    """Clone repository@revision into the resource's workspace, keeping only `path` as the root."""
+
+    url: str
+    revision: str = ""
+    path: str = ""
+    username: str = ""
+    password: str = ""  # sensitive
+    ssh_key: str = ""  # sensitive
+    env: dict[str, str] = {}
+
+
+class IacSpec(_Spec, tag="iac"):
+    """One OpenTofu/Terraform stage in the resource's workspace."""
+
+    tool: IacTool
+    stage: IacStage
+    binary: str = ""  # default: `tofu` or `terraform`
+    image: str = ""
+    destroy: bool = False  # plan stage of a destroy run: `plan -destroy`
+    backend_configs: tuple[str, ...] = ()
+    var_files: tuple[str, ...] = ()
+    refresh: bool = True
+    lock: bool = True
+    env: dict[str, str] = {}  # TF_VAR_*, TRELLIS_VAR_*, the contexts' envs
+
+
+class HttpSpec(_Spec, tag="http"):
+    """One HTTP call. Success is an expression over `response` (default: 2xx)."""
+
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = {}
+    body: str = ""
+    verify_tls: bool = True
+    success_condition: str = ""
+
+
+class FunctionSpec(_Spec, tag="function"):
+    """A function served by a container image or at an endpoint, polled until it is done."""
+
+    image: str = ""
+    endpoint: str = ""
+    repeat_seconds: float = 15.0
+    until_seconds: float = 3600.0
+    invocation_timeout_seconds: float = 300.0
+    env: dict[str, str] = {}
+    cpu_limit_milli: int | None = None
+    memory_limit_mb: int | None = None
+
+
+class ApprovalSpec(_Spec, tag="approval"):
+    """Notify (an HTTP call carrying a signed callback URL), then wait for approve or reject."""
+
+    notify: HttpSpec | None = None
+    approvers: tuple[str, ...] = ()
+
+
+ActivitySpec = ContainerSpec | CheckoutSpec | IacSpec | HttpSpec | FunctionSpec | ApprovalSpec
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """Retries after a failure: `max_attempts` counts the first try. Backoff is exponential with jitter."""
+
+    max_attempts: int = 1
+    initial_backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    multiplier: float = 2.0
+
+
+class SkipConfig(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    condition: str = ""  # an expression; truthy skips the activity
+    skip_on_destroy: bool = False
+
+
+class TemplateRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    name: str
+    version: str = ""
+
+
+class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """One node of the DAG: what an agent runs, when it may run, and how failures are handled.
+
+    `when`: `success` — ready when every dependency succeeded (or failed with `onFailure:
+    continue`); `failure` — when every dependency is finished and at least one did not
+    succeed (otherwise skipped); `always` — when every dependency is finished.
+    `workspace`: activities sharing a workspace key run on the agent that ran the first of them.
+    Strings may still hold late-bound `$( )$` expressions (upstream outputs): the scheduler
+    renders them just before dispatch.
+    """
+
+    id: str
+    kind: ActivityKind
+    spec: ActivitySpec
+    resource: str = ""
+    stage: str = ""
+    depends_on: tuple[str, ...] = ()
+    when: RunWhen = "success"
+    on_failure: FailurePolicy = "fail"
+    agents: tuple[str, ...] = ("default",)
+    workspace: str = ""
+    timeout_seconds: float | None = None
+    retry: RetryPolicy = RetryPolicy()
+    execute_once: bool = False
+    skip: SkipConfig | None = None
+    inputs: dict[str, Any] = {}  # the resource's merged variables (TRELLIS_INPUTS)
+    sensitive: tuple[str, ...] = ()  # names of inputs/env entries whose values are masked
+
+
+class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """The compiled DAG of one run, activities in a stable topological order."""
+
+    environment: str
+    template: TemplateRef
+    action: Action
+    activities: tuple[Activity, ...]
+    warnings: tuple[str, ...] = ()
+    # Names for rendering late-bound expressions at dispatch: `environment` (name, id, variables),
+    # `run` (id, action, requested_by), `tenant`, `context`. An activity's own `inputs` become
+    # `variables`; upstream outputs become `resource`.
+    scope: dict[str, Any] = {}
+
+    def by_id(self) -> dict[str, Activity]:
+        return {a.id: a for a in self.activities}
