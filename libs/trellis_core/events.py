@@ -106,6 +106,7 @@ class RunQueued(Event, frozen=True, kw_only=True, tag="run.queued"):
 
 
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    """The scheduler took the run (it holds the environment's lock)."""
 
 
 class RunCancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
