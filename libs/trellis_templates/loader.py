@@ -1,0 +1,135 @@
+"""YAML files to plain values, keeping the file, line and column of every node."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+
+from trellis_templates.errors import Path, Problems, Source
+
+try:
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - libyaml missing
+    _Loader = yaml.SafeLoader
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class RawDocument:
+    """One YAML document as builtins, with where each of its nodes is."""
+
+    data: Any
+    source: Source
+    index: int = 0  # position of the document in its file
+
+
+class _Builder:
+    """Turns a composed node tree into builtins, recording 1-based positions by path."""
+
+    def __init__(self, file: str, problems: Problems) -> None:
+        self.file = file
+        self.problems = problems
+        self.positions: dict[Path, tuple[int, int]] = {}
+        self.keys: dict[Path, tuple[int, int]] = {}
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def source(self) -> Source:
+        return Source(self.file, self.positions, self.keys)
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        mark = node.start_mark
+        self.positions[path] = (mark.line + 1, mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int) or isinstance(key, bool):
+                    key = str(key)
+                child = (*path, key)
+                if key in out:
+                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                    self.keys[child] = (line, col)
+                    self.problems.error(self.source(), child, f"duplicate key {key!r}", key=True)
+                    continue
+                self.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = self.constructor.construct_object(node, deep=True)
+        return value
+
+
+def load_text(text: str, file: str, problems: Problems) -> list[RawDocument]:
+    """Every document of one YAML text; a syntax error becomes a problem at its position."""
+    documents: list[RawDocument] = []
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        problems.error(Source(file, {(): (line, col)}), (), f"YAML syntax error: {exc.problem or exc}")
+        return documents
+    except yaml.YAMLError as exc:
+        problems.error(Source(file), (), f"YAML error: {exc}")
+        return documents
+    for index, node in enumerate(nodes):
+        if node is None:
+            continue
+        builder = _Builder(file, problems)
+        try:
+            data = builder.build(node, ())
+        except yaml.constructor.ConstructorError as exc:
+            mark = exc.problem_mark
+            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+            problems.error(Source(file, {(): (line, col)}), (), f"YAML error: {exc.problem}")
+            continue
+        if data is None:
+            continue
+        documents.append(RawDocument(data, builder.source(), index))
+    return documents
+
+
+def _expand(paths: Iterable[str], problems: Problems) -> list[str]:
+    files: list[str] = []
+    for p in paths:
+        fs = FsPath(p)
+        if fs.is_dir():
+            found = sorted(str(f) for f in fs.rglob("*") if f.suffix in _YAML_SUFFIXES and f.is_file())
+            files.extend(found)
+        elif fs.is_file():
+            files.append(str(fs))
+        else:
+            problems.error(Source(p), (), f"no such file or directory: {p}")
+    return files
+
+
+def load_paths(paths: Sequence[str], problems: Problems) -> list[RawDocument]:
+    """Every document of the given files and of the YAML files under the given directories."""
+    documents: list[RawDocument] = []
+    for file in _expand(paths, problems):
+        try:
+            text = FsPath(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.error(Source(file), (), f"cannot read file: {exc}")
+            continue
+        documents.extend(load_text(text, os.path.normpath(file), problems))
+    return documents
+
+
+def read_sources(paths: Sequence[str], problems: Problems) -> list[tuple[str, str]]:
+    """(path, text) of every file a bundle is made of, for run requests."""
+    out: list[tuple[str, str]] = []
+    for file in _expand(paths, problems):
+        try:
+            out.append((os.path.normpath(file), FsPath(file).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.error(Source(file), (), f"cannot read file: {exc}")
+    return out

@@ -1,0 +1,259 @@
+"""Raw YAML values to document Structs, collecting every problem with its position and a hint."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import msgspec
+from msgspec import inspect as mi
+
+from trellis_templates.documents import API_VERSIONS, KINDS, RAFAY_API_VERSION, RAFAY_UNIMPLEMENTED, Document
+from trellis_templates.errors import Path, Problems, Source, closest
+from trellis_templates.loader import RawDocument
+
+_BAD = object()  # a value that failed validation
+_TYPE_NOUNS = {
+    "Hook": "hook type",
+    "Task": "task type",
+    "DriverConfig": "driver type",
+    "Override": "override type",
+    "NotificationOptions": "notification type",
+    "ApprovalOptions": "approval type",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDocument:
+    """A validated document and where it came from."""
+
+    document: Document
+    source: Source
+
+    @property
+    def kind(self) -> str:
+        return type(self.document).__name__
+
+
+@cache
+def _info(cls: type[msgspec.Struct]) -> mi.Type:
+    return mi.type_info(cls)
+
+
+def _type_name(t: mi.Type) -> str:
+    if isinstance(t, mi.Metadata):
+        return _type_name(t.type)
+    names = {
+        mi.StrType: "a string",
+        mi.IntType: "an integer",
+        mi.BoolType: "true or false",
+        mi.FloatType: "a number",
+        mi.ListType: "a list",
+        mi.DictType: "a mapping",
+        mi.StructType: "a mapping",
+        mi.NoneType: "null",
+        mi.AnyType: "any value",
+    }
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(str(v) for v in t.values)
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_type_name(m) for m in t.types if not isinstance(m, mi.NoneType))
+    return names.get(type(t), str(type(t).__name__))
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
+
+
+class _Walker:
+    def __init__(self, source: Source, problems: Problems, rafay: bool) -> None:
+        self.source = source
+        self.problems = problems
+        self.rafay = rafay
+        self.owner = ""
+
+    def wrong(self, path: Path, t: mi.Type, value: Any) -> object:
+        self.problems.error(self.source, path, f"expected {_type_name(t)}, got {_describe(value)}")
+        return _BAD
+
+    def walk(self, value: Any, t: mi.Type, path: Path, description: str = "") -> Any:
+        if isinstance(t, mi.Metadata):
+            desc = str((t.extra_json_schema or {}).get("description", ""))
+            return self.walk(value, t.type, path, desc)
+        if isinstance(t, mi.AnyType):
+            return value
+        if isinstance(t, mi.NoneType):
+            return None if value is None else self.wrong(path, t, value)
+        if isinstance(t, mi.UnionType):
+            return self.union(value, t, path, description)
+        if isinstance(t, mi.StrType):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str):
+                return self.wrong(path, t, value)
+            return self.string(value, t, path, description)
+        if isinstance(t, mi.BoolType):
+            return value if isinstance(value, bool) else self.wrong(path, t, value)
+        if isinstance(t, mi.IntType):
+            if not isinstance(value, int) or isinstance(value, bool):
+                return self.wrong(path, t, value)
+            return self.bounded(value, t, path)
+        if isinstance(t, mi.FloatType):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                return self.wrong(path, t, value)
+            return float(value)
+        if isinstance(t, mi.LiteralType):
+            return self.literal(value, t, path)
+        if isinstance(t, mi.ListType):
+            if not isinstance(value, list):
+                return self.wrong(path, t, value)
+            items = [self.walk(v, t.item_type, (*path, i)) for i, v in enumerate(value)]
+            return _BAD if any(i is _BAD for i in items) else items
+        if isinstance(t, mi.DictType):
+            if not isinstance(value, dict):
+                return self.wrong(path, t, value)
+            out = {str(k): self.walk(v, t.value_type, (*path, str(k))) for k, v in value.items()}
+            return _BAD if any(v is _BAD for v in out.values()) else out
+        if isinstance(t, mi.StructType):
+            return self.struct(value, t, path)
+        return value  # pragma: no cover - a type the documents do not use
+
+    def string(self, value: str, t: mi.StrType, path: Path, description: str) -> object:
+        too_long = t.max_length is not None and len(value) > t.max_length
+        too_short = t.min_length is not None and len(value) < t.min_length
+        if too_long or too_short or (t.pattern and not re.match(t.pattern, value)):
+            what = description or f"a string matching {t.pattern}"
+            self.problems.error(self.source, path, f"{value!r} is not valid here: expected {what}")
+            return _BAD
+        return value
+
+    def bounded(self, value: int, t: mi.IntType, path: Path) -> object:
+        if (t.ge is not None and value < t.ge) or (t.le is not None and value > t.le):
+            self.problems.error(self.source, path, f"{value} is out of range [{t.ge}, {t.le}]")
+            return _BAD
+        return value
+
+    def literal(self, value: Any, t: mi.LiteralType, path: Path) -> object:
+        if value in t.values:
+            return value
+        if isinstance(value, str):
+            for v in t.values:
+                if isinstance(v, str) and v.lower() == value.lower():
+                    return v
+        field = next((k for k in reversed(path) if isinstance(k, str)), "value")
+        if field == "type" and self.owner in _TYPE_NOUNS:
+            field = _TYPE_NOUNS[self.owner]
+        options = ", ".join(str(v) for v in t.values)
+        hint = closest(str(value), [str(v) for v in t.values]) if isinstance(value, str) else ""
+        self.problems.error(self.source, path, f"unknown {field} {value!r}: expected one of {options}", hint)
+        return _BAD
+
+    def union(self, value: Any, t: mi.UnionType, path: Path, description: str) -> object:
+        members = [m for m in t.types if not isinstance(m, mi.NoneType)]
+        if value is None and len(members) < len(t.types):
+            return None
+        if len(members) == 1:
+            return self.walk(value, members[0], path, description)
+        for member in members:
+            trial = _Walker(self.source, Problems(), self.rafay)
+            result = trial.walk(value, member, path, description)
+            if result is not _BAD and not trial.problems.errors:
+                self.problems.warnings.extend(trial.problems.warnings)
+                return result
+        return self.wrong(path, t, value)
+
+    def struct(self, value: Any, t: mi.StructType, path: Path) -> object:
+        if not isinstance(value, dict):
+            return self.wrong(path, t, value)
+        fields = {f.encode_name: f for f in t.fields}
+        tag_field = t.cls.__struct_config__.tag_field
+        rafay_only = RAFAY_UNIMPLEMENTED.get(t.cls, frozenset())
+        out: dict[str, Any] = {}
+        bad = False
+        for key, item in value.items():
+            child = (*path, key)
+            if key == tag_field:
+                out[key] = item
+                continue
+            field = fields.get(key) if isinstance(key, str) else None
+            if field is None:
+                if self.rafay and key in rafay_only:
+                    self.problems.warn(
+                        self.source,
+                        child,
+                        f"Rafay field {key!r} is not implemented by Trellis and is ignored",
+                        key=True,
+                    )
+                    continue
+                self.problems.error(
+                    self.source, child, f"unknown field {key!r}", closest(str(key), fields), key=True
+                )
+                bad = True
+                continue
+            self.owner = t.cls.__name__
+            result = self.walk(item, field.type, child)
+            if result is _BAD:
+                bad = True
+            else:
+                out[key] = result
+        for field in t.fields:
+            if field.required and field.encode_name not in value:
+                self.problems.error(self.source, path, f"missing required field {field.encode_name!r}")
+                bad = True
+        return _BAD if bad else out
+
+
+def parse_document(raw: RawDocument, problems: Problems) -> SourceDocument | None:
+    """Validate one raw document; every problem goes to `problems`; None when it has errors."""
+    data, source = raw.data, raw.source
+    if not isinstance(data, dict):
+        problems.error(source, (), f"a document must be a mapping, got {_describe(data)}")
+        return None
+    api, kind = data.get("apiVersion"), data.get("kind")
+    ok = True
+    if api not in API_VERSIONS:
+        where = ("apiVersion",) if "apiVersion" in data else ()
+        msg = f"unknown apiVersion {api!r}" if api is not None else "missing required field 'apiVersion'"
+        problems.error(source, where, msg, closest(str(api), API_VERSIONS) or f"use {API_VERSIONS[0]}")
+        ok = False
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        where = ("kind",) if "kind" in data else ()
+        msg = f"unknown kind {kind!r}" if kind is not None else "missing required field 'kind'"
+        problems.error(source, where, msg, closest(str(kind), KINDS) or "expected one of " + ", ".join(KINDS))
+        return None
+    before = len(problems.errors)
+    walker = _Walker(source, problems, rafay=api == RAFAY_API_VERSION)
+    cleaned = walker.walk(data, _info(cls), ())
+    if not ok or cleaned is _BAD or len(problems.errors) > before:
+        return None
+    try:
+        document: Document = msgspec.convert(cleaned, cls)  # type: ignore[assignment]
+    except msgspec.ValidationError as exc:  # a rule the walker does not mirror
+        problems.error(source, _path_of(str(exc)), str(exc).split(" - at ")[0])
+        return None
+    return SourceDocument(document, source)
+
+
+_SEGMENT = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")
+
+
+def _path_of(message: str) -> Path:
+    """msgspec's "... - at `$.spec.resources[0]`" to a path tuple."""
+    at = message.rpartition("at `$")[2].rstrip("`")
+    return tuple(int(m[1]) if m[1] else m[0] for m in _SEGMENT.finditer(at))
+
+
+def parse_documents(raws: list[RawDocument], problems: Problems) -> list[SourceDocument]:
+    return [d for raw in raws if (d := parse_document(raw, problems)) is not None]
