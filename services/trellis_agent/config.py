@@ -1,0 +1,85 @@
+"""The agent's own settings: which tenant and pool it serves and how it runs work.
+
+Built once at start-up from `TRELLIS_AGENT_*` variables (and the CLI flags that override them)
+beside the shared `trellis_core.settings.Settings`, then passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from trellis_core.errors import ConfigError
+from trellis_core.ids import uuid7
+
+ExecutorName = Literal["process", "kubernetes", "docker"]
+
+# Variables of the agent's own environment a local process inherits; nothing else leaks
+# (in particular not the agent's NATS credentials).
+DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SSL_CERT_FILE")
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Field `x_y` comes from `TRELLIS_AGENT_X_Y`."""
+
+    tenant: str = "default"
+    pool: str = "default"
+    agent_id: str = ""  # empty: a fresh uuid7-derived id per start
+    concurrency: int = 4
+    executor: ExecutorName = "process"
+    data_dir: Path = Path(".trellis/agent")
+    heartbeat_seconds: float = 2.0
+    log_flush_seconds: float = 0.25
+    log_chunk_bytes: int = 32 * 1024
+    kill_grace_seconds: float = 5.0
+    shutdown_grace_seconds: float = 30.0
+    inherit_env: tuple[str, ...] = DEFAULT_INHERITED_ENV
+    # Where a container executor mounts the workspace inside the container.
+    container_workspace: str = "/workspace"
+    # kubernetes executor
+    namespace: str = ""  # empty: the pod's own namespace (service account), else `default`
+    delete_pods: bool = True
+    workspace_storage: str = "1Gi"
+    storage_class: str = ""
+    service_account: str = ""
+    # docker executor
+    docker_socket: str = "/var/run/docker.sock"
+    remove_containers: bool = True
+    default_image: str = "busybox"  # used when a spec names no image
+    iac_image: str = ""  # image for OpenTofu/Terraform stages on container backends
+    git_binary: str = "git"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            var = f"TRELLIS_AGENT_{name.upper()}"
+            if var in env:
+                raw = env[var]
+                values[name] = tuple(p for p in raw.split(",") if p) if name == "inherit_env" else raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            config = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"TRELLIS_AGENT_*: {exc}") from None
+        if not config.agent_id:
+            config = msgspec.structs.replace(config, agent_id=f"agent-{uuid7()[-12:]}")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = [
+            ("concurrency", self.concurrency >= 1, "must be at least 1"),
+            ("heartbeat_seconds", self.heartbeat_seconds > 0, "must be greater than 0"),
+            ("log_flush_seconds", self.log_flush_seconds > 0, "must be greater than 0"),
+            ("log_chunk_bytes", self.log_chunk_bytes >= 256, "must be at least 256"),
+            ("kill_grace_seconds", self.kill_grace_seconds >= 0, "must not be negative"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"TRELLIS_AGENT_{name.upper()}={getattr(self, name)!r}: {why}")

@@ -1,0 +1,1 @@
+"""Executors: the backends that run one activity (process, docker, kubernetes, http, function, iac)."""

@@ -1,0 +1,206 @@
+"""What every executor is: `run(work, workspace, sink) -> Outcome`, plus the workspace layout.
+
+The agent does not know which backend it drives. Timeouts are applied once, here, by
+`execute`; cancellation is asyncio cancellation, and each executor cleans up what it started
+(process group, pod, container) before letting it propagate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from trellis_agent.sink import LogStream
+from trellis_core.events import WorkItem
+
+OutcomeStatus = Literal["succeeded", "failed"]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How an attempt ended. Cancellation is not an outcome: it is asyncio.CancelledError."""
+
+    status: OutcomeStatus
+    outputs: dict[str, Any] = {}
+    exit_code: int | None = None
+    reason: str = ""
+    retryable: bool = True
+    timed_out: bool = False
+
+    @classmethod
+    def succeeded(cls, outputs: dict[str, Any] | None = None, exit_code: int | None = None) -> Outcome:
+        return cls(status="succeeded", outputs=outputs or {}, exit_code=exit_code)
+
+    @classmethod
+    def failed(
+        cls, reason: str, *, exit_code: int | None = None, retryable: bool = True, timed_out: bool = False
+    ) -> Outcome:
+        return cls(
+            status="failed", reason=reason, exit_code=exit_code, retryable=retryable, timed_out=timed_out
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+class Sink(Protocol):
+    """Where an executor writes what it observes; `trellis_agent.sink.LogSink` is the real one."""
+
+    async def write(self, stream: LogStream, text: str) -> None: ...
+
+    async def system(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A resource run's working directory: `<data dir>/<tenant>/<run>/<workspace key>` on the agent.
+
+    `key` is the activity's workspace (or its id), made safe as one path segment; container
+    backends mount `root` (or a volume named after `volume_name`) at the container workspace.
+    """
+
+    root: Path
+    tenant: str
+    run_id: str
+    key: str
+
+    @classmethod
+    def for_work(cls, data_dir: Path, work: WorkItem) -> Workspace:
+        raw = work.activity.workspace or work.activity.id
+        key = raw.replace("/", "~")
+        if key in ("", ".", "..") or "\x00" in key:
+            key = "ws-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
+        root = (data_dir / work.tenant / work.run_id / key).resolve()
+        return cls(root=root, tenant=work.tenant, run_id=work.run_id, key=key)
+
+    @property
+    def control_dir(self) -> Path:
+        """Where the agent puts its per-attempt files (inputs, outputs) inside the workspace."""
+        return self.root / ".trellis"
+
+    @property
+    def volume_name(self) -> str:
+        """A DNS-1123 name for a volume/PVC holding this workspace (stable per resource run)."""
+        raw = f"trellis-ws-{self.run_id}-{self.key}".lower()
+        cleaned = "".join(c if c.isalnum() or c == "-" else "-" for c in raw).strip("-")
+        if len(cleaned) > 63:
+            digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+            cleaned = f"{cleaned[:54].rstrip('-')}-{digest}"
+        return cleaned
+
+    def prepare(self) -> None:
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass(frozen=True)
+class AttemptFiles:
+    """The files one attempt exchanges with its command, by host path and by workspace-relative name."""
+
+    inputs: Path
+    outputs: Path
+
+    @property
+    def inputs_rel(self) -> str:
+        return f".trellis/{self.inputs.name}"
+
+    @property
+    def outputs_rel(self) -> str:
+        return f".trellis/{self.outputs.name}"
+
+
+def attempt_files(work: WorkItem, workspace: Workspace) -> AttemptFiles:
+    """Write `TRELLIS_INPUTS` and clear a stale `TRELLIS_OUTPUTS` for this attempt."""
+    workspace.prepare()
+    stem = f"{work.activity.id.replace('/', '~')}.{work.attempt}"
+    files = AttemptFiles(
+        inputs=workspace.control_dir / f"{stem}.inputs.json",
+        outputs=workspace.control_dir / f"{stem}.outputs.json",
+    )
+    files.inputs.write_text(json.dumps(work.activity.inputs))
+    files.outputs.unlink(missing_ok=True)
+    return files
+
+
+def trellis_env(work: WorkItem, inputs: str, outputs: str) -> dict[str, str]:
+    """The variables every command gets, with the paths as the command sees them."""
+    return {
+        "TRELLIS_INPUTS": inputs,
+        "TRELLIS_OUTPUTS": outputs,
+        "TRELLIS_ACTION": work.action,
+        "TRELLIS_RUN_ID": work.run_id,
+        "TRELLIS_ACTIVITY_ID": work.activity.id,
+        "TRELLIS_TENANT": work.tenant,
+        "TRELLIS_ENVIRONMENT": work.environment,
+        "TRELLIS_ATTEMPT": str(work.attempt),
+    }
+
+
+def read_outputs(path: Path) -> dict[str, Any] | Outcome:
+    """The JSON object a command wrote to `$TRELLIS_OUTPUTS` ({} if none), or a failed Outcome."""
+    if not path.exists():
+        return {}
+    return parse_outputs(path.read_text(errors="replace"), where="$TRELLIS_OUTPUTS")
+
+
+def parse_outputs(text: str, *, where: str) -> dict[str, Any] | Outcome:
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Outcome.failed(f"{where} is not valid JSON: {exc}", retryable=False)
+    if not isinstance(value, dict):
+        return Outcome.failed(f"{where} must hold a JSON object, got {type(value).__name__}", retryable=False)
+    return value
+
+
+def write_spec_files(files: dict[str, str], workspace: Workspace, container_root: str) -> Outcome | None:
+    """Write `ContainerSpec.files` (base64) under the workspace; absolute paths must lie inside it."""
+    for name, content in files.items():
+        rel = PurePosixPath(name)
+        if rel.is_absolute():
+            try:
+                rel = rel.relative_to(container_root)
+            except ValueError:
+                return Outcome.failed(
+                    f"file {name!r} lies outside the workspace {container_root}", retryable=False
+                )
+        if ".." in rel.parts:
+            return Outcome.failed(f"file {name!r} climbs out of the workspace", retryable=False)
+        try:
+            data = base64.b64decode(content, validate=True)
+        except ValueError:
+            return Outcome.failed(f"file {name!r} is not valid base64", retryable=False)
+        target = workspace.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return None
+
+
+class Executor(Protocol):
+    """One backend. Returns an Outcome; raises CancelledError after cleaning up when cancelled."""
+
+    async def run(self, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome: ...
+
+
+async def execute(executor: Executor, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome:
+    """Run with the activity's timeout; a timeout cancels the executor (it cleans up) and fails."""
+    timeout = work.activity.timeout_seconds
+    if timeout is None or timeout <= 0:
+        return await executor.run(work, workspace, sink)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await executor.run(work, workspace, sink)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        await sink.system(f"timed out after {timeout:g}s")
+        return Outcome.failed(f"timed out after {timeout:g}s", timed_out=True)

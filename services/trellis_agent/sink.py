@@ -1,0 +1,203 @@
+"""The log sink executors write to: masks secrets, batches by time and size, numbers chunks.
+
+Chunks are sequence-numbered per activity attempt from 0 and published strictly in order; a chunk
+whose publish fails stays queued and is retried on the next flush, so a reader never sees a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal
+
+from trellis_core.events import ActivityLogChunk, WorkItem
+from trellis_core.workflow import Activity, CheckoutSpec
+
+LogStream = Literal["stdout", "stderr", "system"]
+Publish = Callable[[ActivityLogChunk], Awaitable[None]]
+
+MASK = "***"
+_MIN_SECRET_LEN = 3  # masking "a" or "1" everywhere would destroy the log and reveal nothing
+
+
+class Masker:
+    """Replaces every occurrence of any secret value (and of each line of a multi-line one)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        values: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= _MIN_SECRET_LEN:
+                values.add(secret)
+            if "\n" in secret:
+                values.update(ln.strip() for ln in secret.splitlines() if len(ln.strip()) >= 4)
+        ordered = sorted(values, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+
+    def mask(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def mask_value(self, value: Any) -> Any:
+        """Mask strings inside JSON-like values (outputs, reasons)."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, dict):
+            return {k: self.mask_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.mask_value(v) for v in value]
+        return value
+
+
+def sensitive_values(activity: Activity) -> list[str]:
+    """The values to mask: inputs and env entries named in `activity.sensitive`, git credentials."""
+    names = set(activity.sensitive)
+    found: list[str] = []
+    for name in names:
+        if name in activity.inputs:
+            value = activity.inputs[name]
+            found.append(value if isinstance(value, str) else json.dumps(value))
+    env: dict[str, str] = getattr(activity.spec, "env", {})
+    headers: dict[str, str] = getattr(activity.spec, "headers", {})
+    for mapping in (env, headers):
+        found.extend(v for k, v in mapping.items() if k in names)
+    if isinstance(activity.spec, CheckoutSpec):
+        found.extend(v for v in (activity.spec.password, activity.spec.ssh_key) if v)
+    return found
+
+
+class LogSink:
+    """Buffered, masked, ordered log chunks of one activity attempt.
+
+    Use as `async with LogSink(...) as sink:`; it owns one flusher task that publishes
+    whatever is buffered every `flush_seconds`, and flushes the rest on exit.
+    """
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        run_id: str,
+        activity_id: str,
+        attempt: int,
+        publish: Publish,
+        masker: Masker | None = None,
+        flush_seconds: float = 0.25,
+        chunk_bytes: int = 32 * 1024,
+    ) -> None:
+        self._ids = (tenant, run_id, activity_id, attempt)
+        self._publish = publish
+        self._masker = masker or Masker(())
+        self._flush_seconds = flush_seconds
+        self._chunk_bytes = chunk_bytes
+        self._buffer: list[tuple[LogStream, str]] = []
+        self._buffered = 0
+        self._pending: list[ActivityLogChunk] = []
+        self._sequence = 0
+        self._lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_work(cls, work: WorkItem, publish: Publish, **kwargs: Any) -> LogSink:
+        return cls(
+            tenant=work.tenant,
+            run_id=work.run_id,
+            activity_id=work.activity.id,
+            attempt=work.attempt,
+            publish=publish,
+            masker=Masker(sensitive_values(work.activity)),
+            **kwargs,
+        )
+
+    @property
+    def masker(self) -> Masker:
+        return self._masker
+
+    @property
+    def chunks_published(self) -> int:
+        return self._sequence - len(self._pending)
+
+    async def __aenter__(self) -> LogSink:
+        self._flusher = asyncio.create_task(self._flush_periodically(), name="log-sink-flusher")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def write(self, stream: LogStream, text: str) -> None:
+        """Queue `text` (masked); publishes at once when the buffer reaches the chunk size."""
+        if not text:
+            return
+        masked = self._masker.mask(text)
+        self._buffer.append((stream, masked))
+        self._buffered += len(masked.encode())
+        if self._buffered >= self._chunk_bytes:
+            await self.flush()
+
+    async def system(self, text: str) -> None:
+        """A line from the agent itself (pulling an image, pod scheduled, attempt 2 …)."""
+        await self.write("system", text if text.endswith("\n") else text + "\n")
+
+    async def flush(self) -> None:
+        async with self._lock:
+            self._pending.extend(self._chunks(self._take_buffer()))
+            while self._pending:
+                await self._publish(self._pending[0])
+                self._pending.pop(0)
+
+    def _take_buffer(self) -> list[tuple[LogStream, str]]:
+        buffer, self._buffer, self._buffered = self._buffer, [], 0
+        return buffer
+
+    def _chunks(self, buffer: list[tuple[LogStream, str]]) -> list[ActivityLogChunk]:
+        """Group consecutive writes of one stream, split at `chunk_bytes`, number them."""
+        chunks: list[ActivityLogChunk] = []
+        current: LogStream | None = None
+        parts: list[str] = []
+        size = 0
+
+        def close() -> None:
+            nonlocal parts, size
+            if parts and current is not None:
+                chunks.append(self._chunk(current, "".join(parts)))
+            parts, size = [], 0
+
+        for stream, text in buffer:
+            if stream != current or size + len(text.encode()) > self._chunk_bytes:
+                close()
+                current = stream
+            parts.append(text)
+            size += len(text.encode())
+        close()
+        return chunks
+
+    def _chunk(self, stream: LogStream, data: str) -> ActivityLogChunk:
+        tenant, run_id, activity_id, attempt = self._ids
+        chunk = ActivityLogChunk(
+            tenant=tenant,
+            run_id=run_id,
+            activity_id=activity_id,
+            attempt=attempt,
+            sequence=self._sequence,
+            stream=stream,
+            data=data,
+        )
+        self._sequence += 1
+        return chunk
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_seconds)
+            try:
+                await self.flush()
+            except Exception:  # the bus is away: keep the chunks queued and try again
+                continue
