@@ -179,15 +179,21 @@ def _compile(source: str) -> Expression:
     return Expression(source, ast, call, names, frozenset(_resource_refs(ast)))
 
 
+def _is_resource(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Name) and node.name == "resource"
+
+
 def _resource_refs(ast: nodes.Node) -> set[str]:
     found: set[str] = set()
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        base = node.node
-        if not (isinstance(base, nodes.Name) and base.name == "resource"):
-            continue
-        if isinstance(node, nodes.Getattr):
+        if isinstance(node, nodes.Getattr) and _is_resource(node.node):
             found.add(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        elif (
+            isinstance(node, nodes.Getitem)
+            and _is_resource(node.node)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
             found.add(node.arg.value)
     return found
 
