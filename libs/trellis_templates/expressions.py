@@ -266,14 +266,14 @@ def render(text: str, scope: Mapping[str, Any]) -> Any:
         return value
     out: list[str] = []
     for part in parsed.parts:
-        out.append(part if isinstance(part, str) else _text(part.evaluate(scope)))
+        out.append(part if isinstance(part, str) else text_of(part.evaluate(scope)))
     result = "".join(out)
     if len(result) > MAX_OUTPUT:
         raise ExpressionError(f"{text[:60]!r}: output longer than {MAX_OUTPUT} characters", text)
     return result
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict | list):

@@ -1,0 +1,121 @@
+"""An index of a bundle's documents: lookups by kind, name and version that report what is missing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from trellis_templates.documents import (
+    ConfigContext,
+    Document,
+    Driver,
+    Environment,
+    EnvironmentTemplate,
+    Repository,
+    ResourceTemplate,
+)
+from trellis_templates.errors import Path, Problems, Source, closest
+from trellis_templates.validate import SourceDocument
+
+D = TypeVar("D", bound=Document)
+_VERSIONED = (ResourceTemplate, EnvironmentTemplate, Driver)
+_NUMBER = re.compile(r"(\d+)")
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of free-form versions: v2 < v10, 0.3 < 0.10."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _NUMBER.split(version) if p)
+
+
+def doc_version(doc: Document) -> str:
+    return str(getattr(doc.spec, "version", "")) if isinstance(doc, _VERSIONED) else ""
+
+
+@dataclass(slots=True)
+class Bundle:
+    """Every document of a bundle by (kind, name) -> {version: document}."""
+
+    documents: list[SourceDocument]
+    by_kind: dict[str, dict[str, dict[str, SourceDocument]]] = field(default_factory=dict)
+
+    @classmethod
+    def index(cls, documents: Sequence[SourceDocument | Document], problems: Problems) -> Bundle:
+        docs = [d if isinstance(d, SourceDocument) else SourceDocument(d, Source()) for d in documents]
+        bundle = cls(docs)
+        for sd in docs:
+            kind, name, version = sd.kind, sd.document.metadata.name, doc_version(sd.document)
+            versions = bundle.by_kind.setdefault(kind, {}).setdefault(name, {})
+            if version in versions:
+                first = versions[version].source
+                where = f" (first at {first.file}:{first.at(('metadata', 'name'))[0]})" if first.file else ""
+                label = f"{kind} {name!r}" + (f" version {version!r}" if version else "")
+                problems.error(sd.source, ("metadata", "name"), f"duplicate {label}{where}")
+                continue
+            versions[version] = sd
+        return bundle
+
+    def names(self, kind: type[Any]) -> list[str]:
+        return sorted(self.by_kind.get(kind.__name__, {}))
+
+    def all(self, kind: type[D]) -> list[tuple[D, Source]]:
+        out: list[tuple[D, Source]] = []
+        for versions in self.by_kind.get(kind.__name__, {}).values():
+            for sd in versions.values():
+                out.append((sd.document, sd.source))  # type: ignore[arg-type]
+        return out
+
+    def find(
+        self,
+        kind: type[D],
+        name: str,
+        version: str,
+        problems: Problems,
+        where: tuple[Source | None, Path] | None,
+    ) -> tuple[D, Source] | None:
+        """The document `kind/name` at `version` (or the highest one), else a problem at `where`."""
+        versions = self.by_kind.get(kind.__name__, {}).get(name)
+        source, path = where if where else (None, ())
+        if not versions:
+            problems.error(
+                source,
+                path,
+                f"{kind.__name__} {name!r} not found in the bundle",
+                closest(name, self.names(kind)),
+            )
+            return None
+        if version:
+            sd = versions.get(version)
+            if sd is None:
+                known = ", ".join(sorted(versions, key=version_key))
+                problems.error(
+                    source,
+                    path,
+                    f"{kind.__name__} {name!r} has no version {version!r}",
+                    f"versions in the bundle: {known}",
+                )
+                return None
+        else:
+            sd = versions[max(versions, key=version_key)]
+        return sd.document, sd.source  # type: ignore[return-value]
+
+    def environment(self, name: str, problems: Problems) -> tuple[Environment, Source] | None:
+        found = self.by_kind.get("Environment", {}).get(name)
+        if not found:
+            problems.error(
+                None,
+                (),
+                f"Environment {name!r} not found in the bundle",
+                closest(name, self.names(Environment)) or _listing(self.names(Environment)),
+            )
+            return None
+        sd = next(iter(found.values()))
+        return sd.document, sd.source  # type: ignore[return-value]
+
+
+def _listing(names: list[str]) -> str:
+    return "environments in the bundle: " + ", ".join(names) if names else "the bundle has no Environment"
+
+
+__all__ = ["Bundle", "ConfigContext", "Driver", "Repository", "doc_version", "version_key"]

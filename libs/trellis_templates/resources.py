@@ -1,0 +1,368 @@
+"""One resource's activities: hooks, checkout, OpenTofu/Terraform stages or custom tasks."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen
+from trellis_templates.documents import (
+    DeployStages,
+    DestroyStages,
+    EnvironmentResource,
+    Hook,
+    IacOptions,
+    ProviderStageHooks,
+    Repository,
+    ResourceTemplate,
+    StageHooks,
+    Task,
+)
+from trellis_templates.errors import Path, Source, closest
+from trellis_templates.hooks import HookContext, hook_activity, resolve_driver
+
+ENTRY = "@entry"  # stands for the last activities of the resources this one comes after
+DEPLOY_STAGES: tuple[IacStage, ...] = ("init", "plan", "apply", "output")
+DESTROY_STAGES: tuple[IacStage, ...] = ("init", "plan", "destroy")
+
+
+@dataclass(slots=True)
+class ResourcePlan:
+    """A resource of the environment with its template resolved and its variables merged."""
+
+    name: str
+    index: int
+    entry: EnvironmentResource
+    template: ResourceTemplate
+    source: Source | None
+    ctx: HookContext
+    tf_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Built:
+    """A resource's activities (deps may hold ENTRY) and the ids others need to wire to it."""
+
+    activities: list[Activity] = field(default_factory=list)
+    main: list[str] = field(default_factory=list)
+    failure_hooks: list[str] = field(default_factory=list)
+    exits: tuple[str, ...] = ()
+
+
+def hook_chain(
+    ctx: HookContext,
+    hooks: Sequence[Hook],
+    path: Path,
+    prefix: str,
+    stage: str,
+    first_deps: tuple[str, ...],
+    first_when: RunWhen = "success",
+) -> list[Activity]:
+    """Hooks of one list, in order: each after the previous one (see docs/templates.md)."""
+    out: list[Activity] = []
+    deps, when = first_deps, first_when
+    seen: set[str] = set()
+    for i, hook in enumerate(hooks):
+        if hook.name in seen:
+            msg = f"duplicate hook name {hook.name!r} in this list"
+            ctx.problems.error(ctx.source, (*path, i, "name"), msg)
+            continue
+        seen.add(hook.name)
+        act = hook_activity(
+            ctx, hook, (*path, i), f"{prefix}/{hook.name}", stage=stage, depends_on=deps, when=when
+        )
+        if act is not None:
+            out.append(act)
+            deps, when = (act.id,), "success"
+    return out
+
+
+def build_resource(plan: ResourcePlan, action: Action) -> Built:
+    ctx, spec, r = plan.ctx, plan.template.spec, plan.name
+    hooks, hpath = spec.hooks, ("spec", "hooks")
+    built = Built()
+    prefix = f"resource/{r}"
+
+    def extend(acts: list[Activity]) -> tuple[str, ...] | None:
+        built.activities.extend(acts)
+        built.main.extend(a.id for a in acts)
+        return (acts[-1].id,) if acts else None
+
+    tails: tuple[str, ...] = extend(
+        hook_chain(ctx, hooks.on_init, (*hpath, "onInit"), f"{prefix}/on-init", "on-init", (ENTRY,))
+    ) or (ENTRY,)
+    if spec.repository_options is not None:
+        checkout = _checkout(plan, tails)
+        if checkout is not None:
+            tails = extend([checkout]) or tails
+    if spec.provider == "custom":
+        tails = _tasks(plan, action, tails, built)
+    else:
+        tails = _stages(plan, action, tails, extend)
+    success = hook_chain(
+        ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails
+    )
+    main_deps = tuple(built.main) or (ENTRY,)
+    failure = hook_chain(
+        ctx,
+        hooks.on_failure,
+        (*hpath, "onFailure"),
+        f"{prefix}/on-failure",
+        "on-failure",
+        main_deps,
+        "failure",
+    )
+    success_tail = (success[-1].id,) if success else tails
+    ends = _unique((*success_tail, *((failure[-1].id,) if failure else ())))
+    completion = hook_chain(
+        ctx,
+        hooks.on_completion,
+        (*hpath, "onCompletion"),
+        f"{prefix}/on-completion",
+        "on-completion",
+        ends,
+        "always",
+    )
+    built.activities.extend(success + failure + completion)
+    built.failure_hooks = [a.id for a in failure]
+    built.exits = _unique((*success_tail, *((completion[-1].id,) if completion else ())))
+    return built
+
+
+def _unique(ids: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(ids))
+
+
+def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
+    ctx, opts = plan.ctx, plan.template.spec.repository_options
+    assert opts is not None
+    path, r = ("spec", "repositoryOptions"), ctx.renderer
+    url, username, password, ssh_key = opts.url, "", "", ""
+    if opts.name:
+        found = ctx.bundle.find(Repository, opts.name, "", ctx.problems, (ctx.source, (*path, "name")))
+        if found is None:
+            return None
+        repo, rsrc = found
+        url = r.text(repo.spec.endpoint, rsrc, ("spec", "endpoint"))
+        creds = repo.spec.credentials
+        username, password, ssh_key = creds.username, creds.password, creds.ssh_key
+    elif not url:
+        ctx.problems.error(ctx.source, path, "repositoryOptions needs a Repository name or a url")
+        return None
+    else:
+        url = r.text(url, ctx.source, (*path, "url"))
+    spec = CheckoutSpec(
+        url=url,
+        revision=r.text(opts.branch, ctx.source, (*path, "branch")),
+        path=r.text(opts.directory_path, ctx.source, (*path, "directoryPath")),
+        username=username,
+        password=password,
+        ssh_key=ssh_key,
+    )
+    return _stage_activity(plan, "checkout", spec, deps, None, extra_sensitive=("password", "sshKey"))
+
+
+def _stage_activity(
+    plan: ResourcePlan,
+    stage: str,
+    spec: IacSpec | CheckoutSpec,
+    deps: tuple[str, ...],
+    timeout: float | None,
+    extra_sensitive: tuple[str, ...] = (),
+) -> Activity:
+    ctx = plan.ctx
+    return Activity(
+        id=f"resource/{plan.name}/{stage}",
+        kind="container",
+        spec=spec,
+        resource=plan.name,
+        stage=stage,
+        depends_on=deps,
+        agents=ctx.agents,
+        workspace=plan.name,
+        timeout_seconds=timeout,
+        inputs=ctx.inputs,
+        sensitive=_unique((*ctx.sensitive, *extra_sensitive)),
+    )
+
+
+Extend = Callable[[list[Activity]], tuple[str, ...] | None]
+
+
+def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Extend) -> tuple[str, ...]:
+    ctx, spec = plan.ctx, plan.template.spec
+    tool: IacTool = "opentofu" if spec.provider == "opentofu" else "terraform"
+    key = "openTofu" if tool == "opentofu" else "terraform"
+    po = spec.provider_options
+    own = po.open_tofu if tool == "opentofu" else po.terraform
+    iac = own or po.open_tofu or po.terraform or IacOptions()
+    opath = ("spec", "providerOptions", key if getattr(po, _attr(key)) is not None else _other(key))
+    image, env = _iac_driver(plan)
+    provider_hooks: ProviderStageHooks | None = getattr(spec.hooks.provider, _attr(key))
+    if getattr(spec.hooks.provider, _attr(_other(key))) is not None:
+        ctx.problems.warn(
+            ctx.source,
+            ("spec", "hooks", "provider", _other(key)),
+            f"hooks for {_other(key)} are ignored: the resource's provider is {spec.provider}",
+        )
+    stage_hooks: DeployStages | DestroyStages | None = None
+    if provider_hooks is not None:
+        stage_hooks = provider_hooks.deploy if action == "deploy" else provider_hooks.destroy
+    r = ctx.renderer
+    backend = tuple(
+        r.text(b, ctx.source, (*opath, "backendConfigs", i)) for i, b in enumerate(iac.backend_configs)
+    )
+    var_files = tuple(r.text(v, ctx.source, (*opath, "varFiles", i)) for i, v in enumerate(iac.var_files))
+    timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
+    hpath = ("spec", "hooks", "provider", key, action)
+    stages: tuple[IacStage, ...] = DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES
+    for stage in stages:
+        hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
+        prefix = f"resource/{plan.name}/{stage}"
+        tails = (
+            add(hook_chain(ctx, hooks.before, (*hpath, stage, "before"), f"{prefix}/before", stage, tails))
+            or tails
+        )
+        iac_spec = IacSpec(
+            tool=tool,
+            stage=stage,
+            image=image,
+            destroy=action == "destroy" and stage == "plan",
+            backend_configs=backend,
+            var_files=var_files,
+            refresh=iac.refresh,
+            lock=iac.lock,
+            env=dict(ctx.env) | plan.tf_env | env,
+        )
+        tails = add([_stage_activity(plan, stage, iac_spec, tails, timeout)]) or tails
+        tails = (
+            add(hook_chain(ctx, hooks.after, (*hpath, stage, "after"), f"{prefix}/after", stage, tails))
+            or tails
+        )
+    return tails
+
+
+def _attr(key: str) -> str:
+    return "open_tofu" if key == "openTofu" else "terraform"
+
+
+def _other(key: str) -> str:
+    return "terraform" if key == "openTofu" else "openTofu"
+
+
+def _iac_driver(plan: ResourcePlan) -> tuple[str, dict[str, str]]:
+    ref, ctx = plan.template.spec.provider_options.driver, plan.ctx
+    if ref is None:
+        return "", {}
+    path = ("spec", "providerOptions")
+    resolved = resolve_driver(ctx, ref.name, ref.version, ref.data.config if ref.data else None, path)
+    if resolved is None:
+        return "", {}
+    config, dsrc, dpath = resolved
+    if config.type != "container" or config.container is None:
+        ctx.problems.error(ctx.source, (*path, "driver"), "OpenTofu/Terraform stages need a container driver")
+        return "", {}
+    c, cpath = config.container, (*dpath, "container")
+    image = ctx.renderer.text(c.image or "", dsrc, (*cpath, "image"))
+    return image, ctx.renderer.texts(c.env_vars, dsrc, (*cpath, "envVars"))
+
+
+def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Built) -> tuple[str, ...]:
+    ctx, spec = plan.ctx, plan.template.spec
+    custom, path = spec.provider_options.custom, ("spec", "providerOptions", "custom")
+    if custom is None or not custom.tasks:
+        ctx.problems.error(
+            ctx.source, ("spec", "providerOptions"), "a custom resource needs providerOptions.custom.tasks"
+        )
+        return tails
+    tasks: dict[str, tuple[int, Task]] = {}
+    for i, task in enumerate(custom.tasks):
+        if task.name in tasks:
+            ctx.problems.error(ctx.source, (*path, "tasks", i, "name"), f"duplicate task name {task.name!r}")
+        else:
+            tasks[task.name] = (i, task)
+    deps: dict[str, list[str]] = {n: [] for n in tasks}
+    for name, (i, task) in tasks.items():
+        for j, dep in enumerate(task.depends_on):
+            if dep not in tasks:
+                ctx.problems.error(
+                    ctx.source,
+                    (*path, "tasks", i, "dependsOn", j),
+                    f"unknown task {dep!r} in dependsOn",
+                    closest(dep, tasks),
+                )
+            elif dep == name:
+                msg = "a task cannot depend on itself"
+                ctx.problems.error(ctx.source, (*path, "tasks", i, "dependsOn", j), msg)
+            else:
+                deps[name].append(dep)
+    if action == "destroy" and custom.reverse_on_destroy:
+        reverse: dict[str, list[str]] = {n: [] for n in tasks}
+        for name, ups in deps.items():
+            for up in ups:
+                reverse[up].append(name)
+        deps = reverse
+    order = topo_order(list(tasks), deps)
+    if order is None:
+        cycle = find_cycle(list(tasks), deps)
+        first = tasks[cycle[0]][0]
+        ctx.problems.error(
+            ctx.source, (*path, "tasks", first, "dependsOn"), "task dependency cycle: " + " → ".join(cycle)
+        )
+        return tails
+    ids = {n: f"resource/{plan.name}/task/{n}" for n in tasks}
+    depended = {d for ups in deps.values() for d in ups}
+    for name in order:
+        i, task = tasks[name]
+        task_deps = tuple(ids[d] for d in deps[name]) or tails
+        act = hook_activity(ctx, task, (*path, "tasks", i), ids[name], stage="task", depends_on=task_deps)
+        if act is not None:
+            built.activities.append(act)
+            built.main.append(act.id)
+    sinks = tuple(ids[n] for n in order if n not in depended)
+    return sinks or tails
+
+
+def topo_order(names: list[str], deps: dict[str, list[str]]) -> list[str] | None:
+    """Kahn's algorithm, ties broken by declaration order; None when there is a cycle."""
+    index = {n: i for i, n in enumerate(names)}
+    waiting = {n: len(set(deps[n])) for n in names}
+    dependents: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for d in set(deps[n]):
+            dependents[d].append(n)
+    ready = [(index[n], n) for n in names if waiting[n] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, n = heapq.heappop(ready)
+        order.append(n)
+        for m in dependents[n]:
+            waiting[m] -= 1
+            if waiting[m] == 0:
+                heapq.heappush(ready, (index[m], m))
+    return order if len(order) == len(names) else None
+
+
+def find_cycle(names: list[str], deps: dict[str, list[str]]) -> list[str]:
+    """One dependency cycle as a path that ends where it starts: a → b → c → a."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in deps[n]:
+            if state.get(d) == 1:
+                return [*stack[stack.index(d) :], d]
+            if d not in state and (found := visit(d)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in names:
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return []

@@ -1,0 +1,188 @@
+"""Variable layering: ResourceTemplate -> contexts -> EnvironmentTemplate -> Environment -> run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trellis_templates.documents import Override, ValueType, Variable
+from trellis_templates.errors import Path, Problems, Source, closest
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One place variables come from: a label for messages, and where its list is."""
+
+    label: str
+    variables: Sequence[Variable]
+    source: Source | None = None
+    path: Path = ()
+
+
+@dataclass(slots=True)
+class Merged:
+    """A variable after layering: its value, type, options, and where it was declared and set."""
+
+    name: str
+    value: Any
+    value_type: ValueType
+    sensitive: bool
+    required: bool
+    override: Override
+    declared: tuple[str, Source | None, Path]
+    set_by: str = ""
+    set_at: tuple[Source | None, Path] = (None, ())
+    guard: tuple[str, Source | None, Path] | None = None  # the layer whose override rule applies
+    layers: list[str] = field(default_factory=list)
+
+
+def _where(source: Source | None, path: Path) -> str:
+    if source is None or not source.file:
+        return ""
+    line, col = source.at(path)
+    return f" at {source.file}:{line}:{col}"
+
+
+def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
+    """Lowest layer first; a higher layer's value wins unless an override rule forbids it."""
+    merged: dict[str, Merged] = {}
+    for layer in layers:
+        for i, var in enumerate(layer.variables):
+            path = (*layer.path, i)
+            current = merged.get(var.name)
+            if current is None:
+                merged[var.name] = _declare(layer, var, path, problems)
+                continue
+            current.layers.append(layer.label)
+            if var.options.sensitive:
+                current.sensitive = True
+            if var.options.required:
+                current.required = True
+            if var.options.override.type != "allowed" and current.guard is None:
+                current.override = var.options.override
+                current.guard = (layer.label, layer.source, path)
+            if var.value is None:
+                continue
+            if _allowed(current, var, layer, path, problems):
+                current.value = var.value
+                current.set_by = layer.label
+                current.set_at = (layer.source, (*path, "value"))
+                if var.value_type != "text":  # a bare value keeps the type declared below it
+                    current.value_type = var.value_type
+    return merged
+
+
+def _declare(layer: Layer, var: Variable, path: Path, problems: Problems) -> Merged:
+    guard = (layer.label, layer.source, path) if var.options.override.type != "allowed" else None
+    merged = Merged(
+        name=var.name,
+        value=var.value,
+        value_type=var.value_type,
+        sensitive=var.options.sensitive,
+        required=var.options.required,
+        override=var.options.override,
+        declared=(layer.label, layer.source, path),
+        set_by=layer.label if var.value is not None else "",
+        guard=guard,
+        layers=[layer.label],
+        set_at=(layer.source, (*path, "value")),
+    )
+    if var.value is not None and var.options.override.type == "restricted":
+        _check_restricted(merged, var.value, layer, (*path, "value"), problems)
+    return merged
+
+
+def _allowed(current: Merged, var: Variable, layer: Layer, path: Path, problems: Problems) -> bool:
+    kind = current.override.type
+    guard_label, guard_source, guard_path = current.guard or current.declared
+    if kind == "notallowed":
+        problems.error(
+            layer.source,
+            (*path, "value"),
+            f"variable {var.name!r} may not be overridden here ({layer.label}): "
+            f"{guard_label} declares it override.type notallowed{_where(guard_source, guard_path)}",
+        )
+        return False
+    if kind == "restricted":
+        return _check_restricted(current, var.value, layer, (*path, "value"), problems)
+    return True
+
+
+def _check_restricted(current: Merged, value: Any, layer: Layer, path: Path, problems: Problems) -> bool:
+    allowed = current.override.restricted_values
+    if _comparable(value) in {_comparable(v) for v in allowed}:
+        return True
+    guard_label, guard_source, guard_path = current.guard or current.declared
+    problems.error(
+        layer.source,
+        path,
+        f"value {value!r} of variable {current.name!r} ({layer.label}) is not one of the restrictedValues "
+        f"of {guard_label}{_where(guard_source, guard_path)}",
+        "allowed: " + ", ".join(str(v) for v in allowed),
+    )
+    return False
+
+
+def _comparable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+
+
+def inputs_layer(inputs: Mapping[str, str], known: Iterable[str], problems: Problems) -> Layer:
+    """The run request's `--var name=value` values as the top layer (unknown names: a warning)."""
+    names = set(known)
+    variables = []
+    for name, value in inputs.items():
+        if name not in names:
+            problems.warn(
+                None, (), f"run variable {name!r} is not declared by any template", closest(name, names)
+            )
+        variables.append(Variable(name=name, value=value))
+    return Layer("the run request", variables)
+
+
+def required_missing(
+    merged: Mapping[str, Merged], env_name: str, problems: Problems, *, strict: bool
+) -> None:
+    """A required variable without a value: name it and the layers that could give it."""
+    for var in merged.values():
+        if not var.required or var.value is not None:
+            continue
+        label, source, path = var.declared
+        msg = f"required variable {var.name!r} has no value (declared by {label})"
+        hint = f"give it in Environment {env_name!r} spec.variables or with --var {var.name}=VALUE"
+        if strict:
+            problems.error(source, (*path, "name"), msg, hint)
+        else:
+            problems.warn(source, (*path, "name"), msg, hint)
+
+
+def typed_value(var: Merged, problems: Problems) -> Any:
+    """The value as its valueType says: text a string, json a JSON value, hcl as written."""
+    value = var.value
+    if value is None:
+        return None
+    if var.value_type == "json" and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            _, source, path = var.declared
+            problems.error(source, (*path, "value"), f"variable {var.name!r} is not valid JSON: {exc}")
+            return value
+    if var.value_type in ("text", "hcl") and not isinstance(value, str):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if var.value_type == "hcl" and isinstance(value, dict | list) else str(value)
+    return value
+
+
+def env_encoding(value: Any, value_type: ValueType) -> str:
+    """How a value is handed to a process: TF_VAR_x and TRELLIS_VAR_x."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

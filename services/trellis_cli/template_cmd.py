@@ -1,0 +1,89 @@
+"""`trellis template validate|compile`: check templates and print the compiled DAG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import msgspec
+
+from trellis_core.events import Problem
+from trellis_templates.compiler import compile_bundle, load_bundle, validate_documents
+from trellis_templates.mermaid import to_mermaid
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser("template", help="validate and compile environment templates")
+    sub = parser.add_subparsers(dest="template_command", required=True)
+
+    validate = sub.add_parser("validate", help="check template files: every problem, with where it is")
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories")
+    validate.add_argument("--json", action="store_true", help="print a JSON report")
+    validate.set_defaults(func=run_validate)
+
+    comp = sub.add_parser("compile", help="print the activity DAG of one environment's run")
+    comp.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories")
+    comp.add_argument("--environment", "-e", required=True, metavar="NAME")
+    comp.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a run variable")
+    comp.add_argument("--action", choices=("deploy", "destroy"), default="deploy")
+    comp.add_argument("--format", choices=("json", "mermaid"), default="json")
+    comp.set_defaults(func=run_compile)
+
+
+def _print_problems(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> None:
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for e in errors:
+        print(str(e), file=sys.stderr)
+
+
+def _report(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> str:
+    report = {"valid": not errors, "errors": errors, "warnings": warnings}
+    return msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    docs, problems = load_bundle(args.paths)
+    errors, warnings = tuple(problems.errors), tuple(problems.warnings)
+    if not errors:
+        more_errors, more_warnings = validate_documents(docs)
+        errors, warnings = errors + more_errors, warnings + more_warnings
+    if args.json:
+        print(_report(errors, warnings))
+    else:
+        _print_problems(errors, warnings)
+        if not errors:
+            print(f"{len(docs)} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
+    return 1 if errors else 0
+
+
+def parse_vars(pairs: list[str]) -> dict[str, str] | str:
+    """`name=value` pairs, or the message for the first malformed one."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            return f"--var {pair!r}: write NAME=VALUE"
+        out[name] = value
+    return out
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    variables = parse_vars(args.var)
+    if isinstance(variables, str):
+        print(variables, file=sys.stderr)
+        return 2
+    docs, problems = load_bundle(args.paths)
+    if problems.errors:
+        _print_problems(tuple(problems.errors), tuple(problems.warnings))
+        return 1
+    result = compile_bundle(docs, args.environment, variables, args.action)
+    _print_problems(result.errors, result.warnings)
+    if result.workflow is None:
+        return 1
+    if args.format == "mermaid":
+        sys.stdout.write(to_mermaid(result.workflow))
+    else:
+        print(msgspec.json.format(msgspec.json.encode(result.workflow), indent=2).decode())
+    return 0
