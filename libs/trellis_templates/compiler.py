@@ -304,17 +304,20 @@ class _Compilation:
         env_sensitive: set[str],
     ) -> ResourcePlan:
         rt_contexts = self._contexts(rt.spec.contexts, rt_src)
+        env_layers = self._env_layers()
+        n_et_ctx = len(self.et_contexts)
         layers = [
             Layer(f"ResourceTemplate {rt.metadata.name!r}", rt.spec.variables, rt_src, ("spec", "variables")),
             *self._context_layers(rt_contexts),
-            *self._env_layers()[:-3],
+            *env_layers[:n_et_ctx],
+            _overriding(env_layers[n_et_ctx]),
             Layer(
                 f"EnvironmentTemplate resource {entry.name!r}",
                 entry.variables,
                 self.et_src,
                 ("spec", "resources", i, "variables"),
             ),
-            *self._env_layers()[-3:],
+            *(_overriding(layer) for layer in env_layers[n_et_ctx + 1 :]),
         ]
         merged = merge(layers, self.problems)
         required_missing(merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
@@ -481,6 +484,11 @@ class _Compilation:
             "always",
         )
         return out
+
+
+def _overriding(layer: Layer) -> Layer:
+    """Environment-level layers set the resource's variables of the same name; they add none."""
+    return Layer(layer.label, layer.variables, layer.source, layer.path, adds=False)
 
 
 def _swap(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:

@@ -160,7 +160,8 @@ def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
         password=password,
         ssh_key=ssh_key,
     )
-    return _stage_activity(plan, "checkout", spec, deps, None, extra_sensitive=("password", "sshKey"))
+    secret = tuple(k for k, v in (("password", password), ("sshKey", ssh_key)) if v)
+    return _stage_activity(plan, "checkout", spec, deps, None, extra_sensitive=secret)
 
 
 def _stage_activity(

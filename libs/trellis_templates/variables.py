@@ -19,6 +19,7 @@ class Layer:
     variables: Sequence[Variable]
     source: Source | None = None
     path: Path = ()
+    adds: bool = True  # False: only overrides variables a lower layer declared
 
 
 @dataclass(slots=True)
@@ -53,7 +54,8 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
             path = (*layer.path, i)
             current = merged.get(var.name)
             if current is None:
-                merged[var.name] = _declare(layer, var, path, problems)
+                if layer.adds:
+                    merged[var.name] = _declare(layer, var, path, problems)
                 continue
             current.layers.append(layer.label)
             if var.options.sensitive:
@@ -65,7 +67,7 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
                 current.guard = (layer.label, layer.source, path)
             if var.value is None:
                 continue
-            if _allowed(current, var, layer, path, problems):
+            if _allowed(current, var, layer, path if layer.source else (f"--var {var.name}",), problems):
                 current.value = var.value
                 current.set_by = layer.label
                 current.set_at = (layer.source, (*path, "value"))
@@ -97,16 +99,17 @@ def _declare(layer: Layer, var: Variable, path: Path, problems: Problems) -> Mer
 def _allowed(current: Merged, var: Variable, layer: Layer, path: Path, problems: Problems) -> bool:
     kind = current.override.type
     guard_label, guard_source, guard_path = current.guard or current.declared
+    vpath = (*path, "value") if layer.source else path
     if kind == "notallowed":
         problems.error(
             layer.source,
-            (*path, "value"),
+            vpath,
             f"variable {var.name!r} may not be overridden here ({layer.label}): "
             f"{guard_label} declares it override.type notallowed{_where(guard_source, guard_path)}",
         )
         return False
     if kind == "restricted":
-        return _check_restricted(current, var.value, layer, (*path, "value"), problems)
+        return _check_restricted(current, var.value, layer, vpath, problems)
     return True
 
 

@@ -79,7 +79,7 @@ def run_compile(args: argparse.Namespace) -> int:
         _print_problems(tuple(problems.errors), tuple(problems.warnings))
         return 1
     result = compile_bundle(docs, args.environment, variables, args.action)
-    _print_problems(result.errors, result.warnings)
+    _print_problems(result.errors, tuple(problems.warnings) + result.warnings)
     if result.workflow is None:
         return 1
     if args.format == "mermaid":
