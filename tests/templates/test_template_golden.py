@@ -23,8 +23,15 @@ def compiled(example: str, environment: str, action: str) -> bytes:
     finally:
         os.chdir(cwd)
     assert not problems.errors, problems.errors
-    result = compile_bundle(docs, environment, {}, action,  # type: ignore[arg-type]
-                            tenant="acme", run_id="run-golden", requested_by="golden@example.com")
+    result = compile_bundle(
+        docs,
+        environment,
+        {},
+        action,  # type: ignore[arg-type]
+        tenant="acme",
+        run_id="run-golden",
+        requested_by="golden@example.com",
+    )
     assert result.workflow is not None, [str(e) for e in result.errors]
     return msgspec.json.format(msgspec.json.encode(result.workflow), indent=2) + b"\n"
 
