@@ -13,7 +13,9 @@ def doc(kind: str, body: str) -> str:
     return f"---\n{HEAD}kind: {kind}\n{body.strip()}\n"
 
 
-TOFU = doc("ResourceTemplate", """
+TOFU = doc(
+    "ResourceTemplate",
+    """
 metadata: {name: vpc}
 spec:
   provider: opentofu
@@ -37,9 +39,12 @@ spec:
           plan: {after: [{name: check, type: script, options: {script: {script: "echo check"}}}]}
         destroy:
           destroy: {before: [{name: drain, type: script, options: {script: {script: "echo drain"}}}]}
-""")
+""",
+)
 
-APP = doc("ResourceTemplate", """
+APP = doc(
+    "ResourceTemplate",
+    """
 metadata: {name: app}
 spec:
   provider: custom
@@ -70,9 +75,12 @@ spec:
           type: approval
           dependsOn: [wait]
           options: {approval: {type: webhook, internal: {emails: [lead@example.com]}, webhook: {endpoint: "https://chat"}}}
-""")
+""",
+)
 
-DRIVERS = doc("Driver", """
+DRIVERS = doc(
+    "Driver",
+    """
 metadata: {name: pusher}
 spec:
   config:
@@ -80,7 +88,10 @@ spec:
     timeoutSeconds: 90
     maxRetryCount: 5
     container: {image: "registry/pusher:1", commands: [pusher], arguments: [--help], envVars: {A: "1"}}
-""") + doc("Driver", """
+""",
+) + doc(
+    "Driver",
+    """
 metadata: {name: rollout}
 spec:
   config:
@@ -88,9 +99,12 @@ spec:
     timeoutSeconds: 20
     pollingConfig: {repeat: 10s, until: 1h30m}
     function: {image: "registry/rollout:2", cpuLimitMilli: "50"}
-""")
+""",
+)
 
-ENV = doc("EnvironmentTemplate", """
+ENV = doc(
+    "EnvironmentTemplate",
+    """
 metadata: {name: stack}
 spec:
   agents: [{name: shared}]
@@ -104,11 +118,15 @@ spec:
     onSuccess: [{name: yay, type: http, options: {http: {endpoint: "https://h"}}}]
     onFailure: [{name: boo, type: http, options: {http: {endpoint: "https://h"}}}]
     onCompletion: [{name: bye, type: http, options: {http: {endpoint: "https://h"}}}]
-""") + doc("Environment", """
+""",
+) + doc(
+    "Environment",
+    """
 metadata: {name: dev}
 spec:
   template: {name: stack}
-""")
+""",
+)
 
 BUNDLE = TOFU + APP + DRIVERS + ENV
 
@@ -122,9 +140,16 @@ def compiled(action: str = "deploy", text: str = BUNDLE, **inputs: str) -> Workf
 def test_an_opentofu_resource_compiles_to_the_documented_ids_in_order() -> None:
     ids = [a.id for a in compiled().activities if a.resource == "vpc"]
     assert ids == [
-        "resource/vpc/on-init/start", "resource/vpc/checkout", "resource/vpc/init", "resource/vpc/plan",
-        "resource/vpc/plan/after/check", "resource/vpc/apply", "resource/vpc/output",
-        "resource/vpc/on-success/ok", "resource/vpc/on-failure/first", "resource/vpc/on-failure/second",
+        "resource/vpc/on-init/start",
+        "resource/vpc/checkout",
+        "resource/vpc/init",
+        "resource/vpc/plan",
+        "resource/vpc/plan/after/check",
+        "resource/vpc/apply",
+        "resource/vpc/output",
+        "resource/vpc/on-success/ok",
+        "resource/vpc/on-failure/first",
+        "resource/vpc/on-failure/second",
         "resource/vpc/on-completion/done",
     ]
 
@@ -144,8 +169,11 @@ def test_failure_hooks_wait_for_the_whole_resource_and_then_run_in_order() -> No
     acts = compiled().by_id()
     first, second = acts["resource/vpc/on-failure/first"], acts["resource/vpc/on-failure/second"]
     assert first.when == "failure"
-    assert set(first.depends_on) == {a.id for a in acts.values() if a.resource == "vpc" and a.stage not in
-                                     ("on-success", "on-failure", "on-completion")}
+    assert set(first.depends_on) == {
+        a.id
+        for a in acts.values()
+        if a.resource == "vpc" and a.stage not in ("on-success", "on-failure", "on-completion")
+    }
     assert (second.when, second.depends_on) == ("success", ("resource/vpc/on-failure/first",))
     done = acts["resource/vpc/on-completion/done"]
     assert done.when == "always"
@@ -184,15 +212,25 @@ def test_hook_settings_map_onto_the_activity() -> None:
 def test_a_driver_hooks_container_fields_replace_the_drivers() -> None:
     push = compiled().by_id()["resource/app/task/push"]
     assert isinstance(push.spec, ContainerSpec)
-    assert (push.spec.image, push.spec.command, push.spec.args) == ("registry/pusher:1", ("pusher",), ("push", "dev"))
+    assert (push.spec.image, push.spec.command, push.spec.args) == (
+        "registry/pusher:1",
+        ("pusher",),
+        ("push", "dev"),
+    )
     assert push.spec.env["A"] == "1"
 
 
 def test_a_function_driver_compiles_to_a_function_activity() -> None:
     wait = compiled().by_id()["resource/app/task/wait"]
     assert wait.kind == "function"
-    assert wait.spec == FunctionSpec(image="registry/rollout:2", repeat_seconds=10, until_seconds=5400,
-                                     invocation_timeout_seconds=20, env=wait.spec.env, cpu_limit_milli=50)  # type: ignore[union-attr]
+    assert wait.spec == FunctionSpec(
+        image="registry/rollout:2",
+        repeat_seconds=10,
+        until_seconds=5400,
+        invocation_timeout_seconds=20,
+        env=wait.spec.env,
+        cpu_limit_milli=50,
+    )  # type: ignore[union-attr]
 
 
 def test_an_approval_notifies_with_a_late_callback_and_names_its_approvers() -> None:
@@ -215,7 +253,11 @@ def test_environment_hooks_wrap_the_whole_graph() -> None:
     wf = compiled()
     ids = [a.id for a in wf.activities]
     assert ids[0] == "environment/on-init/hello"
-    assert ids[-3:] == ["environment/on-success/yay", "environment/on-failure/boo", "environment/on-completion/bye"]
+    assert ids[-3:] == [
+        "environment/on-success/yay",
+        "environment/on-failure/boo",
+        "environment/on-completion/bye",
+    ]
     acts = wf.by_id()
     assert set(acts["environment/on-completion/bye"].depends_on) == set(ids[:-1])
     assert "resource/vpc/on-failure/first" not in acts["environment/on-failure/boo"].depends_on
@@ -231,8 +273,13 @@ def test_destroy_reverses_resources_stages_and_tasks() -> None:
     acts = wf.by_id()
     assert acts["resource/app/task/push"].depends_on == ("resource/app/task/wait",)
     vpc = [i for i in ids if i.startswith("resource/vpc/") and "/on-" not in i]
-    assert vpc == ["resource/vpc/checkout", "resource/vpc/init", "resource/vpc/plan",
-                   "resource/vpc/destroy/before/drain", "resource/vpc/destroy"]
+    assert vpc == [
+        "resource/vpc/checkout",
+        "resource/vpc/init",
+        "resource/vpc/plan",
+        "resource/vpc/destroy/before/drain",
+        "resource/vpc/destroy",
+    ]
     plan = acts["resource/vpc/plan"]
     assert isinstance(plan.spec, IacSpec)
     assert plan.spec.destroy
@@ -248,8 +295,10 @@ def test_the_scope_holds_what_the_scheduler_needs_for_late_strings() -> None:
 
 
 def test_a_source_only_function_is_an_error_that_says_so() -> None:
-    text = BUNDLE.replace('function: {image: "registry/rollout:2", cpuLimitMilli: "50"}',
-                          "function: {source: 'def handle(): pass', language: python}")
+    text = BUNDLE.replace(
+        'function: {image: "registry/rollout:2", cpuLimitMilli: "50"}',
+        "function: {source: 'def handle(): pass', language: python}",
+    )
     result = run(text)
     assert any("built from source is not supported" in e.message for e in result.errors)
 

@@ -59,7 +59,11 @@ def test_output_references_are_late_and_others_are_not() -> None:
 
 def test_render_late_walks_nested_values_and_keeps_types() -> None:
     scope = {**SCOPE, "resource": {"vpc": {"output": {"id": {"value": "vpc-1"}, "ports": {"value": [80]}}}}}
-    value = {"a": ["$(resource.vpc.output.id.value)$", 1], "b": "$(resource.vpc.output.ports.value)$", "c": ("x",)}
+    value = {
+        "a": ["$(resource.vpc.output.id.value)$", 1],
+        "b": "$(resource.vpc.output.ports.value)$",
+        "c": ("x",),
+    }
     assert render_late(value, scope) == {"a": ["vpc-1", 1], "b": [80], "c": ("x",)}
 
 
