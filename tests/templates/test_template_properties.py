@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgspec
@@ -168,9 +169,9 @@ def test_stages_follow_their_resource_and_the_resources_it_comes_after(env: Any,
             if a.stage != "task":
                 chained.setdefault(a.resource, []).append(a.id)
     for ids in chained.values():
-        for prev, nxt in zip(ids, ids[1:], strict=False):
+        for prev, nxt in itertools.pairwise(ids):
             assert comes_before(anc, wf, prev, nxt)
-    for resource, ids in stages.items():
+    for resource in stages:
         for upstream in after[resource]:
             first, then = (upstream, resource) if action == "deploy" else (resource, upstream)
             for a in stages.get(first, []):
