@@ -31,7 +31,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str = ""  # empty: a fresh uuid7-derived id per start
     concurrency: int = 4
     executor: ExecutorName = "process"
-    data_dir: Path = Path(".trellis/agent")
+    data_dir: Path | None = None  # empty: <TRELLIS_DATA_DIR>/agent
     heartbeat_seconds: float = 2.0
     log_flush_seconds: float = 0.25
     log_chunk_bytes: int = 32 * 1024
@@ -52,6 +52,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_image: str = "busybox"  # used when a spec names no image
     iac_image: str = ""  # image for OpenTofu/Terraform stages on container backends
     git_binary: str = "git"
+    git_image: str = ""  # image with git for checkouts on container backends (default: iac_image)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> AgentConfig:
@@ -71,6 +72,10 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             config = msgspec.structs.replace(config, agent_id=f"agent-{uuid7()[-12:]}")
         config.validate()
         return config
+
+    def workspaces(self, shared_data_dir: Path) -> Path:
+        """Where workspaces live: `<data dir>/<tenant>/<run>/<workspace>` below this."""
+        return self.data_dir if self.data_dir is not None else shared_data_dir / "agent"
 
     def validate(self) -> None:
         checks = [

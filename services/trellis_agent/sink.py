@@ -68,6 +68,32 @@ def sensitive_values(activity: Activity) -> list[str]:
     return found
 
 
+def split_utf8(text: str, limit: int) -> list[str]:
+    """Pieces of at most `limit` UTF-8 bytes, cut at line ends where a line fits."""
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        data = line.encode()
+        while len(data) > limit:  # one line too long for a chunk: cut between characters
+            cut = limit
+            while cut > 0 and (data[cut] & 0xC0) == 0x80:
+                cut -= 1
+            head, data = data[:cut], data[cut:]
+            if current:
+                pieces.append("".join(current))
+                current, size = [], 0
+            pieces.append(head.decode())
+        if size + len(data) > limit and current:
+            pieces.append("".join(current))
+            current, size = [], 0
+        current.append(data.decode())
+        size += len(data)
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
 class LogSink:
     """Buffered, masked, ordered log chunks of one activity attempt.
 
@@ -137,11 +163,11 @@ class LogSink:
         """Queue `text` (masked); publishes at once when the buffer reaches the chunk size."""
         if not text:
             return
-        masked = self._masker.mask(text)
-        self._buffer.append((stream, masked))
-        self._buffered += len(masked.encode())
-        if self._buffered >= self._chunk_bytes:
-            await self.flush()
+        for piece in split_utf8(self._masker.mask(text), self._chunk_bytes):
+            self._buffer.append((stream, piece))
+            self._buffered += len(piece.encode())
+            if self._buffered >= self._chunk_bytes:
+                await self.flush()
 
     async def system(self, text: str) -> None:
         """A line from the agent itself (pulling an image, pod scheduled, attempt 2 …)."""

@@ -189,9 +189,7 @@ async def test_an_unreachable_endpoint_fails_retryably(http: HttpExecutor, tmp_p
 async def test_a_slow_endpoint_times_out_with_the_activity(
     http: HttpExecutor, server: Server, tmp_path: Path
 ) -> None:
-    outcome, _ = await _run_http(
-        http, HttpSpec(url=f"{server.url}/slow", method="GET"), tmp_path, limit=0.3
-    )
+    outcome, _ = await _run_http(http, HttpSpec(url=f"{server.url}/slow", method="GET"), tmp_path, limit=0.3)
     assert outcome.status == "failed"
     assert outcome.retryable
 

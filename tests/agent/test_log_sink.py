@@ -85,3 +85,12 @@ async def test_git_credentials_are_masked_without_being_named_sensitive() -> Non
     async with LogSink.for_work(work, collector) as sink:
         await sink.write("stderr", "fatal: https://user:hunter22@git.example\n")
     assert collector.text() == "fatal: https://user:***@git.example\n"
+
+
+def test_long_text_is_split_at_line_ends_and_between_characters() -> None:
+    from trellis_agent.sink import split_utf8
+
+    assert split_utf8("aa\nbb\ncc\n", 6) == ["aa\nbb\n", "cc\n"]
+    pieces = split_utf8("é" * 10, 5)
+    assert "".join(pieces) == "é" * 10
+    assert all(len(p.encode()) <= 5 for p in pieces)

@@ -38,6 +38,7 @@ async def test_logs_arrive_in_order_with_no_gap(executor: ProcessExecutor, tmp_p
     assert outcome.ok
     assert [c.sequence for c in collector.chunks] == list(range(len(collector.chunks)))
     assert len(collector.chunks) > 3
+    assert all(len(c.data.encode()) <= 4096 for c in collector.chunks)
     assert collector.text().splitlines() == [f"line-{i}" for i in range(3000)]
     assert {c.stream for c in collector.chunks} == {"stdout"}
     assert all(c.attempt == work.attempt and c.activity_id == work.activity.id for c in collector.chunks)

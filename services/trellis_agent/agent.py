@@ -1,0 +1,275 @@
+"""The agent: claims its tenant's work from JetStream, runs it, reports back, obeys cancels.
+
+Two durable pull consumers feed one pool of N slots: the pool's (`trellis.T.work.P`, shared by
+every agent of the pool, so each item goes to one of them) and the agent's own pinned subject
+(`trellis.T.work.P.<agent>`, work that needs the workspace this agent holds).
+
+A work item is acked once `activity.started` is out: from then on the scheduler owns it
+(heartbeats prove the agent alive; their loss makes it retry as a new attempt). Redelivering
+a started item would re-run the same attempt under the same event identities, which the
+dedupe window would partly drop. On stop the agent claims nothing more, lets running work
+finish within the grace period, ends what is left as a retryable failure, and hands back
+(naks) anything claimed but not yet started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from trellis_agent.approvals import BusApprovals
+from trellis_agent.config import AgentConfig
+from trellis_agent.executors.approval import ApprovalExecutor
+from trellis_agent.executors.base import Executor
+from trellis_agent.executors.function import FunctionExecutor
+from trellis_agent.executors.http import HttpExecutor
+from trellis_agent.executors.iac import IacExecutor
+from trellis_agent.executors.process import ProcessExecutor
+from trellis_agent.executors.router import Router
+from trellis_agent.runner import ActivityRun
+from trellis_core import subjects
+from trellis_core.bus import Bus
+from trellis_core.events import CancelActivity, DeadLetter, WorkItem
+from trellis_core.logs import get_logger
+from trellis_core.settings import Settings
+
+MAX_DELIVER = 5
+FETCH_WAIT_SECONDS = 0.5
+PINNED_INACTIVE_SECONDS = 7 * 86_400.0
+
+_decode_work = msgspec.json.Decoder(WorkItem).decode
+_decode_control = msgspec.json.Decoder(CancelActivity).decode
+
+
+class Agent:
+    def __init__(self, bus: Bus, config: AgentConfig, executor: Executor, data_dir: Path) -> None:
+        self.bus = bus
+        self.config = config
+        self.executor = executor
+        self.data_dir = data_dir
+        self.log = get_logger("agent", tenant=config.tenant, pool=config.pool, agent=config.agent_id)
+        self.running: dict[tuple[str, str, int], ActivityRun] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pool_durable(self) -> str:
+        return f"agent-{self.config.tenant}-{self.config.pool}"
+
+    @property
+    def pinned_durable(self) -> str:
+        return f"agent-{self.config.tenant}-{self.config.pool}-{self.config.agent_id}"
+
+    async def _subscribe(
+        self, durable: str, subject: str, *, pinned: bool
+    ) -> JetStreamContext.PullSubscription:
+        config = js_api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=max(30.0, self.config.heartbeat_seconds * 5),
+            max_deliver=-1,  # counted here: a poison item is dead-lettered, not dropped silently
+            max_ack_pending=max(self.config.concurrency * 4, 16),
+            filter_subject=subject,
+            inactive_threshold=PINNED_INACTIVE_SECONDS if pinned else None,
+        )
+        await self.bus.js.add_consumer(subjects.STREAM_WORK, config)
+        return await self.bus.js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set, then drain (see the module docstring)."""
+        cfg = self.config
+        pool_sub = await self._subscribe(self.pool_durable, subjects.work(cfg.tenant, cfg.pool), pinned=False)
+        pinned_sub = await self._subscribe(
+            self.pinned_durable, subjects.work(cfg.tenant, cfg.pool, cfg.agent_id), pinned=True
+        )
+        control = await self.bus.nc.subscribe(subjects.control(cfg.tenant, cfg.pool), cb=self._on_control)
+        self.log.info("agent_ready", concurrency=cfg.concurrency)
+        if ready is not None:
+            ready.set()
+        try:
+            async with asyncio.TaskGroup() as claims:
+                claims.create_task(self._claim(pinned_sub, stop))
+                claims.create_task(self._claim(pool_sub, stop))
+            await self._drain()
+        finally:
+            for sub in (control, pool_sub, pinned_sub):
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+            self.log.info("agent_stopped")
+
+    async def _claim(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """Fetch one item whenever a slot is free, until stopped."""
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(FETCH_WAIT_SECONDS):
+                    await self._slots.acquire()
+            except TimeoutError:
+                continue
+            handed_off = False
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_WAIT_SECONDS)
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    handed_off = True
+            except nats.errors.TimeoutError:
+                pass
+            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                return
+            except nats.errors.Error as exc:
+                self.log.warning("fetch_failed", error=str(exc))
+                await asyncio.sleep(FETCH_WAIT_SECONDS)
+            finally:
+                if not handed_off:
+                    self._slots.release()
+
+    async def _drain(self) -> None:
+        """Let running work finish within the grace period, then stop it as retryable."""
+        if not self._tasks:
+            return
+        self.log.info("agent_draining", running=len(self._tasks))
+        await asyncio.wait(set(self._tasks), timeout=self.config.shutdown_grace_seconds)
+        for run in list(self.running.values()):
+            run.cancel(f"agent {self.config.agent_id} shut down", retry=True)
+        if self._tasks:  # executors kill what they started; then the ends are published
+            await asyncio.wait(set(self._tasks), timeout=self.config.kill_grace_seconds + 10)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _handle(self, msg: Msg) -> None:
+        """Run one claimed item. Owns its slot; never raises except on cancellation (then naks)."""
+        try:
+            work = self._accept(msg)
+            if isinstance(work, str):
+                await self._reject(msg, work)
+                return
+            await self._execute(work, msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            self.log.exception("work_failed", subject=msg.subject, error=repr(exc))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=2.0)
+        finally:
+            self._slots.release()
+
+    def _accept(self, msg: Msg) -> WorkItem | str:
+        """The work item, or why it must be dead-lettered."""
+        deliveries = msg.metadata.num_delivered
+        try:
+            work = _decode_work(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return f"undecodable work item: {exc}"
+        if work.tenant != self.config.tenant:
+            return f"work of tenant {work.tenant!r} reached an agent of {self.config.tenant!r}"
+        if deliveries > MAX_DELIVER:
+            return f"delivered {deliveries} times without finishing"
+        return work
+
+    async def _execute(self, work: WorkItem, msg: Msg) -> None:
+        run = ActivityRun(
+            work,
+            executor=self.executor,
+            publisher=self.bus,
+            config=self.config,
+            data_dir=self.data_dir,
+            on_started=msg.ack,
+        )
+        if run.key in self.running:  # a redelivery of what we are running: the first one acks
+            return
+        self.running[run.key] = run
+        try:
+            await run.run()
+        finally:
+            del self.running[run.key]
+
+    async def _reject(self, msg: Msg, reason: str) -> None:
+        self.log.error("work_rejected", subject=msg.subject, reason=reason)
+        letter = DeadLetter(
+            subject=msg.subject,
+            stream=subjects.STREAM_WORK,
+            consumer=self.pool_durable,
+            reason=reason,
+            deliveries=msg.metadata.num_delivered,
+            data=msg.data.decode("utf-8", errors="replace"),
+            headers=dict(msg.headers or {}),
+        )
+        await self.bus.publish(
+            subjects.deadletter(msg.subject), letter, msg_id=f"dl/work/{msg.metadata.sequence.stream}"
+        )
+        with contextlib.suppress(nats.errors.Error):
+            await msg.term()
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            command = _decode_control(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.warning("control_undecodable", error=str(exc))
+            return
+        run = self.running.get((command.run_id, command.activity_id, command.attempt))
+        if run is None or command.tenant != self.config.tenant:
+            return
+        self.log.info("activity_cancel_requested", run=command.run_id, activity=command.activity_id)
+        run.cancel(command.reason)
+
+
+@contextlib.asynccontextmanager
+async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[Router]:
+    """The executor set of this agent's backend; closes sessions and clients on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        http = HttpExecutor()
+        stack.push_async_callback(http.close)
+        backend: Executor
+        host = None
+        if config.executor == "process":
+            backend = ProcessExecutor(
+                inherit_env=config.inherit_env,
+                kill_grace_seconds=config.kill_grace_seconds,
+                container_workspace=config.container_workspace,
+            )
+        elif config.executor == "docker":
+            from trellis_agent.executors.docker import DockerExecutor
+
+            docker = DockerExecutor.from_config(config)
+            stack.push_async_callback(docker.close)
+            backend = host = docker
+        else:
+            from trellis_agent.executors.kubernetes import KubernetesExecutor
+
+            kube = await KubernetesExecutor.from_config(config)
+            stack.push_async_callback(kube.close)
+            backend = host = kube
+        yield Router(
+            container=backend,
+            iac=IacExecutor(
+                backend, git_binary=config.git_binary, image=config.iac_image, git_image=config.git_image
+            ),
+            http=http,
+            function=FunctionExecutor(http, host),
+            approval=ApprovalExecutor(http, BusApprovals(bus) if bus is not None else None),
+        )
+
+
+async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, config: AgentConfig | None = None) -> None:
+    """Run an agent on `bus` until `stop` is set (`trellis agent`, and `trellis dev up`'s local agent)."""
+    cfg = config if config is not None else AgentConfig.from_env(tenant=settings.tenant)
+    await bus.ensure_streams()
+    async with executors_for(cfg, bus) as router:
+        agent = Agent(bus, cfg, router, cfg.workspaces(settings.data_dir))
+        await agent.run(stop)
+
+
+__all__ = ["Agent", "executors_for", "serve"]

@@ -1,0 +1,175 @@
+"""One attempt on this agent: started event, heartbeats, the executor, log chunks, the end event.
+
+The terminal event is published after the last log chunk, so a reader that sees an activity
+finish already has all of its output. A cancel command cancels the executor (it cleans up)
+and ends the attempt as cancelled; a shutdown cancel ends it as a retryable failure, so the
+scheduler runs a new attempt (with fresh event identities) elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from trellis_agent.config import AgentConfig
+from trellis_agent.executors.base import Executor, Outcome, Workspace, execute
+from trellis_agent.sink import LogSink, Masker
+from trellis_core import subjects
+from trellis_core.events import (
+    ActivityCancelled,
+    ActivityCompleted,
+    ActivityEvent,
+    ActivityFailed,
+    ActivityHeartbeat,
+    ActivityLogChunk,
+    ActivityStarted,
+    Event,
+    WorkItem,
+)
+from trellis_core.logs import get_logger
+
+log = get_logger("agent")
+
+_PUBLISH_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class Publisher(Protocol):
+    """The two calls of `trellis_core.bus.Bus` the runner needs."""
+
+    async def publish(
+        self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None
+    ) -> Any: ...
+
+    async def publish_event(self, event: Event) -> Any: ...
+
+
+async def publish_reliably(send: Callable[[], Awaitable[Any]], what: str, attempts: int = 30) -> None:
+    """Retry a publish through a NATS outage (JetStream dedupes the repeats by msg id)."""
+    for n in range(attempts):
+        try:
+            await send()
+            return
+        except Exception as exc:
+            if n == attempts - 1:
+                raise
+            delay = _PUBLISH_BACKOFF[min(n, len(_PUBLISH_BACKOFF) - 1)]
+            log.warning("publish_retry", what=what, error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+
+
+class ActivityRun:
+    """Runs one work item to a terminal event; `cancel(reason)` stops it from outside."""
+
+    def __init__(
+        self,
+        work: WorkItem,
+        *,
+        executor: Executor,
+        publisher: Publisher,
+        config: AgentConfig,
+        data_dir: Any,
+        on_started: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.work = work
+        self._executor = executor
+        self._publisher = publisher
+        self._config = config
+        self._workspace = Workspace.for_work(data_dir, work)
+        self._on_started = on_started
+        self._cancel_reason: str | None = None
+        self._retry_after_cancel = False
+        self._task: asyncio.Task[Outcome] | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.work.run_id, self.work.activity.id, self.work.attempt)
+
+    def cancel(self, reason: str, *, retry: bool = False) -> None:
+        """Stop the executor. `retry`: end as a retryable failure (the agent is shutting down)."""
+        self._cancel_reason = reason or "cancelled"
+        self._retry_after_cancel = retry
+        if self._task is not None:
+            self._task.cancel()
+
+    def _event_fields(self) -> dict[str, Any]:
+        w = self.work
+        return {"tenant": w.tenant, "run_id": w.run_id, "activity_id": w.activity.id, "attempt": w.attempt}
+
+    async def run(self) -> ActivityEvent:
+        """Publish started, run, publish and return the terminal event."""
+        bound = log.bind(tenant=self.work.tenant, run=self.work.run_id, activity=self.work.activity.id)
+        started = ActivityStarted(agent=self._config.agent_id, **self._event_fields())
+        await publish_reliably(lambda: self._publisher.publish_event(started), "activity.started")
+        bound.info("activity_started", attempt=self.work.attempt)
+        if self._on_started is not None:
+            await self._on_started()
+        sink = LogSink.for_work(
+            self.work,
+            self._publish_log,
+            flush_seconds=self._config.log_flush_seconds,
+            chunk_bytes=self._config.log_chunk_bytes,
+        )
+        outcome: Outcome | None = None
+        async with sink:
+            beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            try:
+                outcome = await self._execute(sink)
+            finally:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
+            if outcome is None:
+                await sink.system(f"cancelled: {self._cancel_reason}")
+        end = self._terminal(outcome, sink.masker)
+        await publish_reliably(lambda: self._publisher.publish_event(end), end.kind)
+        bound.info("activity_finished", outcome=end.kind, attempt=self.work.attempt)
+        return end
+
+    async def _execute(self, sink: LogSink) -> Outcome | None:
+        """The executor's Outcome, or None when a cancel command stopped it."""
+        if self._cancel_reason is not None:
+            return None
+        self._task = asyncio.create_task(execute(self._executor, self.work, self._workspace, sink))
+        try:
+            return await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._cancel_reason is not None and (current is None or current.cancelling() == 0):
+                return None
+            raise
+        except Exception as exc:  # a bug in an executor must not take the agent down
+            log.exception("executor_crashed", activity=self.work.activity.id)
+            return Outcome.failed(f"the agent's executor crashed: {type(exc).__name__}: {exc}")
+
+    def _terminal(self, outcome: Outcome | None, masker: Masker) -> ActivityEvent:
+        fields = self._event_fields()
+        if outcome is None and self._retry_after_cancel:
+            return ActivityFailed(reason=self._cancel_reason or "", retryable=True, **fields)
+        if outcome is None:
+            return ActivityCancelled(reason=self._cancel_reason or "", **fields)
+        if outcome.ok:
+            return ActivityCompleted(outputs=outcome.outputs, exit_code=outcome.exit_code, **fields)
+        return ActivityFailed(
+            reason=masker.mask(outcome.reason),
+            exit_code=outcome.exit_code,
+            retryable=outcome.retryable,
+            timed_out=outcome.timed_out,
+            **fields,
+        )
+
+    async def _publish_log(self, chunk: ActivityLogChunk) -> None:
+        subject = subjects.logs(chunk.tenant, chunk.run_id, chunk.activity_id)
+        await self._publisher.publish(subject, chunk, msg_id=chunk.msg_id())
+
+    async def _heartbeats(self) -> None:
+        for sequence in range(1, 1 << 62):
+            await asyncio.sleep(self._config.heartbeat_seconds)
+            beat = ActivityHeartbeat(agent=self._config.agent_id, sequence=sequence, **self._event_fields())
+            try:
+                await self._publisher.publish_event(beat)
+            except Exception as exc:  # a missed heartbeat is not fatal; the next one may pass
+                log.warning("heartbeat_failed", activity=self.work.activity.id, error=repr(exc))

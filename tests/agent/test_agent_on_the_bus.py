@@ -1,0 +1,297 @@
+"""Agents on a real nats-server: claiming, reporting, cancels, shutdown and tenant isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from agent_support import read_pid, shell, wait_until_gone
+from agent_support import work_item as _work_item
+
+from trellis_agent.agent import Agent, executors_for
+from trellis_agent.config import AgentConfig
+from trellis_core import subjects
+from trellis_core.bus import Bus
+from trellis_core.events import (
+    ActivityCancelled,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityHeartbeat,
+    ActivityLogChunk,
+    ActivityStarted,
+    ApprovalDecided,
+    ApprovalRequested,
+    CancelActivity,
+    DeadLetter,
+    RunEvent,
+    WorkItem,
+    decode_run_event,
+    encode,
+)
+from trellis_core.workflow import ApprovalSpec
+
+
+def work_item(*args: Any, **kwargs: Any) -> WorkItem:
+    # Real ids hold '/', which subjects.logs cannot carry yet (see the xfail test below).
+    kwargs.setdefault("activity_id", "build")
+    return _work_item(*args, **kwargs)
+
+
+@pytest.mark.xfail(reason="subjects.activity_token maps '/' to '~', which subjects.token refuses")
+def test_log_subjects_accept_activity_ids_with_slashes() -> None:
+    assert subjects.logs("acme", "r1", "resource/vpc/plan").endswith(".resource~vpc~plan")
+
+
+class Recorder:
+    """Every run event and log chunk of one tenant, as they arrive on core NATS."""
+
+    def __init__(self) -> None:
+        self.events: list[RunEvent] = []
+        self.chunks: list[ActivityLogChunk] = []
+        self._changed = asyncio.Condition()
+
+    async def on_event(self, msg: Any) -> None:
+        async with self._changed:
+            self.events.append(decode_run_event(msg.data))
+            self._changed.notify_all()
+
+    async def on_log(self, msg: Any) -> None:
+        async with self._changed:
+            self.chunks.append(msgspec.json.decode(msg.data, type=ActivityLogChunk))
+            self._changed.notify_all()
+
+    def of(self, kind: type[Any], run_id: str | None = None) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind) and (run_id is None or e.run_id == run_id)]
+
+    async def wait(self, predicate: Callable[[], bool], within: float = 15.0) -> None:
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def first(self, kind: type[Any], run_id: str, within: float = 15.0) -> Any:
+        await self.wait(lambda: bool(self.of(kind, run_id)), within)
+        return self.of(kind, run_id)[0]
+
+
+@asynccontextmanager
+async def recording(bus: Bus, tenant: str) -> AsyncIterator[Recorder]:
+    recorder = Recorder()
+    events = await bus.nc.subscribe(subjects.all_run_events(tenant), cb=recorder.on_event)
+    logs = await bus.nc.subscribe(f"{subjects.PREFIX}.{tenant}.logs.>", cb=recorder.on_log)
+    await bus.nc.flush()
+    try:
+        yield recorder
+    finally:
+        await events.unsubscribe()
+        await logs.unsubscribe()
+
+
+@asynccontextmanager
+async def running_agent(bus: Bus, tmp_path: Path, **overrides: Any) -> AsyncIterator[Agent]:
+    config = AgentConfig.from_env(
+        {}, heartbeat_seconds=0.2, log_flush_seconds=0.05, kill_grace_seconds=0.5, **overrides
+    )
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    async with executors_for(config, bus) as router:
+        agent = Agent(bus, config, router, tmp_path / config.agent_id)
+        task = asyncio.create_task(agent.run(stop, ready=ready))
+        async with asyncio.timeout(10):
+            await ready.wait()
+        try:
+            yield agent
+        finally:
+            stop.set()
+            async with asyncio.timeout(30):
+                await task
+
+
+async def dispatch(bus: Bus, work: WorkItem, pool: str = "default", agent: str | None = None) -> None:
+    await bus.publish(subjects.work(work.tenant, pool, agent), work, msg_id=work.msg_id())
+
+
+async def test_an_agent_runs_work_and_reports_started_heartbeats_logs_and_completion(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    script = 'echo hello; sleep 0.5; echo \'{"answer": 42}\' > "$TRELLIS_OUTPUTS"'
+    work = work_item(shell(script), tenant=unique)
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique) as agent:
+        await dispatch(bus, work)
+        done = await rec.first(ActivityCompleted, work.run_id)
+        await rec.wait(lambda: "hello\n" in "".join(c.data for c in rec.chunks))
+    assert done.outputs == {"answer": 42}
+    assert done.exit_code == 0
+    started = rec.of(ActivityStarted, work.run_id)
+    assert [s.agent for s in started] == [agent.config.agent_id]
+    beats = rec.of(ActivityHeartbeat, work.run_id)
+    assert beats
+    assert [b.sequence for b in beats] == list(range(1, len(beats) + 1))
+    kinds = [type(e) for e in rec.events if e.run_id == work.run_id]
+    assert kinds[0] is ActivityStarted
+    assert kinds[-1] is ActivityCompleted
+    assert [c.sequence for c in rec.chunks] == list(range(len(rec.chunks)))
+
+
+async def test_a_failing_command_is_reported_with_its_exit_code(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    work = work_item(shell("exit 4"), tenant=unique)
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
+        await dispatch(bus, work)
+        failed = await rec.first(ActivityFailed, work.run_id)
+    assert failed.exit_code == 4
+    assert failed.retryable
+
+
+async def test_work_pinned_to_the_agent_reaches_it(bus: Bus, unique: str, tmp_path: Path) -> None:
+    work = work_item(shell("echo pinned"), tenant=unique)
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique, pool="p1") as agent:
+        await dispatch(bus, work, pool="p1", agent=agent.config.agent_id)
+        await rec.first(ActivityCompleted, work.run_id)
+
+
+async def test_an_agent_of_tenant_a_never_receives_tenant_b_work(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    tenant_a, tenant_b = f"{unique}a", f"{unique}b"
+    works_a = [work_item(shell("echo a"), tenant=tenant_a) for _ in range(3)]
+    works_b = [work_item(shell("echo b"), tenant=tenant_b) for _ in range(3)]
+    async with (
+        recording(bus, tenant_a) as rec_a,
+        recording(bus, tenant_b) as rec_b,
+        running_agent(bus, tmp_path, tenant=tenant_a) as agent_a,
+        running_agent(bus, tmp_path, tenant=tenant_b) as agent_b,
+    ):
+        for a, b in zip(works_a, works_b, strict=True):
+            await dispatch(bus, a)
+            await dispatch(bus, b)
+        await rec_a.wait(lambda: len(rec_a.of(ActivityCompleted)) == 3)
+        await rec_b.wait(lambda: len(rec_b.of(ActivityCompleted)) == 3)
+    assert {e.agent for e in rec_a.of(ActivityStarted)} == {agent_a.config.agent_id}
+    assert {e.agent for e in rec_b.of(ActivityStarted)} == {agent_b.config.agent_id}
+    assert {e.run_id for e in rec_a.of(ActivityCompleted)} == {w.run_id for w in works_a}
+    assert {e.run_id for e in rec_b.of(ActivityCompleted)} == {w.run_id for w in works_b}
+
+
+async def test_work_of_another_tenant_on_its_subject_is_dead_lettered_not_run(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    intruder = work_item(shell("echo should not run"), tenant=f"{unique}other")
+    subject = subjects.work(unique, "default")
+    letters = await bus.nc.subscribe(subjects.deadletter(subject))
+    async with recording(bus, intruder.tenant) as rec, running_agent(bus, tmp_path, tenant=unique):
+        await bus.publish(subject, intruder, msg_id=intruder.msg_id())
+        letter = msgspec.json.decode((await letters.next_msg(timeout=15)).data, type=DeadLetter)
+    await letters.unsubscribe()
+    assert "reached an agent of" in letter.reason
+    assert rec.events == []
+
+
+async def test_a_cancel_command_kills_the_activity_and_reports_it_cancelled(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    work = work_item(
+        shell("sleep 300 & echo $! > grandchild.pid; echo started; wait"), tenant=unique, workspace="ws"
+    )
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique) as agent:
+        await dispatch(bus, work)
+        await rec.wait(lambda: "started" in "".join(c.data for c in rec.chunks))
+        command = CancelActivity(
+            tenant=unique,
+            run_id=work.run_id,
+            activity_id=work.activity.id,
+            attempt=work.attempt,
+            reason="user",
+        )
+        await bus.nc.publish(subjects.control(unique, "default"), encode(command))
+        cancelled = await rec.first(ActivityCancelled, work.run_id)
+        pid_file = agent.data_dir / unique / work.run_id / "ws" / "grandchild.pid"
+    assert cancelled.reason == "user"
+    assert await wait_until_gone(read_pid(pid_file))
+    assert not rec.of(ActivityCompleted, work.run_id)
+
+
+async def test_on_stop_running_work_gets_the_grace_period_then_fails_retryably(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    quick = work_item(shell("echo started-quick; sleep 0.3"), tenant=unique)
+    slow = work_item(shell("echo started-slow; sleep 300"), tenant=unique)
+    async with (
+        recording(bus, unique) as rec,
+        running_agent(bus, tmp_path, tenant=unique, shutdown_grace_seconds=1.0, concurrency=2),
+    ):
+        await dispatch(bus, quick)
+        await dispatch(bus, slow)
+        await rec.wait(lambda: "started-slow" in "".join(c.data for c in rec.chunks))
+    assert rec.of(ActivityCompleted, quick.run_id)
+    failed = rec.of(ActivityFailed, slow.run_id)
+    assert len(failed) == 1
+    assert failed[0].retryable
+    assert "shut down" in failed[0].reason
+
+
+async def test_concurrency_limits_how_many_run_at_once(bus: Bus, unique: str, tmp_path: Path) -> None:
+    works = [work_item(shell("sleep 0.3"), tenant=unique) for _ in range(4)]
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique, concurrency=2):
+        for w in works:
+            await dispatch(bus, w)
+        await rec.wait(lambda: len(rec.of(ActivityCompleted)) == 4)
+    running = 0
+    peak = 0
+    for event in rec.events:
+        if isinstance(event, ActivityStarted):
+            running += 1
+        elif isinstance(event, ActivityCompleted):
+            running -= 1
+        peak = max(peak, running)
+    assert peak == 2
+
+
+async def test_an_approval_waits_for_the_decision_on_the_bus(bus: Bus, unique: str, tmp_path: Path) -> None:
+    work = work_item(ApprovalSpec(approvers=("ops@example.com",)), kind="approval", tenant=unique)
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
+        await dispatch(bus, work)
+        requested = await rec.first(ApprovalRequested, work.run_id)
+        assert requested.approvers == ("ops@example.com",)
+        assert not rec.of(ActivityCompleted, work.run_id)
+        await bus.publish_event(
+            ApprovalDecided(
+                tenant=unique,
+                run_id=work.run_id,
+                activity_id=work.activity.id,
+                attempt=work.attempt,
+                decision="approved",
+                decided_by="alice",
+            )
+        )
+        done = await rec.first(ActivityCompleted, work.run_id)
+    assert done.outputs["decision"] == "approved"
+    assert done.outputs["decidedBy"] == "alice"
+
+
+@pytest.mark.parametrize("decision", ["rejected"])
+async def test_a_rejected_approval_fails_without_retry(
+    bus: Bus, unique: str, tmp_path: Path, decision: str
+) -> None:
+    work = work_item(ApprovalSpec(), kind="approval", tenant=unique)
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
+        await dispatch(bus, work)
+        await rec.first(ApprovalRequested, work.run_id)
+        await bus.publish_event(
+            ApprovalDecided(
+                tenant=unique,
+                run_id=work.run_id,
+                activity_id=work.activity.id,
+                attempt=work.attempt,
+                decision="rejected",
+                decided_by="bob",
+                comment="not today",
+            )
+        )
+        failed = await rec.first(ActivityFailed, work.run_id)
+    assert failed.reason == "rejected by bob: not today"
+    assert not failed.retryable
