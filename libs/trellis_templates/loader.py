@@ -18,6 +18,7 @@ except AttributeError:  # pragma: no cover - libyaml missing
     _Loader = yaml.SafeLoader
 
 _YAML_SUFFIXES = (".yaml", ".yml")
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,11 @@ class _Builder:
             self.constructor.flatten_mapping(node)
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self.constructor.construct_object(key_node, deep=True)
+                key = (
+                    key_node.value
+                    if key_node.tag == _STR_TAG
+                    else self.constructor.construct_object(key_node)
+                )
                 if not isinstance(key, str | int) or isinstance(key, bool):
                     key = str(key)
                 child = (*path, key)
@@ -63,8 +68,9 @@ class _Builder:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        value = self.constructor.construct_object(node, deep=True)
-        return value
+        if node.tag == _STR_TAG:
+            return node.value
+        return self.constructor.construct_object(node, deep=True)
 
 
 def load_text(text: str, file: str, problems: Problems) -> list[RawDocument]:
