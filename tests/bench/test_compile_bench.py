@@ -128,7 +128,8 @@ def test_compiling_a_thousand_resources_takes_under_a_second() -> None:
 
     load_s = median_seconds(load_and_validate, runs=3)
     print(
-        f"\ncompile {RESOURCES} resources -> {count} activities: median {compile_s * 1000:.0f} ms over {RUNS} runs;"
+        f"\ncompile {RESOURCES} resources -> {count} activities: "
+        f"median {compile_s * 1000:.0f} ms over {RUNS} runs;"
         f" JSON encode {encode_s * 1000:.0f} ms; YAML load+validate {load_s * 1000:.0f} ms"
     )
     assert 6500 <= count <= 7500
