@@ -1,0 +1,22 @@
+"""Retry backoff: exponential, capped, with jitter derived from the attempt's identity (no randomness)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from trellis_core.workflow import RetryPolicy
+
+
+def jitter_fraction(key: str) -> float:
+    """A number in [0, 1) that is the same every time for the same key."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def backoff_seconds(policy: RetryPolicy, failed_attempt: int, key: str) -> float:
+    """Delay before the attempt after `failed_attempt` (1-based): "equal jitter" — half the
+    exponential step is fixed, half is spread by the key so retries of many activities don't align."""
+    exponent = max(failed_attempt - 1, 0)
+    step = min(policy.initial_backoff_seconds * policy.multiplier**exponent, policy.max_backoff_seconds)
+    step = max(step, 0.0)
+    return step / 2 + step / 2 * jitter_fraction(key)

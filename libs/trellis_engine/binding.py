@@ -1,0 +1,94 @@
+"""Late binding: render an activity's `$( )$` strings with upstream outputs just before dispatch.
+
+The renderer is `trellis_templates.expressions.render_late(value, scope)`; the engine only walks
+the activity's strings, calls it, and turns any error into a message for the failed activity.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from trellis_core.workflow import Activity
+from trellis_engine.state import RunState
+
+Renderer = Callable[[Any, dict[str, Any]], Any]
+_MARK = "$("
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off", "none", "null"})
+
+
+def default_renderer() -> Renderer | None:
+    """The template engine's late renderer, or None if trellis_templates does not provide it."""
+    try:
+        module = importlib.import_module("trellis_templates.expressions")
+    except ImportError:
+        return None
+    render = getattr(module, "render_late", None)
+    return render if callable(render) else None
+
+
+def late_scope(run: RunState, activity: Activity) -> dict[str, Any]:
+    """The names a late-bound expression sees: the workflow's scope, the activity's own inputs
+    as `variables`, and every output recorded so far as `resource.R.output.K.value`."""
+    scope = dict(run.workflow.scope)
+    scope["variables"] = activity.inputs
+    scope["resource"] = {name: {"output": outputs} for name, outputs in run.outputs.items()}
+    # The callback URL is minted later (by the agent that sends the notification): keep it as is.
+    scope.setdefault("approval", {"callback_url": "$(approval.callback_url)$"})
+    return scope
+
+
+class RenderError(Exception):
+    """A late-bound expression could not be rendered; the message says where and why."""
+
+
+def _render_tree(value: Any, scope: dict[str, Any], render: Renderer, path: str, as_text: bool) -> Any:
+    if isinstance(value, str):
+        if _MARK not in value:
+            return value
+        try:
+            out = render(value, scope)
+        except Exception as exc:  # the renderer's errors are user errors: report, never crash
+            raise RenderError(f"{path}: {exc}") from None
+        if as_text and not isinstance(out, str):
+            return json.dumps(out)
+        return out
+    if isinstance(value, dict):
+        return {k: _render_tree(v, scope, render, f"{path}.{k}", as_text) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_render_tree(v, scope, render, f"{path}[{n}]", as_text) for n, v in enumerate(value)]
+    return value
+
+
+def render_activity(activity: Activity, scope: dict[str, Any], render: Renderer | None) -> Activity:
+    """The activity with its spec and inputs rendered; raises RenderError with the field path."""
+    if render is None:
+        raise RenderError("late-bound expressions need trellis_templates.expressions.render_late")
+    data = msgspec.to_builtins(activity)
+    if "spec" in data:
+        data["spec"] = _render_tree(data["spec"], scope, render, "spec", as_text=True)
+    if "inputs" in data:
+        data["inputs"] = _render_tree(data["inputs"], scope, render, "inputs", as_text=False)
+    try:
+        return msgspec.convert(data, Activity)
+    except msgspec.ValidationError as exc:
+        raise RenderError(f"rendered activity is invalid: {exc}") from None
+
+
+def skip_condition_holds(condition: str, scope: dict[str, Any], render: Renderer | None) -> bool:
+    """Whether a skip condition is truthy; raises RenderError when it cannot be rendered."""
+    if _MARK not in condition:
+        return condition.strip().lower() not in _FALSE_WORDS
+    if render is None:
+        raise RenderError("skip conditions need trellis_templates.expressions.render_late")
+    try:
+        value = render(condition, scope)
+    except Exception as exc:
+        raise RenderError(f"skip condition: {exc}") from None
+    if isinstance(value, str):
+        return value.strip().lower() not in _FALSE_WORDS
+    return bool(value)

@@ -1,0 +1,248 @@
+"""`fold(state, event) -> state`: apply one run event. Duplicates, late events and events of
+stale attempts change nothing, so the stream can be replayed over a snapshot at will."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trellis_core.events import (
+    ActivityCancelled,
+    ActivityCompleted,
+    ActivityDispatched,
+    ActivityEvent,
+    ActivityFailed,
+    ActivityHeartbeat,
+    ActivityLost,
+    ActivityStarted,
+    ActivityTimedOut,
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    RunCancelRequested,
+    RunCompiled,
+    RunCompleted,
+    RunQueued,
+    RunStarted,
+)
+from trellis_core.workflow import Workflow
+from trellis_engine import limits
+from trellis_engine.backoff import backoff_seconds
+from trellis_engine.graph import build_run, graph_problems
+from trellis_engine.state import ACTIVE, IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
+from trellis_engine.transitions import finish, promote_if_unblocked, reset_workspace, set_status
+
+
+def fold(st: SchedulerState, event: Event) -> SchedulerState:
+    """Apply `event` to the state (in place) and return it."""
+    if isinstance(event, RunCompiled):
+        _compiled(st, event)
+        return st
+    run = st.runs.get(event.run_id)
+    if run is None or run.status in TERMINAL_RUN:
+        return st
+    st.dirty.add(run.run_id)
+    if isinstance(event, ActivityEvent):
+        _activity_event(st, run, event)
+    elif isinstance(event, RunStarted):
+        if run.status == "queued":
+            limits.take(st, run)
+            start_run(st, run, event.occurred_at.timestamp())
+    elif isinstance(event, RunQueued):
+        run.queued_emitted = True
+        run.queue_reason = event.reason
+    elif isinstance(event, RunCancelRequested):
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            run.cancel_reason = event.reason or f"cancelled by {event.requested_by or 'request'}"
+    elif isinstance(event, RunCompleted):
+        from trellis_engine.runs import complete_run  # a cycle only at import time
+
+        complete_run(st, run, event.occurred_at.timestamp(), None, status=event.status)
+    return st
+
+
+def start_run(st: SchedulerState, run: RunState, now: float) -> None:
+    """The run holds its environment: its root activities become ready."""
+    run.status = "running"
+    run.started_at = now
+    for i, a in enumerate(run.acts):
+        if a.status == "pending" and a.unfinished == 0:
+            promote_if_unblocked(st, run, i, now)
+
+
+def _compiled(st: SchedulerState, event: RunCompiled) -> None:
+    if event.run_id in st.runs or event.run_id in st.finished:
+        return
+    at = event.occurred_at.timestamp()
+    problems = graph_problems(event.workflow)
+    workflow = event.workflow
+    if problems:
+        workflow = Workflow(
+            environment=workflow.environment,
+            template=workflow.template,
+            action=workflow.action,
+            activities=(),
+        )
+    run = build_run(event.tenant, event.run_id, workflow, at, event.requested_by)
+    if problems:
+        run.failed = True
+        run.message = "; ".join(problems)
+    st.runs[run.run_id] = run
+    limits.enqueue(st, run)
+    st.dirty.add(run.run_id)
+
+
+def _current(run: RunState, event: ActivityEvent) -> int | None:
+    """The activity's position if the event is about its current attempt, else None. An event
+    of a later attempt than we know (replay over an older snapshot) means that attempt was
+    dispatched: catch up."""
+    i = run.index.get(event.activity_id)
+    if i is None:
+        return None
+    a = run.acts[i]
+    if event.attempt == a.attempt and a.status in ACTIVE:
+        return i
+    if event.attempt > a.attempt and a.status == "ready":
+        a.attempt = event.attempt
+        a.retry_at = 0.0
+        a.dispatched_at = event.occurred_at.timestamp()
+        return i
+    return None
+
+
+def _activity_event(st: SchedulerState, run: RunState, event: ActivityEvent) -> None:
+    i = _current(run, event)
+    if i is None:
+        return
+    a = run.acts[i]
+    if a.status == "ready":  # caught up above
+        set_status(st, run, i, "dispatched")
+    t = event.occurred_at.timestamp()
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(st, run, i, event, t)
+
+
+def _dispatched(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityDispatched)
+    if event.agent and not run.acts[i].agent:
+        run.acts[i].agent = event.agent
+
+
+def _started(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityStarted)
+    a, activity = run.acts[i], run.activities[i]
+    if a.status != "dispatched":
+        return
+    set_status(st, run, i, "running")
+    a.agent = event.agent
+    a.started_at = a.last_seen = t
+    if activity.workspace and activity.workspace not in run.workspaces:
+        run.workspaces[activity.workspace] = event.agent
+    if activity.timeout_seconds:
+        st.add_timer(t + activity.timeout_seconds, run.run_id, i, a.attempt, "timeout")
+    st.add_timer(t + st.config.heartbeat_timeout_seconds, run.run_id, i, a.attempt, "heartbeat")
+
+
+def _heartbeat(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    a = run.acts[i]
+    a.last_seen = max(a.last_seen, t)
+
+
+def _completed(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityCompleted)
+    a, activity = run.acts[i], run.activities[i]
+    if activity.kind == "approval":  # the notification went out: now wait for the decision
+        if a.status != "waiting":
+            set_status(st, run, i, "waiting")
+        return
+    a.outputs = event.outputs
+    if activity.resource and event.outputs:
+        recorded = run.outputs.setdefault(activity.resource, {})
+        for key, value in event.outputs.items():
+            recorded[key] = value if isinstance(value, dict) and "value" in value else {"value": value}
+    finish(st, run, i, "succeeded", t)
+
+
+def fail_attempt(
+    st: SchedulerState, run: RunState, i: int, t: float, reason: str, *, retryable: bool, timed_out: bool
+) -> None:
+    """The current attempt failed: retry after a backoff if the policy allows, else finish."""
+    a, activity = run.acts[i], run.activities[i]
+    if retryable and a.attempt < activity.retry.max_attempts and not run.cancel_requested:
+        set_status(st, run, i, "ready")
+        a.reason = reason
+        a.retry_at = t + backoff_seconds(activity.retry, a.attempt, f"{run.run_id}/{activity.id}/{a.attempt}")
+        st.add_timer(a.retry_at, run.run_id, i, a.attempt, "retry")
+        return
+    finish(st, run, i, "timed_out" if timed_out else "failed", t, reason)
+
+
+def _failed(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityFailed)
+    fail_attempt(st, run, i, t, event.reason, retryable=event.retryable, timed_out=event.timed_out)
+
+
+def _timed_out(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityTimedOut)
+    reason = f"timed out after {event.timeout_seconds:g}s"
+    fail_attempt(st, run, i, t, reason, retryable=True, timed_out=True)
+
+
+def _cancelled(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ActivityCancelled)
+    finish(st, run, i, "cancelled", t, event.reason or "cancelled")
+
+
+def _lost(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    """The agent stopped answering: run the attempt again elsewhere (a new attempt)."""
+    assert isinstance(event, ActivityLost)
+    a, activity = run.acts[i], run.activities[i]
+    if a.status not in IN_FLIGHT:
+        return
+    a.losses += 1
+    agent = event.agent or a.agent
+    if a.losses > st.config.max_losses:
+        finish(st, run, i, "failed", t, f"agent {agent or '?'} lost {a.losses} times")
+        return
+    if run.cancel_requested:
+        finish(st, run, i, "cancelled", t, "agent lost while cancelling")
+        return
+    a.reason = f"agent {agent or '?'} lost"
+    if activity.workspace and run.workspaces.get(activity.workspace) in (agent, None):
+        a.agent = agent
+        reset_workspace(st, run, activity.workspace, agent, t)
+        return
+    set_status(st, run, i, "ready")
+    a.agent = ""
+    run.push_ready(i)
+
+
+def _approval_requested(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    if run.acts[i].status != "waiting":
+        set_status(st, run, i, "waiting")
+
+
+def _approval_decided(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+    assert isinstance(event, ApprovalDecided)
+    if event.decision == "approved":
+        finish(st, run, i, "succeeded", t, f"approved by {event.decided_by or '?'}")
+        return
+    comment = f": {event.comment}" if event.comment else ""
+    finish(st, run, i, "failed", t, f"rejected by {event.decided_by or '?'}{comment}")
+
+
+_HANDLERS: dict[type[Any], Any] = {
+    ActivityDispatched: _dispatched,
+    ActivityStarted: _started,
+    ActivityHeartbeat: _heartbeat,
+    ActivityCompleted: _completed,
+    ActivityFailed: _failed,
+    ActivityTimedOut: _timed_out,
+    ActivityCancelled: _cancelled,
+    ActivityLost: _lost,
+    ApprovalRequested: _approval_requested,
+    ApprovalDecided: _approval_decided,
+}
+
+__all__ = ["TERMINAL", "fail_attempt", "fold", "start_run"]

@@ -1,0 +1,184 @@
+"""Run and activity state: what the engine knows about every run it walks, and its snapshots.
+
+The state is mutable for speed (a 4,000-activity run folds thousands of events a second), but
+only `decide.fold` and `decide.decide` change it, and they read no clock and draw no randomness.
+Graph indices (dependents, workspaces) are derived from the workflow and never serialized.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from trellis_core.events import RunStatus
+from trellis_core.workflow import Action, Activity, Workflow
+
+ActivityStatus = Literal[
+    "pending",
+    "ready",
+    "dispatched",
+    "running",
+    "waiting",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "skipped",
+    "cancelled",
+]
+# Why an activity was skipped: `condition`/`execute_once`/`destroy` skips are a no-op success for
+# dependents; `upstream`, `not_applicable` and `cancel` skips propagate like failures.
+SkipKind = Literal["", "condition", "execute_once", "destroy", "upstream", "not_applicable", "cancel"]
+
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "timed_out", "skipped", "cancelled"})
+ACTIVE: frozenset[str] = frozenset({"dispatched", "running", "waiting"})
+IN_FLIGHT: frozenset[str] = frozenset({"dispatched", "running"})  # holds a parallelism slot
+TERMINAL_RUN: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+NO_OP_SKIPS: frozenset[str] = frozenset({"condition", "execute_once", "destroy"})
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits and timings; 0 means unlimited for the parallelism limits."""
+
+    max_parallel_per_run: int = 0
+    max_parallel_per_tenant: int = 0
+    heartbeat_timeout_seconds: float = 15.0
+    cancel_grace_seconds: float = 30.0
+    max_losses: int = 3  # agent losses one activity survives before it fails
+
+
+class ActivityState(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The dynamic state of one activity. Counters are kept exact only while it is `pending`."""
+
+    status: ActivityStatus = "pending"
+    attempt: int = 0  # the attempt last dispatched (0: never)
+    unfinished: int = 0  # dependencies not yet terminal
+    blocked: int = 0  # terminal dependencies that block `when: success`
+    unsucceeded: int = 0  # terminal dependencies that did not succeed (for `when: failure`)
+    agent: str = ""
+    retry_at: float = 0.0  # a retry waits (backoff) until then
+    dispatched_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    last_seen: float = 0.0  # the last sign of life of the running attempt
+    losses: int = 0
+    skip_kind: SkipKind = ""
+    reason: str = ""
+    outputs: dict[str, Any] = {}
+    cancel_sent: bool = False
+
+
+@dataclass(slots=True)
+class RunState:
+    """One run: its workflow, graph indices and the state of each activity (by workflow position)."""
+
+    tenant: str
+    run_id: str
+    workflow: Workflow
+    compiled_at: float
+    requested_by: str = ""
+    status: RunStatus = "queued"
+    queue_reason: str = ""
+    queued_emitted: bool = False
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    failed: bool = False
+    message: str = ""
+    inflight: int = 0
+    remaining: int = 0
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workspaces: dict[str, str] = field(default_factory=dict)  # workspace key -> agent holding it
+    acts: list[ActivityState] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)  # heap of positions; entries checked on pop
+    # derived from the workflow
+    activities: tuple[Activity, ...] = ()
+    index: dict[str, int] = field(default_factory=dict)
+    deps: list[list[int]] = field(default_factory=list)
+    dependents: list[list[int]] = field(default_factory=list)
+    by_workspace: dict[str, list[int]] = field(default_factory=dict)
+    needs_render: list[bool] = field(default_factory=list)
+    # kept by the service: the stream sequences of RunCompiled and of the last event folded
+    compiled_seq: int = 0
+    last_seq: int = 0
+
+    @property
+    def environment(self) -> str:
+        return self.workflow.environment
+
+    @property
+    def action(self) -> Action:
+        return self.workflow.action
+
+    @property
+    def env_key(self) -> tuple[str, str]:
+        return (self.tenant, self.workflow.environment)
+
+    def push_ready(self, i: int) -> None:
+        heapq.heappush(self.ready, i)
+
+
+@dataclass(slots=True)
+class Timer:
+    """A deadline the engine must look at again: retry backoff, timeout, heartbeat, cancel grace."""
+
+    at: float
+    seq: int
+    run_id: str
+    position: int
+    attempt: int
+    kind: Literal["retry", "timeout", "heartbeat", "cancel_grace"]
+
+    def __lt__(self, other: Timer) -> bool:
+        return (self.at, self.seq) < (other.at, other.seq)
+
+
+@dataclass(slots=True)
+class SchedulerState:
+    """Every run the scheduler walks, the environment locks and the per-tenant slot counts."""
+
+    config: EngineConfig = field(default_factory=EngineConfig)
+    runs: dict[str, RunState] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+    env_holder: dict[tuple[str, str], str] = field(default_factory=dict)
+    env_queue: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
+    deployed: set[tuple[str, str]] = field(default_factory=set)  # environments with a successful deploy
+    tenant_inflight: dict[str, int] = field(default_factory=dict)
+    starved: dict[str, set[str]] = field(default_factory=dict)  # tenant -> runs waiting for a slot
+    dirty: set[str] = field(default_factory=set)
+    timers: list[Timer] = field(default_factory=list)
+    timer_seq: int = 0
+
+    def add_timer(self, at: float, run_id: str, position: int, attempt: int, kind: Any) -> None:
+        self.timer_seq += 1
+        heapq.heappush(self.timers, Timer(at, self.timer_seq, run_id, position, attempt, kind))
+
+    def next_wake(self) -> float | None:
+        return self.timers[0].at if self.timers else None
+
+
+class RunSnapshot(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What survives a restart besides the event stream: everything but the workflow itself,
+    which stays in the stream's RunCompiled message at `compiled_seq`."""
+
+    tenant: str
+    run_id: str
+    status: RunStatus
+    compiled_seq: int = 0
+    last_seq: int = 0
+    compiled_at: float = 0.0
+    requested_by: str = ""
+    queue_reason: str = ""
+    queued_emitted: bool = False
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    cancel_requested: bool = False
+    cancel_reason: str = ""
+    failed: bool = False
+    message: str = ""
+    outputs: dict[str, dict[str, Any]] = {}
+    workspaces: dict[str, str] = {}
+    acts: list[ActivityState] = []

@@ -1,0 +1,160 @@
+"""Activity status changes and what they ripple into: slot counts, dependents' counters, skips.
+
+Every status change goes through `set_status` so the per-run and per-tenant in-flight counts and
+the run's count of unfinished activities stay exact. Propagation uses a work list, not
+recursion, so a 500-long chain of skips cannot overflow the stack.
+"""
+
+from __future__ import annotations
+
+from trellis_engine.state import (
+    ACTIVE,
+    IN_FLIGHT,
+    NO_OP_SKIPS,
+    TERMINAL,
+    ActivityStatus,
+    RunState,
+    SchedulerState,
+    SkipKind,
+)
+
+
+def set_status(st: SchedulerState, run: RunState, i: int, new: ActivityStatus) -> None:
+    a = run.acts[i]
+    old = a.status
+    if old == new:
+        return
+    was_in, now_in = old in IN_FLIGHT, new in IN_FLIGHT
+    if was_in != now_in:
+        delta = 1 if now_in else -1
+        run.inflight += delta
+        st.tenant_inflight[run.tenant] = st.tenant_inflight.get(run.tenant, 0) + delta
+        if not now_in:
+            st.dirty.add(run.run_id)
+            starved = st.starved.pop(run.tenant, None)
+            if starved:
+                st.dirty.update(starved)
+    was_t, now_t = old in TERMINAL, new in TERMINAL
+    if was_t != now_t:
+        run.remaining += -1 if now_t else 1
+    a.status = new
+
+
+def _effect(run: RunState, d: int) -> tuple[bool, bool]:
+    """How a terminal dependency counts for a dependent: (blocks `success`, did not succeed)."""
+    a = run.acts[d]
+    if a.status == "succeeded" or (a.status == "skipped" and a.skip_kind in NO_OP_SKIPS):
+        return False, False
+    if a.status in ("failed", "timed_out") and run.activities[d].on_failure == "continue":
+        return False, True
+    return True, True
+
+
+def finish(
+    st: SchedulerState,
+    run: RunState,
+    i: int,
+    status: ActivityStatus,
+    now: float,
+    reason: str = "",
+    skip_kind: SkipKind = "",
+) -> None:
+    """Make activity `i` terminal and promote or skip whatever that unblocks, transitively."""
+    work = [(i, status, reason, skip_kind)]
+    while work:
+        j, status, reason, skip_kind = work.pop()
+        a = run.acts[j]
+        if a.status in TERMINAL:
+            continue
+        set_status(st, run, j, status)
+        a.finished_at = now
+        a.reason = reason
+        a.skip_kind = skip_kind
+        a.retry_at = 0.0
+        activity = run.activities[j]
+        if (status in ("failed", "timed_out") and activity.on_failure == "fail") or (
+            status == "cancelled" and not run.cancel_requested
+        ):
+            if not run.failed:
+                run.message = f"{activity.id}: {reason or status}"
+            run.failed = True
+        blocks, unsucceeded = _effect(run, j)
+        for k in run.dependents[j]:
+            b = run.acts[k]
+            if b.status != "pending":
+                continue
+            b.unfinished -= 1
+            b.blocked += blocks
+            b.unsucceeded += unsucceeded
+            if b.unfinished <= 0:
+                verdict = promotion(run, k)
+                if verdict is not None:
+                    work.append((k, "skipped", verdict[1], verdict[0]))
+                else:
+                    set_status(st, run, k, "ready")
+                    run.push_ready(k)
+
+
+def promotion(run: RunState, k: int) -> tuple[SkipKind, str] | None:
+    """For a pending activity whose dependencies are all finished: None if it should run, else
+    why it is skipped."""
+    activity, b = run.activities[k], run.acts[k]
+    if run.cancel_requested and activity.when != "always":
+        return "cancel", "run cancelled"
+    if activity.when == "success" and b.blocked:
+        return "upstream", "a dependency did not succeed"
+    if activity.when == "failure" and not b.unsucceeded:
+        return "not_applicable", "nothing failed"
+    return None
+
+
+def promote_if_unblocked(st: SchedulerState, run: RunState, k: int, now: float) -> None:
+    b = run.acts[k]
+    if b.status != "pending" or b.unfinished > 0:
+        return
+    verdict = promotion(run, k)
+    if verdict is None:
+        set_status(st, run, k, "ready")
+        run.push_ready(k)
+    else:
+        finish(st, run, k, "skipped", now, verdict[1], verdict[0])
+
+
+def recount(run: RunState, k: int) -> None:
+    """Recompute a pending activity's dependency counters from its dependencies' statuses."""
+    b = run.acts[k]
+    b.unfinished = b.blocked = b.unsucceeded = 0
+    for d in run.deps[k]:
+        if run.acts[d].status not in TERMINAL:
+            b.unfinished += 1
+            continue
+        blocks, unsucceeded = _effect(run, d)
+        b.blocked += blocks
+        b.unsucceeded += unsucceeded
+
+
+def reset_workspace(st: SchedulerState, run: RunState, workspace: str, lost_agent: str, now: float) -> None:
+    """The agent holding `workspace` died: everything done in it must be done again on another
+    agent, from the workspace's first activity (its checkout) on."""
+    run.workspaces.pop(workspace, None)
+    reset: list[int] = []
+    for i in run.by_workspace.get(workspace, ()):
+        a = run.acts[i]
+        if a.status == "succeeded" or a.status == "ready" or (a.status in ACTIVE and a.agent == lost_agent):
+            set_status(st, run, i, "pending")
+            a.agent = ""
+            a.retry_at = 0.0
+            a.cancel_sent = False
+            reset.append(i)
+    touched = set(reset)
+    for i in reset:
+        for k in run.dependents[i]:
+            if run.acts[k].status == "ready":
+                set_status(st, run, k, "pending")
+                run.acts[k].retry_at = 0.0
+            if run.acts[k].status == "pending":
+                touched.add(k)
+    for k in sorted(touched):
+        recount(run, k)
+    for k in sorted(touched):
+        promote_if_unblocked(st, run, k, now)
