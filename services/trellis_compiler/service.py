@@ -1,0 +1,93 @@
+"""The compiler service: run requests in, compiled workflows or rejections out.
+
+Thin: it wires the bus to the pure compiler. A bad bundle becomes a `run.rejected` event; an
+unexpected exception inside the compiler is reported the same way, so no request stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from trellis_core import subjects
+from trellis_core.bus import Bus, Delivery, PermanentError, decoder
+from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested
+from trellis_core.logs import get_logger
+from trellis_templates.compiler import CompileResult, compile_sources
+
+DURABLE = "trellis-compiler"
+REQUESTS = f"{subjects.PREFIX}.*.runs.requested"
+log = get_logger("compiler")
+
+
+def compile_request(request: RunRequested, *, email_relay_url: str = "") -> CompileResult:
+    """Compile a run request's bundle; a bug in the compiler becomes an error, not an exception."""
+    try:
+        return compile_sources(
+            request.sources,
+            request.environment,
+            request.variables,
+            request.action,
+            tenant=request.tenant,
+            run_id=request.run_id,
+            requested_by=request.requested_by,
+            email_relay_url=email_relay_url,
+        )
+    except Exception as exc:  # the compiler is pure: this is a bug, reported on the run
+        log.exception("compiler_crashed", tenant=request.tenant, run=request.run_id)
+        return CompileResult(None, (), (Problem(message=f"internal compiler error: {exc!r}"),))
+
+
+def outcome(request: RunRequested, result: CompileResult) -> RunCompiled | RunRejected:
+    if result.workflow is not None and not result.errors:
+        return RunCompiled(
+            tenant=request.tenant,
+            run_id=request.run_id,
+            workflow=result.workflow,
+            requested_by=request.requested_by,
+        )
+    return RunRejected(
+        tenant=request.tenant, run_id=request.run_id, errors=result.errors, warnings=result.warnings
+    )
+
+
+async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_relay_url: str = "") -> None:
+    """Compile one request and publish its outcome; ack follows (the bus acks after we return)."""
+    try:
+        subjects.run_event(request.tenant, request.run_id, "run.compiled")
+    except subjects.InvalidSubjectToken as exc:
+        raise PermanentError(str(exc)) from None
+    result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
+    event = outcome(request, result)
+    await delivery.in_progress()
+    await bus.publish_event(event)  # its msg id dedupes a republish after a redelivery
+    if isinstance(event, RunCompiled):
+        log.info(
+            "run_compiled",
+            tenant=request.tenant,
+            run=request.run_id,
+            activities=len(event.workflow.activities),
+            warnings=len(result.warnings),
+        )
+    else:
+        log.info("run_rejected", tenant=request.tenant, run=request.run_id, errors=len(event.errors))
+
+
+async def serve(
+    bus: Bus, stop: asyncio.Event, *, ready: asyncio.Event | None = None, email_relay_url: str = ""
+) -> None:
+    """Consume `runs.requested` of every tenant until `stop` is set."""
+
+    async def handler(request: RunRequested, delivery: Delivery) -> None:
+        await handle(bus, request, delivery, email_relay_url=email_relay_url)
+
+    consumer = bus.consumer(
+        stream=subjects.STREAM_RUNS,
+        durable=DURABLE,
+        subjects=[REQUESTS],
+        decode=decoder(RunRequested),
+        handler=handler,
+        ack_wait=60.0,
+    )
+    log.info("compiler_started")
+    await consumer.run(stop, ready=ready)
+    log.info("compiler_stopped")
