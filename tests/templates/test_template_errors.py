@@ -346,3 +346,20 @@ def test_compile_time_mistakes_are_all_reported_together() -> None:
         "spec.hooks.onInit[0].options.script.script",
         "spec.contexts[0].name",
     } <= paths
+
+
+def test_a_schedule_with_a_bad_cron_expression_is_an_error_with_an_example() -> None:
+    text = mutate(
+        (
+            "    - {name: team, options: {required: true}}",
+            "    - {name: team, options: {required: true}}\n  schedules:\n"
+            "    - {name: nightly, type: destroy, cadence: {cronExpression: '0 2 * *'}}",
+        )
+    )
+    assert_problem(
+        text,
+        "spec.schedules[0].cadence.cronExpression",
+        "'0 2 * *'",
+        "'0 2 * *' is not a cron expression",
+        "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
+    )

@@ -1,0 +1,457 @@
+"""One compilation: resolve the environment's documents, layer variables, order resources, wire the DAG."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from trellis_core.workflow import Action, Activity, TemplateRef, Workflow
+from trellis_templates.bundle import Bundle
+from trellis_templates.documents import (
+    ConfigContext,
+    Environment,
+    EnvironmentTemplate,
+    ResourceTemplate,
+    Schedule,
+)
+from trellis_templates.errors import Path, Problems, Source, closest
+from trellis_templates.hooks import HookContext, env_for
+from trellis_templates.rendering import Renderer
+from trellis_templates.resources import (
+    ENTRY,
+    Built,
+    ResourcePlan,
+    build_resource,
+    find_cycle,
+    hook_chain,
+    topo_order,
+)
+from trellis_templates.variables import (
+    Layer,
+    Merged,
+    env_encoding,
+    inputs_layer,
+    merge,
+    required_missing,
+    typed_value,
+)
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?LW#-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the run request adds to the documents."""
+
+    action: Action
+    tenant: str = ""
+    run_id: str = ""
+    requested_by: str = ""
+    environment_id: str = ""
+    email_relay_url: str = ""
+    trigger: Mapping[str, Any] | None = None
+    require_inputs: bool = True
+
+
+class Compilation:
+    """One compilation's state; `run` returns the workflow or None with problems reported."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        problems: Problems,
+        env: Environment,
+        env_src: Source,
+        inputs: dict[str, str],
+        info: RunInfo,
+    ) -> None:
+        self.bundle, self.problems, self.env, self.env_src = bundle, problems, env, env_src
+        self.inputs, self.info = inputs, info
+
+    def run(self) -> Workflow | None:
+        ref = self.env.spec.template
+        found = self.bundle.find(
+            EnvironmentTemplate,
+            ref.name,
+            ref.version,
+            self.problems,
+            (self.env_src, ("spec", "template", "name")),
+        )
+        if found is None:
+            return None
+        self.et, self.et_src = found
+        check_schedules(self.et.spec.schedules, self.et_src, self.problems)
+        check_schedules(self.env.spec.schedules, self.env_src, self.problems)
+        _unique_names(
+            [a.name for a in self.et.spec.actions], self.et_src, ("spec", "actions"), "action", self.problems
+        )
+        self.et_contexts = self._contexts(self.et.spec.contexts, self.et_src)
+        self.env_contexts = self._contexts(self.env.spec.contexts, self.env_src)
+        self.input_layer = inputs_layer(self.inputs, self._declared_names(), self.problems)
+        env_merged = merge(self._env_layers(), self.problems)
+        required_missing(env_merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
+        base = self._base_scope()
+        env_renderer = Renderer(self.problems, base, frozenset(r.name for r in self.et.spec.resources))
+        env_values, env_late, env_sensitive = self._values(env_merged, env_renderer)
+        base["environment"]["variables"] = env_values
+        self.base, self.env_late = base, env_late
+        plans = self._plans(env_sensitive)
+        order = self._order(plans)
+        if order is None or self.problems.errors:
+            return None
+        env_ctx = self._hook_context("", env_values, env_sensitive, env_renderer, self.et_src)
+        activities = self._assemble(plans, order, env_ctx)
+        if self.problems.errors:
+            return None
+        return Workflow(
+            environment=self.env.metadata.name,
+            template=TemplateRef(name=self.et.metadata.name, version=self.et.spec.version),
+            action=self.info.action,
+            activities=tuple(activities),
+            scope=self.base,
+        )
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def _contexts(self, refs: Sequence[Any], source: Source) -> list[tuple[ConfigContext, Source]]:
+        out = []
+        for i, ref in enumerate(refs):
+            found = self.bundle.find(
+                ConfigContext, ref.name, "", self.problems, (source, ("spec", "contexts", i, "name"))
+            )
+            if found is not None:
+                out.append(found)
+        return out
+
+    def _context_layers(self, contexts: list[tuple[ConfigContext, Source]]) -> list[Layer]:
+        return [
+            Layer(f"ConfigContext {c.metadata.name!r}", c.spec.variables, s, ("spec", "variables"))
+            for c, s in contexts
+        ]
+
+    def _env_layers(self) -> list[Layer]:
+        et, env = self.et, self.env
+        return [
+            *self._context_layers(self.et_contexts),
+            Layer(
+                f"EnvironmentTemplate {et.metadata.name!r}",
+                et.spec.variables,
+                self.et_src,
+                ("spec", "variables"),
+            ),
+            *self._context_layers(self.env_contexts),
+            Layer(
+                f"Environment {env.metadata.name!r}", env.spec.variables, self.env_src, ("spec", "variables")
+            ),
+            self.input_layer,
+        ]
+
+    def _declared_names(self) -> set[str]:
+        names = {v.name for v in self.et.spec.variables} | {v.name for v in self.env.spec.variables}
+        for c, _ in self.et_contexts + self.env_contexts:
+            names |= {v.name for v in c.spec.variables}
+        for res in self.et.spec.resources:
+            names |= {v.name for v in res.variables}
+        for rt, _ in self.bundle.all(ResourceTemplate):
+            names |= {v.name for v in rt.spec.variables}
+        return names
+
+    def _base_scope(self) -> dict[str, Any]:
+        info, env = self.info, self.env
+        contexts = {
+            c.metadata.name: {"variables": {v.name: v.value for v in c.spec.variables}}
+            for c, _ in self.et_contexts + self.env_contexts
+        }
+        scope: dict[str, Any] = {
+            "environment": {
+                "name": env.metadata.name,
+                "id": info.environment_id or env.metadata.name,
+                "variables": {},
+            },
+            "run": {"id": info.run_id, "action": info.action, "requested_by": info.requested_by},
+            "tenant": info.tenant,
+            "context": contexts,
+        }
+        if info.trigger is not None:
+            scope["trigger"] = dict(info.trigger)
+        return scope
+
+    def _values(self, merged: dict[str, Merged], renderer: Renderer) -> tuple[dict[str, Any], bool, set[str]]:
+        """Typed, rendered values; whether any stays late; the names that are sensitive."""
+        values: dict[str, Any] = {}
+        late = False
+        for name, var in merged.items():
+            source, path = var.set_at
+            value = renderer.value(typed_value(var, self.problems), source, path)
+            late = late or _has_late(value, renderer)
+            values[name] = value
+        return values, late, {n for n, v in merged.items() if v.sensitive}
+
+    # ---- resources ------------------------------------------------------------------------
+
+    def _plans(self, env_sensitive: set[str]) -> list[ResourcePlan]:
+        names = frozenset(r.name for r in self.et.spec.resources)
+        plans: list[ResourcePlan] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(self.et.spec.resources):
+            path: Path = ("spec", "resources", i)
+            if entry.name in seen:
+                self.problems.error(self.et_src, (*path, "name"), f"duplicate resource name {entry.name!r}")
+                continue
+            seen.add(entry.name)
+            tname, tversion, tpath = entry.name, entry.resource_options.version, (*path, "name")
+            if entry.template is not None:
+                tname, tversion, tpath = (
+                    entry.template.name,
+                    entry.template.version,
+                    (*path, "template", "name"),
+                )
+            found = self.bundle.find(ResourceTemplate, tname, tversion, self.problems, (self.et_src, tpath))
+            if found is None:
+                continue
+            rt, rt_src = found
+            plans.append(self._plan(i, entry, rt, rt_src, names, env_sensitive))
+        return plans
+
+    def _plan(
+        self,
+        i: int,
+        entry: Any,
+        rt: ResourceTemplate,
+        rt_src: Source,
+        names: frozenset[str],
+        env_sensitive: set[str],
+    ) -> ResourcePlan:
+        rt_contexts = self._contexts(rt.spec.contexts, rt_src)
+        env_layers = self._env_layers()
+        n_et_ctx = len(self.et_contexts)
+        layers = [
+            Layer(f"ResourceTemplate {rt.metadata.name!r}", rt.spec.variables, rt_src, ("spec", "variables")),
+            *self._context_layers(rt_contexts),
+            *env_layers[:n_et_ctx],
+            _overriding(env_layers[n_et_ctx]),
+            Layer(
+                f"EnvironmentTemplate resource {entry.name!r}",
+                entry.variables,
+                self.et_src,
+                ("spec", "resources", i, "variables"),
+            ),
+            *(_overriding(layer) for layer in env_layers[n_et_ctx + 1 :]),
+        ]
+        merged = merge(layers, self.problems)
+        required_missing(merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
+        var_renderer = Renderer(self.problems, self.base, names, late_environment=self.env_late)
+        values, late, sensitive = self._values(merged, var_renderer)
+        scope = {**self.base, "variables": values}
+        renderer = Renderer(self.problems, scope, names, late_variables=late, late_environment=self.env_late)
+        renderer.refs.update(var_renderer.refs)
+        encoded = {n: env_encoding(v, merged[n].value_type) for n, v in values.items()}
+        env: dict[str, str] = {"TRELLIS_ACTION": self.info.action}
+        secret_env: set[str] = set()
+        for contexts in (rt_contexts, self.et_contexts, self.env_contexts):
+            for c, csrc in contexts:
+                for j, e in enumerate(c.spec.envs):
+                    env[e.key] = renderer.text(e.value, csrc, ("spec", "envs", j, "value"))
+                    if e.options.sensitive:
+                        secret_env.add(e.key)
+        for j, e in enumerate(self.env.spec.envs):
+            env[e.key] = renderer.text(e.value, self.env_src, ("spec", "envs", j, "value"))
+            if e.options.sensitive:
+                secret_env.add(e.key)
+        env |= env_for(encoded, tf=False)
+        secret = sensitive | (env_sensitive & set(values))
+        masked = sorted(
+            secret | {f"TRELLIS_VAR_{n}" for n in secret} | {f"TF_VAR_{n}" for n in secret} | secret_env
+        )
+        agents = (
+            tuple(a.name for a in entry.agents) or tuple(a.name for a in rt.spec.agents) or self._env_agents()
+        )
+        ctx = HookContext(
+            self.bundle,
+            self.problems,
+            renderer,
+            rt_src,
+            entry.name,
+            agents,
+            values,
+            tuple(masked),
+            env,
+            self.info.action,
+            self.info.email_relay_url,
+        )
+        plan = ResourcePlan(
+            entry.name, i, entry, rt, rt_src, ctx, tf_env={f"TF_VAR_{k}": v for k, v in encoded.items()}
+        )
+        return plan
+
+    def _env_agents(self) -> tuple[str, ...]:
+        return (
+            tuple(a.name for a in self.env.spec.agents)
+            or tuple(a.name for a in self.et.spec.agents)
+            or ("default",)
+        )
+
+    def _hook_context(
+        self, resource: str, values: dict[str, Any], sensitive: set[str], renderer: Renderer, source: Source
+    ) -> HookContext:
+        env = {"TRELLIS_ACTION": self.info.action} | env_for(
+            {n: env_encoding(v, "text") for n, v in values.items()}, tf=False
+        )
+        masked = tuple(sorted(sensitive | {f"TRELLIS_VAR_{n}" for n in sensitive}))
+        renderer.scope = {**self.base, "variables": values}
+        return HookContext(
+            self.bundle,
+            self.problems,
+            renderer,
+            source,
+            resource,
+            self._env_agents(),
+            values,
+            masked,
+            env,
+            self.info.action,
+            self.info.email_relay_url,
+        )
+
+    # ---- the graph ------------------------------------------------------------------------
+
+    def _order(self, plans: list[ResourcePlan]) -> list[str] | None:
+        """Resources in dependency order (declaration order breaks ties); cycles reported."""
+        built_names = [p.name for p in plans]
+        all_names = {r.name for r in self.et.spec.resources}
+        deps: dict[str, list[str]] = {p.name: [] for p in plans}
+        self._built: dict[str, Built] = {}
+        for plan in plans:
+            for j, dep in enumerate(plan.entry.depends_on):
+                path = ("spec", "resources", plan.index, "dependsOn", j, "name")
+                if dep.name not in all_names:
+                    self.problems.error(
+                        self.et_src,
+                        path,
+                        f"unknown resource {dep.name!r} in dependsOn",
+                        closest(dep.name, all_names),
+                    )
+                elif dep.name == plan.name:
+                    self.problems.error(self.et_src, path, f"resource {plan.name!r} depends on itself")
+                elif dep.name in deps:
+                    deps[plan.name].append(dep.name)
+            self._built[plan.name] = build_resource(plan, self.info.action)
+            for ref in plan.ctx.renderer.refs:
+                if ref != plan.name and ref in deps and ref not in deps[plan.name]:
+                    deps[plan.name].append(ref)
+        self._deps = deps
+        order = topo_order(built_names, deps)
+        if order is None:
+            cycle = find_cycle(built_names, deps)
+            index = {p.name: p for p in plans}
+            first = index[cycle[0]]
+            at = next((k for k, d in enumerate(first.entry.depends_on) if d.name == cycle[1]), None)
+            where: Path = ("spec", "resources", first.index) + (("dependsOn", at) if at is not None else ())
+            self.problems.error(self.et_src, where, "dependency cycle: " + " → ".join(cycle))
+            return None
+        return order
+
+    def _assemble(self, plans: list[ResourcePlan], order: list[str], env_ctx: HookContext) -> list[Activity]:
+        hooks, hpath = self.et.spec.hooks, ("spec", "hooks")
+        out: list[Activity] = hook_chain(
+            env_ctx, hooks.on_init, (*hpath, "onInit"), "environment/on-init", "on-init", ()
+        )
+        init_ids = [a.id for a in out]
+        start = (init_ids[-1],) if init_ids else ()
+        preds = self._deps
+        if self.info.action == "destroy":
+            order = list(reversed(order))
+            preds = {n: [m for m in order if n in self._deps[m]] for n in order}
+        exits: dict[str, tuple[str, ...]] = {}
+        failure_hooks: set[str] = set()
+        for name in order:
+            built = self._built[name]
+            entry = tuple(dict.fromkeys(i for p in preds[name] for i in exits[p])) or start
+            for act in built.activities:
+                out.append(_resolve(act, entry))
+            exits[name] = _swap(built.exits, entry)
+            failure_hooks.update(built.failure_hooks)
+        resource_ids = [a.id for a in out]
+        success_deps = tuple(dict.fromkeys(i for n in order for i in exits[n])) or start
+        out += hook_chain(
+            env_ctx,
+            hooks.on_success,
+            (*hpath, "onSuccess"),
+            "environment/on-success",
+            "on-success",
+            success_deps,
+        )
+        failure_deps = tuple(i for i in resource_ids if i not in failure_hooks)
+        out += hook_chain(
+            env_ctx,
+            hooks.on_failure,
+            (*hpath, "onFailure"),
+            "environment/on-failure",
+            "on-failure",
+            failure_deps,
+            "failure",
+        )
+        out += hook_chain(
+            env_ctx,
+            hooks.on_completion,
+            (*hpath, "onCompletion"),
+            "environment/on-completion",
+            "on-completion",
+            tuple(a.id for a in out),
+            "always",
+        )
+        return out
+
+
+def _overriding(layer: Layer) -> Layer:
+    """Environment-level layers set the resource's variables of the same name; they add none."""
+    return Layer(layer.label, layer.variables, layer.source, layer.path, adds=False)
+
+
+def _swap(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for i in ids:
+        out.extend(entry if i == ENTRY else (i,))
+    return tuple(dict.fromkeys(out))
+
+
+def _resolve(act: Activity, entry: tuple[str, ...]) -> Activity:
+    if ENTRY not in act.depends_on:
+        return act
+    return msgspec.structs.replace(act, depends_on=_swap(act.depends_on, entry))
+
+
+def _has_late(value: Any, renderer: Renderer) -> bool:
+    if isinstance(value, str):
+        return renderer.late(value)
+    if isinstance(value, dict):
+        return any(_has_late(v, renderer) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_late(v, renderer) for v in value)
+    return False
+
+
+def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Problems) -> None:
+    """Schedules are run by a later service; their names and cron expressions are checked now."""
+    _unique_names([s.name for s in schedules], source, ("spec", "schedules"), "schedule", problems)
+    for i, schedule in enumerate(schedules):
+        fields = schedule.cadence.cron_expression.split()
+        if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
+            problems.error(
+                source,
+                ("spec", "schedules", i, "cadence", "cronExpression"),
+                f"{schedule.cadence.cron_expression!r} is not a cron expression",
+                "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
+            )
+
+
+def _unique_names(names: list[str], source: Source, path: Path, what: str, problems: Problems) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.error(source, (*path, i, "name"), f"duplicate {what} name {name!r}")
+        seen.add(name)
