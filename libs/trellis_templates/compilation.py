@@ -252,12 +252,23 @@ class Compilation:
         encoded = {n: env_encoding(v, merged[n].value_type) for n, v in values.items()}
         env: dict[str, str] = {"TRELLIS_ACTION": self.info.action}
         secret_env: set[str] = set()
+        files: dict[str, str] = {}
         for contexts in (rt_contexts, self.et_contexts, self.env_contexts):
             for c, csrc in contexts:
                 for j, e in enumerate(c.spec.envs):
                     env[e.key] = renderer.text(e.value, csrc, ("spec", "envs", j, "value"))
                     if e.options.sensitive:
                         secret_env.add(e.key)
+                    if e.options.required and not e.value:
+                        self.problems.error(
+                            csrc,
+                            ("spec", "envs", j, "value"),
+                            f"required environment variable {e.key!r} has no value",
+                        )
+                for f in c.spec.files:
+                    files[f.mount_path or f.name] = f.data
+                    if f.options.sensitive:
+                        secret_env.add(f.mount_path or f.name)
         for j, e in enumerate(self.env.spec.envs):
             env[e.key] = renderer.text(e.value, self.env_src, ("spec", "envs", j, "value"))
             if e.options.sensitive:
@@ -282,6 +293,7 @@ class Compilation:
             env,
             self.info.action,
             self.info.email_relay_url,
+            files,
         )
         plan = ResourcePlan(
             entry.name, i, entry, rt, rt_src, ctx, tf_env={f"TF_VAR_{k}": v for k, v in encoded.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trellis_core.workflow import (
@@ -53,6 +53,7 @@ class HookContext:
     env: dict[str, str]
     action: Action
     email_relay_url: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # the contexts' files: path -> base64
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,9 @@ def _primitive(ctx: HookContext, hook: Hook, path: Path) -> _Run | None:
         env = dict(ctx.env) | r.texts(opts.script.env_vars, src, (*spath, "envVars"))
         script = r.text(opts.script.script, src, (*spath, "script"))
         image = r.text(opts.script.image, src, (*spath, "image"))
-        return _Run("container", ContainerSpec(image=image, command=("sh", "-c", script), env=env))
+        return _Run(
+            "container", ContainerSpec(image=image, command=("sh", "-c", script), env=env, files=ctx.files)
+        )
     if kind == "notification":
         return _notification(ctx, hook, path)
     return _approval(ctx, hook, path)
@@ -243,7 +246,7 @@ def _container(
         command=tuple(r.text(c, cs, (*cp, i)) for i, c in enumerate(commands or ())),
         args=tuple(r.text(a, as_, (*ap, i)) for i, a in enumerate(args or ())),
         env=dict(ctx.env) | r.texts(env, es, ep),
-        files=r.texts(files, fs, fp),
+        files=dict(ctx.files) | r.texts(files, fs, fp),
         working_dir=r.text(wd or "", ws, wp),
         cpu_limit_milli=_limit(cpu, ctx.problems, cpus, cpup),
         memory_limit_mb=_limit(mem, ctx.problems, mems, memp),
