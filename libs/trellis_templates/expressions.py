@@ -282,14 +282,50 @@ def text_of(value: Any) -> str:
 
 
 def render_late(value: Any, scope: Mapping[str, Any]) -> Any:
-    """Render every `$( )$` string inside nested dicts, lists and tuples (the scheduler's call)."""
+    """Render every `$( )$` string inside nested dicts, lists and tuples (the scheduler's call).
+
+    Variables that are themselves late (`variables.X` holding an output reference, and likewise
+    `environment.variables.X`) are rendered first, once per scope object.
+    """
+    return _walk(value, _resolved(scope))
+
+
+def _walk(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return render(value, scope) if START in value else value
     if isinstance(value, dict):
-        return {k: render_late(v, scope) for k, v in value.items()}
+        return {k: _walk(v, scope) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(render_late(v, scope) for v in value)
+        return type(value)(_walk(v, scope) for v in value)
     return value
+
+
+def _marked(value: Any) -> bool:
+    if isinstance(value, str):
+        return START in value
+    if isinstance(value, dict):
+        return any(_marked(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_marked(v) for v in value)
+    return False
+
+
+_last: list[Any] = [(), None]  # [identity, resolved scope]: the scheduler renders many strings per scope
+
+
+def _resolved(scope: Mapping[str, Any]) -> Mapping[str, Any]:
+    identity = (scope, scope.get("variables"), scope.get("environment"), scope.get("resource"))
+    last = _last[0]
+    if len(last) == 4 and all(a is b for a, b in zip(last, identity, strict=True)):
+        return _last[1]  # type: ignore[no-any-return]
+    out = scope
+    env = scope.get("environment")
+    if isinstance(env, Mapping) and _marked(env.get("variables")):
+        out = {**out, "environment": {**env, "variables": _walk(env["variables"], out)}}
+    if _marked(scope.get("variables")):
+        out = {**out, "variables": _walk(scope["variables"], out)}
+    _last[0], _last[1] = identity, out
+    return out
 
 
 def _chain(node: nodes.Node) -> list[str] | None:

@@ -100,3 +100,13 @@ def test_cue_and_starlark_forms_show_the_jinja2_spelling() -> None:
     with pytest.raises(ExpressionError) as info:
         render("$(tenant)$ #{ run.id }#", SCOPE)
     assert info.value.hint == "write $(run.id)$"
+
+
+def test_a_late_variable_is_rendered_before_the_strings_that_read_it() -> None:
+    scope = {
+        **SCOPE,
+        "variables": {"vpc": "$(resource.net.output.id.value)$", "n": 1},
+        "resource": {"net": {"output": {"id": {"value": "vpc-9"}}}},
+    }
+    assert render_late("id=$(variables.vpc)$ n=$(variables.n)$", scope) == "id=vpc-9 n=1"
+    assert render_late({"x": "$(variables.vpc)$"}, scope) == {"x": "vpc-9"}
