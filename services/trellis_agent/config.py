@@ -46,6 +46,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     workspace_storage: str = "1Gi"
     storage_class: str = ""
     service_account: str = ""
+    pod_poll_seconds: float = 1.0
+    unschedulable_seconds: float = 60.0  # how long a pod may stay unschedulable (an autoscaler may help)
     # docker executor
     docker_socket: str = "/var/run/docker.sock"
     remove_containers: bool = True

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -204,3 +205,26 @@ async def execute(executor: Executor, work: WorkItem, workspace: Workspace, sink
             raise
         await sink.system(f"timed out after {timeout:g}s")
         return Outcome.failed(f"timed out after {timeout:g}s", timed_out=True)
+
+
+READ_SIZE = 64 * 1024
+MAX_PARTIAL_LINE = 16 * 1024  # a line longer than this is written in pieces
+
+
+async def pump_lines(read: Callable[[int], Awaitable[bytes]], name: LogStream, sink: Sink) -> None:
+    """Copy a byte stream to the sink line by line (a very long line in pieces), as UTF-8."""
+    partial = b""
+    while True:
+        block = await read(READ_SIZE)
+        if not block:
+            break
+        partial += block
+        cut = partial.rfind(b"\n") + 1
+        if cut == 0 and len(partial) < MAX_PARTIAL_LINE:
+            continue
+        if cut == 0:
+            cut = len(partial)
+        await sink.write(name, partial[:cut].decode(errors="replace"))
+        partial = partial[cut:]
+    if partial:
+        await sink.write(name, partial.decode(errors="replace"))

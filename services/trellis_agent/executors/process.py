@@ -20,16 +20,13 @@ from trellis_agent.executors.base import (
     Sink,
     Workspace,
     attempt_files,
+    pump_lines,
     read_outputs,
     trellis_env,
     write_spec_files,
 )
-from trellis_agent.sink import LogStream
 from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec
-
-_READ_SIZE = 64 * 1024
-_MAX_PARTIAL_LINE = 16 * 1024  # a line longer than this is written in pieces
 
 
 class ProcessExecutor:
@@ -136,8 +133,8 @@ async def run_command(
     assert proc.stderr is not None
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(_pump(proc.stdout, "stdout", sink))
-            group.create_task(_pump(proc.stderr, "stderr", sink))
+            group.create_task(pump_lines(proc.stdout.read, "stdout", sink))
+            group.create_task(pump_lines(proc.stderr.read, "stderr", sink))
             await _leader_exited(proc)
             # Whatever the leader left behind in its group must not outlive it (and would hold
             # our pipes open); what it wrote is still in the pipes and is read to the end.
@@ -186,22 +183,3 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-async def _pump(stream: asyncio.StreamReader, name: LogStream, sink: Sink) -> None:
-    """Copy a pipe to the sink line by line (a very long line in pieces), decoding as UTF-8."""
-    partial = b""
-    while True:
-        block = await stream.read(_READ_SIZE)
-        if not block:
-            break
-        partial += block
-        cut = partial.rfind(b"\n") + 1
-        if cut == 0 and len(partial) < _MAX_PARTIAL_LINE:
-            continue
-        if cut == 0:
-            cut = len(partial)
-        await sink.write(name, partial[:cut].decode(errors="replace"))
-        partial = partial[cut:]
-    if partial:
-        await sink.write(name, partial.decode(errors="replace"))
