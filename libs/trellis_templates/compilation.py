@@ -91,6 +91,7 @@ class Compilation:
         )
         self.et_contexts = self._contexts(self.et.spec.contexts, self.et_src)
         self.env_contexts = self._contexts(self.env.spec.contexts, self.env_src)
+        self._undeclared_environment_variables(self._declared_names(environment=False))
         self.input_layer = inputs_layer(self.inputs, self._declared_names(), self.problems)
         env_merged = merge(self._env_layers(), self.problems)
         required_missing(env_merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
@@ -150,8 +151,21 @@ class Compilation:
             self.input_layer,
         ]
 
-    def _declared_names(self) -> set[str]:
-        names = {v.name for v in self.et.spec.variables} | {v.name for v in self.env.spec.variables}
+    def _undeclared_environment_variables(self, template_names: set[str]) -> None:
+        """An Environment's variable no template declares is most likely misspelt: warn, with a hint."""
+        for i, var in enumerate(self.env.spec.variables):
+            if var.name not in template_names:
+                self.problems.warn(
+                    self.env_src,
+                    ("spec", "variables", i, "name"),
+                    f"variable {var.name!r} is not declared by any template",
+                    closest(var.name, template_names),
+                )
+
+    def _declared_names(self, *, environment: bool = True) -> set[str]:
+        names = {v.name for v in self.et.spec.variables}
+        if environment:
+            names |= {v.name for v in self.env.spec.variables}
         for c, _ in self.et_contexts + self.env_contexts:
             names |= {v.name for v in c.spec.variables}
         for res in self.et.spec.resources:

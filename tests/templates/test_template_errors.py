@@ -363,3 +363,20 @@ def test_a_schedule_with_a_bad_cron_expression_is_an_error_with_an_example() -> 
         "'0 2 * *' is not a cron expression",
         "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
     )
+
+
+def test_a_misspelt_environment_variable_is_a_warning_with_the_closest_name() -> None:
+    text = mutate(
+        (
+            "    - {name: team, value: a-team}",
+            "    - {name: team, value: a-team}\n    - {name: regoin, value: x}",
+        )
+    )
+    result = run(text)
+    assert result.workflow is not None
+    warning = only(result.warnings, "spec.variables[1].name")
+    assert (warning.line, warning.column) == position(text, "regoin")
+    assert (warning.message, warning.hint) == (
+        "variable 'regoin' is not declared by any template",
+        'did you mean "region"?',
+    )
