@@ -13,6 +13,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Action, Workflow
+from trellis_templates import expressions
 from trellis_templates.bundle import Bundle
 from trellis_templates.compilation import Compilation, RunInfo
 from trellis_templates.documents import (
@@ -23,7 +24,7 @@ from trellis_templates.documents import (
     Metadata,
     VersionedRef,
 )
-from trellis_templates.errors import Problems, Source
+from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.loader import load_paths, load_text
 from trellis_templates.validate import SourceDocument, parse_documents
 
@@ -121,6 +122,8 @@ def validate_documents(docs: Sequence[SourceDocument]) -> tuple[tuple[Problem, .
     warnings: dict[Problem, None] = {}
     problems = Problems()
     bundle = Bundle.index(docs, problems)
+    for sd in docs:
+        _check_strings(msgspec.to_builtins(sd.document), sd.source, (), problems)
     errors.update(dict.fromkeys(problems.errors))
     used: set[str] = set()
     action: Action
@@ -138,3 +141,17 @@ def validate_documents(docs: Sequence[SourceDocument]) -> tuple[tuple[Problem, .
             errors.update(dict.fromkeys(result.errors))
             warnings.update(dict.fromkeys(result.warnings))
     return tuple(errors), tuple(warnings)
+
+
+def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -> None:
+    """Expression syntax in every string, also of documents no environment uses."""
+    if isinstance(value, str):
+        err = expressions.check(value)
+        if err is not None:
+            problems.error(source, path, err.message, err.hint)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(v, source, (*path, k), problems)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strings(v, source, (*path, i), problems)

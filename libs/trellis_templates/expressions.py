@@ -310,21 +310,23 @@ def _marked(value: Any) -> bool:
     return False
 
 
-_last: list[Any] = [(), None]  # [identity, resolved scope]: the scheduler renders many strings per scope
+# (identity, resolved scope) of the last scope seen: the scheduler renders many strings per scope.
+# One slot, replaced whole, so concurrent callers can only miss the cache, never mix entries.
+_last: list[tuple[tuple[Any, ...], Mapping[str, Any]]] = [((), {})]
 
 
 def _resolved(scope: Mapping[str, Any]) -> Mapping[str, Any]:
     identity = (scope, scope.get("variables"), scope.get("environment"), scope.get("resource"))
-    last = _last[0]
-    if len(last) == 4 and all(a is b for a, b in zip(last, identity, strict=True)):
-        return _last[1]  # type: ignore[no-any-return]
+    last_identity, last_scope = _last[0]
+    if len(last_identity) == 4 and all(a is b for a, b in zip(last_identity, identity, strict=True)):
+        return last_scope
     out = scope
     env = scope.get("environment")
     if isinstance(env, Mapping) and _marked(env.get("variables")):
         out = {**out, "environment": {**env, "variables": _walk(env["variables"], out)}}
     if _marked(scope.get("variables")):
         out = {**out, "variables": _walk(scope["variables"], out)}
-    _last[0], _last[1] = identity, out
+    _last[0] = (identity, out)
     return out
 
 
