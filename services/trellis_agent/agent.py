@@ -29,7 +29,7 @@ from trellis_agent.approvals import BusApprovals
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.approval import ApprovalExecutor
 from trellis_agent.executors.base import Executor
-from trellis_agent.executors.function import FunctionExecutor
+from trellis_agent.executors.function import FunctionExecutor, FunctionHost
 from trellis_agent.executors.http import HttpExecutor
 from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
@@ -233,7 +233,7 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
         http = HttpExecutor()
         stack.push_async_callback(http.close)
         backend: Executor
-        host = None
+        host: FunctionHost | None = None
         if config.executor == "process":
             backend = ProcessExecutor(
                 inherit_env=config.inherit_env,
@@ -251,7 +251,8 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
 
             kube = await KubernetesExecutor.from_config(config)
             stack.push_async_callback(kube.close)
-            backend = host = kube
+            backend = kube
+            host = kube if isinstance(kube, FunctionHost) else None
         yield Router(
             container=backend,
             iac=IacExecutor(

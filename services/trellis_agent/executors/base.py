@@ -211,20 +211,33 @@ READ_SIZE = 64 * 1024
 MAX_PARTIAL_LINE = 16 * 1024  # a line longer than this is written in pieces
 
 
-async def pump_lines(read: Callable[[int], Awaitable[bytes]], name: LogStream, sink: Sink) -> None:
-    """Copy a byte stream to the sink line by line (a very long line in pieces), as UTF-8."""
-    partial = b""
-    while True:
-        block = await read(READ_SIZE)
-        if not block:
-            break
-        partial += block
-        cut = partial.rfind(b"\n") + 1
-        if cut == 0 and len(partial) < MAX_PARTIAL_LINE:
-            continue
+class LineBuffer:
+    """Cuts a byte stream into whole lines (a very long line in pieces), decoded as UTF-8."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, block: bytes) -> str:
+        """The complete text in `block` and what came before it; keeps an unfinished line."""
+        self._partial += block
+        cut = self._partial.rfind(b"\n") + 1
+        if cut == 0 and len(self._partial) < MAX_PARTIAL_LINE:
+            return ""
         if cut == 0:
-            cut = len(partial)
-        await sink.write(name, partial[:cut].decode(errors="replace"))
-        partial = partial[cut:]
-    if partial:
-        await sink.write(name, partial.decode(errors="replace"))
+            cut = len(self._partial)
+        text, self._partial = self._partial[:cut], self._partial[cut:]
+        return text.decode(errors="replace")
+
+    def rest(self) -> str:
+        text, self._partial = self._partial, b""
+        return text.decode(errors="replace")
+
+
+async def pump_lines(read: Callable[[int], Awaitable[bytes]], name: LogStream, sink: Sink) -> None:
+    """Copy a byte stream to the sink line by line."""
+    lines = LineBuffer()
+    while block := await read(READ_SIZE):
+        if text := lines.feed(block):
+            await sink.write(name, text)
+    if text := lines.rest():
+        await sink.write(name, text)

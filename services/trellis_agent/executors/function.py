@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import json
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
@@ -27,6 +27,7 @@ from trellis_core.workflow import FunctionSpec
 MAX_TRANSIENT = 3
 
 
+@runtime_checkable
 class FunctionHost(Protocol):
     """A container backend able to serve a function image; yields the function's base URL."""
 

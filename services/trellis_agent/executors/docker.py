@@ -1,0 +1,250 @@
+"""The `docker` backend: the Docker Engine HTTP API over its unix socket (Podman's works too).
+
+Per activity: pull the image if it is missing, create a container with the workspace
+bind-mounted at the container workspace, start it, stream its (multiplexed) logs, wait for
+its exit code, read `$TRELLIS_OUTPUTS` from the workspace, remove it. On cancel or timeout
+the container is stopped (SIGTERM, then SIGKILL after the grace period) and removed.
+A function image is served the same way, for as long as the function is polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from trellis_agent.config import AgentConfig
+from trellis_agent.executors.base import (
+    LineBuffer,
+    Outcome,
+    Sink,
+    Workspace,
+    attempt_files,
+    read_outputs,
+    trellis_env,
+    write_spec_files,
+)
+from trellis_agent.executors.process import finish
+from trellis_agent.sink import LogStream
+from trellis_core.events import WorkItem
+from trellis_core.workflow import ContainerSpec, FunctionSpec
+
+API_VERSION = "v1.41"
+FUNCTION_PORT = 8080
+_STREAMS: dict[int, LogStream] = {1: "stdout", 2: "stderr"}
+
+
+class DockerError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def container_name(work: WorkItem, suffix: str = "") -> str:
+    digest = hashlib.sha256(f"{work.run_id}/{work.activity.id}/{work.attempt}".encode()).hexdigest()[:16]
+    return f"trellis-{digest}{suffix}"
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`repo[:tag]` (a registry port is not a tag) into the pull API's fromImage and tag."""
+    if "@" in image:
+        return image, ""
+    repo, _, tag = image.rpartition(":")
+    if not repo or "/" in tag:
+        return image, "latest"
+    return repo, tag
+
+
+def create_body(
+    work: WorkItem, spec: ContainerSpec, workspace: Workspace, config: AgentConfig, env: dict[str, str]
+) -> dict[str, Any]:
+    """The container-create request of one activity attempt (a pure function of its inputs)."""
+    root = config.container_workspace
+    host: dict[str, Any] = {"Binds": [f"{workspace.root}:{root}"], "AutoRemove": False}
+    if spec.cpu_limit_milli:
+        host["NanoCpus"] = spec.cpu_limit_milli * 1_000_000
+    if spec.memory_limit_mb:
+        host["Memory"] = spec.memory_limit_mb * 1024 * 1024
+    body: dict[str, Any] = {
+        "Image": spec.image or config.default_image,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "WorkingDir": spec.working_dir or root,
+        "Labels": {
+            "app.kubernetes.io/managed-by": "trellis-agent",
+            "trellis.dev/tenant": work.tenant,
+            "trellis.dev/run": work.run_id,
+            "trellis.dev/activity": work.activity.id,
+            "trellis.dev/attempt": str(work.attempt),
+        },
+        "Tty": False,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "HostConfig": host,
+    }
+    if spec.command:
+        body["Entrypoint"] = list(spec.command)
+    if spec.args:
+        body["Cmd"] = list(spec.args)
+    return body
+
+
+class DockerExecutor:
+    def __init__(self, session: aiohttp.ClientSession, config: AgentConfig) -> None:
+        self._session = session
+        self._config = config
+        self._base = f"http://docker/{API_VERSION}"
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> DockerExecutor:
+        connector = aiohttp.UnixConnector(path=config.docker_socket)
+        return cls(aiohttp.ClientSession(connector=connector), config)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kw: Any) -> Any:
+        async with self._session.request(method, f"{self._base}{path}", **kw) as resp:
+            text = await resp.text()
+            if resp.status not in ok:
+                try:
+                    message = json.loads(text).get("message", text)
+                except (ValueError, AttributeError):
+                    message = text
+                raise DockerError(resp.status, str(message).strip())
+            return json.loads(text) if text.strip() and resp.content_type == "application/json" else text
+
+    async def run(self, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome:
+        spec = work.activity.spec
+        if not isinstance(spec, ContainerSpec):
+            return Outcome.failed(
+                f"the docker executor runs container activities, not {type(spec).__name__}", retryable=False
+            )
+        files = attempt_files(work, workspace)
+        problem = write_spec_files(spec.files, workspace, self._config.container_workspace)
+        if problem is not None:
+            return problem
+        root = self._config.container_workspace
+        env = {
+            **spec.env,
+            **trellis_env(work, f"{root}/{files.inputs_rel}", f"{root}/{files.outputs_rel}"),
+            "TRELLIS_WORKSPACE": root,
+        }
+        try:
+            async with self._container(
+                work, create_body(work, spec, workspace, self._config, env), sink
+            ) as cid:
+                exit_code = await self._follow(cid, sink)
+        except DockerError as exc:
+            await sink.system(f"docker: {exc.message}")
+            return Outcome.failed(f"docker refused: {exc}", retryable=exc.status >= 500 and exc.status != 501)
+        return finish(exit_code, spec.success_condition, read_outputs(files.outputs))
+
+    @contextlib.asynccontextmanager
+    async def _container(
+        self, work: WorkItem, body: dict[str, Any], sink: Sink, suffix: str = ""
+    ) -> AsyncIterator[str]:
+        """Create and start a container; stop and remove it on the way out (also on cancel)."""
+        await self._ensure_image(body["Image"], sink)
+        name = container_name(work, suffix)
+        created = await self._call("POST", "/containers/create", params={"name": name}, json=body)
+        cid = str(created["Id"])
+        try:
+            await self._call("POST", f"/containers/{cid}/start", ok=(204, 304))
+            await sink.system(f"container {name} started from {body['Image']}")
+            yield cid
+        finally:
+            await self._remove(cid)
+
+    async def _remove(self, cid: str) -> None:
+        grace = int(self._config.kill_grace_seconds)
+        with contextlib.suppress(DockerError):
+            await self._call("POST", f"/containers/{cid}/stop", params={"t": str(grace)}, ok=(204, 304))
+        if self._config.remove_containers:
+            with contextlib.suppress(DockerError):
+                await self._call(
+                    "DELETE", f"/containers/{cid}", params={"force": "true", "v": "true"}, ok=(200, 204, 404)
+                )
+
+    async def _ensure_image(self, image: str, sink: Sink) -> None:
+        try:
+            await self._call("GET", f"/images/{image}/json")
+            return
+        except DockerError as exc:
+            if exc.status != 404:
+                raise
+        await sink.system(f"pulling {image}")
+        repo, tag = split_image(image)
+        params = {"fromImage": repo, **({"tag": tag} if tag else {})}
+        async with self._session.post(f"{self._base}/images/create", params=params) as resp:
+            body = await resp.text()
+            if resp.status != 200:
+                raise DockerError(resp.status, body.strip())
+        for line in body.splitlines():  # the pull reports failures inside its progress stream
+            with contextlib.suppress(ValueError):
+                error = json.loads(line).get("error")
+                if error:
+                    raise DockerError(404, f"pulling {image}: {error}")
+
+    async def _follow(self, cid: str, sink: Sink) -> int:
+        """Stream the logs to the sink, then return the exit code."""
+        params = {"follow": "true", "stdout": "true", "stderr": "true"}
+        async with self._session.get(f"{self._base}/containers/{cid}/logs", params=params) as resp:
+            if resp.status != 200:
+                raise DockerError(resp.status, await resp.text())
+            await demux(resp.content, sink)
+        result = await self._call("POST", f"/containers/{cid}/wait")
+        return int(result["StatusCode"])
+
+    @contextlib.asynccontextmanager
+    async def serve(self, work: WorkItem, workspace: Workspace, sink: Sink) -> AsyncIterator[str]:
+        """Run a function image for the length of the `async with`; yield its URL."""
+        spec = work.activity.spec
+        assert isinstance(spec, FunctionSpec)
+        container = ContainerSpec(
+            image=spec.image,
+            env={**spec.env, "PORT": str(FUNCTION_PORT)},
+            cpu_limit_milli=spec.cpu_limit_milli,
+            memory_limit_mb=spec.memory_limit_mb,
+        )
+        workspace.prepare()
+        body = create_body(work, container, workspace, self._config, container.env)
+        body["ExposedPorts"] = {f"{FUNCTION_PORT}/tcp": {}}
+        async with self._container(work, body, sink, suffix="-fn") as cid:
+            info = await self._call("GET", f"/containers/{cid}/json")
+            address = _container_address(info)
+            yield f"http://{address}:{FUNCTION_PORT}/"
+
+
+def _container_address(info: dict[str, Any]) -> str:
+    settings = info.get("NetworkSettings") or {}
+    if settings.get("IPAddress"):
+        return str(settings["IPAddress"])
+    for network in (settings.get("Networks") or {}).values():
+        if network.get("IPAddress"):
+            return str(network["IPAddress"])
+    return "127.0.0.1"
+
+
+async def demux(content: aiohttp.StreamReader, sink: Sink) -> None:
+    """Split Docker's multiplexed log stream (8-byte frame headers) into stdout and stderr lines."""
+    buffers: dict[LogStream, LineBuffer] = {"stdout": LineBuffer(), "stderr": LineBuffer()}
+    while True:
+        try:
+            header = await content.readexactly(8)
+        except asyncio.IncompleteReadError:
+            break
+        kind, size = struct.unpack(">BxxxI", header)
+        payload = await content.readexactly(size) if size else b""
+        stream = _STREAMS.get(kind, "stdout")
+        if text := buffers[stream].feed(payload):
+            await sink.write(stream, text)
+    for stream, buffer in buffers.items():
+        if text := buffer.rest():
+            await sink.write(stream, text)

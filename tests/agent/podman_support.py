@@ -1,0 +1,111 @@
+"""A Podman service with a Docker-compatible socket, for the docker executor tests.
+
+Recipe (what `.ci/run` installs: Debian packages podman, runc, busybox-static): a
+containers.conf with runtime runc, cgroupfs and ulimits; a private vfs storage; a test image
+made offline by `podman import` of a tar holding busybox (no registry is reachable); and
+`podman system service --time=0 unix://<tmp>/podman.sock`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+IMAGE = "localhost/trellis-test/busybox:latest"
+BUSYBOX = "/bin/busybox"
+APPLETS = ("sh", "echo", "cat", "sleep", "ls", "true", "false", "env", "printf", "mkdir", "rm", "id", "httpd")
+
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+"""
+
+
+def missing() -> str:
+    """Why the Podman tests cannot run here, or '' when they can."""
+    if shutil.which("podman") is None:
+        return (
+            "podman is not installed (apt-get install podman runc busybox-static; see tests/agent/README.md)"
+        )
+    if not Path(BUSYBOX).exists():
+        return f"{BUSYBOX} is missing (apt-get install busybox-static)"
+    if os.geteuid() != 0:
+        return "the podman tests run podman as root (rootless needs a user namespace set-up)"
+    return ""
+
+
+def _busybox_tar(path: Path) -> None:
+    with tarfile.open(path, "w") as tar:
+        for directory in ("bin", "tmp", "www", "www/cgi-bin"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+
+
+@contextmanager
+def podman_service(workdir: Path) -> Iterator[str]:
+    """Start the service; yield its socket path; stop it and remove its containers."""
+    conf = workdir / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    base = [
+        "podman",
+        "--root", str(workdir / "storage"),
+        "--runroot", str(workdir / "run"),
+        "--storage-driver", "vfs",
+    ]  # fmt: skip
+    tar = workdir / "busybox.tar"
+    _busybox_tar(tar)
+    subprocess.run([*base, "import", str(tar), IMAGE], env=env, check=True, capture_output=True, timeout=120)
+    sock = workdir / "podman.sock"
+    log = (workdir / "service.log").open("wb")
+    service = subprocess.Popen(
+        [*base, "system", "service", "--time=0", f"unix://{sock}"], env=env, stdout=log, stderr=log
+    )
+    try:
+        _wait_for_socket(sock, service, within=30)
+        yield str(sock)
+    finally:
+        subprocess.run([*base, "rm", "--all", "--force"], env=env, capture_output=True, timeout=60)
+        service.terminate()
+        try:
+            service.wait(10)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        log.close()
+
+
+def _wait_for_socket(sock: Path, service: subprocess.Popen[bytes], within: float) -> None:
+    """The service gives no readiness signal but its listening socket: try to connect."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise RuntimeError(f"podman system service exited with {service.returncode}")
+        if sock.exists():
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(sock))
+                    return
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    raise RuntimeError(f"podman did not listen on {sock} within {within:g}s")
