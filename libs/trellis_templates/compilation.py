@@ -7,27 +7,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from trellis_core.workflow import Action, Activity, TemplateRef, Workflow
 from trellis_templates.bundle import Bundle
+from trellis_templates.checks import check_schedules, unique_names
 from trellis_templates.documents import (
     ConfigContext,
     Environment,
     EnvironmentTemplate,
     ResourceTemplate,
-    Schedule,
 )
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
 from trellis_templates.rendering import Renderer
 from trellis_templates.resources import (
-    ENTRY,
     Built,
     ResourcePlan,
     build_resource,
     find_cycle,
     hook_chain,
+    resolve_entry,
+    swap_entry,
     topo_order,
 )
 from trellis_templates.variables import (
@@ -86,7 +85,7 @@ class Compilation:
         self.et, self.et_src = found
         check_schedules(self.et.spec.schedules, self.et_src, self.problems)
         check_schedules(self.env.spec.schedules, self.env_src, self.problems)
-        _unique_names(
+        unique_names(
             [a.name for a in self.et.spec.actions], self.et_src, ("spec", "actions"), "action", self.problems
         )
         self.et_contexts = self._contexts(self.et.spec.contexts, self.et_src)
@@ -398,8 +397,8 @@ class Compilation:
             built = self._built[name]
             entry = tuple(dict.fromkeys(i for p in preds[name] for i in exits[p])) or start
             for act in built.activities:
-                out.append(_resolve(act, entry))
-            exits[name] = _swap(built.exits, entry)
+                out.append(resolve_entry(act, entry))
+            exits[name] = swap_entry(built.exits, entry)
             failure_hooks.update(built.failure_hooks)
         resource_ids = [a.id for a in out]
         success_deps = tuple(dict.fromkeys(i for n in order for i in exits[n])) or start
@@ -438,19 +437,6 @@ def _overriding(layer: Layer) -> Layer:
     return Layer(layer.label, layer.variables, layer.source, layer.path, adds=False)
 
 
-def _swap(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = []
-    for i in ids:
-        out.extend(entry if i == ENTRY else (i,))
-    return tuple(dict.fromkeys(out))
-
-
-def _resolve(act: Activity, entry: tuple[str, ...]) -> Activity:
-    if ENTRY not in act.depends_on:
-        return act
-    return msgspec.structs.replace(act, depends_on=_swap(act.depends_on, entry))
-
-
 def _has_late(value: Any, renderer: Renderer) -> bool:
     if isinstance(value, str):
         return renderer.late(value)
@@ -459,25 +445,3 @@ def _has_late(value: Any, renderer: Renderer) -> bool:
     if isinstance(value, list):
         return any(_has_late(v, renderer) for v in value)
     return False
-
-
-def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Problems) -> None:
-    """Schedules are run by a later service; their names and cron expressions are checked now."""
-    _unique_names([s.name for s in schedules], source, ("spec", "schedules"), "schedule", problems)
-    for i, schedule in enumerate(schedules):
-        fields = schedule.cadence.cron_expression.split()
-        if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
-            problems.error(
-                source,
-                ("spec", "schedules", i, "cadence", "cronExpression"),
-                f"{schedule.cadence.cron_expression!r} is not a cron expression",
-                "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
-            )
-
-
-def _unique_names(names: list[str], source: Source, path: Path, what: str, problems: Problems) -> None:
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            problems.error(source, (*path, i, "name"), f"duplicate {what} name {name!r}")
-        seen.add(name)

@@ -6,6 +6,8 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen
 from trellis_templates.documents import (
     DeployStages,
@@ -367,3 +369,17 @@ def find_cycle(names: list[str], deps: dict[str, list[str]]) -> list[str]:
         if n not in state and (cycle := visit(n)):
             return cycle
     return []
+
+
+def swap_entry(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
+    """`ids` with ENTRY replaced by the ids it stands for."""
+    out: list[str] = []
+    for i in ids:
+        out.extend(entry if i == ENTRY else (i,))
+    return tuple(dict.fromkeys(out))
+
+
+def resolve_entry(act: Activity, entry: tuple[str, ...]) -> Activity:
+    if ENTRY not in act.depends_on:
+        return act
+    return msgspec.structs.replace(act, depends_on=swap_entry(act.depends_on, entry))

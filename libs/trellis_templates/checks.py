@@ -1,0 +1,33 @@
+"""Checks of what is parsed now and run later: schedules and actions."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from trellis_templates.documents import Schedule
+from trellis_templates.errors import Path, Problems, Source
+
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?LW#-]+$")
+
+
+def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Problems) -> None:
+    """Schedules are run by a later service; their names and cron expressions are checked now."""
+    unique_names([s.name for s in schedules], source, ("spec", "schedules"), "schedule", problems)
+    for i, schedule in enumerate(schedules):
+        fields = schedule.cadence.cron_expression.split()
+        if len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields):
+            problems.error(
+                source,
+                ("spec", "schedules", i, "cadence", "cronExpression"),
+                f"{schedule.cadence.cron_expression!r} is not a cron expression",
+                "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
+            )
+
+
+def unique_names(names: list[str], source: Source, path: Path, what: str, problems: Problems) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            problems.error(source, (*path, i, "name"), f"duplicate {what} name {name!r}")
+        seen.add(name)
