@@ -175,10 +175,7 @@ class Compilation:
 
     def _base_scope(self) -> dict[str, Any]:
         info, env = self.info, self.env
-        contexts = {
-            c.metadata.name: {"variables": {v.name: v.value for v in c.spec.variables}}
-            for c, _ in self.et_contexts + self.env_contexts
-        }
+        contexts = _context_scope(self.et_contexts + self.env_contexts)
         scope: dict[str, Any] = {
             "environment": {
                 "name": env.metadata.name,
@@ -240,6 +237,7 @@ class Compilation:
         env_sensitive: set[str],
     ) -> ResourcePlan:
         rt_contexts = self._contexts(rt.spec.contexts, rt_src)
+        self.base["context"].update(_context_scope(rt_contexts))  # `context.C` of the template's own
         env_layers = self._env_layers()
         n_et_ctx = len(self.et_contexts)
         layers = [
@@ -430,6 +428,10 @@ class Compilation:
             "always",
         )
         return out
+
+
+def _context_scope(contexts: list[tuple[ConfigContext, Source]]) -> dict[str, Any]:
+    return {c.metadata.name: {"variables": {v.name: v.value for v in c.spec.variables}} for c, _ in contexts}
 
 
 def _overriding(layer: Layer) -> Layer:
