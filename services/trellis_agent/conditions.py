@@ -1,21 +1,20 @@
-"""Success and failure conditions: `$( … )$` expressions over a response or an exit code.
+"""Success conditions: `$( … )$` expressions over a response or an exit code.
 
-A small local evaluator on jinja2's SandboxedEnvironment with StrictUndefined, until
-`trellis_templates.expressions` offers one to call. Errors come back as values.
+Evaluated by the one expression module (`trellis_templates.expressions`: jinja2's sandbox,
+StrictUndefined, the filters of TEMPLATES.md). A bare expression without `$( )$` is accepted
+too. Errors come back as values, with the expression's own message.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import jinja2
 import msgspec
-from jinja2.sandbox import SandboxedEnvironment
 
-_WHOLE = re.compile(r"^\s*\$\((?P<expr>.*)\)\$\s*$", re.DOTALL)
+from trellis_templates.errors import ExpressionError
+from trellis_templates.expressions import START, render
+
 _TRUE_TEXT = {"true", "1", "yes", "on"}
 
 
@@ -24,32 +23,14 @@ class ConditionResult(msgspec.Struct, frozen=True):
     error: str = ""
 
 
-def _env() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        variable_start_string="$(",
-        variable_end_string=")$",
-        autoescape=False,
-    )
-    env.filters["tojson"] = lambda v: json.dumps(v)
-    env.filters["fromjson"] = lambda v: json.loads(v)
-    return env
-
-
-_ENV = _env()
-
-
 def evaluate(condition: str, names: Mapping[str, Any]) -> ConditionResult:
-    """Whether `condition` holds. `$(expr)$`, a bare `expr`, or text with `$( )$` parts (truthy text)."""
+    """Whether `condition` holds; text around `$( )$` parts holds when it reads as true."""
+    source = condition if START in condition else f"$({condition})$"
     try:
-        whole = _WHOLE.match(condition)
-        if whole is not None and ")$" not in whole.group("expr"):
-            return ConditionResult(bool(_ENV.compile_expression(whole.group("expr"))(**names)))
-        if "$(" in condition:
-            text = _ENV.from_string(condition).render(**names)
-            return ConditionResult(text.strip().lower() in _TRUE_TEXT)
-        return ConditionResult(bool(_ENV.compile_expression(condition)(**names)))
-    except jinja2.TemplateError as exc:
-        return ConditionResult(False, f"condition {condition!r}: {exc}")
-    except Exception as exc:  # a comparison of mismatched types inside the expression
-        return ConditionResult(False, f"condition {condition!r}: {type(exc).__name__}: {exc}")
+        value = render(source, names)
+    except ExpressionError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        return ConditionResult(False, f"condition {condition!r}: {exc.message}{hint}")
+    if isinstance(value, str):
+        return ConditionResult(value.strip().lower() in _TRUE_TEXT)
+    return ConditionResult(bool(value))
