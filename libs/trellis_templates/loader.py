@@ -19,6 +19,7 @@ except AttributeError:  # pragma: no cover - libyaml missing
 
 _YAML_SUFFIXES = (".yaml", ".yml")
 _STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,10 @@ class _Builder:
         mark = node.start_mark
         self.positions[path] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.MappingNode):
-            self.constructor.flatten_mapping(node)
+            explicit = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
+            self.constructor.flatten_mapping(node)  # `<<: *anchor` entries first, then the node's own
             out: dict[Any, Any] = {}
+            written: set[Any] = set()  # keys written in this mapping itself (not merged in)
             for key_node, value_node in node.value:
                 key = (
                     key_node.value
@@ -58,12 +61,13 @@ class _Builder:
                 if not isinstance(key, str | int) or isinstance(key, bool):
                     key = str(key)
                 child = (*path, key)
-                if key in out:
-                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                    self.keys[child] = (line, col)
+                own = id(key_node) in explicit
+                self.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if own and key in written:
                     self.problems.error(self.source(), child, f"duplicate key {key!r}", key=True)
                     continue
-                self.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if own:
+                    written.add(key)
                 out[key] = self.build(value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
