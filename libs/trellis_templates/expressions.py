@@ -67,7 +67,21 @@ def _fromjson(value: Any) -> Any:
 
 
 class _Sandbox(SandboxedEnvironment):
-    """Mapping keys win over attributes, so an output named `items` or `values` reads as data."""
+    """Mapping keys win over attributes, so an output named `items` or `values` reads as data.
+
+    `*` and `**` are checked so that no expression can build a huge value or spin on a power.
+    """
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
+                    raise SecurityError("the result would be too large")
+        return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, Mapping) and attribute in obj:

@@ -110,3 +110,11 @@ def test_a_late_variable_is_rendered_before_the_strings_that_read_it() -> None:
     }
     assert render_late("id=$(variables.vpc)$ n=$(variables.n)$", scope) == "id=vpc-9 n=1"
     assert render_late({"x": "$(variables.vpc)$"}, scope) == {"x": "vpc-9"}
+
+
+def test_expressions_cannot_build_huge_values() -> None:
+    with pytest.raises(ExpressionError, match="too large"):
+        render("$('a' * 100000000)$", SCOPE)
+    with pytest.raises(ExpressionError, match="too large"):
+        render("$(2 ** 100000000)$", SCOPE)
+    assert render("$(2 ** 10 * 3)$", SCOPE) == 3072
