@@ -24,7 +24,7 @@ DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Field `x_y` comes from `TRELLIS_AGENT_X_Y`."""
+    """Field `x_y` comes from `TRELLIS_AGENT_X_Y` (`agent_id` from `TRELLIS_AGENT_ID`)."""
 
     tenant: str = "default"
     pool: str = "default"
@@ -61,7 +61,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.__struct_fields__:
-            var = f"TRELLIS_AGENT_{name.upper()}"
+            var = "TRELLIS_AGENT_ID" if name == "agent_id" else f"TRELLIS_AGENT_{name.upper()}"
             if var in env:
                 raw = env[var]
                 values[name] = tuple(p for p in raw.split(",") if p) if name == "inherit_env" else raw
