@@ -1,0 +1,1 @@
+"""The scheduler service: the bus around trellis_engine, a leader lease and run snapshots."""

@@ -1,0 +1,273 @@
+"""The scheduler while it leads: feed run events to the engine, carry out its commands.
+
+Events arrive in batches from a durable pull consumer; the batch is folded, `decide` runs once,
+its commands are published (pipelined: every publish is confirmed before the next snapshot),
+then the batch is acked. Snapshots are written a few times a second for the runs that changed;
+a run's first snapshot is written before its RunCompiled is acked, so every run is found again
+after a crash, and the events after its snapshot are replayed from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from trellis_core import subjects
+from trellis_core.bus import Bus
+from trellis_core.events import DeadLetter, RunCompiled, RunCompleted, RunEvent, decode_run_event, encode
+from trellis_core.logs import get_logger
+from trellis_core.settings import Settings
+from trellis_engine.binding import Renderer
+from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent, ScheduleWake
+from trellis_engine.decide import decide, fold
+from trellis_engine.runs import forget
+from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
+from trellis_scheduler.kv import run_state_bucket
+from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
+
+log = get_logger("scheduler")
+FETCH_BATCH = 256
+FETCH_WAIT_SECONDS = 0.5
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        max_parallel_per_run=settings.max_parallel_per_run,
+        max_parallel_per_tenant=settings.max_parallel_per_tenant,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        cancel_grace_seconds=max(30.0, settings.heartbeat_timeout_seconds * 2),
+    )
+
+
+class Scheduler:
+    """One leader's term: recover, consume, decide, dispatch, snapshot, until stopped."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: Settings,
+        *,
+        tenant: str = "*",
+        config: EngineConfig | None = None,
+        snapshot_interval: float = 0.2,
+        render: Renderer | None = None,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.tenant = tenant
+        self.durable = "scheduler" if tenant == "*" else f"scheduler-{tenant}"
+        self.st = SchedulerState(config=config or engine_config(settings))
+        self.snapshot_interval = snapshot_interval
+        self.render = render
+        self.lock = asyncio.Lock()
+        self.dirty: set[str] = set()
+        self.unconfirmed: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self.wake_at: float | None = None
+        self.wake_changed = asyncio.Event()
+        self.store: SnapshotStore | None = None
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        kv = await run_state_bucket(self.bus.js, self.settings)
+        self.store = SnapshotStore(kv, self.bus.js)
+        async with self.lock:
+            live = await self.store.load_all(self.st, time.time(), tenant=self.tenant)
+            self.dirty.update(self.st.runs)
+            await self._step()
+        log.info("scheduler_leading", runs=live, durable=self.durable)
+        sub = await self._subscribe()
+        if ready is not None:
+            ready.set()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._wake_loop(stop))
+                tasks.create_task(self._snapshot_loop(stop))
+                await self._consume(sub, stop)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        async with self.lock:  # leave a fresh snapshot behind for whoever leads next
+            await self._save_dirty()
+
+    async def _subscribe(self) -> Any:
+        config = js_api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            max_deliver=-1,
+            max_ack_pending=FETCH_BATCH * 16,
+            filter_subject=subjects.all_run_events(self.tenant),
+        )
+        await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
+        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
+
+    async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs: list[Msg] = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                return
+            except nats.errors.Error as exc:
+                log.warning("fetch_failed", error=str(exc))
+                await asyncio.sleep(FETCH_WAIT_SECONDS)
+                continue
+            async with self.lock:
+                new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg)) is not None]
+                await self._step()
+                if new_runs:  # a run is acked only once it can be found again after a crash
+                    await self._confirm()
+                    for run_id in new_runs:
+                        run = self.st.runs.get(run_id)
+                        if run is not None and self.store is not None:
+                            await self.store.save(run)
+            for msg in msgs:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.ack()
+
+    async def _fold(self, msg: Msg) -> str | None:
+        """Fold one message; the run id if it created a run."""
+        seq = msg.metadata.sequence.stream
+        try:
+            event: RunEvent = decode_run_event(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_letter(msg, f"undecodable: {exc}")
+            return None
+        run = self.st.runs.get(event.run_id)
+        if (run is not None and seq <= run.last_seq) or event.run_id in self.st.finished:
+            return None
+        created = isinstance(event, RunCompiled) and run is None
+        fold(self.st, event)
+        run = self.st.runs.get(event.run_id)
+        if run is None:
+            return None
+        if created:
+            run.compiled_seq = seq
+        run.last_seq = seq
+        self.dirty.add(run.run_id)
+        return run.run_id if created else None
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        letter = DeadLetter(
+            subject=msg.subject,
+            stream=subjects.STREAM_EVENTS,
+            consumer=self.durable,
+            reason=reason,
+            deliveries=msg.metadata.num_delivered,
+            data=msg.data.decode("utf-8", errors="replace"),
+        )
+        seq = msg.metadata.sequence.stream
+        await self.bus.publish(subjects.deadletter(msg.subject), letter, msg_id=f"dl/scheduler/{seq}")
+        log.error("message_dead_lettered", subject=msg.subject, reason=reason)
+
+    async def _step(self) -> None:
+        """Decide now and carry the commands out (publishes are confirmed later, in order)."""
+        _, cmds = decide(self.st, time.time(), render=self.render)
+        await self._execute(cmds)
+
+    async def _execute(self, cmds: list[Command]) -> None:
+        wake: float | None = None
+        for cmd in cmds:
+            if isinstance(cmd, Dispatch):
+                self.dirty.add(cmd.run_id)
+                subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
+                item = cmd.work_item()
+                self._submit(functools.partial(self.bus.publish, subject, item, msg_id=item.msg_id()))
+                log.debug(
+                    "activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt
+                )
+            elif isinstance(cmd, PublishEvent):
+                event = cmd.event
+                self.dirty.add(event.run_id)
+                self._submit(functools.partial(self.bus.publish_event, event))
+                if isinstance(event, RunCompleted):
+                    log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
+                    await self._remember_deploy(event)
+            elif isinstance(cmd, Cancel):
+                control = cmd.control()
+                with contextlib.suppress(nats.errors.Error):
+                    await self.bus.nc.publish(subjects.control(cmd.tenant, cmd.pool), encode(control))
+            elif isinstance(cmd, ScheduleWake):
+                wake = cmd.at
+        if wake != self.wake_at:
+            self.wake_at = wake
+            self.wake_changed.set()
+        if len(self.unconfirmed) > 2048:
+            await self._confirm()
+
+    async def _remember_deploy(self, event: RunCompleted) -> None:
+        run = self.st.runs.get(event.run_id)
+        if run is not None and event.status == "succeeded" and run.action == "deploy" and self.store:
+            await self.store.mark_deployed(run.tenant, run.environment)
+
+    def _submit(self, publish: Callable[[], Awaitable[Any]]) -> None:
+        self.unconfirmed.append((publish, asyncio.ensure_future(publish())))
+
+    async def _confirm(self) -> None:
+        """Wait until every submitted publish is stored, retrying the ones that failed."""
+        pending, self.unconfirmed = self.unconfirmed, []
+        for publish, future in pending:
+            try:
+                await future
+            except (nats.errors.Error, TimeoutError) as exc:
+                await _publish_until_stored(publish, exc)
+
+    async def _save_dirty(self) -> None:
+        if not self.dirty or self.store is None:
+            return
+        await self._confirm()
+        dirty, self.dirty = self.dirty, set()
+        for run_id in sorted(dirty):
+            run = self.st.runs.get(run_id)
+            if run is None:
+                continue
+            await self.store.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
+            if run.status in TERMINAL_RUN:
+                forget(self.st, run_id)
+
+    async def _snapshot_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.snapshot_interval)
+            async with self.lock:
+                try:
+                    await self._save_dirty()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.warning("snapshot_failed", error=repr(exc))
+
+    async def _wake_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.wake_changed.clear()
+            delay = 1.0 if self.wake_at is None else max(0.0, self.wake_at - time.time())
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake_changed.wait(), timeout=min(delay, 1.0))
+                continue
+            async with self.lock:
+                self.wake_at = None
+                await self._step()
+
+
+async def _publish_until_stored(publish: Callable[[], Awaitable[Any]], first: BaseException) -> None:
+    delay = 0.1
+    log.warning("publish_retry", error=repr(first))
+    while True:
+        try:
+            await publish()
+            return
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("publish_retry", error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+__all__ = ["Scheduler", "engine_config"]

@@ -1,0 +1,168 @@
+"""The scheduler with real agents on a real nats-server: whole runs, failures, cancels, lost
+agents and a scheduler killed mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+
+from scheduler_support import (
+    Process,
+    aid,
+    portable,
+    recording,
+    running_agent,
+    running_scheduler,
+    sh,
+    submit,
+    workflow,
+)
+
+from trellis_core.bus import Bus
+from trellis_core.events import (
+    ActivityCancelled,
+    ActivityDispatched,
+    ActivityLost,
+    ActivityStarted,
+    RunCancelRequested,
+    SourceFile,
+)
+from trellis_core.ids import new_run_id
+from trellis_core.settings import Settings
+from trellis_templates.compiler import compile_sources
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
+
+
+def demo(tenant: str, run_id: str, action: str) -> object:
+    sources = [SourceFile(path=str(p), text=p.read_text()) for p in sorted(DEMO.glob("*.yaml"))]
+    result = compile_sources(sources, "demo", {}, action, tenant=tenant, run_id=run_id)  # type: ignore[arg-type]
+    assert not result.errors, result.errors
+    return portable(result.workflow)
+
+
+async def test_a_three_resource_environment_deploys_and_then_destroys(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique, concurrency=4),
+    ):
+        deploy_id = new_run_id()
+        await submit(bus, unique, demo(unique, deploy_id, "deploy"), deploy_id)  # type: ignore[arg-type]
+        deployed = await rec.completion(deploy_id, within=60)
+        destroy_id = new_run_id()
+        await submit(bus, unique, demo(unique, destroy_id, "destroy"), destroy_id)  # type: ignore[arg-type]
+        destroyed = await rec.completion(destroy_id, within=60)
+    assert deployed.status == "succeeded", deployed.message
+    assert set(deployed.outputs) >= {"network", "database", "app"}
+    assert destroyed.status == "succeeded", destroyed.message
+    started = [e.activity_id for e in rec.of(ActivityStarted, destroy_id)]
+    assert started.index(aid("resource/app/task/build")) < started.index(
+        aid("resource/network/task/allocate")
+    )
+
+
+async def test_a_failing_apply_skips_dependents_and_runs_on_failure_then_on_completion(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    wf = workflow(
+        sh("resource/vpc/apply", "echo boom >&2; exit 3"),
+        sh("resource/app/apply", "true", "resource/vpc/apply"),
+        sh("environment/on-failure/page", "true", "resource/app/apply", when="failure"),
+        sh("environment/on-completion/tidy", "true", "environment/on-failure/page", when="always"),
+    )
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique),
+    ):
+        run_id = await submit(bus, unique, wf)
+        done = await rec.completion(run_id)
+    assert done.status == "failed"
+    assert aid("resource/vpc/apply") in done.message
+    started = [e.activity_id for e in rec.of(ActivityStarted, run_id)]
+    assert started == [
+        aid("resource/vpc/apply"),
+        aid("environment/on-failure/page"),
+        aid("environment/on-completion/tidy"),
+    ]
+
+
+async def test_cancel_mid_run_stops_the_running_activity_and_still_runs_on_completion(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    wf = workflow(
+        sh("resource/vpc/apply", "sleep 30"),
+        sh("resource/app/apply", "true", "resource/vpc/apply"),
+        sh("environment/on-completion/tidy", "true", "resource/app/apply", when="always"),
+    )
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique),
+    ):
+        run_id = await submit(bus, unique, wf)
+        await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"))
+        await bus.publish_event(RunCancelRequested(tenant=unique, run_id=run_id, reason="changed my mind"))
+        done = await rec.completion(run_id)
+    assert done.status == "cancelled"
+    assert rec.of(ActivityCancelled, run_id)[0].activity_id == aid("resource/vpc/apply")
+    started = [e.activity_id for e in rec.of(ActivityStarted, run_id)]
+    assert started == [aid("resource/vpc/apply"), aid("environment/on-completion/tidy")]
+
+
+async def test_an_activity_is_retried_on_another_agent_after_its_agent_is_killed(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    wf = workflow(
+        sh("resource/vpc/apply", "sleep 1; echo done"), sh("resource/app/apply", "true", "resource/vpc/apply")
+    )
+    async with recording(bus, unique) as rec, running_scheduler(bus, settings, unique):
+        doomed = Process(settings, "agent", "--tenant", unique, "--pool", "default", "--agent-id", "doomed",
+                         log=tmp_path / "doomed.log")  # fmt: skip
+        try:
+            run_id = await submit(bus, unique, wf)
+            await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"), agent="doomed")
+        finally:
+            doomed.kill()
+        async with running_agent(bus, tmp_path, unique, agent_id="survivor"):
+            lost = await rec.first(ActivityLost, run_id, within=20)
+            done = await rec.completion(run_id)
+    assert (lost.activity_id, lost.attempt, lost.agent) == (aid("resource/vpc/apply"), 1, "doomed")
+    assert done.status == "succeeded"
+    retried = await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"), attempt=2)
+    assert retried.agent == "survivor"
+
+
+async def test_a_scheduler_killed_mid_run_is_replaced_and_the_run_finishes_with_no_duplicate_dispatch(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran.txt"
+    chain = [
+        sh(f"step{n}", f"echo step{n} >> {ran}; sleep 0.2", *([f"step{n - 1}"] if n else []))
+        for n in range(8)
+    ]
+    wide = [sh(f"leaf{n}", f"echo leaf{n} >> {ran}", "step3") for n in range(6)]
+    wf = workflow(*chain, *wide)
+    first = Process(settings, "scheduler", "--tenant", unique, log=tmp_path / "scheduler1.log")
+    second: Process | None = None
+    try:
+        async with recording(bus, unique) as rec, running_agent(bus, tmp_path, unique, concurrency=4):
+            run_id = await submit(bus, unique, wf)
+            await rec.first(ActivityStarted, run_id, activity_id="step3", within=30)
+            first.kill()
+            second = Process(settings, "scheduler", "--tenant", unique, log=tmp_path / "scheduler2.log")
+            done = await rec.completion(run_id, within=60)
+            await asyncio.sleep(0)
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+    assert done.status == "succeeded", done.message
+    runs = collections.Counter(ran.read_text().split())
+    assert runs == {f"step{n}": 1 for n in range(8)} | {f"leaf{n}": 1 for n in range(6)}
+    attempts = {(e.activity_id, e.attempt) for e in rec.of(ActivityDispatched, run_id)}
+    assert {a for _, a in attempts} == {1}
