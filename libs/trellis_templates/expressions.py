@@ -344,6 +344,21 @@ def _resolved(scope: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
+def truthy(value: Any) -> bool:
+    """How a rendered condition decides: `false`, `no`, `0`, `off`, `null` and empty text are false."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "no", "0", "off", "none", "null")
+    return bool(value)
+
+
+def condition_holds(condition: str, names: Mapping[str, Any]) -> bool:
+    """A success or skip condition: `$(expr)$` (or text holding expressions) rendered, then `truthy`.
+
+    For agents (`response`, `exit_code`) and the scheduler; raises ExpressionError.
+    """
+    return truthy(render(condition, names))
+
+
 def _chain(node: nodes.Node) -> list[str] | None:
     """`a.b["c"].d` -> ["a", "b", "c", "d"]; None when not a plain path."""
     if isinstance(node, nodes.Name):

@@ -16,7 +16,7 @@ from trellis_core.workflow import (
 )
 from trellis_templates.documents import Hook
 from trellis_templates.errors import Path
-from trellis_templates.rendering import truthy
+from trellis_templates.expressions import truthy
 from trellis_templates.specs import (
     NO_RETRY,
     HookContext,

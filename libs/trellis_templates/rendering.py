@@ -12,13 +12,6 @@ from trellis_templates.errors import ExpressionError, Path, Problems, Source, cl
 _CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
 
 
-def truthy(value: Any) -> bool:
-    """How a rendered condition decides: `false`, `no`, `0` and empty strings are false."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "false", "no", "0", "off", "none", "null")
-    return bool(value)
-
-
 @dataclass(slots=True)
 class Renderer:
     """Renders the strings of one resource (or of the environment) with its compile-time scope.

@@ -6,7 +6,7 @@ import pytest
 
 from trellis_core.errors import TrellisError
 from trellis_templates.errors import ExpressionError
-from trellis_templates.expressions import is_late, output_references, render, render_late
+from trellis_templates.expressions import condition_holds, is_late, output_references, render, render_late
 
 SCOPE = {
     "environment": {"name": "dev", "id": "e1", "variables": {"region": "eu-west-1", "count": 3}},
@@ -118,3 +118,10 @@ def test_expressions_cannot_build_huge_values() -> None:
     with pytest.raises(ExpressionError, match="too large"):
         render("$(2 ** 100000000)$", SCOPE)
     assert render("$(2 ** 10 * 3)$", SCOPE) == 3072
+
+
+def test_conditions_decide_by_truthiness_of_the_rendered_value() -> None:
+    names = {"response": {"status": 201, "json": {"ready": "false"}}, "exit_code": 0}
+    assert condition_holds("$(response.status < 300)$", names)
+    assert not condition_holds("$(response.json.ready)$", names)
+    assert condition_holds("$(exit_code == 0)$", names)
