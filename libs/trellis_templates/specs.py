@@ -195,11 +195,15 @@ def driver_run(
         spec_http = http_spec(
             ctx.renderer, dsrc, (*dpath, "http"), http or HttpOptions(), ctx.source, (*opath, "http"), base
         )
+        if not spec_http.success_condition and config.success_condition:
+            condition = ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition"))
+            spec_http = msgspec.structs.replace(spec_http, success_condition=condition)
         return Run("http", spec_http, timeout, retries)
     return _function(ctx, config, dsrc, dpath, timeout, retries)
 
 
 def _with_condition(spec: ContainerSpec, condition: str) -> ContainerSpec:
+    """The driver-level successCondition, when the container options set none."""
     return msgspec.structs.replace(spec, success_condition=condition)
 
 
