@@ -65,7 +65,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return str(self.__struct_config__.tag)
 
     def msg_id(self) -> str:
-        return f"{self.run_id}/-/-/{self.kind}"
+        return f"{self.tenant}/{self.run_id}/-/-/{self.kind}"
 
 
 class ActivityEvent(Event, frozen=True, kw_only=True):
@@ -73,7 +73,7 @@ class ActivityEvent(Event, frozen=True, kw_only=True):
     attempt: int
 
     def msg_id(self) -> str:
-        return f"{self.run_id}/{self.activity_id}/{self.attempt}/{self.kind}"
+        return f"{self.tenant}/{self.run_id}/{self.activity_id}/{self.attempt}/{self.kind}"
 
 
 # ---- runs -------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
     schema_version: int = SCHEMA_VERSION
 
     def msg_id(self) -> str:
-        return f"{self.run_id}/{self.activity.id}/{self.attempt}/work"
+        return f"{self.tenant}/{self.run_id}/{self.activity.id}/{self.attempt}/work"
 
 
 class CancelActivity(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="control.cancel"):

@@ -39,17 +39,17 @@ def activity_token(activity_id: str) -> str:
 
 
 def runs_requested(tenant: str) -> str:
-    return f"{PREFIX}.{token(tenant, 'tenant')}.runs.requested"
+    return f"{PREFIX}.{tenant_token(tenant)}.runs.requested"
 
 
 def run_event(tenant: str, run_id: str, kind: str) -> str:
     """`kind` is the event's tag, e.g. `activity.completed` (two subject tokens)."""
-    return f"{PREFIX}.{token(tenant, 'tenant')}.run.{token(run_id, 'run id')}.{kind}"
+    return f"{PREFIX}.{tenant_token(tenant)}.run.{token(run_id, 'run id')}.{kind}"
 
 
 def run_events(tenant: str, run_id: str) -> str:
     """Every event of one run."""
-    return f"{PREFIX}.{token(tenant, 'tenant')}.run.{token(run_id, 'run id')}.>"
+    return f"{PREFIX}.{tenant_token(tenant)}.run.{token(run_id, 'run id')}.>"
 
 
 def all_run_events(tenant: str = "*") -> str:
@@ -58,25 +58,37 @@ def all_run_events(tenant: str = "*") -> str:
 
 
 def work(tenant: str, pool: str, agent: str | None = None) -> str:
-    base = f"{PREFIX}.{token(tenant, 'tenant')}.work.{token(pool, 'pool')}"
+    base = f"{PREFIX}.{tenant_token(tenant)}.work.{token(pool, 'pool')}"
     return base if agent is None else f"{base}.{token(agent, 'agent id')}"
 
 
 def logs(tenant: str, run_id: str, activity_id: str) -> str:
-    return f"{PREFIX}.{token(tenant, 'tenant')}.logs.{token(run_id, 'run id')}.{activity_token(activity_id)}"
+    return f"{PREFIX}.{tenant_token(tenant)}.logs.{token(run_id, 'run id')}.{activity_token(activity_id)}"
 
 
 def run_logs(tenant: str, run_id: str) -> str:
-    return f"{PREFIX}.{token(tenant, 'tenant')}.logs.{token(run_id, 'run id')}.>"
+    return f"{PREFIX}.{tenant_token(tenant)}.logs.{token(run_id, 'run id')}.>"
 
 
 def control(tenant: str, pool: str) -> str:
     """Commands to the agents of one tenant's pool (cancel)."""
-    return f"{PREFIX}.{token(tenant, 'tenant')}.control.{token(pool, 'pool')}"
+    return f"{PREFIX}.{tenant_token(tenant)}.control.{token(pool, 'pool')}"
+
+
+# Not `trellis.deadletter.>`: JetStream refuses a stream whose subjects overlap another's, and
+# that pattern overlaps `trellis.*.run.>` (a tenant named "deadletter"). Its own root avoids it.
+DEADLETTER_PREFIX = "trellis_deadletter"
+RESERVED_TENANTS = frozenset({"store", "deadletter", "control"})
+
+
+def tenant_token(tenant: str) -> str:
+    if tenant in RESERVED_TENANTS:
+        raise InvalidSubjectToken(f"tenant {tenant!r} is a reserved name: choose another")
+    return token(tenant, "tenant")
 
 
 def deadletter(original_subject: str) -> str:
-    return f"{PREFIX}.deadletter.{original_subject}"
+    return f"{DEADLETTER_PREFIX}.{original_subject}"
 
 
 def store(query: str) -> str:
@@ -89,5 +101,5 @@ STREAM_SUBJECTS: dict[str, list[str]] = {
     STREAM_EVENTS: [f"{PREFIX}.*.run.>"],
     STREAM_WORK: [f"{PREFIX}.*.work.>"],
     STREAM_LOGS: [f"{PREFIX}.*.logs.>"],
-    STREAM_DEADLETTER: [f"{PREFIX}.deadletter.>"],
+    STREAM_DEADLETTER: [f"{DEADLETTER_PREFIX}.>"],
 }

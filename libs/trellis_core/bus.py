@@ -1,0 +1,393 @@
+"""The JetStream bus: connect, declare streams, publish with dedupe, and the one consumer loop.
+
+Every service goes through this module, so retry, backoff, dead-lettering and draining are
+written once. A consumer acks only after its handler returned (its effect is durable), naks
+with backoff when it raised, and dead-letters a message that cannot be decoded or has failed
+`max_deliver` times — then goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+from trellis_core import subjects
+from trellis_core.errors import BusUnavailable, ConfigError
+from trellis_core.events import DeadLetter, Event, encode
+from trellis_core.logs import get_logger
+from trellis_core.settings import Settings
+
+T = TypeVar("T")
+
+_DAY = 86_400.0
+log = get_logger("bus")
+
+
+class PermanentError(Exception):
+    """Raised by a handler for a message that can never succeed: dead-letter it at once."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: list[str]
+    retention: js_api.RetentionPolicy
+    max_age_seconds: float = 0.0
+    max_bytes: int = -1
+
+
+def stream_specs(settings: Settings) -> list[StreamSpec]:
+    """The streams of DESIGN.md section 1, sized from settings."""
+    limits = js_api.RetentionPolicy.LIMITS
+    return [
+        StreamSpec(subjects.STREAM_RUNS, subjects.STREAM_SUBJECTS[subjects.STREAM_RUNS], limits, 30 * _DAY),
+        StreamSpec(
+            subjects.STREAM_EVENTS,
+            subjects.STREAM_SUBJECTS[subjects.STREAM_EVENTS],
+            limits,
+            settings.events_max_age_days * _DAY,
+        ),
+        StreamSpec(
+            subjects.STREAM_WORK,
+            subjects.STREAM_SUBJECTS[subjects.STREAM_WORK],
+            js_api.RetentionPolicy.WORK_QUEUE,
+        ),
+        StreamSpec(
+            subjects.STREAM_LOGS,
+            subjects.STREAM_SUBJECTS[subjects.STREAM_LOGS],
+            limits,
+            settings.logs_max_age_days * _DAY,
+            settings.logs_max_bytes,
+        ),
+        StreamSpec(
+            subjects.STREAM_DEADLETTER, subjects.STREAM_SUBJECTS[subjects.STREAM_DEADLETTER], limits, 30 * _DAY
+        ),
+    ]
+
+
+@dataclass
+class Delivery:
+    """What a handler knows about the message besides its decoded body."""
+
+    subject: str
+    deliveries: int
+    stream_sequence: int
+    headers: dict[str, str]
+    _msg: Msg = field(repr=False)
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the handler is still working (resets the ack wait)."""
+        await self._msg.in_progress()
+
+
+class Bus:
+    """A connected NATS client with its JetStream context."""
+
+    def __init__(self, nc: NATS, settings: Settings, name: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings
+        self.name = name
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, name: str) -> Bus:
+        """Connect, reconnecting for ever once connected; raise BusUnavailable if never reached."""
+        if not settings.nats_url:
+            raise ConfigError("TRELLIS_NATS_URL is not set: point it at a NATS server (nats://host:4222)")
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats_error", service=name, error=str(exc))
+
+        async def on_disconnect() -> None:
+            log.warning("nats_disconnected", service=name)
+
+        async def on_reconnect() -> None:
+            log.info("nats_reconnected", service=name)
+
+        try:
+            nc = await nats.connect(
+                servers=[settings.nats_url],
+                name=f"trellis-{name}",
+                connect_timeout=settings.connect_timeout_seconds,
+                allow_reconnect=True,
+                # Bounded while we have never connected (nats-py loops for ever at -1) ...
+                max_reconnect_attempts=max(1, int(settings.connect_timeout_seconds / 0.5)),
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except (nats.errors.NoServersError, OSError, TimeoutError, nats.errors.TimeoutError) as exc:
+            raise BusUnavailable(
+                f"cannot reach NATS at {settings.nats_url} ({type(exc).__name__}: {exc or 'no answer'}): "
+                "is nats-server running with JetStream (-js), and is TRELLIS_NATS_URL right?"
+            ) from None
+        nc.options["max_reconnect_attempts"] = -1  # ... and unbounded once we have: ride out restarts
+        return cls(nc, settings, name)
+
+    async def ensure_streams(self) -> None:
+        """Create every stream, or update it to the configured limits; safe to call from every service."""
+        storage = js_api.StorageType.FILE if self.settings.stream_storage == "file" else js_api.StorageType.MEMORY
+        for spec in stream_specs(self.settings):
+            config = js_api.StreamConfig(
+                name=spec.name,
+                subjects=spec.subjects,
+                retention=spec.retention,
+                storage=storage,
+                num_replicas=self.settings.stream_replicas,
+                max_age=spec.max_age_seconds or None,
+                max_bytes=spec.max_bytes,
+                duplicate_window=self.settings.dedupe_window_seconds,
+            )
+            try:
+                info = await self.js.stream_info(spec.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                    continue
+                except nats.js.errors.BadRequestError as exc:  # another service won the race
+                    if exc.err_code != 10058:  # stream name already in use
+                        raise ConfigError(f"cannot create stream {spec.name}: {exc.description}") from None
+                info = await self.js.stream_info(spec.name)
+            if info.config.retention != spec.retention:
+                raise ConfigError(
+                    f"stream {spec.name} exists with retention {info.config.retention}, "
+                    f"Trellis needs {spec.retention}: delete it or point TRELLIS_NATS_URL elsewhere"
+                )
+            await self.js.update_stream(config)
+
+    async def publish(
+        self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None
+    ) -> js_api.PubAck:
+        """Publish to JetStream; `msg_id` makes a republish within the dedupe window a no-op."""
+        payload = message if isinstance(message, bytes) else encode(message)
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        return await self.js.publish(subject, payload, headers=headers)
+
+    async def publish_event(self, event: Event) -> js_api.PubAck:
+        """Publish a run event on its own subject with its identity as the dedupe id."""
+        return await self.publish(
+            subjects.run_event(event.tenant, event.run_id, event.kind), event, msg_id=event.msg_id()
+        )
+
+    def consumer(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        subjects: Sequence[str],
+        decode: Callable[[bytes], T],
+        handler: Callable[[T, Delivery], Awaitable[None]],
+        max_deliver: int = 5,
+        backoff: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
+        ack_wait: float = 30.0,
+        concurrency: int = 1,
+        batch: int = 64,
+        deliver_new: bool = False,
+    ) -> Consumer[T]:
+        return Consumer(
+            self,
+            stream=stream,
+            durable=durable,
+            filter_subjects=list(subjects),
+            decode=decode,
+            handler=handler,
+            max_deliver=max_deliver,
+            backoff=tuple(backoff),
+            ack_wait=ack_wait,
+            concurrency=concurrency,
+            batch=batch,
+            deliver_new=deliver_new,
+        )
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=10)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("nats_drain_failed", service=self.name, error=str(exc))
+            await self.nc.close()
+
+
+class Consumer(Generic[T]):
+    """A durable pull consumer with explicit acks, backoff on failure and a dead-letter subject."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        stream: str,
+        durable: str,
+        filter_subjects: list[str],
+        decode: Callable[[bytes], T],
+        handler: Callable[[T, Delivery], Awaitable[None]],
+        max_deliver: int,
+        backoff: tuple[float, ...],
+        ack_wait: float,
+        concurrency: int,
+        batch: int,
+        deliver_new: bool,
+    ) -> None:
+        if max_deliver < 1 or concurrency < 1 or not backoff:
+            raise ValueError("max_deliver and concurrency must be at least 1, backoff non-empty")
+        self.bus = bus
+        self.stream = stream
+        self.durable = durable
+        self.filter_subjects = filter_subjects
+        self.decode = decode
+        self.handler = handler
+        self.max_deliver = max_deliver
+        self.backoff = backoff
+        self.ack_wait = ack_wait
+        self.concurrency = concurrency
+        self.batch = batch
+        self.deliver_new = deliver_new
+        self.log = get_logger("consumer", stream=stream, durable=durable)
+        self._in_flight = 0
+
+    async def declare(self) -> JetStreamContext.PullSubscription:
+        """Create or update the durable consumer and bind to it."""
+        config = js_api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            # JetStream never gives up on its own: the loop counts deliveries and dead-letters.
+            max_deliver=-1,
+            max_ack_pending=max(self.concurrency * 4, self.batch * 2),
+            deliver_policy=js_api.DeliverPolicy.NEW if self.deliver_new else js_api.DeliverPolicy.ALL,
+        )
+        if len(self.filter_subjects) == 1:
+            config.filter_subject = self.filter_subjects[0]
+        else:
+            config.filter_subjects = self.filter_subjects
+        await self.bus.js.add_consumer(self.stream, config)
+        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Fetch and handle messages until `stop` is set; in-flight handlers finish first."""
+        sub = await self.declare()
+        if ready is not None:
+            ready.set()
+        slots = asyncio.Semaphore(self.concurrency)
+        self._in_flight = 0
+        async with asyncio.TaskGroup() as tasks:
+            while not stop.is_set():
+                if self._in_flight >= self.concurrency:
+                    await slots.acquire()  # wait for a free slot before asking for more
+                    slots.release()
+                free = max(1, min(self.batch, self.concurrency - self._in_flight))
+                try:
+                    msgs = await sub.fetch(free, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                    break
+                except nats.errors.Error as exc:
+                    self.log.warning("fetch_failed", error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    if self.concurrency == 1:
+                        await self._handle(msg)
+                        continue
+                    await slots.acquire()
+                    self._in_flight += 1
+                    tasks.create_task(self._handle_and_release(msg, slots))
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+    async def _handle_and_release(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._handle(msg)
+        finally:
+            self._in_flight -= 1
+            slots.release()
+
+    async def _handle(self, msg: Msg) -> None:
+        meta = msg.metadata
+        deliveries = meta.num_delivered
+        delivery = Delivery(
+            subject=msg.subject,
+            deliveries=deliveries,
+            stream_sequence=meta.sequence.stream,
+            headers=dict(msg.headers or {}),
+            _msg=msg,
+        )
+        try:
+            value = self.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            await self._dead_letter(msg, deliveries, f"undecodable: {exc}")
+            return
+        if deliveries > self.max_deliver:
+            await self._dead_letter(msg, deliveries, f"delivered {deliveries} times without an ack")
+            return
+        try:
+            await self.handler(value, delivery)
+        except asyncio.CancelledError:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+            raise
+        except PermanentError as exc:
+            await self._dead_letter(msg, deliveries, f"rejected: {exc}")
+            return
+        except Exception as exc:
+            if deliveries >= self.max_deliver:
+                await self._dead_letter(msg, deliveries, f"failed {deliveries} times, last: {exc!r}")
+                return
+            delay = self.backoff[min(deliveries - 1, len(self.backoff) - 1)]
+            self.log.warning(
+                "handler_failed", subject=msg.subject, deliveries=deliveries, retry_in=delay, error=repr(exc)
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=delay)
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, deliveries: int, reason: str) -> None:
+        letter = DeadLetter(
+            subject=msg.subject,
+            stream=self.stream,
+            consumer=self.durable,
+            reason=reason,
+            deliveries=deliveries,
+            data=msg.data.decode("utf-8", errors="replace"),
+            headers=dict(msg.headers or {}),
+        )
+        meta = msg.metadata
+        await self.bus.publish(
+            subjects.deadletter(msg.subject),
+            letter,
+            msg_id=f"dl/{self.stream}/{self.durable}/{meta.sequence.stream}",
+        )
+        self.log.error("message_dead_lettered", subject=msg.subject, deliveries=deliveries, reason=reason)
+        with contextlib.suppress(nats.errors.Error):
+            await msg.term()
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """Set `stop` on SIGTERM or SIGINT so services drain instead of dying mid-message."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def decoder(type_: Any) -> Callable[[bytes], Any]:
+    """A fast msgspec JSON decoder for `type_`, for `Bus.consumer(decode=...)`."""
+    return msgspec.json.Decoder(type_).decode

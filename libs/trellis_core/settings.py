@@ -1,0 +1,116 @@
+"""Every setting, read once from `TRELLIS_*` environment variables, validated, then passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from trellis_core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Start-up configuration. Field `x_y` comes from `TRELLIS_X_Y`."""
+
+    nats_url: str = ""  # empty: the embedded stack starts its own
+    database_url: str = ""
+    gateway_url: str = ""
+    tenant: str = "default"
+    data_dir: Path = Path(".trellis")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    stream_replicas: int = 1
+    stream_storage: Literal["file", "memory"] = "file"
+    events_max_age_days: float = 90.0
+    logs_max_age_days: float = 14.0
+    logs_max_bytes: int = 8 * 1024**3
+    dedupe_window_seconds: float = 120.0
+    connect_timeout_seconds: float = 5.0
+    heartbeat_seconds: float = 2.0
+    heartbeat_timeout_seconds: float = 15.0
+    max_parallel_per_run: int = 32
+    max_parallel_per_tenant: int = 256
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `environ` (default: the process environment).
+
+        Raises ConfigError naming the variable when a value is missing its type or range.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            var = f"TRELLIS_{name.upper()}"
+            if var in env:
+                values[name] = env[var]
+        values.update(overrides)
+        try:
+            settings = msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_name_variable(str(exc))) from None
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("stream_replicas", self.stream_replicas in (1, 3, 5), "must be 1, 3 or 5"),
+            ("heartbeat_seconds", self.heartbeat_seconds > 0, "must be greater than 0"),
+            (
+                "heartbeat_timeout_seconds",
+                self.heartbeat_timeout_seconds > self.heartbeat_seconds,
+                "must be greater than TRELLIS_HEARTBEAT_SECONDS",
+            ),
+            ("max_parallel_per_run", self.max_parallel_per_run > 0, "must be at least 1"),
+            ("max_parallel_per_tenant", self.max_parallel_per_tenant > 0, "must be at least 1"),
+            ("connect_timeout_seconds", self.connect_timeout_seconds > 0, "must be greater than 0"),
+            ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
+            ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
+            ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"TRELLIS_{name.upper()}={getattr(self, name)!r}: {why}")
+
+
+def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
+    if not value:
+        return True
+    return any(value.startswith(f"{s}://") for s in schemes) and len(value.split("://", 1)[1]) > 0
+
+
+def _name_variable(message: str) -> str:
+    """Rewrite msgspec's `Expected int, got str - at $.heartbeat_seconds` to name the variable."""
+    text, _, where = message.partition(" - at `$.")
+    if where:
+        field = where.rstrip("`").split(".")[0].split("[")[0]
+        return f"TRELLIS_{field.upper()}: {text.lower()}"
+    return message
+
+
+def env_flag(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """A boolean switch variable (1/0, true/false, yes/no); a bad value names the variable."""
+    return _parse(name, default, environ, _bool)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _parse(name: str, default: T, environ: Mapping[str, str] | None, parse: Callable[[str], T]) -> T:
+    env = os.environ if environ is None else environ
+    if name not in env:
+        return default
+    try:
+        return parse(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name}={env[name]!r}: {exc}") from None

@@ -1,0 +1,63 @@
+"""Session fixtures: a real nats-server and a real PostgreSQL on free ports in temp dirs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from trellis_core.bus import Bus
+from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
+from trellis_core.settings import Settings
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), durable=False)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings.from_env(
+        {},
+        nats_url=nats_url,
+        data_dir=tmp_path_factory.mktemp("data"),
+        stream_storage="memory",
+        log_format="json",
+        log_level="warning",
+        heartbeat_seconds=0.5,
+        heartbeat_timeout_seconds=3.0,
+    )
+
+
+@pytest.fixture(scope="session")
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(settings, name="tests")
+    await bus.ensure_streams()
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A fresh token for tenants, durables and runs so tests never see each other's messages."""
+    return f"t{next(_names)}"

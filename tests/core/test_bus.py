@@ -1,0 +1,179 @@
+"""The bus against a real nats-server: dedupe, dead letters, poison messages, redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+
+from trellis_core import subjects
+from trellis_core.bus import Bus, Delivery, PermanentError, decoder
+from trellis_core.embedded import free_port
+from trellis_core.errors import BusUnavailable
+from trellis_core.events import DeadLetter, RunStarted, RunEvent
+from trellis_core.settings import Settings
+
+
+async def _next_dead_letter(bus: Bus, subject: str, action: Callable[[], Awaitable[Any]]) -> DeadLetter:
+    sub = await bus.nc.subscribe(subjects.deadletter(subject))
+    await action()
+    msg = await sub.next_msg(timeout=15)
+    await sub.unsubscribe()
+    return msgspec.json.decode(msg.data, type=DeadLetter)
+
+
+async def _run_consumer(bus: Bus, until: asyncio.Event, **kwargs: Any) -> asyncio.Task[None]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(bus.consumer(**kwargs).run(until, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    return task
+
+
+async def test_a_duplicate_publish_is_dropped(bus: Bus, unique: str) -> None:
+    event = RunStarted(tenant=unique, run_id="r1")
+    first = await bus.publish_event(event)
+    second = await bus.publish_event(event)
+    assert not first.duplicate
+    assert second.duplicate
+    info = await bus.js.stream_info(subjects.STREAM_EVENTS, subjects_filter=subjects.all_run_events(unique))
+    assert info.state.subjects == {subjects.run_event(unique, "r1", "run.started"): 1}
+
+
+async def test_a_message_failing_max_deliver_times_is_dead_lettered(bus: Bus, unique: str) -> None:
+    attempts: list[int] = []
+    stop = asyncio.Event()
+
+    async def always_fails(event: RunEvent, delivery: Delivery) -> None:
+        attempts.append(delivery.deliveries)
+        raise RuntimeError("database is down")
+
+    subject = subjects.run_event(unique, "r1", "run.started")
+    task = await _run_consumer(
+        bus, stop, stream=subjects.STREAM_EVENTS, durable=f"{unique}-fails",
+        subjects=[subjects.all_run_events(unique)], decode=decoder(RunEvent), handler=always_fails,
+        max_deliver=3, backoff=(0.05,),
+    )
+    letter = await _next_dead_letter(bus, subject, lambda: bus.publish_event(RunStarted(tenant=unique, run_id="r1")))
+    stop.set()
+    await task
+    assert attempts == [1, 2, 3]
+    assert letter.deliveries == 3
+    assert "database is down" in letter.reason
+    assert letter.subject == subject
+    assert msgspec.json.decode(letter.data.encode(), type=RunEvent).tenant == unique
+
+
+async def test_garbage_is_dead_lettered_and_the_next_good_message_is_processed(bus: Bus, unique: str) -> None:
+    handled: asyncio.Queue[RunEvent] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def handle(event: RunEvent, delivery: Delivery) -> None:
+        await handled.put(event)
+
+    task = await _run_consumer(
+        bus, stop, stream=subjects.STREAM_EVENTS, durable=f"{unique}-garbage",
+        subjects=[subjects.all_run_events(unique)], decode=decoder(RunEvent), handler=handle,
+    )
+    bad_subject = subjects.run_event(unique, "r1", "run.started")
+    letter = await _next_dead_letter(bus, bad_subject, lambda: bus.publish(bad_subject, b"\x00not json{"))
+    await bus.publish_event(RunStarted(tenant=unique, run_id="r2"))
+    good = await asyncio.wait_for(handled.get(), 10)
+    stop.set()
+    await task
+    assert letter.reason.startswith("undecodable:")
+    assert letter.data.startswith("\x00not json{")
+    assert good.run_id == "r2"
+    assert handled.empty()
+
+
+async def test_a_permanent_error_dead_letters_at_once(bus: Bus, unique: str) -> None:
+    stop = asyncio.Event()
+    calls = 0
+
+    async def reject(event: RunEvent, delivery: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("tenant is disabled")
+
+    task = await _run_consumer(
+        bus, stop, stream=subjects.STREAM_EVENTS, durable=f"{unique}-perm",
+        subjects=[subjects.all_run_events(unique)], decode=decoder(RunEvent), handler=reject, max_deliver=5,
+    )
+    subject = subjects.run_event(unique, "r1", "run.started")
+    letter = await _next_dead_letter(bus, subject, lambda: bus.publish_event(RunStarted(tenant=unique, run_id="r1")))
+    stop.set()
+    await task
+    assert calls == 1
+    assert letter.reason == "rejected: tenant is disabled"
+
+
+_KILLED_CONSUMER = """
+import asyncio, sys
+from trellis_core.bus import Bus, decoder
+from trellis_core.events import RunEvent
+from trellis_core.settings import Settings
+
+async def main():
+    bus = await Bus.connect(Settings.from_env({}, nats_url=sys.argv[1]), name="doomed")
+    async def hold(event, delivery):
+        print("holding", event.run_id, flush=True)
+        await asyncio.sleep(3600)
+    await bus.consumer(stream="TRELLIS_EVENTS", durable=sys.argv[2], subjects=[sys.argv[3]],
+                       decode=decoder(RunEvent), handler=hold, ack_wait=1.0).run(asyncio.Event())
+
+asyncio.run(main())
+"""
+
+
+async def test_a_consumer_killed_before_ack_gets_the_message_redelivered(
+    bus: Bus, settings: Settings, unique: str
+) -> None:
+    durable = f"{unique}-killed"
+    filter_subject = subjects.all_run_events(unique)
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CONSUMER, settings.nats_url, durable, filter_subject],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await bus.publish_event(RunStarted(tenant=unique, run_id="r1"))
+        line = await asyncio.wait_for(asyncio.to_thread(doomed.stdout.readline), 20)  # type: ignore[union-attr]
+        assert line.strip() == "holding r1"
+    finally:
+        doomed.kill()
+        doomed.wait()
+
+    redelivered: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def handle(event: RunEvent, delivery: Delivery) -> None:
+        await redelivered.put((event.run_id, delivery.deliveries))
+
+    task = await _run_consumer(
+        bus, stop, stream=subjects.STREAM_EVENTS, durable=durable, subjects=[filter_subject],
+        decode=decoder(RunEvent), handler=handle, ack_wait=1.0,
+    )
+    run_id, deliveries = await asyncio.wait_for(redelivered.get(), 15)
+    stop.set()
+    await task
+    assert (run_id, deliveries) == ("r1", 2)
+
+
+async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
+    await bus.ensure_streams()
+    await bus.ensure_streams()
+    info = await bus.js.stream_info(subjects.STREAM_WORK)
+    assert info.config.retention == nats.js.api.RetentionPolicy.WORK_QUEUE
+
+
+async def test_an_unreachable_server_gives_an_error_naming_the_url() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    settings = Settings.from_env({}, nats_url=url, connect_timeout_seconds=0.5)
+    with pytest.raises(BusUnavailable, match=url.replace(".", r"\.")):
+        await Bus.connect(settings, name="tests")
