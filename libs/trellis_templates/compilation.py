@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,8 @@ from trellis_templates.bundle import Bundle
 from trellis_templates.checks import check_schedules, unique_names
 from trellis_templates.documents import (
     ConfigContext,
+    ConfigContextSpec,
+    ContextRef,
     Environment,
     EnvironmentTemplate,
     ResourceTemplate,
@@ -29,6 +30,7 @@ from trellis_templates.resources import (
     swap_entry,
     topo_order,
 )
+from trellis_templates.selectors import selections, selector_layer
 from trellis_templates.variables import (
     Layer,
     Merged,
@@ -38,8 +40,6 @@ from trellis_templates.variables import (
     required_missing,
     typed_value,
 )
-
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?LW#-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,9 @@ class Compilation:
         self._undeclared_environment_variables(self._declared_names(environment=False))
         self.input_layer = inputs_layer(self.inputs, self._declared_names(), self.problems)
         env_merged = merge(self._env_layers(), self.problems)
+        self.env_merged = env_merged
+        self.selections = selections(self.et, self.et_src, self.problems)
+        self.selected = {s.variable for s in self.selections}
         required_missing(env_merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
         base = self._base_scope()
         env_renderer = Renderer(self.problems, base, frozenset(r.name for r in self.et.spec.resources))
@@ -117,21 +120,25 @@ class Compilation:
 
     # ---- inputs ---------------------------------------------------------------------------
 
-    def _contexts(self, refs: Sequence[Any], source: Source) -> list[tuple[ConfigContext, Source]]:
+    def _contexts(self, refs: Sequence[ContextRef], source: Source) -> list[Attached]:
+        """Contexts by name from the bundle, or written inline (`data:`) where they are attached."""
         out = []
         for i, ref in enumerate(refs):
-            found = self.bundle.find(
-                ConfigContext, ref.name, "", self.problems, (source, ("spec", "contexts", i, "name"))
-            )
+            path: Path = ("spec", "contexts", i)
+            if ref.data is not None:
+                out.append(Attached("", f"inline context {i}", ref.data, source, (*path, "data")))
+                continue
+            if not ref.name:
+                self.problems.error(source, path, "a context reference needs a name or inline data")
+                continue
+            found = self.bundle.find(ConfigContext, ref.name, "", self.problems, (source, (*path, "name")))
             if found is not None:
-                out.append(found)
+                doc, doc_src = found
+                out.append(Attached(ref.name, f"ConfigContext {ref.name!r}", doc.spec, doc_src, ("spec",)))
         return out
 
-    def _context_layers(self, contexts: list[tuple[ConfigContext, Source]]) -> list[Layer]:
-        return [
-            Layer(f"ConfigContext {c.metadata.name!r}", c.spec.variables, s, ("spec", "variables"))
-            for c, s in contexts
-        ]
+    def _context_layers(self, contexts: list[Attached]) -> list[Layer]:
+        return [Layer(c.label, c.spec.variables, c.source, (*c.base, "variables")) for c in contexts]
 
     def _env_layers(self) -> list[Layer]:
         et, env = self.et, self.env
@@ -165,7 +172,7 @@ class Compilation:
         names = {v.name for v in self.et.spec.variables}
         if environment:
             names |= {v.name for v in self.env.spec.variables}
-        for c, _ in self.et_contexts + self.env_contexts:
+        for c in self.et_contexts + self.env_contexts:
             names |= {v.name for v in c.spec.variables}
         for res in self.et.spec.resources:
             names |= {v.name for v in res.variables}
@@ -244,15 +251,19 @@ class Compilation:
             Layer(f"ResourceTemplate {rt.metadata.name!r}", rt.spec.variables, rt_src, ("spec", "variables")),
             *self._context_layers(rt_contexts),
             *env_layers[:n_et_ctx],
-            _overriding(env_layers[n_et_ctx]),
+            _overriding(env_layers[n_et_ctx], self.selected),
             Layer(
                 f"EnvironmentTemplate resource {entry.name!r}",
                 entry.variables,
                 self.et_src,
                 ("spec", "resources", i, "variables"),
             ),
-            *(_overriding(layer) for layer in env_layers[n_et_ctx + 1 :]),
+            *(_overriding(layer, self.selected) for layer in env_layers[n_et_ctx + 1 :]),
         ]
+        declared = {v.name for layer in layers if layer.adds for v in layer.variables}
+        layers.append(
+            selector_layer(entry.name, declared, self.selections, self.env_merged, self.et_src, self.problems)
+        )
         merged = merge(layers, self.problems)
         required_missing(merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
         var_renderer = Renderer(self.problems, self.base, names, late_environment=self.env_late)
@@ -261,29 +272,9 @@ class Compilation:
         renderer = Renderer(self.problems, scope, names, late_variables=late, late_environment=self.env_late)
         renderer.refs.update(var_renderer.refs)
         encoded = {n: env_encoding(v, merged[n].value_type) for n, v in values.items()}
-        env: dict[str, str] = {"TRELLIS_ACTION": self.info.action}
-        secret_env: set[str] = set()
-        files: dict[str, str] = {}
-        for contexts in (rt_contexts, self.et_contexts, self.env_contexts):
-            for c, csrc in contexts:
-                for j, e in enumerate(c.spec.envs):
-                    env[e.key] = renderer.text(e.value, csrc, ("spec", "envs", j, "value"))
-                    if e.options.sensitive:
-                        secret_env.add(e.key)
-                    if e.options.required and not e.value:
-                        self.problems.error(
-                            csrc,
-                            ("spec", "envs", j, "value"),
-                            f"required environment variable {e.key!r} has no value",
-                        )
-                for f in c.spec.files:
-                    files[f.mount_path or f.name] = f.data
-                    if f.options.sensitive:
-                        secret_env.add(f.mount_path or f.name)
-        for j, e in enumerate(self.env.spec.envs):
-            env[e.key] = renderer.text(e.value, self.env_src, ("spec", "envs", j, "value"))
-            if e.options.sensitive:
-                secret_env.add(e.key)
+        env, secret_env, files = self._context_env(
+            (rt_contexts, self.et_contexts, self.env_contexts), renderer
+        )
         env |= env_for(encoded, tf=False)
         secret = sensitive | (env_sensitive & set(values))
         masked = sorted(
@@ -310,6 +301,35 @@ class Compilation:
             entry.name, i, entry, rt, rt_src, ctx, tf_env={f"TF_VAR_{k}": v for k, v in encoded.items()}
         )
         return plan
+
+    def _context_env(
+        self, attached: Sequence[list[Attached]], renderer: Renderer
+    ) -> tuple[dict[str, str], set[str], dict[str, str]]:
+        """The environment variables and files every activity of a resource gets, and the secret ones."""
+        env: dict[str, str] = {"TRELLIS_ACTION": self.info.action}
+        secret: set[str] = set()
+        files: dict[str, str] = {}
+        for contexts in attached:
+            for c in contexts:
+                for j, e in enumerate(c.spec.envs):
+                    env[e.key] = renderer.text(e.value, c.source, (*c.base, "envs", j, "value"))
+                    if e.options.sensitive:
+                        secret.add(e.key)
+                    if e.options.required and not e.value:
+                        self.problems.error(
+                            c.source,
+                            (*c.base, "envs", j, "value"),
+                            f"required environment variable {e.key!r} has no value",
+                        )
+                for f in c.spec.files:
+                    files[f.mount_path or f.name] = f.data
+                    if f.options.sensitive:
+                        secret.add(f.mount_path or f.name)
+        for j, e in enumerate(self.env.spec.envs):
+            env[e.key] = renderer.text(e.value, self.env_src, ("spec", "envs", j, "value"))
+            if e.options.sensitive:
+                secret.add(e.key)
+        return env, secret, files
 
     def _env_agents(self) -> tuple[str, ...]:
         return (
@@ -430,13 +450,32 @@ class Compilation:
         return out
 
 
-def _context_scope(contexts: list[tuple[ConfigContext, Source]]) -> dict[str, Any]:
-    return {c.metadata.name: {"variables": {v.name: v.value for v in c.spec.variables}} for c, _ in contexts}
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """A ConfigContext attached to a template or environment: by name, or inline (no name)."""
+
+    name: str
+    label: str
+    spec: ConfigContextSpec
+    source: Source
+    base: Path  # where its spec is written in `source`
 
 
-def _overriding(layer: Layer) -> Layer:
-    """Environment-level layers set the resource's variables of the same name; they add none."""
-    return Layer(layer.label, layer.variables, layer.source, layer.path, adds=False)
+def _context_scope(contexts: list[Attached]) -> dict[str, Any]:
+    """`context.C.variables.X` for the named contexts."""
+    return {c.name: {"variables": {v.name: v.value for v in c.spec.variables}} for c in contexts if c.name}
+
+
+def _overriding(layer: Layer, selected: set[str]) -> Layer:
+    """Environment-level layers set the resource's variables of the same name; they add none.
+
+    A variable the EnvironmentTemplate aliases with selectors sets only what its selectors name.
+    """
+    if not selected or not any(v.name in selected for v in layer.variables):
+        return Layer(layer.label, layer.variables, layer.source, layer.path, adds=False)
+    kept = [(i, v) for i, v in enumerate(layer.variables) if v.name not in selected]
+    paths = tuple(layer.value_path(i, v.name) for i, v in kept)
+    return Layer(layer.label, [v for _, v in kept], layer.source, layer.path, adds=False, value_paths=paths)
 
 
 def _has_late(value: Any, renderer: Renderer) -> bool:

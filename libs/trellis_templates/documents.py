@@ -41,6 +41,13 @@ class NameRef(_Doc, kw_only=True, frozen=True):
     name: DnsName
 
 
+class ContextRef(_Doc, kw_only=True, frozen=True):
+    """A ConfigContext by name, or one written inline as `data: {envs, files, variables}`."""
+
+    name: str = ""
+    data: ConfigContextSpec | None = None
+
+
 class VersionedRef(_Doc, kw_only=True, frozen=True):
     """`{name, version}`; no version means the only or the highest one."""
 
@@ -65,6 +72,10 @@ OverrideType = Literal["allowed", "notallowed", "restricted"]
 class Override(_Doc, kw_only=True, frozen=True):
     type: OverrideType = "allowed"
     restricted_values: list[Any] = []
+    # Rafay: an EnvironmentTemplate variable that sets resource R's variable V instead of the
+    # variables of its own name: `resources.R.V` (one, or a list).
+    selector: str = ""
+    selectors: list[str] = []
 
 
 class VariableOptions(_Doc, kw_only=True, frozen=True):
@@ -197,6 +208,7 @@ class Hook(_Doc, kw_only=True, frozen=True):
     agents: list[NameRef] = []
     options: HookOptions = HookOptions()
     driver: DriverRef | None = None
+    workflow_handler: DriverRef | None = None  # Rafay's newer name for `driver`
 
 
 class Task(Hook, kw_only=True, frozen=True):
@@ -275,7 +287,7 @@ class DriverConfig(_Doc, kw_only=True, frozen=True):
 
 class InlineDriver(_Doc, kw_only=True, frozen=True):
     config: DriverConfig
-    inputs: list[NameRef] = []
+    inputs: list[ContextRef] = []
 
 
 # ---- resource templates ---------------------------------------------------------------------
@@ -301,6 +313,7 @@ class ProviderOptions(_Doc, kw_only=True, frozen=True):
     terraform: IacOptions | None = None
     custom: CustomOptions | None = None
     driver: DriverRef | None = None
+    workflow_handler: DriverRef | None = None  # Rafay's newer name for `driver`
 
 
 class RepositoryOptions(_Doc, kw_only=True, frozen=True):
@@ -321,7 +334,7 @@ class ResourceTemplateSpec(_Doc, kw_only=True, frozen=True):
     description: str = ""
     provider_options: ProviderOptions = ProviderOptions()
     repository_options: RepositoryOptions | None = None
-    contexts: list[NameRef] = []
+    contexts: list[ContextRef] = []
     agents: list[NameRef] = []
     variables: list[Variable] = []
     hooks: ResourceHooks = ResourceHooks()
@@ -346,7 +359,9 @@ class EnvironmentResource(_Doc, kw_only=True, frozen=True):
 
 
 class Cadence(_Doc, kw_only=True, frozen=True):
-    cron_expression: str
+    """When a schedule runs (`cronExpression`), or how long the environment lives (`timeToLive`)."""
+
+    cron_expression: str = ""
     cron_timezone: str = "UTC"
     time_to_live: str = ""
 
@@ -372,7 +387,7 @@ class EnvironmentTemplateSpec(_Doc, kw_only=True, frozen=True):
     version_state: VersionState = "active"
     description: str = ""
     agents: list[NameRef] = []
-    contexts: list[NameRef] = []
+    contexts: list[ContextRef] = []
     resources: list[EnvironmentResource] = []
     variables: list[Variable] = []
     hooks: EnvironmentHooks = EnvironmentHooks()
@@ -385,7 +400,7 @@ class EnvironmentSpec(_Doc, kw_only=True, frozen=True):
     variables: list[Variable] = []
     envs: list[EnvVar] = []
     agents: list[NameRef] = []
-    contexts: list[NameRef] = []
+    contexts: list[ContextRef] = []
     schedules: list[Schedule] = []
 
 
@@ -399,7 +414,7 @@ class DriverSpec(_Doc, kw_only=True, frozen=True):
     config: DriverConfig
     version: str = "v1"
     version_state: VersionState = "active"
-    inputs: list[NameRef] = []
+    inputs: list[ContextRef] = []
 
 
 class Credentials(_Doc, kw_only=True, frozen=True):
@@ -463,8 +478,12 @@ KINDS: dict[str, type[msgspec.Struct]] = {t.__struct_config__.tag: t for t in DO
 # a warning names them (in trellis.dev/v1 they are unknown fields, an error).
 RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     Metadata: frozenset({"displayName", "id", "createdAt", "modifiedAt"}),
-    ResourceTemplateSpec: frozenset({"sharing", "iconURL", "readme", "secret", "artifact"}),
-    EnvironmentTemplateSpec: frozenset({"sharing", "iconURL", "readme", "variableOverrides"}),
+    ResourceTemplateSpec: frozenset(
+        {"sharing", "iconURL", "readme", "secret", "artifact", "artifactWorkflowHandler", "actions"}
+    ),
+    EnvironmentTemplateSpec: frozenset(
+        {"sharing", "iconURL", "readme", "variableOverrides", "agentOverride"}
+    ),
     EnvironmentSpec: frozenset({"sharing", "iconURL", "files"}),
     ConfigContextSpec: frozenset({"sharing"}),
     DriverSpec: frozenset({"sharing", "outputs"}),
@@ -487,4 +506,11 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     Hook: frozenset({"sharing"}),
     Task: frozenset({"sharing"}),
     EnvironmentResource: frozenset({"sharing"}),
+    ResourceOptions: frozenset({"dedicated"}),
+    VariableOptions: frozenset({"schema", "displayMetadata"}),
+    Override: frozenset({"displayOverridden", "restrictedKeyValues"}),
+    Schedule: frozenset({"optOutOptions", "context", "workflows"}),
+    EnvironmentAction: frozenset({"context", "workflows", "reconcileResources"}),
+    FunctionOptions: frozenset({"languageVersion", "maxConcurrency", "numReplicas", "memoryLimitMi"}),
+    InlineDriver: frozenset({"outputs"}),
 }

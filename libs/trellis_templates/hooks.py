@@ -126,10 +126,12 @@ def _missing(ctx: HookContext, path: Path, kind: str, what: str) -> Run | None:
 
 
 def _driver_hook(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
-    ref = hook.driver
+    ref, key = (
+        (hook.driver, "driver") if hook.driver is not None else (hook.workflow_handler, "workflowHandler")
+    )
     if ref is None:
-        return _missing(ctx, path, hook.type, "driver: {name: …}")
-    resolved = resolve_driver(ctx, ref.name, ref.version, ref.data.config if ref.data else None, path)
+        return _missing(ctx, path, hook.type, "driver: {name: …} (or workflowHandler: {name: …})")
+    resolved = resolve_driver(ctx, ref, (*path, key))
     if resolved is None:
         return None
     config, dsrc, dpath = resolved

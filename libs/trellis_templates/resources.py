@@ -255,11 +255,12 @@ def _other(key: str) -> str:
 
 
 def _iac_driver(plan: ResourcePlan) -> tuple[str, dict[str, str]]:
-    ref, ctx = plan.template.spec.provider_options.driver, plan.ctx
+    options, ctx = plan.template.spec.provider_options, plan.ctx
+    ref, key = (options.driver, "driver") if options.driver else (options.workflow_handler, "workflowHandler")
     if ref is None:
         return "", {}
     path = ("spec", "providerOptions")
-    resolved = resolve_driver(ctx, ref.name, ref.version, ref.data.config if ref.data else None, path)
+    resolved = resolve_driver(ctx, ref, (*path, key))
     if resolved is None:
         return "", {}
     config, dsrc, dpath = resolved

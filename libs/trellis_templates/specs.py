@@ -18,7 +18,7 @@ from trellis_core.workflow import (
     HttpSpec,
 )
 from trellis_templates.bundle import Bundle
-from trellis_templates.documents import ContainerOptions, Driver, DriverConfig, HttpOptions
+from trellis_templates.documents import ContainerOptions, Driver, DriverConfig, DriverRef, HttpOptions
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.rendering import Renderer
 
@@ -156,14 +156,15 @@ def container_spec(
 
 
 def resolve_driver(
-    ctx: HookContext, name: str, version: str, inline: DriverConfig | None, path: Path
+    ctx: HookContext, ref: DriverRef, path: Path
 ) -> tuple[DriverConfig, Source | None, Path] | None:
-    if inline is not None:
-        return inline, ctx.source, (*path, "driver", "data", "config")
-    if not name:
-        ctx.problems.error(ctx.source, (*path, "driver"), "a driver reference needs a name or inline data")
+    """The driver's config and where it is written; `path` is the reference (`…driver`)."""
+    if ref.data is not None:
+        return ref.data.config, ctx.source, (*path, "data", "config")
+    if not ref.name:
+        ctx.problems.error(ctx.source, path, "a driver reference needs a name or inline data")
         return None
-    found = ctx.bundle.find(Driver, name, version, ctx.problems, (ctx.source, (*path, "driver", "name")))
+    found = ctx.bundle.find(Driver, ref.name, ref.version, ctx.problems, (ctx.source, (*path, "name")))
     if found is None:
         return None
     driver, dsrc = found

@@ -20,6 +20,12 @@ class Layer:
     source: Source | None = None
     path: Path = ()
     adds: bool = True  # False: only overrides variables a lower layer declared
+    value_paths: tuple[Path, ...] = ()  # where each variable's value is written, when not path[i].value
+
+    def value_path(self, index: int, name: str) -> Path:
+        if self.value_paths:
+            return self.value_paths[index]
+        return (*self.path, index, "value") if self.source is not None else (f"--var {name}",)
 
 
 @dataclass(slots=True)
@@ -67,10 +73,11 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
                 current.guard = (layer.label, layer.source, path)
             if var.value is None:
                 continue
-            if _allowed(current, var, layer, path if layer.source else (f"--var {var.name}",), problems):
+            where = layer.value_path(i, var.name)
+            if _allowed(current, var, layer, where, problems):
                 current.value = var.value
                 current.set_by = layer.label
-                current.set_at = (layer.source, (*path, "value"))
+                current.set_at = (layer.source, where)
                 if var.value_type != "text":  # a bare value keeps the type declared below it
                     current.value_type = var.value_type
     return merged
@@ -99,17 +106,16 @@ def _declare(layer: Layer, var: Variable, path: Path, problems: Problems) -> Mer
 def _allowed(current: Merged, var: Variable, layer: Layer, path: Path, problems: Problems) -> bool:
     kind = current.override.type
     guard_label, guard_source, guard_path = current.guard or current.declared
-    vpath = (*path, "value") if layer.source else path
     if kind == "notallowed":
         problems.error(
             layer.source,
-            vpath,
+            path,
             f"variable {var.name!r} may not be overridden here ({layer.label}): "
             f"{guard_label} declares it override.type notallowed{_where(guard_source, guard_path)}",
         )
         return False
     if kind == "restricted":
-        return _check_restricted(current, var.value, layer, vpath, problems)
+        return _check_restricted(current, var.value, layer, path, problems)
     return True
 
 
