@@ -9,9 +9,8 @@ from typing import Any
 from trellis_core.workflow import Action, Activity, TemplateRef, Workflow
 from trellis_templates.bundle import Bundle
 from trellis_templates.checks import check_schedules, unique_names
+from trellis_templates.contexts import Attached, attach, context_scope
 from trellis_templates.documents import (
-    ConfigContext,
-    ConfigContextSpec,
     ContextRef,
     Environment,
     EnvironmentTemplate,
@@ -121,21 +120,7 @@ class Compilation:
     # ---- inputs ---------------------------------------------------------------------------
 
     def _contexts(self, refs: Sequence[ContextRef], source: Source) -> list[Attached]:
-        """Contexts by name from the bundle, or written inline (`data:`) where they are attached."""
-        out = []
-        for i, ref in enumerate(refs):
-            path: Path = ("spec", "contexts", i)
-            if ref.data is not None:
-                out.append(Attached("", f"inline context {i}", ref.data, source, (*path, "data")))
-                continue
-            if not ref.name:
-                self.problems.error(source, path, "a context reference needs a name or inline data")
-                continue
-            found = self.bundle.find(ConfigContext, ref.name, "", self.problems, (source, (*path, "name")))
-            if found is not None:
-                doc, doc_src = found
-                out.append(Attached(ref.name, f"ConfigContext {ref.name!r}", doc.spec, doc_src, ("spec",)))
-        return out
+        return attach(self.bundle, refs, source, ("spec", "contexts"), self.problems)
 
     def _context_layers(self, contexts: list[Attached]) -> list[Layer]:
         return [Layer(c.label, c.spec.variables, c.source, (*c.base, "variables")) for c in contexts]
@@ -182,7 +167,7 @@ class Compilation:
 
     def _base_scope(self) -> dict[str, Any]:
         info, env = self.info, self.env
-        contexts = _context_scope(self.et_contexts + self.env_contexts)
+        contexts = context_scope(self.et_contexts + self.env_contexts)
         scope: dict[str, Any] = {
             "environment": {
                 "name": env.metadata.name,
@@ -244,7 +229,7 @@ class Compilation:
         env_sensitive: set[str],
     ) -> ResourcePlan:
         rt_contexts = self._contexts(rt.spec.contexts, rt_src)
-        self.base["context"].update(_context_scope(rt_contexts))  # `context.C` of the template's own
+        self.base["context"].update(context_scope(rt_contexts))  # `context.C` of the template's own
         env_layers = self._env_layers()
         n_et_ctx = len(self.et_contexts)
         layers = [
@@ -448,22 +433,6 @@ class Compilation:
             "always",
         )
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class Attached:
-    """A ConfigContext attached to a template or environment: by name, or inline (no name)."""
-
-    name: str
-    label: str
-    spec: ConfigContextSpec
-    source: Source
-    base: Path  # where its spec is written in `source`
-
-
-def _context_scope(contexts: list[Attached]) -> dict[str, Any]:
-    """`context.C.variables.X` for the named contexts."""
-    return {c.name: {"variables": {v.name: v.value for v in c.spec.variables}} for c in contexts if c.name}
 
 
 def _overriding(layer: Layer, selected: set[str]) -> Layer:
