@@ -69,8 +69,8 @@ def hook_activity(
         retry=RetryPolicy(max_attempts=retries + 1) if retries else NO_RETRY,
         execute_once=hook.execute_once,
         skip=skip,
-        inputs=ctx.inputs,
-        sensitive=ctx.sensitive,
+        inputs={**run.inputs, **ctx.inputs} if run.inputs else ctx.inputs,
+        sensitive=tuple(sorted({*ctx.sensitive, *run.sensitive})) if run.sensitive else ctx.sensitive,
     )
 
 
@@ -134,8 +134,7 @@ def _driver_hook(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     resolved = resolve_driver(ctx, ref, (*path, key))
     if resolved is None:
         return None
-    config, dsrc, dpath = resolved
-    return driver_run(ctx, config, dsrc, dpath, hook.options.container, hook.options.http, (*path, "options"))
+    return driver_run(ctx, resolved, hook.options.container, hook.options.http, (*path, "options"))
 
 
 def _notification(ctx: HookContext, hook: Hook, path: Path) -> Run | None:

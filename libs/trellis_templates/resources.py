@@ -23,6 +23,7 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Source, closest
 from trellis_templates.hooks import HookContext, hook_activity, resolve_driver
+from trellis_templates.specs import input_contexts
 
 ENTRY = "@entry"  # stands for the last activities of the resources this one comes after
 DEPLOY_STAGES: tuple[IacStage, ...] = ("init", "plan", "apply", "output")
@@ -263,13 +264,14 @@ def _iac_driver(plan: ResourcePlan) -> tuple[str, dict[str, str]]:
     resolved = resolve_driver(ctx, ref, (*path, key))
     if resolved is None:
         return "", {}
-    config, dsrc, dpath = resolved
+    config, dsrc, dpath = resolved.config, resolved.source, resolved.path
     if config.type != "container" or config.container is None:
-        ctx.problems.error(ctx.source, (*path, "driver"), "OpenTofu/Terraform stages need a container driver")
+        ctx.problems.error(ctx.source, (*path, key), "OpenTofu/Terraform stages need a container driver")
         return "", {}
     c, cpath = config.container, (*dpath, "container")
     image = ctx.renderer.text(c.image or "", dsrc, (*cpath, "image"))
-    return image, ctx.renderer.texts(c.env_vars, dsrc, (*cpath, "envVars"))
+    input_env, _, _ = input_contexts(ctx, resolved.inputs)
+    return image, input_env | ctx.renderer.texts(c.env_vars, dsrc, (*cpath, "envVars"))
 
 
 def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Built) -> tuple[str, ...]:

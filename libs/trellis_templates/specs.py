@@ -18,6 +18,7 @@ from trellis_core.workflow import (
     HttpSpec,
 )
 from trellis_templates.bundle import Bundle
+from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContainerOptions, Driver, DriverConfig, DriverRef, HttpOptions
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.rendering import Renderer
@@ -51,6 +52,18 @@ class Run:
     spec: ActivitySpec
     timeout: float | None = None
     max_retries: int = 0
+    inputs: dict[str, Any] = field(default_factory=dict)  # a driver's input-context variables
+    sensitive: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedDriver:
+    """A driver's config, where it is written, and its input contexts."""
+
+    config: DriverConfig
+    source: Source | None
+    path: Path
+    inputs: list[Attached]
 
 
 def parse_duration(text: str) -> float | None:
@@ -122,6 +135,8 @@ def container_spec(
     over: ContainerOptions | None,
     osrc: Source | None,
     opath: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
 ) -> ContainerSpec:
     """A container spec; each field of `over` that is set replaces the one of `base`."""
     r = ctx.renderer
@@ -146,7 +161,7 @@ def container_spec(
         image=image,
         command=tuple(r.text(c, cs, (*cp, i)) for i, c in enumerate(commands or ())),
         args=tuple(r.text(a, as_, (*ap, i)) for i, a in enumerate(args or ())),
-        env=dict(ctx.env) | r.texts(env, es, ep),
+        env=dict(ctx.env) | (extra_env or {}) | r.texts(env, es, ep),
         files=dict(ctx.files) | r.texts(files, fs, fp),
         working_dir=r.text(wd or "", ws, wp),
         cpu_limit_milli=limit(cpu, ctx.problems, cpus, cpup),
@@ -155,12 +170,12 @@ def container_spec(
     )
 
 
-def resolve_driver(
-    ctx: HookContext, ref: DriverRef, path: Path
-) -> tuple[DriverConfig, Source | None, Path] | None:
-    """The driver's config and where it is written; `path` is the reference (`…driver`)."""
+def resolve_driver(ctx: HookContext, ref: DriverRef, path: Path) -> ResolvedDriver | None:
+    """The driver a reference names (or holds inline); `path` is the reference (`…driver`)."""
     if ref.data is not None:
-        return ref.data.config, ctx.source, (*path, "data", "config")
+        data_path = (*path, "data")
+        inputs = attach(ctx.bundle, ref.data.inputs, ctx.source, (*data_path, "inputs"), ctx.problems)
+        return ResolvedDriver(ref.data.config, ctx.source, (*data_path, "config"), inputs)
     if not ref.name:
         ctx.problems.error(ctx.source, path, "a driver reference needs a name or inline data")
         return None
@@ -168,10 +183,45 @@ def resolve_driver(
     if found is None:
         return None
     driver, dsrc = found
-    return driver.spec.config, dsrc, ("spec", "config")
+    inputs = attach(ctx.bundle, driver.spec.inputs, dsrc, ("spec", "inputs"), ctx.problems)
+    return ResolvedDriver(driver.spec.config, dsrc, ("spec", "config"), inputs)
+
+
+def input_contexts(
+    ctx: HookContext, inputs: list[Attached]
+) -> tuple[dict[str, str], dict[str, Any], set[str]]:
+    """A driver's input contexts: their envs, their variables (as inputs), and which are secret."""
+    env: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    secret: set[str] = set()
+    for c in inputs:
+        for j, e in enumerate(c.spec.envs):
+            env[e.key] = ctx.renderer.text(e.value, c.source, (*c.base, "envs", j, "value"))
+            if e.options.sensitive:
+                secret.add(e.key)
+        for j, v in enumerate(c.spec.variables):
+            values[v.name] = ctx.renderer.value(v.value, c.source, (*c.base, "variables", j, "value"))
+            if v.options.sensitive:
+                secret.add(v.name)
+    return env, values, secret
 
 
 def driver_run(
+    ctx: HookContext,
+    driver: ResolvedDriver,
+    container: ContainerOptions | None,
+    http: HttpOptions | None,
+    opath: Path,
+) -> Run | None:
+    config, dsrc, dpath = driver.config, driver.source, driver.path
+    extra_env, extra_inputs, secret = input_contexts(ctx, driver.inputs)
+    run = _driver_primitive(ctx, config, dsrc, dpath, container, http, opath, extra_env)
+    if run is None or not (extra_inputs or secret):
+        return run
+    return Run(run.kind, run.spec, run.timeout, run.max_retries, extra_inputs, tuple(sorted(secret)))
+
+
+def _driver_primitive(
     ctx: HookContext,
     config: DriverConfig,
     dsrc: Source | None,
@@ -179,12 +229,20 @@ def driver_run(
     container: ContainerOptions | None,
     http: HttpOptions | None,
     opath: Path,
+    extra_env: dict[str, str],
 ) -> Run | None:
     timeout = float(config.timeout_seconds) if config.timeout_seconds is not None else None
     retries = config.max_retry_count
     if config.type == "container":
         spec = container_spec(
-            ctx, config.container, dsrc, (*dpath, "container"), container, ctx.source, (*opath, "container")
+            ctx,
+            config.container,
+            dsrc,
+            (*dpath, "container"),
+            container,
+            ctx.source,
+            (*opath, "container"),
+            extra_env=extra_env,
         )
         if not spec.success_condition and config.success_condition:
             spec = _with_condition(
@@ -200,7 +258,7 @@ def driver_run(
             condition = ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition"))
             spec_http = msgspec.structs.replace(spec_http, success_condition=condition)
         return Run("http", spec_http, timeout, retries)
-    return _function(ctx, config, dsrc, dpath, timeout, retries)
+    return _function(ctx, config, dsrc, dpath, timeout, retries, extra_env)
 
 
 def _with_condition(spec: ContainerSpec, condition: str) -> ContainerSpec:
@@ -215,6 +273,7 @@ def _function(
     dpath: Path,
     timeout: float | None,
     retries: int,
+    extra_env: dict[str, str],
 ) -> Run | None:
     fn, fpath, r = config.function, (*dpath, "function"), ctx.renderer
     if fn is None or not (fn.image or fn.endpoint):
@@ -245,7 +304,7 @@ def _function(
         repeat_seconds=repeat,
         until_seconds=until,
         invocation_timeout_seconds=timeout if timeout is not None else 300.0,
-        env=dict(ctx.env) | r.texts(fn.env_vars, dsrc, (*fpath, "envVars")),
+        env=dict(ctx.env) | extra_env | r.texts(fn.env_vars, dsrc, (*fpath, "envVars")),
         cpu_limit_milli=limit(fn.cpu_limit_milli, ctx.problems, dsrc, (*fpath, "cpuLimitMilli")),
         memory_limit_mb=limit(fn.memory_limit_mb, ctx.problems, dsrc, (*fpath, "memoryLimitMb")),
     )

@@ -173,3 +173,27 @@ def test_a_container_hook_in_a_rafay_document_still_compiles() -> None:
     result = run(text, environment="dev-eks")
     assert result.workflow is not None, [str(e) for e in result.errors]
     assert isinstance(result.workflow.by_id()["resource/eks-rt/on-success/register"].spec, ContainerSpec)
+
+
+def test_a_drivers_input_contexts_reach_its_activity() -> None:
+    text = RAFAY.replace(
+        """    type: http
+    successCondition: "$(response.status == 201)$"
+    http: {endpoint: "https://registry.example.com/clusters", method: POST}""",
+        """    type: function
+    function: {image: "registry.example.com/jira-approval:1"}
+  inputs:
+    - data:
+        variables:
+          - {name: jira_ticket_text, value: "Approve $(environment.name)$"}
+          - {name: jira_api_token, value: t0ken, options: {sensitive: true}}
+        envs: [{key: JIRA_FQDN, value: jira.example.com}]""",
+    )
+    result = run(text, environment="dev-eks")
+    assert result.workflow is not None, [str(e) for e in result.errors]
+    register = result.workflow.by_id()["resource/eks-rt/on-success/register"]
+    assert register.kind == "function"
+    assert register.inputs["jira_ticket_text"] == "Approve dev-eks"
+    assert register.inputs["eks_cluster_name"] == "team-a-eks"  # the resource's own variables win
+    assert "jira_api_token" in register.sensitive
+    assert register.spec.env["JIRA_FQDN"] == "jira.example.com"  # type: ignore[union-attr]
