@@ -31,7 +31,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str = ""  # empty: a fresh uuid7-derived id per start
     concurrency: int = 4
     executor: ExecutorName = "process"
-    data_dir: Path | None = None  # empty: <TRELLIS_DATA_DIR>/agent
+    data_dir: str = ""  # empty: <TRELLIS_DATA_DIR>/agent
     heartbeat_seconds: float = 2.0
     log_flush_seconds: float = 0.25
     log_chunk_bytes: int = 32 * 1024
@@ -77,7 +77,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def workspaces(self, shared_data_dir: Path) -> Path:
         """Where workspaces live: `<data dir>/<tenant>/<run>/<workspace>` below this."""
-        return self.data_dir if self.data_dir is not None else shared_data_dir / "agent"
+        return Path(self.data_dir) if self.data_dir else shared_data_dir / "agent"
 
     def validate(self) -> None:
         checks = [

@@ -1,7 +1,9 @@
 """The log sink executors write to: masks secrets, batches by time and size, numbers chunks.
 
 Chunks are sequence-numbered per activity attempt from 0 and published strictly in order; a chunk
-whose publish fails stays queued and is retried on the next flush, so a reader never sees a gap.
+whose publish fails stays queued and is retried on the next flush, so a short outage leaves no
+gap. A publish failure never fails the activity: if the bus stays away, the oldest queued chunks
+are dropped (readers see the gap in the sequence) and the command goes on.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from types import TracebackType
 from typing import Any, Literal
 
 from trellis_core.events import ActivityLogChunk, WorkItem
+from trellis_core.logs import get_logger
 from trellis_core.workflow import Activity, CheckoutSpec
 
 LogStream = Literal["stdout", "stderr", "system"]
 Publish = Callable[[ActivityLogChunk], Awaitable[None]]
 
 MASK = "***"
+MAX_PENDING_CHUNKS = 1024  # while the bus is away; older chunks are dropped (a visible gap)
+EXIT_FLUSH_ATTEMPTS = 3
+log = get_logger("agent.sink")
 _MIN_SECRET_LEN = 3  # masking "a" or "1" everywhere would destroy the log and reveal nothing
 
 
@@ -124,6 +130,7 @@ class LogSink:
         self._sequence = 0
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self.dropped = 0
 
     @classmethod
     def for_work(cls, work: WorkItem, publish: Publish, **kwargs: Any) -> LogSink:
@@ -143,7 +150,7 @@ class LogSink:
 
     @property
     def chunks_published(self) -> int:
-        return self._sequence - len(self._pending)
+        return self._sequence - len(self._pending) - self.dropped
 
     async def __aenter__(self) -> LogSink:
         self._flusher = asyncio.create_task(self._flush_periodically(), name="log-sink-flusher")
@@ -157,7 +164,11 @@ class LogSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self.flush()
+        for attempt in range(EXIT_FLUSH_ATTEMPTS):
+            if await self._try_flush():
+                return
+            await asyncio.sleep(0.1 * (attempt + 1))
+        log.warning("log_chunks_lost", activity=self._ids[2], chunks=len(self._pending))
 
     async def write(self, stream: LogStream, text: str) -> None:
         """Queue `text` (masked); publishes at once when the buffer reaches the chunk size."""
@@ -167,7 +178,22 @@ class LogSink:
             self._buffer.append((stream, piece))
             self._buffered += len(piece.encode())
             if self._buffered >= self._chunk_bytes:
-                await self.flush()
+                await self._try_flush()
+
+    async def _try_flush(self) -> bool:
+        """Flush; on failure keep (a bounded number of) chunks for later and report False."""
+        try:
+            await self.flush()
+            return True
+        except Exception as exc:
+            excess = len(self._pending) - MAX_PENDING_CHUNKS
+            if excess > 0:
+                del self._pending[:excess]
+                self.dropped += excess
+            log.warning(
+                "log_publish_failed", activity=self._ids[2], pending=len(self._pending), error=repr(exc)
+            )
+            return False
 
     async def system(self, text: str) -> None:
         """A line from the agent itself (pulling an image, pod scheduled, attempt 2 …)."""
@@ -223,7 +249,4 @@ class LogSink:
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self._flush_seconds)
-            try:
-                await self.flush()
-            except Exception:  # the bus is away: keep the chunks queued and try again
-                continue
+            await self._try_flush()

@@ -44,7 +44,7 @@ def run_agent(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             executor=args.executor,
             agent_id=args.agent_id,
-            data_dir=args.data_dir,
+            data_dir=str(args.data_dir) if args.data_dir else None,
         )
     except TrellisError as exc:
         print(f"trellis agent: {exc}", file=sys.stderr)

@@ -58,11 +58,18 @@ def test_the_dockerfile_runs_as_a_non_root_user_with_git() -> None:
 
 def test_settings_come_from_trellis_agent_variables_and_flags_win() -> None:
     config = AgentConfig.from_env(
-        {"TRELLIS_AGENT_CONCURRENCY": "3", "TRELLIS_AGENT_ID": "agent-1", "TRELLIS_AGENT_POOL": "p"},
+        {
+            "TRELLIS_AGENT_CONCURRENCY": "3",
+            "TRELLIS_AGENT_ID": "agent-1",
+            "TRELLIS_AGENT_POOL": "p",
+            "TRELLIS_AGENT_DATA_DIR": "/srv/trellis",
+        },
         pool="q",
         concurrency=None,
     )
     assert (config.concurrency, config.agent_id, config.pool) == (3, "agent-1", "q")
+    assert config.workspaces(Path("/unused")) == Path("/srv/trellis")
+    assert AgentConfig.from_env({}).workspaces(Path("/data")) == Path("/data/agent")
 
 
 def test_a_bad_setting_names_its_variable() -> None:
@@ -84,6 +91,8 @@ def test_the_cli_refuses_to_start_without_a_nats_url(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TRELLIS_NATS_URL", raising=False)
+    # structlog would keep printing to this test's captured (then closed) stderr.
+    monkeypatch.setattr("trellis_core.logs.configure", lambda settings: None)
     parser = argparse.ArgumentParser()
     agent_cmd.register(parser.add_subparsers())
     args = parser.parse_args(["agent", "--tenant", "acme", "--pool", "p"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -295,3 +298,51 @@ async def test_a_rejected_approval_fails_without_retry(
         failed = await rec.first(ActivityFailed, work.run_id)
     assert failed.reason == "rejected by bob: not today"
     assert not failed.retryable
+
+
+AGENT_MAIN = (
+    "import argparse, sys\n"
+    "from trellis_cli import agent_cmd\n"
+    "parser = argparse.ArgumentParser()\n"
+    "agent_cmd.register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+async def test_sigterm_makes_the_agent_process_hand_back_its_work_and_exit(
+    bus: Bus, nats_url: str, unique: str, tmp_path: Path
+) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "TRELLIS_NATS_URL": nats_url,
+        "TRELLIS_AGENT_DATA_DIR": str(tmp_path),
+        "TRELLIS_STREAM_STORAGE": "memory",
+        "TRELLIS_LOG_LEVEL": "warning",
+        "TRELLIS_AGENT_ID": f"{unique}-agent",
+        "TRELLIS_AGENT_HEARTBEAT_SECONDS": "0.2",
+        "TRELLIS_AGENT_SHUTDOWN_GRACE_SECONDS": "0.5",
+        "TRELLIS_AGENT_KILL_GRACE_SECONDS": "0.5",
+    }
+    work = work_item(
+        shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws"
+    )
+    async with recording(bus, unique) as rec:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", AGENT_MAIN, "agent", "--tenant", unique, "--pool", "default", env=env
+        )
+        try:
+            await dispatch(bus, work)
+            await rec.wait(lambda: "started" in "".join(c.data for c in rec.chunks), within=30)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await proc.wait() == 0
+            failed = await rec.first(ActivityFailed, work.run_id)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert failed.retryable
+    assert "shut down" in failed.reason
+    child = read_pid(tmp_path / unique / work.run_id / "ws" / "child.pid")
+    assert await wait_until_gone(child)

@@ -94,3 +94,15 @@ def test_long_text_is_split_at_line_ends_and_between_characters() -> None:
     pieces = split_utf8("é" * 10, 5)
     assert "".join(pieces) == "é" * 10
     assert all(len(p.encode()) <= 5 for p in pieces)
+
+
+async def test_a_bus_that_stays_away_never_fails_the_writer_and_drops_the_oldest_chunks() -> None:
+    async def down(chunk: ActivityLogChunk) -> None:
+        raise ConnectionError("bus away")
+
+    sink = LogSink.for_work(work_item(), down, flush_seconds=3600, chunk_bytes=256)
+    async with sink:
+        for i in range(2000):
+            await sink.write("stdout", f"{i:0200d}\n")
+    assert sink.dropped > 0
+    assert sink.chunks_published == 0
