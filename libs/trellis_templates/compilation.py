@@ -101,6 +101,7 @@ class Compilation:
         env_values, env_late, env_sensitive = self._values(env_merged, env_renderer)
         base["environment"]["variables"] = env_values
         self.base, self.env_late = base, env_late
+        env_renderer.late_variables = env_renderer.late_environment = env_late  # for environment hooks
         plans = self._plans(env_sensitive)
         order = self._order(plans)
         if order is None or self.problems.errors:

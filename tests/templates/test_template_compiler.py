@@ -309,3 +309,17 @@ def test_an_unknown_run_variable_is_a_warning_with_a_hint() -> None:
     assert [(w.message, w.hint) for w in result.warnings] == [
         ("run variable 'skp' is not declared by any template", 'did you mean "skip"?')
     ]
+
+
+def test_an_environment_variable_reading_outputs_stays_late_in_environment_hooks() -> None:
+    text = BUNDLE.replace(
+        '    - {name: skip, value: "false"}',
+        '    - {name: skip, value: "false"}\n    - {name: vpc_id, value: "$(resource.vpc.output.id.value)$"}',
+    ).replace(
+        'onSuccess: [{name: yay, type: http, options: {http: {endpoint: "https://h"}}}]',
+        'onSuccess: [{name: yay, type: http, options: {http: {endpoint: "https://h/$(variables.vpc_id)$"}}}]',
+    )
+    yay = compiled(text=text).by_id()["environment/on-success/yay"]
+    assert isinstance(yay.spec, HttpSpec)
+    assert yay.spec.url == "https://h/$(variables.vpc_id)$"
+    assert yay.inputs["vpc_id"] == "$(resource.vpc.output.id.value)$"
