@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if var in env:
                 values[name] = env[var]
         values.update(overrides)
+        if "data_dir" in values:  # msgspec.convert turns no str into a Path
+            values["data_dir"] = Path(values["data_dir"])
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:

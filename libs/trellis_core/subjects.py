@@ -18,6 +18,7 @@ KV_RUN_STATE = "trellis_run_state"
 KV_LEASES = "trellis_leases"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ACTIVITY_TOKEN = re.compile(r"^[A-Za-z0-9_~-]{1,256}$")
 
 
 class InvalidSubjectToken(TrellisError):
@@ -35,7 +36,10 @@ def token(value: str, what: str) -> str:
 
 def activity_token(activity_id: str) -> str:
     """Activity ids hold '/' (resource/vpc/plan); subjects get them with '/' as '~'."""
-    return token(activity_id.replace("/", "~"), "activity id")
+    value = activity_id.replace("/", "~")
+    if not _ACTIVITY_TOKEN.match(value):
+        raise InvalidSubjectToken(f"activity id {activity_id!r} cannot be used in a subject")
+    return value
 
 
 def runs_requested(tenant: str) -> str:

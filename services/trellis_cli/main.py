@@ -1,0 +1,49 @@
+"""The `trellis` command: one subcommand a module, each registering itself on the parser."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from trellis_core.errors import TrellisError
+
+# Each module exposes `register(subparsers)`; add a command by adding its module here.
+COMMAND_MODULES: tuple[str, ...] = (
+    "trellis_cli.dev_cmd",
+    "trellis_cli.schemas_cmd",
+    "trellis_cli.template_cmd",
+    "trellis_cli.compiler_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trellis",
+        description="Self-service environments: templates compile into a DAG of activities that agents run.",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args))
+    except TrellisError as exc:
+        print(f"trellis: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Settings name the variable that is wrong; subjects refuse tokens that would escape a tenant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trellis_core import subjects
+from trellis_core.errors import ConfigError
+from trellis_core.events import ActivityCompleted, RunRequested, SourceFile, decode_run_event, encode
+from trellis_core.ids import uuid7
+from trellis_core.settings import Settings
+
+
+def test_settings_come_from_trellis_variables() -> None:
+    settings = Settings.from_env(
+        {"TRELLIS_NATS_URL": "nats://10.0.0.1:4222", "TRELLIS_HEARTBEAT_SECONDS": "3", "TRELLIS_DATA_DIR": "/x"}
+    )
+    assert settings.nats_url == "nats://10.0.0.1:4222"
+    assert settings.heartbeat_seconds == 3.0
+    assert settings.data_dir == Path("/x")
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        ({"TRELLIS_HEARTBEAT_SECONDS": "soon"}, "TRELLIS_HEARTBEAT_SECONDS"),
+        ({"TRELLIS_STREAM_STORAGE": "disk"}, "TRELLIS_STREAM_STORAGE"),
+        ({"TRELLIS_NATS_URL": "http://nats:4222"}, "TRELLIS_NATS_URL"),
+        ({"TRELLIS_DATABASE_URL": "mysql://db"}, "TRELLIS_DATABASE_URL"),
+        ({"TRELLIS_STREAM_REPLICAS": "2"}, "TRELLIS_STREAM_REPLICAS"),
+        ({"TRELLIS_HEARTBEAT_TIMEOUT_SECONDS": "1"}, "TRELLIS_HEARTBEAT_TIMEOUT_SECONDS"),
+        ({"TRELLIS_MAX_PARALLEL_PER_RUN": "0"}, "TRELLIS_MAX_PARALLEL_PER_RUN"),
+    ],
+)
+def test_a_bad_setting_is_an_error_naming_its_variable(environ: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a*", ">", "a b", "", "x" * 129])
+def test_a_token_that_could_cross_subjects_is_refused(bad: str) -> None:
+    with pytest.raises(subjects.InvalidSubjectToken):
+        subjects.work(bad, "pool")
+
+
+def test_reserved_tenant_names_are_refused() -> None:
+    with pytest.raises(subjects.InvalidSubjectToken, match="reserved"):
+        subjects.runs_requested("store")
+
+
+def test_subjects_put_the_tenant_first() -> None:
+    assert subjects.work("acme", "gpu", "agent-1") == "trellis.acme.work.gpu.agent-1"
+    assert subjects.logs("acme", "r1", "resource/vpc/plan") == "trellis.acme.logs.r1.resource~vpc~plan"
+    assert subjects.run_event("acme", "r1", "activity.completed") == "trellis.acme.run.r1.activity.completed"
+
+
+def test_events_round_trip_through_their_encoding() -> None:
+    events = [
+        RunRequested(tenant="a", run_id="r", environment="dev", sources=(SourceFile(path="x.yaml", text="k: v"),)),
+        ActivityCompleted(tenant="a", run_id="r", activity_id="resource/vpc/apply", attempt=2, outputs={"id": 1}),
+    ]
+    for event in events:
+        assert decode_run_event(encode(event)) == event
+
+
+def test_dedupe_ids_name_tenant_run_activity_attempt_and_kind() -> None:
+    event = ActivityCompleted(tenant="a", run_id="r", activity_id="resource/vpc/apply", attempt=2)
+    assert event.msg_id() == "a/r/resource/vpc/apply/2/activity.completed"
+
+
+def test_uuid7_is_time_ordered_and_version_7() -> None:
+    first, second = uuid7(1_000), uuid7(2_000)
+    assert first < second
+    assert first[14] == "7"
