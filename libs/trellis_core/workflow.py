@@ -23,7 +23,7 @@ class _Spec(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", rename=
     """Base of every executor spec; the `type` tag names the variant."""
 
 
-class ContainerSpec(_Spec, tag="container"):
+class ContainerSpec(_Spec, frozen=True, tag="container"):
     """Run a command to completion (pod, container or local process). Exit code decides success."""
 
     image: str = ""
@@ -37,7 +37,7 @@ class ContainerSpec(_Spec, tag="container"):
     success_condition: str = ""  # expression over exit_code; default: exit code 0
 
 
-class CheckoutSpec(_Spec, tag="checkout"):
+class CheckoutSpec(_Spec, frozen=True, tag="checkout"):
     """Clone repository@revision into the resource's workspace, keeping only `path` as the root."""
 
     url: str
@@ -49,7 +49,7 @@ class CheckoutSpec(_Spec, tag="checkout"):
     env: dict[str, str] = {}
 
 
-class IacSpec(_Spec, tag="iac"):
+class IacSpec(_Spec, frozen=True, tag="iac"):
     """One OpenTofu/Terraform stage in the resource's workspace."""
 
     tool: IacTool
@@ -64,7 +64,7 @@ class IacSpec(_Spec, tag="iac"):
     env: dict[str, str] = {}  # TF_VAR_*, TRELLIS_VAR_*, the contexts' envs
 
 
-class HttpSpec(_Spec, tag="http"):
+class HttpSpec(_Spec, frozen=True, tag="http"):
     """One HTTP call. Success is an expression over `response` (default: 2xx)."""
 
     url: str
@@ -75,7 +75,7 @@ class HttpSpec(_Spec, tag="http"):
     success_condition: str = ""
 
 
-class FunctionSpec(_Spec, tag="function"):
+class FunctionSpec(_Spec, frozen=True, tag="function"):
     """A function served by a container image or at an endpoint, polled until it is done."""
 
     image: str = ""
@@ -88,7 +88,7 @@ class FunctionSpec(_Spec, tag="function"):
     memory_limit_mb: int | None = None
 
 
-class ApprovalSpec(_Spec, tag="approval"):
+class ApprovalSpec(_Spec, frozen=True, tag="approval"):
     """Notify (an HTTP call carrying a signed callback URL), then wait for approve or reject."""
 
     notify: HttpSpec | None = None

@@ -93,7 +93,7 @@ class DevStack:
             self._postgres = EmbeddedPostgres(base / "postgres", durable=not self.ephemeral)
             updates["database_url"] = await asyncio.to_thread(self._postgres.start)
             log.info("postgres_started", url=updates["database_url"])
-        self.settings = msgspec.structs.replace(self._requested, **updates)  # type: ignore[arg-type]
+        self.settings = msgspec.structs.replace(self._requested, **updates)
         self.bus = await Bus.connect(self.settings, name="devstack")
         await self.bus.ensure_streams()
         services = self._services if self._services is not None else default_services(self.settings)
@@ -118,7 +118,7 @@ class DevStack:
     async def _shutdown(self) -> None:
         self._stop.set()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=30)
+            _, pending = await asyncio.wait(self._tasks, timeout=30)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

@@ -16,7 +16,7 @@ import nats
 
 async def test_dev_up_starts_nats_and_postgres_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
-    env |= {"TRELLIS_DATA_DIR": str(tmp_path / "data"), "TRELLIS_LOG_FORMAT": "json", "TRELLIS_LOG_LEVEL": "warning"}
+    env |= {"TRELLIS_DATA_DIR": str(tmp_path / "data"), "TRELLIS_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "trellis_cli.main", "dev", "up"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
@@ -31,7 +31,8 @@ async def test_dev_up_starts_nats_and_postgres_and_stops_cleanly_on_ctrl_c(tmp_p
         text = "".join(lines)
         nats_url = re.search(r"NATS:\s+(\S+)", text)
         pg_url = re.search(r"PostgreSQL:\s+(\S+)", text)
-        assert nats_url and pg_url, text
+        assert nats_url, text
+        assert pg_url, text
         assert not nats_url.group(1).endswith(":4222")
         nc = await nats.connect(nats_url.group(1))
         streams = {s.config.name for s in await nc.jetstream().streams_info()}

@@ -17,7 +17,7 @@ from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder
 from trellis_core.embedded import free_port
 from trellis_core.errors import BusUnavailable
-from trellis_core.events import DeadLetter, RunStarted, RunEvent
+from trellis_core.events import DeadLetter, RunEvent, RunStarted
 from trellis_core.settings import Settings
 
 
