@@ -62,9 +62,7 @@ async def test_a_request_compiles_a_broken_bundle_is_rejected_and_the_next_still
     assert compiled.workflow.scope["environment"]["variables"]["notify_url"] == "http://127.0.0.1:1/hook"
     assert compiled.workflow.activities[0].id == "environment/on-init/notify-start"
 
-    broken = good.replace("dependsOn: [provision]", "dependsOn: [provison]").replace(
-        "type: script", "type: scrpt", 1
-    )
+    broken = good.replace("dependsOn: [provision]", "dependsOn: [provison]").replace("type: script", "type: scrpt", 1)
     await request(bus, unique, "run-2", broken)
     rejected = await asyncio.wait_for(run_events.get(), TIMEOUT)
     assert isinstance(rejected, RunRejected)

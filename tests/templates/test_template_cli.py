@@ -43,14 +43,10 @@ def test_validate_prints_every_error_as_file_line_col_path_message_hint(
         f"{bad}:5:13: spec.provider: unknown provider 'opentofoo': expected one of custom, opentofu, "
         'terraform (did you mean "opentofu"?)' in lines
     )
-    assert any(
-        line.startswith(f"{bad}:16:15: spec.hooks.onInit[0].type: unknown hook type") for line in lines
-    )
+    assert any(line.startswith(f"{bad}:16:15: spec.hooks.onInit[0].type: unknown hook type") for line in lines)
 
 
-def test_validate_json_reports_problems_for_machines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_json_reports_problems_for_machines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(mutate(("dependsOn: [{name: vpc}]", "dependsOn: [{name: vcp}]")))
     assert trellis("template", "validate", "--json", str(bad)) == 1
@@ -79,10 +75,7 @@ def test_compile_prints_the_workflow_as_json(capsys: pytest.CaptureFixture[str])
 
 
 def test_compile_prints_a_mermaid_flowchart(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        trellis("template", "compile", str(EXAMPLES / "opentofu"), "-e", "staging", "--format", "mermaid")
-        == 0
-    )
+    assert trellis("template", "compile", str(EXAMPLES / "opentofu"), "-e", "staging", "--format", "mermaid") == 0
     out = capsys.readouterr().out
     assert out.startswith("flowchart TD\n")
     assert 'subgraph r_cluster["cluster"]' in out
@@ -95,3 +88,14 @@ def test_compile_rejects_a_malformed_var_and_a_missing_environment(
     (tmp_path / "b.yaml").write_text(BASE)
     assert trellis("template", "compile", str(tmp_path), "-e", "prod") == 1
     assert "Environment 'prod' not found in the bundle" in capsys.readouterr().err
+
+
+def test_validate_compiles_a_template_no_environment_uses_and_warns_about_missing_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = BASE[: BASE.index("---\napiVersion: trellis.dev/v1\nkind: Environment\n")]
+    (tmp_path / "t.yaml").write_text(text)
+    assert trellis("template", "validate", str(tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "required variable 'team' has no value" in err

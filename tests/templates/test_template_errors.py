@@ -5,9 +5,7 @@ from __future__ import annotations
 from template_support import BASE, FILE, mutate, only, position, run
 
 
-def assert_problem(
-    text: str, path: str, needle: str, message: str, hint: str = "", nth: int = 0, **kw: object
-) -> None:
+def assert_problem(text: str, path: str, needle: str, message: str, hint: str = "", nth: int = 0, **kw: object) -> None:
     result = run(text, **kw)  # type: ignore[arg-type]
     assert result.workflow is None
     problem = only(result.errors, path)
@@ -35,9 +33,7 @@ def test_unknown_field_points_at_its_key_with_the_closest_name() -> None:
 
 def test_wrong_type_names_what_was_expected() -> None:
     text = mutate(("{refresh: true}", "{refresh: often}"))
-    assert_problem(
-        text, "spec.providerOptions.openTofu.refresh", "often", "expected true or false, got a string"
-    )
+    assert_problem(text, "spec.providerOptions.openTofu.refresh", "often", "expected true or false, got a string")
 
 
 def test_bad_name_says_what_a_name_may_hold() -> None:
@@ -47,15 +43,11 @@ def test_bad_name_says_what_a_name_may_hold() -> None:
 
 def test_unknown_provider_suggests_the_closest() -> None:
     text = mutate(("  provider: opentofu", "  provider: opentofoo"))
-    assert_problem(
-        text, "spec.provider", "opentofoo", "unknown provider 'opentofoo'", 'did you mean "opentofu"?'
-    )
+    assert_problem(text, "spec.provider", "opentofoo", "unknown provider 'opentofoo'", 'did you mean "opentofu"?')
 
 
 def test_unknown_value_type_lists_the_known_ones() -> None:
-    text = mutate(
-        ("    - {name: owner, value: platform,", "    - {name: owner, valueType: yaml, value: platform,")
-    )
+    text = mutate(("    - {name: owner, value: platform,", "    - {name: owner, valueType: yaml, value: platform,"))
     assert_problem(text, "spec.variables[1].valueType", "yaml", "unknown valueType 'yaml'")
 
 
@@ -140,9 +132,7 @@ def test_a_cycle_of_three_is_reported_with_its_path() -> None:
             "    - name: db\n      template: {name: vpc}\n      dependsOn: [{name: vpc}]",
         ),
     )
-    assert_problem(
-        text, "spec.resources[0].dependsOn[0]", "{name: app}]", "dependency cycle: vpc → app → db → vpc"
-    )
+    assert_problem(text, "spec.resources[0].dependsOn[0]", "{name: app}]", "dependency cycle: vpc → app → db → vpc")
 
 
 def test_unknown_driver_suggests_the_closest() -> None:
@@ -158,9 +148,7 @@ def test_unknown_driver_suggests_the_closest() -> None:
 
 def test_unknown_hook_type_suggests_the_closest() -> None:
     text = mutate(("        type: script", "        type: scrpit"))
-    assert_problem(
-        text, "spec.hooks.onInit[0].type", "scrpit", "unknown hook type 'scrpit'", 'did you mean "script"?'
-    )
+    assert_problem(text, "spec.hooks.onInit[0].type", "scrpit", "unknown hook type 'scrpit'", 'did you mean "script"?')
 
 
 def test_expression_syntax_error_points_at_the_string() -> None:
@@ -282,9 +270,7 @@ def test_output_reference_to_an_unknown_resource() -> None:
 
 
 def test_hook_without_its_options() -> None:
-    text = mutate(
-        ('        options: {script: {script: "echo $(environment.name)$ in $(variables.region)$"}}', "")
-    )
+    text = mutate(('        options: {script: {script: "echo $(environment.name)$ in $(variables.region)$"}}', ""))
     assert_problem(text, "spec.hooks.onInit[0]", "name: hello", "a hook of type script needs options.script")
 
 
@@ -304,9 +290,7 @@ def test_unknown_environment_lists_the_ones_there_are() -> None:
 
 
 def test_rafay_fields_not_implemented_are_warnings_and_unknown_ones_errors() -> None:
-    text = BASE.replace(
-        "apiVersion: trellis.dev/v1\nkind: Driver", "apiVersion: eaas.envmgmt.io/v1\nkind: Driver"
-    )
+    text = BASE.replace("apiVersion: trellis.dev/v1\nkind: Driver", "apiVersion: eaas.envmgmt.io/v1\nkind: Driver")
     text = mutate(("metadata: {name: publisher}", "metadata: {name: publisher, displayName: Pub}"), text=text)
     result = run(text)
     assert result.errors == ()
@@ -379,4 +363,25 @@ def test_a_misspelt_environment_variable_is_a_warning_with_the_closest_name() ->
     assert (warning.message, warning.hint) == (
         "variable 'regoin' is not declared by any template",
         'did you mean "region"?',
+    )
+
+
+def test_an_unknown_repository_is_named_with_the_closest() -> None:
+    text = mutate(
+        (
+            "    openTofu: {refresh: true}\n",
+            "    openTofu: {refresh: true}\n  repositoryOptions: {name: infra-modulez}\n",
+        ),
+        (
+            "kind: Driver",
+            "kind: Repository\nmetadata: {name: infra-modules}\nspec: {endpoint: https://git.example.com/m.git}\n---\n"
+            "apiVersion: trellis.dev/v1\nkind: Driver",
+        ),
+    )
+    assert_problem(
+        text,
+        "spec.repositoryOptions.name",
+        "infra-modulez",
+        "Repository 'infra-modulez' not found",
+        'did you mean "infra-modules"?',
     )

@@ -45,10 +45,7 @@ def test_rafay_quoted_path_form_is_accepted() -> None:
 
 
 def test_output_references_come_from_the_ast_in_every_spelling() -> None:
-    text = (
-        '$(resource.vpc.output.id.value)$ $(resource["db-1"].output.dsn.value)$ '
-        '$(resource."c-2".output.x.value)$'
-    )
+    text = '$(resource.vpc.output.id.value)$ $(resource["db-1"].output.dsn.value)$ $(resource."c-2".output.x.value)$'
     assert output_references(text) == {"vpc", "db-1", "c-2"}
     assert output_references("resource.vpc.output.id.value without delimiters") == set()
     assert output_references("$('resource.vpc' | upper)$") == set()

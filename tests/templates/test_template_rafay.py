@@ -134,9 +134,7 @@ def test_an_inline_context_gives_its_envs() -> None:
 
 
 def test_a_selector_to_an_unknown_resource_or_variable_is_an_error_with_a_hint() -> None:
-    text = RAFAY.replace(
-        "selector: resources.eks-rt.eks_cluster_name", "selector: resources.eks-rt.cluster_nme"
-    )
+    text = RAFAY.replace("selector: resources.eks-rt.eks_cluster_name", "selector: resources.eks-rt.cluster_nme")
     problem = next(e for e in run(text, environment="dev-eks").errors if "selector" in e.path)
     assert problem.path == "spec.variables[0].options.override.selector"
     assert (problem.message, problem.hint) == (
@@ -155,8 +153,7 @@ def test_a_selected_variable_obeys_the_resources_override_rule() -> None:
     )
     errors = run(text, environment="dev-eks").errors
     assert any(
-        "may not be overridden" in e.message and e.path == "spec.variables[0].options.override.selector"
-        for e in errors
+        "may not be overridden" in e.message and e.path == "spec.variables[0].options.override.selector" for e in errors
     ), [str(e) for e in errors]
 
 
