@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from trellis_cli.devstack import DevStack
 from trellis_core.bus import stop_on_signals
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
-from trellis_cli.devstack import DevStack
 
 
 async def _up(settings: Settings) -> int:

@@ -30,7 +30,7 @@ def render_schemas() -> dict[str, str]:
     for folder, types in groups.items():
         for t in types:
             schema = msgspec.json.schema(t)
-            name = getattr(t, "__struct_config__").tag or t.__name__
+            name = t.__struct_config__.tag or t.__name__
             files[f"{folder}/{name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files
 
