@@ -394,7 +394,10 @@ class Compilation:
         preds = self._deps
         if self.info.action == "destroy":
             order = list(reversed(order))
-            preds = {n: [m for m in order if n in self._deps[m]] for n in order}
+            preds = {n: [] for n in order}  # destroy: a resource waits for those that depend on it
+            for m in order:
+                for n in self._deps[m]:
+                    preds[n].append(m)
         exits: dict[str, tuple[str, ...]] = {}
         failure_hooks: set[str] = set()
         for name in order:

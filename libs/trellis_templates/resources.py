@@ -99,10 +99,8 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
         checkout = _checkout(plan, tails)
         if checkout is not None:
             tails = extend([checkout]) or tails
-    if spec.provider == "custom":
-        tails = _tasks(plan, action, tails, built)
-    else:
-        tails = _stages(plan, action, tails, extend)
+    custom = spec.provider == "custom"
+    tails = _tasks(plan, action, tails, built) if custom else _stages(plan, action, tails, extend)
     success = hook_chain(
         ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails
     )
