@@ -21,9 +21,7 @@ def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Pro
             problems.error(source, path, "a schedule needs cadence.cronExpression or cadence.timeToLive")
             continue
         fields = cadence.cron_expression.split()
-        if cadence.cron_expression and (
-            len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields)
-        ):
+        if cadence.cron_expression and (len(fields) not in (5, 6) or not all(_CRON_FIELD.match(f) for f in fields)):
             problems.error(
                 source,
                 (*path, "cronExpression"),

@@ -84,9 +84,7 @@ class Compilation:
         self.et, self.et_src = found
         check_schedules(self.et.spec.schedules, self.et_src, self.problems)
         check_schedules(self.env.spec.schedules, self.env_src, self.problems)
-        unique_names(
-            [a.name for a in self.et.spec.actions], self.et_src, ("spec", "actions"), "action", self.problems
-        )
+        unique_names([a.name for a in self.et.spec.actions], self.et_src, ("spec", "actions"), "action", self.problems)
         self.et_contexts = self._contexts(self.et.spec.contexts, self.et_src)
         self.env_contexts = self._contexts(self.env.spec.contexts, self.env_src)
         self._undeclared_environment_variables(self._declared_names(environment=False))
@@ -137,9 +135,7 @@ class Compilation:
                 ("spec", "variables"),
             ),
             *self._context_layers(self.env_contexts),
-            Layer(
-                f"Environment {env.metadata.name!r}", env.spec.variables, self.env_src, ("spec", "variables")
-            ),
+            Layer(f"Environment {env.metadata.name!r}", env.spec.variables, self.env_src, ("spec", "variables")),
             self.input_layer,
         ]
 
@@ -258,17 +254,11 @@ class Compilation:
         renderer = Renderer(self.problems, scope, names, late_variables=late, late_environment=self.env_late)
         renderer.refs.update(var_renderer.refs)
         encoded = {n: env_encoding(v, merged[n].value_type) for n, v in values.items()}
-        env, secret_env, files = self._context_env(
-            (rt_contexts, self.et_contexts, self.env_contexts), renderer
-        )
+        env, secret_env, files = self._context_env((rt_contexts, self.et_contexts, self.env_contexts), renderer)
         env |= env_for(encoded, tf=False)
         secret = sensitive | (env_sensitive & set(values))
-        masked = sorted(
-            secret | {f"TRELLIS_VAR_{n}" for n in secret} | {f"TF_VAR_{n}" for n in secret} | secret_env
-        )
-        agents = (
-            tuple(a.name for a in entry.agents) or tuple(a.name for a in rt.spec.agents) or self._env_agents()
-        )
+        masked = sorted(secret | {f"TRELLIS_VAR_{n}" for n in secret} | {f"TF_VAR_{n}" for n in secret} | secret_env)
+        agents = tuple(a.name for a in entry.agents) or tuple(a.name for a in rt.spec.agents) or self._env_agents()
         ctx = HookContext(
             self.bundle,
             self.problems,
@@ -318,11 +308,7 @@ class Compilation:
         return env, secret, files
 
     def _env_agents(self) -> tuple[str, ...]:
-        return (
-            tuple(a.name for a in self.env.spec.agents)
-            or tuple(a.name for a in self.et.spec.agents)
-            or ("default",)
-        )
+        return tuple(a.name for a in self.env.spec.agents) or tuple(a.name for a in self.et.spec.agents) or ("default",)
 
     def _hook_context(
         self, resource: str, values: dict[str, Any], sensitive: set[str], renderer: Renderer, source: Source

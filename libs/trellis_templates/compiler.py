@@ -57,9 +57,7 @@ def compile_bundle(
     """Compile the named Environment of the bundle for `action`."""
     problems = Problems()
     bundle = Bundle.index(documents, problems)
-    info = RunInfo(
-        action, tenant, run_id, requested_by, environment_id, email_relay_url, trigger, require_inputs
-    )
+    info = RunInfo(action, tenant, run_id, requested_by, environment_id, email_relay_url, trigger, require_inputs)
     found = bundle.environment(environment_name, problems)
     workflow = None
     if found is not None:

@@ -481,9 +481,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     ResourceTemplateSpec: frozenset(
         {"sharing", "iconURL", "readme", "secret", "artifact", "artifactWorkflowHandler", "actions"}
     ),
-    EnvironmentTemplateSpec: frozenset(
-        {"sharing", "iconURL", "readme", "variableOverrides", "agentOverride"}
-    ),
+    EnvironmentTemplateSpec: frozenset({"sharing", "iconURL", "readme", "variableOverrides", "agentOverride"}),
     EnvironmentSpec: frozenset({"sharing", "iconURL", "files"}),
     ConfigContextSpec: frozenset({"sharing"}),
     DriverSpec: frozenset({"sharing", "outputs"}),
@@ -500,9 +498,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
         }
     ),
     DriverConfig: frozenset({"workflowHandler"}),
-    ContainerOptions: frozenset(
-        {"kubeConfigOptions", "kubeOptions", "volumeOptions", "imagePullCredentials"}
-    ),
+    ContainerOptions: frozenset({"kubeConfigOptions", "kubeOptions", "volumeOptions", "imagePullCredentials"}),
     Hook: frozenset({"sharing"}),
     Task: frozenset({"sharing"}),
     EnvironmentResource: frozenset({"sharing"}),

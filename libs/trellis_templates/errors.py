@@ -107,14 +107,10 @@ class Problems:
         )
         (self.errors if severity == "error" else self.warnings).append(problem)
 
-    def error(
-        self, source: Source | None, path: Path, message: str, hint: str = "", *, key: bool = False
-    ) -> None:
+    def error(self, source: Source | None, path: Path, message: str, hint: str = "", *, key: bool = False) -> None:
         self.add(source, path, message, hint, key=key)
 
-    def warn(
-        self, source: Source | None, path: Path, message: str, hint: str = "", *, key: bool = False
-    ) -> None:
+    def warn(self, source: Source | None, path: Path, message: str, hint: str = "", *, key: bool = False) -> None:
         self.add(source, path, message, hint, key=key, severity="warning")
 
     def extend(self, other: Problems) -> None:

@@ -102,9 +102,7 @@ def _primitive(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     if kind == "container":
         if opts.container is None:
             return _missing(ctx, path, kind, "options.container")
-        return Run(
-            "container", container_spec(ctx, None, None, (), opts.container, src, (*opath, "container"))
-        )
+        return Run("container", container_spec(ctx, None, None, (), opts.container, src, (*opath, "container")))
     if kind == "script":
         if opts.script is None:
             return _missing(ctx, path, kind, "options.script")
@@ -112,9 +110,7 @@ def _primitive(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
         env = dict(ctx.env) | r.texts(opts.script.env_vars, src, (*spath, "envVars"))
         script = r.text(opts.script.script, src, (*spath, "script"))
         image = r.text(opts.script.image, src, (*spath, "image"))
-        return Run(
-            "container", ContainerSpec(image=image, command=("sh", "-c", script), env=env, files=ctx.files)
-        )
+        return Run("container", ContainerSpec(image=image, command=("sh", "-c", script), env=env, files=ctx.files))
     if kind == "notification":
         return _notification(ctx, hook, path)
     return _approval(ctx, hook, path)
@@ -126,9 +122,7 @@ def _missing(ctx: HookContext, path: Path, kind: str, what: str) -> Run | None:
 
 
 def _driver_hook(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
-    ref, key = (
-        (hook.driver, "driver") if hook.driver is not None else (hook.workflow_handler, "workflowHandler")
-    )
+    ref, key = (hook.driver, "driver") if hook.driver is not None else (hook.workflow_handler, "workflowHandler")
     if ref is None:
         return _missing(ctx, path, hook.type, "driver: {name: …} (or workflowHandler: {name: …})")
     resolved = resolve_driver(ctx, ref, (*path, key))

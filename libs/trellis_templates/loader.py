@@ -53,11 +53,7 @@ class _Builder:
             out: dict[Any, Any] = {}
             written: set[Any] = set()  # keys written in this mapping itself (not merged in)
             for key_node, value_node in node.value:
-                key = (
-                    key_node.value
-                    if key_node.tag == _STR_TAG
-                    else self.constructor.construct_object(key_node)
-                )
+                key = key_node.value if key_node.tag == _STR_TAG else self.constructor.construct_object(key_node)
                 if not isinstance(key, str | int) or isinstance(key, bool):
                     key = str(key)
                 child = (*path, key)

@@ -72,9 +72,7 @@ def hook_chain(
             ctx.problems.error(ctx.source, (*path, i, "name"), msg)
             continue
         seen.add(hook.name)
-        act = hook_activity(
-            ctx, hook, (*path, i), f"{prefix}/{hook.name}", stage=stage, depends_on=deps, when=when
-        )
+        act = hook_activity(ctx, hook, (*path, i), f"{prefix}/{hook.name}", stage=stage, depends_on=deps, when=when)
         if act is not None:
             out.append(act)
             deps, when = (act.id,), "success"
@@ -101,9 +99,7 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
             tails = extend([checkout]) or tails
     custom = spec.provider == "custom"
     tails = _tasks(plan, action, tails, built) if custom else _stages(plan, action, tails, extend)
-    success = hook_chain(
-        ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails
-    )
+    success = hook_chain(ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails)
     main_deps = tuple(built.main) or (ENTRY,)
     failure = hook_chain(
         ctx,
@@ -212,9 +208,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
     if provider_hooks is not None:
         stage_hooks = provider_hooks.deploy if action == "deploy" else provider_hooks.destroy
     r = ctx.renderer
-    backend = tuple(
-        r.text(b, ctx.source, (*opath, "backendConfigs", i)) for i, b in enumerate(iac.backend_configs)
-    )
+    backend = tuple(r.text(b, ctx.source, (*opath, "backendConfigs", i)) for i, b in enumerate(iac.backend_configs))
     var_files = tuple(r.text(v, ctx.source, (*opath, "varFiles", i)) for i, v in enumerate(iac.var_files))
     timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
     hpath = ("spec", "hooks", "provider", key, action)
@@ -222,10 +216,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
     for stage in stages:
         hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
         prefix = f"resource/{plan.name}/{stage}"
-        tails = (
-            add(hook_chain(ctx, hooks.before, (*hpath, stage, "before"), f"{prefix}/before", stage, tails))
-            or tails
-        )
+        tails = add(hook_chain(ctx, hooks.before, (*hpath, stage, "before"), f"{prefix}/before", stage, tails)) or tails
         iac_spec = IacSpec(
             tool=tool,
             stage=stage,
@@ -238,10 +229,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
             env=dict(ctx.env) | plan.tf_env | env,
         )
         tails = add([_stage_activity(plan, stage, iac_spec, tails, timeout)]) or tails
-        tails = (
-            add(hook_chain(ctx, hooks.after, (*hpath, stage, "after"), f"{prefix}/after", stage, tails))
-            or tails
-        )
+        tails = add(hook_chain(ctx, hooks.after, (*hpath, stage, "after"), f"{prefix}/after", stage, tails)) or tails
     return tails
 
 

@@ -187,9 +187,7 @@ def resolve_driver(ctx: HookContext, ref: DriverRef, path: Path) -> ResolvedDriv
     return ResolvedDriver(driver.spec.config, dsrc, ("spec", "config"), inputs)
 
 
-def input_contexts(
-    ctx: HookContext, inputs: list[Attached]
-) -> tuple[dict[str, str], dict[str, Any], set[str]]:
+def input_contexts(ctx: HookContext, inputs: list[Attached]) -> tuple[dict[str, str], dict[str, Any], set[str]]:
     """A driver's input contexts: their envs, their variables (as inputs), and which are secret."""
     env: dict[str, str] = {}
     values: dict[str, Any] = {}
@@ -245,9 +243,7 @@ def _driver_primitive(
             extra_env=extra_env,
         )
         if not spec.success_condition and config.success_condition:
-            spec = _with_condition(
-                spec, ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition"))
-            )
+            spec = _with_condition(spec, ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition")))
         return Run("container", spec, timeout, retries)
     if config.type == "http":
         base = config.http or HttpOptions()

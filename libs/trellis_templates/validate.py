@@ -196,9 +196,7 @@ class _Walker:
                         key=True,
                     )
                     continue
-                self.problems.error(
-                    self.source, child, f"unknown field {key!r}", closest(str(key), fields), key=True
-                )
+                self.problems.error(self.source, child, f"unknown field {key!r}", closest(str(key), fields), key=True)
                 bad = True
                 continue
             self.owner = t.cls.__name__

@@ -144,16 +144,12 @@ def inputs_layer(inputs: Mapping[str, str], known: Iterable[str], problems: Prob
     variables = []
     for name, value in inputs.items():
         if name not in names:
-            problems.warn(
-                None, (), f"run variable {name!r} is not declared by any template", closest(name, names)
-            )
+            problems.warn(None, (), f"run variable {name!r} is not declared by any template", closest(name, names))
         variables.append(Variable(name=name, value=value))
     return Layer("the run request", variables)
 
 
-def required_missing(
-    merged: Mapping[str, Merged], env_name: str, problems: Problems, *, strict: bool
-) -> None:
+def required_missing(merged: Mapping[str, Merged], env_name: str, problems: Problems, *, strict: bool) -> None:
     """A required variable without a value: name it and the layers that could give it."""
     for var in merged.values():
         if not var.required or var.value is not None:

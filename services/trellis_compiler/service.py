@@ -45,9 +45,7 @@ def outcome(request: RunRequested, result: CompileResult) -> RunCompiled | RunRe
             workflow=result.workflow,
             requested_by=request.requested_by,
         )
-    return RunRejected(
-        tenant=request.tenant, run_id=request.run_id, errors=result.errors, warnings=result.warnings
-    )
+    return RunRejected(tenant=request.tenant, run_id=request.run_id, errors=result.errors, warnings=result.warnings)
 
 
 async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_relay_url: str = "") -> None:

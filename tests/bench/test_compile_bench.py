@@ -53,12 +53,8 @@ def generated(count: int = RESOURCES, seed: int = 7) -> list[Any]:
         reads = [f"$(resource.r{u}.output.id.value)$" for u in ups[:1]]
         spec = ResourceTemplateSpec(
             provider="opentofu",
-            provider_options=ProviderOptions(
-                open_tofu=IacOptions(backend_configs=[f"key=$(environment.name)$/r{i}"])
-            ),
-            repository_options=RepositoryOptions(
-                url="https://git.example.com/m.git", directory_path=f"m/{i % 10}"
-            ),
+            provider_options=ProviderOptions(open_tofu=IacOptions(backend_configs=[f"key=$(environment.name)$/r{i}"])),
+            repository_options=RepositoryOptions(url="https://git.example.com/m.git", directory_path=f"m/{i % 10}"),
             variables=[Variable(name="size", value=str(i)), *(Variable(name="up", value=r) for r in reads)],
             hooks=ResourceHooks(
                 on_success=[
@@ -66,9 +62,7 @@ def generated(count: int = RESOURCES, seed: int = 7) -> list[Any]:
                         name="notify",
                         type="http",
                         options=HookOptions(
-                            http=HttpOptions(
-                                endpoint="https://hooks.example.com/$(environment.name)$/r" + str(i)
-                            )
+                            http=HttpOptions(endpoint="https://hooks.example.com/$(environment.name)$/r" + str(i))
                         ),
                     )
                 ],
