@@ -68,9 +68,7 @@ class Agent:
     def pinned_durable(self) -> str:
         return f"agent-{self.config.tenant}-{self.config.pool}-{self.config.agent_id}"
 
-    async def _subscribe(
-        self, durable: str, subject: str, *, pinned: bool
-    ) -> JetStreamContext.PullSubscription:
+    async def _subscribe(self, durable: str, subject: str, *, pinned: bool) -> JetStreamContext.PullSubscription:
         config = js_api.ConsumerConfig(
             durable_name=durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -255,9 +253,7 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
             host = kube if isinstance(kube, FunctionHost) else None
         yield Router(
             container=backend,
-            iac=IacExecutor(
-                backend, git_binary=config.git_binary, image=config.iac_image, git_image=config.git_image
-            ),
+            iac=IacExecutor(backend, git_binary=config.git_binary, image=config.iac_image, git_image=config.git_image),
             http=http,
             function=FunctionExecutor(http, host),
             approval=ApprovalExecutor(http, BusApprovals(bus) if bus is not None else None),

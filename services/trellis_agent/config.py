@@ -52,6 +52,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_socket: str = "/var/run/docker.sock"
     remove_containers: bool = True
     default_image: str = "busybox"  # used when a spec names no image
+    # Function images listen on this port ($PORT). Docker: reach them at the container's own
+    # address, or at a port published on 127.0.0.1 (an agent outside any container network).
+    function_port: int = 8080
+    function_ready_seconds: float = 60.0
+    docker_function_address: Literal["container", "published"] = "container"
     iac_image: str = ""  # image for OpenTofu/Terraform stages on container backends
     git_binary: str = "git"
     git_image: str = ""  # image with git for checkouts on container backends (default: iac_image)

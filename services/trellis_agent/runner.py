@@ -40,9 +40,7 @@ _PUBLISH_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 class Publisher(Protocol):
     """The two calls of `trellis_core.bus.Bus` the runner needs."""
 
-    async def publish(
-        self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None
-    ) -> Any: ...
+    async def publish(self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None) -> Any: ...
 
     async def publish_event(self, event: Event) -> Any: ...
 

@@ -190,9 +190,7 @@ class LogSink:
             if excess > 0:
                 del self._pending[:excess]
                 self.dropped += excess
-            log.warning(
-                "log_publish_failed", activity=self._ids[2], pending=len(self._pending), error=repr(exc)
-            )
+            log.warning("log_publish_failed", activity=self._ids[2], pending=len(self._pending), error=repr(exc))
             return False
 
     async def system(self, text: str) -> None:

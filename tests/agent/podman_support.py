@@ -8,6 +8,7 @@ made offline by `podman import` of a tar holding busybox (no registry is reachab
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -19,8 +20,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 IMAGE = "localhost/trellis-test/busybox:latest"
+FUNCTION_IMAGE = "localhost/trellis-test/function:latest"
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "echo", "cat", "sleep", "ls", "true", "false", "env", "printf", "mkdir", "rm", "id", "httpd")
+APPLETS = (
+    "sh",
+    "echo",
+    "cat",
+    "sleep",
+    "ls",
+    "true",
+    "false",
+    "env",
+    "printf",
+    "mkdir",
+    "rm",
+    "id",
+    "httpd",
+    "head",
+)
+
+# A function served at / over HTTP (busybox httpd runs /cgi-bin/index.cgi): `again` twice, then `done`.
+FUNCTION_CGI = """#!/bin/sh
+head -c "${CONTENT_LENGTH:-0}" > /tmp/last-request
+n=$(cat /tmp/polls 2>/dev/null || echo 0)
+n=$((n + 1))
+echo "$n" > /tmp/polls
+printf 'Content-Type: application/json\\r\\n\\r\\n'
+if [ "$n" -lt 3 ]; then
+  printf '{"status": "again", "data": {"polls": %s}}' "$n"
+else
+  printf '{"status": "done", "outputs": {"polls": %s, "greeting": "%s"}}' "$n" "$GREETING"
+fi
+"""
 
 CONTAINERS_CONF = """\
 [containers]
@@ -35,9 +66,7 @@ cgroup_manager = "cgroupfs"
 def missing() -> str:
     """Why the Podman tests cannot run here, or '' when they can."""
     if shutil.which("podman") is None:
-        return (
-            "podman is not installed (apt-get install podman runc busybox-static; see tests/agent/README.md)"
-        )
+        return "podman is not installed (apt-get install podman runc busybox-static; see tests/agent/README.md)"
     if not Path(BUSYBOX).exists():
         return f"{BUSYBOX} is missing (apt-get install busybox-static)"
     if os.geteuid() != 0:
@@ -47,6 +76,10 @@ def missing() -> str:
 
 def _busybox_tar(path: Path) -> None:
     with tarfile.open(path, "w") as tar:
+        cgi = FUNCTION_CGI.encode()
+        script = tarfile.TarInfo("www/cgi-bin/index.cgi")
+        script.mode = 0o755
+        script.size = len(cgi)
         for directory in ("bin", "tmp", "www", "www/cgi-bin"):
             info = tarfile.TarInfo(directory)
             info.type = tarfile.DIRTYPE
@@ -58,6 +91,7 @@ def _busybox_tar(path: Path) -> None:
             link.type = tarfile.SYMTYPE
             link.linkname = "busybox"
             tar.addfile(link)
+        tar.addfile(script, io.BytesIO(cgi))
 
 
 @contextmanager
@@ -75,6 +109,11 @@ def podman_service(workdir: Path) -> Iterator[str]:
     tar = workdir / "busybox.tar"
     _busybox_tar(tar)
     subprocess.run([*base, "import", str(tar), IMAGE], env=env, check=True, capture_output=True, timeout=120)
+    serve = 'CMD ["sh", "-c", "exec httpd -f -p ${PORT} -h /www"]'
+    subprocess.run(
+        [*base, "import", "--change", serve, str(tar), FUNCTION_IMAGE],
+        env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
     sock = workdir / "podman.sock"
     log = (workdir / "service.log").open("wb")
     service = subprocess.Popen(

@@ -139,9 +139,7 @@ async def test_an_agent_runs_work_and_reports_started_heartbeats_logs_and_comple
     assert [c.sequence for c in rec.chunks] == list(range(len(rec.chunks)))
 
 
-async def test_a_failing_command_is_reported_with_its_exit_code(
-    bus: Bus, unique: str, tmp_path: Path
-) -> None:
+async def test_a_failing_command_is_reported_with_its_exit_code(bus: Bus, unique: str, tmp_path: Path) -> None:
     work = work_item(shell("exit 4"), tenant=unique)
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
         await dispatch(bus, work)
@@ -157,9 +155,7 @@ async def test_work_pinned_to_the_agent_reaches_it(bus: Bus, unique: str, tmp_pa
         await rec.first(ActivityCompleted, work.run_id)
 
 
-async def test_an_agent_of_tenant_a_never_receives_tenant_b_work(
-    bus: Bus, unique: str, tmp_path: Path
-) -> None:
+async def test_an_agent_of_tenant_a_never_receives_tenant_b_work(bus: Bus, unique: str, tmp_path: Path) -> None:
     tenant_a, tenant_b = f"{unique}a", f"{unique}b"
     works_a = [work_item(shell("echo a"), tenant=tenant_a) for _ in range(3)]
     works_b = [work_item(shell("echo b"), tenant=tenant_b) for _ in range(3)]
@@ -197,9 +193,7 @@ async def test_work_of_another_tenant_on_its_subject_is_dead_lettered_not_run(
 async def test_a_cancel_command_kills_the_activity_and_reports_it_cancelled(
     bus: Bus, unique: str, tmp_path: Path
 ) -> None:
-    work = work_item(
-        shell("sleep 300 & echo $! > grandchild.pid; echo started; wait"), tenant=unique, workspace="ws"
-    )
+    work = work_item(shell("sleep 300 & echo $! > grandchild.pid; echo started; wait"), tenant=unique, workspace="ws")
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique) as agent:
         await dispatch(bus, work)
         await rec.wait(lambda: "started" in "".join(c.data for c in rec.chunks))
@@ -277,9 +271,7 @@ async def test_an_approval_waits_for_the_decision_on_the_bus(bus: Bus, unique: s
 
 
 @pytest.mark.parametrize("decision", ["rejected"])
-async def test_a_rejected_approval_fails_without_retry(
-    bus: Bus, unique: str, tmp_path: Path, decision: str
-) -> None:
+async def test_a_rejected_approval_fails_without_retry(bus: Bus, unique: str, tmp_path: Path, decision: str) -> None:
     work = work_item(ApprovalSpec(), kind="approval", tenant=unique)
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
         await dispatch(bus, work)
@@ -324,9 +316,7 @@ async def test_sigterm_makes_the_agent_process_hand_back_its_work_and_exit(
         "TRELLIS_AGENT_SHUTDOWN_GRACE_SECONDS": "0.5",
         "TRELLIS_AGENT_KILL_GRACE_SECONDS": "0.5",
     }
-    work = work_item(
-        shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws"
-    )
+    work = work_item(shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws")
     async with recording(bus, unique) as rec:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", AGENT_MAIN, "agent", "--tenant", unique, "--pool", "default", env=env

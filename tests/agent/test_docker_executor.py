@@ -10,12 +10,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from agent_support import RecordingSink, shell, work_item
-from podman_support import IMAGE, missing, podman_service
+from podman_support import FUNCTION_IMAGE, IMAGE, missing, podman_service
 
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Workspace, execute
 from trellis_agent.executors.docker import DockerExecutor, split_image
-from trellis_core.workflow import ContainerSpec
+from trellis_agent.executors.function import FunctionExecutor
+from trellis_agent.executors.http import HttpExecutor
+from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "podman is available")
 
@@ -29,7 +31,12 @@ def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def docker(podman_socket: str) -> AsyncIterator[DockerExecutor]:
     config = AgentConfig.from_env(
-        {}, executor="docker", docker_socket=podman_socket, default_image=IMAGE, kill_grace_seconds=1
+        {},
+        executor="docker",
+        docker_socket=podman_socket,
+        default_image=IMAGE,
+        kill_grace_seconds=1,
+        docker_function_address="published",  # reach it on 127.0.0.1, not the container network
     )
     executor = DockerExecutor.from_config(config)
     yield executor
@@ -40,9 +47,7 @@ async def _containers(socket_path: str, run_id: str) -> list[dict[str, object]]:
     filters = json.dumps({"label": [f"trellis.dev/run={run_id}"]})
     async with (
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path)) as session,
-        session.get(
-            "http://docker/v1.41/containers/json", params={"all": "true", "filters": filters}
-        ) as resp,
+        session.get("http://docker/v1.41/containers/json", params={"all": "true", "filters": filters}) as resp,
     ):
         return list(await resp.json())
 
@@ -68,9 +73,7 @@ async def test_a_failing_container_fails_with_its_exit_code(docker: DockerExecut
     assert outcome.exit_code == 5
 
 
-async def test_stages_of_a_resource_share_the_workspace_volume(
-    docker: DockerExecutor, tmp_path: Path
-) -> None:
+async def test_stages_of_a_resource_share_the_workspace_volume(docker: DockerExecutor, tmp_path: Path) -> None:
     first = work_item(shell("echo planned > plan.txt"), workspace="resource/vpc")
     second = work_item(shell("cat plan.txt"), workspace="resource/vpc", run_id=first.run_id)
     assert (await execute(docker, first, Workspace.for_work(tmp_path, first), RecordingSink())).ok
@@ -101,9 +104,7 @@ async def test_cancelling_stops_and_removes_the_container(
     assert await _containers(podman_socket, work.run_id) == []
 
 
-async def test_an_image_that_cannot_be_pulled_fails_without_retry(
-    docker: DockerExecutor, tmp_path: Path
-) -> None:
+async def test_an_image_that_cannot_be_pulled_fails_without_retry(docker: DockerExecutor, tmp_path: Path) -> None:
     work = work_item(ContainerSpec(image="localhost:1/nowhere/nothing:1", command=("true",)))
     outcome = await execute(docker, work, Workspace.for_work(tmp_path, work), RecordingSink())
     assert outcome.status == "failed"
@@ -115,3 +116,20 @@ def test_image_references_split_into_repository_and_tag() -> None:
     assert split_image("busybox") == ("busybox", "latest")
     assert split_image("ghcr.io/x/tofu:1.8") == ("ghcr.io/x/tofu", "1.8")
     assert split_image("localhost:5000/app") == ("localhost:5000/app", "latest")
+
+
+async def test_a_function_image_is_started_once_and_polled_until_done(
+    docker: DockerExecutor, podman_socket: str, tmp_path: Path
+) -> None:
+    http = HttpExecutor()
+    spec = FunctionSpec(image=FUNCTION_IMAGE, endpoint="", repeat_seconds=0.05, env={"GREETING": "hello"})
+    work = work_item(spec, kind="function")
+    sink = RecordingSink()
+    try:
+        outcome = await execute(FunctionExecutor(http, docker), work, Workspace.for_work(tmp_path, work), sink)
+    finally:
+        await http.close()
+    assert outcome.ok, sink.text()
+    assert outcome.outputs == {"polls": 3, "greeting": "hello"}
+    assert sink.text("system").count("function call") == 3
+    assert await _containers(podman_socket, work.run_id) == []

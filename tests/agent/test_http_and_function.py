@@ -82,9 +82,7 @@ def _third_time(srv: Server) -> Any:
         polls = body["previous"].get("polls", 0) + 1
         if polls < 3:
             return web.json_response({"status": "again", "data": {"polls": polls}})
-        return web.json_response(
-            {"status": "done", "outputs": {"polls": polls, "who": body["inputs"]["who"]}}
-        )
+        return web.json_response({"status": "done", "outputs": {"polls": polls, "who": body["inputs"]["who"]}})
 
     return handler
 
@@ -131,18 +129,14 @@ async def test_a_2xx_response_succeeds_and_its_fields_become_outputs(
     assert "200 after" in sink.text("system")
 
 
-async def test_method_headers_and_body_are_sent_as_written(
-    http: HttpExecutor, server: Server, tmp_path: Path
-) -> None:
+async def test_method_headers_and_body_are_sent_as_written(http: HttpExecutor, server: Server, tmp_path: Path) -> None:
     spec = HttpSpec(url=f"{server.url}/echo", headers={"Authorization": "Bearer t0k3n"}, body='{"x": 1}')
     outcome, _ = await _run_http(http, spec, tmp_path)
     assert outcome.ok
     assert outcome.outputs["json"] == {"body": '{"x": 1}', "auth": "Bearer t0k3n"}
 
 
-async def test_a_4xx_response_fails_without_retrying(
-    http: HttpExecutor, server: Server, tmp_path: Path
-) -> None:
+async def test_a_4xx_response_fails_without_retrying(http: HttpExecutor, server: Server, tmp_path: Path) -> None:
     outcome, _ = await _run_http(http, HttpSpec(url=f"{server.url}/teapot", method="GET"), tmp_path)
     assert outcome.status == "failed"
     assert outcome.reason == "HTTP 418"
@@ -162,9 +156,7 @@ async def test_a_success_condition_over_status_and_json_decides(
 ) -> None:
     holds = HttpSpec(url=f"{server.url}/teapot", method="GET", success_condition="$(response.status == 418)$")
     assert (await _run_http(http, holds, tmp_path))[0].ok
-    fails = HttpSpec(
-        url=f"{server.url}/ok", method="GET", success_condition="$(response.json.name == 'subnet')$"
-    )
+    fails = HttpSpec(url=f"{server.url}/ok", method="GET", success_condition="$(response.json.name == 'subnet')$")
     outcome, _ = await _run_http(http, fails, tmp_path)
     assert outcome.status == "failed"
     assert "does not hold" in outcome.reason
@@ -186,9 +178,7 @@ async def test_an_unreachable_endpoint_fails_retryably(http: HttpExecutor, tmp_p
     assert outcome.retryable
 
 
-async def test_a_slow_endpoint_times_out_with_the_activity(
-    http: HttpExecutor, server: Server, tmp_path: Path
-) -> None:
+async def test_a_slow_endpoint_times_out_with_the_activity(http: HttpExecutor, server: Server, tmp_path: Path) -> None:
     outcome, _ = await _run_http(http, HttpSpec(url=f"{server.url}/slow", method="GET"), tmp_path, limit=0.3)
     assert outcome.status == "failed"
     assert outcome.retryable
@@ -217,9 +207,7 @@ async def test_a_function_that_is_done_on_its_third_poll_passes_previous_along(
     assert sink.text("system").count("function call") == 3
 
 
-async def test_a_function_that_never_finishes_times_out(
-    http: HttpExecutor, server: Server, tmp_path: Path
-) -> None:
+async def test_a_function_that_never_finishes_times_out(http: HttpExecutor, server: Server, tmp_path: Path) -> None:
     work = work_item(_function(f"{server.url}/fn/forever", until_seconds=0.3), kind="function")
     outcome = await execute(FunctionExecutor(http), work, Workspace.for_work(tmp_path, work), RecordingSink())
     assert outcome.status == "failed"

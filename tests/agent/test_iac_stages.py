@@ -56,9 +56,7 @@ def _stage(spec: CheckoutSpec | IacSpec, run_id: str | None = None) -> WorkItem:
     """A stage of resource `vpc`: all stages of one run share its workspace."""
     name = spec.stage if isinstance(spec, IacSpec) else "checkout"
     suffix = "-destroy" if isinstance(spec, IacSpec) and spec.destroy else ""
-    return work_item(
-        spec, workspace="resource/vpc", run_id=run_id, activity_id=f"resource/vpc/{name}{suffix}"
-    )
+    return work_item(spec, workspace="resource/vpc", run_id=run_id, activity_id=f"resource/vpc/{name}{suffix}")
 
 
 async def test_checkout_clones_the_revision_and_keeps_only_the_path(
@@ -121,9 +119,7 @@ async def test_iac_stages_run_the_binary_in_the_shared_workspace_and_parse_outpu
 
 
 def test_a_destroy_plan_is_planned_with_destroy_and_applied_from_its_file() -> None:
-    plan = IacSpec(
-        tool="terraform", stage="plan", destroy=True, refresh=False, lock=False, var_files=("a.tfvars",)
-    )
+    plan = IacSpec(tool="terraform", stage="plan", destroy=True, refresh=False, lock=False, var_files=("a.tfvars",))
     assert iac_arguments(plan, "terraform") == (
         "terraform", "plan", "-input=false", "-no-color", "-lock=false", "-destroy", "-refresh=false",
         "-var-file=a.tfvars", f"-out={PLAN_FILE}",
@@ -139,9 +135,7 @@ def test_a_destroy_plan_is_planned_with_destroy_and_applied_from_its_file() -> N
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
-async def test_a_real_terraform_deploys_and_destroys_a_local_resource(
-    iac: IacExecutor, tmp_path: Path
-) -> None:
+async def test_a_real_terraform_deploys_and_destroys_a_local_resource(iac: IacExecutor, tmp_path: Path) -> None:
     module = (
         'resource "terraform_data" "vpc" {\n  input = "vpc-42"\n}\n'
         'output "vpc_id" {\n  value = terraform_data.vpc.output\n}\n'

@@ -16,14 +16,18 @@ import aiohttp
 import kmock
 import pytest
 from agent_support import RecordingSink, work_item
+from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
 
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Workspace, execute
-from trellis_agent.executors.kubernetes import KubernetesExecutor, Pending, pod_state
+from trellis_agent.executors.function import FunctionExecutor
+from trellis_agent.executors.http import HttpExecutor
+from trellis_agent.executors.kubernetes import KubernetesExecutor
+from trellis_agent.executors.kubernetes_manifests import Pending, pod_state
 from trellis_core.events import WorkItem
-from trellis_core.workflow import ContainerSpec
+from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 NS = "trellis"
 
@@ -58,9 +62,7 @@ class Kubelet:
             "reason": "Completed" if exit_code == 0 else "Error",
         }
         phase = "Succeeded" if exit_code == 0 else "Failed"
-        await self.set_status(
-            pod, {"phase": phase, "containerStatuses": [_container({"terminated": terminated})]}
-        )
+        await self.set_status(pod, {"phase": phase, "containerStatuses": [_container({"terminated": terminated})]})
 
     def serve_logs(self, *parts: Any) -> None:
         self.emulator["get", kmock.resource("v1/pods"), kmock.subresource("log")] << parts
@@ -87,11 +89,20 @@ def _container(state: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[tuple[Kubelet, KubernetesExecutor]]:
+async def cluster(
+    function_server: tuple[int, list[dict[str, Any]]],
+) -> AsyncIterator[tuple[Kubelet, KubernetesExecutor]]:
+    function_port = function_server[0]  # where a function "pod" answers (see function_server)
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
         configuration = Configuration(host=str(emulator.url).rstrip("/"))
         config = AgentConfig.from_env(
-            {}, executor="kubernetes", namespace=NS, pod_poll_seconds=0.02, unschedulable_seconds=0.0
+            {},
+            executor="kubernetes",
+            namespace=NS,
+            pod_poll_seconds=0.02,
+            unschedulable_seconds=0.0,
+            function_port=function_port,
+            function_ready_seconds=5.0,
         )
         async with ApiClient(configuration) as kubelet_api:
             executor = KubernetesExecutor(ApiClient(configuration), namespace=NS, config=config)
@@ -219,9 +230,7 @@ async def test_an_image_that_cannot_be_pulled_fails_with_the_kubelets_reason(
     assert not outcome.retryable
 
 
-async def test_cancelling_deletes_the_pod(
-    cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path
-) -> None:
+async def test_cancelling_deletes_the_pod(cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path) -> None:
     kubelet, executor = cluster
     released = asyncio.Event()
     kubelet.serve_logs(b"working\n", released.wait)
@@ -239,3 +248,51 @@ async def test_cancelling_deletes_the_pod(
 
 def test_a_pod_without_status_is_pending() -> None:
     assert pod_state(client.V1Pod(status=None)) == Pending()
+
+
+@pytest.fixture
+async def function_server() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """Plays the function's container: the kubelet reports the pod at 127.0.0.1."""
+    calls: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(await request.json())
+        if len(calls) < 2:
+            return web.json_response({"status": "again", "data": {"n": len(calls)}})
+        return web.json_response({"status": "done", "outputs": {"rollout": "complete"}})
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield site._server.sockets[0].getsockname()[1], calls  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+async def test_a_function_image_runs_as_a_pod_that_is_polled_then_deleted(
+    cluster: tuple[Kubelet, KubernetesExecutor], function_server: tuple[int, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    kubelet, executor = cluster
+    port, calls = function_server
+    http = HttpExecutor()
+    work = work_item(FunctionSpec(image="example/rollout:1", repeat_seconds=0.01), kind="function")
+    task = asyncio.create_task(
+        execute(FunctionExecutor(http, executor), work, Workspace.for_work(tmp_path, work), RecordingSink())
+    )
+    try:
+        pod = await kubelet.next_pod()
+        assert pod.spec.containers[0].ports[0].container_port == port
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        assert env["PORT"] == str(port)
+        await kubelet.set_status(
+            pod.metadata.name,
+            {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [_container({"running": {}})]},
+        )
+        outcome = await asyncio.wait_for(task, 10)
+    finally:
+        await http.close()
+    assert outcome.outputs == {"rollout": "complete"}
+    assert [c["previous"] for c in calls] == [{}, {"n": 1}]
+    assert not await kubelet.exists(kubelet.core.read_namespaced_pod, pod.metadata.name)

@@ -53,9 +53,7 @@ async def test_stderr_is_kept_apart_from_stdout(executor: ProcessExecutor, tmp_p
     assert sink.text("stderr") == "err\n"
 
 
-async def test_outputs_flow_from_the_outputs_file_and_inputs_arrive(
-    executor: ProcessExecutor, tmp_path: Path
-) -> None:
+async def test_outputs_flow_from_the_outputs_file_and_inputs_arrive(executor: ProcessExecutor, tmp_path: Path) -> None:
     script = (
         "python3 -c \"import json,os; i=json.load(open(os.environ['TRELLIS_INPUTS']));"
         " json.dump({'greeting': 'hello ' + i['name'], 'action': os.environ['TRELLIS_ACTION'],"
@@ -84,9 +82,7 @@ async def test_a_non_zero_exit_fails_with_its_exit_code(executor: ProcessExecuto
     assert outcome.reason == "exited with code 7"
 
 
-async def test_a_success_condition_can_accept_another_exit_code(
-    executor: ProcessExecutor, tmp_path: Path
-) -> None:
+async def test_a_success_condition_can_accept_another_exit_code(executor: ProcessExecutor, tmp_path: Path) -> None:
     spec = ContainerSpec(command=("sh", "-c", "exit 3"), success_condition="$(exit_code == 3)$")
     work = work_item(spec)
     outcome = await execute(executor, work, Workspace.for_work(tmp_path, work), RecordingSink())
@@ -167,9 +163,7 @@ async def test_a_missing_binary_fails_without_retrying(executor: ProcessExecutor
     assert "/nonexistent/tool" in outcome.reason
 
 
-async def test_outputs_that_are_not_an_object_fail_the_activity(
-    executor: ProcessExecutor, tmp_path: Path
-) -> None:
+async def test_outputs_that_are_not_an_object_fail_the_activity(executor: ProcessExecutor, tmp_path: Path) -> None:
     work = work_item(shell('echo "[1, 2]" > "$TRELLIS_OUTPUTS"'))
     outcome = await execute(executor, work, Workspace.for_work(tmp_path, work), RecordingSink())
     assert outcome.status == "failed"
@@ -183,12 +177,8 @@ async def test_the_process_executor_refuses_other_specs(executor: ProcessExecuto
     assert not outcome.retryable
 
 
-async def test_one_workspace_is_shared_by_the_stages_of_a_resource(
-    executor: ProcessExecutor, tmp_path: Path
-) -> None:
-    first = work_item(
-        shell("echo state > state.txt"), workspace="resource/vpc", activity_id="resource/vpc/init"
-    )
+async def test_one_workspace_is_shared_by_the_stages_of_a_resource(executor: ProcessExecutor, tmp_path: Path) -> None:
+    first = work_item(shell("echo state > state.txt"), workspace="resource/vpc", activity_id="resource/vpc/init")
     second = work_item(
         shell("cat state.txt"), workspace="resource/vpc", activity_id="resource/vpc/plan", run_id=first.run_id
     )
@@ -197,8 +187,6 @@ async def test_one_workspace_is_shared_by_the_stages_of_a_resource(
     assert (await execute(executor, second, Workspace.for_work(tmp_path, second), sink)).ok
     assert sink.text() == "state\n"
     assert (
-        json.loads(
-            (Workspace.for_work(tmp_path, second).control_dir / "resource~vpc~plan.1.inputs.json").read_text()
-        )
+        json.loads((Workspace.for_work(tmp_path, second).control_dir / "resource~vpc~plan.1.inputs.json").read_text())
         == {}
     )

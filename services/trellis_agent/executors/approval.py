@@ -35,13 +35,9 @@ class ApprovalExecutor:
         if self._channel is None:
             return Outcome.failed("this agent has no bus to wait for approvals on", retryable=False)
         if spec.notify is not None:
-            notified = await call_and_judge(
-                await self._http.session(), spec.notify, NOTIFY_TIMEOUT_SECONDS, sink
-            )
+            notified = await call_and_judge(await self._http.session(), spec.notify, NOTIFY_TIMEOUT_SECONDS, sink)
             if not notified.ok:
-                return Outcome.failed(
-                    f"notifying approvers failed: {notified.reason}", retryable=notified.retryable
-                )
+                return Outcome.failed(f"notifying approvers failed: {notified.reason}", retryable=notified.retryable)
         request = ApprovalRequested(
             tenant=work.tenant,
             run_id=work.run_id,
@@ -53,9 +49,7 @@ class ApprovalExecutor:
         await sink.system(f"waiting for approval by {who}")
         decision = await self._channel.request_and_wait(request)
         by = decision.decided_by or "someone"
-        await sink.system(
-            f"{decision.decision} by {by}" + (f": {decision.comment}" if decision.comment else "")
-        )
+        await sink.system(f"{decision.decision} by {by}" + (f": {decision.comment}" if decision.comment else ""))
         outputs = {
             "decision": decision.decision,
             "decidedBy": decision.decided_by,

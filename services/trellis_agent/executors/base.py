@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -42,9 +43,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     def failed(
         cls, reason: str, *, exit_code: int | None = None, retryable: bool = True, timed_out: bool = False
     ) -> Outcome:
-        return cls(
-            status="failed", reason=reason, exit_code=exit_code, retryable=retryable, timed_out=timed_out
-        )
+        return cls(status="failed", reason=reason, exit_code=exit_code, retryable=retryable, timed_out=timed_out)
 
     @property
     def ok(self) -> bool:
@@ -170,9 +169,7 @@ def write_spec_files(files: dict[str, str], workspace: Workspace, container_root
             try:
                 rel = rel.relative_to(container_root)
             except ValueError:
-                return Outcome.failed(
-                    f"file {name!r} lies outside the workspace {container_root}", retryable=False
-                )
+                return Outcome.failed(f"file {name!r} lies outside the workspace {container_root}", retryable=False)
         if ".." in rel.parts:
             return Outcome.failed(f"file {name!r} climbs out of the workspace", retryable=False)
         try:
@@ -241,3 +238,20 @@ async def pump_lines(read: Callable[[int], Awaitable[bytes]], name: LogStream, s
             await sink.write(name, text)
     if text := lines.rest():
         await sink.write(name, text)
+
+
+async def wait_until_listening(host: str, port: int, within: float) -> None:
+    """Wait for a server that gives no readiness signal but accepting connections."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+        except (OSError, TimeoutError):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {within:g}s") from None
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return

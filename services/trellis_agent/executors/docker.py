@@ -28,6 +28,7 @@ from trellis_agent.executors.base import (
     attempt_files,
     read_outputs,
     trellis_env,
+    wait_until_listening,
     write_spec_files,
 )
 from trellis_agent.executors.process import finish
@@ -36,7 +37,6 @@ from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 API_VERSION = "v1.41"
-FUNCTION_PORT = 8080
 _STREAMS: dict[int, LogStream] = {1: "stdout", 2: "stderr"}
 
 
@@ -137,9 +137,7 @@ class DockerExecutor:
             "TRELLIS_WORKSPACE": root,
         }
         try:
-            async with self._container(
-                work, create_body(work, spec, workspace, self._config, env), sink
-            ) as cid:
+            async with self._container(work, create_body(work, spec, workspace, self._config, env), sink) as cid:
                 exit_code = await self._follow(cid, sink)
         except DockerError as exc:
             await sink.system(f"docker: {exc.message}")
@@ -207,19 +205,25 @@ class DockerExecutor:
         """Run a function image for the length of the `async with`; yield its URL."""
         spec = work.activity.spec
         assert isinstance(spec, FunctionSpec)
+        port = self._config.function_port
         container = ContainerSpec(
             image=spec.image,
-            env={**spec.env, "PORT": str(FUNCTION_PORT)},
+            env={**spec.env, "PORT": str(port)},
             cpu_limit_milli=spec.cpu_limit_milli,
             memory_limit_mb=spec.memory_limit_mb,
         )
         workspace.prepare()
         body = create_body(work, container, workspace, self._config, container.env)
-        body["ExposedPorts"] = {f"{FUNCTION_PORT}/tcp": {}}
+        body["ExposedPorts"] = {f"{port}/tcp": {}}
+        published = self._config.docker_function_address == "published"
+        if published:
+            body["HostConfig"]["PortBindings"] = {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
         async with self._container(work, body, sink, suffix="-fn") as cid:
             info = await self._call("GET", f"/containers/{cid}/json")
-            address = _container_address(info)
-            yield f"http://{address}:{FUNCTION_PORT}/"
+            host, host_port = _published_address(info, port) if published else (_container_address(info), port)
+            await wait_until_listening(host, host_port, self._config.function_ready_seconds)
+            await sink.system(f"function {spec.image} listening on {host}:{host_port}")
+            yield f"http://{host}:{host_port}/"
 
 
 def _container_address(info: dict[str, Any]) -> str:
@@ -229,7 +233,15 @@ def _container_address(info: dict[str, Any]) -> str:
     for network in (settings.get("Networks") or {}).values():
         if network.get("IPAddress"):
             return str(network["IPAddress"])
-    return "127.0.0.1"
+    raise DockerError(500, "the function container has no network address")
+
+
+def _published_address(info: dict[str, Any], port: int) -> tuple[str, int]:
+    bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostPort"):
+            return binding.get("HostIp") or "127.0.0.1", int(binding["HostPort"])
+    raise DockerError(500, f"port {port} of the function container was not published")
 
 
 async def demux(content: aiohttp.StreamReader, sink: Sink) -> None:

@@ -55,8 +55,14 @@ class FunctionExecutor:
                 "a function image needs the docker or kubernetes executor; this agent runs processes",
                 retryable=False,
             )
-        async with self._host.serve(work, workspace, sink) as url:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                url = await stack.enter_async_context(self._host.serve(work, workspace, sink))
+            except Exception as exc:  # the image cannot be pulled, started or reached
+                await sink.system(f"function {spec.image} did not start: {exc}")
+                return Outcome.failed(f"function {spec.image} did not start: {exc}")
             return await poll(session, spec, work, url, sink)
+        raise AssertionError("unreachable")
 
 
 def request_body(work: WorkItem, previous: dict[str, Any]) -> dict[str, Any]:
@@ -73,9 +79,7 @@ def request_body(work: WorkItem, previous: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def poll(
-    session: aiohttp.ClientSession, spec: FunctionSpec, work: WorkItem, url: str, sink: Sink
-) -> Outcome:
+async def poll(session: aiohttp.ClientSession, spec: FunctionSpec, work: WorkItem, url: str, sink: Sink) -> Outcome:
     deadline = time.monotonic() + spec.until_seconds
     previous: dict[str, Any] = {}
     transient = 0

@@ -112,9 +112,7 @@ class HttpExecutor:
         return await call_and_judge(await self.session(), spec, timeout, sink)
 
 
-async def call_and_judge(
-    session: aiohttp.ClientSession, spec: HttpSpec, timeout_seconds: float, sink: Sink
-) -> Outcome:
+async def call_and_judge(session: aiohttp.ClientSession, spec: HttpSpec, timeout_seconds: float, sink: Sink) -> Outcome:
     """Send `spec`, log what happened, and judge the response by the spec's success condition."""
     started = time.monotonic()
     await sink.system(f"{spec.method.upper()} {spec.url}")

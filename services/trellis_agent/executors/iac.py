@@ -99,9 +99,7 @@ def iac_container(spec: IacSpec, *, image: str) -> ContainerSpec:
 class IacExecutor:
     """Turns checkout and IaC specs into container commands for `backend`."""
 
-    def __init__(
-        self, backend: Executor, *, git_binary: str = "git", image: str = "", git_image: str = ""
-    ) -> None:
+    def __init__(self, backend: Executor, *, git_binary: str = "git", image: str = "", git_image: str = "") -> None:
         self._backend = backend
         self._git_binary = git_binary
         self._image = image

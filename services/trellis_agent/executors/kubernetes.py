@@ -12,231 +12,46 @@ cannot be scheduled, or whose image cannot be pulled, fails with Kubernetes' own
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
-import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, ApiException
 
 from trellis_agent.config import AgentConfig
-from trellis_agent.executors.base import Outcome, Sink, Workspace, parse_outputs, pump_lines, trellis_env
+from trellis_agent.executors.base import (
+    Outcome,
+    Sink,
+    Workspace,
+    parse_outputs,
+    pump_lines,
+    wait_until_listening,
+)
+from trellis_agent.executors.kubernetes_manifests import (
+    CONTAINER,
+    Broken,
+    Finished,
+    Pending,
+    PodNames,
+    Running,
+    build_pod,
+    build_pvc,
+    build_secret,
+    pod_state,
+)
 from trellis_agent.executors.process import finish
 from trellis_core.events import WorkItem
-from trellis_core.workflow import ContainerSpec
+from trellis_core.logs import get_logger
+from trellis_core.workflow import ContainerSpec, FunctionSpec
 
-CONTAINER = "activity"
-TERMINATION_LOG = "/dev/termination-log"
-CONTROL_DIR = "/var/run/trellis"
+log = get_logger("agent.kubernetes")
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# Waiting reasons after which the container will not start without someone changing something.
-FATAL_WAITING = frozenset(
-    {
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "ErrImageNeverPull",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-    }
-)
 LOG_DRAIN_SECONDS = 10.0
-_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class PodNames(msgspec.Struct, frozen=True):
-    pod: str
-    secret: str
-
-    @classmethod
-    def for_work(cls, work: WorkItem) -> PodNames:
-        digest = hashlib.sha256(f"{work.run_id}/{work.activity.id}/{work.attempt}".encode()).hexdigest()[:10]
-        tail = re.sub(r"[^a-z0-9-]+", "-", work.activity.id.lower().rsplit("/", 2)[-1]).strip("-")[:30]
-        pod = f"trellis-{tail}-{digest}" if tail else f"trellis-{digest}"
-        return cls(pod=pod, secret=f"{pod}-env")
-
-
-def label_value(value: str) -> str:
-    """A valid label value (≤ 63, alphanumerics at both ends); the full value goes in annotations."""
-    cleaned = _LABEL_UNSAFE.sub(".", value)[:63].strip("._-")
-    return cleaned
-
-
-def labels_for(work: WorkItem) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/managed-by": "trellis-agent",
-        "trellis.dev/tenant": label_value(work.tenant),
-        "trellis.dev/run": label_value(work.run_id),
-        "trellis.dev/activity": label_value(work.activity.id),
-        "trellis.dev/attempt": str(work.attempt),
-    }
-
-
-def build_secret(work: WorkItem, spec: ContainerSpec, names: PodNames) -> dict[str, Any]:
-    """Sensitive env values, the inputs file and spec files, base64-encoded."""
-    sensitive = set(work.activity.sensitive)
-    data = {"inputs.json": _b64(json.dumps(work.activity.inputs))}
-    data.update({f"env.{k}": _b64(v) for k, v in spec.env.items() if k in sensitive})
-    data.update({f"file.{i}": content for i, content in enumerate(spec.files.values())})
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": names.secret, "labels": labels_for(work)},
-        "type": "Opaque",
-        "data": data,
-    }
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def build_pod(
-    work: WorkItem, spec: ContainerSpec, names: PodNames, workspace: Workspace, config: AgentConfig
-) -> dict[str, Any]:
-    """The pod manifest of one activity attempt (a pure function of its inputs)."""
-    root = config.container_workspace
-    sensitive = set(work.activity.sensitive)
-    env: list[dict[str, Any]] = [
-        {"name": k, "value": v}
-        for k, v in trellis_env(work, f"{CONTROL_DIR}/inputs.json", TERMINATION_LOG).items()
-    ]
-    env.append({"name": "TRELLIS_WORKSPACE", "value": root})
-    for key, value in spec.env.items():
-        if key in sensitive:
-            ref = {"name": names.secret, "key": f"env.{key}"}
-            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
-        else:
-            env.append({"name": key, "value": value})
-    mounts: list[dict[str, Any]] = [
-        {"name": "workspace", "mountPath": root},
-        {
-            "name": "trellis",
-            "mountPath": f"{CONTROL_DIR}/inputs.json",
-            "subPath": "inputs.json",
-            "readOnly": True,
-        },
-    ]
-    for i, path in enumerate(spec.files):
-        target = path if path.startswith("/") else f"{root}/{path}"
-        mounts.append({"name": "trellis", "mountPath": target, "subPath": f"file.{i}", "readOnly": True})
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": spec.image or config.default_image,
-        "env": env,
-        "volumeMounts": mounts,
-        "workingDir": spec.working_dir or root,
-        "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "File",
-    }
-    if spec.command:
-        container["command"] = list(spec.command)
-    if spec.args:
-        container["args"] = list(spec.args)
-    limits = _limits(spec)
-    if limits:
-        container["resources"] = {"limits": limits, "requests": limits}
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "containers": [container],
-        "volumes": [
-            {"name": "workspace", "persistentVolumeClaim": {"claimName": workspace.volume_name}},
-            {"name": "trellis", "secret": {"secretName": names.secret}},
-        ],
-    }
-    if config.service_account:
-        pod_spec["serviceAccountName"] = config.service_account
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": names.pod,
-            "labels": labels_for(work),
-            "annotations": {"trellis.dev/activity-id": work.activity.id, "trellis.dev/run-id": work.run_id},
-        },
-        "spec": pod_spec,
-    }
-
-
-def _limits(spec: ContainerSpec) -> dict[str, str]:
-    limits = {}
-    if spec.cpu_limit_milli:
-        limits["cpu"] = f"{spec.cpu_limit_milli}m"
-    if spec.memory_limit_mb:
-        limits["memory"] = f"{spec.memory_limit_mb}Mi"
-    return limits
-
-
-def build_pvc(work: WorkItem, workspace: Workspace, config: AgentConfig) -> dict[str, Any]:
-    labels = {
-        k: v for k, v in labels_for(work).items() if k not in ("trellis.dev/activity", "trellis.dev/attempt")
-    }
-    spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": config.workspace_storage}},
-    }
-    if config.storage_class:
-        spec["storageClassName"] = config.storage_class
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": workspace.volume_name, "labels": labels},
-        "spec": spec,
-    }
-
-
-class Running(msgspec.Struct, frozen=True):
-    """The container has started (or finished): its logs can be read."""
-
-
-class Pending(msgspec.Struct, frozen=True):
-    unschedulable: str = ""  # the scheduler's message while the pod cannot be placed
-
-
-class Finished(msgspec.Struct, frozen=True):
-    exit_code: int
-    message: str = ""
-
-
-class Broken(msgspec.Struct, frozen=True):
-    reason: str
-
-
-PodState = Running | Pending | Finished | Broken
-
-
-def pod_state(pod: Any) -> PodState:
-    """Read a V1Pod: where it is on its way to a result (a pure function)."""
-    status = pod.status
-    if status is None:
-        return Pending()
-    for cs in status.container_statuses or ():
-        state = cs.state
-        if state is None:
-            continue
-        if state.terminated is not None:
-            return Finished(exit_code=int(state.terminated.exit_code), message=state.terminated.message or "")
-        if state.waiting is not None and state.waiting.reason in FATAL_WAITING:
-            detail = f": {state.waiting.message}" if state.waiting.message else ""
-            return Broken(f"{state.waiting.reason}{detail}")
-        if state.running is not None:
-            return Running()
-    if status.phase == "Failed":
-        detail = f": {status.message}" if status.message else ""
-        return Broken(f"pod failed: {status.reason or 'unknown reason'}{detail}")
-    if status.phase in ("Running", "Succeeded"):
-        return Running()
-    for cond in status.conditions or ():
-        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
-            return Pending(unschedulable=cond.message or "the pod cannot be scheduled")
-    return Pending()
 
 
 class KubernetesExecutor:
@@ -269,23 +84,27 @@ class KubernetesExecutor:
                 retryable=False,
             )
         names = PodNames.for_work(work)
-        await self._ensure(
-            self._core.create_namespaced_persistent_volume_claim, build_pvc(work, workspace, self._config)
-        )
+        finished = False  # a cancelled or timed-out pod is always deleted
         try:
+            await self._ensure(
+                self._core.create_namespaced_persistent_volume_claim, build_pvc(work, workspace, self._config)
+            )
             await self._ensure(self._core.create_namespaced_secret, build_secret(work, spec, names))
             pod = build_pod(work, spec, names, workspace, self._config)
             pod["metadata"]["namespace"] = self._namespace
             await self._core.create_namespaced_pod(self._namespace, pod)
             await sink.system(f"pod {self._namespace}/{names.pod} created")
-            return await self._follow(names.pod, spec, sink)
+            outcome = await self._follow(names.pod, spec, sink)
+            finished = True
+            return outcome
         except ApiException as exc:
+            finished = True
             return Outcome.failed(
                 f"kubernetes refused: {exc.status} {exc.reason}: {_api_message(exc)}",
                 retryable=exc.status >= 500 or exc.status == 429,
             )
         finally:
-            await self._cleanup(names)
+            await self._cleanup(names, keep_pod=finished and not self._config.delete_pods)
 
     async def _ensure(self, create: Any, body: dict[str, Any]) -> None:
         body["metadata"]["namespace"] = self._namespace
@@ -294,6 +113,53 @@ class KubernetesExecutor:
         except ApiException as exc:
             if exc.status != 409:  # already there: a PVC shared by the resource's stages
                 raise
+
+    @contextlib.asynccontextmanager
+    async def serve(self, work: WorkItem, workspace: Workspace, sink: Sink) -> AsyncIterator[str]:
+        """Run a function image as a pod for the length of the `async with`; yield its URL."""
+        spec = work.activity.spec
+        assert isinstance(spec, FunctionSpec)
+        port = self._config.function_port
+        container = ContainerSpec(
+            image=spec.image,
+            env={**spec.env, "PORT": str(port)},
+            cpu_limit_milli=spec.cpu_limit_milli,
+            memory_limit_mb=spec.memory_limit_mb,
+        )
+        names = PodNames.for_work(work)
+        await self._ensure(
+            self._core.create_namespaced_persistent_volume_claim, build_pvc(work, workspace, self._config)
+        )
+        try:
+            await self._ensure(self._core.create_namespaced_secret, build_secret(work, container, names))
+            pod = build_pod(work, container, names, workspace, self._config)
+            pod["metadata"]["namespace"] = self._namespace
+            pod["spec"]["containers"][0]["ports"] = [{"containerPort": port, "name": "function"}]
+            await self._core.create_namespaced_pod(self._namespace, pod)
+            await sink.system(f"function pod {self._namespace}/{names.pod} created")
+            address = await self._pod_address(names.pod)
+            await wait_until_listening(address, port, self._config.function_ready_seconds)
+            yield f"http://{address}:{port}/"
+        finally:
+            await self._cleanup(names)
+
+    async def _pod_address(self, pod: str) -> str:
+        """The pod's IP once it runs; a pod that cannot start raises with Kubernetes' reason."""
+        unschedulable_since: float | None = None
+        while True:
+            current = await self._core.read_namespaced_pod(pod, self._namespace)
+            state = pod_state(current)
+            if isinstance(state, Running) and current.status.pod_ip:
+                return str(current.status.pod_ip)
+            if isinstance(state, Broken):
+                raise RuntimeError(state.reason)
+            if isinstance(state, Finished):
+                raise RuntimeError(f"the function exited with code {state.exit_code}")
+            if isinstance(state, Pending) and state.unschedulable:
+                unschedulable_since = unschedulable_since or time.monotonic()
+                if time.monotonic() - unschedulable_since >= self._config.unschedulable_seconds:
+                    raise RuntimeError(f"Unschedulable: {state.unschedulable}")
+            await asyncio.sleep(self._config.pod_poll_seconds)
 
     async def _follow(self, pod: str, spec: ContainerSpec, sink: Sink) -> Outcome:
         logs: asyncio.Task[None] | None = None
@@ -308,9 +174,7 @@ class KubernetesExecutor:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(logs), LOG_DRAIN_SECONDS)
                     outputs = (
-                        parse_outputs(state.message, where="the termination message")
-                        if state.exit_code == 0
-                        else {}
+                        parse_outputs(state.message, where="the termination message") if state.exit_code == 0 else {}
                     )
                     return finish(state.exit_code, spec.success_condition, outputs)
                 if isinstance(state, Broken):
@@ -339,11 +203,10 @@ class KubernetesExecutor:
         except ApiException as exc:
             await sink.system(f"logs unavailable: {exc.status} {exc.reason}")
 
-    async def _cleanup(self, names: PodNames) -> None:
-        if self._config.delete_pods:
-            await self._delete(
-                self._core.delete_namespaced_pod, names.pod, grace=int(self._config.kill_grace_seconds)
-            )
+    async def _cleanup(self, names: PodNames, *, keep_pod: bool = False) -> None:
+        if not keep_pod:
+            grace = int(self._config.kill_grace_seconds)
+            await self._delete(self._core.delete_namespaced_pod, names.pod, grace=grace)
         await self._delete(self._core.delete_namespaced_secret, names.secret)
 
     async def _delete(self, delete: Any, name: str, grace: int | None = None) -> None:
@@ -351,8 +214,8 @@ class KubernetesExecutor:
         try:
             await delete(name, self._namespace, **kwargs)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
+            if exc.status != 404:  # left behind: labelled, so `kubectl delete -l` finds it
+                log.warning("kubernetes_delete_failed", name=name, status=exc.status, reason=exc.reason)
 
 
 def _api_message(exc: ApiException) -> str:
