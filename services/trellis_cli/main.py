@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.schemas_cmd",
     "trellis_cli.template_cmd",
     "trellis_cli.compiler_cmd",
+    "trellis_cli.agent_cmd",
 )
 
 
