@@ -63,6 +63,10 @@ cgroup_manager = "cgroupfs"
 """
 
 
+class PodmanUnusable(Exception):
+    """Podman is there but cannot run containers on this machine; the message says why."""
+
+
 def missing() -> str:
     """Why the Podman tests cannot run here, or '' when they can."""
     if shutil.which("podman") is None:
@@ -114,6 +118,12 @@ def podman_service(workdir: Path) -> Iterator[str]:
         [*base, "import", "--change", serve, str(tar), FUNCTION_IMAGE],
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+    smoke = subprocess.run([*base, "run", "--rm", IMAGE, "true"], env=env, capture_output=True, timeout=120)
+    if smoke.returncode != 0:
+        raise PodmanUnusable(
+            "podman is installed but cannot run a container here (its network backend needs netavark, "
+            f"aardvark-dns and iptables): {smoke.stderr.decode(errors='replace').strip()[-300:]}"
+        )
     sock = workdir / "podman.sock"
     log = (workdir / "service.log").open("wb")
     service = subprocess.Popen(
