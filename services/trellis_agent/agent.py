@@ -72,7 +72,7 @@ class Agent:
         config = js_api.ConsumerConfig(
             durable_name=durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
-            ack_wait=max(30.0, self.config.heartbeat_seconds * 5),
+            ack_wait=30.0,
             max_deliver=-1,  # counted here: a poison item is dead-lettered, not dropped silently
             max_ack_pending=max(self.config.concurrency * 4, 16),
             filter_subject=subject,
@@ -263,6 +263,7 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
 async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, config: AgentConfig | None = None) -> None:
     """Run an agent on `bus` until `stop` is set (`trellis agent`, and `trellis dev up`'s local agent)."""
     cfg = config if config is not None else AgentConfig.from_env(tenant=settings.tenant)
+    cfg = cfg.with_defaults_from(heartbeat_seconds=settings.heartbeat_seconds)
     await bus.ensure_streams()
     async with executors_for(cfg, bus) as router:
         agent = Agent(bus, cfg, router, cfg.workspaces(settings.data_dir))

@@ -32,7 +32,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int = 4
     executor: ExecutorName = "process"
     data_dir: str = ""  # empty: <TRELLIS_DATA_DIR>/agent
-    heartbeat_seconds: float = 2.0
+    heartbeat_seconds: float = 0.0  # 0: the shared TRELLIS_HEARTBEAT_SECONDS (default 2 s)
     log_flush_seconds: float = 0.25
     log_chunk_bytes: int = 32 * 1024
     kill_grace_seconds: float = 5.0
@@ -80,6 +80,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
         config.validate()
         return config
 
+    def with_defaults_from(self, heartbeat_seconds: float) -> AgentConfig:
+        """Fill what the shared settings decide unless this agent's own variable did."""
+        if self.heartbeat_seconds > 0:
+            return self
+        return msgspec.structs.replace(self, heartbeat_seconds=heartbeat_seconds)
+
     def workspaces(self, shared_data_dir: Path) -> Path:
         """Where workspaces live: `<data dir>/<tenant>/<run>/<workspace>` below this."""
         return Path(self.data_dir) if self.data_dir else shared_data_dir / "agent"
@@ -87,7 +93,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self) -> None:
         checks = [
             ("concurrency", self.concurrency >= 1, "must be at least 1"),
-            ("heartbeat_seconds", self.heartbeat_seconds > 0, "must be greater than 0"),
+            ("heartbeat_seconds", self.heartbeat_seconds >= 0, "must not be negative"),
             ("log_flush_seconds", self.log_flush_seconds > 0, "must be greater than 0"),
             ("log_chunk_bytes", self.log_chunk_bytes >= 256, "must be at least 256"),
             ("kill_grace_seconds", self.kill_grace_seconds >= 0, "must not be negative"),

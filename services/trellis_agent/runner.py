@@ -34,6 +34,7 @@ from trellis_core.logs import get_logger
 
 log = get_logger("agent")
 
+DEFAULT_HEARTBEAT_SECONDS = 2.0
 _PUBLISH_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -165,7 +166,7 @@ class ActivityRun:
 
     async def _heartbeats(self) -> None:
         for sequence in range(1, 1 << 62):
-            await asyncio.sleep(self._config.heartbeat_seconds)
+            await asyncio.sleep(self._config.heartbeat_seconds or DEFAULT_HEARTBEAT_SECONDS)
             beat = ActivityHeartbeat(agent=self._config.agent_id, sequence=sequence, **self._event_fields())
             try:
                 await self._publisher.publish_event(beat)

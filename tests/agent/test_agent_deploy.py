@@ -98,3 +98,9 @@ def test_the_cli_refuses_to_start_without_a_nats_url(
     args = parser.parse_args(["agent", "--tenant", "acme", "--pool", "p"])
     assert args.func(args) == 1
     assert "TRELLIS_NATS_URL" in capsys.readouterr().err
+
+
+def test_the_heartbeat_follows_the_shared_setting_unless_the_agent_sets_its_own() -> None:
+    assert AgentConfig.from_env({}).with_defaults_from(heartbeat_seconds=0.5).heartbeat_seconds == 0.5
+    own = AgentConfig.from_env({"TRELLIS_AGENT_HEARTBEAT_SECONDS": "3"})
+    assert own.with_defaults_from(heartbeat_seconds=0.5).heartbeat_seconds == 3.0
