@@ -43,6 +43,8 @@ from trellis_core.settings import Settings
 
 MAX_DELIVER = 5
 FETCH_WAIT_SECONDS = 0.5
+# A loop holding the last free slot while it waits starves the other subscription: wait less.
+CONTENDED_FETCH_SECONDS = 0.1
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
 
 _decode_work = msgspec.json.Decoder(WorkItem).decode
@@ -58,6 +60,7 @@ class Agent:
         self.log = get_logger("agent", tenant=config.tenant, pool=config.pool, agent=config.agent_id)
         self.running: dict[tuple[str, str, int], ActivityRun] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
+        self._held = 0  # slots taken: by running work and by fetches in flight
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -111,9 +114,11 @@ class Agent:
                     await self._slots.acquire()
             except TimeoutError:
                 continue
+            self._held += 1
             handed_off = False
+            wait = FETCH_WAIT_SECONDS if self._held < self.config.concurrency else CONTENDED_FETCH_SECONDS
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_WAIT_SECONDS)
+                msgs = await sub.fetch(1, timeout=wait)
                 for msg in msgs:
                     task = asyncio.create_task(self._handle(msg))
                     self._tasks.add(task)
@@ -128,7 +133,11 @@ class Agent:
                 await asyncio.sleep(FETCH_WAIT_SECONDS)
             finally:
                 if not handed_off:
-                    self._slots.release()
+                    self._release_slot()
+
+    def _release_slot(self) -> None:
+        self._held -= 1
+        self._slots.release()
 
     async def _drain(self) -> None:
         """Let running work finish within the grace period, then stop it as retryable."""
@@ -162,7 +171,7 @@ class Agent:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=2.0)
         finally:
-            self._slots.release()
+            self._release_slot()
 
     def _accept(self, msg: Msg) -> WorkItem | str:
         """The work item, or why it must be dead-lettered."""
