@@ -77,7 +77,8 @@ class Agent:
             ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=30.0,
             max_deliver=-1,  # counted here: a poison item is dead-lettered, not dropped silently
-            max_ack_pending=max(self.config.concurrency * 4, 16),
+            # The pool's durable is shared by agents of any concurrency: one fixed config for all.
+            max_ack_pending=1000,
             filter_subject=subject,
             inactive_threshold=PINNED_INACTIVE_SECONDS if pinned else None,
         )
@@ -195,7 +196,9 @@ class Agent:
             data_dir=self.data_dir,
             on_started=msg.ack,
         )
-        if run.key in self.running:  # a redelivery of what we are running: the first one acks
+        if run.key in self.running:  # a redelivery of what we already run
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
             return
         self.running[run.key] = run
         try:

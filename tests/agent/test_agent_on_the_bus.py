@@ -238,11 +238,13 @@ async def test_concurrency_limits_how_many_run_at_once(bus: Bus, unique: str, tm
 
 
 async def test_an_approval_waits_for_the_decision_on_the_bus(bus: Bus, unique: str, tmp_path: Path) -> None:
-    work = work_item(ApprovalSpec(approvers=("ops@example.com",)), kind="approval", tenant=unique)
+    work = work_item(ApprovalSpec(approvers=("ops@example.com",)), kind="approval", tenant=unique, timeout_seconds=3600)
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique):
         await dispatch(bus, work)
         requested = await rec.first(ApprovalRequested, work.run_id)
         assert requested.approvers == ("ops@example.com",)
+        assert requested.expires_at is not None
+        assert requested.expires_at > requested.occurred_at
         assert not rec.of(ActivityCompleted, work.run_id)
         await bus.publish_event(
             ApprovalDecided(
@@ -325,3 +327,18 @@ async def test_sigterm_makes_the_agent_process_hand_back_its_work_and_exit(
     assert "shut down" in failed.reason
     child = read_pid(tmp_path / unique / work.run_id / "ws" / "child.pid")
     assert await wait_until_gone(child)
+
+
+async def test_two_agents_of_one_pool_share_its_work_each_item_once(bus: Bus, unique: str, tmp_path: Path) -> None:
+    works = [work_item(shell("sleep 0.2"), tenant=unique) for _ in range(6)]
+    async with (
+        recording(bus, unique) as rec,
+        running_agent(bus, tmp_path, tenant=unique, concurrency=1) as first,
+        running_agent(bus, tmp_path, tenant=unique, concurrency=3) as second,
+    ):
+        for w in works:
+            await dispatch(bus, w)
+        await rec.wait(lambda: len(rec.of(ActivityCompleted)) == 6)
+    started = rec.of(ActivityStarted)
+    assert sorted(s.run_id for s in started) == sorted(w.run_id for w in works)
+    assert {s.agent for s in started} == {first.config.agent_id, second.config.agent_id}

@@ -7,14 +7,19 @@ heartbeats while waiting, its timeout is the activity's, a cancel stops it. The 
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_agent.executors.http import HttpExecutor, call_and_judge
-from trellis_core.events import ApprovalDecided, ApprovalRequested, WorkItem
+from trellis_core.events import ApprovalDecided, ApprovalRequested, WorkItem, utcnow
 from trellis_core.workflow import ApprovalSpec
 
 NOTIFY_TIMEOUT_SECONDS = 60.0
+
+
+def _expiry(timeout_seconds: float | None) -> datetime | None:
+    return utcnow() + timedelta(seconds=timeout_seconds) if timeout_seconds else None
 
 
 class ApprovalChannel(Protocol):
@@ -44,6 +49,7 @@ class ApprovalExecutor:
             activity_id=work.activity.id,
             attempt=work.attempt,
             approvers=spec.approvers,
+            expires_at=_expiry(work.activity.timeout_seconds),
         )
         who = ", ".join(spec.approvers) or "anyone allowed"
         await sink.system(f"waiting for approval by {who}")
