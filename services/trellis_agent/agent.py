@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from trellis_agent.executors.http import HttpExecutor
 from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.executors.router import Router
+from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -46,6 +48,7 @@ FETCH_WAIT_SECONDS = 0.5
 # A loop holding the last free slot while it waits starves the other subscription: wait less.
 CONTENDED_FETCH_SECONDS = 0.1
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
+JANITOR_INTERVAL_SECONDS = 3600.0
 
 _decode_work = msgspec.json.Decoder(WorkItem).decode
 _decode_control = msgspec.json.Decoder(CancelActivity).decode
@@ -100,6 +103,8 @@ class Agent:
             async with asyncio.TaskGroup() as claims:
                 claims.create_task(self._claim(pinned_sub, stop))
                 claims.create_task(self._claim(pool_sub, stop))
+                if cfg.workspace_retention_hours > 0:
+                    claims.create_task(self._prune_workspaces(stop))
             await self._drain()
         finally:
             for sub in (control, pool_sub, pinned_sub):
@@ -139,6 +144,21 @@ class Agent:
     def _release_slot(self) -> None:
         self._held -= 1
         self._slots.release()
+
+    async def _prune_workspaces(self, stop: asyncio.Event) -> None:
+        """Now and every hour until stopped: remove local workspaces of old runs."""
+        while not stop.is_set():
+            try:
+                await prune(
+                    self.data_dir / self.config.tenant,
+                    now=time.time(),
+                    older_than_seconds=self.config.workspace_retention_hours * 3600,
+                    active={run_id for run_id, _, _ in self.running},
+                )
+            except OSError as exc:
+                self.log.warning("workspace_prune_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), JANITOR_INTERVAL_SECONDS)
 
     async def _drain(self) -> None:
         """Let running work finish within the grace period, then stop it as retryable."""

@@ -36,6 +36,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_flush_seconds: float = 0.25
     log_chunk_bytes: int = 32 * 1024
     kill_grace_seconds: float = 5.0
+    workspace_retention_hours: float = 72.0  # a run's local workspace is removed after this; 0 keeps all
     shutdown_grace_seconds: float = 30.0
     inherit_env: tuple[str, ...] = DEFAULT_INHERITED_ENV
     # Where a container executor mounts the workspace inside the container.
