@@ -1,8 +1,8 @@
 """Removes the workspaces of old runs from the agent's data directory (else disks fill up).
 
 A run's directory (`<workspaces>/<tenant>/<run>`) is stale when neither it nor any of its
-workspace directories was modified within the retention period (each stage of a resource
-writes its inputs file into its workspace) and no activity of that run is running here.
+workspace directories was modified within the retention period (every attempt touches
+its workspace) and no activity of that run is running here.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -97,6 +98,7 @@ class Workspace:
 
     def prepare(self) -> None:
         self.control_dir.mkdir(parents=True, exist_ok=True)
+        os.utime(self.root)  # marks the workspace in use, for the janitor
 
 
 @dataclass(frozen=True)
