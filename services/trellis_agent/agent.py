@@ -64,7 +64,7 @@ class Agent:
         self.running: dict[tuple[str, str, int], ActivityRun] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._held = 0  # slots taken: by running work and by fetches in flight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
 
     @property
     def pool_durable(self) -> str:
@@ -100,20 +100,25 @@ class Agent:
         if ready is not None:
             ready.set()
         try:
-            async with asyncio.TaskGroup() as claims:
-                claims.create_task(self._claim(pinned_sub, stop))
-                claims.create_task(self._claim(pool_sub, stop))
-                if cfg.workspace_retention_hours > 0:
-                    claims.create_task(self._prune_workspaces(stop))
-            await self._drain()
+            # `work` owns every activity task: if this agent is cancelled, so is its work (each
+            # executor cleans up, each item is handed back).
+            async with asyncio.TaskGroup() as work:
+                async with asyncio.TaskGroup() as claims:
+                    claims.create_task(self._claim(pinned_sub, stop, work))
+                    claims.create_task(self._claim(pool_sub, stop, work))
+                    if cfg.workspace_retention_hours > 0:
+                        claims.create_task(self._prune_workspaces(stop))
+                await self._drain()
         finally:
             for sub in (control, pool_sub, pinned_sub):
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
             self.log.info("agent_stopped")
 
-    async def _claim(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        """Fetch one item whenever a slot is free, until stopped."""
+    async def _claim(
+        self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event, work: asyncio.TaskGroup
+    ) -> None:
+        """Fetch one item whenever a slot is free and start it in `work`, until stopped."""
         while not stop.is_set():
             try:
                 async with asyncio.timeout(FETCH_WAIT_SECONDS):
@@ -126,7 +131,7 @@ class Agent:
             try:
                 msgs = await sub.fetch(1, timeout=wait)
                 for msg in msgs:
-                    task = asyncio.create_task(self._handle(msg))
+                    task = work.create_task(self._handle(msg))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                     handed_off = True

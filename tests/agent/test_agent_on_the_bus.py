@@ -342,3 +342,22 @@ async def test_two_agents_of_one_pool_share_its_work_each_item_once(bus: Bus, un
     started = rec.of(ActivityStarted)
     assert sorted(s.run_id for s in started) == sorted(w.run_id for w in works)
     assert {s.agent for s in started} == {first.config.agent_id, second.config.agent_id}
+
+
+async def test_cancelling_the_agent_cancels_its_work_and_kills_its_processes(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    config = AgentConfig.from_env({}, tenant=unique, heartbeat_seconds=0.2, kill_grace_seconds=0.5)
+    work = work_item(shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws")
+    async with recording(bus, unique) as rec, executors_for(config, bus) as router:
+        agent = Agent(bus, config, router, tmp_path)
+        ready = asyncio.Event()
+        task = asyncio.create_task(agent.run(asyncio.Event(), ready=ready))
+        async with asyncio.timeout(10):
+            await ready.wait()
+        await dispatch(bus, work)
+        await rec.wait(lambda: "started" in "".join(c.data for c in rec.chunks))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await wait_until_gone(read_pid(tmp_path / unique / work.run_id / "ws" / "child.pid"))
