@@ -37,6 +37,7 @@ from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 API_VERSION = "v1.41"
+API_TIMEOUT_SECONDS = 60.0  # any one short API call
 _STREAMS: dict[int, LogStream] = {1: "stdout", 2: "stderr"}
 
 
@@ -104,13 +105,24 @@ class DockerExecutor:
     @classmethod
     def from_config(cls, config: AgentConfig) -> DockerExecutor:
         connector = aiohttp.UnixConnector(path=config.docker_socket)
-        return cls(aiohttp.ClientSession(connector=connector), config)
+        # No session-wide limit: following logs and waiting last as long as the activity.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=API_TIMEOUT_SECONDS)
+        return cls(aiohttp.ClientSession(connector=connector, timeout=timeout), config)
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204), **kw: Any) -> Any:
-        async with self._session.request(method, f"{self._base}{path}", **kw) as resp:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200, 201, 204),
+        limit_seconds: float | None = API_TIMEOUT_SECONDS,
+        **kw: Any,
+    ) -> Any:
+        limit = aiohttp.ClientTimeout(total=limit_seconds, sock_connect=API_TIMEOUT_SECONDS)
+        async with self._session.request(method, f"{self._base}{path}", timeout=limit, **kw) as resp:
             text = await resp.text()
             if resp.status not in ok:
                 try:
@@ -197,7 +209,7 @@ class DockerExecutor:
             if resp.status != 200:
                 raise DockerError(resp.status, await resp.text())
             await demux(resp.content, sink)
-        result = await self._call("POST", f"/containers/{cid}/wait")
+        result = await self._call("POST", f"/containers/{cid}/wait", limit_seconds=None)
         return int(result["StatusCode"])
 
     @contextlib.asynccontextmanager

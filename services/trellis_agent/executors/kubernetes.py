@@ -50,6 +50,7 @@ from trellis_core.logs import get_logger
 from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 log = get_logger("agent.kubernetes")
+API_TIMEOUT_SECONDS = 30.0  # any one API call; following a pod's logs has no limit of its own
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 LOG_DRAIN_SECONDS = 10.0
 
@@ -92,7 +93,7 @@ class KubernetesExecutor:
             await self._ensure(self._core.create_namespaced_secret, build_secret(work, spec, names))
             pod = build_pod(work, spec, names, workspace, self._config)
             pod["metadata"]["namespace"] = self._namespace
-            await self._core.create_namespaced_pod(self._namespace, pod)
+            await self._core.create_namespaced_pod(self._namespace, pod, _request_timeout=API_TIMEOUT_SECONDS)
             await sink.system(f"pod {self._namespace}/{names.pod} created")
             outcome = await self._follow(names.pod, spec, sink)
             finished = True
@@ -109,7 +110,7 @@ class KubernetesExecutor:
     async def _ensure(self, create: Any, body: dict[str, Any]) -> None:
         body["metadata"]["namespace"] = self._namespace
         try:
-            await create(self._namespace, body)
+            await create(self._namespace, body, _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as exc:
             if exc.status != 409:  # already there: a PVC shared by the resource's stages
                 raise
@@ -135,7 +136,7 @@ class KubernetesExecutor:
             pod = build_pod(work, container, names, workspace, self._config)
             pod["metadata"]["namespace"] = self._namespace
             pod["spec"]["containers"][0]["ports"] = [{"containerPort": port, "name": "function"}]
-            await self._core.create_namespaced_pod(self._namespace, pod)
+            await self._core.create_namespaced_pod(self._namespace, pod, _request_timeout=API_TIMEOUT_SECONDS)
             await sink.system(f"function pod {self._namespace}/{names.pod} created")
             address = await self._pod_address(names.pod)
             await wait_until_listening(address, port, self._config.function_ready_seconds)
@@ -147,7 +148,7 @@ class KubernetesExecutor:
         """The pod's IP once it runs; a pod that cannot start raises with Kubernetes' reason."""
         unschedulable_since: float | None = None
         while True:
-            current = await self._core.read_namespaced_pod(pod, self._namespace)
+            current = await self._core.read_namespaced_pod(pod, self._namespace, _request_timeout=API_TIMEOUT_SECONDS)
             state = pod_state(current)
             if isinstance(state, Running) and current.status.pod_ip:
                 return str(current.status.pod_ip)
@@ -166,7 +167,9 @@ class KubernetesExecutor:
         unschedulable_since: float | None = None
         try:
             while True:
-                state = pod_state(await self._core.read_namespaced_pod(pod, self._namespace))
+                state = pod_state(
+                    await self._core.read_namespaced_pod(pod, self._namespace, _request_timeout=API_TIMEOUT_SECONDS)
+                )
                 if isinstance(state, Running | Finished) and logs is None:
                     logs = asyncio.create_task(self._stream_logs(pod, sink))
                 if isinstance(state, Finished):
@@ -212,7 +215,7 @@ class KubernetesExecutor:
     async def _delete(self, delete: Any, name: str, grace: int | None = None) -> None:
         kwargs = {"grace_period_seconds": grace} if grace is not None else {}
         try:
-            await delete(name, self._namespace, **kwargs)
+            await delete(name, self._namespace, _request_timeout=API_TIMEOUT_SECONDS, **kwargs)
         except ApiException as exc:
             if exc.status != 404:  # left behind: labelled, so `kubectl delete -l` finds it
                 log.warning("kubernetes_delete_failed", name=name, status=exc.status, reason=exc.reason)
