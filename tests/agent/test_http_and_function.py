@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +247,38 @@ def test_requests_are_json(tmp_path: Path) -> None:
 
     body = request_body(work_item(inputs={"a": 1}), {"p": 2})
     assert json.loads(json.dumps(body))["previous"] == {"p": 2}
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[str]:
+    """An https server with a self-signed certificate (made by the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_get("/", _reply(web.json_response, {"secure": True}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    yield f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+async def test_tls_is_verified_unless_the_spec_turns_it_off(
+    http: HttpExecutor, tls_server: str, tmp_path: Path
+) -> None:
+    refused, _ = await _run_http(http, HttpSpec(url=tls_server, method="GET"), tmp_path)
+    assert refused.status == "failed"
+    assert "certificate" in refused.reason.lower()
+    assert not refused.retryable
+    accepted, _ = await _run_http(http, HttpSpec(url=tls_server, method="GET", verify_tls=False), tmp_path)
+    assert accepted.ok
+    assert accepted.outputs["json"] == {"secure": True}

@@ -126,7 +126,7 @@ class _Answer(msgspec.Struct, frozen=True):
 def _read_answer(result: HttpResponse | HttpFailure) -> _Answer:
     """Map a response to one of done/again/failed/transient; anything malformed is a failure."""
     if isinstance(result, HttpFailure):
-        return _Answer("transient", message=result.reason)
+        return _Answer("transient" if result.retryable else "failed", message=result.reason)
     if not 200 <= result.status < 300:
         status = "transient" if retryable_status(result.status) else "failed"
         return _Answer(status, message=f"HTTP {result.status}: {result.body[:200]}")

@@ -37,6 +37,7 @@ class HttpResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 class HttpFailure(msgspec.Struct, frozen=True):
     reason: str
+    retryable: bool = True
 
 
 async def send(
@@ -70,10 +71,12 @@ async def send(
             )
     except TimeoutError:
         return HttpFailure(f"{method.upper()} {url}: no response within {timeout_seconds:g}s")
+    except aiohttp.ClientConnectorCertificateError as exc:  # a retry meets the same certificate
+        return HttpFailure(f"{method.upper()} {url}: TLS certificate not trusted: {exc}", retryable=False)
     except aiohttp.ClientError as exc:
         return HttpFailure(f"{method.upper()} {url}: {type(exc).__name__}: {exc}")
     except ValueError as exc:  # an invalid URL
-        return HttpFailure(f"{method.upper()} {url}: {exc}")
+        return HttpFailure(f"{method.upper()} {url}: {exc}", retryable=False)
 
 
 def _json_or_none(text: str) -> Any:
@@ -127,7 +130,7 @@ async def call_and_judge(session: aiohttp.ClientSession, spec: HttpSpec, timeout
     )
     if isinstance(result, HttpFailure):
         await sink.system(result.reason)
-        return Outcome.failed(result.reason)
+        return Outcome.failed(result.reason, retryable=result.retryable)
     elapsed_ms = (time.monotonic() - started) * 1000
     await sink.system(f"{result.status} after {elapsed_ms:.0f} ms")
     if result.body:
