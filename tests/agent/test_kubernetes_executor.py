@@ -39,14 +39,14 @@ class Kubelet:
         self.emulator = emulator
         self.core = core
 
-    async def next_pod(self) -> Any:
+    async def next_pod(self, ignore: frozenset[str] = frozenset()) -> Any:
         """Watch the namespace's pods (kmock wants `watch=true`, the client sends `True`)."""
         url = f"{str(self.emulator.url).rstrip('/')}/api/v1/namespaces/{NS}/pods?watch=true"
         async with asyncio.timeout(10), aiohttp.ClientSession() as session, session.get(url) as resp:
             async for line in resp.content:
-                if line.strip() and json.loads(line)["type"] == "ADDED":
-                    name = json.loads(line)["object"]["metadata"]["name"]
-                    return await self.core.read_namespaced_pod(name, NS)
+                event = json.loads(line) if line.strip() else {}
+                if event.get("type") == "ADDED" and event["object"]["metadata"]["name"] not in ignore:
+                    return await self.core.read_namespaced_pod(event["object"]["metadata"]["name"], NS)
         raise AssertionError("no pod was created")
 
     async def set_status(self, pod: str, status: dict[str, Any]) -> None:
@@ -296,3 +296,31 @@ async def test_a_function_image_runs_as_a_pod_that_is_polled_then_deleted(
     assert outcome.outputs == {"rollout": "complete"}
     assert [c["previous"] for c in calls] == [{}, {"n": 1}]
     assert not await kubelet.exists(kubelet.core.read_namespaced_pod, pod.metadata.name)
+
+
+async def test_finished_pods_can_be_kept_but_a_cancelled_one_is_always_deleted(
+    cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path
+) -> None:
+    kubelet, _ = cluster
+    config = AgentConfig.from_env({}, executor="kubernetes", pod_poll_seconds=0.02, delete_pods=False)
+    api = ApiClient(Configuration(host=str(kubelet.emulator.url).rstrip("/")))
+    executor = KubernetesExecutor(api, namespace=NS, config=config)
+    kubelet.serve_logs(b"")
+    kept = _work()
+    finished = asyncio.create_task(execute(executor, kept, Workspace.for_work(tmp_path, kept), RecordingSink()))
+    pod = await kubelet.next_pod()
+    await kubelet.terminate(pod.metadata.name, 0)
+    assert (await asyncio.wait_for(finished, 10)).ok
+    assert await kubelet.exists(kubelet.core.read_namespaced_pod, pod.metadata.name)
+    assert not await kubelet.exists(kubelet.core.read_namespaced_secret, f"{pod.metadata.name}-env")
+
+    cancelled_work = _work()
+    cancelled = asyncio.create_task(
+        execute(executor, cancelled_work, Workspace.for_work(tmp_path, cancelled_work), RecordingSink())
+    )
+    second = await kubelet.next_pod(ignore=frozenset({pod.metadata.name}))  # the kept one is replayed
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await executor.close()
+    assert not await kubelet.exists(kubelet.core.read_namespaced_pod, second.metadata.name)

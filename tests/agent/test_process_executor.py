@@ -190,3 +190,12 @@ async def test_one_workspace_is_shared_by_the_stages_of_a_resource(executor: Pro
         json.loads((Workspace.for_work(tmp_path, second).control_dir / "resource~vpc~plan.1.inputs.json").read_text())
         == {}
     )
+
+
+async def test_a_file_outside_the_workspace_is_refused(executor: ProcessExecutor, tmp_path: Path) -> None:
+    spec = ContainerSpec(command=("true",), files={"/etc/evil.conf": base64.b64encode(b"x").decode()})
+    work = work_item(spec)
+    outcome = await execute(executor, work, Workspace.for_work(tmp_path, work), RecordingSink())
+    assert outcome.status == "failed"
+    assert not outcome.retryable
+    assert "outside the workspace" in outcome.reason
