@@ -324,3 +324,16 @@ async def test_finished_pods_can_be_kept_but_a_cancelled_one_is_always_deleted(
         await cancelled
     await executor.close()
     assert not await kubelet.exists(kubelet.core.read_namespaced_pod, second.metadata.name)
+
+
+async def test_an_unreachable_api_server_fails_the_activity_retryably(tmp_path: Path) -> None:
+    config = AgentConfig.from_env({}, executor="kubernetes")
+    executor = KubernetesExecutor(ApiClient(Configuration(host="http://127.0.0.1:1")), namespace=NS, config=config)
+    work = _work()
+    try:
+        outcome = await execute(executor, work, Workspace.for_work(tmp_path, work), RecordingSink())
+    finally:
+        await executor.close()
+    assert outcome.status == "failed"
+    assert outcome.retryable
+    assert "cannot reach the Kubernetes API" in outcome.reason

@@ -154,6 +154,10 @@ class DockerExecutor:
         except DockerError as exc:
             await sink.system(f"docker: {exc.message}")
             return Outcome.failed(f"docker refused: {exc}", retryable=exc.status >= 500 and exc.status != 501)
+        except aiohttp.ClientError as exc:
+            reason = f"cannot reach the container engine at {self._config.docker_socket}: {exc}"
+            await sink.system(reason)
+            return Outcome.failed(reason)
         return finish(exit_code, spec.success_condition, read_outputs(files.outputs))
 
     @contextlib.asynccontextmanager
@@ -174,10 +178,10 @@ class DockerExecutor:
 
     async def _remove(self, cid: str) -> None:
         grace = int(self._config.kill_grace_seconds)
-        with contextlib.suppress(DockerError):
+        with contextlib.suppress(DockerError, aiohttp.ClientError):
             await self._call("POST", f"/containers/{cid}/stop", params={"t": str(grace)}, ok=(204, 304))
         if self._config.remove_containers:
-            with contextlib.suppress(DockerError):
+            with contextlib.suppress(DockerError, aiohttp.ClientError):
                 await self._call(
                     "DELETE", f"/containers/{cid}", params={"force": "true", "v": "true"}, ok=(200, 204, 404)
                 )

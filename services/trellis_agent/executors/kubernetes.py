@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, ApiException
@@ -104,6 +105,10 @@ class KubernetesExecutor:
                 f"kubernetes refused: {exc.status} {exc.reason}: {_api_message(exc)}",
                 retryable=exc.status >= 500 or exc.status == 429,
             )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = f"cannot reach the Kubernetes API: {type(exc).__name__}: {exc}"
+            await sink.system(reason)
+            return Outcome.failed(reason)
         finally:
             await self._cleanup(names, keep_pod=finished and not self._config.delete_pods)
 
@@ -219,6 +224,8 @@ class KubernetesExecutor:
         except ApiException as exc:
             if exc.status != 404:  # left behind: labelled, so `kubectl delete -l` finds it
                 log.warning("kubernetes_delete_failed", name=name, status=exc.status, reason=exc.reason)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("kubernetes_delete_failed", name=name, error=repr(exc))
 
 
 def _api_message(exc: ApiException) -> str:
