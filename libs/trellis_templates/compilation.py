@@ -13,6 +13,7 @@ from trellis_templates.contexts import Attached, attach, context_scope
 from trellis_templates.documents import (
     ContextRef,
     Environment,
+    EnvironmentResource,
     EnvironmentTemplate,
     ResourceTemplate,
 )
@@ -219,7 +220,7 @@ class Compilation:
     def _plan(
         self,
         i: int,
-        entry: Any,
+        entry: EnvironmentResource,
         rt: ResourceTemplate,
         rt_src: Source,
         names: frozenset[str],
@@ -227,26 +228,7 @@ class Compilation:
     ) -> ResourcePlan:
         rt_contexts = self._contexts(rt.spec.contexts, rt_src)
         self.base["context"].update(context_scope(rt_contexts))  # `context.C` of the template's own
-        env_layers = self._env_layers()
-        n_et_ctx = len(self.et_contexts)
-        layers = [
-            Layer(f"ResourceTemplate {rt.metadata.name!r}", rt.spec.variables, rt_src, ("spec", "variables")),
-            *self._context_layers(rt_contexts),
-            *env_layers[:n_et_ctx],
-            _overriding(env_layers[n_et_ctx], self.selected),
-            Layer(
-                f"EnvironmentTemplate resource {entry.name!r}",
-                entry.variables,
-                self.et_src,
-                ("spec", "resources", i, "variables"),
-            ),
-            *(_overriding(layer, self.selected) for layer in env_layers[n_et_ctx + 1 :]),
-        ]
-        declared = {v.name for layer in layers if layer.adds for v in layer.variables}
-        layers.append(
-            selector_layer(entry.name, declared, self.selections, self.env_merged, self.et_src, self.problems)
-        )
-        merged = merge(layers, self.problems)
+        merged = merge(self._resource_layers(i, entry, rt, rt_src, rt_contexts), self.problems)
         required_missing(merged, self.env.metadata.name, self.problems, strict=self.info.require_inputs)
         var_renderer = Renderer(self.problems, self.base, names, late_environment=self.env_late)
         values, late, sensitive = self._values(merged, var_renderer)
@@ -277,6 +259,31 @@ class Compilation:
             entry.name, i, entry, rt, rt_src, ctx, tf_env={f"TF_VAR_{k}": v for k, v in encoded.items()}
         )
         return plan
+
+    def _resource_layers(
+        self, i: int, entry: EnvironmentResource, rt: ResourceTemplate, rt_src: Source, rt_contexts: list[Attached]
+    ) -> list[Layer]:
+        """Variable layers of one resource, lowest first (docs/templates.md, Variables)."""
+        env_layers = self._env_layers()
+        n_et_ctx = len(self.et_contexts)
+        layers = [
+            Layer(f"ResourceTemplate {rt.metadata.name!r}", rt.spec.variables, rt_src, ("spec", "variables")),
+            *self._context_layers(rt_contexts),
+            *env_layers[:n_et_ctx],
+            _overriding(env_layers[n_et_ctx], self.selected),
+            Layer(
+                f"EnvironmentTemplate resource {entry.name!r}",
+                entry.variables,
+                self.et_src,
+                ("spec", "resources", i, "variables"),
+            ),
+            *(_overriding(layer, self.selected) for layer in env_layers[n_et_ctx + 1 :]),
+        ]
+        declared = {v.name for layer in layers if layer.adds for v in layer.variables}
+        layers.append(
+            selector_layer(entry.name, declared, self.selections, self.env_merged, self.et_src, self.problems)
+        )
+        return layers
 
     def _context_env(
         self, attached: Sequence[list[Attached]], renderer: Renderer
