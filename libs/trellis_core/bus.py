@@ -129,6 +129,7 @@ class Bus:
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                user_credentials=settings.nats_creds_file or None,
             )
         except (nats.errors.NoServersError, OSError, TimeoutError, nats.errors.TimeoutError) as exc:
             raise BusUnavailable(

@@ -18,6 +18,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Start-up configuration. Field `x_y` comes from `TRELLIS_X_Y`."""
 
     nats_url: str = ""  # empty: the embedded stack starts its own
+    nats_creds_file: str = ""  # a NATS .creds file: per-tenant credentials for agents
     database_url: str = ""
     gateway_url: str = ""
     tenant: str = "default"
@@ -60,6 +61,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         checks: list[tuple[str, bool, str]] = [
+            (
+                "nats_creds_file",
+                not self.nats_creds_file or Path(self.nats_creds_file).is_file(),
+                "no such file",
+            ),
             ("stream_replicas", self.stream_replicas in (1, 3, 5), "must be 1, 3 or 5"),
             ("heartbeat_seconds", self.heartbeat_seconds > 0, "must be greater than 0"),
             (

@@ -32,6 +32,7 @@ def test_settings_come_from_trellis_variables() -> None:
         ({"TRELLIS_STREAM_REPLICAS": "2"}, "TRELLIS_STREAM_REPLICAS"),
         ({"TRELLIS_HEARTBEAT_TIMEOUT_SECONDS": "1"}, "TRELLIS_HEARTBEAT_TIMEOUT_SECONDS"),
         ({"TRELLIS_MAX_PARALLEL_PER_RUN": "0"}, "TRELLIS_MAX_PARALLEL_PER_RUN"),
+        ({"TRELLIS_NATS_CREDS_FILE": "/nonexistent/agent.creds"}, "TRELLIS_NATS_CREDS_FILE"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_its_variable(environ: dict[str, str], names: str) -> None:
