@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_agent(args: argparse.Namespace) -> int:
     from trellis_agent.agent import serve
     from trellis_agent.config import AgentConfig
-    from trellis_core.bus import Bus, stop_on_signals
-    from trellis_core.logs import configure
-    from trellis_core.settings import Settings
+    from trellis_cli.service_runner import run_service, settings_or_exit
 
+    settings = settings_or_exit("agent", tenant=args.tenant)
+    if isinstance(settings, int):
+        return settings
     try:
-        settings = Settings.from_env(tenant=args.tenant)
         config = AgentConfig.from_env(
             tenant=args.tenant,
             pool=args.pool,
@@ -49,20 +48,9 @@ def run_agent(args: argparse.Namespace) -> int:
     except TrellisError as exc:
         print(f"trellis agent: {exc}", file=sys.stderr)
         return 2
-    configure(settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        bus = await Bus.connect(settings, name=f"agent-{config.agent_id}")
-        try:
-            await serve(bus, settings, stop, config)
-        finally:
-            await bus.close()
-
-    try:
-        asyncio.run(main())
-    except TrellisError as exc:
-        print(f"trellis agent: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_service(
+        "agent",
+        settings,
+        lambda bus, stop: serve(bus, settings, stop, config),
+        connection_name=f"agent-{config.agent_id}",
+    )

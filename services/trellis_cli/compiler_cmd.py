@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import sys
 from typing import Any
-
-from trellis_core.errors import TrellisError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -23,32 +19,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_compiler(args: argparse.Namespace) -> int:
+    from trellis_cli.service_runner import run_service, settings_or_exit
     from trellis_compiler.service import serve
-    from trellis_core.bus import Bus, stop_on_signals
-    from trellis_core.logs import configure
-    from trellis_core.settings import Settings
 
-    try:
-        settings = Settings.from_env()
-    except TrellisError as exc:
-        print(f"trellis compiler: {exc}", file=sys.stderr)
-        return 2
-    configure(settings)
+    settings = settings_or_exit("compiler")
+    if isinstance(settings, int):
+        return settings
     relay = os.environ.get("TRELLIS_EMAIL_RELAY_URL", "")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        bus = await Bus.connect(settings, name="compiler")
-        try:
-            await bus.ensure_streams()
-            await serve(bus, stop, email_relay_url=relay)
-        finally:
-            await bus.close()
-
-    try:
-        asyncio.run(main())
-    except TrellisError as exc:
-        print(f"trellis compiler: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_service("compiler", settings, lambda bus, stop: serve(bus, stop, email_relay_url=relay))

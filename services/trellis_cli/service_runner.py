@@ -1,0 +1,46 @@
+"""Running one service as a process: settings, logs, signals, the bus, and the exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from trellis_core.bus import Bus, stop_on_signals
+from trellis_core.errors import TrellisError
+from trellis_core.logs import configure
+from trellis_core.settings import Settings
+
+Serve = Callable[[Bus, asyncio.Event], Awaitable[None]]
+
+
+def run_service(name: str, settings: Settings, serve: Serve, *, connection_name: str | None = None) -> int:
+    """Connect, declare the streams, serve until SIGTERM/SIGINT, drain. 0 when stopped, 1 on error."""
+    configure(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        bus = await Bus.connect(settings, name=connection_name or name)
+        try:
+            await bus.ensure_streams()
+            await serve(bus, stop)
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(main())
+    except TrellisError as exc:
+        print(f"trellis {name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def settings_or_exit(name: str, **overrides: Any) -> Settings | int:
+    """Settings from the environment, or exit code 2 with the error naming the variable."""
+    try:
+        return Settings.from_env(None, **overrides)
+    except TrellisError as exc:
+        print(f"trellis {name}: {exc}", file=sys.stderr)
+        return 2
