@@ -184,6 +184,27 @@ class Bus:
             subjects.run_event(event.tenant, event.run_id, event.kind), event, msg_id=event.msg_id()
         )
 
+    async def dead_letter(self, msg: Msg, *, stream: str, consumer: str, reason: str) -> None:
+        """Park `msg` on `trellis_deadletter.<subject>` with why, then terminate its delivery.
+
+        For consumer loops that are not `Consumer` (the agent's claim loop, the scheduler's
+        batches): every dead letter has the same shape and dedupe id, whoever writes it."""
+        meta = msg.metadata
+        letter = DeadLetter(
+            subject=msg.subject,
+            stream=stream,
+            consumer=consumer,
+            reason=reason,
+            deliveries=meta.num_delivered,
+            data=msg.data.decode("utf-8", errors="replace"),
+            headers=dict(msg.headers or {}),
+        )
+        await self.publish(
+            subjects.deadletter(msg.subject), letter, msg_id=f"dl/{stream}/{consumer}/{meta.sequence.stream}"
+        )
+        with contextlib.suppress(nats.errors.Error):
+            await msg.term()
+
     def consumer(
         self,
         *,
@@ -361,24 +382,8 @@ class Consumer(Generic[T]):
             await msg.ack()
 
     async def _dead_letter(self, msg: Msg, deliveries: int, reason: str) -> None:
-        letter = DeadLetter(
-            subject=msg.subject,
-            stream=self.stream,
-            consumer=self.durable,
-            reason=reason,
-            deliveries=deliveries,
-            data=msg.data.decode("utf-8", errors="replace"),
-            headers=dict(msg.headers or {}),
-        )
-        meta = msg.metadata
-        await self.bus.publish(
-            subjects.deadletter(msg.subject),
-            letter,
-            msg_id=f"dl/{self.stream}/{self.durable}/{meta.sequence.stream}",
-        )
+        await self.bus.dead_letter(msg, stream=self.stream, consumer=self.durable, reason=reason)
         self.log.error("message_dead_lettered", subject=msg.subject, deliveries=deliveries, reason=reason)
-        with contextlib.suppress(nats.errors.Error):
-            await msg.term()
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

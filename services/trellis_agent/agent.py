@@ -39,7 +39,7 @@ from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
 from trellis_core import subjects
 from trellis_core.bus import Bus
-from trellis_core.events import CancelActivity, DeadLetter, WorkItem
+from trellis_core.events import CancelActivity, WorkItem
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 
@@ -233,20 +233,7 @@ class Agent:
 
     async def _reject(self, msg: Msg, reason: str) -> None:
         self.log.error("work_rejected", subject=msg.subject, reason=reason)
-        letter = DeadLetter(
-            subject=msg.subject,
-            stream=subjects.STREAM_WORK,
-            consumer=self.pool_durable,
-            reason=reason,
-            deliveries=msg.metadata.num_delivered,
-            data=msg.data.decode("utf-8", errors="replace"),
-            headers=dict(msg.headers or {}),
-        )
-        await self.bus.publish(
-            subjects.deadletter(msg.subject), letter, msg_id=f"dl/work/{msg.metadata.sequence.stream}"
-        )
-        with contextlib.suppress(nats.errors.Error):
-            await msg.term()
+        await self.bus.dead_letter(msg, stream=subjects.STREAM_WORK, consumer=self.pool_durable, reason=reason)
 
     async def _on_control(self, msg: Msg) -> None:
         try:
