@@ -5,17 +5,46 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from trellis_templates import fastyaml
 from trellis_templates.errors import Path, Problems, Source
 
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
+Reader = Literal["auto", "fast", "libyaml", "pyyaml"]
+LIBYAML = yaml.__with_libyaml__
+
+
+@lru_cache(maxsize=4096)
+def _scalar_tag(value: str) -> str:
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    return str(tag)
+
+
+class _ResolveOnce:
+    """A plain scalar's tag depends only on its text: resolve each distinct text once."""
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> Any:
+        if kind is yaml.ScalarNode and implicit[0] and not getattr(self, "yaml_path_resolvers", None):
+            return _scalar_tag(value)
+        return super().resolve(kind, value, implicit)  # type: ignore[misc]
+
+
+class _PyLoader(_ResolveOnce, yaml.SafeLoader):
+    pass
+
+
+if LIBYAML:
+
+    class _CLoader(_ResolveOnce, yaml.CSafeLoader):
+        pass
+
+    _Loader: Any = _CLoader
+else:  # pragma: no cover - libyaml missing
+    _Loader = _PyLoader
 
 _YAML_SUFFIXES = (".yaml", ".yml")
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -73,11 +102,27 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
-def load_text(text: str, file: str, problems: Problems) -> list[RawDocument]:
-    """Every document of one YAML text; a syntax error becomes a problem at its position."""
+def load_text(text: str, file: str, problems: Problems, *, reader: Reader = "auto") -> list[RawDocument]:
+    """Every document of one YAML text; a syntax error becomes a problem at its position.
+
+    `auto` reads the text with `fastyaml` and, for anything beyond its subset, with PyYAML
+    (over libyaml when installed); `fast`, `libyaml` and `pyyaml` force one reader (for tests:
+    `fast` raises `fastyaml.Unsupported` instead of falling back).
+    """
+    if reader in ("auto", "fast"):
+        try:
+            return [RawDocument(d.data, Source(file, d.positions, d.keys), d.index) for d in fastyaml.read(text)]
+        except (fastyaml.Unsupported, RecursionError):
+            if reader == "fast":
+                raise
+    loader = _PyLoader if reader == "pyyaml" else _Loader
+    return _compose(text, file, problems, loader)
+
+
+def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawDocument]:
     documents: list[RawDocument] = []
     try:
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
+        nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)

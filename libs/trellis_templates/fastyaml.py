@@ -1,0 +1,405 @@
+"""A fast reader for the plain YAML templates are written in, with the position of every node.
+
+PyYAML's composer (even over libyaml) builds a Python node, two marks and a resolver call for
+every scalar; on a large bundle that is seconds. This reader walks the lines itself and covers
+the common subset: block mappings and sequences, one-line flow collections, plain and one-line
+quoted scalars, literal block scalars (`|`, `|-`) and comments. Anything else — anchors, tags,
+merge keys, folded or multi-line scalars, duplicate keys, tabs, syntax errors — raises
+`Unsupported`, and the loader hands the whole text to PyYAML, which stays the reference: for
+what this reader accepts it gives the same values, lines and columns (tests/templates compare
+the two on every example and on generated documents).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import yaml
+
+from trellis_templates.errors import Path
+
+Position = tuple[int, int]
+
+
+class Unsupported(Exception):
+    """The text uses YAML beyond this reader's subset (or is not valid YAML): use PyYAML."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastDocument:
+    data: Any
+    positions: dict[Path, Position]
+    keys: dict[Path, Position]
+    index: int
+
+
+# Characters outside this set (tabs, CR, NEL, LS/PS, controls, BOM) send the text to PyYAML.
+_UNSUPPORTED_CHAR = re.compile(r"[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_$(./][A-Za-z0-9_$()./\-]*(?=:(?: |$))")
+_FLOW_PLAIN = re.compile(r"[^\s,\[\]{}#'\"&*!|>%@`?:-][^,\[\]{}]*|-[^\s,\[\]{}][^,\[\]{}]*")
+_FLOW_KEY = re.compile(r"[^\s,\[\]{}#'\"&*!|>%@`?:-][^,\[\]{}:]*")
+_DOUBLE = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)")
+_ESCAPES = {
+    "0": "\0", "a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r",
+    "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\", "N": "\x85", "_": "\xa0",
+    "L": "\u2028", "P": "\u2029",
+}  # fmt: skip
+_ENTRY = re.compile(r"([A-Za-z0-9_$(./][A-Za-z0-9_$()./\-]*):(?:$| +(.*))")
+_NOT_PLAIN = "-?:,[]{}#&*!|>'\"%@`"  # first characters the inline fast path leaves to `value`
+_EMPTIES = frozenset({"[]", "{}", "''", '""'})
+_BLOCK_HEADER = re.compile(r"\|(-?)(?: +#.*| *)")
+_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
+_RESOLVED_FIRST = frozenset(k for k in _RESOLVERS if k)
+_STR = "tag:yaml.org,2002:str"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float"))
+_UNRESOLVED = object()
+
+
+@lru_cache(maxsize=4096)
+def _resolved(value: str) -> Any:
+    """A plain scalar as PyYAML's safe loader reads it (null, bool, int, float or the string)."""
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
+    if tag == _STR:
+        return value
+    if tag not in _SCALAR_TAGS:
+        return _UNRESOLVED  # timestamps, merge keys, `=`: left to PyYAML
+    return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, value), deep=True)
+
+
+def _plain(value: str) -> Any:
+    if None in _RESOLVERS or value[:1] in _RESOLVED_FIRST or not value:
+        out = _resolved(value)
+        if out is _UNRESOLVED:
+            raise Unsupported(value)
+        return out
+    return value
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match[1]
+    if len(code) > 1:
+        point = int(code[1:], 16)
+        if 0xD800 <= point <= 0xDFFF:
+            raise Unsupported("surrogate escape")
+        return chr(point)
+    if code not in _ESCAPES:
+        raise Unsupported("escape")
+    return _ESCAPES[code]
+
+
+def _quoted(line: str, q: int) -> tuple[str, int]:
+    """A one-line quoted scalar starting at `q`: its value and the index after its closing quote."""
+    if line[q] == '"':
+        m = _DOUBLE.match(line, q)
+        if m is None:
+            raise Unsupported("multi-line double-quoted scalar")
+        body = m[1]
+        return (_ESCAPE.sub(_unescape, body) if "\\" in body else body), m.end()
+    parts = []
+    start = q + 1
+    while True:
+        k = line.find("'", start)
+        if k < 0:
+            raise Unsupported("multi-line single-quoted scalar")
+        parts.append(line[start:k])
+        if line.startswith("'", k + 1):
+            parts.append("'")
+            start = k + 2
+            continue
+        return "".join(parts), k + 1
+
+
+def _tail_is_blank(line: str, p: int) -> bool:
+    """Nothing but spaces and perhaps a comment (after at least one space) from `p` on."""
+    rest = line[p:]
+    stripped = rest.lstrip(" ")
+    return not stripped or (stripped[0] == "#" and len(stripped) < len(rest))
+
+
+class _Reader:
+    def __init__(self, lines: list[str], indents: list[int], ends_with_newline: bool) -> None:
+        self.lines = lines
+        self.indents = indents  # -1 for blank and comment lines
+        self.end = 0
+        self.last_has_newline = ends_with_newline
+        self.positions: dict[Path, Position] = {}
+        self.keys: dict[Path, Position] = {}
+
+    def next(self, i: int) -> int:
+        indents, end = self.indents, self.end
+        while i < end and indents[i] < 0:
+            i += 1
+        return i
+
+    def document(self, start: int, end: int) -> Any:
+        self.end, self.positions, self.keys = end, {}, {}
+        i = self.next(start)
+        value, i = self.block(i, self.indents[i], ())
+        if self.next(i) < end:
+            raise Unsupported("content after the document's root node")
+        return value
+
+    def is_entry(self, line: str, col: int) -> bool:
+        return line.startswith("-", col) and (len(line) == col + 1 or line[col + 1] == " ")
+
+    def block(self, i: int, col: int, path: Path) -> tuple[Any, int]:
+        line = self.lines[i]
+        if self.is_entry(line, col):
+            return self.sequence(i, col, path)
+        if self.key_at(line, col) is None:
+            raise Unsupported("a scalar or flow node on its own line")
+        return self.mapping(i, col, path)
+
+    def key_at(self, line: str, q: int) -> tuple[Any, int] | None:
+        """The key starting at `q` and the index of its `:`, if a mapping entry starts there."""
+        ch = line[q]
+        if ch in "'\"":
+            value, p = _quoted(line, q)
+            if line.startswith(":", p) and (len(line) == p + 1 or line[p + 1] == " "):
+                return value, p
+            return None
+        m = _PLAIN_KEY.match(line, q)
+        if m is None:
+            return None
+        key = _plain(m[0])
+        if not isinstance(key, str):
+            raise Unsupported("a key that is not a string")
+        return key, m.end()
+
+    def mapping(self, i: int, col: int, path: Path) -> tuple[dict[Any, Any], int]:
+        self.positions[path] = (i + 1, col + 1)
+        out: dict[Any, Any] = {}
+        lines, indents, positions, keys, end = self.lines, self.indents, self.positions, self.keys, self.end
+        while True:
+            line = lines[i]
+            m = _ENTRY.match(line, col)
+            if m is not None:
+                key: Any = m[1]
+                colon = m.end(1)
+                if key[0] in _RESOLVED_FIRST and not isinstance(key := _plain(key), str):
+                    raise Unsupported("a key that is not a string")
+            elif (found := self.key_at(line, col)) is not None:
+                key, colon = found
+            else:
+                raise Unsupported("not a mapping entry")
+            if key in out:
+                raise Unsupported("duplicate key")  # PyYAML's path reports it
+            child = (*path, key)
+            keys[child] = (i + 1, col + 1)
+            text = m[2].rstrip(" ") if m is not None and m[2] else ""
+            if text and text[0] not in _NOT_PLAIN and " #" not in text and ": " not in text and text[-1] != ":":
+                out[key] = _plain(text) if text[0] in _RESOLVED_FIRST else text
+                positions[child] = (i + 1, m.start(2) + 1)  # type: ignore[union-attr]  # the common `key: plain`
+                i += 1
+            elif text in _EMPTIES:  # `key: []`, `{}`, `''` or `""`: as common in dumped YAML
+                out[key] = [] if text == "[]" else {} if text == "{}" else ""
+                positions[child] = (i + 1, m.start(2) + 1)  # type: ignore[union-attr]
+                i += 1
+            else:
+                out[key], i = self.value(i, colon + 1, col, child, indentless=True)
+            while i < end and indents[i] < 0:
+                i += 1
+            if i >= end or indents[i] < col:
+                return out, i
+            if indents[i] > col:
+                raise Unsupported("over-indented line")
+
+    def sequence(self, i: int, col: int, path: Path) -> tuple[list[Any], int]:
+        self.positions[path] = (i + 1, col + 1)
+        out: list[Any] = []
+        lines, indents = self.lines, self.indents
+        while True:
+            item, i = self.value(i, col + 1, col, (*path, len(out)), indentless=False)
+            out.append(item)
+            i = self.next(i)
+            if i >= self.end or indents[i] < col:
+                return out, i
+            if indents[i] > col:
+                raise Unsupported("over-indented line")
+            if not self.is_entry(lines[i], col):
+                return out, i  # the next key of the mapping holding this indentless sequence
+
+    def value(self, i: int, p: int, col: int, path: Path, *, indentless: bool) -> tuple[Any, int]:
+        """The value after a key's `:` or an entry's `-` at index `p`; `col` is its parent's column."""
+        line = self.lines[i]
+        if _tail_is_blank(line, p):
+            j = self.next(i + 1)
+            if j < self.end:
+                c = self.indents[j]
+                if c > col:
+                    return self.block(j, c, path)
+                if indentless and c == col and self.is_entry(self.lines[j], c):
+                    return self.sequence(j, c, path)
+            self.positions[path] = (i + 1, p + 1)
+            return None, i + 1
+        q = len(line) - len(line[p:].lstrip(" "))
+        if not indentless:  # a sequence entry: a compact mapping, or a nested entry
+            if self.is_entry(line, q):
+                raise Unsupported("compact nested sequence")
+            if self.key_at(line, q) is not None:
+                return self.mapping(i, q, path)
+        ch = line[q]
+        if ch == "|":
+            return self.literal(i, q, col, path)
+        self.positions[path] = (i + 1, q + 1)
+        if ch in "{[":
+            value, end = self.flow(line, q, i, path)
+            if not _tail_is_blank(line, end):
+                raise Unsupported("text after a flow collection")
+        elif ch in "'\"":
+            value, end = _quoted(line, q)
+            if not _tail_is_blank(line, end):
+                raise Unsupported("text after a quoted scalar")
+        else:
+            value = self.plain(line, q)
+        return value, i + 1  # a continuation line is over-indented: the caller gives up on it
+
+    def plain(self, line: str, q: int) -> Any:
+        text = line[q:]
+        cut = text.find(" #")
+        if cut >= 0:
+            text = text[:cut]
+        text = text.rstrip(" ")
+        first = text[0]
+        if first in _NOT_PLAIN[1:] or (first == "-" and (len(text) == 1 or text[1] == " ")):
+            raise Unsupported("an indicator starting a plain scalar")
+        if ": " in text or text.endswith(":"):
+            raise Unsupported("a mapping indicator inside a plain scalar")
+        return _plain(text)
+
+    def literal(self, i: int, q: int, col: int, path: Path) -> tuple[str, int]:
+        header = _BLOCK_HEADER.fullmatch(self.lines[i], q)
+        if header is None:
+            raise Unsupported("a block scalar other than | and |-")
+        lines, end = self.lines, self.end
+        j = i + 1
+        if j >= end or not lines[j].strip(" "):
+            raise Unsupported("a block scalar starting with an empty line")
+        indent = len(lines[j]) - len(lines[j].lstrip(" "))
+        if indent <= col:
+            raise Unsupported("an empty block scalar")
+        pieces: list[str] = []
+        while j < end:
+            text = lines[j]
+            if text.strip(" "):
+                if len(text) - len(text.lstrip(" ")) < indent:
+                    break
+            elif len(text) <= indent:
+                text = ""
+            pieces.append(text[indent:])
+            j += 1
+        while pieces and not pieces[-1]:
+            pieces.pop()
+        if j >= len(lines) and not self.last_has_newline:
+            raise Unsupported("a block scalar ending the text without a newline")
+        self.positions[path] = (i + 1, q + 1)
+        body = "\n".join(pieces)
+        return (body if header[1] == "-" else body + "\n"), j
+
+    def flow(self, line: str, q: int, i: int, path: Path) -> tuple[Any, int]:
+        """A one-line flow node at `q`: its value and the index after it."""
+        self.positions[path] = (i + 1, q + 1)
+        ch = line[q]
+        if ch in "'\"":
+            return _quoted(line, q)
+        if ch == "{":
+            return self.flow_mapping(line, q, i, path)
+        if ch == "[":
+            return self.flow_sequence(line, q, i, path)
+        m = _FLOW_PLAIN.match(line, q)
+        if m is None:
+            raise Unsupported("flow scalar")
+        text = m[0].rstrip(" ")
+        if ": " in text or " #" in text or "?" in text or text.endswith(":"):
+            raise Unsupported("flow scalar")
+        return _plain(text), q + len(text)
+
+    def flow_mapping(self, line: str, q: int, i: int, path: Path) -> tuple[dict[Any, Any], int]:
+        out: dict[Any, Any] = {}
+        p = _skip(line, q + 1)
+        if line.startswith("}", p):
+            return out, p + 1
+        while True:
+            if p >= len(line):
+                raise Unsupported("multi-line flow mapping")
+            if line[p] in "'\"":
+                key, k = _quoted(line, p)
+            else:
+                m = _FLOW_KEY.match(line, p)
+                if m is None or m[0].endswith(" ") or " #" in m[0] or "?" in m[0]:
+                    raise Unsupported("flow key")
+                key, k = _plain(m[0]), m.end()
+                if not isinstance(key, str):
+                    raise Unsupported("a key that is not a string")
+            if not line.startswith(": ", k) or key in out:
+                raise Unsupported("flow mapping entry")
+            child = (*path, key)
+            self.keys[child] = (i + 1, p + 1)
+            out[key], p = self.flow(line, _skip(line, k + 2), i, child)
+            p = _skip(line, p)
+            if line.startswith("}", p):
+                return out, p + 1
+            if not line.startswith(",", p):
+                raise Unsupported("flow mapping")
+            p = _skip(line, p + 1)
+            if line.startswith("}", p):
+                raise Unsupported("trailing comma")
+
+    def flow_sequence(self, line: str, q: int, i: int, path: Path) -> tuple[list[Any], int]:
+        out: list[Any] = []
+        p = _skip(line, q + 1)
+        if line.startswith("]", p):
+            return out, p + 1
+        while True:
+            if p >= len(line):
+                raise Unsupported("multi-line flow sequence")
+            item, p = self.flow(line, p, i, (*path, len(out)))
+            out.append(item)
+            p = _skip(line, p)
+            if line.startswith("]", p):
+                return out, p + 1
+            if not line.startswith(",", p):
+                raise Unsupported("flow sequence")
+            p = _skip(line, p + 1)
+            if line.startswith("]", p):
+                raise Unsupported("trailing comma")
+
+
+def _skip(line: str, p: int) -> int:
+    while line.startswith(" ", p):
+        p += 1
+    return p
+
+
+def read(text: str) -> list[FastDocument]:
+    """Every non-empty document of `text`; raises `Unsupported` for anything beyond the subset."""
+    if _UNSUPPORTED_CHAR.search(text):
+        raise Unsupported("a character this reader leaves to PyYAML")
+    lines = text.split("\n")
+    ends_with_newline = lines[-1] == ""
+    if ends_with_newline:
+        lines.pop()
+    indents = [len(line) - len(s) if (s := line.lstrip(" ")) and s[0] != "#" else -1 for line in lines]
+    markers: list[int] = []  # the `---` lines, each starting a document
+    for n, line in enumerate(lines):
+        if line.startswith(("---", "...", "%")):
+            if line.rstrip(" ") != "---":
+                raise Unsupported("a directive, document end or marker with content")
+            markers.append(n)
+            indents[n] = -1
+    implicit = any(x >= 0 for x in indents[: markers[0] if markers else len(lines)])
+    starts = [0, *markers] if implicit else markers
+    reader = _Reader(lines, indents, ends_with_newline)
+    documents: list[FastDocument] = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(lines)
+        reader.end = end
+        if reader.next(start) >= end:
+            continue  # an empty document: PyYAML gives null, which the loader skips
+        data = reader.document(start, end)
+        documents.append(FastDocument(data, reader.positions, reader.keys, index))
+    return documents
