@@ -231,6 +231,8 @@ def parse_document(raw: RawDocument, problems: Problems) -> SourceDocument | Non
         msg = f"unknown kind {kind!r}" if kind is not None else "missing required field 'kind'"
         problems.error(source, where, msg, closest(str(kind), KINDS) or "expected one of " + ", ".join(KINDS))
         return None
+    if ok and (direct := _direct(data, cls)) is not None:
+        return SourceDocument(direct, source)
     before = len(problems.errors)
     walker = _Walker(source, problems, rafay=api == RAFAY_API_VERSION)
     cleaned = walker.walk(data, _info(cls), ())
@@ -242,6 +244,89 @@ def parse_document(raw: RawDocument, problems: Problems) -> SourceDocument | Non
         problems.error(source, _path_of(str(exc)), str(exc).split(" - at ")[0])
         return None
     return SourceDocument(document, source)
+
+
+def _direct(data: dict[str, Any], cls: type[msgspec.Struct]) -> Document | None:
+    """The document straight from msgspec, when that is exactly what the walker would give.
+
+    A valid document needs none of the walker's leniencies (numbers as strings, any-case
+    literals, ignored Rafay fields), so msgspec alone converts it, in one C call; anything it
+    refuses goes through the walker for precise problems. The one place where both accept a
+    value but differ is a union such as `str | int`: the walker tries its members in order and
+    makes 500 the string "500", msgspec keeps the int. Such a document goes to the walker too.
+    """
+    try:
+        document: Document = msgspec.convert(data, cls)  # type: ignore[assignment]
+    except msgspec.ValidationError:
+        return None
+    return None if _union_takes_a_non_string(document) else document
+
+
+def _strip(t: mi.Type) -> mi.Type:
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    return t
+
+
+def _struct_types(t: mi.Type) -> list[type[msgspec.Struct]]:
+    t = _strip(t)
+    if isinstance(t, mi.UnionType):
+        return [c for m in t.types for c in _struct_types(m)]
+    if isinstance(t, mi.ListType):
+        return _struct_types(t.item_type)
+    if isinstance(t, mi.DictType):
+        return _struct_types(t.value_type)
+    return [t.cls] if isinstance(t, mi.StructType) else []
+
+
+def _unions(cls: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The attributes of `cls` typed as a union of more than one member besides None."""
+    fields = _info(cls).fields  # type: ignore[attr-defined]
+    return tuple(
+        f.name
+        for f in fields
+        if isinstance(t := _strip(f.type), mi.UnionType) and sum(not isinstance(m, mi.NoneType) for m in t.types) > 1
+    )
+
+
+@cache
+def _reaches_a_union(cls: type[msgspec.Struct]) -> bool:
+    seen, todo = {cls}, [cls]
+    while todo:
+        current = todo.pop()
+        if _unions(current):
+            return True
+        for f in _info(current).fields:  # type: ignore[attr-defined]
+            for c in _struct_types(f.type):
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+    return False
+
+
+@cache
+def _plan(cls: type[msgspec.Struct]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(union attributes of `cls`, attributes that may hold a struct reaching a union)."""
+    fields = _info(cls).fields  # type: ignore[attr-defined]
+    unions = _unions(cls)
+    nested = tuple(
+        f.name for f in fields if f.name not in unions and any(_reaches_a_union(c) for c in _struct_types(f.type))
+    )
+    return unions, nested
+
+
+def _union_takes_a_non_string(obj: msgspec.Struct) -> bool:
+    unions, nested = _plan(type(obj))
+    for name in unions:
+        value = getattr(obj, name)
+        if value is not None and not isinstance(value, str):
+            return True
+    for name in nested:
+        value = getattr(obj, name)
+        items = value if isinstance(value, list) else value.values() if isinstance(value, dict) else (value,)
+        if any(isinstance(item, msgspec.Struct) and _union_takes_a_non_string(item) for item in items):
+            return True
+    return False
 
 
 _SEGMENT = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]")

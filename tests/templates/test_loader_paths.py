@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trellis_templates import fastyaml
+from trellis_templates import fastyaml, validate
 from trellis_templates.errors import Problems
 from trellis_templates.loader import LIBYAML, Reader, load_text
 from trellis_templates.validate import parse_documents
@@ -173,3 +173,41 @@ def test_any_document_pyyaml_writes_reads_the_same_on_every_path(
         docs, sort_keys=False, default_flow_style=flow, width=width, indent=indent, allow_unicode=unicode
     )
     assert_fast_path_agrees(text)
+
+
+def validated(text: str) -> tuple[list[Any], list[str]]:
+    problems = Problems()
+    docs = parse_documents(load_text(text, "f.yaml", problems), problems)
+    return [(d.document, d.source) for d in docs], [str(p) for p in [*problems.errors, *problems.warnings]]
+
+
+LIMITS = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: r}
+spec:
+  provider: custom
+  hooks:
+    onInit:
+      - name: h
+        type: container
+        options: {container: {image: alpine, cpuLimitMilli: LIMIT}}
+"""
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_validating_straight_through_msgspec_gives_what_the_walker_gives(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = path.read_text(encoding="utf-8")
+    direct = validated(text)
+    monkeypatch.setattr(validate, "_direct", lambda data, cls: None)
+    assert validated(text) == direct
+
+
+@pytest.mark.parametrize(("limit", "expected"), [("500", "500"), ("'500'", "500"), ("null", None), ("1.5", "1.5")])
+def test_a_number_where_a_string_or_an_int_fits_still_becomes_the_walkers_string(limit: str, expected: object) -> None:
+    (doc,), problems = validated(LIMITS.replace("LIMIT", limit))
+    assert not problems
+    hook = doc[0].spec.hooks.on_init[0]
+    assert hook.options.container.cpu_limit_milli == expected
