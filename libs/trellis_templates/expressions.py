@@ -173,7 +173,24 @@ def _split(text: str) -> list[tuple[bool, str]]:
     return pieces
 
 
+class _CompileOnFirstCall:
+    """jinja2's compiled callable for `source`, compiled when first called."""
+
+    __slots__ = ("compiled", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.compiled: Any = None
+
+    def __call__(self, **scope: Any) -> Any:
+        if self.compiled is None:
+            self.compiled = _env.compile_expression(self.source, undefined_to_none=False)
+        return self.compiled(**scope)
+
+
+@lru_cache(maxsize=1 << 16)
 def _compile(source: str) -> Expression:
+    """One expression, compiled once however many strings hold it (`environment.name`...)."""
     rewritten = _QUOTED_SEGMENT.sub(lambda m: f'["{m.group(1)}"]', source)
     if not rewritten.strip():
         raise ExpressionError("empty expression $()$", source)
@@ -182,7 +199,10 @@ def _compile(source: str) -> Expression:
         ast = parser.parse_expression()
         if not parser.stream.eos:
             parser.fail(f"unexpected {parser.stream.current.value!r}")
-        call = _env.compile_expression(rewritten, undefined_to_none=False)
+        # jinja2's code generation is most of the cost of an expression; a plain path cannot fail
+        # it (no filters or tests to look up), and many are only checked, never rendered here.
+        plain = _chain(ast) is not None
+        call = _CompileOnFirstCall(rewritten) if plain else _env.compile_expression(rewritten, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ExpressionError(
             f"syntax error in $({source})$: {exc.message}",
