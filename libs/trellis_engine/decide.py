@@ -27,9 +27,7 @@ def _renderer() -> Renderer | None:
     return _loaded[0]
 
 
-def decide(
-    st: SchedulerState, now: float, *, render: Renderer | None = None
-) -> tuple[SchedulerState, list[Command]]:
+def decide(st: SchedulerState, now: float, *, render: Renderer | None = None) -> tuple[SchedulerState, list[Command]]:
     """What to do at time `now` (epoch seconds): dispatches, cancels, the scheduler's own
     events (already folded into the state), and when to be called again."""
     render = render or _renderer()

@@ -65,6 +65,9 @@ def start_run(st: SchedulerState, run: RunState, now: float) -> None:
     """The run holds its environment: its root activities become ready."""
     run.status = "running"
     run.started_at = now
+    if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
+        previous = st.env_outputs.get(run.env_key, {})
+        run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
     for i, a in enumerate(run.acts):
         if a.status == "pending" and a.unfinished == 0:
             promote_if_unblocked(st, run, i, now)

@@ -21,9 +21,7 @@ def graph_problems(workflow: Workflow) -> list[str]:
             problems.append(f"activity {a.id!r} appears twice")
         index[a.id] = i
     for a in workflow.activities:
-        problems.extend(
-            f"activity {a.id!r} depends on unknown activity {d!r}" for d in a.depends_on if d not in index
-        )
+        problems.extend(f"activity {a.id!r} depends on unknown activity {d!r}" for d in a.depends_on if d not in index)
     if problems:
         return problems
     indegree = [len(set(a.depends_on)) for a in workflow.activities]
@@ -46,13 +44,9 @@ def graph_problems(workflow: Workflow) -> list[str]:
     return problems
 
 
-def build_run(
-    tenant: str, run_id: str, workflow: Workflow, compiled_at: float, requested_by: str
-) -> RunState:
+def build_run(tenant: str, run_id: str, workflow: Workflow, compiled_at: float, requested_by: str) -> RunState:
     """A fresh run with every activity pending and its dependency counters set."""
-    run = RunState(
-        tenant=tenant, run_id=run_id, workflow=workflow, compiled_at=compiled_at, requested_by=requested_by
-    )
+    run = RunState(tenant=tenant, run_id=run_id, workflow=workflow, compiled_at=compiled_at, requested_by=requested_by)
     _index(run)
     run.acts = [ActivityState(unfinished=len(d)) for d in run.deps]
     run.remaining = len(run.acts)
@@ -123,8 +117,7 @@ def restore(snap: RunSnapshot, workflow: Workflow) -> RunState:
     _index(run)
     if len(snap.acts) != len(run.activities):
         raise ValueError(
-            f"snapshot of run {snap.run_id} has {len(snap.acts)} activities, workflow has "
-            f"{len(run.activities)}"
+            f"snapshot of run {snap.run_id} has {len(snap.acts)} activities, workflow has {len(run.activities)}"
         )
     run.acts = list(snap.acts)
     run.remaining = sum(1 for a in run.acts if a.status not in TERMINAL)

@@ -43,9 +43,7 @@ def emit(cmds: list[Command], event: Event) -> None:
     cmds.append(PublishEvent(event=event))  # type: ignore[arg-type]
 
 
-def advance(
-    st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None
-) -> None:
+def advance(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:
     """Move one run forward as far as it can go now."""
     if run.status == "queued":
         if run.failed or run.cancel_requested:
@@ -59,9 +57,7 @@ def advance(
                 key = f"{run.run_id}/queued"
                 emit(
                     cmds,
-                    RunQueued(
-                        tenant=run.tenant, run_id=run.run_id, reason=run.queue_reason, **stamp(now, key)
-                    ),
+                    RunQueued(tenant=run.tenant, run_id=run.run_id, reason=run.queue_reason, **stamp(now, key)),
                 )
             return
         emit(cmds, RunStarted(tenant=run.tenant, run_id=run.run_id, **stamp(now, f"{run.run_id}/started")))
@@ -104,9 +100,7 @@ def _pool(run: RunState, i: int) -> str:
     return agents[0] if agents else "default"
 
 
-def dispatch_ready(
-    st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None
-) -> None:
+def dispatch_ready(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:
     import heapq
 
     while run.ready:
@@ -122,9 +116,7 @@ def dispatch_ready(
         _dispatch_one(st, run, i, now, cmds, render)
 
 
-def _skip_reason(
-    st: SchedulerState, run: RunState, i: int, render: Renderer | None
-) -> tuple[str, str] | None:
+def _skip_reason(st: SchedulerState, run: RunState, i: int, render: Renderer | None) -> tuple[str, str] | None:
     activity = run.activities[i]
     if activity.skip is not None and activity.skip.skip_on_destroy and run.action == "destroy":
         return "destroy", "skipOnDestroy"
@@ -206,6 +198,10 @@ def complete_run(
     limits.release(st, run)
     if status == "succeeded" and run.action == "deploy":
         st.deployed.add(run.env_key)
+        st.env_outputs[run.env_key] = run.outputs
+    elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
+        st.deployed.discard(run.env_key)
+        st.env_outputs.pop(run.env_key, None)
     starved = st.starved.get(run.tenant)
     if starved:
         starved.discard(run.run_id)

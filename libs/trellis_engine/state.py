@@ -146,6 +146,8 @@ class SchedulerState:
     env_holder: dict[tuple[str, str], str] = field(default_factory=dict)
     env_queue: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
     deployed: set[tuple[str, str]] = field(default_factory=set)  # environments with a successful deploy
+    # the outputs of each environment's last successful deploy: what a destroy run renders with
+    env_outputs: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     tenant_inflight: dict[str, int] = field(default_factory=dict)
     starved: dict[str, set[str]] = field(default_factory=dict)  # tenant -> runs waiting for a slot
     dirty: set[str] = field(default_factory=set)

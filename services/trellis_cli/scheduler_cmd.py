@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "leads, the others take over within seconds if it dies. Settings come from TRELLIS_* "
         "variables (TRELLIS_NATS_URL, TRELLIS_MAX_PARALLEL_PER_RUN, ...).",
     )
-    parser.add_argument(
-        "--tenant", default="*", help="schedule only this tenant's runs (default: every tenant)"
-    )
+    parser.add_argument("--tenant", default="*", help="schedule only this tenant's runs (default: every tenant)")
     parser.set_defaults(func=run_scheduler)
 
 

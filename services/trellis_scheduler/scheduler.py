@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -32,11 +30,23 @@ from trellis_engine.decide import decide, fold
 from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.kv import run_state_bucket
+from trellis_scheduler.publisher import PipelinedPublisher
 from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
 
 log = get_logger("scheduler")
 FETCH_BATCH = 256
 FETCH_WAIT_SECONDS = 0.5
+FOREIGN_EVENTS = (
+    "run.compiled",
+    "run.cancel_requested",
+    "activity.started",
+    "activity.heartbeat",
+    "activity.completed",
+    "activity.failed",
+    "activity.cancelled",
+    "approval.requested",
+    "approval.decided",
+)
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -70,7 +80,7 @@ class Scheduler:
         self.render = render
         self.lock = asyncio.Lock()
         self.dirty: set[str] = set()
-        self.unconfirmed: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self.publisher = PipelinedPublisher(bus)
         self.wake_at: float | None = None
         self.wake_changed = asyncio.Event()
         self.store: SnapshotStore | None = None
@@ -78,6 +88,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         kv = await run_state_bucket(self.bus.js, self.settings)
         self.store = SnapshotStore(kv, self.bus.js)
+        await self.publisher.start()
         async with self.lock:
             live = await self.store.load_all(self.st, time.time(), tenant=self.tenant)
             self.dirty.update(self.st.runs)
@@ -96,21 +107,25 @@ class Scheduler:
                 await sub.unsubscribe()
         async with self.lock:  # leave a fresh snapshot behind for whoever leads next
             await self._save_dirty()
+        await self.publisher.close()
 
     async def _subscribe(self) -> Any:
+        # Events are handled strictly in order, so acking a batch's last message acks it all.
+        # The scheduler's own events are folded when it emits them: only the others come back.
         config = js_api.ConsumerConfig(
             durable_name=self.durable,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
+            ack_policy=js_api.AckPolicy.ALL,
             ack_wait=60.0,
             max_deliver=-1,
             max_ack_pending=FETCH_BATCH * 16,
-            filter_subject=subjects.all_run_events(self.tenant),
+            filter_subjects=[f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS],
         )
         await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            _raise_if_cancelled()
             try:
                 msgs: list[Msg] = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
             except (TimeoutError, nats.errors.TimeoutError):
@@ -125,14 +140,14 @@ class Scheduler:
                 new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg)) is not None]
                 await self._step()
                 if new_runs:  # a run is acked only once it can be found again after a crash
-                    await self._confirm()
+                    await self.publisher.confirm()
                     for run_id in new_runs:
                         run = self.st.runs.get(run_id)
                         if run is not None and self.store is not None:
                             await self.store.save(run)
-            for msg in msgs:
+            if msgs:
                 with contextlib.suppress(nats.errors.Error):
-                    await msg.ack()
+                    await msgs[-1].ack()
 
     async def _fold(self, msg: Msg) -> str | None:
         """Fold one message; the run id if it created a run."""
@@ -181,14 +196,13 @@ class Scheduler:
                 self.dirty.add(cmd.run_id)
                 subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
                 item = cmd.work_item()
-                self._submit(functools.partial(self.bus.publish, subject, item, msg_id=item.msg_id()))
-                log.debug(
-                    "activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt
-                )
+                await self.publisher.publish(subject, encode(item), item.msg_id())
+                log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
             elif isinstance(cmd, PublishEvent):
                 event = cmd.event
                 self.dirty.add(event.run_id)
-                self._submit(functools.partial(self.bus.publish_event, event))
+                subject = subjects.run_event(event.tenant, event.run_id, event.kind)
+                await self.publisher.publish(subject, encode(event), event.msg_id())
                 if isinstance(event, RunCompleted):
                     log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
                     await self._remember_deploy(event)
@@ -201,30 +215,20 @@ class Scheduler:
         if wake != self.wake_at:
             self.wake_at = wake
             self.wake_changed.set()
-        if len(self.unconfirmed) > 2048:
-            await self._confirm()
+        if len(self.publisher.pending) > 4096:
+            await self.publisher.confirm()
 
     async def _remember_deploy(self, event: RunCompleted) -> None:
         run = self.st.runs.get(event.run_id)
-        if run is not None and event.status == "succeeded" and run.action == "deploy" and self.store:
-            await self.store.mark_deployed(run.tenant, run.environment)
-
-    def _submit(self, publish: Callable[[], Awaitable[Any]]) -> None:
-        self.unconfirmed.append((publish, asyncio.ensure_future(publish())))
-
-    async def _confirm(self) -> None:
-        """Wait until every submitted publish is stored, retrying the ones that failed."""
-        pending, self.unconfirmed = self.unconfirmed, []
-        for publish, future in pending:
-            try:
-                await future
-            except (nats.errors.Error, TimeoutError) as exc:
-                await _publish_until_stored(publish, exc)
+        if run is None or event.status != "succeeded" or self.store is None:
+            return
+        outputs = event.outputs if run.action == "deploy" else None
+        await self.store.remember_environment(run.tenant, run.environment, outputs)
 
     async def _save_dirty(self) -> None:
         if not self.dirty or self.store is None:
             return
-        await self._confirm()
+        await self.publisher.confirm()
         dirty, self.dirty = self.dirty, set()
         for run_id in sorted(dirty):
             run = self.st.runs.get(run_id)
@@ -236,6 +240,7 @@ class Scheduler:
 
     async def _snapshot_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            _raise_if_cancelled()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.snapshot_interval)
             async with self.lock:
@@ -246,6 +251,7 @@ class Scheduler:
 
     async def _wake_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            _raise_if_cancelled()
             self.wake_changed.clear()
             delay = 1.0 if self.wake_at is None else max(0.0, self.wake_at - time.time())
             if delay > 0:
@@ -257,17 +263,13 @@ class Scheduler:
                 await self._step()
 
 
-async def _publish_until_stored(publish: Callable[[], Awaitable[Any]], first: BaseException) -> None:
-    delay = 0.1
-    log.warning("publish_retry", error=repr(first))
-    while True:
-        try:
-            await publish()
-            return
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("publish_retry", error=repr(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+def _raise_if_cancelled() -> None:
+    """Honour a cancel that was lost on the way: Python 3.11's `wait_for` (used inside nats-py's
+    `next_msg`) can swallow one when a message arrives at the same moment, and a leader that
+    was told to stop must not go on dispatching."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 __all__ = ["Scheduler", "engine_config"]

@@ -8,7 +8,9 @@ whatever the snapshot already covered changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -28,6 +30,7 @@ log = get_logger("scheduler.store")
 _decode_snapshot = msgspec.json.Decoder(RunSnapshot).decode
 _decode_compiled = msgspec.json.Decoder(RunCompiled).decode
 _encoder = msgspec.json.Encoder()
+_decode_outputs = msgspec.json.Decoder(dict[str, dict[str, Any]]).decode
 
 
 def run_key(tenant: str, run_id: str) -> str:
@@ -53,8 +56,16 @@ class SnapshotStore:
     async def save(self, run: RunState) -> None:
         await self.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
 
-    async def mark_deployed(self, tenant: str, environment: str) -> None:
-        await self.kv.put(deployed_key(tenant, environment), b"1")
+    async def remember_environment(
+        self, tenant: str, environment: str, outputs: dict[str, dict[str, Any]] | None
+    ) -> None:
+        """Record a successful deploy and its outputs (None: the environment was destroyed)."""
+        key = deployed_key(tenant, environment)
+        if outputs is None:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await self.kv.delete(key)
+            return
+        await self.kv.put(key, _encoder.encode(outputs))
 
     async def load_all(self, st: SchedulerState, now: float, *, tenant: str = "*") -> int:
         """Rebuild every run (of `tenant`, or all) from its snapshot and later events; the
@@ -69,7 +80,11 @@ class SnapshotStore:
         for key in keys:
             if key.startswith("deployed."):
                 _, tenant, environment = key.split(".", 2)
-                st.deployed.add((tenant, environment))
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await self.kv.get(key)
+                    if entry.value:
+                        st.deployed.add((tenant, environment))
+                        st.env_outputs[(tenant, environment)] = _decode_outputs(entry.value)
         for key in keys:
             if not key.startswith("run."):
                 continue

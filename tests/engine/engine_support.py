@@ -29,9 +29,7 @@ def act(id: str, *deps: str, **kw: Any) -> Activity:
 
 
 def workflow(*activities: Activity, env: str = "dev", action: Action = "deploy", **kw: Any) -> Workflow:
-    return Workflow(
-        environment=env, template=TemplateRef(name="t"), action=action, activities=activities, **kw
-    )
+    return Workflow(environment=env, template=TemplateRef(name="t"), action=action, activities=activities, **kw)
 
 
 def ts(at: float) -> datetime:
@@ -41,9 +39,7 @@ def ts(at: float) -> datetime:
 class Driver:
     """Feeds events into the engine at a fake time and records every command it gets back."""
 
-    def __init__(
-        self, config: EngineConfig | None = None, *, render: Renderer | None = None, now: float = 1000.0
-    ):
+    def __init__(self, config: EngineConfig | None = None, *, render: Renderer | None = None, now: float = 1000.0):
         self.st = SchedulerState(config=config or EngineConfig(heartbeat_timeout_seconds=10.0))
         self.now = now
         self.render = render
@@ -113,18 +109,14 @@ class Driver:
         self.feed(self.started(d), self.failed(d, retryable=retryable))
 
     def cancel(self, run_id: str = "r1") -> list[Command]:
-        return self.feed(
-            RunCancelRequested(tenant="acme", run_id=run_id, reason="stop", occurred_at=ts(self.now))
-        )
+        return self.feed(RunCancelRequested(tenant="acme", run_id=run_id, reason="stop", occurred_at=ts(self.now)))
 
     def completion(self, run_id: str = "r1") -> RunCompleted | None:
         done = [e for e in self.emitted if isinstance(e, RunCompleted) and e.run_id == run_id]
         assert len(done) <= 1, f"run {run_id} completed {len(done)} times"
         return done[0] if done else None
 
-    def run_to_end(
-        self, run_id: str = "r1", outputs: dict[str, dict[str, Any]] | None = None
-    ) -> RunCompleted:
+    def run_to_end(self, run_id: str = "r1", outputs: dict[str, dict[str, Any]] | None = None) -> RunCompleted:
         """Succeed every dispatched activity until the run completes."""
         for _ in range(10_000):
             done = self.completion(run_id)

@@ -131,3 +131,16 @@ def test_a_run_restored_from_a_snapshot_and_replayed_dispatches_nothing_twice() 
     redispatched = {(c.activity.id, c.attempt) for c in cmds if hasattr(c, "activity")}
     assert redispatched <= before  # the same attempts again at most: JetStream drops them as duplicates
     assert {s.status for s in st.runs["r1"].acts} == {s.status for s in d.run().acts}
+
+
+def test_a_destroy_run_renders_with_the_outputs_of_the_last_successful_deploy() -> None:
+    d = Driver(render=fake_render)
+    d.compile(workflow(act("db/task", resource="db"), act("app/task", "db/task", resource="app")), run_id="r1")
+    d.succeed("db/task", "r1", outputs={"dsn": "postgres://db"})
+    d.run_to_end("r1")
+    uses_dsn = HttpSpec(url="$(resource.db.output.dsn.value)$")
+    destroy = workflow(act("app/task", resource="app", spec=uses_dsn), act("db/task", "app/task"), action="destroy")
+    d.compile(destroy, run_id="r2")
+    spec = d.last("app/task", "r2").activity.spec
+    assert isinstance(spec, HttpSpec)
+    assert spec.url == "postgres://db"

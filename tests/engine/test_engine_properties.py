@@ -73,22 +73,16 @@ class Checker:
     def check_dispatch(self, cmd: Dispatch) -> None:
         st_, run = self.d.st, self.d.st.runs[cmd.run_id]
         key = (cmd.run_id, cmd.activity.id)
-        assert self.d.dispatch_count[(cmd.run_id, cmd.activity.id, cmd.attempt)] == 1, (
-            "attempt dispatched twice"
-        )
+        assert self.d.dispatch_count[(cmd.run_id, cmd.activity.id, cmd.attempt)] == 1, "attempt dispatched twice"
         assert cmd.attempt == self.last_attempt.get(key, 0) + 1, "attempts must count up one by one"
         self.last_attempt[key] = cmd.attempt
         assert run.status in ("running", "cancelling")
-        holders = [
-            r for r in st_.runs.values() if r.env_key == run.env_key and r.status in ("running", "cancelling")
-        ]
+        holders = [r for r in st_.runs.values() if r.env_key == run.env_key and r.status in ("running", "cancelling")]
         assert len(holders) == 1, "two runs active on one environment"
         i = run.index[cmd.activity.id]
         effects = []
         for dep in run.deps[i]:
-            assert run.acts[dep].status in TERMINAL, (
-                f"{cmd.activity.id} dispatched before {run.activities[dep].id}"
-            )
+            assert run.acts[dep].status in TERMINAL, f"{cmd.activity.id} dispatched before {run.activities[dep].id}"
             effects.append(_effect(run, dep))
         if cmd.activity.when == "success":
             assert not any(blocks for blocks, _ in effects)
@@ -96,9 +90,7 @@ class Checker:
             assert any(unsucceeded for _, unsucceeded in effects)
         cfg = st_.config
         assert not cfg.max_parallel_per_run or run.inflight <= cfg.max_parallel_per_run
-        assert (
-            not cfg.max_parallel_per_tenant or st_.tenant_inflight[run.tenant] <= cfg.max_parallel_per_tenant
-        )
+        assert not cfg.max_parallel_per_tenant or st_.tenant_inflight[run.tenant] <= cfg.max_parallel_per_tenant
 
     def agent_plays(self, cmd: Dispatch) -> None:
         outcome: Outcome = self.data.draw(

@@ -69,9 +69,7 @@ def test_a_failed_apply_skips_dependents_and_runs_on_failure_then_on_completion(
 
 def test_failure_hooks_are_skipped_when_nothing_failed() -> None:
     d = Driver()
-    d.compile(
-        workflow(act("a"), act("on-failure", "a", when="failure"), act("done", "on-failure", when="always"))
-    )
+    d.compile(workflow(act("a"), act("on-failure", "a", when="failure"), act("done", "on-failure", when="always")))
     done = d.run_to_end()
     assert done.status == "succeeded"
     assert d.status("on-failure") == "skipped"
@@ -160,10 +158,7 @@ def test_heartbeat_loss_retries_the_activity_as_a_new_attempt() -> None:
 def test_losing_the_agent_holding_a_workspace_reruns_the_resource_from_its_checkout() -> None:
     d = Driver(EngineConfig(heartbeat_timeout_seconds=10.0))
     stages = ["checkout", "init", "plan", "apply"]
-    acts = [
-        act(f"vpc/{s}", *([f"vpc/{stages[n - 1]}"] if n else []), workspace="vpc")
-        for n, s in enumerate(stages)
-    ]
+    acts = [act(f"vpc/{s}", *([f"vpc/{stages[n - 1]}"] if n else []), workspace="vpc") for n, s in enumerate(stages)]
     d.compile(workflow(*acts))
     d.feed(d.started(d.last("vpc/checkout"), agent="a1"), d.completed(d.last("vpc/checkout")))
     init = d.last("vpc/init")
@@ -271,9 +266,7 @@ def test_a_rejected_approval_fails_the_run() -> None:
 
 def test_events_of_a_stale_attempt_and_duplicates_change_nothing() -> None:
     d = Driver()
-    d.compile(
-        workflow(act("a", retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.0)), act("b", "a"))
-    )
+    d.compile(workflow(act("a", retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.0)), act("b", "a")))
     first = d.last("a")
     d.feed(d.started(first), d.failed(first))
     d.tick(0.001)

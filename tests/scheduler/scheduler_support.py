@@ -27,9 +27,7 @@ from trellis_scheduler.service import serve
 
 
 def sh(id: str, script: str, *deps: str, **kw: Any) -> Activity:
-    return Activity(
-        id=id, kind="container", spec=ContainerSpec(command=("sh", "-c", script)), depends_on=deps, **kw
-    )
+    return Activity(id=id, kind="container", spec=ContainerSpec(command=("sh", "-c", script)), depends_on=deps, **kw)
 
 
 def workflow(*activities: Activity, env: str = "dev") -> Workflow:
@@ -56,8 +54,7 @@ def portable(wf: Workflow) -> Workflow:
     if _slashes_fit_subjects():
         return wf
     acts = tuple(
-        msgspec.structs.replace(a, id=aid(a.id), depends_on=tuple(aid(d) for d in a.depends_on))
-        for a in wf.activities
+        msgspec.structs.replace(a, id=aid(a.id), depends_on=tuple(aid(d) for d in a.depends_on)) for a in wf.activities
     )
     return msgspec.structs.replace(wf, activities=acts)
 
@@ -104,17 +101,13 @@ async def recording(bus: Bus, tenant: str) -> AsyncIterator[Recorder]:
 
 
 def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds, cancel_grace_seconds=5.0
-    )
+    return EngineConfig(heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds, cancel_grace_seconds=5.0)
 
 
 @asynccontextmanager
 async def running_scheduler(bus: Bus, settings: Settings, tenant: str) -> AsyncIterator[None]:
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready)
-    )
+    task = asyncio.create_task(serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready))
     async with asyncio.timeout(15):
         await ready.wait()
     try:

@@ -60,9 +60,7 @@ async def test_a_three_resource_environment_deploys_and_then_destroys(
     assert set(deployed.outputs) >= {"network", "database", "app"}
     assert destroyed.status == "succeeded", destroyed.message
     started = [e.activity_id for e in rec.of(ActivityStarted, destroy_id)]
-    assert started.index(aid("resource/app/task/build")) < started.index(
-        aid("resource/network/task/allocate")
-    )
+    assert started.index(aid("resource/app/task/build")) < started.index(aid("resource/network/task/allocate"))
 
 
 async def test_a_failing_apply_skips_dependents_and_runs_on_failure_then_on_completion(
@@ -141,10 +139,7 @@ async def test_a_scheduler_killed_mid_run_is_replaced_and_the_run_finishes_with_
     bus: Bus, settings: Settings, unique: str, tmp_path: Path
 ) -> None:
     ran = tmp_path / "ran.txt"
-    chain = [
-        sh(f"step{n}", f"echo step{n} >> {ran}; sleep 0.2", *([f"step{n - 1}"] if n else []))
-        for n in range(8)
-    ]
+    chain = [sh(f"step{n}", f"echo step{n} >> {ran}; sleep 0.2", *([f"step{n - 1}"] if n else [])) for n in range(8)]
     wide = [sh(f"leaf{n}", f"echo leaf{n} >> {ran}", "step3") for n in range(6)]
     wf = workflow(*chain, *wide)
     first = Process(settings, "scheduler", "--tenant", unique, log=tmp_path / "scheduler1.log")
@@ -166,3 +161,40 @@ async def test_a_scheduler_killed_mid_run_is_replaced_and_the_run_finishes_with_
     assert runs == {f"step{n}": 1 for n in range(8)} | {f"leaf{n}": 1 for n in range(6)}
     attempts = {(e.activity_id, e.attempt) for e in rec.of(ActivityDispatched, run_id)}
     assert {a for _, a in attempts} == {1}
+
+
+async def test_a_standby_replica_takes_over_within_seconds_when_the_leader_dies(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    from scheduler_support import engine_config
+
+    from trellis_scheduler.service import serve
+
+    wf = workflow(*[sh(f"step{n}", "sleep 0.3", *([f"step{n - 1}"] if n else [])) for n in range(6)])
+    config = engine_config(settings)
+    stop = asyncio.Event()
+    leader_ready, standby_ready = asyncio.Event(), asyncio.Event()
+    leader = asyncio.create_task(serve(bus, settings, stop, tenant=unique, config=config, lease_ttl=1.5,
+                                       ready=leader_ready))  # fmt: skip
+    async with asyncio.timeout(10):
+        await leader_ready.wait()
+    standby = asyncio.create_task(serve(bus, settings, stop, tenant=unique, config=config, lease_ttl=1.5,
+                                        ready=standby_ready))  # fmt: skip
+    try:
+        async with recording(bus, unique) as rec, running_agent(bus, tmp_path, unique):
+            run_id = await submit(bus, unique, wf)
+            await rec.first(ActivityStarted, run_id, activity_id="step1")
+            assert not standby_ready.is_set()
+            leader.cancel()  # dies without handing the lease back
+            async with asyncio.timeout(10):
+                await standby_ready.wait()
+            done = await rec.completion(run_id)
+    finally:
+        stop.set()
+        leader.cancel()
+        async with asyncio.timeout(15):
+            await asyncio.gather(leader, standby, return_exceptions=True)
+    assert done.status == "succeeded"
+    assert sorted((e.activity_id, e.attempt) for e in rec.of(ActivityStarted, run_id)) == [
+        (f"step{n}", 1) for n in range(6)
+    ]
