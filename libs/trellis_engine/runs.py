@@ -207,6 +207,7 @@ def complete_run(
         starved.discard(run.run_id)
     if cmds is not None:
         message = run.message if status == "failed" else run.cancel_reason if status == "cancelled" else ""
+        outputs = run.outputs if run.action == "deploy" else {}  # a destroyed environment has none
         emit(
             cmds,
             RunCompleted(
@@ -214,7 +215,7 @@ def complete_run(
                 run_id=run.run_id,
                 status=status,
                 message=message,
-                outputs=run.outputs,
+                outputs=outputs,
                 **stamp(now, f"{run.run_id}/completed"),
             ),
         )

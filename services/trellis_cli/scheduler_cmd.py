@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from typing import Any
-
-from trellis_core.errors import TrellisError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -23,31 +19,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
-    from trellis_core.bus import Bus, stop_on_signals
-    from trellis_core.logs import configure
-    from trellis_core.settings import Settings
+    from trellis_cli.service_runner import run_service, settings_or_exit
     from trellis_scheduler.service import serve
 
-    try:
-        settings = Settings.from_env()
-    except TrellisError as exc:
-        print(f"trellis scheduler: {exc}", file=sys.stderr)
-        return 2
-    configure(settings)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        bus = await Bus.connect(settings, name="scheduler")
-        try:
-            await bus.ensure_streams()
-            await serve(bus, settings, stop, tenant=args.tenant)
-        finally:
-            await bus.close()
-
-    try:
-        asyncio.run(main())
-    except TrellisError as exc:
-        print(f"trellis scheduler: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    settings = settings_or_exit("scheduler")
+    if isinstance(settings, int):
+        return settings
+    return run_service("scheduler", settings, lambda bus, stop: serve(bus, settings, stop, tenant=args.tenant))

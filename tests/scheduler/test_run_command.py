@@ -1,0 +1,80 @@
+"""`trellis run`: submit, follow, print; on the embedded stack it starts by itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from trellis_cli.run_cmd import parse_vars, read_sources
+from trellis_cli.run_progress import RunView, as_json
+from trellis_core.errors import ConfigError
+from trellis_core.events import (
+    ActivityCompleted,
+    ActivityDispatched,
+    ActivityFailed,
+    ActivityStarted,
+    RunCompiled,
+    RunCompleted,
+)
+from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_template_paths_may_be_files_or_directories_read_recursively(tmp_path: Path) -> None:
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "a.yaml").write_text("a: 1\n")
+    (tmp_path / "nested" / "b.yml").write_text("b: 2\n")
+    (tmp_path / "notes.txt").write_text("not a template\n")
+    sources = read_sources([str(tmp_path)])
+    assert [Path(s.path).name for s in sources] == ["a.yaml", "b.yml"]
+    with pytest.raises(ConfigError, match="no such file"):
+        read_sources([str(tmp_path / "missing")])
+
+
+def test_vars_are_name_value_pairs() -> None:
+    assert parse_vars(["a=1", "url=http://x/?q=1"]) == {"a": "1", "url": "http://x/?q=1"}
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_vars(["novalue"])
+
+
+def test_the_run_view_follows_attempts_and_marks_what_never_ran_as_skipped() -> None:
+    acts = tuple(Activity(id=i, kind="container", spec=ContainerSpec()) for i in ("a", "b"))
+    wf = Workflow(environment="dev", template=TemplateRef(name="t"), action="deploy", activities=acts)
+    ids = {"tenant": "acme", "run_id": "r1"}
+    view = RunView(run_id="r1", environment="dev", action="deploy")
+    view.apply(RunCompiled(workflow=wf, **ids))
+    view.apply(ActivityDispatched(activity_id="a", attempt=1, pool="default", **ids))
+    view.apply(ActivityStarted(activity_id="a", attempt=1, agent="x", **ids))
+    view.apply(ActivityFailed(activity_id="a", attempt=1, reason="boom", **ids))
+    view.apply(ActivityDispatched(activity_id="a", attempt=2, pool="default", **ids))
+    view.apply(ActivityCompleted(activity_id="a", attempt=1, **ids))  # late news of attempt 1: ignored
+    assert view.activities[0].status == "dispatched"
+    view.apply(ActivityCompleted(activity_id="a", attempt=2, outputs={"k": 1}, **ids))
+    view.apply(RunCompleted(status="failed", message="b: boom", occurred_at=datetime.now(UTC), **ids))
+    document = json.loads(as_json(view))
+    assert document["status"] == "failed"
+    assert [(a["id"], a["status"], a["attempts"]) for a in document["activities"]] == [
+        ("a", "succeeded", 2),
+        ("b", "skipped", 0),
+    ]
+
+
+def test_trellis_run_deploys_the_demo_on_the_embedded_stack_and_prints_one_json_document(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
+    env["TRELLIS_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(EXAMPLES / "demo"), "--environment", "demo", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert document["status"] == "succeeded"
+    assert document["outputs"]["network"]["network_id"]["value"] == "net-demo"
+    statuses = {a["id"]: a["status"] for a in document["activities"]}
+    assert statuses["resource/app/task/release"] == "succeeded"
+    assert all(a["attempts"] <= 1 for a in document["activities"])
