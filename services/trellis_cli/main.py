@@ -16,6 +16,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.template_cmd",
     "trellis_cli.compiler_cmd",
     "trellis_cli.agent_cmd",
+    "trellis_cli.scheduler_cmd",
+    "trellis_cli.run_cmd",
 )
 
 
