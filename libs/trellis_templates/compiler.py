@@ -25,7 +25,7 @@ from trellis_templates.documents import (
     VersionedRef,
 )
 from trellis_templates.errors import Path, Problems, Source
-from trellis_templates.loader import load_paths, load_text
+from trellis_templates.loader import gc_paused, load_paths, load_text
 from trellis_templates.validate import SourceDocument, parse_documents
 
 
@@ -56,13 +56,14 @@ def compile_bundle(
 ) -> CompileResult:
     """Compile the named Environment of the bundle for `action`."""
     problems = Problems()
-    bundle = Bundle.index(documents, problems)
-    info = RunInfo(action, tenant, run_id, requested_by, environment_id, email_relay_url, trigger, require_inputs)
-    found = bundle.environment(environment_name, problems)
-    workflow = None
-    if found is not None:
-        workflow = Compilation(bundle, problems, found[0], found[1], dict(inputs or {}), info).run()
-    return _result(workflow, problems)
+    with gc_paused():
+        bundle = Bundle.index(documents, problems)
+        info = RunInfo(action, tenant, run_id, requested_by, environment_id, email_relay_url, trigger, require_inputs)
+        found = bundle.environment(environment_name, problems)
+        workflow = None
+        if found is not None:
+            workflow = Compilation(bundle, problems, found[0], found[1], dict(inputs or {}), info).run()
+        return _result(workflow, problems)
 
 
 def compile_template(
@@ -100,8 +101,9 @@ def compile_sources(
 ) -> CompileResult:
     """Compile a run request's bundle of files given as text."""
     problems = Problems()
-    raws = [raw for f in sources for raw in load_text(f.text, f.path, problems)]
-    docs = parse_documents(raws, problems)
+    with gc_paused():
+        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems)]
+        docs = parse_documents(raws, problems)
     if problems.errors:
         return CompileResult(None, tuple(problems.warnings), tuple(problems.errors))
     result = compile_bundle(docs, environment_name, inputs, action, **kwargs)
@@ -110,7 +112,8 @@ def compile_sources(
 
 def load_bundle(paths: Sequence[str]) -> tuple[list[SourceDocument], Problems]:
     problems = Problems()
-    return parse_documents(load_paths(paths, problems), problems), problems
+    with gc_paused():
+        return parse_documents(load_paths(paths, problems), problems), problems
 
 
 def validate_documents(docs: Sequence[SourceDocument]) -> tuple[tuple[Problem, ...], tuple[Problem, ...]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path as FsPath
@@ -109,14 +111,31 @@ def load_text(text: str, file: str, problems: Problems, *, reader: Reader = "aut
     (over libyaml when installed); `fast`, `libyaml` and `pyyaml` force one reader (for tests:
     `fast` raises `fastyaml.Unsupported` instead of falling back).
     """
-    if reader in ("auto", "fast"):
-        try:
-            return [RawDocument(d.data, Source(file, d.positions, d.keys), d.index) for d in fastyaml.read(text)]
-        except (fastyaml.Unsupported, RecursionError):
-            if reader == "fast":
-                raise
-    loader = _PyLoader if reader == "pyyaml" else _Loader
-    return _compose(text, file, problems, loader)
+    with gc_paused():
+        if reader in ("auto", "fast"):
+            try:
+                documents = fastyaml.read(text)
+                return [RawDocument(d.data, Source(file, d.positions, d.keys), d.index) for d in documents]
+            except (fastyaml.Unsupported, RecursionError):
+                if reader == "fast":
+                    raise
+        return _compose(text, file, problems, _PyLoader if reader == "pyyaml" else _Loader)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while building a large acyclic tree of dicts and lists.
+
+    Each collection would walk every container built so far, over and over as the tree grows
+    (a fifth of the load time of a 1,000-resource bundle); what is built here holds no cycles.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawDocument]:

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import yaml
 
+from trellis_templates import expressions
 from trellis_templates.compiler import compile_bundle
 from trellis_templates.documents import (
     Document,
@@ -133,18 +134,30 @@ def test_compiling_a_thousand_resources_takes_under_a_second_median() -> None:
         out = compile_bundle(load_and_validate(text), "big-env", {}, "deploy")
         assert out.workflow is not None
 
+    def cold(fn: Any) -> Any:
+        """`fn` as in a fresh process (`trellis template compile`): no expression compiled yet."""
+
+        def run() -> None:
+            expressions.parse.cache_clear()
+            expressions._compile.cache_clear()
+            fn()
+
+        return run
+
+    reference: Reader = "libyaml" if LIBYAML else "pyyaml"
     load_s = median_seconds(lambda: load_and_validate(text))
-    pyyaml_s = median_seconds(lambda: load_and_validate(text, "libyaml" if LIBYAML else "pyyaml"), runs=3)
+    pyyaml_s = median_seconds(lambda: load_and_validate(text, reference), runs=3)
     compile_s = median_seconds(lambda: compile_bundle(docs, "big-env", {}, "deploy"))
+    cold_compile_s = median_seconds(cold(lambda: compile_bundle(docs, "big-env", {}, "deploy")))
     total_s = median_seconds(whole)
+    cold_total_s = median_seconds(cold(whole))
     encode_s = median_seconds(lambda: msgspec.json.encode(result.workflow))
     print(
         f"\ncompile {RESOURCES} resources -> {count} activities ({len(text) / 1e6:.1f} MB of YAML), medians:"
-        f"\n  load+validate   {load_s * 1000:6.0f} ms  (fast reader; PyYAML {'libyaml' if LIBYAML else 'pure'}"
-        f" reader: {pyyaml_s * 1000:.0f} ms)"
-        f"\n  compile         {compile_s * 1000:6.0f} ms"
-        f"\n  total           {total_s * 1000:6.0f} ms  (YAML text -> Workflow)"
+        f"\n  load+validate   {load_s * 1000:6.0f} ms   (through PyYAML/{reference} instead: {pyyaml_s * 1000:.0f} ms)"
+        f"\n  compile         {compile_s * 1000:6.0f} ms   (no expression compiled yet: {cold_compile_s * 1000:.0f} ms)"
+        f"\n  total           {total_s * 1000:6.0f} ms   (no expression compiled yet: {cold_total_s * 1000:.0f} ms)"
         f"\n  JSON encode     {encode_s * 1000:6.0f} ms"
     )
-    print(f"target < 1 s: {'met' if total_s < 1.0 else 'NOT MET'}")  # figures, not a timed assertion
+    print(f"target < 1 s: {'met' if cold_total_s < 1.0 else 'NOT MET'}")  # figures, not a timed assertion
     assert 6500 <= count <= 7500
