@@ -9,8 +9,11 @@ same dedupe id, whatever was refused or never answered).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+from collections.abc import Hashable
 
+import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
@@ -19,6 +22,11 @@ from trellis_core.logs import get_logger
 
 log = get_logger("scheduler.publisher")
 _Item = tuple[str, bytes, str]  # subject, payload, msg id
+MAX_TRACKED = 100_000
+
+
+class _PubAck(msgspec.Struct):
+    seq: int
 
 
 class PipelinedPublisher:
@@ -32,6 +40,9 @@ class PipelinedPublisher:
         self.settled.set()
         self._seq = 0
         self._sub: object | None = None
+        self._tracked: dict[str, Hashable] = {}
+        # key -> stream sequence of stored messages that may be withdrawn (work items)
+        self.stored: collections.OrderedDict[Hashable, int] = collections.OrderedDict()
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(f"{self.prefix}.*", cb=self._on_ack)
@@ -41,9 +52,12 @@ class PipelinedPublisher:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> None:
+    async def publish(self, subject: str, payload: bytes, msg_id: str, *, track: Hashable = None) -> None:
+        """Send; with a `track` key, remember where the message is stored (`stored[key]`)."""
         self._seq += 1
         token = str(self._seq)
+        if track is not None:
+            self._tracked[msg_id] = track
         self.pending[token] = (subject, payload, msg_id)
         self.settled.clear()
         try:
@@ -55,6 +69,12 @@ class PipelinedPublisher:
         item = self.pending.pop(msg.subject.rpartition(".")[2], None)
         if item is not None and (not msg.data or b'"error"' in msg.data):
             self.refused.append(item)  # no stream answered, or the stream refused it
+        elif item is not None and item[2] in self._tracked:
+            key = self._tracked.pop(item[2])
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                self.stored[key] = msgspec.json.decode(msg.data, type=_PubAck).seq
+                while len(self.stored) > MAX_TRACKED:
+                    self.stored.popitem(last=False)
         if not self.pending:
             self.settled.set()
 

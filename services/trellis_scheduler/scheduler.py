@@ -16,12 +16,21 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
-from trellis_core.events import DeadLetter, RunCompiled, RunCompleted, RunEvent, decode_run_event, encode
+from trellis_core.events import (
+    ActivityCancelled,
+    DeadLetter,
+    RunCompiled,
+    RunCompleted,
+    RunEvent,
+    decode_run_event,
+    encode,
+)
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_engine.binding import Renderer
@@ -120,7 +129,15 @@ class Scheduler:
             max_ack_pending=FETCH_BATCH * 16,
             filter_subjects=[f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS],
         )
-        await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
+        try:
+            await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
+        except nats.js.errors.BadRequestError as exc:
+            # An older scheduler left the durable with another shape. Recovery has already
+            # replayed every live run from its snapshot, so only new events are needed from it.
+            log.warning("consumer_recreated", durable=self.durable, error=exc.description)
+            await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
+            config.deliver_policy = js_api.DeliverPolicy.NEW
+            await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
@@ -186,17 +203,23 @@ class Scheduler:
 
     async def _step(self) -> None:
         """Decide now and carry the commands out (publishes are confirmed later, in order)."""
-        _, cmds = decide(self.st, time.time(), render=self.render)
-        await self._execute(cmds)
+        again = True
+        while again:
+            _, cmds = decide(self.st, time.time(), render=self.render)
+            again = await self._execute(cmds)
 
-    async def _execute(self, cmds: list[Command]) -> None:
+    async def _execute(self, cmds: list[Command]) -> bool:
+        """Carry the commands out; True if that changed the state (decide again)."""
         wake: float | None = None
+        changed = False
         for cmd in cmds:
             if isinstance(cmd, Dispatch):
                 self.dirty.add(cmd.run_id)
                 subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
                 item = cmd.work_item()
-                await self.publisher.publish(subject, encode(item), item.msg_id())
+                await self.publisher.publish(
+                    subject, encode(item), item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt)
+                )
                 log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
             elif isinstance(cmd, PublishEvent):
                 event = cmd.event
@@ -207,9 +230,7 @@ class Scheduler:
                     log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
                     await self._remember_deploy(event)
             elif isinstance(cmd, Cancel):
-                control = cmd.control()
-                with contextlib.suppress(nats.errors.Error):
-                    await self.bus.nc.publish(subjects.control(cmd.tenant, cmd.pool), encode(control))
+                changed = await self._cancel(cmd) or changed
             elif isinstance(cmd, ScheduleWake):
                 wake = cmd.at
         if wake != self.wake_at:
@@ -217,6 +238,34 @@ class Scheduler:
             self.wake_changed.set()
         if len(self.publisher.pending) > 4096:
             await self.publisher.confirm()
+        return changed
+
+    async def _cancel(self, cmd: Cancel) -> bool:
+        """Tell the pool's agents to stop the attempt, and withdraw its work item if no agent took
+        it yet (then it is cancelled at once, instead of running later for nothing)."""
+        with contextlib.suppress(nats.errors.Error):
+            await self.bus.nc.publish(subjects.control(cmd.tenant, cmd.pool), encode(cmd.control()))
+        seq = self.publisher.stored.pop((cmd.run_id, cmd.activity_id, cmd.attempt), None)
+        if seq is None:
+            return False
+        try:
+            withdrawn = await self.bus.js.delete_msg(subjects.STREAM_WORK, seq)
+        except (nats.js.errors.Error, nats.errors.Error):
+            return False  # an agent took it: its answer to the cancel decides
+        if not withdrawn:
+            return False
+        event = ActivityCancelled(
+            tenant=cmd.tenant,
+            run_id=cmd.run_id,
+            activity_id=cmd.activity_id,
+            attempt=cmd.attempt,
+            reason=f"withdrawn before an agent took it ({cmd.reason})" if cmd.reason else "withdrawn",
+        )
+        fold(self.st, event)
+        self.dirty.add(cmd.run_id)
+        subject = subjects.run_event(event.tenant, event.run_id, event.kind)
+        await self.publisher.publish(subject, encode(event), event.msg_id())
+        return True
 
     async def _remember_deploy(self, event: RunCompleted) -> None:
         run = self.st.runs.get(event.run_id)

@@ -4,7 +4,8 @@
 * throughput: activities per second through a 20-wide x 200-deep DAG (each activity depends
   on two of the layer above it).
 
-Targets on a 2-core machine: p50 under 5 ms, at least 1,000 activities per second.
+Targets on a 2-core machine: p50 under 5 ms, at least 1,000 activities per second; the
+figures are printed with whether they meet the targets (benchmarks assert nothing on time).
 Run with `make bench` (or `pytest -m bench tests/bench/test_scheduler_bench.py -s`).
 """
 
@@ -146,7 +147,7 @@ async def test_latency_from_completion_to_dependent_start_over_a_500_long_chain(
     p50, p99 = statistics.median(gaps), _percentile(gaps, 99)
     print(f"\nchain of 500: completion -> dependent start p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
           f"max {max(gaps):.2f} ms")  # fmt: skip
-    assert p50 < 5.0
+    print(f"target p50 < 5 ms: {'met' if p50 < 5.0 else 'MISSED'}")
 
 
 @pytest.mark.parametrize("agent", ["real agent", "lean double"])
@@ -170,5 +171,4 @@ async def test_throughput_over_a_20_wide_200_deep_dag(bus: Bus, settings: Settin
           f"({rate:.0f} activities/s; {wall:.2f} s from submit to completion seen); "
           f"scheduler CPU {per_activity:.3f} ms per activity "
           f"(capacity ~{1000 / per_activity:.0f}/s on one core)")  # fmt: skip
-    if agent == "lean double":  # the real agent's own cost is issue 4's to measure
-        assert rate >= 1000
+    print(f"target >= 1,000 activities/s: {'met' if rate >= 1000 else 'MISSED'}")

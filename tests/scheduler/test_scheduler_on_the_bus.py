@@ -198,3 +198,43 @@ async def test_a_standby_replica_takes_over_within_seconds_when_the_leader_dies(
     assert sorted((e.activity_id, e.attempt) for e in rec.of(ActivityStarted, run_id)) == [
         (f"step{n}", 1) for n in range(6)
     ]
+
+
+async def test_a_second_run_on_a_busy_environment_waits_says_why_and_runs_after_the_first(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    from trellis_core.events import RunQueued
+
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique),
+    ):
+        first = await submit(bus, unique, workflow(sh("apply", "sleep 0.5")))
+        await rec.first(ActivityStarted, first)
+        second = await submit(bus, unique, workflow(sh("apply", "true")))
+        queued = await rec.first(RunQueued, second)
+        first_done = await rec.completion(first)
+        second_done = await rec.completion(second)
+    assert first in queued.reason
+    assert first_done.status == second_done.status == "succeeded"
+    second_start = (await rec.first(ActivityStarted, second)).occurred_at
+    assert second_start >= first_done.occurred_at
+
+
+async def test_cancelling_a_run_withdraws_work_no_agent_has_taken_yet(
+    bus: Bus, settings: Settings, unique: str
+) -> None:
+    from trellis_core import subjects
+
+    async with recording(bus, unique) as rec, running_scheduler(bus, settings, unique):  # no agent at all
+        run_id = await submit(bus, unique, workflow(sh("apply", "true"), sh("after", "true", "apply")))
+        await rec.first(ActivityDispatched, run_id)
+        await bus.publish_event(RunCancelRequested(tenant=unique, run_id=run_id))
+        done = await rec.completion(run_id, within=2.5)  # well inside the 5 s cancel grace
+    assert done.status == "cancelled"
+    cancelled = rec.of(ActivityCancelled, run_id)
+    assert [(c.activity_id, c.attempt) for c in cancelled] == [("apply", 1)]
+    assert "withdrawn" in cancelled[0].reason
+    info = await bus.js.stream_info(subjects.STREAM_WORK, subjects_filter=subjects.work(unique, "default"))
+    assert not info.state.subjects
