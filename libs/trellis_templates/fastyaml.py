@@ -49,8 +49,8 @@ _ESCAPES = {
     "L": "\u2028", "P": "\u2029",
 }  # fmt: skip
 _ENTRY = re.compile(r"([A-Za-z0-9_$(./][A-Za-z0-9_$()./\-]*):(?:$| +(.*))")
-_NOT_PLAIN = "-?:,[]{}#&*!|>'\"%@`"  # first characters the inline fast path leaves to `value`
 _EMPTIES = frozenset({"[]", "{}", "''", '""'})
+_NOT_PLAIN = "-?:,[]{}#&*!|>'\"%@`"  # first characters the inline fast path leaves to `value`
 _BLOCK_HEADER = re.compile(r"\|(-?)(?: +#.*| *)")
 _RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
 _RESOLVED_FIRST = frozenset(k for k in _RESOLVERS if k)
@@ -174,31 +174,31 @@ class _Reader:
         self.positions[path] = (i + 1, col + 1)
         out: dict[Any, Any] = {}
         lines, indents, positions, keys, end = self.lines, self.indents, self.positions, self.keys, self.end
+        match, key_column = _ENTRY.match, col + 1
         while True:
-            line = lines[i]
-            m = _ENTRY.match(line, col)
-            if m is not None:
-                key: Any = m[1]
+            m = match(lines[i], col)
+            if m is not None:  # the common `key: plain scalar` is read here, inline
+                key, text = m.group(1, 2)
                 colon = m.end(1)
                 if key[0] in _RESOLVED_FIRST and not isinstance(key := _plain(key), str):
                     raise Unsupported("a key that is not a string")
-            elif (found := self.key_at(line, col)) is not None:
-                key, colon = found
+            elif (found := self.key_at(lines[i], col)) is not None:
+                (key, colon), text = found, None
             else:
                 raise Unsupported("not a mapping entry")
             if key in out:
                 raise Unsupported("duplicate key")  # PyYAML's path reports it
             child = (*path, key)
-            keys[child] = (i + 1, col + 1)
-            text = m[2].rstrip(" ") if m is not None and m[2] else ""
-            if text and text[0] not in _NOT_PLAIN and " #" not in text and ": " not in text and text[-1] != ":":
+            line_number = i + 1
+            keys[child] = (line_number, key_column)
+            if text and text[0] not in _NOT_PLAIN and " #" not in text and ": " not in text and text[-1] not in ": ":
                 out[key] = _plain(text) if text[0] in _RESOLVED_FIRST else text
-                positions[child] = (i + 1, m.start(2) + 1)  # type: ignore[union-attr]  # the common `key: plain`
-                i += 1
-            elif text in _EMPTIES:  # `key: []`, `{}`, `''` or `""`: as common in dumped YAML
+                positions[child] = (line_number, m.start(2) + 1)  # type: ignore[union-attr]
+                i = line_number
+            elif text in _EMPTIES:  # `key: []`, `{}`, `''` or `""`, as common in dumped YAML
                 out[key] = [] if text == "[]" else {} if text == "{}" else ""
-                positions[child] = (i + 1, m.start(2) + 1)  # type: ignore[union-attr]
-                i += 1
+                positions[child] = (line_number, m.start(2) + 1)  # type: ignore[union-attr]
+                i = line_number
             else:
                 out[key], i = self.value(i, colon + 1, col, child, indentless=True)
             while i < end and indents[i] < 0:
@@ -302,6 +302,8 @@ class _Reader:
 
     def flow(self, line: str, q: int, i: int, path: Path) -> tuple[Any, int]:
         """A one-line flow node at `q`: its value and the index after it."""
+        if q >= len(line):
+            raise Unsupported("a flow collection continued on the next line")
         self.positions[path] = (i + 1, q + 1)
         ch = line[q]
         if ch in "'\"":

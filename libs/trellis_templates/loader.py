@@ -116,7 +116,7 @@ def load_text(text: str, file: str, problems: Problems, *, reader: Reader = "aut
             try:
                 documents = fastyaml.read(text)
                 return [RawDocument(d.data, Source(file, d.positions, d.keys), d.index) for d in documents]
-            except (fastyaml.Unsupported, RecursionError):
+            except Exception:  # Unsupported, deep nesting, or a bug: PyYAML is the reference
                 if reader == "fast":
                     raise
         return _compose(text, file, problems, _PyLoader if reader == "pyyaml" else _Loader)

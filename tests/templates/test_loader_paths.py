@@ -147,6 +147,23 @@ def test_the_fast_reader_gives_up_rather_than_guess() -> None:
             fastyaml.read(text)
 
 
+MUTATIONS = [" ", ":", "#", "-", "'", '"', "{", "}", "[", "]", ",", "|", ">", "&", "?", "\\", "\n", ": ", " #", "- "]
+MUTATIONS += ["---\n", "|-", "\n  ", "\n\n", "é", "''", "true", "~", "  "]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_a_mangled_example_reads_the_same_on_every_path_or_fails_the_same(data: st.DataObject) -> None:
+    text = data.draw(st.sampled_from(EXAMPLES)).read_text(encoding="utf-8")
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(text)))
+        if data.draw(st.booleans()):
+            text = text[:at] + data.draw(st.sampled_from(MUTATIONS)) + text[at:]
+        else:
+            text = text[:at] + text[at + data.draw(st.integers(1, 3)) :]
+    assert_fast_path_agrees(text)
+
+
 KEYS = st.sampled_from(["a", "name", "on", "yes", "null", "1", "x y", "k:v", "-k", "#k", "é", "a.b/c", "$(x)$"])
 WORDS = ["", " ", "a b", "#", "a #b", "a: b", "a:", ":", "-", "- a", "-1", "1.5", "true", "~", "null", "'", '"', "\\"]
 SCALARS = st.one_of(
