@@ -95,6 +95,15 @@ def _fire(st: SchedulerState, timer: Timer, now: float, cmds: list[Command]) -> 
         timed_out = ActivityTimedOut(timeout_seconds=timeout, **base, **stamp(now, f"{key}/timed_out"))
         fold(st, timed_out)
         emit(cmds, timed_out)
+    elif timer.kind == "pinned_start":
+        if a.status != "dispatched":
+            return
+        reason = f"agent {a.agent} holding the workspace did not start it"
+        cmds.append(Cancel(tenant=run.tenant, run_id=run.run_id, activity_id=activity.id, attempt=a.attempt,
+                           pool=activity.agents[0] if activity.agents else "default", reason=reason))  # fmt: skip
+        lost = ActivityLost(agent=a.agent, **base, **stamp(now, f"{key}/lost"))
+        fold(st, lost)
+        emit(cmds, lost)
     elif timer.kind == "cancel_grace":
         reason = "the agent did not confirm the cancel in time"
         cancelled = ActivityCancelled(reason=reason, **base, **stamp(now, f"{key}/cancelled"))

@@ -29,7 +29,7 @@ from trellis_engine import limits
 from trellis_engine.backoff import backoff_seconds
 from trellis_engine.graph import build_run, graph_problems
 from trellis_engine.state import ACTIVE, IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import finish, promote_if_unblocked, reset_workspace, set_status
+from trellis_engine.transitions import finish, promote_if_unblocked, recount, reset_workspace, set_status
 
 
 def fold(st: SchedulerState, event: Event) -> SchedulerState:
@@ -173,8 +173,10 @@ def fail_attempt(
     """The current attempt failed: retry after a backoff if the policy allows, else finish."""
     a, activity = run.acts[i], run.activities[i]
     if retryable and a.attempt < activity.retry.max_attempts and not run.cancel_requested:
-        set_status(st, run, i, "ready")
         a.reason = reason
+        if _requeue_behind_redone_dependencies(st, run, i):
+            return
+        set_status(st, run, i, "ready")
         a.retry_at = t + backoff_seconds(activity.retry, a.attempt, f"{run.run_id}/{activity.id}/{a.attempt}")
         st.add_timer(a.retry_at, run.run_id, i, a.attempt, "retry")
         return
@@ -216,9 +218,21 @@ def _lost(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> No
         a.agent = agent
         reset_workspace(st, run, activity.workspace, agent, t)
         return
-    set_status(st, run, i, "ready")
     a.agent = ""
+    if _requeue_behind_redone_dependencies(st, run, i):
+        return
+    set_status(st, run, i, "ready")
     run.push_ready(i)
+
+
+def _requeue_behind_redone_dependencies(st: SchedulerState, run: RunState, i: int) -> bool:
+    """Before another attempt: if a dependency is being done again (its workspace was lost),
+    wait for it as a pending activity would. True if it now waits."""
+    recount(run, i)
+    if run.acts[i].unfinished == 0:
+        return False
+    set_status(st, run, i, "pending")
+    return True
 
 
 def _approval_requested(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:

@@ -26,6 +26,9 @@ def adopt(st: SchedulerState, run: RunState, now: float) -> None:
             st.add_timer(max(a.last_seen, a.started_at) + hb, run.run_id, i, a.attempt, "heartbeat")
         if a.status in ACTIVE and a.started_at and activity.timeout_seconds:
             st.add_timer(a.started_at + activity.timeout_seconds, run.run_id, i, a.attempt, "timeout")
+        if a.status == "dispatched" and a.agent:
+            at = a.dispatched_at + st.config.pinned_start_timeout_seconds
+            st.add_timer(at, run.run_id, i, a.attempt, "pinned_start")
         if a.status in ACTIVE and a.cancel_sent:
             st.add_timer(now + st.config.cancel_grace_seconds, run.run_id, i, a.attempt, "cancel_grace")
     st.dirty.add(run.run_id)

@@ -147,6 +147,8 @@ def _dispatch_one(
     a.dispatched_at = now
     a.cancel_sent = False
     a.agent = run.workspaces.get(activity.workspace, "") if activity.workspace else ""
+    if a.agent:
+        st.add_timer(now + st.config.pinned_start_timeout_seconds, run.run_id, i, a.attempt, "pinned_start")
     pool = _pool(run, i)
     cmds.append(
         Dispatch(

@@ -47,6 +47,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_seconds: float = 15.0
     cancel_grace_seconds: float = 30.0
     max_losses: int = 3  # agent losses one activity survives before it fails
+    # Work pinned to the agent holding its workspace that no agent starts in this time means that
+    # agent is gone (agents heartbeat only while they run something): redo the workspace elsewhere.
+    pinned_start_timeout_seconds: float = 120.0
 
 
 class ActivityState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -130,7 +133,7 @@ class Timer:
     run_id: str
     position: int
     attempt: int
-    kind: Literal["retry", "timeout", "heartbeat", "cancel_grace"]
+    kind: Literal["retry", "timeout", "heartbeat", "cancel_grace", "pinned_start"]
 
     def __lt__(self, other: Timer) -> bool:
         return (self.at, self.seq) < (other.at, other.seq)

@@ -36,6 +36,7 @@ def dags(draw: Any) -> Workflow:
                     initial_backoff_seconds=draw(st.sampled_from([0.0, 1.0, 4.0])),
                 ),
                 timeout_seconds=draw(st.sampled_from([None, None, 25.0])),
+                workspace=draw(st.sampled_from(["", "", "w1", "w2"])),
             )
         )
     return workflow(*activities)
@@ -131,6 +132,7 @@ def test_any_dag_under_any_event_order_ends_once_and_respects_dependencies(
         heartbeat_timeout_seconds=10.0,
         cancel_grace_seconds=5.0,
         max_losses=2,
+        pinned_start_timeout_seconds=30.0,
         max_parallel_per_run=data.draw(st.sampled_from([0, 1, 2])),
         max_parallel_per_tenant=data.draw(st.sampled_from([0, 2, 3])),
     )

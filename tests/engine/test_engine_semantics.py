@@ -309,3 +309,19 @@ def test_the_scheduler_emits_events_with_deterministic_ids() -> None:
     assert [e.event_id for e in one.emitted] == [e.event_id for e in two.emitted]
     assert isinstance(one.emitted[-1], RunCompleted)
     assert one.emitted[-1].occurred_at == ts(one.now)
+
+
+def test_pinned_work_no_agent_starts_redoes_the_workspace_on_another_agent() -> None:
+    d = Driver(EngineConfig(heartbeat_timeout_seconds=10.0, pinned_start_timeout_seconds=60.0))
+    d.compile(workflow(act("vpc/checkout", workspace="vpc"), act("vpc/init", "vpc/checkout", workspace="vpc")))
+    checkout = d.last("vpc/checkout")
+    d.feed(d.started(checkout, agent="a1"), d.completed(checkout))
+    assert d.last("vpc/init").agent == "a1"
+    d.tick(59)
+    assert len(d.dispatches) == 2
+    d.tick(2)  # a1 never took it: it is gone
+    assert [(c.activity_id, c.attempt) for c in d.cancels] == [("vpc/init", 1)]
+    again = d.last("vpc/checkout")
+    assert (again.attempt, again.agent) == (2, "")
+    d.feed(d.started(again, agent="a2"), d.completed(again))
+    assert (d.last("vpc/init").attempt, d.last("vpc/init").agent) == (2, "a2")
