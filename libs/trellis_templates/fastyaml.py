@@ -7,32 +7,31 @@ quoted scalars, literal block scalars (`|`, `|-`) and comments. Anything else â€
 merge keys, folded or multi-line scalars, duplicate keys, tabs, syntax errors â€” raises
 `Unsupported`, and the loader hands the whole text to PyYAML, which stays the reference: for
 what this reader accepts it gives the same values, lines and columns (tests/templates compare
-the two on every example and on generated documents).
+the two on every example and on generated documents). A document's positions are recorded as
+it is read except those of `key: scalar` lines, the bulk of a bundle: the document is read
+again, recording all, when its positions are first asked for (that is, when it has a problem).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-import yaml
-
 from trellis_templates.errors import Path
+from trellis_templates.yamlscalars import RESOLVED_FIRST, RESOLVERS, Unsupported, plain, quoted, tail_is_blank
+
+__all__ = ["FastDocument", "Positions", "Unsupported", "read"]
 
 Position = tuple[int, int]
-
-
-class Unsupported(Exception):
-    """The text uses YAML beyond this reader's subset (or is not valid YAML): use PyYAML."""
 
 
 @dataclass(frozen=True, slots=True)
 class FastDocument:
     data: Any
-    positions: dict[Path, Position]
-    keys: dict[Path, Position]
+    positions: Mapping[Path, Position]
+    keys: Mapping[Path, Position]
     index: int
 
 
@@ -41,91 +40,20 @@ _UNSUPPORTED_CHAR = re.compile(r"[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\uf
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_$(./][A-Za-z0-9_$()./\-]*(?=:(?: |$))")
 _FLOW_PLAIN = re.compile(r"[^\s,\[\]{}#'\"&*!|>%@`?:-][^,\[\]{}]*|-[^\s,\[\]{}][^,\[\]{}]*")
 _FLOW_KEY = re.compile(r"[^\s,\[\]{}#'\"&*!|>%@`?:-][^,\[\]{}:]*")
-_DOUBLE = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)")
-_ESCAPES = {
-    "0": "\0", "a": "\a", "b": "\b", "t": "\t", "n": "\n", "v": "\v", "f": "\f", "r": "\r",
-    "e": "\x1b", " ": " ", '"': '"', "/": "/", "\\": "\\", "N": "\x85", "_": "\xa0",
-    "L": "\u2028", "P": "\u2029",
-}  # fmt: skip
 _ENTRY = re.compile(r"([A-Za-z0-9_$(./][A-Za-z0-9_$()./\-]*):(?:$| +(.*))")
 _EMPTIES = frozenset({"[]", "{}", "''", '""'})
-_NOT_PLAIN = "-?:,[]{}#&*!|>'\"%@`"  # first characters the inline fast path leaves to `value`
+_INDICATORS = "?:,[]{}#&*!|>'\"%@`"  # no plain scalar starts with one of these
+_NOT_PLAIN = "-" + _INDICATORS  # nor, for the inline fast path, with `-`
 _BLOCK_HEADER = re.compile(r"\|(-?)(?: +#.*| *)")
-_RESOLVERS = yaml.resolver.Resolver.yaml_implicit_resolvers
-_RESOLVED_FIRST = frozenset(k for k in _RESOLVERS if k)
-_STR = "tag:yaml.org,2002:str"
-_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float"))
-_UNRESOLVED = object()
-
-
-@lru_cache(maxsize=4096)
-def _resolved(value: str) -> Any:
-    """A plain scalar as PyYAML's safe loader reads it (null, bool, int, float or the string)."""
-    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))  # type: ignore[no-untyped-call]
-    if tag == _STR:
-        return value
-    if tag not in _SCALAR_TAGS:
-        return _UNRESOLVED  # timestamps, merge keys, `=`: left to PyYAML
-    return yaml.constructor.SafeConstructor().construct_object(yaml.ScalarNode(tag, value), deep=True)
-
-
-def _plain(value: str) -> Any:
-    if None in _RESOLVERS or value[:1] in _RESOLVED_FIRST or not value:
-        out = _resolved(value)
-        if out is _UNRESOLVED:
-            raise Unsupported(value)
-        return out
-    return value
-
-
-def _unescape(match: re.Match[str]) -> str:
-    code = match[1]
-    if len(code) > 1:
-        point = int(code[1:], 16)
-        if 0xD800 <= point <= 0xDFFF:
-            raise Unsupported("surrogate escape")
-        return chr(point)
-    if code not in _ESCAPES:
-        raise Unsupported("escape")
-    return _ESCAPES[code]
-
-
-def _quoted(line: str, q: int) -> tuple[str, int]:
-    """A one-line quoted scalar starting at `q`: its value and the index after its closing quote."""
-    if line[q] == '"':
-        m = _DOUBLE.match(line, q)
-        if m is None:
-            raise Unsupported("multi-line double-quoted scalar")
-        body = m[1]
-        return (_ESCAPE.sub(_unescape, body) if "\\" in body else body), m.end()
-    parts = []
-    start = q + 1
-    while True:
-        k = line.find("'", start)
-        if k < 0:
-            raise Unsupported("multi-line single-quoted scalar")
-        parts.append(line[start:k])
-        if line.startswith("'", k + 1):
-            parts.append("'")
-            start = k + 2
-            continue
-        return "".join(parts), k + 1
-
-
-def _tail_is_blank(line: str, p: int) -> bool:
-    """Nothing but spaces and perhaps a comment (after at least one space) from `p` on."""
-    rest = line[p:]
-    stripped = rest.lstrip(" ")
-    return not stripped or (stripped[0] == "#" and len(stripped) < len(rest))
 
 
 class _Reader:
-    def __init__(self, lines: list[str], indents: list[int], ends_with_newline: bool) -> None:
+    def __init__(self, lines: list[str], indents: list[int], ends_with_newline: bool, track: bool) -> None:
         self.lines = lines
         self.indents = indents  # -1 for blank and comment lines
         self.end = 0
         self.last_has_newline = ends_with_newline
+        self.track = track  # record every position (else only those off the `key: scalar` path)
         self.positions: dict[Path, Position] = {}
         self.keys: dict[Path, Position] = {}
 
@@ -158,14 +86,14 @@ class _Reader:
         """The key starting at `q` and the index of its `:`, if a mapping entry starts there."""
         ch = line[q]
         if ch in "'\"":
-            value, p = _quoted(line, q)
+            value, p = quoted(line, q)
             if line.startswith(":", p) and (len(line) == p + 1 or line[p + 1] == " "):
                 return value, p
             return None
         m = _PLAIN_KEY.match(line, q)
         if m is None:
             return None
-        key = _plain(m[0])
+        key = plain(m[0])
         if not isinstance(key, str):
             raise Unsupported("a key that is not a string")
         return key, m.end()
@@ -174,32 +102,36 @@ class _Reader:
         self.positions[path] = (i + 1, col + 1)
         out: dict[Any, Any] = {}
         lines, indents, positions, keys, end = self.lines, self.indents, self.positions, self.keys, self.end
-        match, key_column = _ENTRY.match, col + 1
+        match, key_column, track = _ENTRY.match, col + 1, self.track
         while True:
             m = match(lines[i], col)
             if m is not None:  # the common `key: plain scalar` is read here, inline
-                key, text = m.group(1, 2)
-                colon = m.end(1)
-                if key[0] in _RESOLVED_FIRST and not isinstance(key := _plain(key), str):
+                key, colon, text = m[1], m.end(1), m[2] or ""
+                if key[0] in RESOLVED_FIRST and not isinstance(key := plain(key), str):
                     raise Unsupported("a key that is not a string")
             elif (found := self.key_at(lines[i], col)) is not None:
-                (key, colon), text = found, None
+                (key, colon), text = found, ""
             else:
                 raise Unsupported("not a mapping entry")
             if key in out:
                 raise Unsupported("duplicate key")  # PyYAML's path reports it
-            child = (*path, key)
             line_number = i + 1
-            keys[child] = (line_number, key_column)
-            if text and text[0] not in _NOT_PLAIN and " #" not in text and ": " not in text and text[-1] not in ": ":
-                out[key] = _plain(text) if text[0] in _RESOLVED_FIRST else text
-                positions[child] = (line_number, m.start(2) + 1)  # type: ignore[union-attr]
-                i = line_number
-            elif text in _EMPTIES:  # `key: []`, `{}`, `''` or `""`, as common in dumped YAML
-                out[key] = [] if text == "[]" else {} if text == "{}" else ""
-                positions[child] = (line_number, m.start(2) + 1)  # type: ignore[union-attr]
+            simple = (
+                text and text[0] not in _NOT_PLAIN and " #" not in text and ": " not in text and text[-1] not in ": "
+            )
+            if simple or text in _EMPTIES:  # `key: scalar`, or `[]`, `{}`, `''`, `""` as dumped YAML has them
+                if simple:
+                    out[key] = plain(text) if text[0] in RESOLVED_FIRST else text
+                else:
+                    out[key] = [] if text == "[]" else {} if text == "{}" else ""
+                if track:  # else the positions are read again when first asked for
+                    child = (*path, key)
+                    keys[child] = (line_number, key_column)
+                    positions[child] = (line_number, m.start(2) + 1)  # type: ignore[union-attr]
                 i = line_number
             else:
+                child = (*path, key)
+                keys[child] = (line_number, key_column)
                 out[key], i = self.value(i, colon + 1, col, child, indentless=True)
             while i < end and indents[i] < 0:
                 i += 1
@@ -226,7 +158,7 @@ class _Reader:
     def value(self, i: int, p: int, col: int, path: Path, *, indentless: bool) -> tuple[Any, int]:
         """The value after a key's `:` or an entry's `-` at index `p`; `col` is its parent's column."""
         line = self.lines[i]
-        if _tail_is_blank(line, p):
+        if tail_is_blank(line, p):
             j = self.next(i + 1)
             if j < self.end:
                 c = self.indents[j]
@@ -248,11 +180,11 @@ class _Reader:
         self.positions[path] = (i + 1, q + 1)
         if ch in "{[":
             value, end = self.flow(line, q, i, path)
-            if not _tail_is_blank(line, end):
+            if not tail_is_blank(line, end):
                 raise Unsupported("text after a flow collection")
         elif ch in "'\"":
-            value, end = _quoted(line, q)
-            if not _tail_is_blank(line, end):
+            value, end = quoted(line, q)
+            if not tail_is_blank(line, end):
                 raise Unsupported("text after a quoted scalar")
         else:
             value = self.plain(line, q)
@@ -265,11 +197,11 @@ class _Reader:
             text = text[:cut]
         text = text.rstrip(" ")
         first = text[0]
-        if first in _NOT_PLAIN[1:] or (first == "-" and (len(text) == 1 or text[1] == " ")):
+        if first in _INDICATORS or (first == "-" and (len(text) == 1 or text[1] == " ")):
             raise Unsupported("an indicator starting a plain scalar")
         if ": " in text or text.endswith(":"):
             raise Unsupported("a mapping indicator inside a plain scalar")
-        return _plain(text)
+        return plain(text)
 
     def literal(self, i: int, q: int, col: int, path: Path) -> tuple[str, int]:
         header = _BLOCK_HEADER.fullmatch(self.lines[i], q)
@@ -307,7 +239,7 @@ class _Reader:
         self.positions[path] = (i + 1, q + 1)
         ch = line[q]
         if ch in "'\"":
-            return _quoted(line, q)
+            return quoted(line, q)
         if ch == "{":
             return self.flow_mapping(line, q, i, path)
         if ch == "[":
@@ -318,7 +250,7 @@ class _Reader:
         text = m[0].rstrip(" ")
         if ": " in text or " #" in text or "?" in text or text.endswith(":"):
             raise Unsupported("flow scalar")
-        return _plain(text), q + len(text)
+        return plain(text), q + len(text)
 
     def flow_mapping(self, line: str, q: int, i: int, path: Path) -> tuple[dict[Any, Any], int]:
         out: dict[Any, Any] = {}
@@ -329,12 +261,12 @@ class _Reader:
             if p >= len(line):
                 raise Unsupported("multi-line flow mapping")
             if line[p] in "'\"":
-                key, k = _quoted(line, p)
+                key, k = quoted(line, p)
             else:
                 m = _FLOW_KEY.match(line, p)
                 if m is None or m[0].endswith(" ") or " #" in m[0] or "?" in m[0]:
                     raise Unsupported("flow key")
-                key, k = _plain(m[0]), m.end()
+                key, k = plain(m[0]), m.end()
                 if not isinstance(key, str):
                     raise Unsupported("a key that is not a string")
             if not line.startswith(": ", k) or key in out:
@@ -377,10 +309,46 @@ def _skip(line: str, p: int) -> int:
     return p
 
 
+class _Where:
+    """The positions of one document's nodes, read again from its lines when first asked for."""
+
+    def __init__(self, reader: _Reader, start: int, end: int) -> None:
+        self.reader, self.start, self.end = reader, start, end
+        self.tables: tuple[dict[Path, Position], dict[Path, Position]] | None = None
+
+    def table(self, which: int) -> dict[Path, Position]:
+        if self.tables is None:
+            r = self.reader
+            again = _Reader(r.lines, r.indents, r.last_has_newline, track=True)
+            again.end = self.end
+            again.document(self.start, self.end)
+            self.tables = (again.positions, again.keys)
+        return self.tables[which]
+
+
+class Positions(Mapping[Path, Position]):
+    """Path -> (line, column) of a document's nodes (`which` 0) or keys (1), built on first use."""
+
+    def __init__(self, where: _Where, which: int) -> None:
+        self.where, self.which = where, which
+
+    def __getitem__(self, path: Path) -> Position:
+        return self.where.table(self.which)[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.where.table(self.which)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.where.table(self.which))
+
+    def __len__(self) -> int:
+        return len(self.where.table(self.which))
+
+
 def read(text: str) -> list[FastDocument]:
     """Every non-empty document of `text`; raises `Unsupported` for anything beyond the subset."""
-    if _UNSUPPORTED_CHAR.search(text):
-        raise Unsupported("a character this reader leaves to PyYAML")
+    if _UNSUPPORTED_CHAR.search(text) or None in RESOLVERS:  # or a resolver for any first character
+        raise Unsupported("a character or a resolver this reader leaves to PyYAML")
     lines = text.split("\n")
     ends_with_newline = lines[-1] == ""
     if ends_with_newline:
@@ -395,7 +363,7 @@ def read(text: str) -> list[FastDocument]:
             indents[n] = -1
     implicit = any(x >= 0 for x in indents[: markers[0] if markers else len(lines)])
     starts = [0, *markers] if implicit else markers
-    reader = _Reader(lines, indents, ends_with_newline)
+    reader = _Reader(lines, indents, ends_with_newline, track=False)
     documents: list[FastDocument] = []
     for index, start in enumerate(starts):
         end = starts[index + 1] if index + 1 < len(starts) else len(lines)
@@ -403,5 +371,6 @@ def read(text: str) -> list[FastDocument]:
         if reader.next(start) >= end:
             continue  # an empty document: PyYAML gives null, which the loader skips
         data = reader.document(start, end)
-        documents.append(FastDocument(data, reader.positions, reader.keys, index))
+        where = _Where(reader, start, end)
+        documents.append(FastDocument(data, Positions(where, 0), Positions(where, 1), index))
     return documents
