@@ -112,11 +112,13 @@ class Bus:
             log.warning("nats_error", service=name, error=str(exc))
 
         async def on_disconnect() -> None:
-            log.warning("nats_disconnected", service=name)
+            if not (nc_ref and (nc_ref[0].is_draining or nc_ref[0].is_closed)):  # our own close is no news
+                log.warning("nats_disconnected", service=name)
 
         async def on_reconnect() -> None:
             log.info("nats_reconnected", service=name)
 
+        nc_ref: list[NATS] = []
         try:
             nc = await nats.connect(
                 servers=[settings.nats_url],
@@ -137,6 +139,7 @@ class Bus:
                 "is nats-server running with JetStream (-js), and is TRELLIS_NATS_URL right?"
             ) from None
         nc.options["max_reconnect_attempts"] = -1  # ... and unbounded once we have: ride out restarts
+        nc_ref.append(nc)
         return cls(nc, settings, name)
 
     async def ensure_streams(self) -> None:
