@@ -46,7 +46,9 @@ def _effect(run: RunState, d: int) -> tuple[bool, bool]:
     if a.status == "succeeded" or (a.status == "skipped" and a.skip_kind in NO_OP_SKIPS):
         return False, False
     if a.status in ("failed", "timed_out") and run.activities[d].on_failure == "continue":
-        return False, True
+        # A failure its template chose to tolerate is not the run failing: it neither blocks
+        # `success` dependents nor fires `failure` ones (else on-success and on-failure both run).
+        return False, False
     return True, True
 
 

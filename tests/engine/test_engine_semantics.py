@@ -84,6 +84,21 @@ def test_on_failure_continue_lets_dependents_run_and_the_run_succeed() -> None:
     assert d.run_to_end().status == "succeeded"
 
 
+def test_a_tolerated_hook_failure_runs_on_success_hooks_and_not_on_failure_hooks() -> None:
+    d = Driver()
+    d.compile(
+        workflow(
+            act("notify", on_failure="continue"),
+            act("env/on-success", "notify"),
+            act("env/on-failure", "notify", when="failure"),
+        )
+    )
+    d.fail("notify")
+    assert d.run_to_end().status == "succeeded"
+    assert d.status("env/on-success") == "succeeded"
+    assert d.status("env/on-failure") == "skipped"
+
+
 def test_a_retryable_failure_is_retried_after_a_deterministic_backoff() -> None:
     policy = RetryPolicy(max_attempts=3, initial_backoff_seconds=4.0, multiplier=2.0)
     d = Driver()
