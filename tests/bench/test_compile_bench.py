@@ -44,7 +44,7 @@ from trellis_templates.validate import parse_documents
 
 API = "trellis.dev/v1"
 RESOURCES = 1000
-RUNS = 5
+RUNS = 7
 
 
 def generated(count: int = RESOURCES, seed: int = 7) -> list[Any]:

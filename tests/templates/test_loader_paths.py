@@ -275,3 +275,12 @@ def test_a_path_compiled_on_first_use_evaluates_as_jinja2_compiled_it_eagerly(so
     eager = replace(expression, call=expressions._env.compile_expression(rewritten, undefined_to_none=False))
     for scope in SCOPES:
         assert outcome(expression, scope) == outcome(eager, scope)
+
+
+def test_positions_of_key_scalar_lines_are_read_again_only_when_first_asked_for() -> None:
+    (doc,) = fastyaml.read("a: 1\nb:\n  - {c: x}\n")
+    assert isinstance(doc.positions, fastyaml.Positions)
+    assert doc.positions.where.tables is None  # a document without problems never pays for them
+    assert doc.positions[("a",)] == (1, 4)
+    assert doc.keys[("b", 0, "c")] == (3, 6)
+    assert doc.positions.where.tables is not None
