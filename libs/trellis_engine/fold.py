@@ -98,14 +98,15 @@ def _compiled(st: SchedulerState, event: RunCompiled) -> None:
 def _current(run: RunState, event: ActivityEvent) -> int | None:
     """The activity's position if the event is about its current attempt, else None. An event
     of a later attempt than we know (replay over an older snapshot) means that attempt was
-    dispatched: catch up."""
+    dispatched: catch up — even from `pending`, since what made it ready may have been a decision
+    that left no event of its own (a skip condition, a cancel), which `decide` will make again."""
     i = run.index.get(event.activity_id)
     if i is None:
         return None
     a = run.acts[i]
     if event.attempt == a.attempt and a.status in ACTIVE:
         return i
-    if event.attempt > a.attempt and a.status == "ready":
+    if event.attempt > a.attempt and a.status in ("pending", "ready"):
         a.attempt = event.attempt
         a.retry_at = 0.0
         a.dispatched_at = event.occurred_at.timestamp()
@@ -118,7 +119,7 @@ def _activity_event(st: SchedulerState, run: RunState, event: ActivityEvent) -> 
     if i is None:
         return
     a = run.acts[i]
-    if a.status == "ready":  # caught up above
+    if a.status in ("pending", "ready"):  # caught up above
         set_status(st, run, i, "dispatched")
     t = event.occurred_at.timestamp()
     handler = _HANDLERS.get(type(event))

@@ -10,6 +10,7 @@ from typing import Any
 
 from trellis_core.events import (
     ActivityDispatched,
+    ActivityFailed,
     Event,
     RunCompleted,
     RunQueued,
@@ -26,7 +27,7 @@ from trellis_engine.binding import (
 )
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
 from trellis_engine.fold import start_run
-from trellis_engine.state import IN_FLIGHT, TERMINAL_RUN, RunState, SchedulerState
+from trellis_engine.state import IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
 from trellis_engine.transitions import finish, set_status
 
 
@@ -140,7 +141,12 @@ def _dispatch_one(
         if run.needs_render[i]:
             activity = render_activity(activity, late_scope(run, activity), render)
     except RenderError as exc:
-        finish(st, run, i, "failed", now, f"cannot render: {exc}")
+        a.attempt += 1  # the failure is an event of its own attempt, so a replay sees it too
+        reason = f"cannot render: {exc}"
+        key = f"{run.run_id}/{activity.id}/{a.attempt}/failed"
+        emit(cmds, ActivityFailed(tenant=run.tenant, run_id=run.run_id, activity_id=activity.id, attempt=a.attempt,
+                                  reason=reason, retryable=False, **stamp(now, key)))  # fmt: skip
+        finish(st, run, i, "failed", now, reason)
         return
     a.attempt += 1
     set_status(st, run, i, "dispatched")
@@ -189,11 +195,11 @@ def complete_run(
         return
     if status is None:
         status = "cancelled" if run.cancel_requested else "failed" if run.failed else "succeeded"
-    if run.status == "queued" and run.remaining:
-        for i, a in enumerate(run.acts):  # never started: nothing ran, everything is skipped
-            if a.status not in ("skipped",):
+    if run.remaining:  # never started, or completed by a replayed RunCompleted ahead of `decide`
+        for i, a in enumerate(run.acts):
+            if a.status not in TERMINAL:
                 set_status(st, run, i, "skipped")
-                a.skip_kind = "cancel"
+                a.skip_kind = "cancel" if run.cancel_requested else "upstream"
                 a.reason = run.cancel_reason or run.message
     run.status = status
     run.finished_at = now

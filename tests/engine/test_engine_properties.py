@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from engine_support import Driver, act, ts, workflow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trellis_core.events import ActivityCancelled, ActivityCompleted, Event, RunCancelRequested
+from trellis_core.events import ActivityCancelled, ActivityCompleted, Event, RunCancelRequested, RunCompiled
 from trellis_core.workflow import RetryPolicy, Workflow
-from trellis_engine.commands import Cancel, Dispatch
-from trellis_engine.state import TERMINAL, EngineConfig
+from trellis_engine.commands import Cancel, Dispatch, PublishEvent
+from trellis_engine.decide import decide, fold
+from trellis_engine.graph import restore, snapshot
+from trellis_engine.recovery import adopt
+from trellis_engine.state import TERMINAL, EngineConfig, RunSnapshot, SchedulerState
 from trellis_engine.transitions import _effect
 
 Outcome = str  # complete | fail | fail_final | hang (started, then silence: the agent died)
@@ -53,9 +57,24 @@ class Checker:
         self.delivered: list[Event] = []
         self.last_attempt: dict[tuple[str, str], int] = {}
         self.completions: set[tuple[str, str, int]] = set()
+        self.stream: list[Event] = []  # what JetStream would hold, in order (duplicates dropped)
+        self._stored: set[str] = set()
+        self.snapshot: tuple[int, dict[str, bytes]] | None = None
+
+    def store(self, event: Event) -> None:
+        if event.msg_id() not in self._stored:
+            self._stored.add(event.msg_id())
+            self.stream.append(event)
+
+    def take_snapshot(self) -> None:
+        """What the scheduler would have in KV now: every run's snapshot, and where the stream is."""
+        snaps = {r.run_id: msgspec.json.encode(snapshot(r)) for r in self.d.st.runs.values()}
+        self.snapshot = (len(self.stream), snaps)
 
     def after_commands(self) -> None:
         for cmd in self.d.commands[self.seen :]:
+            if isinstance(cmd, PublishEvent):
+                self.store(cmd.event)
             if isinstance(cmd, Dispatch):
                 self.check_dispatch(cmd)
                 self.agent_plays(cmd)
@@ -106,6 +125,7 @@ class Checker:
 
     def deliver(self, event: Event) -> None:
         self.delivered.append(event)
+        self.store(event)
         if isinstance(event, ActivityCompleted):
             self.completions.add((event.run_id, event.activity_id, event.attempt))
         self.d.feed(event)
@@ -140,9 +160,8 @@ def test_any_dag_under_any_event_order_ends_once_and_respects_dependencies(
     c = Checker(d, data)
     runs = ["r1", "r2"] if two_runs else ["r1"]
     for r in runs:
-        d.compile(wf, run_id=r)
+        c.deliver(RunCompiled(tenant="acme", run_id=r, workflow=wf, occurred_at=ts(d.now)))
         d.now += 0.001
-    c.after_commands()
     cancelled: set[str] = set()
     for _ in range(150):
         if c.all_done(runs) and not c.pending:
@@ -154,6 +173,8 @@ def test_any_dag_under_any_event_order_ends_once_and_respects_dependencies(
             c.deliver(data.draw(st.sampled_from(c.delivered), label="duplicate"))
         elif move == 7:
             c.tick(data.draw(st.sampled_from([0.5, 3.0, 11.0]), label="time passes"))
+        elif move == 9 and c.snapshot is None:
+            c.take_snapshot()
         elif move == 8:
             r = data.draw(st.sampled_from(runs), label="cancel")
             if r not in cancelled:
@@ -179,3 +200,25 @@ def test_any_dag_under_any_event_order_ends_once_and_respects_dependencies(
             assert done.status != "cancelled"
     assert d.st.tenant_inflight.get("acme", 0) == 0
     assert not d.st.env_holder
+    if c.snapshot is not None:
+        replay_matches(c, wf, config)
+
+
+def replay_matches(c: Checker, wf: Workflow, config: EngineConfig) -> None:
+    """A scheduler restarted from the snapshot, fed the stream after it, ends where the first one
+    did and dispatches no attempt the first one did not."""
+    at, snaps = c.snapshot or (0, {})
+    st2 = SchedulerState(config=config)
+    for raw in snaps.values():
+        adopt(st2, restore(msgspec.json.decode(raw, type=RunSnapshot), wf), c.d.now)
+    for event in c.stream[at:]:
+        fold(st2, event)
+    _, cmds = decide(st2, c.d.now + 1000.0)
+    original = set(c.d.dispatch_count)
+    assert {(x.run_id, x.activity.id, x.attempt) for x in cmds if isinstance(x, Dispatch)} <= original
+    for run_id, run in c.d.st.runs.items():
+        if run_id not in st2.runs:  # not compiled yet, or already over, at the snapshot
+            continue
+        again = st2.runs[run_id]
+        assert again.status == run.status, f"{run_id}: {again.status} after replay, {run.status} before"
+        assert [a.status for a in again.acts] == [a.status for a in run.acts]
