@@ -238,3 +238,29 @@ async def test_cancelling_a_run_withdraws_work_no_agent_has_taken_yet(
     assert "withdrawn" in cancelled[0].reason
     info = await bus.js.stream_info(subjects.STREAM_WORK, subjects_filter=subjects.work(unique, "default"))
     assert not info.state.subjects
+
+
+async def test_an_approval_waits_for_the_decision_then_the_run_goes_on(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    from trellis_core.events import ApprovalDecided, ApprovalRequested
+    from trellis_core.workflow import Activity, ApprovalSpec
+
+    gate = Activity(id="environment/on-init/approve", kind="approval", spec=ApprovalSpec(approvers=("lee",)))
+    wf = workflow(gate, sh("resource/vpc/apply", "true", "environment/on-init/approve"))
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique),
+    ):
+        run_id = await submit(bus, unique, wf)
+        asked = await rec.first(ApprovalRequested, run_id)
+        assert not rec.of(ActivityStarted, run_id)[1:]  # nothing else runs while it waits
+        decided = ApprovalDecided(
+            tenant=unique, run_id=run_id, activity_id=asked.activity_id, attempt=asked.attempt,
+            decision="approved", decided_by="lee",
+        )  # fmt: skip
+        await bus.publish_event(decided)
+        done = await rec.completion(run_id)
+    assert done.status == "succeeded"
+    assert [e.activity_id for e in rec.of(ActivityStarted, run_id)] == [aid(gate.id), aid("resource/vpc/apply")]
