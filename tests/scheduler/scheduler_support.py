@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from trellis_agent.agent import Agent, executors_for
 from trellis_agent.config import AgentConfig
 from trellis_core import subjects
@@ -31,32 +29,7 @@ def sh(id: str, script: str, *deps: str, **kw: Any) -> Activity:
 
 
 def workflow(*activities: Activity, env: str = "dev") -> Workflow:
-    wf = Workflow(environment=env, template=TemplateRef(name="t"), action="deploy", activities=activities)
-    return portable(wf)
-
-
-def _slashes_fit_subjects() -> bool:
-    try:
-        subjects.logs("t", "r", "a/b")
-    except subjects.InvalidSubjectToken:
-        return False
-    return True
-
-
-def aid(activity_id: str) -> str:
-    """The id an activity travels under in these tests (see `portable`)."""
-    return activity_id if _slashes_fit_subjects() else activity_id.replace("/", "_")
-
-
-def portable(wf: Workflow) -> Workflow:
-    """Until subjects.activity_token accepts the '~' it maps '/' to (the agent's log subjects
-    refuse real ids today; tests/agent has the xfail), rename ids so the real agent can run them."""
-    if _slashes_fit_subjects():
-        return wf
-    acts = tuple(
-        msgspec.structs.replace(a, id=aid(a.id), depends_on=tuple(aid(d) for d in a.depends_on)) for a in wf.activities
-    )
-    return msgspec.structs.replace(wf, activities=acts)
+    return Workflow(environment=env, template=TemplateRef(name="t"), action="deploy", activities=activities)
 
 
 class Recorder:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from scheduler_support import (
     Process,
-    aid,
-    portable,
     recording,
     running_agent,
     running_scheduler,
@@ -39,7 +37,7 @@ def demo(tenant: str, run_id: str, action: str) -> object:
     sources = [SourceFile(path=str(p), text=p.read_text()) for p in sorted(DEMO.glob("*.yaml"))]
     result = compile_sources(sources, "demo", {}, action, tenant=tenant, run_id=run_id)  # type: ignore[arg-type]
     assert not result.errors, result.errors
-    return portable(result.workflow)
+    return result.workflow
 
 
 async def test_a_three_resource_environment_deploys_and_then_destroys(
@@ -60,7 +58,7 @@ async def test_a_three_resource_environment_deploys_and_then_destroys(
     assert set(deployed.outputs) >= {"network", "database", "app"}
     assert destroyed.status == "succeeded", destroyed.message
     started = [e.activity_id for e in rec.of(ActivityStarted, destroy_id)]
-    assert started.index(aid("resource/app/task/build")) < started.index(aid("resource/network/task/allocate"))
+    assert started.index("resource/app/task/build") < started.index("resource/network/task/allocate")
 
 
 async def test_a_failing_apply_skips_dependents_and_runs_on_failure_then_on_completion(
@@ -80,12 +78,12 @@ async def test_a_failing_apply_skips_dependents_and_runs_on_failure_then_on_comp
         run_id = await submit(bus, unique, wf)
         done = await rec.completion(run_id)
     assert done.status == "failed"
-    assert aid("resource/vpc/apply") in done.message
+    assert "resource/vpc/apply" in done.message
     started = [e.activity_id for e in rec.of(ActivityStarted, run_id)]
     assert started == [
-        aid("resource/vpc/apply"),
-        aid("environment/on-failure/page"),
-        aid("environment/on-completion/tidy"),
+        "resource/vpc/apply",
+        "environment/on-failure/page",
+        "environment/on-completion/tidy",
     ]
 
 
@@ -103,13 +101,13 @@ async def test_cancel_mid_run_stops_the_running_activity_and_still_runs_on_compl
         running_agent(bus, tmp_path, unique),
     ):
         run_id = await submit(bus, unique, wf)
-        await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"))
+        await rec.first(ActivityStarted, run_id, activity_id="resource/vpc/apply")
         await bus.publish_event(RunCancelRequested(tenant=unique, run_id=run_id, reason="changed my mind"))
         done = await rec.completion(run_id)
     assert done.status == "cancelled"
-    assert rec.of(ActivityCancelled, run_id)[0].activity_id == aid("resource/vpc/apply")
+    assert rec.of(ActivityCancelled, run_id)[0].activity_id == "resource/vpc/apply"
     started = [e.activity_id for e in rec.of(ActivityStarted, run_id)]
-    assert started == [aid("resource/vpc/apply"), aid("environment/on-completion/tidy")]
+    assert started == ["resource/vpc/apply", "environment/on-completion/tidy"]
 
 
 async def test_an_activity_is_retried_on_another_agent_after_its_agent_is_killed(
@@ -123,15 +121,15 @@ async def test_an_activity_is_retried_on_another_agent_after_its_agent_is_killed
                          log=tmp_path / "doomed.log")  # fmt: skip
         try:
             run_id = await submit(bus, unique, wf)
-            await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"), agent="doomed")
+            await rec.first(ActivityStarted, run_id, activity_id="resource/vpc/apply", agent="doomed")
         finally:
             doomed.kill()
         async with running_agent(bus, tmp_path, unique, agent_id="survivor"):
             lost = await rec.first(ActivityLost, run_id, within=20)
             done = await rec.completion(run_id)
-    assert (lost.activity_id, lost.attempt, lost.agent) == (aid("resource/vpc/apply"), 1, "doomed")
+    assert (lost.activity_id, lost.attempt, lost.agent) == ("resource/vpc/apply", 1, "doomed")
     assert done.status == "succeeded"
-    retried = await rec.first(ActivityStarted, run_id, activity_id=aid("resource/vpc/apply"), attempt=2)
+    retried = await rec.first(ActivityStarted, run_id, activity_id="resource/vpc/apply", attempt=2)
     assert retried.agent == "survivor"
 
 
@@ -263,4 +261,4 @@ async def test_an_approval_waits_for_the_decision_then_the_run_goes_on(
         await bus.publish_event(decided)
         done = await rec.completion(run_id)
     assert done.status == "succeeded"
-    assert [e.activity_id for e in rec.of(ActivityStarted, run_id)] == [aid(gate.id), aid("resource/vpc/apply")]
+    assert [e.activity_id for e in rec.of(ActivityStarted, run_id)] == [gate.id, "resource/vpc/apply"]
