@@ -94,7 +94,13 @@ async def running_scheduler(bus: Bus, settings: Settings, tenant: str) -> AsyncI
 @asynccontextmanager
 async def running_agent(bus: Bus, tmp_path: Path, tenant: str, **overrides: Any) -> AsyncIterator[Agent]:
     config = AgentConfig.from_env(
-        {}, tenant=tenant, heartbeat_seconds=0.3, log_flush_seconds=0.05, kill_grace_seconds=0.5, **overrides
+        {},
+        tenant=tenant,
+        heartbeat_seconds=0.3,
+        log_flush_seconds=0.05,
+        kill_grace_seconds=0.5,
+        shutdown_grace_seconds=2.0,
+        **overrides,
     )
     stop, ready = asyncio.Event(), asyncio.Event()
     async with executors_for(config, bus) as router:
