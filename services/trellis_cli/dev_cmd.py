@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
-from trellis_cli.devstack import DevStack
-from trellis_core.bus import stop_on_signals
-from trellis_core.logs import configure
-from trellis_core.settings import Settings
+if TYPE_CHECKING:  # the bus and the servers load when the command runs, not when --help does
+    from trellis_core.settings import Settings
 
 
 async def _up(settings: Settings) -> int:
+    from trellis_cli.devstack import DevStack
+    from trellis_core.bus import stop_on_signals
+
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with DevStack(settings) as stack:
@@ -30,6 +32,9 @@ async def _up(settings: Settings) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from trellis_core.logs import configure
+    from trellis_core.settings import Settings
+
     settings = Settings.from_env()
     configure(settings)
     return asyncio.run(_up(settings))
