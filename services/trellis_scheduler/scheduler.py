@@ -24,7 +24,6 @@ from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import (
     ActivityCancelled,
-    DeadLetter,
     RunCompiled,
     RunCompleted,
     RunEvent,
@@ -172,7 +171,10 @@ class Scheduler:
         try:
             event: RunEvent = decode_run_event(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self._dead_letter(msg, f"undecodable: {exc}")
+            await self.bus.dead_letter(
+                msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=f"undecodable: {exc}"
+            )
+            log.error("message_dead_lettered", subject=msg.subject, reason=str(exc))
             return None
         run = self.st.runs.get(event.run_id)
         if (run is not None and seq <= run.last_seq) or event.run_id in self.st.finished:
@@ -187,19 +189,6 @@ class Scheduler:
         run.last_seq = seq
         self.dirty.add(run.run_id)
         return run.run_id if created else None
-
-    async def _dead_letter(self, msg: Msg, reason: str) -> None:
-        letter = DeadLetter(
-            subject=msg.subject,
-            stream=subjects.STREAM_EVENTS,
-            consumer=self.durable,
-            reason=reason,
-            deliveries=msg.metadata.num_delivered,
-            data=msg.data.decode("utf-8", errors="replace"),
-        )
-        seq = msg.metadata.sequence.stream
-        await self.bus.publish(subjects.deadletter(msg.subject), letter, msg_id=f"dl/scheduler/{seq}")
-        log.error("message_dead_lettered", subject=msg.subject, reason=reason)
 
     async def _step(self) -> None:
         """Decide now and carry the commands out (publishes are confirmed later, in order)."""

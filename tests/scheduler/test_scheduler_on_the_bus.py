@@ -262,3 +262,27 @@ async def test_an_approval_waits_for_the_decision_then_the_run_goes_on(
         done = await rec.completion(run_id)
     assert done.status == "succeeded"
     assert [e.activity_id for e in rec.of(ActivityStarted, run_id)] == [gate.id, "resource/vpc/apply"]
+
+
+async def test_an_undecodable_event_is_dead_lettered_and_the_scheduler_goes_on(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    import msgspec
+
+    from trellis_core import subjects
+    from trellis_core.events import DeadLetter
+
+    poison = subjects.run_event(unique, "r-poison", "activity.started")
+    letters = await bus.nc.subscribe(subjects.deadletter(poison))
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique),
+    ):
+        await bus.publish(poison, b"{not json", msg_id=f"{unique}-poison")
+        letter = msgspec.json.decode((await letters.next_msg(timeout=15)).data, type=DeadLetter)
+        run_id = await submit(bus, unique, workflow(sh("apply", "true")))
+        done = await rec.completion(run_id)
+    await letters.unsubscribe()
+    assert letter.reason.startswith("undecodable")
+    assert done.status == "succeeded"
