@@ -40,5 +40,8 @@ def configure(settings: Settings, *, stream: Any = None) -> None:
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A logger with `component` and any context (tenant, run, activity) bound."""
-    return structlog.get_logger(name).bind(component=name, **context)
+    """A logger with `component` and any context (tenant, run, activity) bound.
+
+    Lazy: module-level loggers made at import time still follow `configure()` called later
+    (`.bind()` here would freeze the default configuration into them)."""
+    return structlog.get_logger(name, component=name, **context)

@@ -121,8 +121,9 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     """One node of the DAG: what an agent runs, when it may run, and how failures are handled.
 
     `when`: `success` — ready when every dependency succeeded (or failed with `onFailure:
-    continue`); `failure` — when every dependency is finished and at least one did not
-    succeed (otherwise skipped); `always` — when every dependency is finished.
+    continue`); `failure` — when every dependency is finished and at least one failed, timed
+    out or was skipped for it (a tolerated `onFailure: continue` failure does not count;
+    otherwise skipped); `always` — when every dependency is finished.
     `workspace`: activities sharing a workspace key run on the agent that ran the first of them.
     Strings may still hold late-bound `$( )$` expressions (upstream outputs): the scheduler
     renders them just before dispatch.

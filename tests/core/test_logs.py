@@ -37,6 +37,16 @@ def test_json_logs_carry_tenant_run_and_activity() -> None:
     assert lines[0]["component"] == "agent"
 
 
+def test_a_logger_made_before_configure_follows_the_configuration() -> None:
+    early = get_logger("scheduler", tenant="acme")
+    out = io.StringIO()
+    configure(Settings.from_env({}, log_format="json", log_level="warning"), stream=out)
+    early.info("hidden")
+    early.warning("shown")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["shown"]
+
+
 def test_a_terminal_gets_readable_lines_not_json() -> None:
     out = _Tty()
     configure(Settings.from_env({}, log_format="auto"), stream=out)
