@@ -9,7 +9,16 @@ import pytest
 
 from trellis_core.bus import Bus
 from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
+from trellis_core.logs import configure
 from trellis_core.settings import Settings
+
+QUIET_LOGS = Settings.from_env({}, log_format="json", log_level="warning")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Warnings and errors only, as JSON on stderr: what services print when configured."""
+    configure(QUIET_LOGS)
 
 _names = itertools.count()
 

@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
+from conftest import QUIET_LOGS
 from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings
 
@@ -16,7 +16,7 @@ from trellis_core.settings import Settings
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
     yield
-    structlog.reset_defaults()
+    configure(QUIET_LOGS)
 
 
 class _Tty(io.StringIO):
