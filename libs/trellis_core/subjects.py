@@ -42,6 +42,21 @@ def activity_token(activity_id: str) -> str:
     return value
 
 
+def subject_mismatch(subject: str, tenant: str, run_id: str | None = None) -> str:
+    """Why a message claiming `tenant` (and `run_id`) may not travel on `subject`; "" if it may.
+
+    Permissions scope a tenant by subject, so the subject is the authority: a message naming
+    another tenant (or another run) than its subject is forged or misrouted."""
+    parts = subject.split(".")
+    if len(parts) < 3 or parts[0] != PREFIX:
+        return f"subject {subject!r} is not a Trellis subject"
+    if parts[1] != tenant:
+        return f"message names tenant {tenant!r} but travels on tenant {parts[1]!r}'s subject {subject}"
+    if run_id is not None and (len(parts) < 4 or parts[2] != "run" or parts[3] != run_id):
+        return f"message names run {run_id!r} but travels on subject {subject}"
+    return ""
+
+
 def runs_requested(tenant: str) -> str:
     return f"{PREFIX}.{tenant_token(tenant)}.runs.requested"
 

@@ -38,8 +38,8 @@ def fold(st: SchedulerState, event: Event) -> SchedulerState:
         _compiled(st, event)
         return st
     run = st.runs.get(event.run_id)
-    if run is None or run.status in TERMINAL_RUN:
-        return st
+    if run is None or run.status in TERMINAL_RUN or run.tenant != event.tenant:
+        return st  # another tenant's event can never touch this run, whatever its run id
     st.dirty.add(run.run_id)
     if isinstance(event, ActivityEvent):
         _activity_event(st, run, event)

@@ -54,6 +54,8 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
         subjects.run_event(request.tenant, request.run_id, "run.compiled")
     except subjects.InvalidSubjectToken as exc:
         raise PermanentError(str(exc)) from None
+    if reason := subjects.subject_mismatch(delivery.subject, request.tenant):
+        raise PermanentError(reason)
     result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
     event = outcome(request, result)
     await delivery.in_progress()

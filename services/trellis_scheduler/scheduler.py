@@ -176,6 +176,10 @@ class Scheduler:
             )
             log.error("message_dead_lettered", subject=msg.subject, reason=str(exc))
             return None
+        if reason := subjects.subject_mismatch(msg.subject, event.tenant, event.run_id):
+            await self.bus.dead_letter(msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=reason)
+            log.error("message_dead_lettered", subject=msg.subject, reason=reason)
+            return None
         run = self.st.runs.get(event.run_id)
         if (run is not None and seq <= run.last_seq) or event.run_id in self.st.finished:
             return None

@@ -75,3 +75,12 @@ def test_uuid7_is_time_ordered_and_version_7() -> None:
     first, second = uuid7(1_000), uuid7(2_000)
     assert first < second
     assert first[14] == "7"
+
+
+def test_a_message_must_name_the_tenant_and_run_of_its_subject() -> None:
+    subject = subjects.run_event("acme", "r1", "activity.completed")
+    assert subjects.subject_mismatch(subject, "acme", "r1") == ""
+    assert "travels on tenant 'acme'" in subjects.subject_mismatch(subject, "globex", "r1")
+    assert "names run 'r2'" in subjects.subject_mismatch(subject, "acme", "r2")
+    assert subjects.subject_mismatch(subjects.runs_requested("acme"), "acme") == ""
+    assert "not a Trellis subject" in subjects.subject_mismatch("other.acme.x", "acme")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from engine_support import Driver, act, ts, workflow
 
 from trellis_core.events import (
@@ -340,3 +341,12 @@ def test_pinned_work_no_agent_starts_redoes_the_workspace_on_another_agent() -> 
     assert (again.attempt, again.agent) == (2, "")
     d.feed(d.started(again, agent="a2"), d.completed(again))
     assert (d.last("vpc/init").attempt, d.last("vpc/init").agent) == (2, "a2")
+
+
+def test_an_event_of_another_tenant_never_touches_a_run_with_the_same_id() -> None:
+    d = Driver()
+    d.compile(workflow(act("a"), act("b", "a")))
+    forged = d.completed(d.last("a"))
+    d.feed(msgspec.structs.replace(forged, tenant="intruder"))
+    assert d.status("a") != "succeeded"
+    assert d.dispatched_ids() == ["a"]

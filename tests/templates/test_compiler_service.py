@@ -78,3 +78,21 @@ async def test_a_request_compiles_a_broken_bundle_is_rejected_and_the_next_still
     again = await asyncio.wait_for(run_events.get(), TIMEOUT)
     assert isinstance(again, RunCompiled)
     assert again.run_id == "run-4"
+
+
+async def test_a_request_naming_another_tenant_is_dead_lettered_not_compiled(
+    bus: Bus, compiler: None, run_events: asyncio.Queue[RunEvent], unique: str
+) -> None:
+    victim, attacker = unique, f"{unique}-evil"
+    forged = RunRequested(
+        tenant=victim, run_id="forged", environment="demo", sources=(SourceFile(path="d.yaml", text=DEMO.read_text()),)
+    )
+    attacker_subject = subjects.runs_requested(attacker)
+    letters = await bus.nc.subscribe(subjects.deadletter(attacker_subject))
+    await bus.publish(attacker_subject, forged, msg_id=f"{unique}/forged")
+    letter = await letters.next_msg(timeout=TIMEOUT)
+    await letters.unsubscribe()
+    assert b"travels on tenant" in letter.data
+    await request(bus, victim, "honest", DEMO.read_text())
+    first = await asyncio.wait_for(run_events.get(), TIMEOUT)
+    assert first.run_id == "honest", "the forged request reached the victim's run subjects"
