@@ -1,7 +1,9 @@
-"""`trellis dev up` starts the whole stack on free ports and stops it cleanly on Ctrl-C."""
+"""`trellis dev up` starts the whole stack on free ports, serves a run submitted with
+TRELLIS_NATS_URL from another process, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,8 +15,10 @@ from pathlib import Path
 import asyncpg
 import nats
 
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
-async def test_dev_up_starts_nats_and_postgres_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+
+async def test_dev_up_starts_nats_postgres_and_every_service_serves_a_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
     env |= {"TRELLIS_DATA_DIR": str(tmp_path / "data"), "TRELLIS_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
@@ -41,6 +45,15 @@ async def test_dev_up_starts_nats_and_postgres_and_stops_cleanly_on_ctrl_c(tmp_p
         conn = await asyncpg.connect(pg_url.group(1))
         assert await conn.fetchval("select 1") == 1
         await conn.close()
+        # Its compiler, scheduler and agent serve a run submitted from another process.
+        run = subprocess.run(
+            [sys.executable, "-m", "trellis_cli.main", "run", str(DEMO), "--environment", "demo", "--json"],
+            capture_output=True, text=True, timeout=90, cwd=tmp_path,
+            env={**env, "TRELLIS_NATS_URL": nats_url.group(1)},
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        result = json.loads(run.stdout)
+        assert result["status"] == "succeeded"
     finally:
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
@@ -48,5 +61,17 @@ async def test_dev_up_starts_nats_and_postgres_and_stops_cleanly_on_ctrl_c(tmp_p
     assert proc.returncode == 0, err
     assert "Stopped." in out
     assert time.monotonic() - started < 60
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert leftovers.stdout == "", "servers outlived trellis dev up"
+    assert not _processes_mentioning(str(tmp_path)), "servers outlived trellis dev up"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions `text` (no pgrep: slim images lack procps)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
