@@ -62,10 +62,20 @@ class RawDocument:
     index: int = 0  # position of the document in its file
 
 
+# YAML aliases let a few lines expand into billions of nodes ("billion laughs"); the compiler
+# service loads what any bus client sends, so a document may expand to this many nodes at most.
+MAX_NODES = 1_000_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
 class _Builder:
     """Turns a composed node tree into builtins, recording 1-based positions by path."""
 
     def __init__(self, file: str, problems: Problems) -> None:
+        self.budget = MAX_NODES
         self.file = file
         self.problems = problems
         self.positions: dict[Path, tuple[int, int]] = {}
@@ -76,6 +86,9 @@ class _Builder:
         return Source(self.file, self.positions, self.keys)
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooLarge
         mark = node.start_mark
         self.positions[path] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.MappingNode):
@@ -160,6 +173,14 @@ def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawD
             mark = exc.problem_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
             problems.error(Source(file, {(): (line, col)}), (), f"YAML error: {exc.problem}")
+            continue
+        except (_TooLarge, RecursionError):
+            mark = node.start_mark
+            problems.error(
+                Source(file, {(): (mark.line + 1, mark.column + 1)}),
+                (),
+                f"document expands to more than {MAX_NODES:,} YAML nodes (nested aliases?): refused",
+            )
             continue
         if data is None:
             continue

@@ -18,7 +18,7 @@ import nats
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
-async def test_dev_up_starts_nats_postgres_and_every_service_serves_a_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+async def test_dev_up_starts_every_service_serves_a_run_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
     env |= {"TRELLIS_DATA_DIR": str(tmp_path / "data"), "TRELLIS_LOG_FORMAT": "json"}
     proc = subprocess.Popen(

@@ -284,3 +284,15 @@ def test_positions_of_key_scalar_lines_are_read_again_only_when_first_asked_for(
     assert doc.positions[("a",)] == (1, 4)
     assert doc.keys[("b", 0, "c")] == (3, 6)
     assert doc.positions.where.tables is not None
+
+
+def test_an_alias_bomb_is_refused_with_a_problem_not_expanded() -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    problems = Problems()
+    documents = load_text("\n".join(lines) + "\n", "bomb.yaml", problems)
+    assert documents == []
+    [error] = problems.errors
+    assert (error.file, error.line, error.column) == ("bomb.yaml", 1, 1)
+    assert "expands to more than" in error.message
