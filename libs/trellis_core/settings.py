@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_seconds: float = 15.0
     max_parallel_per_run: int = 32
     max_parallel_per_tenant: int = 256
+    run_answer_timeout_seconds: float = 30.0  # `trellis run`: how long to wait for any answer to a run
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -76,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_parallel_per_run", self.max_parallel_per_run > 0, "must be at least 1"),
             ("max_parallel_per_tenant", self.max_parallel_per_tenant > 0, "must be at least 1"),
             ("connect_timeout_seconds", self.connect_timeout_seconds > 0, "must be greater than 0"),
+            ("run_answer_timeout_seconds", self.run_answer_timeout_seconds > 0, "must be greater than 0"),
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),

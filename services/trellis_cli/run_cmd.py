@@ -199,6 +199,9 @@ async def _follow(
     live: bool,
 ) -> None:
     interrupts = _Interrupts()
+    answered = False
+    patience = bus.settings.run_answer_timeout_seconds
+    deadline = asyncio.get_running_loop().time() + patience
     with interrupts, Live(console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
         while not view.finished:
             if interrupts.count == 1 and not interrupts.cancel_sent:
@@ -214,8 +217,14 @@ async def _follow(
             try:
                 event = await asyncio.wait_for(events.get(), timeout=0.25)
             except TimeoutError:
+                if not answered and asyncio.get_running_loop().time() > deadline:
+                    raise TrellisError(
+                        f"no answer to run {request.run_id} within {patience:g} s: "
+                        f"are `trellis compiler` and `trellis scheduler` running against {bus.settings.nats_url}?"
+                    ) from None
                 display.update(progress_table(view, datetime.now(UTC)), refresh=True)
                 continue
+            answered = True
             view.apply(event)
             if not live and not view.finished:
                 _print_line(console, view, event)

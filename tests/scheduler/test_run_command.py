@@ -78,3 +78,57 @@ def test_trellis_run_deploys_the_demo_on_the_embedded_stack_and_prints_one_json_
     statuses = {a["id"]: a["status"] for a in document["activities"]}
     assert statuses["resource/app/task/release"] == "succeeded"
     assert all(a["attempts"] <= 1 for a in document["activities"])
+
+
+FAILING = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: broken}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: boom, type: script, options: {script: {script: "echo going down; exit 3"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: failing}
+spec:
+  resources: [{name: broken}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: failing}
+spec:
+  template: {name: failing}
+"""
+
+
+def _trellis_run(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
+    env |= {"TRELLIS_DATA_DIR": str(tmp_path / "data"), **env_vars}
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+
+
+def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(tmp_path: Path) -> None:
+    (tmp_path / "failing.yaml").write_text(FAILING)
+    done = _trellis_run(tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing", "--json")
+    assert done.returncode == 1, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert document["status"] == "failed"
+    assert document["message"] == "resource/broken/task/boom: exited with code 3"
+
+
+def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(
+    tmp_path: Path, nats_url: str
+) -> None:
+    (tmp_path / "failing.yaml").write_text(FAILING)
+    done = _trellis_run(
+        tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing",
+        TRELLIS_NATS_URL=nats_url, TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1",
+    )
+    assert done.returncode == 1
+    assert "no answer to run" in done.stderr
+    assert "trellis compiler" in done.stderr
