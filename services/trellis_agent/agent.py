@@ -62,7 +62,7 @@ class Agent:
         self.data_dir = data_dir
         self.log = get_logger("agent", tenant=config.tenant, pool=config.pool, agent=config.agent_id)
         self.running: dict[tuple[str, str, int], ActivityRun] = {}
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self._slots = asyncio.BoundedSemaphore(config.concurrency)  # a slot freed twice raises
         self._held = 0  # slots taken: by running work and by fetches in flight
         self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
 
@@ -118,23 +118,24 @@ class Agent:
     async def _claim(
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event, work: asyncio.TaskGroup
     ) -> None:
-        """Fetch one item whenever a slot is free and start it in `work`, until stopped."""
+        """Whenever slots are free, fetch up to that many items and start them in `work`, until stopped.
+
+        A loop asks for twice what its last fetch brought (one after an empty fetch): a busy
+        subscription soon fetches for every free slot, an idle one holds a single slot while it
+        waits, so it never keeps the other subscription from the rest."""
+        want = 1
         while not stop.is_set():
             try:
                 async with asyncio.timeout(FETCH_WAIT_SECONDS):
                     await self._slots.acquire()
             except TimeoutError:
                 continue
-            self._held += 1
-            handed_off = False
+            held = 1 + await self._take_free_slots(want - 1)
+            self._held += held
             wait = FETCH_WAIT_SECONDS if self._held < self.config.concurrency else CONTENDED_FETCH_SECONDS
+            msgs: list[Msg] = []
             try:
-                msgs = await sub.fetch(1, timeout=wait)
-                for msg in msgs:
-                    task = work.create_task(self._handle(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                    handed_off = True
+                msgs = await sub.fetch(held, timeout=wait)
             except nats.errors.TimeoutError:
                 pass
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -143,8 +144,23 @@ class Agent:
                 self.log.warning("fetch_failed", error=str(exc))
                 await asyncio.sleep(FETCH_WAIT_SECONDS)
             finally:
-                if not handed_off:
+                for _ in range(held - len(msgs)):
                     self._release_slot()
+                # More than asked for: items an earlier pull left in the client's queue. They run
+                # too (over the limit, briefly) rather than be handed back and counted as tries.
+                for n, msg in enumerate(msgs):
+                    task = work.create_task(self._handle(msg, owns_slot=n < held))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            want = min(self.config.concurrency, 2 * len(msgs)) or 1
+
+    async def _take_free_slots(self, most: int) -> int:
+        """Take up to `most` slots that are free now, none that another loop waits for."""
+        taken = 0
+        while taken < most and not self._slots.locked():
+            await self._slots.acquire()  # free: returns at once, without yielding
+            taken += 1
+        return taken
 
     def _release_slot(self) -> None:
         self._held -= 1
@@ -180,8 +196,8 @@ class Agent:
         if self._tasks:
             await asyncio.wait(set(self._tasks))
 
-    async def _handle(self, msg: Msg) -> None:
-        """Run one claimed item. Owns its slot; never raises except on cancellation (then naks)."""
+    async def _handle(self, msg: Msg, *, owns_slot: bool = True) -> None:
+        """Run one claimed item, then free its slot; never raises except on cancellation (then naks)."""
         try:
             work = self._accept(msg)
             if isinstance(work, str):
@@ -197,7 +213,8 @@ class Agent:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=2.0)
         finally:
-            self._release_slot()
+            if owns_slot:
+                self._release_slot()
 
     def _accept(self, msg: Msg) -> WorkItem | str:
         """The work item, or why it must be dead-lettered."""
