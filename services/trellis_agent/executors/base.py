@@ -22,6 +22,7 @@ import msgspec
 
 from trellis_agent.sink import LogStream
 from trellis_core.events import WorkItem
+from trellis_core.workflow import ContainerSpec, FunctionSpec
 
 OutcomeStatus = Literal["succeeded", "failed"]
 
@@ -115,6 +116,18 @@ class AttemptFiles:
     @property
     def outputs_rel(self) -> str:
         return f".trellis/{self.outputs.name}"
+
+
+def function_container(work: WorkItem, port: int) -> ContainerSpec:
+    """The container that serves a function image on `port` (docker and kubernetes backends)."""
+    spec = work.activity.spec
+    assert isinstance(spec, FunctionSpec)
+    return ContainerSpec(
+        image=spec.image,
+        env={**spec.env, "PORT": str(port)},
+        cpu_limit_milli=spec.cpu_limit_milli,
+        memory_limit_mb=spec.memory_limit_mb,
+    )
 
 
 def attempt_files(work: WorkItem, workspace: Workspace) -> AttemptFiles:

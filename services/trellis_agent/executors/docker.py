@@ -26,6 +26,7 @@ from trellis_agent.executors.base import (
     Sink,
     Workspace,
     attempt_files,
+    function_container,
     read_outputs,
     trellis_env,
     wait_until_listening,
@@ -34,7 +35,7 @@ from trellis_agent.executors.base import (
 from trellis_agent.executors.process import finish
 from trellis_agent.sink import LogStream
 from trellis_core.events import WorkItem
-from trellis_core.workflow import ContainerSpec, FunctionSpec
+from trellis_core.workflow import ContainerSpec
 
 API_VERSION = "v1.41"
 API_TIMEOUT_SECONDS = 60.0  # any one short API call
@@ -219,15 +220,8 @@ class DockerExecutor:
     @contextlib.asynccontextmanager
     async def serve(self, work: WorkItem, workspace: Workspace, sink: Sink) -> AsyncIterator[str]:
         """Run a function image for the length of the `async with`; yield its URL."""
-        spec = work.activity.spec
-        assert isinstance(spec, FunctionSpec)
         port = self._config.function_port
-        container = ContainerSpec(
-            image=spec.image,
-            env={**spec.env, "PORT": str(port)},
-            cpu_limit_milli=spec.cpu_limit_milli,
-            memory_limit_mb=spec.memory_limit_mb,
-        )
+        container = function_container(work, port)
         workspace.prepare()
         body = create_body(work, container, workspace, self._config, container.env)
         body["ExposedPorts"] = {f"{port}/tcp": {}}
@@ -238,7 +232,7 @@ class DockerExecutor:
             info = await self._call("GET", f"/containers/{cid}/json")
             host, host_port = _published_address(info, port) if published else (_container_address(info), port)
             await wait_until_listening(host, host_port, self._config.function_ready_seconds)
-            await sink.system(f"function {spec.image} listening on {host}:{host_port}")
+            await sink.system(f"function {container.image} listening on {host}:{host_port}")
             yield f"http://{host}:{host_port}/"
 
 

@@ -29,6 +29,7 @@ from trellis_agent.executors.base import (
     Outcome,
     Sink,
     Workspace,
+    function_container,
     parse_outputs,
     pump_lines,
     wait_until_listening,
@@ -48,7 +49,7 @@ from trellis_agent.executors.kubernetes_manifests import (
 from trellis_agent.executors.process import finish
 from trellis_core.events import WorkItem
 from trellis_core.logs import get_logger
-from trellis_core.workflow import ContainerSpec, FunctionSpec
+from trellis_core.workflow import ContainerSpec
 
 log = get_logger("agent.kubernetes")
 API_TIMEOUT_SECONDS = 30.0  # any one API call; following a pod's logs has no limit of its own
@@ -123,15 +124,8 @@ class KubernetesExecutor:
     @contextlib.asynccontextmanager
     async def serve(self, work: WorkItem, workspace: Workspace, sink: Sink) -> AsyncIterator[str]:
         """Run a function image as a pod for the length of the `async with`; yield its URL."""
-        spec = work.activity.spec
-        assert isinstance(spec, FunctionSpec)
         port = self._config.function_port
-        container = ContainerSpec(
-            image=spec.image,
-            env={**spec.env, "PORT": str(port)},
-            cpu_limit_milli=spec.cpu_limit_milli,
-            memory_limit_mb=spec.memory_limit_mb,
-        )
+        container = function_container(work, port)
         names = PodNames.for_work(work)
         await self._ensure(
             self._core.create_namespaced_persistent_volume_claim, build_pvc(work, workspace, self._config)
