@@ -136,7 +136,7 @@ class Agent:
             msgs: list[Msg] = []
             try:
                 msgs = await sub.fetch(held, timeout=wait)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):  # a batch fetch raises the builtin one
                 pass
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
                 return

@@ -67,7 +67,7 @@ class ScriptedSubscription:
             raise nats.errors.TimeoutError
         size = self.script.pop(0)
         if size is None:
-            raise nats.errors.TimeoutError
+            raise TimeoutError  # as nats-py's fetch of more than one item does
         batch_of = [Delivery(work_item(tenant="t", activity_id=f"a{len(self.delivered) + i}")) for i in range(size)]
         self.delivered.extend(batch_of)
         return batch_of
