@@ -1,9 +1,11 @@
 """One attempt on this agent: started event, heartbeats, the executor, log chunks, the end event.
 
-The terminal event is published after the last log chunk, so a reader that sees an activity
-finish already has all of its output. A cancel command cancels the executor (it cleans up)
-and ends the attempt as cancelled; a shutdown cancel ends it as a retryable failure, so the
-scheduler runs a new attempt (with fresh event identities) elsewhere.
+The executor starts while ActivityStarted awaits its PubAck (a round trip saved per attempt);
+the terminal event is published after that ack and after the last log chunk, so a reader that
+sees an activity finish has seen it start and already has all of its output. A cancel command
+cancels the executor (it cleans up) and ends the attempt as cancelled; a shutdown cancel ends
+it as a retryable failure, so the scheduler runs a new attempt (with fresh event identities)
+elsewhere.
 """
 
 from __future__ import annotations
@@ -102,10 +104,34 @@ class ActivityRun:
         """Publish started, run, publish and return the terminal event."""
         bound = log.bind(tenant=self.work.tenant, run=self.work.run_id, activity=self.work.activity.id)
         started = ActivityStarted(agent=self._config.agent_id, **self._event_fields())
+        # Its PubAck is awaited only before the end event goes out: the attempt starts meanwhile.
+        # Should it never be stored, the executor is stopped and run() raises (the item is handed back).
+        reported = asyncio.create_task(self._report_started(started, bound))
+        reported.add_done_callback(self._stop_unless_reported)
+        try:
+            end = await self._attempt()
+            await reported  # the end event is stored after ActivityStarted
+        finally:
+            if not reported.done():
+                reported.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reported
+        await publish_reliably(lambda: self._publisher.publish_event(end), end.kind)
+        bound.info("activity_finished", outcome=end.kind, attempt=self.work.attempt)
+        return end
+
+    async def _report_started(self, started: ActivityStarted, bound: Any) -> None:
         await publish_reliably(lambda: self._publisher.publish_event(started), "activity.started")
         bound.info("activity_started", attempt=self.work.attempt)
         if self._on_started is not None:
             await self._on_started()
+
+    def _stop_unless_reported(self, reported: asyncio.Task[None]) -> None:
+        if not reported.cancelled() and reported.exception() is not None:
+            self.cancel("activity.started could not be published")
+
+    async def _attempt(self) -> ActivityEvent:
+        """Run the executor with its log sink and heartbeats; the terminal event (not yet sent)."""
         sink = LogSink.for_work(
             self.work,
             self._publish_log,
@@ -123,10 +149,7 @@ class ActivityRun:
                     await beats
             if outcome is None:
                 await sink.system(f"cancelled: {self._cancel_reason}")
-        end = self._terminal(outcome, sink.masker)
-        await publish_reliably(lambda: self._publisher.publish_event(end), end.kind)
-        bound.info("activity_finished", outcome=end.kind, attempt=self.work.attempt)
-        return end
+        return self._terminal(outcome, sink.masker)
 
     async def _execute(self, sink: LogSink) -> Outcome | None:
         """The executor's Outcome, or None when a cancel command stopped it."""

@@ -103,8 +103,9 @@ def split_utf8(text: str, limit: int) -> list[str]:
 class LogSink:
     """Buffered, masked, ordered log chunks of one activity attempt.
 
-    Use as `async with LogSink(...) as sink:`; it owns one flusher task that publishes
-    whatever is buffered every `flush_seconds`, and flushes the rest on exit.
+    Use as `async with LogSink(...) as sink:`; from the first write on it owns one flusher task
+    that publishes whatever is buffered every `flush_seconds`, and it flushes the rest on exit
+    (an activity that logs nothing costs no task).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class LogSink:
         self._sequence = 0
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._open = False  # inside `async with`: a write starts the flusher
         self.dropped = 0
 
     @classmethod
@@ -153,12 +155,13 @@ class LogSink:
         return self._sequence - len(self._pending) - self.dropped
 
     async def __aenter__(self) -> LogSink:
-        self._flusher = asyncio.create_task(self._flush_periodically(), name="log-sink-flusher")
+        self._open = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._open = False
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,6 +177,8 @@ class LogSink:
         """Queue `text` (masked); publishes at once when the buffer reaches the chunk size."""
         if not text:
             return
+        if self._flusher is None and self._open:
+            self._flusher = asyncio.create_task(self._flush_periodically(), name="log-sink-flusher")
         for piece in split_utf8(self._masker.mask(text), self._chunk_bytes):
             self._buffer.append((stream, piece))
             self._buffered += len(piece.encode())
