@@ -171,6 +171,11 @@ class Bus:
                     f"stream {spec.name} exists with retention {info.config.retention}, "
                     f"Trellis needs {spec.retention}: delete it or point TRELLIS_NATS_URL elsewhere"
                 )
+            if info.config.storage != storage:
+                raise ConfigError(
+                    f"stream {spec.name} exists with {info.config.storage} storage but "
+                    f"TRELLIS_STREAM_STORAGE={self.settings.stream_storage}: JetStream cannot change it in place"
+                )
             await self.js.update_stream(config)
 
     async def publish(

@@ -16,7 +16,7 @@ import pytest
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder
 from trellis_core.embedded import free_port
-from trellis_core.errors import BusUnavailable
+from trellis_core.errors import BusUnavailable, ConfigError
 from trellis_core.events import DeadLetter, RunEvent, RunStarted
 from trellis_core.settings import Settings
 
@@ -170,6 +170,22 @@ async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
     await bus.ensure_streams()
     info = await bus.js.stream_info(subjects.STREAM_WORK)
     assert info.config.retention == nats.js.api.RetentionPolicy.WORK_QUEUE
+
+
+async def test_a_storage_change_is_refused_naming_the_setting(bus: Bus) -> None:
+    file_backed = Bus(bus.nc, msgspec.structs.replace(bus.settings, stream_storage="file"), "tests")
+    with pytest.raises(ConfigError, match="TRELLIS_STREAM_STORAGE=file"):
+        await file_backed.ensure_streams()
+
+
+async def test_stream_limits_follow_the_settings(bus: Bus) -> None:
+    tighter = msgspec.structs.replace(bus.settings, logs_max_age_days=1.0, logs_max_bytes=1024**3)
+    await Bus(bus.nc, tighter, "tests").ensure_streams()
+    info = await bus.js.stream_info(subjects.STREAM_LOGS)
+    assert (info.config.max_age, info.config.max_bytes) == (86_400.0, 1024**3)
+    await bus.ensure_streams()
+    info = await bus.js.stream_info(subjects.STREAM_LOGS)
+    assert info.config.max_bytes == bus.settings.logs_max_bytes
 
 
 async def test_an_unreachable_server_gives_an_error_naming_the_url() -> None:

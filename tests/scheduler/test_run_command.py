@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from trellis_cli.run_cmd import parse_vars, read_sources
 from trellis_cli.run_progress import RunView, as_json
+from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
 from trellis_core.events import (
     ActivityCompleted,
@@ -121,13 +123,14 @@ def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(tmp_path: Pa
     assert document["message"] == "resource/broken/task/boom: exited with code 3"
 
 
-def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(
-    tmp_path: Path, nats_url: str
+async def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(
+    tmp_path: Path, bus: Bus
 ) -> None:
     (tmp_path / "failing.yaml").write_text(FAILING)
-    done = _trellis_run(
+    done = await asyncio.to_thread(
+        _trellis_run,
         tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing",
-        TRELLIS_NATS_URL=nats_url, TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1",
+        TRELLIS_NATS_URL=bus.settings.nats_url, TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1", TRELLIS_STREAM_STORAGE="memory",
     )
     assert done.returncode == 1
     assert "no answer to run" in done.stderr
