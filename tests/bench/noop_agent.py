@@ -21,6 +21,7 @@ from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_core import subjects
 from trellis_core.bus import Bus, stop_on_signals
 from trellis_core.events import ActivityCompleted, ActivityStarted, WorkItem
+from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
 
@@ -57,6 +58,7 @@ async def lean(bus: Bus, tenant: str, stop: asyncio.Event) -> None:
 
 async def main(url: str, tenant: str, concurrency: int) -> None:
     settings = Settings.from_env({}, nats_url=url, stream_storage="memory", log_level="error")
+    configure(settings)  # as the real services do: otherwise every activity prints two lines
     stop = asyncio.Event()
     stop_on_signals(stop)
     bus = await Bus.connect(settings, name="bench-agent")
