@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 ## bench: speed and memory figures (medians, side by side); never asserted by timed tests
 bench: $(STAMP)
-	$(PYTEST) -m bench -q -s tests/bench
+	$(PYTEST) -m bench -q -s tests
 
 schemas: $(STAMP)
 	$(BIN)/trellis schemas export
