@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from agent_support import read_pid, shell, wait_until_gone, work_item
 
+from running_agent import running_agent
 from trellis_agent.agent import Agent, executors_for
 from trellis_agent.config import AgentConfig
 from trellis_core import subjects
@@ -79,26 +80,6 @@ async def recording(bus: Bus, tenant: str) -> AsyncIterator[Recorder]:
     finally:
         await events.unsubscribe()
         await logs.unsubscribe()
-
-
-@asynccontextmanager
-async def running_agent(bus: Bus, tmp_path: Path, **overrides: Any) -> AsyncIterator[Agent]:
-    config = AgentConfig.from_env(
-        {}, heartbeat_seconds=0.2, log_flush_seconds=0.05, kill_grace_seconds=0.5, **overrides
-    )
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    async with executors_for(config, bus) as router:
-        agent = Agent(bus, config, router, tmp_path / config.agent_id)
-        task = asyncio.create_task(agent.run(stop, ready=ready))
-        async with asyncio.timeout(10):
-            await ready.wait()
-        try:
-            yield agent
-        finally:
-            stop.set()
-            async with asyncio.timeout(30):
-                await task
 
 
 async def dispatch(bus: Bus, work: WorkItem, pool: str = "default", agent: str | None = None) -> None:

@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from trellis_agent.agent import Agent, executors_for
-from trellis_agent.config import AgentConfig
+from running_agent import running_agent as shared_running_agent
+from trellis_agent.agent import Agent
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import RunCompiled, RunCompleted, RunEvent, decode_run_event
@@ -93,27 +93,10 @@ async def running_scheduler(bus: Bus, settings: Settings, tenant: str) -> AsyncI
 
 @asynccontextmanager
 async def running_agent(bus: Bus, tmp_path: Path, tenant: str, **overrides: Any) -> AsyncIterator[Agent]:
-    config = AgentConfig.from_env(
-        {},
-        tenant=tenant,
-        heartbeat_seconds=0.3,
-        log_flush_seconds=0.05,
-        kill_grace_seconds=0.5,
-        shutdown_grace_seconds=2.0,
-        **overrides,
-    )
-    stop, ready = asyncio.Event(), asyncio.Event()
-    async with executors_for(config, bus) as router:
-        agent = Agent(bus, config, router, tmp_path / config.agent_id)
-        task = asyncio.create_task(agent.run(stop, ready=ready))
-        async with asyncio.timeout(10):
-            await ready.wait()
-        try:
-            yield agent
-        finally:
-            stop.set()
-            async with asyncio.timeout(30):
-                await task
+    async with shared_running_agent(
+        bus, tmp_path, tenant=tenant, heartbeat_seconds=0.3, shutdown_grace_seconds=2.0, **overrides
+    ) as agent:
+        yield agent
 
 
 async def submit(bus: Bus, tenant: str, wf: Workflow, run_id: str | None = None) -> str:
