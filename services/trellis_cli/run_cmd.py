@@ -236,7 +236,7 @@ def _print_line(console: Console, view: RunView, event: RunEvent) -> None:
     activity_id = getattr(event, "activity_id", None)
     if activity_id is None or console.stderr:
         return
-    status = next((a.status for a in view.activities if a.id == activity_id), "")
+    status = next((a.shown_status for a in view.activities if a.id == activity_id), "")
     if event.kind in ("activity.dispatched", "activity.heartbeat", "activity.log"):
         return
     console.print(f"{event.occurred_at:%H:%M:%S} {activity_id} {status}", highlight=False)

@@ -53,6 +53,12 @@ class ActivityView(msgspec.Struct, kw_only=True):
     finished_at: datetime | None = None
     message: str = ""
     outputs: dict[str, Any] = {}
+    tolerated: bool = False  # `onFailure: continue`: a failure here does not fail the run
+
+    @property
+    def shown_status(self) -> str:
+        tolerated = self.tolerated and self.status in ("failed", "timed_out")
+        return f"{self.status} (tolerated)" if tolerated else self.status
 
 
 class RunView(msgspec.Struct, kw_only=True):
@@ -75,7 +81,9 @@ class RunView(msgspec.Struct, kw_only=True):
     def apply(self, event: Event) -> None:
         if isinstance(event, RunCompiled):
             self.status = "compiled"
-            self.activities = [ActivityView(id=a.id) for a in event.workflow.activities]
+            self.activities = [
+                ActivityView(id=a.id, tolerated=a.on_failure == "continue") for a in event.workflow.activities
+            ]
         elif isinstance(event, RunRejected):
             self.status = "rejected"
             self.errors = [str(p) for p in event.errors]
@@ -137,7 +145,7 @@ def progress_table(view: RunView, now: datetime) -> Table:
         note = a.message.splitlines()[0][:80] if a.message else ""
         table.add_row(
             a.id,
-            Text(a.status, style=STYLES.get(a.status, "")),
+            Text(a.shown_status, style="yellow" if a.shown_status != a.status else STYLES.get(a.status, "")),
             str(a.attempts or ""),
             _elapsed(a.started_at, a.finished_at, now),
             note,

@@ -24,7 +24,7 @@ from trellis_core.events import (
     RunCompiled,
     RunCompleted,
 )
-from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
+from trellis_core.workflow import Activity, ContainerSpec, HttpSpec, TemplateRef, Workflow
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -38,6 +38,22 @@ def test_template_paths_may_be_files_or_directories_read_recursively(tmp_path: P
     assert [Path(s.path).name for s in sources] == ["a.yaml", "b.yml"]
     with pytest.raises(ConfigError, match="no such file"):
         read_sources([str(tmp_path / "missing")])
+
+
+def test_a_tolerated_failure_reads_as_tolerated() -> None:
+    acts = (
+        Activity(id="notify", kind="http", spec=HttpSpec(url="http://x"), on_failure="continue"),
+        Activity(id="apply", kind="container", spec=ContainerSpec()),
+    )
+    wf = Workflow(environment="dev", template=TemplateRef(name="t"), action="deploy", activities=acts)
+    ids = {"tenant": "acme", "run_id": "r1"}
+    view = RunView(run_id="r1", environment="dev", action="deploy")
+    view.apply(RunCompiled(workflow=wf, **ids))
+    for activity_id in ("notify", "apply"):
+        view.apply(ActivityDispatched(activity_id=activity_id, attempt=1, pool="default", **ids))
+        view.apply(ActivityFailed(activity_id=activity_id, attempt=1, reason="refused", **ids))
+    assert [a.shown_status for a in view.activities] == ["failed (tolerated)", "failed"]
+    assert json.loads(as_json(view))["activities"][0]["status"] == "failed"
 
 
 def test_vars_are_name_value_pairs() -> None:
