@@ -4,16 +4,34 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
+# Every package, direct or transitive, pinned with its hashes (README: "Installing").
+LOCK := requirements.lock
 
-.PHONY: install demo test test-slow test-all lint bench schemas golden clean
+.PHONY: install lock test-latest demo test test-slow test-all lint bench schemas golden clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# pip installs exactly the locked files (a hash mismatch or an unlocked dependency stops it), then
+# Trellis itself in editable mode, built with the locked setuptools rather than a fresh download.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+## lock: refresh requirements.lock to the newest releases that pyproject.toml allows, on purpose
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/tools.lock
+	$(BIN)/uv pip compile --quiet --upgrade --universal --generate-hashes --python-version 3.11 \
+		--custom-compile-command "make lock" --extra dev pyproject.toml requirements/build.in -o $(LOCK)
+	@echo "requirements.lock refreshed: review the diff, run make test, commit it"
+
+## test-latest: the fast suite against the newest releases (not the lock), in .venv-latest
+test-latest:
+	@test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade -e '.[dev]'
+	.venv-latest/bin/pytest -p no:cacheprovider -m "not slow and not bench" -q
 
 ## demo: run the example environment end to end on the embedded stack (deploy, then destroy)
 demo: $(STAMP)
@@ -45,4 +63,4 @@ golden: $(STAMP)
 	UPDATE_GOLDEN=1 $(PYTEST) -q tests/templates -k golden
 
 clean:
-	rm -rf .trellis .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .trellis .venv-latest .pytest_cache .mypy_cache .ruff_cache

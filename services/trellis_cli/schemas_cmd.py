@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,20 @@ def _document_types() -> tuple[type[Any], ...]:
     return tuple(DOCUMENT_TYPES)
 
 
+def _normalise_descriptions(node: Any) -> Any:
+    """Descriptions cleaned as `inspect.cleandoc` does, so the files do not depend on how a
+    msgspec release formats docstrings (0.23 started dedenting them; earlier ones did not)."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
+            else _normalise_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalise_descriptions(item) for item in node]
+    return node
+
+
 def render_schemas() -> dict[str, str]:
     """File name -> JSON text, one file per message or document kind, deterministic."""
     files: dict[str, str] = {}
@@ -29,7 +44,7 @@ def render_schemas() -> dict[str, str]:
     }
     for folder, types in groups.items():
         for t in types:
-            schema = msgspec.json.schema(t)
+            schema = _normalise_descriptions(msgspec.json.schema(t))
             name = t.__struct_config__.tag or t.__name__
             files[f"{folder}/{name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return files

@@ -27,3 +27,13 @@ def test_every_event_and_document_kind_has_a_schema() -> None:
     assert "events/activity.log.schema.json" in names
     assert "templates/ResourceTemplate.schema.json" in names
     assert "workflow/Workflow.schema.json" in names
+
+
+def test_schema_descriptions_do_not_depend_on_how_msgspec_formats_docstrings() -> None:
+    from trellis_cli.schemas_cmd import _normalise_descriptions
+
+    indented = {"description": "First line.\n\n    Second line,\n    indented.", "properties": {
+        "description": {"description": "A field named description.\n        indented"}}}
+    dedented = {"description": "First line.\n\nSecond line,\nindented.", "properties": {
+        "description": {"description": "A field named description.\nindented"}}}
+    assert _normalise_descriptions(indented) == _normalise_descriptions(dedented) == dedented
