@@ -102,7 +102,7 @@ def read_sources(paths: Sequence[str]) -> list[SourceFile]:
         raise ConfigError(f"{found.missing[0]}: no such file or directory")
     if not found.templates:
         raise ConfigError(f"no template files (*.yaml, *.yml) in {', '.join(paths)}")
-    return [SourceFile(path=str(f), text=f.read_text(encoding="utf-8")) for f in found.templates]
+    return [SourceFile(path=str(f), text=_read(f).decode()) for f in found.templates]
 
 
 def read_files(paths: Sequence[str], settings: Settings) -> tuple[BundleFile, ...]:
@@ -115,14 +115,34 @@ def read_files(paths: Sequence[str], settings: Settings) -> tuple[BundleFile, ..
     for beside in found.files:
         if (first := by_rel.setdefault(beside.rel, beside.path)) != beside.path:
             raise ConfigError(f"{first} and {beside.path} would both be {beside.rel!r} in the workspace")
-    sizes = [(beside, beside.path.stat().st_size) for beside in found.files]
-    check_limits([(str(b.path), size) for b, size in sizes], settings)
-    out = []
-    for beside, _ in sizes:
-        data = beside.path.read_bytes()
-        out.append(BundleFile(path=beside.rel, mode=stat.S_IFREG | (beside.path.stat().st_mode & 0o777), data=data))
-    check_limits([(str(b.path), len(f.data)) for (b, _), f in zip(sizes, out, strict=True)], settings)
-    return tuple(out)
+    stats = [(beside, _stat(beside.path)) for beside in found.files]
+    check_limits([(str(b.path), st.st_size) for b, st in stats], settings)
+    out = tuple(
+        BundleFile(path=b.rel, mode=stat.S_IFREG | (st.st_mode & 0o777), data=_read(b.path))
+        for b, st in stats
+    )
+    check_limits([(str(b.path), len(f.data)) for (b, _), f in zip(stats, out, strict=True)], settings)  # grown since?
+    return out
+
+
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def _read(path: Path) -> bytes:
+    """The bytes of `path`; a template must also be UTF-8. ConfigError says why not."""
+    try:
+        data = path.read_bytes()
+        if path.suffix in TEMPLATE_SUFFIXES:
+            data.decode()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return data
 
 
 def check_limits(sizes: Sequence[tuple[str, int]], settings: Settings) -> None:

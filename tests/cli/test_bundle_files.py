@@ -247,3 +247,11 @@ async def test_the_compiler_rejects_a_run_whose_files_could_leave_the_workspace(
     assert [e.message for e in event.errors] == [
         "file beside the templates '../outside.sh' climbs out of the workspace"
     ]
+
+
+def test_a_template_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) -> None:
+    t = template_dir(tmp_path)
+    (t / "broken.yaml").write_bytes(b"\xff\xfe")
+    done = trellis_run(tmp_path, str(t), "--environment", "hello")
+    assert done.returncode == 2
+    assert done.stderr == f"trellis run: {t / 'broken.yaml'}: not UTF-8 text (invalid start byte at byte 0)\n"
