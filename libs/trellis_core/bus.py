@@ -13,6 +13,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -23,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
+from nats.js.object_store import ObjectStore
 
 from trellis_core import subjects
 from trellis_core.errors import BusUnavailable, ConfigError
@@ -405,3 +407,58 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 def decoder(type_: Any) -> Callable[[bytes], Any]:
     """A fast msgspec JSON decoder for `type_`, for `Bus.consumer(decode=...)`."""
     return msgspec.json.Decoder(type_).decode
+
+
+# ---- the bundle object store: the files beside a run's templates, once per digest -----------
+
+BUNDLES_BUCKET = "trellis_bundles"
+BUNDLES_TTL_SECONDS = 30 * _DAY  # as long as the run requests that carried them
+
+
+async def bundle_store(bus: Bus) -> ObjectStore:
+    """The object store holding run bundles by digest, created on first use."""
+    with contextlib.suppress(nats.js.errors.BucketNotFoundError):
+        return await bus.js.object_store(BUNDLES_BUCKET)
+    config = js_api.ObjectStoreConfig(
+        description="the files beside a run's templates, by digest",
+        ttl=BUNDLES_TTL_SECONDS,
+        storage=js_api.StorageType.FILE if bus.settings.stream_storage == "file" else js_api.StorageType.MEMORY,
+        replicas=bus.settings.stream_replicas,
+    )
+    try:
+        return await bus.js.create_object_store(BUNDLES_BUCKET, config=config)
+    except nats.js.errors.BadRequestError:  # another service created it first
+        return await bus.js.object_store(BUNDLES_BUCKET)
+
+
+async def put_bundle(bus: Bus, digest: str, blob: bytes) -> bool:
+    """Store `blob` under `digest` unless it is there and not half-way to expiry; True if written."""
+    store = await bundle_store(bus)
+    try:
+        info = await store.get_info(digest)
+    except nats.js.errors.ObjectNotFoundError:
+        info = None
+    if info is not None and info.mtime and _age_seconds(info.mtime) < BUNDLES_TTL_SECONDS / 2:
+        return False
+    await store.put(digest, blob)
+    return True
+
+
+async def get_bundle(bus: Bus, digest: str) -> bytes | None:
+    """The stored bundle `digest`, or None if there is none (never written, or expired)."""
+    try:
+        store = await bus.js.object_store(BUNDLES_BUCKET)
+        result = await store.get(digest)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.ObjectNotFoundError):
+        return None
+    return bytes(result.data or b"")
+
+
+def _age_seconds(mtime: str) -> float:
+    try:
+        written = datetime.fromisoformat(mtime)
+    except ValueError:
+        return float("inf")
+    if written.tzinfo is None:
+        written = written.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - written).total_seconds()

@@ -7,6 +7,7 @@ message is defined anywhere else. `trellis schemas export` writes their JSON Sch
 
 from __future__ import annotations
 
+import hashlib
 import typing
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,6 +52,22 @@ class SourceFile(msgspec.Struct, frozen=True, kw_only=True):
     text: str
 
 
+class BundleFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One file beside the templates, shipped with the run: its workspace-relative POSIX path,
+    its `st_mode` (a regular file's type and permission bits; anything else is refused) and its bytes."""
+
+    path: str
+    mode: int = 0o100644
+    data: bytes = b""
+
+
+class BundleArchive(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's files as stored once in the bundle object store, under the digest of these bytes."""
+
+    files: tuple[BundleFile, ...]
+    schema_version: int = SCHEMA_VERSION
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields every run event carries. `msg_id` is its identity for JetStream dedupe."""
 
@@ -88,6 +105,7 @@ class RunRequested(Event, frozen=True, kw_only=True, tag="run.requested"):
     sources: tuple[SourceFile, ...] = ()
     variables: dict[str, str] = {}
     requested_by: str = ""
+    files: tuple[BundleFile, ...] = ()  # the non-template files beside the templates
 
 
 class RunCompiled(Event, frozen=True, kw_only=True, tag="run.compiled"):
@@ -271,6 +289,25 @@ def encode(message: msgspec.Struct) -> bytes:
 
 def decode_run_event(data: bytes) -> RunEvent:
     return _run_event_decoder.decode(data)
+
+
+_bundle_encoder = msgspec.msgpack.Encoder()
+_bundle_decoder = msgspec.msgpack.Decoder(BundleArchive)
+
+
+def pack_bundle(files: typing.Iterable[BundleFile]) -> tuple[str, bytes]:
+    """The stored form of a run's files (sorted by path) and its digest, `sha256:<hex>` of those bytes."""
+    blob = _bundle_encoder.encode(BundleArchive(files=tuple(sorted(files, key=lambda f: f.path))))
+    return bundle_digest(blob), blob
+
+
+def bundle_digest(blob: bytes) -> str:
+    return f"sha256:{hashlib.sha256(blob).hexdigest()}"
+
+
+def unpack_bundle(blob: bytes) -> tuple[BundleFile, ...]:
+    """The files of a stored bundle; raises msgspec.DecodeError or ValidationError if it is not one."""
+    return _bundle_decoder.decode(blob).files
 
 
 _ALL_TYPES: tuple[type[msgspec.Struct], ...] = (*RUN_EVENT_TYPES, WorkItem, CancelActivity, DeadLetter)

@@ -13,6 +13,10 @@ from trellis_core.errors import ConfigError
 
 T = TypeVar("T")
 
+# NATS refuses messages over 64 MiB whatever its max_payload; base64 makes bytes 4/3 bigger.
+MAX_BUNDLE_BYTES = 48 * 1024**2
+BUNDLE_RANGE = "must be greater than 0 and at most 48 MiB (raise the nats-server's max_payload with it)"
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Start-up configuration. Field `x_y` comes from `TRELLIS_X_Y`."""
@@ -37,6 +41,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_parallel_per_run: int = 32
     max_parallel_per_tenant: int = 256
     run_answer_timeout_seconds: float = 30.0  # `trellis run`: how long to wait for any answer to a run
+    # Files beside the templates travel base64-encoded inside the run request, one NATS message:
+    # these defaults keep it under the 1 MiB max_payload of a default (and the embedded) nats-server.
+    bundle_max_bytes: int = 512 * 1024
+    bundle_file_max_bytes: int = 256 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -78,6 +86,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_parallel_per_tenant", self.max_parallel_per_tenant > 0, "must be at least 1"),
             ("connect_timeout_seconds", self.connect_timeout_seconds > 0, "must be greater than 0"),
             ("run_answer_timeout_seconds", self.run_answer_timeout_seconds > 0, "must be greater than 0"),
+            ("bundle_max_bytes", 0 < self.bundle_max_bytes <= MAX_BUNDLE_BYTES, BUNDLE_RANGE),
+            (
+                "bundle_file_max_bytes",
+                0 < self.bundle_file_max_bytes <= self.bundle_max_bytes,
+                "must be greater than 0 and at most TRELLIS_BUNDLE_MAX_BYTES",
+            ),
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),

@@ -145,6 +145,7 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     skip: SkipConfig | None = None
     inputs: dict[str, Any] = {}  # the resource's merged variables (TRELLIS_INPUTS)
     sensitive: tuple[str, ...] = ()  # names of inputs/env entries whose values are masked
+    bundle: str = ""  # digest of the run's files beside the templates (the bundle object store)
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):

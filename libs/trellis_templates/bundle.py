@@ -1,12 +1,15 @@
-"""An index of a bundle's documents: lookups by kind, name and version that report what is missing."""
+"""An index of a bundle's documents: lookups by kind, name and version that report what is missing;
+and what a file shipped beside the templates may be (`file_problems`)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from trellis_core.events import BundleFile
 from trellis_templates.documents import (
     ConfigContext,
     Document,
@@ -118,4 +121,54 @@ def _listing(names: list[str]) -> str:
     return "environments in the bundle: " + ", ".join(names) if names else "the bundle has no Environment"
 
 
-__all__ = ["Bundle", "ConfigContext", "Driver", "Repository", "doc_version", "version_key"]
+def file_problem(file: BundleFile) -> str:
+    """Why `file` may not be written into a workspace ("" if it may): a relative POSIX path with
+    no `..`, `.` or hidden part (`.trellis` is the agent's), and a regular file's mode."""
+    path = file.path
+    kind = stat.S_IFMT(file.mode)
+    if kind == stat.S_IFLNK:
+        return f"{path!r} is a symlink: only regular files travel with a run"
+    if kind != stat.S_IFREG:
+        return f"{path!r} is not a regular file (mode {file.mode:#o})"
+    if file.mode & ~(stat.S_IFMT(file.mode) | 0o777):
+        return f"{path!r} has setuid, setgid or sticky bits (mode {file.mode:#o})"
+    if not path or "\x00" in path or "\\" in path or path.startswith("/"):
+        return f"{path!r} is not a relative POSIX path"
+    parts = path.split("/")
+    if ".." in parts:
+        return f"{path!r} climbs out of the workspace"
+    if any(not p or p == "." for p in parts):
+        return f"{path!r} has an empty or '.' part"
+    if any(p.startswith(".") for p in parts):
+        return f"{path!r} has a hidden part: hidden files stay behind (.trellis is the agent's)"
+    return ""
+
+
+def file_problems(files: Iterable[BundleFile]) -> list[str]:
+    """Every reason the files of a run may not be written into a workspace, one per file."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    dirs: set[str] = set()
+    for file in files:
+        if why := file_problem(file):
+            problems.append(why)
+            continue
+        if file.path in seen:
+            problems.append(f"{file.path!r} appears twice")
+        parents = file.path.split("/")[:-1]
+        dirs.update("/".join(parents[: i + 1]) for i in range(len(parents)))
+        seen.add(file.path)
+    problems.extend(f"{path!r} is both a file and a directory" for path in sorted(seen & dirs))
+    return problems
+
+
+__all__ = [
+    "Bundle",
+    "ConfigContext",
+    "Driver",
+    "Repository",
+    "doc_version",
+    "file_problem",
+    "file_problems",
+    "version_key",
+]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from trellis_agent.approvals import BusApprovals
+from trellis_agent.bundles import Bundles, WithBundles
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.approval import ApprovalExecutor
 from trellis_agent.executors.base import Executor
@@ -38,7 +40,7 @@ from trellis_agent.executors.router import Router
 from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, get_bundle
 from trellis_core.events import CancelActivity, WorkItem
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
@@ -292,6 +294,9 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
             stack.push_async_callback(kube.close)
             backend = kube
             host = kube if isinstance(kube, FunctionHost) else None
+        if bus is not None and config.executor in ("process", "docker"):  # pods get no bundle files yet
+            seen_at = config.container_workspace if config.executor == "docker" else ""
+            backend = WithBundles(backend, Bundles(functools.partial(get_bundle, bus)), seen_at=seen_at)
         yield Router(
             container=backend,
             iac=IacExecutor(backend, git_binary=config.git_binary, image=config.iac_image, git_image=config.git_image),

@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,15 +24,15 @@ from rich.console import Console
 from rich.live import Live
 
 from trellis_cli.run_progress import RunView, as_json, outputs_table, problems_text, progress_table
+from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError, TrellisError
-from trellis_core.events import RunCancelRequested, RunEvent, RunRequested, SourceFile
+from trellis_core.events import RunCancelRequested, RunEvent, RunRequested
 from trellis_core.ids import new_run_id
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
-TEMPLATE_SUFFIXES = (".yaml", ".yml")
 _decode = msgspec.json.Decoder(RunEvent).decode
 
 
@@ -56,22 +55,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run_command)
 
 
-def read_sources(paths: Sequence[str]) -> list[SourceFile]:
-    """Every template file named or found (recursively, *.yaml/*.yml) under the paths, sorted."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix in TEMPLATE_SUFFIXES and p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ConfigError(f"{raw}: no such file or directory")
-    if not files:
-        raise ConfigError(f"no template files (*.yaml, *.yml) in {', '.join(paths)}")
-    return [SourceFile(path=str(f), text=f.read_text(encoding="utf-8")) for f in files]
-
-
 def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for pair in pairs:
@@ -92,6 +75,7 @@ def run_command(args: argparse.Namespace) -> int:
             environment=args.environment,
             action=args.action,
             sources=tuple(read_sources(args.paths)),
+            files=read_files(args.paths, settings),
             variables=parse_vars(args.var),
             requested_by=_user(),
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from trellis_cli.sources import template_files
 from trellis_core.events import Problem
 from trellis_templates.compiler import compile_bundle, load_bundle, validate_documents
 from trellis_templates.mermaid import to_mermaid
@@ -44,7 +45,7 @@ def _report(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> str:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    docs, problems = load_bundle(args.paths)
+    docs, problems = load_bundle(template_files(args.paths))
     errors, warnings = tuple(problems.errors), tuple(problems.warnings)
     if not errors:
         more_errors, more_warnings = validate_documents(docs)
@@ -74,7 +75,7 @@ def run_compile(args: argparse.Namespace) -> int:
     if isinstance(variables, str):
         print(variables, file=sys.stderr)
         return 2
-    docs, problems = load_bundle(args.paths)
+    docs, problems = load_bundle(template_files(args.paths))
     if problems.errors:
         _print_problems(tuple(problems.errors), tuple(problems.warnings))
         return 1

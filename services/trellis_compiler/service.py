@@ -2,16 +2,21 @@
 
 Thin: it wires the bus to the pure compiler. A bad bundle becomes a `run.rejected` event; an
 unexpected exception inside the compiler is reported the same way, so no request stops it.
+The files beside the templates are stored once, by digest, in the bundle object store, and
+every activity of the compiled run names that digest for the agents.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from trellis_core import subjects
-from trellis_core.bus import Bus, Delivery, PermanentError, decoder
-from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested
+from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle
+from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, pack_bundle
 from trellis_core.logs import get_logger
+from trellis_templates.bundle import file_problems
 from trellis_templates.compiler import CompileResult, compile_sources
 
 DURABLE = "trellis-compiler"
@@ -48,6 +53,21 @@ def outcome(request: RunRequested, result: CompileResult) -> RunCompiled | RunRe
     return RunRejected(tenant=request.tenant, run_id=request.run_id, errors=result.errors, warnings=result.warnings)
 
 
+async def attach_files(bus: Bus, request: RunRequested, result: CompileResult) -> CompileResult:
+    """Store the request's files once under their digest and name it on every activity; a file
+    that may not be written into a workspace rejects the run instead."""
+    if result.workflow is None or result.errors or not request.files:
+        return result
+    if problems := file_problems(request.files):
+        errors = tuple(Problem(message=f"file beside the templates {why}") for why in problems)
+        return CompileResult(None, result.warnings, errors)
+    digest, blob = pack_bundle(request.files)
+    written = await put_bundle(bus, digest, blob)
+    log.info("bundle_stored" if written else "bundle_known", run=request.run_id, bundle=digest, size=len(blob))
+    activities = tuple(msgspec.structs.replace(a, bundle=digest) for a in result.workflow.activities)
+    return CompileResult(msgspec.structs.replace(result.workflow, activities=activities), result.warnings, ())
+
+
 async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_relay_url: str = "") -> None:
     """Compile one request and publish its outcome; ack follows (the bus acks after we return)."""
     try:
@@ -57,6 +77,7 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
     if reason := subjects.subject_mismatch(delivery.subject, request.tenant):
         raise PermanentError(reason)
     result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
+    result = await attach_files(bus, request, result)
     event = outcome(request, result)
     await delivery.in_progress()
     await bus.publish_event(event)  # its msg id dedupes a republish after a redelivery

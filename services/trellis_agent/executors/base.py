@@ -88,6 +88,12 @@ class Workspace:
         return self.root / ".trellis"
 
     @property
+    def bundles_dir(self) -> Path:
+        """This tenant's bundles by digest on this agent (`<data dir>/<tenant>/.bundles`): a name no
+        run id can take, pruned by the janitor like a run once unused for the retention period."""
+        return self.root.parent.parent / ".bundles"
+
+    @property
     def volume_name(self) -> str:
         """A DNS-1123 name for a volume/PVC holding this workspace (stable per resource run)."""
         raw = f"trellis-ws-{self.run_id}-{self.key}".lower()
