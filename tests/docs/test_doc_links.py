@@ -3,6 +3,7 @@ and every `#anchor` names a heading of the page it points at (GitHub's heading s
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -69,3 +70,45 @@ def test_a_missing_file_and_a_missing_anchor_are_both_reported(tmp_path: Path) -
         "page.md: (nowhere.md): nowhere.md does not exist",
         "page.md: (other.md#no-such): no heading #no-such in other.md",
     ]
+
+
+MD_NAME = re.compile(r"(?<![\w/.*-])((?:[\w.-]+/)*[\w.-]+\.md)\b")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt"}
+TEXT_NAMES = {"Makefile", "Dockerfile", "Tiltfile"}
+
+
+def project_files(root: Path) -> list[Path]:
+    """The repository's text files, without hidden directories (.venv, .git, .trellis) and caches."""
+    found = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        found.extend(Path(folder, n) for n in names if Path(n).suffix in TEXT_SUFFIXES or n in TEXT_NAMES)
+    return sorted(found)
+
+
+def missing_md_files(root: Path, skip: Path | None = None) -> list[str]:
+    """Every `NAME.md` that a file mentions and the repository lacks, as `file:line: NAME.md`.
+    A name with a folder is looked up from the repository root and from the file's folder."""
+    files = project_files(root)
+    basenames = {p.name for p in files if p.suffix == ".md"}
+    problems = []
+    for path in files:
+        if path == skip:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for name in MD_NAME.findall(line):
+                exists = (root / name).exists() or (path.parent / name).exists() if "/" in name else name in basenames
+                if not exists:
+                    problems.append(f"{path.relative_to(root)}:{number}: {name}")
+    return problems
+
+
+def test_no_file_of_the_repository_names_a_document_it_does_not_have() -> None:
+    assert missing_md_files(ROOT, skip=Path(__file__).resolve()) == []
+
+
+def test_a_mention_of_a_document_the_repository_lacks_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("see guide.md\n")
+    (tmp_path / "mod.py").write_text('"""The streams of NOTES.md section 1 (docs/guide.md, docs/gone.md)."""\n')
+    assert missing_md_files(tmp_path) == ["mod.py:1: NOTES.md", "mod.py:1: docs/gone.md"]
