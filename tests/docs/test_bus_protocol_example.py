@@ -5,11 +5,13 @@ prints the run's end."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from running_agent import running_agent
 from trellis_compiler.service import serve as serve_compiler
@@ -85,3 +87,62 @@ async def test_the_example_script_shows_why_a_bundle_is_rejected_and_exits_1(
     assert code == 1, out + err
     assert out.strip().splitlines()[-1].endswith(" rejected"), out
     assert "EnvironmentTemplate 'missing' not found" in out, out
+
+
+SLOW = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: slow}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: wait, type: script, options: {script: {script: "echo waiting; sleep 60"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: slow}
+spec:
+  resources: [{name: slow}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: slow}
+spec:
+  template: {name: slow}
+"""
+
+
+async def test_a_cancel_published_as_the_page_shows_ends_the_run_cancelled(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """docs/bus-protocol.md, "Cancelling": plain JSON on the run's subject with its dedupe id."""
+    run_id = f"r-{unique}"
+    seen: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await seen.put(json.loads(msg.data))
+
+    async def wait_for(kind: str) -> dict[str, object]:
+        async with asyncio.timeout(WITHIN):
+            while (event := await seen.get())["type"] != kind:
+                pass
+        return event
+
+    request = {"type": "run.requested", "tenant": unique, "run_id": run_id, "environment": "slow",
+               "sources": [{"path": "slow.yaml", "text": SLOW}]}  # fmt: skip
+    cancel = {"type": "run.cancel_requested", "tenant": unique, "run_id": run_id, "reason": "superseded"}
+    async with control_plane(bus, settings, unique, tmp_path):
+        sub = await bus.js.subscribe(f"trellis.{unique}.run.{run_id}.>", cb=on_event, ordered_consumer=True)
+        try:
+            await bus.js.publish(f"trellis.{unique}.runs.requested", json.dumps(request).encode(),
+                                 headers={"Nats-Msg-Id": f"{run_id}/request"})  # fmt: skip
+            await wait_for("activity.started")
+            await bus.js.publish(f"trellis.{unique}.run.{run_id}.run.cancel_requested", json.dumps(cancel).encode(),
+                                 headers={"Nats-Msg-Id": f"{unique}/{run_id}/-/-/run.cancel_requested"})  # fmt: skip
+            completed = await wait_for("run.completed")
+        finally:
+            await sub.unsubscribe()
+    assert completed["status"] == "cancelled"
+    assert completed["message"] == "superseded"
