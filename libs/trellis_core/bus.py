@@ -52,7 +52,7 @@ class StreamSpec:
 
 
 def stream_specs(settings: Settings) -> list[StreamSpec]:
-    """The streams of DESIGN.md section 1, sized from settings."""
+    """The streams of docs/architecture.md ("Subjects and streams"), sized from settings."""
     limits = js_api.RetentionPolicy.LIMITS
     return [
         StreamSpec(subjects.STREAM_RUNS, subjects.STREAM_SUBJECTS[subjects.STREAM_RUNS], limits, 30 * _DAY),

@@ -1,4 +1,4 @@
-"""Every NATS subject and stream name, built in one place (DESIGN.md section 1)."""
+"""Every NATS subject and stream name, built in one place (docs/architecture.md, "Subjects and streams")."""
 
 from __future__ import annotations
 

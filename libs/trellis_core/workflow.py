@@ -1,7 +1,7 @@
 """The compiled workflow: the activity DAG the compiler produces and the scheduler walks.
 
-This is the one definition of the compiled form of TEMPLATES.md (`trellis template compile
---format json`); it travels inside the `run.compiled` event and, one activity at a time and
+This is the one definition of the compiled form of docs/templates.md ("Compilation"; `trellis
+template compile --format json`); it travels inside the `run.compiled` event and, one activity at a time and
 rendered, inside the work items agents receive.
 """
 

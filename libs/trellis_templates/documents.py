@@ -1,4 +1,4 @@
-"""The template documents of TEMPLATES.md as msgspec Structs: the one definition of every kind."""
+"""The template documents of docs/templates.md as msgspec Structs: the one definition of every kind."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Success conditions: `$( … )$` expressions over a response or an exit code.
 
 Evaluated by the one expression module (`trellis_templates.expressions`: jinja2's sandbox,
-StrictUndefined, the filters of TEMPLATES.md). A bare expression without `$( )$` is accepted
-too. Errors come back as values, with the expression's own message.
+StrictUndefined, the filters of docs/templates.md "Expressions"). A bare expression without
+`$( )$` is accepted too. Errors come back as values, with the expression's own message.
 """
 
 from __future__ import annotations

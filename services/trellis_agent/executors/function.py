@@ -1,10 +1,11 @@
-"""The `function` executor: POST to a function until it answers done or failed (TEMPLATES.md).
+"""The `function` executor: POST to a function until it answers done or failed.
 
-Every `repeat_seconds` the agent POSTs `{"inputs", "metadata", "previous"}`; the answer is
-`done` (outputs), `again` (its `data` becomes `previous`), `failed` (final) or `transient`
-(call again; after `MAX_TRANSIENT` in a row the attempt fails retryably and the scheduler's
-retry policy takes over). Past `until_seconds` the activity fails as timed out. A function
-given as an image is started once through a `FunctionHost` (a container backend).
+The protocol is docs/architecture.md, "The function protocol". Every `repeat_seconds` the agent
+POSTs `{"inputs", "metadata", "previous"}`; the answer is `done` (outputs), `again` (its `data`
+becomes `previous`), `failed` (final) or `transient` (call again; after `MAX_TRANSIENT` in a
+row the attempt fails retryably and the scheduler's retry policy takes over). Past
+`until_seconds` the activity fails as timed out. A function given as an image is started once
+through a `FunctionHost` (a container backend).
 """
 
 from __future__ import annotations
