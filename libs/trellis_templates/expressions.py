@@ -19,7 +19,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 
 from trellis_templates.budget import LIMITS, BudgetExceeded, check_nesting, metered
-from trellis_templates.errors import ExpressionError, closest
+from trellis_templates.errors import ExpressionError
+from trellis_templates.expression_ast import chain, depth_of, explain_undefined, resource_refs
 from trellis_templates.sandbox import MeteredSandbox, thaw, tojson, view
 
 START, END = "$(", ")$"
@@ -103,7 +104,7 @@ class Expression:
                 meter.expect(meter.size_of(value), "the result")
                 return thaw(value)
         except UndefinedError as exc:
-            message, hint = _explain_undefined(self.ast, scope, str(exc.message))
+            message, hint = explain_undefined(self.ast, scope, str(exc.message))
             raise ExpressionError(f"{where}: {message}", self.source, hint) from None
         except BudgetExceeded as exc:
             raise ExpressionError(f"{where}: {exc}", self.source) from None
@@ -197,12 +198,12 @@ def _compile(source: str) -> Expression:
         ast = parser.parse_expression()
         if not parser.stream.eos:
             parser.fail(f"unexpected {parser.stream.current.value!r}")
-        depth = _depth(ast)
+        depth = depth_of(ast)
         if depth > LIMITS.depth:
             raise BudgetExceeded("nesting", f"the expression is {depth} levels deep (limit {LIMITS.depth})")
         # jinja2's code generation is most of the cost of an expression; a plain path cannot fail
         # it (no filters or tests to look up), and many are only checked, never rendered here.
-        plain = _chain(ast) is not None
+        plain = chain(ast) is not None
         call = _CompileOnFirstCall(rewritten) if plain else _env.compile_expression(rewritten, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ExpressionError(
@@ -215,37 +216,7 @@ def _compile(source: str) -> Expression:
     except RecursionError:
         raise ExpressionError(f"$({_short(source)})$: nesting budget exceeded: nested too deep", source) from None
     names = frozenset(n.name for n in ast.find_all(nodes.Name) if n.ctx == "load")
-    return Expression(source, ast, call, names, frozenset(_resource_refs(ast)))
-
-
-def _depth(ast: nodes.Node) -> int:
-    """Levels of the parsed expression, counted without recursion."""
-    deepest = 0
-    stack = [(ast, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
-    return deepest
-
-
-def _is_resource(node: nodes.Node) -> bool:
-    return isinstance(node, nodes.Name) and node.name == "resource"
-
-
-def _resource_refs(ast: nodes.Node) -> set[str]:
-    found: set[str] = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        if isinstance(node, nodes.Getattr) and _is_resource(node.node):
-            found.add(node.attr)
-        elif (
-            isinstance(node, nodes.Getitem)
-            and _is_resource(node.node)
-            and isinstance(node.arg, nodes.Const)
-            and isinstance(node.arg.value, str)
-        ):
-            found.add(node.arg.value)
-    return found
+    return Expression(source, ast, call, names, frozenset(resource_refs(ast)))
 
 
 def parse(text: str) -> Parsed:
@@ -408,34 +379,3 @@ def condition_holds(condition: str, names: Mapping[str, Any]) -> bool:
     For agents (`response`, `exit_code`) and the scheduler; raises ExpressionError.
     """
     return truthy(render(condition, names))
-
-
-def _chain(node: nodes.Node) -> list[str] | None:
-    """`a.b["c"].d` -> ["a", "b", "c", "d"]; None when not a plain path."""
-    if isinstance(node, nodes.Name):
-        return [node.name]
-    if isinstance(node, nodes.Getattr):
-        head = _chain(node.node)
-        return None if head is None else [*head, node.attr]
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        head = _chain(node.node)
-        return None if head is None else [*head, str(node.arg.value)]
-    return None
-
-
-def _explain_undefined(ast: nodes.Node, scope: Mapping[str, Any], fallback: str) -> tuple[str, str]:
-    """Name the first segment of a path that is not in scope, with the closest existing one."""
-    candidates = [ast, *ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name))]
-    for node in candidates:
-        chain = _chain(node)
-        if not chain:
-            continue
-        current: Any = scope
-        for depth, segment in enumerate(chain):
-            if isinstance(current, Mapping) and segment in current:
-                current = current[segment]
-                continue
-            where = ".".join(chain[: depth + 1])
-            options = [str(k) for k in current] if isinstance(current, Mapping) else []
-            return f"undefined name {where!r}", closest(segment, options)
-    return fallback, ""
