@@ -4,9 +4,8 @@ length. The sandbox (sandbox.py) charges a `Meter`; going over raises `BudgetExc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -155,19 +154,26 @@ class Meter:
 _active: ContextVar[Meter | None] = ContextVar("trellis_expression_meter", default=None)
 
 
-@contextmanager
-def metered(budget: Budget = LIMITS) -> Iterator[Meter]:
+class metered:  # lower case: used like a function, `with metered() as meter:`
     """One budget for everything rendered inside; nested uses share the outermost one."""
-    meter = _active.get()
-    if meter is not None:
-        yield meter
-        return
-    meter = Meter(budget)
-    token = _active.set(meter)
-    try:
-        yield meter
-    finally:
-        _active.reset(token)
+
+    __slots__ = ("budget", "token")
+
+    def __init__(self, budget: Budget = LIMITS) -> None:
+        self.budget = budget
+        self.token: Token[Meter | None] | None = None
+
+    def __enter__(self) -> Meter:
+        meter = _active.get()
+        if meter is None:
+            meter = Meter(self.budget)
+            self.token = _active.set(meter)
+        return meter
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _active.reset(self.token)
+            self.token = None
 
 
 def current() -> Meter:

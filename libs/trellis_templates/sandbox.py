@@ -28,6 +28,8 @@ def view(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     """A render's result as plain data of its own: views become dicts, containers are copied."""
+    if isinstance(value, str | int | float | None):
+        return value
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -212,23 +214,20 @@ class MeteredSandbox(ImmutableSandboxedEnvironment):
         return meter.made(view(__obj(*args, **kwargs)), f"{type(owner).__name__}.{name}")
 
 
-def _filter_value(func: Callable[..., Any], args: tuple[Any, ...]) -> tuple[int, Any]:
-    skip = 1 if _PassArg.from_obj(func) is not None else 0
-    return skip, (args[skip] if len(args) > skip else None)
-
-
 def _metered_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     check = guards.FILTER_CHECKS.get(name)
+    skip = 0 if _PassArg.from_obj(func) is None else 1  # the context/environment jinja2 passes first
+    walks, per_char = name in guards.WALKING, guards.SLOW_TEXT if name in guards.SLOW else 1
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
         meter = b.current()
         meter.step()
-        skip, value = _filter_value(func, args)
-        if name in guards.WALKING and hasattr(value, "__len__"):
+        value: Any = args[skip] if len(args) > skip else None
+        if walks and hasattr(value, "__len__"):
             meter.step(len(value) // 8)
         if isinstance(value, str | bytes):
-            meter.charge(len(value) * (guards.SLOW_TEXT if name in guards.SLOW else 1))
+            meter.charge(len(value) * per_char)
         if check is not None and len(args) > skip:
             rest = list(args[skip:])
             check(meter, rest, kwargs)

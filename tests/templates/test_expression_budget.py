@@ -171,3 +171,13 @@ def test_long_texts_are_parsed_without_filling_the_cache() -> None:
     assert expressions._parse_cached.cache_info().currsize == cached.currsize
     assert cached.maxsize is not None
     assert expressions._compile.cache_info().maxsize == cached.maxsize
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("expression", ["variables.deep", "variables.deep|tojson", "variables.deep|string"])
+def test_deeply_nested_data_is_a_nesting_error_not_a_crash(expression: str) -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ExpressionError, match="nesting budget exceeded"):
+        render(f"$({expression})$", {"variables": {"deep": deep}})
