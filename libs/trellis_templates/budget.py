@@ -1,5 +1,9 @@
 """What one render of `$( )$` may spend: operations, value sizes, integer size, nesting, source
-length. The sandbox (sandbox.py) charges a `Meter`; going over raises `BudgetExceeded`."""
+length. The sandbox (sandbox.py) charges a `Meter`; going over raises `BudgetExceeded`.
+
+In process, deterministic, no clock: each operation's result size is checked before it runs, so
+a render that spends its whole budget ends within a fraction of a second, and replays the same.
+"""
 
 from __future__ import annotations
 
