@@ -1,7 +1,8 @@
 """Late binding: render an activity's `$( )$` strings with upstream outputs just before dispatch.
 
 The renderer is `trellis_templates.expressions.render_late(value, scope)`; the engine only walks
-the activity's strings, calls it, and turns any error into a message for the failed activity.
+the activity's strings, calls it, and turns any error (an exceeded render budget included) into
+a message for the failed activity. All of one activity's strings share one render budget.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -31,12 +34,25 @@ def default_renderer() -> Renderer | None:
     return render if callable(render) else None
 
 
+def shared_budget() -> AbstractContextManager[object]:
+    """One render budget for every string rendered inside, when trellis_templates provides it."""
+    try:
+        module = importlib.import_module("trellis_templates.budget")
+    except ImportError:
+        return nullcontext()
+    metered = getattr(module, "metered", None)
+    return metered() if callable(metered) else nullcontext()
+
+
 def late_scope(run: RunState, activity: Activity) -> dict[str, Any]:
     """The names a late-bound expression sees: the workflow's scope, the activity's own inputs
-    as `variables`, and every output recorded so far as `resource.R.output.K.value`."""
+    as `variables`, and every output recorded so far as `resource.R.output.K.value` (read-only
+    views: the recorded outputs belong to the run, never to an expression)."""
     scope = dict(run.workflow.scope)
     scope["variables"] = activity.inputs
-    scope["resource"] = {name: {"output": outputs} for name, outputs in run.outputs.items()}
+    scope["resource"] = MappingProxyType(
+        {name: {"output": MappingProxyType(outputs)} for name, outputs in run.outputs.items()}
+    )
     # The callback URL is minted later (by the agent that sends the notification): keep it as is.
     scope.setdefault("approval", {"callback_url": "$(approval.callback_url)$"})
     return scope
@@ -69,10 +85,11 @@ def render_activity(activity: Activity, scope: dict[str, Any], render: Renderer 
     if render is None:
         raise RenderError("late-bound expressions need trellis_templates.expressions.render_late")
     data = msgspec.to_builtins(activity)
-    if "spec" in data:
-        data["spec"] = _render_tree(data["spec"], scope, render, "spec", as_text=True)
-    if "inputs" in data:
-        data["inputs"] = _render_tree(data["inputs"], scope, render, "inputs", as_text=False)
+    with shared_budget():
+        if "spec" in data:
+            data["spec"] = _render_tree(data["spec"], scope, render, "spec", as_text=True)
+        if "inputs" in data:
+            data["inputs"] = _render_tree(data["inputs"], scope, render, "inputs", as_text=False)
     try:
         return msgspec.convert(data, Activity)
     except msgspec.ValidationError as exc:

@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
+from jinja2 import TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
 
-from trellis_templates.errors import ExpressionError, closest
+from trellis_templates.budget import LIMITS, BudgetExceeded, check_nesting, metered
+from trellis_templates.errors import ExpressionError
+from trellis_templates.expression_ast import chain, depth_of, explain_undefined, resource_refs
+from trellis_templates.sandbox import MeteredSandbox, thaw, tojson, view
 
 START, END = "$(", ")$"
-MAX_OUTPUT = 1 << 20  # characters a rendered string may hold
+MAX_OUTPUT = LIMITS.value_size  # characters a rendered string may hold
 LATE_NAMES = frozenset({"resource", "approval"})  # known only at dispatch
 KNOWN_NAMES = frozenset(
     {
@@ -46,7 +48,7 @@ KNOWN_NAMES = frozenset(
 )
 _QUOTED_SEGMENT = re.compile(r'(?<=[\w\]\)])\s*\.\s*"([^"\\]*)"')
 _CUE = re.compile(r"\\\(\s*([A-Za-z_][\w.\"\[\]-]*)\s*\)")
-_STARLARK = re.compile(r"#\{\s*(.+?)\s*\}#")
+_CACHED = 8192  # compiled expressions and parsed strings kept (least recently used dropped)
 
 
 def _b64encode(value: Any) -> str:
@@ -58,48 +60,24 @@ def _b64decode(value: Any) -> str:
     return base64.b64decode(str(value)).decode()
 
 
-def _tojson(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 def _fromjson(value: Any) -> Any:
     return json.loads(str(value))
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Mapping keys win over attributes, so an output named `items` or `values` reads as data.
-
-    `*` and `**` are checked so that no expression can build a huge value or spin on a power.
-    """
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError(f"exponent {right} is too large")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
-                    raise SecurityError("the result would be too large")
-        return super().call_binop(context, operator, left, right)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, Mapping) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-
-_env = _Sandbox(
-    undefined=StrictUndefined,
+_env = MeteredSandbox(
     variable_start_string=START,
     variable_end_string=END,
     block_start_string="<%trellis-block%",
     block_end_string="%trellis-block%>",
     comment_start_string="<#trellis-comment#",
     comment_end_string="#trellis-comment#>",
-    autoescape=False,
 )
-_env.filters.update(tojson=_tojson, fromjson=_fromjson, b64encode=_b64encode, b64decode=_b64decode)
+_env.add_filters(fromjson=_fromjson, b64encode=_b64encode, b64decode=_b64decode)
+_tojson = tojson
+
+
+def _short(source: str) -> str:
+    return source if len(source) <= 80 else source[:77] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +91,33 @@ class Expression:
     resources: frozenset[str]
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
+        """The expression's value in `scope`, within the render's budget; raises ExpressionError.
+
+        The expression sees the scope through read-only views and returns plain data of its own.
+        """
+        where = f"$({_short(self.source)})$"
         try:
-            value = self.call(**scope)
-            if isinstance(value, Undefined):
-                value._fail_with_undefined_error()
+            with metered() as meter:
+                value = self.call(**{k: view(v) for k, v in scope.items()})
+                if isinstance(value, Undefined):
+                    value._fail_with_undefined_error()
+                meter.expect(meter.size_of(value), "the result")
+                return thaw(value)
         except UndefinedError as exc:
-            message, hint = _explain_undefined(self.ast, scope, str(exc.message))
-            raise ExpressionError(f"$({self.source})$: {message}", self.source, hint) from None
+            message, hint = explain_undefined(self.ast, scope, str(exc.message))
+            raise ExpressionError(f"{where}: {message}", self.source, hint) from None
+        except BudgetExceeded as exc:
+            raise ExpressionError(f"{where}: {exc}", self.source) from None
         except SecurityError as exc:
-            raise ExpressionError(f"$({self.source})$: not allowed: {exc}", self.source) from None
+            raise ExpressionError(f"{where}: not allowed: {exc}", self.source) from None
+        except RecursionError:
+            raise ExpressionError(f"{where}: nesting budget exceeded: values nested too deep", self.source) from None
+        except MemoryError:
+            raise ExpressionError(f"{where}: memory budget exceeded: out of memory", self.source) from None
+        except OverflowError as exc:
+            raise ExpressionError(f"{where}: number too large: {exc}", self.source) from None
         except Exception as exc:
-            raise ExpressionError(f"$({self.source})$: {type(exc).__name__}: {exc}", self.source) from None
-        return value
+            raise ExpressionError(f"{where}: {type(exc).__name__}: {exc}", self.source) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +147,7 @@ def _split(text: str) -> list[tuple[bool, str]]:
         if j < 0:
             literal.append(text[i:])
             break
-        if j > 0 and text[j - 1] == "$":
+        if j > i and text[j - 1] == "$":  # not the `$` closing the expression before
             literal.append(text[i : j - 1] + START)
             i = j + 2
             continue
@@ -188,53 +181,50 @@ class _CompileOnFirstCall:
         return self.compiled(**scope)
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=_CACHED)
 def _compile(source: str) -> Expression:
     """One expression, compiled once however many strings hold it (`environment.name`...)."""
+    if len(source) > LIMITS.source:
+        raise ExpressionError(
+            f"$({_short(source)})$: source length budget exceeded: {len(source)} characters (limit {LIMITS.source})",
+            _short(source),
+        )
     rewritten = _QUOTED_SEGMENT.sub(lambda m: f'["{m.group(1)}"]', source)
     if not rewritten.strip():
         raise ExpressionError("empty expression $()$", source)
     try:
+        check_nesting(rewritten)
         parser = Parser(_env, rewritten, state="variable")
         ast = parser.parse_expression()
         if not parser.stream.eos:
             parser.fail(f"unexpected {parser.stream.current.value!r}")
+        depth = depth_of(ast)
+        if depth > LIMITS.depth:
+            raise BudgetExceeded("nesting", f"the expression is {depth} levels deep (limit {LIMITS.depth})")
         # jinja2's code generation is most of the cost of an expression; a plain path cannot fail
         # it (no filters or tests to look up), and many are only checked, never rendered here.
-        plain = _chain(ast) is not None
+        plain = chain(ast) is not None
         call = _CompileOnFirstCall(rewritten) if plain else _env.compile_expression(rewritten, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ExpressionError(
-            f"syntax error in $({source})$: {exc.message}",
+            f"syntax error in $({_short(source)})$: {exc.message}",
             source,
             "to write a shell `$(`, write `$$(`" if END not in source and "(" in source else "",
         ) from None
+    except BudgetExceeded as exc:
+        raise ExpressionError(f"$({_short(source)})$: {exc}", source) from None
+    except RecursionError:
+        raise ExpressionError(f"$({_short(source)})$: nesting budget exceeded: nested too deep", source) from None
     names = frozenset(n.name for n in ast.find_all(nodes.Name) if n.ctx == "load")
-    return Expression(source, ast, call, names, frozenset(_resource_refs(ast)))
+    return Expression(source, ast, call, names, frozenset(resource_refs(ast)))
 
 
-def _is_resource(node: nodes.Node) -> bool:
-    return isinstance(node, nodes.Name) and node.name == "resource"
-
-
-def _resource_refs(ast: nodes.Node) -> set[str]:
-    found: set[str] = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        if isinstance(node, nodes.Getattr) and _is_resource(node.node):
-            found.add(node.attr)
-        elif (
-            isinstance(node, nodes.Getitem)
-            and _is_resource(node.node)
-            and isinstance(node.arg, nodes.Const)
-            and isinstance(node.arg.value, str)
-        ):
-            found.add(node.arg.value)
-    return found
-
-
-@lru_cache(maxsize=1 << 16)
 def parse(text: str) -> Parsed:
-    """Split and compile every expression of `text` (cached). Raises ExpressionError."""
+    """Split and compile every expression of `text` (cached up to a size). Raises ExpressionError."""
+    return _parse_cached(text) if len(text) <= LIMITS.source else _parse(text)
+
+
+def _parse(text: str) -> Parsed:
     foreign = foreign_syntax(text)
     if foreign:
         raise foreign
@@ -244,16 +234,24 @@ def parse(text: str) -> Parsed:
     return Parsed(tuple(parts))
 
 
+_parse_cached = lru_cache(maxsize=_CACHED)(_parse)
+
+
 def foreign_syntax(text: str) -> ExpressionError | None:
     """Rafay's CUE `\\(x)` and Starlark `#{ x }#` are not supported: say so, with the jinja2 form."""
     if m := _CUE.search(text):
         return ExpressionError(
             f"CUE interpolation {m.group(0)!r} is not supported", m.group(0), f"write $({m.group(1)})$"
         )
-    if m := _STARLARK.search(text):
-        return ExpressionError(
-            f"Starlark expression {m.group(0)!r} is not supported", m.group(0), f"write $({m.group(1)})$"
-        )
+    # found line by line with `find`, not a lazy regex: a long text of `#{` stays linear
+    for line in text.splitlines() if "#{" in text else ():
+        start = line.find("#{")
+        end = line.find("}#", start + 2) if start >= 0 else -1
+        if end >= 0 and line[start + 2 : end].strip():
+            whole, inner = line[start : end + 2], line[start + 2 : end].strip()
+            return ExpressionError(
+                f"Starlark expression {_short(whole)!r} is not supported", whole, f"write $({inner})$"
+            )
     return None
 
 
@@ -288,23 +286,26 @@ def is_late(text: str) -> bool:
 
 
 def render(text: str, scope: Mapping[str, Any]) -> Any:
-    """Render one string. A string that is one whole expression keeps the value's type."""
+    """Render one string within one budget (see budget.py). A string that is one whole expression
+    keeps the value's type; the text of several is at most MAX_OUTPUT characters."""
     if START not in text:
         return text
     parsed = parse(text)
     whole = parsed.whole
     if whole is not None:
-        value = whole.evaluate(scope)
-        if isinstance(value, str) and len(value) > MAX_OUTPUT:
-            raise ExpressionError(f"$({whole.source})$: output longer than {MAX_OUTPUT} characters")
-        return value
+        return whole.evaluate(scope)
     out: list[str] = []
-    for part in parsed.parts:
-        out.append(part if isinstance(part, str) else text_of(part.evaluate(scope)))
-    result = "".join(out)
-    if len(result) > MAX_OUTPUT:
-        raise ExpressionError(f"{text[:60]!r}: output longer than {MAX_OUTPUT} characters", text)
-    return result
+    size = 0
+    with metered():
+        for part in parsed.parts:
+            piece = part if isinstance(part, str) else text_of(part.evaluate(scope))
+            size += len(piece)
+            if size > MAX_OUTPUT:
+                raise ExpressionError(
+                    f"{_short(text)!r}: output size budget exceeded: more than {MAX_OUTPUT} characters", text
+                )
+            out.append(piece)
+    return "".join(out)
 
 
 def text_of(value: Any) -> str:
@@ -321,7 +322,8 @@ def render_late(value: Any, scope: Mapping[str, Any]) -> Any:
     Variables that are themselves late (`variables.X` holding an output reference, and likewise
     `environment.variables.X`) are rendered first, once per scope object.
     """
-    return _walk(value, _resolved(scope))
+    with metered():
+        return _walk(value, _resolved(scope))
 
 
 def _walk(value: Any, scope: Mapping[str, Any]) -> Any:
@@ -377,34 +379,3 @@ def condition_holds(condition: str, names: Mapping[str, Any]) -> bool:
     For agents (`response`, `exit_code`) and the scheduler; raises ExpressionError.
     """
     return truthy(render(condition, names))
-
-
-def _chain(node: nodes.Node) -> list[str] | None:
-    """`a.b["c"].d` -> ["a", "b", "c", "d"]; None when not a plain path."""
-    if isinstance(node, nodes.Name):
-        return [node.name]
-    if isinstance(node, nodes.Getattr):
-        head = _chain(node.node)
-        return None if head is None else [*head, node.attr]
-    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-        head = _chain(node.node)
-        return None if head is None else [*head, str(node.arg.value)]
-    return None
-
-
-def _explain_undefined(ast: nodes.Node, scope: Mapping[str, Any], fallback: str) -> tuple[str, str]:
-    """Name the first segment of a path that is not in scope, with the closest existing one."""
-    candidates = [ast, *ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Name))]
-    for node in candidates:
-        chain = _chain(node)
-        if not chain:
-            continue
-        current: Any = scope
-        for depth, segment in enumerate(chain):
-            if isinstance(current, Mapping) and segment in current:
-                current = current[segment]
-                continue
-            where = ".".join(chain[: depth + 1])
-            options = [str(k) for k in current] if isinstance(current, Mapping) else []
-            return f"undefined name {where!r}", closest(segment, options)
-    return fallback, ""

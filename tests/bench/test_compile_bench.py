@@ -124,7 +124,7 @@ def cold(fn: Any) -> Any:
     """`fn` as in a fresh process (`trellis template compile`): no expression compiled yet."""
 
     def run() -> None:
-        expressions.parse.cache_clear()
+        expressions._parse_cached.cache_clear()
         expressions._compile.cache_clear()
         fn()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from trellis_engine.decide import decide, fold
 from trellis_engine.graph import restore, snapshot
 from trellis_engine.recovery import adopt
 from trellis_engine.state import RunSnapshot, SchedulerState
+from trellis_templates.expressions import render_late
 
 
 def fake_render(value: Any, scope: dict[str, Any]) -> Any:
@@ -22,7 +24,7 @@ def fake_render(value: Any, scope: dict[str, Any]) -> Any:
     inner = value.strip()[2:-2].strip()
     node: Any = scope
     for part in inner.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if not isinstance(node, Mapping) or part not in node:
             raise ValueError(f"{inner!r} is undefined")
         node = node[part]
     return node
@@ -61,6 +63,69 @@ def test_a_rendering_error_fails_that_activity_with_the_message() -> None:
     assert "undefined" in run.acts[0].reason
     assert (done := d.completion()) is not None
     assert done.status == "failed"
+
+
+def test_a_late_expression_over_its_budget_fails_its_activity_and_nothing_else() -> None:
+    d = Driver(render=render_late)
+    tower = "$( (((resource.vpc.output.base.value ** 64) ** 64) ** 64) ** 64 )$"
+    d.compile(
+        workflow(
+            act("vpc/output", resource="vpc"),
+            act("app/apply", "vpc/output", spec=HttpSpec(url=tower)),
+            act("db/apply", "vpc/output", spec=HttpSpec(url="$(resource.vpc.output.base.value * 2)$")),
+        )
+    )
+    d.compile(workflow(act("other/apply", spec=HttpSpec(url="$(1 + 1)$"))), run_id="r2", tenant="globex")
+    d.succeed("vpc/output", outputs={"base": {"value": 10, "type": "number"}})
+    app = d.run().acts[1]
+    assert app.status == "failed"
+    assert "cannot render: spec.url" in app.reason
+    assert "integer size budget exceeded" in app.reason
+    db_spec = d.last("db/apply").activity.spec
+    assert isinstance(db_spec, HttpSpec)
+    assert db_spec.url == "20"
+    assert d.run_to_end("r2").status == "succeeded"
+    done = d.run_to_end()
+    assert done.status == "failed"
+    assert "app/apply" in done.message
+
+
+def test_a_late_expression_cannot_change_the_recorded_outputs() -> None:
+    d = Driver(render=render_late)
+    evil = "$( resource.vpc.output.update({'endpoint': {'value': 'evil'}}) )$"
+    d.compile(
+        workflow(
+            act("vpc/output", resource="vpc"),
+            act("app/apply", "vpc/output", spec=HttpSpec(url=evil)),
+            act("db/apply", "app/apply", when="always", spec=HttpSpec(url="$(resource.vpc.output.endpoint.value)$")),
+        )
+    )
+    d.succeed("vpc/output", outputs={"endpoint": {"value": "https://vpc.example"}})
+    assert d.run().acts[1].status == "failed"
+    assert "not allowed" in d.run().acts[1].reason
+    assert d.run().outputs["vpc"] == {"endpoint": {"value": "https://vpc.example"}}
+    db_spec = d.last("db/apply").activity.spec
+    assert isinstance(db_spec, HttpSpec)
+    assert db_spec.url == "https://vpc.example"
+
+
+def test_all_strings_of_one_activity_share_one_render_budget() -> None:
+    d = Driver(render=render_late)
+    each = "$(resource.vpc.output.big.value|tojson|length)$"
+    d.compile(
+        workflow(
+            act("vpc/output", resource="vpc"),
+            act("one/apply", "vpc/output", spec=ContainerSpec(command=("echo", each))),
+            act("many/apply", "vpc/output", spec=ContainerSpec(command=("echo",) + (each,) * 8)),
+        )
+    )
+    d.succeed("vpc/output", outputs={"big": {"value": "x" * 600_000}})
+    one = d.last("one/apply").activity.spec
+    assert isinstance(one, ContainerSpec)
+    assert one.command == ("echo", "600002")
+    many = d.run().acts[2]
+    assert many.status == "failed"
+    assert "work budget exceeded" in many.reason
 
 
 def test_a_truthy_skip_condition_skips_the_activity_but_not_its_dependents() -> None:
