@@ -206,7 +206,8 @@ class Agent:
             on_started=on_started,
         )
         if run.key in self.running:  # a redelivery of what we already run
-            await on_started()
+            with contextlib.suppress(nats.errors.Error):
+                await on_started()
             return
         self.running[run.key] = run
         try:

@@ -4,6 +4,7 @@ is dead-lettered (or its run failed) with the reason, and an ordinary run afterw
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ from trellis_core.events import DeadLetter, RunCompiled, RunRequested, SourceFil
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import RetryPolicy
+from trellis_scheduler.kv import run_state_bucket
+from trellis_scheduler.store import run_key
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 DEEP = 5000
@@ -68,7 +71,8 @@ async def test_an_activity_event_nested_5000_deep_is_dead_lettered_and_the_leade
         poison = subjects.run_event(unique, running, "activity.completed")
         envelope = b'{"type":"activity.completed","tenant":"%s","run_id":"%s","activity_id":"wait","attempt":1}'
         async with dead_letters(bus, poison) as letters:
-            await bus.publish(poison, nested(envelope % (unique.encode(), running.encode()), "x"), msg_id="deep")
+            payload = nested(envelope % (unique.encode(), running.encode()), "x")
+            await bus.publish(poison, payload, msg_id=f"{unique}/deep")
             letter = await asyncio.wait_for(letters.get(), 15)
         assert letter.reason.startswith("undecodable: RecursionError: maximum recursion depth exceeded")
         assert letter.consumer == f"scheduler-{unique}"
@@ -122,3 +126,13 @@ async def test_a_run_request_nested_5000_deep_is_dead_lettered_by_the_compiler_a
     assert letter.reason.startswith("undecodable: RecursionError: maximum recursion depth exceeded")
     assert letter.consumer == "trellis-compiler"
     assert done.status == "succeeded", done.message
+
+
+async def test_a_snapshot_nested_5000_deep_is_skipped_and_the_new_leader_goes_on(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    kv = await run_state_bucket(bus.js, settings)
+    snapshot = b'{"tenant":"%s","run_id":"r-deep","status":"running"}' % unique.encode()
+    await kv.put(run_key(unique, "r-deep"), zlib.compress(nested(snapshot, "x")))
+    async with services(bus, settings, unique, tmp_path) as rec:  # the leader recovers from the snapshots
+        await an_ordinary_run_succeeds(bus, rec, unique)
