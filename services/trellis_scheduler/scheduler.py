@@ -1,10 +1,12 @@
 """The scheduler while it leads: feed run events to the engine, carry out its commands.
 
-Events arrive in batches from a durable pull consumer; the batch is folded, `decide` runs once,
-its commands are published (pipelined: every publish is confirmed before the next snapshot),
-then the batch is acked. Snapshots are written a few times a second for the runs that changed;
-a run's first snapshot is written before its RunCompiled is acked, so every run is found again
-after a crash, and the events after its snapshot are replayed from the stream.
+Events arrive in batches from a durable pull consumer (the bus's fetch loop); the batch is
+folded, `decide` runs once, its commands are published (pipelined: every publish is confirmed
+before the next snapshot), then the batch is acked. An event that cannot be decoded, that the
+engine's bounds refuse, or that cannot be folded is dead-lettered, and the batch goes on.
+Snapshots are written a few times a second for the runs that changed; a run's first snapshot
+is written before its RunCompiled is acked, so every run is found again after a crash, and the
+events after its snapshot are replayed from the stream.
 """
 
 from __future__ import annotations
