@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 
 from trellis_core.consume import (
@@ -25,6 +26,7 @@ from trellis_core.consume import (
     admit,
     choose,
     decode_error,
+    fetch_loop,
     settle,
 )
 from trellis_core.events import RunEvent, RunStarted, encode
@@ -168,3 +170,47 @@ async def test_slots_are_taken_up_to_what_is_free_and_none_after_the_wait() -> N
     assert (slots.held, slots.contended) == (0, False)
     with pytest.raises(ValueError, match="released too many times"):
         slots.give_back()  # a slot freed twice is a bug, and says so
+
+
+class Script:
+    """A subscription answering each fetch from a script: a batch size, or an exception to raise."""
+
+    def __init__(self, *answers: int | Exception) -> None:
+        self.answers: list[int | Exception] = list(answers)
+        self.asked: list[int] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - as nats-py's
+        self.asked.append(batch)
+        answer = self.answers.pop(0) if self.answers else nats.errors.ConnectionClosedError()
+        if isinstance(answer, Exception):
+            raise answer
+        return [Message(b"{}", 1) for _ in range(answer)]
+
+
+async def test_without_slots_every_fetch_asks_for_the_batch_and_a_closed_connection_ends_the_loop() -> None:
+    sub = Script(3, TimeoutError(), nats.errors.TimeoutError(), 0, 2)
+    batches: list[tuple[int, int]] = []
+
+    async def deliver(msgs: list[Any], owned: int) -> None:
+        batches.append((len(msgs), owned))
+
+    log = SimpleNamespace(warning=lambda *a, **k: None)
+    await asyncio.wait_for(fetch_loop(sub, asyncio.Event(), deliver, batch=256, log=log), 5)  # type: ignore[arg-type]
+    assert sub.asked == [256] * 6
+    assert batches == [(3, 3), (2, 2)]
+
+
+async def test_with_slots_a_fetch_failure_gives_every_slot_back() -> None:
+    slots = Slots(4)
+    sub = Script(nats.errors.NoRespondersError(), 1)
+    delivered: list[int] = []
+
+    async def deliver(msgs: list[Any], owned: int) -> None:
+        delivered.append(owned)
+        slots.give_back(owned)
+
+    log = SimpleNamespace(warning=lambda *a, **k: None)
+    await asyncio.wait_for(fetch_loop(sub, asyncio.Event(), deliver, batch=4, slots=slots, wait=0.01, log=log), 5)  # type: ignore[arg-type]
+    assert sub.asked == [1, 1, 2]  # twice what the last fetch brought, one after an empty one
+    assert delivered == [1]
+    assert (slots.held, slots._value) == (0, 4)
