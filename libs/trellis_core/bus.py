@@ -1,9 +1,10 @@
-"""The JetStream bus: connect, declare streams, publish with dedupe, and the one consumer loop.
+"""The JetStream bus: connect, declare streams, publish with dedupe, dead letters, and `Consumer`.
 
-Every service goes through this module, so retry, backoff, dead-lettering and draining are
-written once. A consumer acks only after its handler returned (its effect is durable), naks
-with backoff when it raised, and dead-letters a message that cannot be decoded or has failed
-`max_deliver` times — then goes on with the next one.
+Every service goes through this module and `consume.py` (the one fetch loop and the ack / nak /
+dead-letter choice), so retry, backoff, dead-lettering and draining are written once. A consumer
+acks only after its handler returned (its effect is durable), naks with backoff when it raised,
+and dead-letters a message that cannot be decoded, was refused, or has failed `max_deliver`
+times — then goes on with the next one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from nats.js import api as js_api
 from nats.js.object_store import ObjectStore
 
 from trellis_core import subjects
+from trellis_core.consume import PermanentError as PermanentError  # handlers raise it
+from trellis_core.consume import Settling, Slots, fetch_loop, settle
 from trellis_core.errors import BusUnavailable, ConfigError
 from trellis_core.events import DeadLetter, Event, encode
 from trellis_core.logs import get_logger
@@ -36,10 +39,6 @@ T = TypeVar("T")
 
 _DAY = 86_400.0
 log = get_logger("bus")
-
-
-class PermanentError(Exception):
-    """Raised by a handler for a message that can never succeed: dead-letter it at once."""
 
 
 @dataclass(frozen=True)
@@ -194,11 +193,12 @@ class Bus:
             subjects.run_event(event.tenant, event.run_id, event.kind), event, msg_id=event.msg_id()
         )
 
-    async def dead_letter(self, msg: Msg, *, stream: str, consumer: str, reason: str) -> None:
-        """Park `msg` on `trellis_deadletter.<subject>` with why, then terminate its delivery.
+    async def dead_letter(self, msg: Msg, *, stream: str, consumer: str, reason: str, terminate: bool = True) -> None:
+        """Park `msg` on `trellis_deadletter.<subject>` with why, then terminate its delivery
+        (`terminate=False`: a consumer acking all before a sequence settles it with its batch).
 
-        For consumer loops that are not `Consumer` (the agent's claim loop, the scheduler's
-        batches): every dead letter has the same shape and dedupe id, whoever writes it."""
+        Every dead letter has the same shape and dedupe id, whoever writes it. A payload too
+        large to fit in a letter is cut, and the reason says so."""
         meta = msg.metadata
         letter = DeadLetter(
             subject=msg.subject,
@@ -210,10 +210,13 @@ class Bus:
             headers=dict(msg.headers or {}),
         )
         await self.publish(
-            subjects.deadletter(msg.subject), letter, msg_id=f"dl/{stream}/{consumer}/{meta.sequence.stream}"
+            subjects.deadletter(msg.subject),
+            _fit(letter, self.nc.max_payload),
+            msg_id=f"dl/{stream}/{consumer}/{meta.sequence.stream}",
         )
-        with contextlib.suppress(nats.errors.Error):
-            await msg.term()
+        if terminate:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.term()
 
     def consumer(
         self,
@@ -283,14 +286,12 @@ class Consumer(Generic[T]):
         self.filter_subjects = filter_subjects
         self.decode = decode
         self.handler = handler
-        self.max_deliver = max_deliver
-        self.backoff = backoff
         self.ack_wait = ack_wait
         self.concurrency = concurrency
         self.batch = batch
         self.deliver_new = deliver_new
         self.log = get_logger("consumer", stream=stream, durable=durable)
-        self._in_flight = 0
+        self.settling = Settling(max_deliver=max_deliver, backoff=backoff, park=self._park, log=self.log)
 
     async def declare(self) -> JetStreamContext.PullSubscription:
         """Create or update the durable consumer and bind to it."""
@@ -315,85 +316,53 @@ class Consumer(Generic[T]):
         sub = await self.declare()
         if ready is not None:
             ready.set()
-        slots = asyncio.Semaphore(self.concurrency)
-        self._in_flight = 0
+        slots = Slots(self.concurrency)
         async with asyncio.TaskGroup() as tasks:
-            while not stop.is_set():
-                if self._in_flight >= self.concurrency:
-                    await slots.acquire()  # wait for a free slot before asking for more
-                    slots.release()
-                free = max(1, min(self.batch, self.concurrency - self._in_flight))
-                try:
-                    msgs = await sub.fetch(free, timeout=0.5)
-                except nats.errors.TimeoutError:
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                    break
-                except nats.errors.Error as exc:
-                    self.log.warning("fetch_failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    if self.concurrency == 1:
-                        await self._handle(msg)
-                        continue
-                    await slots.acquire()
-                    self._in_flight += 1
-                    tasks.create_task(self._handle_and_release(msg, slots))
+
+            async def start(msgs: list[Msg], owned: int) -> None:
+                for n, msg in enumerate(msgs):
+                    tasks.create_task(self._handle(msg, slots if n < owned else None))
+
+            await fetch_loop(sub, stop, start, batch=self.batch, slots=slots, log=self.log)
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
 
-    async def _handle_and_release(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+    async def _handle(self, msg: Msg, slot: Slots | None) -> None:
         try:
-            await self._handle(msg)
+            await settle(msg, self.decode, self._call_handler, self.settling)
         finally:
-            self._in_flight -= 1
-            slots.release()
+            if slot is not None:
+                slot.give_back()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _call_handler(self, value: T, msg: Msg) -> None:
         meta = msg.metadata
-        deliveries = meta.num_delivered
         delivery = Delivery(
             subject=msg.subject,
-            deliveries=deliveries,
+            deliveries=meta.num_delivered,
             stream_sequence=meta.sequence.stream,
             headers=dict(msg.headers or {}),
             _msg=msg,
         )
-        try:
-            value = self.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            await self._dead_letter(msg, deliveries, f"undecodable: {exc}")
-            return
-        if deliveries > self.max_deliver:
-            await self._dead_letter(msg, deliveries, f"delivered {deliveries} times without an ack")
-            return
-        try:
-            await self.handler(value, delivery)
-        except asyncio.CancelledError:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()
-            raise
-        except PermanentError as exc:
-            await self._dead_letter(msg, deliveries, f"rejected: {exc}")
-            return
-        except Exception as exc:
-            if deliveries >= self.max_deliver:
-                await self._dead_letter(msg, deliveries, f"failed {deliveries} times, last: {exc!r}")
-                return
-            delay = self.backoff[min(deliveries - 1, len(self.backoff) - 1)]
-            self.log.warning(
-                "handler_failed", subject=msg.subject, deliveries=deliveries, retry_in=delay, error=repr(exc)
-            )
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=delay)
-            return
-        with contextlib.suppress(nats.errors.Error):
-            await msg.ack()
+        await self.handler(value, delivery)
 
-    async def _dead_letter(self, msg: Msg, deliveries: int, reason: str) -> None:
+    async def _park(self, msg: Msg, reason: str) -> None:
         await self.bus.dead_letter(msg, stream=self.stream, consumer=self.durable, reason=reason)
-        self.log.error("message_dead_lettered", subject=msg.subject, deliveries=deliveries, reason=reason)
+
+
+def _fit(letter: DeadLetter, max_payload: int) -> bytes:
+    """The letter encoded, its data (and headers) cut until it fits in one message."""
+    payload = encode(letter)
+    if len(payload) <= max_payload:
+        return payload
+    keep = max(0, max_payload // 8 - 1024)  # JSON escapes a byte into at most six characters
+    cut = msgspec.structs.replace(
+        letter,
+        data=letter.data[:keep],
+        headers={},
+        reason=f"{letter.reason[:4096]} (payload cut to its first {keep} of {len(letter.data)} characters, "
+        "headers dropped)",
+    )
+    return encode(cut)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

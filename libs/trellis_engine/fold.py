@@ -27,7 +27,8 @@ from trellis_core.events import (
 from trellis_core.workflow import Workflow
 from trellis_engine import limits
 from trellis_engine.backoff import backoff_seconds
-from trellis_engine.graph import build_run, graph_problems
+from trellis_engine.bounds import workflow_problems
+from trellis_engine.graph import build_run
 from trellis_engine.state import ACTIVE, IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
 from trellis_engine.transitions import finish, promote_if_unblocked, recount, reset_workspace, set_status
 
@@ -77,7 +78,7 @@ def _compiled(st: SchedulerState, event: RunCompiled) -> None:
     if event.run_id in st.runs or event.run_id in st.finished:
         return
     at = event.occurred_at.timestamp()
-    problems = graph_problems(event.workflow)
+    problems = workflow_problems(event.workflow)
     workflow = event.workflow
     if problems:
         workflow = Workflow(

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -41,6 +41,7 @@ from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
 from trellis_core import subjects
 from trellis_core.bus import Bus, get_bundle
+from trellis_core.consume import PermanentError, Settling, Slots, decode_error, fetch_loop, settle
 from trellis_core.events import CancelActivity, WorkItem
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
@@ -64,8 +65,8 @@ class Agent:
         self.data_dir = data_dir
         self.log = get_logger("agent", tenant=config.tenant, pool=config.pool, agent=config.agent_id)
         self.running: dict[tuple[str, str, int], ActivityRun] = {}
-        self._slots = asyncio.BoundedSemaphore(config.concurrency)  # a slot freed twice raises
-        self._held = 0  # slots taken: by running work and by fetches in flight
+        self._slots = Slots(config.concurrency)  # a slot freed twice raises
+        self._settling = Settling(max_deliver=MAX_DELIVER, backoff=(2.0,), park=self._park, log=self.log)
         self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
 
     @property
@@ -120,53 +121,25 @@ class Agent:
     async def _claim(
         self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event, work: asyncio.TaskGroup
     ) -> None:
-        """Whenever slots are free, fetch up to that many items and start them in `work`, until stopped.
+        """Whenever slots are free, fetch up to that many items and start them in `work`, until
+        stopped (the bus's fetch loop: it ramps the batch up to the free slots, see `fetch_loop`)."""
 
-        A loop asks for twice what its last fetch brought (one after an empty fetch): a busy
-        subscription soon fetches for every free slot, an idle one holds a single slot while it
-        waits, so it never keeps the other subscription from the rest."""
-        want = 1
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(FETCH_WAIT_SECONDS):
-                    await self._slots.acquire()
-            except TimeoutError:
-                continue
-            held = 1 + await self._take_free_slots(want - 1)
-            self._held += held
-            wait = FETCH_WAIT_SECONDS if self._held < self.config.concurrency else CONTENDED_FETCH_SECONDS
-            msgs: list[Msg] = []
-            try:
-                msgs = await sub.fetch(held, timeout=wait)
-            except (TimeoutError, nats.errors.TimeoutError):  # a batch fetch raises the builtin one
-                pass
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                return
-            except nats.errors.Error as exc:
-                self.log.warning("fetch_failed", error=str(exc))
-                await asyncio.sleep(FETCH_WAIT_SECONDS)
-            finally:
-                for _ in range(held - len(msgs)):
-                    self._release_slot()
-                # More than asked for: items an earlier pull left in the client's queue. They run
-                # too (over the limit, briefly) rather than be handed back and counted as tries.
-                for n, msg in enumerate(msgs):
-                    task = work.create_task(self._handle(msg, owns_slot=n < held))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            want = min(self.config.concurrency, 2 * len(msgs)) or 1
+        async def start(msgs: list[Msg], owned: int) -> None:
+            for n, msg in enumerate(msgs):
+                task = work.create_task(self._handle(msg, owns_slot=n < owned))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
-    async def _take_free_slots(self, most: int) -> int:
-        """Take up to `most` slots that are free now, none that another loop waits for."""
-        taken = 0
-        while taken < most and not self._slots.locked():
-            await self._slots.acquire()  # free: returns at once, without yielding
-            taken += 1
-        return taken
-
-    def _release_slot(self) -> None:
-        self._held -= 1
-        self._slots.release()
+        await fetch_loop(
+            sub,
+            stop,
+            start,
+            batch=self.config.concurrency,
+            slots=self._slots,
+            wait=FETCH_WAIT_SECONDS,
+            contended_wait=CONTENDED_FETCH_SECONDS,
+            log=self.log,
+        )
 
     async def _prune_workspaces(self, stop: asyncio.Event) -> None:
         """Now and every hour until stopped: remove local workspaces of old runs."""
@@ -201,48 +174,42 @@ class Agent:
     async def _handle(self, msg: Msg, *, owns_slot: bool = True) -> None:
         """Run one claimed item, then free its slot; never raises except on cancellation (then naks)."""
         try:
-            work = self._accept(msg)
-            if isinstance(work, str):
-                await self._reject(msg, work)
-                return
-            await self._execute(work, msg)
-        except asyncio.CancelledError:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()
-            raise
-        except Exception as exc:
-            self.log.exception("work_failed", subject=msg.subject, error=repr(exc))
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=2.0)
+            await settle(msg, _decode_work, self._run_item, self._settling)
         finally:
             if owns_slot:
-                self._release_slot()
+                self._slots.give_back()
 
-    def _accept(self, msg: Msg) -> WorkItem | str:
-        """The work item, or why it must be dead-lettered."""
-        deliveries = msg.metadata.num_delivered
-        try:
-            work = _decode_work(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return f"undecodable work item: {exc}"
+    async def _run_item(self, work: WorkItem, msg: Msg) -> None:
+        """Run the item. A failure before it started hands it back (raises); once started (and
+        so acked) the scheduler owns the attempt, and a failure here is only logged."""
         if work.tenant != self.config.tenant:
-            return f"work of tenant {work.tenant!r} reached an agent of {self.config.tenant!r}"
-        if deliveries > MAX_DELIVER:
-            return f"delivered {deliveries} times without finishing"
-        return work
+            raise PermanentError(f"work of tenant {work.tenant!r} reached an agent of {self.config.tenant!r}")
+        started = False
 
-    async def _execute(self, work: WorkItem, msg: Msg) -> None:
+        async def on_started() -> None:
+            nonlocal started
+            await msg.ack()
+            started = True
+
+        try:
+            await self._execute(work, on_started)
+        except Exception as exc:
+            if not started:
+                raise
+            self.log.exception("work_failed", subject=msg.subject, error=repr(exc))
+
+    async def _execute(self, work: WorkItem, on_started: Callable[[], Awaitable[None]]) -> None:
         run = ActivityRun(
             work,
             executor=self.executor,
             publisher=self.bus,
             config=self.config,
             data_dir=self.data_dir,
-            on_started=msg.ack,
+            on_started=on_started,
         )
         if run.key in self.running:  # a redelivery of what we already run
             with contextlib.suppress(nats.errors.Error):
-                await msg.ack()
+                await on_started()
             return
         self.running[run.key] = run
         try:
@@ -250,15 +217,14 @@ class Agent:
         finally:
             del self.running[run.key]
 
-    async def _reject(self, msg: Msg, reason: str) -> None:
-        self.log.error("work_rejected", subject=msg.subject, reason=reason)
+    async def _park(self, msg: Msg, reason: str) -> None:
         await self.bus.dead_letter(msg, stream=subjects.STREAM_WORK, consumer=self.pool_durable, reason=reason)
 
     async def _on_control(self, msg: Msg) -> None:
         try:
             command = _decode_control(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.log.warning("control_undecodable", error=str(exc))
+        except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
+            self.log.warning("control_undecodable", error=decode_error(exc))
             return
         run = self.running.get((command.run_id, command.activity_id, command.attempt))
         if run is None or command.tenant != self.config.tenant:

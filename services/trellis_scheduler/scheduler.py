@@ -1,10 +1,12 @@
 """The scheduler while it leads: feed run events to the engine, carry out its commands.
 
-Events arrive in batches from a durable pull consumer; the batch is folded, `decide` runs once,
-its commands are published (pipelined: every publish is confirmed before the next snapshot),
-then the batch is acked. Snapshots are written a few times a second for the runs that changed;
-a run's first snapshot is written before its RunCompiled is acked, so every run is found again
-after a crash, and the events after its snapshot are replayed from the stream.
+Events arrive in batches from a durable pull consumer (the bus's fetch loop); the batch is
+folded, `decide` runs once, its commands are published (pipelined: every publish is confirmed
+before the next snapshot), then the batch is acked. An event that cannot be decoded, that the
+engine's bounds refuse, or that cannot be folded is dead-lettered, and the batch goes on.
+Snapshots are written a few times a second for the runs that changed; a run's first snapshot
+is written before its RunCompiled is acked, so every run is found again after a crash, and the
+events after its snapshot are replayed from the stream.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import contextlib
 import time
 from typing import Any
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -22,6 +23,20 @@ from nats.js import api as js_api
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
+from trellis_core.consume import (
+    Choice,
+    Handled,
+    Outcome,
+    Park,
+    Rejected,
+    Undecodable,
+    admit,
+    carry_out,
+    choose,
+    decode_error,
+    fetch_loop,
+    raise_if_cancelled,
+)
 from trellis_core.events import (
     ActivityCancelled,
     RunCompiled,
@@ -33,6 +48,7 @@ from trellis_core.events import (
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_engine.binding import Renderer
+from trellis_engine.bounds import refusal
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent, ScheduleWake
 from trellis_engine.decide import decide, fold
 from trellis_engine.runs import forget
@@ -44,6 +60,7 @@ from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
 log = get_logger("scheduler")
 FETCH_BATCH = 256
 FETCH_WAIT_SECONDS = 0.5
+MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is dead-lettered unread
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -140,59 +157,66 @@ class Scheduler:
         return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            _raise_if_cancelled()
-            try:
-                msgs: list[Msg] = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_SECONDS)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
-                return
-            except nats.errors.Error as exc:
-                log.warning("fetch_failed", error=str(exc))
-                await asyncio.sleep(FETCH_WAIT_SECONDS)
-                continue
-            async with self.lock:
-                new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg)) is not None]
-                await self._step()
-                if new_runs:  # a run is acked only once it can be found again after a crash
-                    await self.publisher.confirm()
-                    for run_id in new_runs:
-                        run = self.st.runs.get(run_id)
-                        if run is not None and self.store is not None:
-                            await self.store.save(run)
-            if msgs:
-                with contextlib.suppress(nats.errors.Error):
-                    await msgs[-1].ack()
+        await fetch_loop(sub, stop, self._on_batch, batch=FETCH_BATCH, wait=FETCH_WAIT_SECONDS, log=log)
+
+    async def _on_batch(self, msgs: list[Msg], _owned: int) -> None:
+        """Fold the batch, decide once, then ack its last message (so all of it)."""
+        async with self.lock:
+            new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg)) is not None]
+            await self._step()
+            if new_runs:  # a run is acked only once it can be found again after a crash
+                await self.publisher.confirm()
+                for run_id in new_runs:
+                    run = self.st.runs.get(run_id)
+                    if run is not None and self.store is not None:
+                        await self.store.save(run)
+        with contextlib.suppress(nats.errors.Error):
+            await msgs[-1].ack()
 
     async def _fold(self, msg: Msg) -> str | None:
-        """Fold one message; the run id if it created a run."""
-        seq = msg.metadata.sequence.stream
+        """Fold one message; the run id if it created a run. One that is delivered too often,
+        cannot be decoded or folded is dead-lettered, and the batch goes on without it (its
+        delivery is settled by the batch's ack: terminating it would ack those before it too)."""
+        meta = msg.metadata
+        choice: Choice | None = admit(meta.num_delivered, MAX_DELIVER)
+        created: str | None = None
+        if choice is None:
+            outcome, created = self._apply(msg.data, msg.subject, meta.sequence.stream)
+            choice = choose(meta.num_delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
+        if isinstance(choice, Park):
+            await carry_out(msg, choice, park=self._park, log=log)
+        return created
+
+    def _apply(self, data: bytes, subject: str, seq: int) -> tuple[Outcome, str | None]:
+        """Decode, check and fold one event; what came of it, and the run id if it created a run."""
         try:
-            event: RunEvent = decode_run_event(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await self.bus.dead_letter(
-                msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=f"undecodable: {exc}"
-            )
-            log.error("message_dead_lettered", subject=msg.subject, reason=str(exc))
-            return None
-        if reason := subjects.subject_mismatch(msg.subject, event.tenant, event.run_id):
-            await self.bus.dead_letter(msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=reason)
-            log.error("message_dead_lettered", subject=msg.subject, reason=reason)
-            return None
+            event: RunEvent = decode_run_event(data)
+        except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
+            return Undecodable(decode_error(exc)), None
+        if reason := subjects.subject_mismatch(subject, event.tenant, event.run_id) or refusal(event):
+            return Rejected(reason), None
         run = self.st.runs.get(event.run_id)
         if (run is not None and seq <= run.last_seq) or event.run_id in self.st.finished:
-            return None
+            return Handled(), None
         created = isinstance(event, RunCompiled) and run is None
-        fold(self.st, event)
+        try:
+            fold(self.st, event)
+        except Exception as exc:  # a bug in the engine: one event must not stop every run
+            log.exception("fold_failed", tenant=event.tenant, run=event.run_id, subject=subject)
+            return Rejected(f"the engine could not fold it: {exc!r}"), None
         run = self.st.runs.get(event.run_id)
         if run is None:
-            return None
+            return Handled(), None
         if created:
             run.compiled_seq = seq
         run.last_seq = seq
         self.dirty.add(run.run_id)
-        return run.run_id if created else None
+        return Handled(), run.run_id if created else None
+
+    async def _park(self, msg: Msg, reason: str) -> None:
+        await self.bus.dead_letter(
+            msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=reason, terminate=False
+        )
 
     async def _step(self) -> None:
         """Decide now and carry the commands out (publishes are confirmed later, in order)."""
@@ -282,7 +306,7 @@ class Scheduler:
 
     async def _snapshot_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            _raise_if_cancelled()
+            raise_if_cancelled()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.snapshot_interval)
             async with self.lock:
@@ -293,7 +317,7 @@ class Scheduler:
 
     async def _wake_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            _raise_if_cancelled()
+            raise_if_cancelled()
             self.wake_changed.clear()
             delay = 1.0 if self.wake_at is None else max(0.0, self.wake_at - time.time())
             if delay > 0:
@@ -303,15 +327,6 @@ class Scheduler:
             async with self.lock:
                 self.wake_at = None
                 await self._step()
-
-
-def _raise_if_cancelled() -> None:
-    """Honour a cancel that was lost on the way: Python 3.11's `wait_for` (used inside nats-py's
-    `next_msg`) can swallow one when a message arrives at the same moment, and a leader that
-    was told to stop must not go on dispatching."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 __all__ = ["Scheduler", "engine_config"]

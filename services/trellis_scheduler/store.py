@@ -15,13 +15,16 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from trellis_core import subjects
+from trellis_core.consume import decode_error
 from trellis_core.events import RunCompiled, decode_run_event
 from trellis_core.logs import get_logger
+from trellis_engine.bounds import refusal
 from trellis_engine.graph import restore, snapshot
 from trellis_engine.recovery import adopt
 from trellis_engine.state import TERMINAL_RUN, RunSnapshot, RunState, SchedulerState
@@ -69,38 +72,59 @@ class SnapshotStore:
 
     async def load_all(self, st: SchedulerState, now: float, *, tenant: str = "*") -> int:
         """Rebuild every run (of `tenant`, or all) from its snapshot and later events; the
-        number of live runs."""
+        number of live runs. A run that cannot be rebuilt is logged and left out: one bad
+        snapshot must not keep every other run from its scheduler."""
         try:
             keys = await self.kv.keys()
         except nats.js.errors.NoKeysError:
             return 0
         if tenant != "*":
             keys = [k for k in keys if k.split(".")[1:2] == [tenant]]
-        live = 0
         for key in keys:
             if key.startswith("deployed."):
-                _, tenant, environment = key.split(".", 2)
-                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                    entry = await self.kv.get(key)
-                    if entry.value:
-                        st.deployed.add((tenant, environment))
-                        st.env_outputs[(tenant, environment)] = _decode_outputs(entry.value)
+                await self._load_deployed(st, key)
+        live = 0
         for key in keys:
             if not key.startswith("run."):
                 continue
             try:
-                entry = await self.kv.get(key)
-            except nats.js.errors.KeyNotFoundError:
-                continue
-            if entry.value is None:
-                continue
-            snap = _decode_snapshot(zlib.decompress(entry.value))
-            if snap.status in TERMINAL_RUN:
-                st.finished.add(snap.run_id)
-                continue
-            await self._recover(st, snap, now)
-            live += 1
+                live += await self._load_run(st, key, now)
+            except (nats.errors.Error, TimeoutError) as exc:
+                if not isinstance(exc, nats.js.errors.NotFoundError):
+                    raise  # the bus, not the run: this leader steps down and the next one tries
+                log.error("run_unrecoverable", key=key, error=repr(exc))
+            except Exception as exc:
+                log.error("run_unrecoverable", key=key, error=repr(exc))
         return live
+
+    async def _load_deployed(self, st: SchedulerState, key: str) -> None:
+        _, tenant, environment = key.split(".", 2)
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            entry = await self.kv.get(key)
+            if not entry.value:
+                return
+            try:
+                outputs = _decode_outputs(entry.value)
+            except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
+                log.error("deployed_outputs_unreadable", key=key, error=decode_error(exc))
+                outputs = {}
+            st.deployed.add((tenant, environment))
+            st.env_outputs[(tenant, environment)] = outputs
+
+    async def _load_run(self, st: SchedulerState, key: str, now: float) -> int:
+        """Rebuild the run of one snapshot key; 1 if it is live, else 0."""
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        if entry.value is None:
+            return 0
+        snap = _decode_snapshot(zlib.decompress(entry.value))
+        if snap.status in TERMINAL_RUN:
+            st.finished.add(snap.run_id)
+            return 0
+        await self._recover(st, snap, now)
+        return 1
 
     async def _recover(self, st: SchedulerState, snap: RunSnapshot, now: float) -> None:
         raw = await self.js.get_msg(subjects.STREAM_EVENTS, seq=snap.compiled_seq)
@@ -112,8 +136,6 @@ class SnapshotStore:
 
     async def replay(self, st: SchedulerState, run: RunState) -> int:
         """Fold the run's events after `run.last_seq`, in stream order."""
-        from trellis_engine.decide import fold
-
         config = js_api.ConsumerConfig(
             deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=run.last_seq + 1,
@@ -136,16 +158,27 @@ class SnapshotStore:
                     pending = msg.metadata.num_pending or 0
                     if seq <= run.last_seq:
                         continue
-                    try:
-                        event = decode_run_event(msg.data)
-                    except (msgspec.DecodeError, msgspec.ValidationError):
-                        continue
-                    fold(st, event)
                     run.last_seq = seq
-                    count += 1
+                    count += _replay_one(st, msg, seq)
         finally:
             try:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
         return count
+
+
+def _replay_one(st: SchedulerState, msg: Msg, seq: int) -> int:
+    """Fold one stored event; 1 if it was folded. The leader that first saw it dead-lettered
+    it if it was bad, so here it is only skipped."""
+    from trellis_engine.decide import fold
+
+    try:
+        event = decode_run_event(msg.data)
+        if subjects.subject_mismatch(msg.subject, event.tenant, event.run_id) or refusal(event):
+            return 0
+        fold(st, event)
+    except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
+        log.error("replay_skipped_event", seq=seq, error=decode_error(exc))
+        return 0
+    return 1

@@ -114,6 +114,31 @@ async def test_a_permanent_error_dead_letters_at_once(bus: Bus, unique: str) -> 
     assert letter.reason == "rejected: tenant is disabled"
 
 
+async def test_a_redelivery_past_max_deliver_is_dead_lettered_without_being_decoded(bus: Bus, unique: str) -> None:
+    stop, release = asyncio.Event(), asyncio.Event()
+    decoded: list[int] = []
+    decode_event = decoder(RunEvent)
+
+    def counting_decode(data: bytes) -> RunEvent:
+        decoded.append(len(data))
+        return decode_event(data)  # type: ignore[no-any-return]
+
+    async def hang(event: RunEvent, delivery: Delivery) -> None:
+        await release.wait()  # past the ack wait: JetStream delivers it again
+
+    task = await _run_consumer(
+        bus, stop, stream=subjects.STREAM_EVENTS, durable=f"{unique}-past", subjects=[subjects.all_run_events(unique)],
+        decode=counting_decode, handler=hang, max_deliver=1, ack_wait=1.0, concurrency=2,
+    )  # fmt: skip
+    subject = subjects.run_event(unique, "r1", "run.started")
+    letter = await _next_dead_letter(bus, subject, lambda: bus.publish_event(RunStarted(tenant=unique, run_id="r1")))
+    release.set()
+    stop.set()
+    await task
+    assert letter.reason == "delivered 2 times without an ack"
+    assert len(decoded) == 1  # the first delivery only
+
+
 _KILLED_CONSUMER = """
 import asyncio, sys
 from trellis_core.bus import Bus, decoder

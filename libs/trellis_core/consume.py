@@ -1,0 +1,282 @@
+"""The one fetch loop every consumer runs, and the ack / nak / dead-letter choice as a pure function.
+
+`admit` and `choose` decide from the delivery count, `max_deliver` and what handling the
+message came to; `fetch_loop` pulls batches (up to the free slots, when slots are shared);
+`settle` takes one message through admit -> decode -> handle -> choose and carries the choice out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+
+T = TypeVar("T")
+
+
+class PermanentError(Exception):
+    """Raised by a handler for a message that can never succeed: dead-letter it at once."""
+
+
+# ---- what handling one message came to ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The handler returned: its effect is durable."""
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    error: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The message can never succeed (a `PermanentError`, a refused field)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The handler raised: it may succeed on another delivery."""
+
+    error: str
+
+
+Outcome = Handled | Undecodable | Rejected | Failed
+
+
+# ---- what to do with the message ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    pass
+
+
+@dataclass(frozen=True)
+class Nak:
+    delay: float
+
+
+@dataclass(frozen=True)
+class Park:
+    """Dead-letter the message with why, and end its delivery."""
+
+    reason: str
+
+
+Choice = Ack | Nak | Park
+
+
+def admit(deliveries: int, max_deliver: int) -> Park | None:
+    """Before decoding: a message delivered more than `max_deliver` times is parked unread
+    (whatever killed its earlier deliveries may kill this one too)."""
+    if deliveries > max_deliver:
+        return Park(f"delivered {deliveries} times without an ack")
+    return None
+
+
+def choose(deliveries: int, max_deliver: int, outcome: Outcome, backoff: Sequence[float]) -> Choice:
+    """After handling: ack, retry after the backoff step of this delivery, or dead-letter."""
+    match outcome:
+        case Handled():
+            return Ack()
+        case Undecodable(error):
+            return Park(f"undecodable: {error}")
+        case Rejected(reason):
+            return Park(f"rejected: {reason}")
+        case Failed(error):
+            if deliveries >= max_deliver:
+                return Park(f"failed {deliveries} times, last: {error}")
+            return Nak(backoff[min(max(deliveries, 1) - 1, len(backoff) - 1)])
+
+
+def decode_error(exc: Exception) -> str:
+    """Why a payload could not be decoded; not only msgspec's errors (JSON nested a thousand
+    deep raises RecursionError, even inside a field the type does not have)."""
+    if isinstance(exc, msgspec.MsgspecError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---- carrying a choice out ----------------------------------------------------------------------
+
+Parking = Callable[[Msg, str], Awaitable[None]]  # writes the dead letter of a message
+
+
+async def carry_out(msg: Msg, choice: Choice, *, park: Parking, log: Any) -> None:
+    """Ack, nak or dead-letter `msg`. A dead letter that cannot be written leaves the message
+    to be delivered again (naked), so it is parked on a later delivery, not lost."""
+    deliveries = msg.metadata.num_delivered
+    match choice:
+        case Ack():
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
+        case Nak(delay):
+            log.info("message_retried", subject=msg.subject, deliveries=deliveries, retry_in=delay)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=delay)
+        case Park(reason):
+            try:
+                await park(msg, reason)
+            except Exception as exc:  # the bus is down or refuses the letter: try on a later delivery
+                log.error("dead_letter_failed", subject=msg.subject, reason=reason, error=repr(exc))
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=5.0)
+                return
+            log.error("message_dead_lettered", subject=msg.subject, deliveries=deliveries, reason=reason)
+
+
+@dataclass(frozen=True)
+class Settling:
+    """How one consumer settles each message it fetched."""
+
+    max_deliver: int
+    backoff: tuple[float, ...]
+    park: Parking
+    log: Any
+
+
+async def settle(
+    msg: Msg, decode: Callable[[bytes], T], handle: Callable[[T, Msg], Awaitable[None]], how: Settling
+) -> None:
+    """admit -> decode -> handle -> choose, then carry the choice out. Never raises but on
+    cancellation (then the message is handed back)."""
+    deliveries = msg.metadata.num_delivered
+    choice: Choice | None = admit(deliveries, how.max_deliver)
+    if choice is None:
+        outcome = await _outcome(msg, decode, handle, how.log)
+        choice = choose(deliveries, how.max_deliver, outcome, how.backoff)
+    await carry_out(msg, choice, park=how.park, log=how.log)
+
+
+async def _outcome(
+    msg: Msg, decode: Callable[[bytes], T], handle: Callable[[T, Msg], Awaitable[None]], log: Any
+) -> Outcome:
+    try:
+        value = decode(msg.data)
+    except Exception as exc:
+        return Undecodable(decode_error(exc))
+    try:
+        await handle(value, msg)
+    except asyncio.CancelledError:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
+        raise
+    except PermanentError as exc:
+        return Rejected(str(exc))
+    except Exception as exc:
+        log.warning("handler_failed", subject=msg.subject, error=repr(exc), exc_info=exc)
+        return Failed(repr(exc))
+    return Handled()
+
+
+# ---- the fetch loop -----------------------------------------------------------------------------
+
+
+class Fetcher(Protocol):
+    """What the loop needs of a pull subscription (nats-py's `PullSubscription`)."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]: ...  # noqa: ASYNC109 - nats-py's
+
+
+class Slots(asyncio.BoundedSemaphore):
+    """`size` work slots that fetch loops share: a loop fetches only as many messages as it
+    holds slots, and each message gives its slot back when it is done (a slot freed twice raises)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+        self.held = 0  # by running work and by fetches in flight
+
+    async def take(self, most: int, wait: float) -> int:
+        """Wait up to `wait` for one slot, then take up to `most` - 1 more that are free now
+        (none that another loop waits for); 0 if no slot came in time."""
+        try:
+            async with asyncio.timeout(wait):
+                await self.acquire()
+        except TimeoutError:
+            return 0
+        taken = 1
+        while taken < most and not self.locked():
+            await self.acquire()  # free: returns at once, without yielding
+            taken += 1
+        self.held += taken
+        return taken
+
+    def give_back(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.held -= 1
+            self.release()
+
+    @property
+    def contended(self) -> bool:
+        return self.held >= self.size
+
+
+Deliver = Callable[[list[Msg], int], Awaitable[None]]
+
+
+async def fetch_loop(
+    sub: Fetcher,
+    stop: asyncio.Event,
+    deliver: Deliver,
+    *,
+    batch: int,
+    log: Any,
+    slots: Slots | None = None,
+    wait: float = 0.5,
+    contended_wait: float = 0.1,
+) -> None:
+    """Fetch until `stop` is set (or the connection closes), handing each batch to
+    `deliver(msgs, owned)`: the first `owned` messages hold a slot each, to give back when done.
+
+    Without `slots` every fetch asks for `batch`. With them, a loop asks for twice what its last
+    fetch brought (one after an empty fetch), up to `batch` and the free slots: a busy loop
+    soon fetches for every free slot, an idle one holds a single slot while it waits, so it
+    never keeps another loop sharing the slots from the rest (and it waits less when it holds
+    the last one). More messages than asked for (left in the client's queue by an earlier pull)
+    are delivered too, owning no slot."""
+    want = 1
+    while not stop.is_set():
+        raise_if_cancelled()
+        asked, timeout = batch, wait
+        if slots is not None:
+            asked = await slots.take(min(batch, want), wait)
+            if not asked:
+                continue
+            timeout = contended_wait if slots.contended else wait
+        msgs: list[Msg] = []
+        try:
+            msgs = await sub.fetch(asked, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):  # a batch fetch raises the builtin one
+            pass
+        except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+            return
+        except nats.errors.Error as exc:
+            log.warning("fetch_failed", error=str(exc))
+            await asyncio.sleep(wait)
+        finally:
+            if slots is not None and asked > len(msgs):
+                slots.give_back(asked - len(msgs))
+        if msgs:
+            await deliver(msgs, asked if slots is not None else len(msgs))
+        want = 2 * len(msgs) or 1
+
+
+def raise_if_cancelled() -> None:
+    """Honour a cancel that was lost on the way: Python 3.11's `wait_for` (used inside nats-py's
+    `next_msg`) can swallow one when a message arrives at the same moment, and a loop that was
+    told to stop must not go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
