@@ -268,9 +268,22 @@ async def fetch_loop(
         finally:
             if slots is not None and asked > len(msgs):
                 slots.give_back(asked - len(msgs))
+        if msgs and stop.is_set():  # the loop's term ended while it waited: not ours to handle
+            await _hand_back(msgs, slots, asked)
+            return
         if msgs:
             await deliver(msgs, asked if slots is not None else len(msgs))
         want = 2 * len(msgs) or 1
+
+
+async def _hand_back(msgs: list[Msg], slots: Slots | None, asked: int) -> None:
+    """Nak a batch that arrived after `stop` (a scheduler that lost its lease, an agent told to
+    drain), so whoever consumes next gets it at once instead of after the ack wait."""
+    for msg in msgs:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
+    if slots is not None:
+        slots.give_back(min(asked, len(msgs)))
 
 
 def raise_if_cancelled() -> None:

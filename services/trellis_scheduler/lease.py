@@ -2,13 +2,16 @@
 
 The lease is one key in a KV bucket holding the holder's id and an expiry; it is taken and
 renewed with compare-and-set on the key's revision, so two replicas can never both hold it.
-A holder that cannot renew before the expiry steps down; a standby takes an expired lease.
+A holder steps down at once when its compare-and-set finds the key moved on (another replica,
+or an operator, wrote or deleted it), and when it cannot renew for most of the TTL (the bus is
+unreachable); a standby takes an expired lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 import msgspec
 import nats.errors
@@ -58,13 +61,18 @@ class Lease:
             await self.kv.delete(self.key)
             return False
 
-    async def renew(self) -> bool:
+    async def renew(self) -> Literal["renewed", "taken", "failed"]:
+        """Extend the lease: `taken` when the key is no longer at our revision (it is not ours
+        any more, whoever moved it), `failed` when the bus did not answer (try again)."""
         try:
             self.revision = await self.kv.update(self.key, self._record(), last=self.revision)
-            return True
+            return "renewed"
+        except nats.js.errors.KeyWrongLastSequenceError:
+            log.warning("lease_taken", holder=self.holder, key=self.key)
+            return "taken"
         except (nats.js.errors.Error, nats.errors.Error) as exc:
             log.warning("lease_renew_failed", holder=self.holder, error=repr(exc))
-            return False
+            return "failed"
 
     async def release(self) -> None:
         try:
@@ -73,8 +81,8 @@ class Lease:
             pass
 
     async def keep(self, lost: asyncio.Event, stop: asyncio.Event) -> None:
-        """Renew every third of the TTL until `stop`; set `lost` (and return) if renewal fails
-        for longer than the lease lasts."""
+        """Renew every third of the TTL until `stop`; set `lost` (and return) as soon as the key
+        has moved on, or when renewal fails for most of the TTL."""
         last_ok = time.monotonic()
         while not stop.is_set():
             try:
@@ -82,9 +90,10 @@ class Lease:
                 return
             except TimeoutError:
                 pass
-            if await self.renew():
+            outcome = await self.renew()
+            if outcome == "renewed":
                 last_ok = time.monotonic()
-            elif time.monotonic() - last_ok >= self.ttl * 0.8:
+            elif outcome == "taken" or time.monotonic() - last_ok >= self.ttl * 0.8:
                 log.warning("lease_lost", holder=self.holder)
                 lost.set()
                 return
