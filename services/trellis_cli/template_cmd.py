@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from trellis_core.events import Problem
-from trellis_templates.compiler import compile_bundle, load_bundle, validate_documents
+from trellis_templates.compiler import compile_bundle, load_bundle, validate_bundle
 from trellis_templates.mermaid import to_mermaid
 
 
@@ -44,17 +44,15 @@ def _report(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> str:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    docs, problems = load_bundle(args.paths)
-    errors, warnings = tuple(problems.errors), tuple(problems.warnings)
-    if not errors:
-        more_errors, more_warnings = validate_documents(docs)
-        errors, warnings = errors + more_errors, warnings + more_warnings
+    count, errors, warnings = validate_bundle(args.paths)
     if args.json:
         print(_report(errors, warnings))
     else:
         _print_problems(errors, warnings)
-        if not errors:
-            print(f"{len(docs)} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
+        if errors:
+            print(f"{len(errors)} errors" + (f", {len(warnings)} warnings" if warnings else ""), file=sys.stderr)
+        else:
+            print(f"{count} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
     return 1 if errors else 0
 
 
