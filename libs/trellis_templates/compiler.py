@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+import re
 from typing import Any
 
 import msgspec
@@ -210,12 +211,24 @@ def validate_documents(
     return tuple(errors), tuple(warnings)
 
 
+# `$(` then a name of the expression scope: meant as an expression, even with no `)$` after it
+# (a `$(` with none is shell text to the renderer, so without this the string passes unchanged).
+_OPENED = re.compile(r"(?<!\$)\$\(\s*(?:environment|variables|resource|context|run|tenant|trigger|approval)\b")
+
+
 def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -> None:
     """Expression syntax in every string, also of documents no environment uses."""
     if isinstance(value, str):
         err = expressions.check(value)
         if err is not None:
             problems.error(source, path, err.message, err.hint)
+        elif (m := _OPENED.search(value)) is not None and expressions.END not in value[m.end() :]:
+            problems.error(
+                source,
+                path,
+                f"unclosed expression {value[m.start() : m.start() + 40]!r}: no )$ after its $(",
+                "close it with )$, or write $$( for a shell $(",
+            )
     elif isinstance(value, dict):
         for k, v in value.items():
             _check_strings(v, source, (*path, k), problems)

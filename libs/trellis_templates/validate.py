@@ -15,6 +15,14 @@ from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.loader import RawDocument
 
 _BAD = object()  # a value that failed validation
+# Unknown fields that are a known misunderstanding: (the struct, the key) -> (message, hint).
+_MISPLACED: dict[tuple[str, str], tuple[str, str]] = {
+    ("ProviderHooks", "custom"): (
+        "hooks.provider.custom: custom resources have no provider stages",
+        "run hooks of a custom resource from spec.hooks.onInit, onSuccess, onFailure, onCompletion, "
+        "or as tasks in spec.providerOptions.custom.tasks",
+    ),
+}
 _TYPE_NOUNS = {
     "Hook": "hook type",
     "Task": "task type",
@@ -210,7 +218,10 @@ class _Walker:
                         key=True,
                     )
                     continue
-                self.problems.error(self.source, child, f"unknown field {key!r}", closest(str(key), fields), key=True)
+                message, hint = _MISPLACED.get(
+                    (t.cls.__name__, str(key)), (f"unknown field {key!r}", closest(str(key), fields))
+                )
+                self.problems.error(self.source, child, message, hint, key=True)
                 bad = True
                 continue
             self.owner = t.cls.__name__
