@@ -19,6 +19,7 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
+from trellis_templates.outputs import check_plans
 from trellis_templates.rendering import Renderer
 from trellis_templates.resources import (
     Built,
@@ -105,6 +106,7 @@ class Compilation:
         self.base, self.env_late = base, env_late
         env_renderer.late_variables = env_renderer.late_environment = env_late  # for environment hooks
         plans = self._plans(env_sensitive)
+        check_plans(plans, [(self.et, self.et_src), (self.env, self.env_src)], self.bundle, self.problems)
         order = self._order(plans)
         if order is None or self.problems.errors:
             return None

@@ -5,9 +5,9 @@ Pure: no I/O, no clock, no randomness; the same input gives byte-identical outpu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-import re
 from typing import Any
 
 import msgspec
@@ -158,7 +158,9 @@ def read_bundle(paths: Sequence[str]) -> tuple[list[SourceDocument], Unreadable,
 
 def _no_documents(raws: Sequence[object], paths: Sequence[str], problems: Problems) -> None:
     if not raws and not problems.errors:
-        problems.error(Source(paths[0] if len(paths) == 1 else ""), (), "no documents in " + ", ".join(paths), _EMPTY_HINT)
+        problems.error(
+            Source(paths[0] if len(paths) == 1 else ""), (), "no documents in " + ", ".join(paths), _EMPTY_HINT
+        )
 
 
 def sorted_problems(problems: Sequence[Problem]) -> tuple[Problem, ...]:
@@ -196,9 +198,7 @@ def validate_documents(
     for env, _ in bundle.all(Environment):
         used.add(env.spec.template.name)
         for action in ("deploy", "destroy"):
-            result = compile_bundle(
-                docs, env.metadata.name, {}, action, require_inputs=False, unreadable=unreadable
-            )
+            result = compile_bundle(docs, env.metadata.name, {}, action, require_inputs=False, unreadable=unreadable)
             errors.update(dict.fromkeys(result.errors))
             warnings.update(dict.fromkeys(result.warnings))
     for name in bundle.names(EnvironmentTemplate):

@@ -217,9 +217,9 @@ def syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[tuple[int, int],
         message = f"YAML syntax error {exc.context} that starts here: {found}"
         return (context.line + 1, context.column + 1), message, unclosed
     mark = problem or context
-    line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-    where = f" {exc.context} at line {context.line + 1}" if context is not None and exc.context else ""
-    return (line, col), f"YAML syntax error: {exc.problem or exc}" + (f" ({where.strip()})" if where else ""), ""
+    at = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    during = f" ({exc.context} at line {context.line + 1})" if context is not None and exc.context else ""
+    return at, f"YAML syntax error: {exc.problem or exc}{during}", ""
 
 
 def _expand(paths: Iterable[str], problems: Problems) -> list[str]:

@@ -405,7 +405,8 @@ def _lenient(raw: RawDocument) -> SourceDocument | None:
     data = raw.data
     if not isinstance(data, dict):
         return None
-    cls = KINDS.get(data.get("kind")) if isinstance(data.get("kind"), str) else None
+    kind = data.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return None
     rafay = data.get("apiVersion") == RAFAY_API_VERSION
