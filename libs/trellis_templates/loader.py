@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,11 +152,20 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawDocument]:
+def _compose(
+    text: str, file: str, problems: Problems, loader: Any, first: int = 0, *, split: bool = True
+) -> list[RawDocument]:
     documents: list[RawDocument] = []
     try:
         nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
+        chunks = _chunks(text) if split else []
+        if len(chunks) > 1:  # read each document alone: only the broken one is lost
+            return [
+                doc
+                for i, (lines, chunk) in enumerate(chunks)
+                for doc in _compose(lines + chunk, file, problems, loader, i, split=False)
+            ]
         (line, col), message, hint = syntax_error(text, exc)
         problems.error(Source(file, {(): (line, col)}), (), message, hint)
         return documents
@@ -183,8 +193,18 @@ def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawD
             continue
         if data is None:
             continue
-        documents.append(RawDocument(data, builder.source(), index))
+        documents.append(RawDocument(data, builder.source(), first + index))
     return documents
+
+
+_SEPARATOR = re.compile(r"^---(?=[ \t]|$)", re.MULTILINE)
+
+
+def _chunks(text: str) -> list[tuple[str, str]]:
+    """The text cut before each `---` line: (newlines standing for the lines before, the chunk)."""
+    starts = [0, *(m.start() for m in _SEPARATOR.finditer(text) if m.start() > 0)]
+    ends = [*starts[1:], len(text)]
+    return [("\n" * text.count("\n", 0, a), text[a:b]) for a, b in zip(starts, ends, strict=True)]
 
 
 # Constructs the parser reads on past their mistake: an unclosed one is where its context starts.

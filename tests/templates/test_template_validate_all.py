@@ -399,3 +399,14 @@ def test_a_run_request_with_no_documents_is_rejected_saying_so() -> None:
     )
     result = compile_request(request)
     assert [e.message for e in result.errors] == ["the bundle has no documents (b.yaml)"]
+
+
+def test_a_syntax_error_loses_only_its_own_document(tmp_path: Path) -> None:
+    broken = "---\napiVersion: trellis.dev/v1\nkind: ConfigContext\nmetadata: {name: 'creds}\n"
+    text = NO_ENV.replace("spec: {}", "spec:\n  resources: [{name: vpc}]") + broken
+    file, errors, _ = validate(tmp_path, text)
+    assert [(e.line, e.column, e.message.split(":")[0], e.hint) for e in errors] == [
+        (5, 22, "ResourceTemplate 'vpc' not found in the bundle", ""),
+        (9, 18, "YAML syntax error while scanning a quoted scalar that starts here", "is a quote left open here?"),
+    ]
+    assert {e.file for e in errors} == {file}
