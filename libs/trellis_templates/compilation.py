@@ -372,13 +372,17 @@ class Compilation:
                 if ref != plan.name and ref in deps and ref not in deps[plan.name]:
                     deps[plan.name].append(ref)
         names = sorted(entries, key=lambda n: entries[n][0])
-        if topo_order(names, deps) is None:
+        order = topo_order(names, deps)
+        if order is None:
             cycle = find_cycle(names, deps)
             first = entries[cycle[0]]
             at = next((k for k, d in enumerate(first[1].depends_on) if d.name == cycle[1]), None)
             where: Path = ("spec", "resources", first[0]) + (("dependsOn", at) if at is not None else ())
             self.problems.error(self.et_src, where, "dependency cycle: " + " → ".join(cycle))
             return None
+        if len(built_names) == len(names):  # every resource built: the order is the same
+            self._deps = deps
+            return order
         built = set(built_names)
         self._deps = {n: [d for d in deps[n] if d in built] for n in built_names}
         return topo_order(built_names, self._deps)
