@@ -39,7 +39,6 @@ class SourceDocument:
 
     document: Document
     source: Source
-    partial: bool = False  # read leniently from a document with errors (see `read_leniently`)
 
     @property
     def kind(self) -> str:
@@ -415,4 +414,4 @@ def _lenient(raw: RawDocument) -> SourceDocument | None:
     document = _Walker(raw.source, Problems(), rafay, lenient=True).walk(data, _info(cls), ())
     if not isinstance(document, msgspec.Struct):
         return None
-    return SourceDocument(document, raw.source, partial=True)  # type: ignore[arg-type]
+    return SourceDocument(document, raw.source)  # type: ignore[arg-type]
