@@ -201,7 +201,10 @@ def validate_documents(
             result = compile_bundle(docs, env.metadata.name, {}, action, require_inputs=False, unreadable=unreadable)
             errors.update(dict.fromkeys(result.errors))
             warnings.update(dict.fromkeys(result.warnings))
-    for name in bundle.names(EnvironmentTemplate):
+    templates = bundle.names(EnvironmentTemplate)
+    if templates and not used and not any(kind == "Environment" for kind, _ in unreadable):
+        warnings[_no_environment(templates)] = None
+    for name in templates:
         if name in used:
             continue
         for action in ("deploy", "destroy"):
@@ -209,6 +212,14 @@ def validate_documents(
             errors.update(dict.fromkeys(result.errors))
             warnings.update(dict.fromkeys(result.warnings))
     return tuple(errors), tuple(warnings)
+
+
+def _no_environment(templates: list[str]) -> Problem:
+    return Problem(
+        message="the bundle has no Environment: its EnvironmentTemplates were checked on their own",
+        hint=f"`trellis run` needs a document with `kind: Environment` naming one of: {', '.join(templates)}",
+        severity="warning",
+    )
 
 
 # `$(` then a name of the expression scope: meant as an expression, even with no `)$` after it

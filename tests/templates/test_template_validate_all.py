@@ -410,3 +410,14 @@ def test_a_syntax_error_loses_only_its_own_document(tmp_path: Path) -> None:
         (9, 18, "YAML syntax error while scanning a quoted scalar that starts here", "is a quote left open here?"),
     ]
     assert {e.file for e in errors} == {file}
+
+
+def test_validate_of_a_bundle_without_an_environment_warns_and_names_the_templates(tmp_path: Path) -> None:
+    _, errors, warnings = validate(tmp_path, NO_ENV)
+    assert errors == ()
+    assert [(w.message, w.hint) for w in warnings] == [
+        (
+            "the bundle has no Environment: its EnvironmentTemplates were checked on their own",
+            "`trellis run` needs a document with `kind: Environment` naming one of: stack",
+        )
+    ]
