@@ -119,18 +119,25 @@ def compile_sources(
     action: Action = "deploy",
     **kwargs: Any,
 ) -> CompileResult:
-    """Compile a run request's bundle of files given as text."""
+    """Compile a run request's bundle of files given as text.
+
+    A document with read errors is read as far as it can be (`validate.read_leniently`) so that
+    the rejection lists the compile errors of the rest of the bundle too, sorted.
+    """
     problems = Problems()
     with gc_paused():
         raws = [raw for f in sources for raw in load_text(f.text, f.path, problems)]
-        docs = parse_documents(raws, problems)
-    if not raws and not problems.errors:
-        where = ", ".join(f.path for f in sources) or "the run request"
-        problems.error(None, (), f"the bundle has no documents ({where})", _EMPTY_HINT)
-    if problems.errors:
+        docs, unreadable = read_leniently(raws, problems)
+    if not raws:
+        if not problems.errors:
+            where = ", ".join(f.path for f in sources) or "the run request"
+            problems.error(None, (), f"the bundle has no documents ({where})", _EMPTY_HINT)
         return CompileResult(None, tuple(problems.warnings), tuple(problems.errors))
-    result = compile_bundle(docs, environment_name, inputs, action, **kwargs)
-    return CompileResult(result.workflow, (*problems.warnings, *result.warnings), result.errors)
+    result = compile_bundle(docs, environment_name, inputs, action, unreadable=unreadable, **kwargs)
+    warnings = (*problems.warnings, *result.warnings)
+    if problems.errors:
+        return CompileResult(None, sorted_problems(warnings), sorted_problems([*problems.errors, *result.errors]))
+    return CompileResult(result.workflow, warnings, result.errors)
 
 
 _EMPTY_HINT = "a template bundle is YAML documents (files ending in .yaml or .yml) with apiVersion, kind and metadata"

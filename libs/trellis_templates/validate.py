@@ -23,6 +23,9 @@ _MISPLACED: dict[tuple[str, str], tuple[str, str]] = {
         "or as tasks in spec.providerOptions.custom.tasks",
     ),
 }
+# Read leniently, a bad hook or task `type` is kept as written rather than dropping the task
+# (and with it every `dependsOn` that names it): the compiler leaves out a hook it cannot run.
+_KEPT_AS_WRITTEN = frozenset({("Hook", "type"), ("Task", "type")})
 _TYPE_NOUNS = {
     "Hook": "hook type",
     "Task": "task type",
@@ -225,6 +228,8 @@ class _Walker:
                 continue
             self.owner = t.cls.__name__
             result = self.walk(item, field.type, child)
+            if result is _BAD and self.lenient and (t.cls.__name__, key) in _KEPT_AS_WRITTEN and isinstance(item, str):
+                result = item  # the compiler skips the hook, and its name still counts for dependsOn
             if result is _BAD:
                 bad = True
             else:

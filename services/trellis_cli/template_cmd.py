@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from trellis_core.events import Problem
-from trellis_templates.compiler import compile_bundle, load_bundle, validate_bundle
+from trellis_templates.compiler import compile_bundle, read_bundle, sorted_problems, validate_bundle
 from trellis_templates.mermaid import to_mermaid
 
 
@@ -72,11 +72,12 @@ def run_compile(args: argparse.Namespace) -> int:
     if isinstance(variables, str):
         print(variables, file=sys.stderr)
         return 2
-    docs, problems = load_bundle(args.paths)
-    if problems.errors:
-        _print_problems(tuple(problems.errors), tuple(problems.warnings))
+    docs, unreadable, problems = read_bundle(args.paths)
+    result = compile_bundle(docs, args.environment, variables, args.action, unreadable=unreadable)
+    if problems.errors:  # with the compile errors of what could be read, in one list
+        errors = sorted_problems([*problems.errors, *result.errors])
+        _print_problems(errors, sorted_problems([*problems.warnings, *result.warnings]))
         return 1
-    result = compile_bundle(docs, args.environment, variables, args.action)
     _print_problems(result.errors, tuple(problems.warnings) + result.warnings)
     if result.workflow is None:
         return 1

@@ -67,8 +67,9 @@ async def test_a_request_compiles_a_broken_bundle_is_rejected_and_the_next_still
     rejected = await asyncio.wait_for(run_events.get(), TIMEOUT)
     assert isinstance(rejected, RunRejected)
     assert rejected.run_id == "run-2"
-    assert [(e.file, e.path, e.hint) for e in rejected.errors] == [
-        ("demo.yaml", "spec.providerOptions.custom.tasks[0].type", 'did you mean "script"?')
+    assert [(e.file, e.path, e.hint) for e in rejected.errors] == [  # read and compile errors together
+        ("demo.yaml", "spec.providerOptions.custom.tasks[0].type", 'did you mean "script"?'),
+        ("demo.yaml", "spec.providerOptions.custom.tasks[1].dependsOn[0]", 'did you mean "provision"?'),
     ]
 
     await request(bus, unique, "run-3", "not: [valid yaml")

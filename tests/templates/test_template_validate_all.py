@@ -421,3 +421,19 @@ def test_validate_of_a_bundle_without_an_environment_warns_and_names_the_templat
             "`trellis run` needs a document with `kind: Environment` naming one of: stack",
         )
     ]
+
+
+def test_a_task_with_a_bad_type_still_counts_for_depends_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = FIXED.replace("          type: script\n          outputs:", "          type: scirpt\n          outputs:")
+    file, errors, _ = validate(tmp_path, text)
+    assert [(e.path, e.hint) for e in errors] == [
+        ("spec.providerOptions.custom.tasks[0].type", 'did you mean "script"?')
+    ]
+    broken = text.replace("dependsOn: [build]", "dependsOn: [biuld]")
+    (tmp_path / "bundle.yaml").write_text(broken)
+    assert trellis("template", "compile", file, "-e", "dev") == 1
+    errors_printed = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert [line.split(": ")[1] for line in errors_printed] == [
+        "spec.providerOptions.custom.tasks[0].type",
+        "spec.providerOptions.custom.tasks[1].dependsOn[0]",
+    ]
