@@ -20,7 +20,7 @@ from trellis_templates.documents import (
     ResourceTemplate,
 )
 from trellis_templates.errors import Path, Problems, Source, closest
-from trellis_templates.validate import SourceDocument
+from trellis_templates.validate import SourceDocument, Unreadable
 
 D = TypeVar("D", bound=Document)
 _VERSIONED = (ResourceTemplate, EnvironmentTemplate, Driver)
@@ -42,11 +42,16 @@ class Bundle:
 
     documents: list[SourceDocument]
     by_kind: dict[str, dict[str, dict[str, SourceDocument]]] = field(default_factory=dict)
+    # (kind, name) of documents too broken to read: their errors are reported, a reference to
+    # one is not reported again as "not found".
+    unreadable: Unreadable = frozenset()
 
     @classmethod
-    def index(cls, documents: Sequence[SourceDocument | Document], problems: Problems) -> Bundle:
+    def index(
+        cls, documents: Sequence[SourceDocument | Document], problems: Problems, unreadable: Unreadable = frozenset()
+    ) -> Bundle:
         docs = [d if isinstance(d, SourceDocument) else SourceDocument(d, Source()) for d in documents]
-        bundle = cls(docs)
+        bundle = cls(docs, unreadable=unreadable)
         for sd in docs:
             kind, name, version = sd.kind, sd.document.metadata.name, doc_version(sd.document)
             versions = bundle.by_kind.setdefault(kind, {}).setdefault(name, {})
@@ -80,6 +85,8 @@ class Bundle:
         """The document `kind/name` at `version` (or the highest one), else a problem at `where`."""
         versions = self.by_kind.get(kind.__name__, {}).get(name)
         source, path = where if where else (None, ())
+        if not versions and (kind.__name__, name) in self.unreadable:
+            return None
         if not versions:
             problems.error(
                 source,
@@ -105,20 +112,33 @@ class Bundle:
 
     def environment(self, name: str, problems: Problems) -> tuple[Environment, Source] | None:
         found = self.by_kind.get("Environment", {}).get(name)
+        if not found and ("Environment", name) in self.unreadable:
+            return None
         if not found:
+            names = self.names(Environment)
+            if not names:
+                problems.error(
+                    None,
+                    (),
+                    f"Environment {name!r} not found: the bundle has no Environment",
+                    "add a document with `kind: Environment` whose spec.template names an EnvironmentTemplate"
+                    + _listing(self.names(EnvironmentTemplate), " (templates in the bundle: "),
+                )
+                return None
+            hint = closest(name, names)
             problems.error(
                 None,
                 (),
                 f"Environment {name!r} not found in the bundle",
-                closest(name, self.names(Environment)) or _listing(self.names(Environment)),
+                (hint + " " if hint else "") + "environments in the bundle: " + ", ".join(names),
             )
             return None
         sd = next(iter(found.values()))
         return sd.document, sd.source  # type: ignore[return-value]
 
 
-def _listing(names: list[str]) -> str:
-    return "environments in the bundle: " + ", ".join(names) if names else "the bundle has no Environment"
+def _listing(names: list[str], prefix: str) -> str:
+    return prefix + ", ".join(names) + ")" if names else ""
 
 
 def file_problem(file: BundleFile) -> str:

@@ -19,6 +19,7 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
+from trellis_templates.outputs import check_plans
 from trellis_templates.rendering import Renderer
 from trellis_templates.resources import (
     Built,
@@ -54,6 +55,7 @@ class RunInfo:
     email_relay_url: str = ""
     trigger: Mapping[str, Any] | None = None
     require_inputs: bool = True
+    strict_inputs: bool = False  # a run variable no template declares is an error
 
 
 class Compilation:
@@ -89,7 +91,9 @@ class Compilation:
         self.et_contexts = self._contexts(self.et.spec.contexts, self.et_src)
         self.env_contexts = self._contexts(self.env.spec.contexts, self.env_src)
         self._undeclared_environment_variables(self._declared_names(environment=False))
-        self.input_layer = inputs_layer(self.inputs, self._declared_names(), self.problems)
+        self.input_layer = inputs_layer(
+            self.inputs, self._declared_names(), self.problems, strict=self.info.strict_inputs
+        )
         env_merged = merge(self._env_layers(), self.problems)
         self.env_merged = env_merged
         self.selections = selections(self.et, self.et_src, self.problems)
@@ -102,6 +106,7 @@ class Compilation:
         self.base, self.env_late = base, env_late
         env_renderer.late_variables = env_renderer.late_environment = env_late  # for environment hooks
         plans = self._plans(env_sensitive)
+        check_plans(plans, [(self.et, self.et_src), (self.env, self.env_src)], self.bundle, self.problems)
         order = self._order(plans)
         if order is None or self.problems.errors:
             return None
@@ -342,40 +347,45 @@ class Compilation:
     # ---- the graph ------------------------------------------------------------------------
 
     def _order(self, plans: list[ResourcePlan]) -> list[str] | None:
-        """Resources in dependency order (declaration order breaks ties); cycles reported."""
+        """Resources in dependency order (declaration order breaks ties); cycles reported.
+
+        Cycles are looked for among every resource of the template, also those whose template
+        could not be found (already reported), so one run reports both.
+        """
         built_names = [p.name for p in plans]
-        all_names = {r.name for r in self.et.spec.resources}
-        deps: dict[str, list[str]] = {p.name: [] for p in plans}
+        entries = {r.name: (i, r) for i, r in reversed(list(enumerate(self.et.spec.resources)))}
+        deps: dict[str, list[str]] = {n: [] for n in entries}
+        for name, (i, entry) in entries.items():
+            for j, dep in enumerate(entry.depends_on):
+                path = ("spec", "resources", i, "dependsOn", j, "name")
+                if dep.name not in entries:
+                    msg = f"unknown resource {dep.name!r} in dependsOn"
+                    self.problems.error(self.et_src, path, msg, closest(dep.name, entries))
+                elif dep.name == name:
+                    self.problems.error(self.et_src, path, f"resource {name!r} depends on itself")
+                elif dep.name not in deps[name]:
+                    deps[name].append(dep.name)
         self._built: dict[str, Built] = {}
         for plan in plans:
-            for j, dep in enumerate(plan.entry.depends_on):
-                path = ("spec", "resources", plan.index, "dependsOn", j, "name")
-                if dep.name not in all_names:
-                    self.problems.error(
-                        self.et_src,
-                        path,
-                        f"unknown resource {dep.name!r} in dependsOn",
-                        closest(dep.name, all_names),
-                    )
-                elif dep.name == plan.name:
-                    self.problems.error(self.et_src, path, f"resource {plan.name!r} depends on itself")
-                elif dep.name in deps:
-                    deps[plan.name].append(dep.name)
             self._built[plan.name] = build_resource(plan, self.info.action)
             for ref in plan.ctx.renderer.refs:
                 if ref != plan.name and ref in deps and ref not in deps[plan.name]:
                     deps[plan.name].append(ref)
-        self._deps = deps
-        order = topo_order(built_names, deps)
+        names = sorted(entries, key=lambda n: entries[n][0])
+        order = topo_order(names, deps)
         if order is None:
-            cycle = find_cycle(built_names, deps)
-            index = {p.name: p for p in plans}
-            first = index[cycle[0]]
-            at = next((k for k, d in enumerate(first.entry.depends_on) if d.name == cycle[1]), None)
-            where: Path = ("spec", "resources", first.index) + (("dependsOn", at) if at is not None else ())
+            cycle = find_cycle(names, deps)
+            first = entries[cycle[0]]
+            at = next((k for k, d in enumerate(first[1].depends_on) if d.name == cycle[1]), None)
+            where: Path = ("spec", "resources", first[0]) + (("dependsOn", at) if at is not None else ())
             self.problems.error(self.et_src, where, "dependency cycle: " + " → ".join(cycle))
             return None
-        return order
+        if len(built_names) == len(names):  # every resource built: the order is the same
+            self._deps = deps
+            return order
+        built = set(built_names)
+        self._deps = {n: [d for d in deps[n] if d in built] for n in built_names}
+        return topo_order(built_names, self._deps)
 
     def _assemble(self, plans: list[ResourcePlan], order: list[str], env_ctx: HookContext) -> list[Activity]:
         hooks, hpath = self.et.spec.hooks, ("spec", "hooks")

@@ -211,10 +211,26 @@ class Hook(_Doc, kw_only=True, frozen=True):
     workflow_handler: DriverRef | None = None  # Rafay's newer name for `driver`
 
 
+class OutputSpec(_Doc, kw_only=True, frozen=True):
+    """An output a task or driver writes: its key, and what it holds."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    description: str = ""
+
+
+# Output keys as names (`[url, port]`) or `{name, description}`; unset (None): not declared.
+Outputs = list[Annotated[str, Meta(min_length=1, max_length=256)] | OutputSpec] | None
+
+
 class Task(Hook, kw_only=True, frozen=True):
-    """A custom resource's task: a hook plus `dependsOn` (other tasks of the same resource)."""
+    """A custom resource's task: a hook plus `dependsOn` (other tasks of the same resource).
+
+    `outputs`, when every task of the resource (or its driver) declares them, are the only
+    keys `resource.R.output.K` may read: another key is a compile error.
+    """
 
     depends_on: list[DnsName] = []
+    outputs: Outputs = None
 
 
 class StageHooks(_Doc, kw_only=True, frozen=True):
@@ -288,6 +304,7 @@ class DriverConfig(_Doc, kw_only=True, frozen=True):
 class InlineDriver(_Doc, kw_only=True, frozen=True):
     config: DriverConfig
     inputs: list[ContextRef] = []
+    outputs: Outputs = None
 
 
 # ---- resource templates ---------------------------------------------------------------------
@@ -415,6 +432,7 @@ class DriverSpec(_Doc, kw_only=True, frozen=True):
     version: str = "v1"
     version_state: VersionState = "active"
     inputs: list[ContextRef] = []
+    outputs: Outputs = None  # the keys a task running this driver writes (see Task)
 
 
 class Credentials(_Doc, kw_only=True, frozen=True):
@@ -484,7 +502,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     EnvironmentTemplateSpec: frozenset({"sharing", "iconURL", "readme", "variableOverrides", "agentOverride"}),
     EnvironmentSpec: frozenset({"sharing", "iconURL", "files"}),
     ConfigContextSpec: frozenset({"sharing"}),
-    DriverSpec: frozenset({"sharing", "outputs"}),
+    DriverSpec: frozenset({"sharing"}),
     RepositorySpec: frozenset({"sharing", "agents", "options", "secret"}),
     IacOptions: frozenset(
         {
@@ -508,5 +526,4 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     Schedule: frozenset({"optOutOptions", "context", "workflows"}),
     EnvironmentAction: frozenset({"context", "workflows", "reconcileResources"}),
     FunctionOptions: frozenset({"languageVersion", "maxConcurrency", "numReplicas", "memoryLimitMi"}),
-    InlineDriver: frozenset({"outputs"}),
 }

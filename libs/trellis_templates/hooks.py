@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import get_args
 
 from trellis_core.workflow import (
     Activity,
@@ -14,7 +15,7 @@ from trellis_core.workflow import (
     RunWhen,
     SkipConfig,
 )
-from trellis_templates.documents import Hook
+from trellis_templates.documents import Hook, HookType
 from trellis_templates.errors import Path
 from trellis_templates.expressions import truthy
 from trellis_templates.specs import (
@@ -27,6 +28,7 @@ from trellis_templates.specs import (
     resolve_driver,
 )
 
+HOOK_TYPES = frozenset(get_args(HookType))
 DEFAULT_APPROVAL_BODY = json.dumps(
     {
         "text": "Approval needed: $(environment.name)$ $(run.action)$",
@@ -93,6 +95,8 @@ def _primitive(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     opts, opath = hook.options, (*path, "options")
     r, src = ctx.renderer, ctx.source
     kind = hook.type
+    if kind not in HOOK_TYPES:  # read leniently from a document with errors: already reported
+        return None
     if kind in ("driver", "workflowHandler"):
         return _driver_hook(ctx, hook, path)
     if kind == "http":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,14 +152,22 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawDocument]:
+def _compose(
+    text: str, file: str, problems: Problems, loader: Any, first: int = 0, *, split: bool = True
+) -> list[RawDocument]:
     documents: list[RawDocument] = []
     try:
         nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        problems.error(Source(file, {(): (line, col)}), (), f"YAML syntax error: {exc.problem or exc}")
+        chunks = _chunks(text) if split else []
+        if len(chunks) > 1:  # read each document alone: only the broken one is lost
+            return [
+                doc
+                for i, (lines, chunk) in enumerate(chunks)
+                for doc in _compose(lines + chunk, file, problems, loader, i, split=False)
+            ]
+        (line, col), message, hint = syntax_error(text, exc)
+        problems.error(Source(file, {(): (line, col)}), (), message, hint)
         return documents
     except yaml.YAMLError as exc:
         problems.error(Source(file), (), f"YAML error: {exc}")
@@ -184,8 +193,53 @@ def _compose(text: str, file: str, problems: Problems, loader: Any) -> list[RawD
             continue
         if data is None:
             continue
-        documents.append(RawDocument(data, builder.source(), index))
+        documents.append(RawDocument(data, builder.source(), first + index))
     return documents
+
+
+_SEPARATOR = re.compile(r"^---(?=[ \t]|$)", re.MULTILINE)
+
+
+def _chunks(text: str) -> list[tuple[str, str]]:
+    """The text cut before each `---` line: (newlines standing for the lines before, the chunk)."""
+    starts = [0, *(m.start() for m in _SEPARATOR.finditer(text) if m.start() > 0)]
+    ends = [*starts[1:], len(text)]
+    return [("\n" * text.count("\n", 0, a), text[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+# Constructs the parser reads on past their mistake: an unclosed one is where its context starts.
+_UNCLOSED = {
+    "quoted scalar": "is a quote left open here?",
+    "flow mapping": "is a '}' missing after this '{'?",
+    "flow sequence": "is a ']' missing after this '['?",
+}
+
+
+def syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[tuple[int, int], str, str]:
+    """Position, message and hint of a YAML syntax error, at the line of the mistake.
+
+    The parser notices an unclosed quote or bracket only where the text ends or the next token
+    cannot follow: its context mark ("while scanning a quoted scalar", line 9) is where the
+    mistake is, its problem mark (line 40) where it was noticed. Both are named; a tab in the
+    indentation, which the parser reports as a character that cannot start a token, is named so.
+    """
+    problem, context = exc.problem_mark, exc.context_mark
+    if problem is not None:
+        lines = text.splitlines()
+        row = lines[problem.line] if problem.line < len(lines) else ""
+        indent = row[: len(row) - len(row.lstrip(" \t"))]
+        if "\t" in indent:
+            where = (problem.line + 1, indent.index("\t") + 1)
+            return where, "tabs are not allowed in YAML indentation", "indent with spaces"
+    found = f"{exc.problem}" + (f" (line {problem.line + 1}, column {problem.column + 1})" if problem else "")
+    unclosed = next((h for k, h in _UNCLOSED.items() if (exc.context or "").endswith(k)), None)
+    if context is not None and unclosed is not None and (problem is None or context.line < problem.line):
+        message = f"YAML syntax error {exc.context} that starts here: {found}"
+        return (context.line + 1, context.column + 1), message, unclosed
+    mark = problem or context
+    at = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+    during = f" ({exc.context} at line {context.line + 1})" if context is not None and exc.context else ""
+    return at, f"YAML syntax error: {exc.problem or exc}{during}", ""
 
 
 def _expand(paths: Iterable[str], problems: Problems) -> list[str]:

@@ -98,6 +98,8 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
         if checkout is not None:
             tails = extend([checkout]) or tails
     custom = spec.provider == "custom"
+    if custom:
+        _no_provider_hooks(plan)
     tails = _tasks(plan, action, tails, built) if custom else _stages(plan, action, tails, extend)
     success = hook_chain(ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails)
     main_deps = tuple(built.main) or (ENTRY,)
@@ -125,6 +127,21 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
     built.failure_hooks = [a.id for a in failure]
     built.exits = _unique((*success_tail, *((completion[-1].id,) if completion else ())))
     return built
+
+
+def _no_provider_hooks(plan: ResourcePlan) -> None:
+    """Stage hooks of a custom resource would never run: an error, not a silent drop."""
+    provider = plan.template.spec.hooks.provider
+    for key, hooks in (("openTofu", provider.open_tofu), ("terraform", provider.terraform)):
+        if hooks is not None:
+            plan.ctx.problems.error(
+                plan.ctx.source,
+                ("spec", "hooks", "provider", key),
+                f"hooks.provider.{key} never run: a custom resource has no {key} stages",
+                "use the resource hooks spec.hooks.onInit, onSuccess, onFailure, onCompletion, "
+                "or a task in spec.providerOptions.custom.tasks",
+                key=True,
+            )
 
 
 def _unique(ids: Sequence[str]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from trellis_templates.rendering import Renderer
 NO_RETRY = Activity(id="", kind="http", spec=HttpSpec(url="")).retry  # the default: omitted in JSON
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_STATUS_LINE = re.compile(r"\s*([1-5]\d\d)(?:\s+[A-Za-z][A-Za-z' -]*)?\s*")  # Rafay's "200 OK"
 
 
 @dataclass(slots=True)
@@ -118,8 +119,24 @@ def http_spec(
         headers=r.texts(headers, hsrc, hpath),
         body=r.text(body or "", bs, bp),
         verify_tls=True if verify is None else verify,
-        success_condition=r.raw(cond or "", cs, cp),
+        success_condition=http_condition(r, cond or "", cs, cp),
     )
+
+
+def http_condition(r: Renderer, condition: str, source: Source | None, path: Path) -> str:
+    """An http call's successCondition; a status line as Rafay writes it ("200 OK", "201
+    Created") would fail every call as an expression: it is read as `response.status == 200`."""
+    m = _STATUS_LINE.fullmatch(condition)
+    if m is None:
+        return r.raw(condition, source, path)
+    expression = f"$(response.status == {m[1]})$"
+    r.problems.warn(
+        source,
+        path,
+        f"successCondition {condition!r} is read as {expression}",
+        f'write successCondition: "{expression}"',
+    )
+    return expression
 
 
 def _camel(name: str) -> str:
@@ -251,7 +268,7 @@ def _driver_primitive(
             ctx.renderer, dsrc, (*dpath, "http"), http or HttpOptions(), ctx.source, (*opath, "http"), base
         )
         if not spec_http.success_condition and config.success_condition:
-            condition = ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition"))
+            condition = http_condition(ctx.renderer, config.success_condition, dsrc, (*dpath, "successCondition"))
             spec_http = msgspec.structs.replace(spec_http, success_condition=condition)
         return Run("http", spec_http, timeout, retries)
     return _function(ctx, config, dsrc, dpath, timeout, retries, extra_env)

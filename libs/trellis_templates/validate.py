@@ -15,6 +15,17 @@ from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.loader import RawDocument
 
 _BAD = object()  # a value that failed validation
+# Unknown fields that are a known misunderstanding: (the struct, the key) -> (message, hint).
+_MISPLACED: dict[tuple[str, str], tuple[str, str]] = {
+    ("ProviderHooks", "custom"): (
+        "hooks.provider.custom: custom resources have no provider stages",
+        "run hooks of a custom resource from spec.hooks.onInit, onSuccess, onFailure, onCompletion, "
+        "or as tasks in spec.providerOptions.custom.tasks",
+    ),
+}
+# Read leniently, a bad hook or task `type` is kept as written rather than dropping the task
+# (and with it every `dependsOn` that names it): the compiler leaves out a hook it cannot run.
+_KEPT_AS_WRITTEN = frozenset({("Hook", "type"), ("Task", "type")})
 _TYPE_NOUNS = {
     "Hook": "hook type",
     "Task": "task type",
@@ -77,10 +88,19 @@ def _describe(value: Any) -> str:
 
 
 class _Walker:
-    def __init__(self, source: Source, problems: Problems, rafay: bool) -> None:
+    """Checks raw values against a document type; `lenient` builds what it can of a bad document.
+
+    Strict, it returns builtins for msgspec to convert, or `_BAD`. Lenient (a second pass over a
+    document that has errors, already reported), it returns the Struct itself: a bad optional
+    field or list item is dropped, a name that breaks its pattern is kept as written, and only a
+    bad required field makes its struct bad. The later checks then still see the rest.
+    """
+
+    def __init__(self, source: Source, problems: Problems, rafay: bool, lenient: bool = False) -> None:
         self.source = source
         self.problems = problems
         self.rafay = rafay
+        self.lenient = lenient
         self.owner = ""
 
     def wrong(self, path: Path, t: mi.Type, value: Any) -> object:
@@ -119,11 +139,15 @@ class _Walker:
             if not isinstance(value, list):
                 return self.wrong(path, t, value)
             items = [self.walk(v, t.item_type, (*path, i)) for i, v in enumerate(value)]
+            if self.lenient:
+                return [i for i in items if i is not _BAD]
             return _BAD if any(i is _BAD for i in items) else items
         if isinstance(t, mi.DictType):
             if not isinstance(value, dict):
                 return self.wrong(path, t, value)
             out = {str(k): self.walk(v, t.value_type, (*path, str(k))) for k, v in value.items()}
+            if self.lenient:
+                return {k: v for k, v in out.items() if v is not _BAD}
             return _BAD if any(v is _BAD for v in out.values()) else out
         if isinstance(t, mi.StructType):
             return self.struct(value, t, path)
@@ -135,13 +159,13 @@ class _Walker:
         if too_long or too_short or (t.pattern and not re.match(t.pattern, value)):
             what = description or f"a string matching {t.pattern}"
             self.problems.error(self.source, path, f"{value!r} is not valid here: expected {what}")
-            return _BAD
+            return value if self.lenient else _BAD
         return value
 
     def bounded(self, value: int, t: mi.IntType, path: Path) -> object:
         if (t.ge is not None and value < t.ge) or (t.le is not None and value > t.le):
             self.problems.error(self.source, path, f"{value} is out of range [{t.ge}, {t.le}]")
-            return _BAD
+            return value if self.lenient else _BAD
         return value
 
     def literal(self, value: Any, t: mi.LiteralType, path: Path) -> object:
@@ -166,7 +190,7 @@ class _Walker:
         if len(members) == 1:
             return self.walk(value, members[0], path, description)
         for member in members:
-            trial = _Walker(self.source, Problems(), self.rafay)
+            trial = _Walker(self.source, Problems(), self.rafay, self.lenient)
             result = trial.walk(value, member, path, description)
             if result is not _BAD and not trial.problems.errors:
                 self.problems.warnings.extend(trial.problems.warnings)
@@ -196,11 +220,16 @@ class _Walker:
                         key=True,
                     )
                     continue
-                self.problems.error(self.source, child, f"unknown field {key!r}", closest(str(key), fields), key=True)
+                message, hint = _MISPLACED.get(
+                    (t.cls.__name__, str(key)), (f"unknown field {key!r}", closest(str(key), fields))
+                )
+                self.problems.error(self.source, child, message, hint, key=True)
                 bad = True
                 continue
             self.owner = t.cls.__name__
             result = self.walk(item, field.type, child)
+            if result is _BAD and self.lenient and (t.cls.__name__, key) in _KEPT_AS_WRITTEN and isinstance(item, str):
+                result = item  # the compiler skips the hook, and its name still counts for dependsOn
             if result is _BAD:
                 bad = True
             else:
@@ -209,7 +238,16 @@ class _Walker:
             if field.required and field.encode_name not in value:
                 self.problems.error(self.source, path, f"missing required field {field.encode_name!r}")
                 bad = True
+        if self.lenient:
+            return _partial(t, fields, out)
         return _BAD if bad else out
+
+
+def _partial(t: mi.StructType, fields: dict[str, mi.Field], values: dict[str, Any]) -> object:
+    """The struct from the fields that were good, or `_BAD` when a required one is not."""
+    if any(f.required and f.encode_name not in values for f in t.fields):
+        return _BAD
+    return t.cls(**{fields[k].name: v for k, v in values.items() if k in fields})
 
 
 def parse_document(raw: RawDocument, problems: Problems) -> SourceDocument | None:
@@ -340,3 +378,45 @@ def _path_of(message: str) -> Path:
 
 def parse_documents(raws: list[RawDocument], problems: Problems) -> list[SourceDocument]:
     return [d for raw in raws if (d := parse_document(raw, problems)) is not None]
+
+
+Unreadable = frozenset[tuple[str, str]]
+
+
+def read_leniently(raws: list[RawDocument], problems: Problems) -> tuple[list[SourceDocument], Unreadable]:
+    """Every document as far as it can be understood, for validation: one with errors (reported)
+    takes part in the later checks without its bad fields; (kind, name) of those that cannot."""
+    documents: list[SourceDocument] = []
+    unreadable: set[tuple[str, str]] = set()
+    for raw in raws:
+        before = len(problems.errors)
+        doc = parse_document(raw, problems)
+        if doc is not None:
+            documents.append(doc)
+            continue
+        if len(problems.errors) == before:
+            continue
+        partial = _lenient(raw)
+        if partial is not None:
+            documents.append(partial)
+        elif isinstance(raw.data, dict) and isinstance(kind := raw.data.get("kind"), str):
+            name = raw.data.get("metadata", {}).get("name") if isinstance(raw.data.get("metadata"), dict) else None
+            unreadable.add((kind, str(name)))
+    return documents, frozenset(unreadable)
+
+
+def _lenient(raw: RawDocument) -> SourceDocument | None:
+    data = raw.data
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        return None
+    rafay = data.get("apiVersion") == RAFAY_API_VERSION
+    if data.get("apiVersion") not in API_VERSIONS:
+        data = {**data, "apiVersion": API_VERSIONS[0]}
+    document = _Walker(raw.source, Problems(), rafay, lenient=True).walk(data, _info(cls), ())
+    if not isinstance(document, msgspec.Struct):
+        return None
+    return SourceDocument(document, raw.source)  # type: ignore[arg-type]

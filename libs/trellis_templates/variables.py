@@ -138,15 +138,26 @@ def _comparable(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
 
 
-def inputs_layer(inputs: Mapping[str, str], known: Iterable[str], problems: Problems) -> Layer:
-    """The run request's `--var name=value` values as the top layer (unknown names: a warning)."""
+def inputs_layer(inputs: Mapping[str, str], known: Iterable[str], problems: Problems, *, strict: bool = False) -> Layer:
+    """The run request's `--var name=value` values as the top layer (unknown names: a warning,
+    an error when `strict`: a run must not go ahead with a misspelt variable silently unused)."""
     names = set(known)
     variables = []
     for name, value in inputs.items():
         if name not in names:
-            problems.warn(None, (), f"run variable {name!r} is not declared by any template", closest(name, names))
+            hint = closest(name, names) or _listing(names)
+            message = f"run variable {name!r} is not declared by any template"
+            problems.add(None, (), message, hint, severity="error" if strict else "warning")
         variables.append(Variable(name=name, value=value))
     return Layer("the run request", variables)
+
+
+def _listing(names: set[str], most: int = 12) -> str:
+    shown = sorted(names)
+    if not shown:
+        return "the templates declare no variables"
+    more = f", … ({len(shown) - most} more)" if len(shown) > most else ""
+    return "declared variables: " + ", ".join(shown[:most]) + more
 
 
 def required_missing(merged: Mapping[str, Merged], env_name: str, problems: Problems, *, strict: bool) -> None:

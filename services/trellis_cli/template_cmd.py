@@ -10,7 +10,7 @@ import msgspec
 
 from trellis_cli.sources import template_files
 from trellis_core.events import Problem
-from trellis_templates.compiler import compile_bundle, load_bundle, validate_documents
+from trellis_templates.compiler import compile_bundle, read_bundle, sorted_problems, validate_bundle
 from trellis_templates.mermaid import to_mermaid
 
 
@@ -44,18 +44,22 @@ def _report(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> str:
     return msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
 
 
+def _files(paths: list[str]) -> list[str]:
+    """The template files under `paths` (one walk, as `trellis run` reads them); the paths
+    themselves when none is found, so the loader reports that they hold no documents."""
+    return template_files(paths) or list(paths)
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    docs, problems = load_bundle(template_files(args.paths))
-    errors, warnings = tuple(problems.errors), tuple(problems.warnings)
-    if not errors:
-        more_errors, more_warnings = validate_documents(docs)
-        errors, warnings = errors + more_errors, warnings + more_warnings
+    count, errors, warnings = validate_bundle(_files(args.paths))
     if args.json:
         print(_report(errors, warnings))
     else:
         _print_problems(errors, warnings)
-        if not errors:
-            print(f"{len(docs)} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
+        if errors:
+            print(f"{len(errors)} errors" + (f", {len(warnings)} warnings" if warnings else ""), file=sys.stderr)
+        else:
+            print(f"{count} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
     return 1 if errors else 0
 
 
@@ -75,11 +79,12 @@ def run_compile(args: argparse.Namespace) -> int:
     if isinstance(variables, str):
         print(variables, file=sys.stderr)
         return 2
-    docs, problems = load_bundle(template_files(args.paths))
-    if problems.errors:
-        _print_problems(tuple(problems.errors), tuple(problems.warnings))
+    docs, unreadable, problems = read_bundle(_files(args.paths))
+    result = compile_bundle(docs, args.environment, variables, args.action, unreadable=unreadable)
+    if problems.errors:  # with the compile errors of what could be read, in one list
+        errors = sorted_problems([*problems.errors, *result.errors])
+        _print_problems(errors, sorted_problems([*problems.warnings, *result.warnings]))
         return 1
-    result = compile_bundle(docs, args.environment, variables, args.action)
     _print_problems(result.errors, tuple(problems.warnings) + result.warnings)
     if result.workflow is None:
         return 1

@@ -36,6 +36,7 @@ def compile_request(request: RunRequested, *, email_relay_url: str = "") -> Comp
             run_id=request.run_id,
             requested_by=request.requested_by,
             email_relay_url=email_relay_url,
+            strict_inputs=True,  # a misspelt variable must not be dropped silently from a run
         )
     except Exception as exc:  # the compiler is pure: this is a bug, reported on the run
         log.exception("compiler_crashed", tenant=request.tenant, run=request.run_id)

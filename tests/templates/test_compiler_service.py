@@ -67,8 +67,9 @@ async def test_a_request_compiles_a_broken_bundle_is_rejected_and_the_next_still
     rejected = await asyncio.wait_for(run_events.get(), TIMEOUT)
     assert isinstance(rejected, RunRejected)
     assert rejected.run_id == "run-2"
-    assert [(e.file, e.path, e.hint) for e in rejected.errors] == [
-        ("demo.yaml", "spec.providerOptions.custom.tasks[0].type", 'did you mean "script"?')
+    assert [(e.file, e.path, e.hint) for e in rejected.errors] == [  # read and compile errors together
+        ("demo.yaml", "spec.providerOptions.custom.tasks[0].type", 'did you mean "script"?'),
+        ("demo.yaml", "spec.providerOptions.custom.tasks[1].dependsOn[0]", 'did you mean "provision"?'),
     ]
 
     await request(bus, unique, "run-3", "not: [valid yaml")
@@ -96,3 +97,14 @@ async def test_a_request_naming_another_tenant_is_dead_lettered_not_compiled(
     await request(bus, victim, "honest", DEMO.read_text())
     first = await asyncio.wait_for(run_events.get(), TIMEOUT)
     assert first.run_id == "honest", "the forged request reached the victim's run subjects"
+
+
+async def test_a_request_with_a_misspelt_variable_is_rejected_naming_it(
+    bus: Bus, compiler: None, run_events: asyncio.Queue[RunEvent], unique: str
+) -> None:
+    await request(bus, unique, "run-typo", DEMO.read_text(), notfy_url="http://127.0.0.1:1/hook")
+    rejected = await asyncio.wait_for(run_events.get(), TIMEOUT)
+    assert isinstance(rejected, RunRejected)
+    assert [(e.message, e.hint, e.severity) for e in rejected.errors] == [
+        ("run variable 'notfy_url' is not declared by any template", 'did you mean "notify_url"?', "error")
+    ]

@@ -274,12 +274,16 @@ def test_hook_without_its_options() -> None:
     assert_problem(text, "spec.hooks.onInit[0]", "name: hello", "a hook of type script needs options.script")
 
 
-def test_yaml_syntax_error_has_its_position() -> None:
+def test_yaml_syntax_error_points_at_the_unclosed_bracket_and_names_where_it_was_noticed() -> None:
     text = mutate(("metadata: {name: publisher}", "metadata: {name: publisher"))
     result = run(text)
     assert len(result.errors) == 1
-    assert result.errors[0].message.startswith("YAML syntax error")
-    assert (result.errors[0].line, result.errors[0].column) == (position(text, "spec:\n  config")[0], 5)
+    error = result.errors[0]
+    assert error.message.startswith("YAML syntax error while parsing a flow mapping that starts here")
+    assert (error.line, error.column) == position(text, "{name: publisher\n")
+    noticed = position(text, "spec:\n  config")[0]
+    assert f"(line {noticed}, column 5)" in error.message
+    assert error.hint == "is a '}' missing after this '{'?"
 
 
 def test_unknown_environment_lists_the_ones_there_are() -> None:
