@@ -44,6 +44,10 @@ def _report(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> str:
     return msgspec.json.format(msgspec.json.encode(report), indent=2).decode()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _files(paths: list[str]) -> list[str]:
     """The template files under `paths` (one walk, as `trellis run` reads them); the paths
     themselves when none is found, so the loader reports that they hold no documents."""
@@ -57,7 +61,8 @@ def run_validate(args: argparse.Namespace) -> int:
     else:
         _print_problems(errors, warnings)
         if errors:
-            print(f"{len(errors)} errors" + (f", {len(warnings)} warnings" if warnings else ""), file=sys.stderr)
+            summary = _count(len(errors), "error") + (f", {_count(len(warnings), 'warning')}" if warnings else "")
+            print(summary, file=sys.stderr)
         else:
             print(f"{count} documents: valid" + (f" ({len(warnings)} warnings)" if warnings else ""))
     return 1 if errors else 0
