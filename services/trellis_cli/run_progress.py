@@ -1,8 +1,9 @@
-"""What `trellis run` shows: a run's events folded into a per-activity view, as a rich table
-while it runs and as one JSON document or an outputs table at the end."""
+"""What `trellis run` shows: a run's events folded into a per-activity view at O(1) an event,
+drawn as a table of at most a screenful of rows, and one JSON document or a summary at the end."""
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from trellis_core.events import (
     ActivityCompleted,
     ActivityDispatched,
     ActivityFailed,
+    ActivityLogChunk,
     ActivityLost,
     ActivityStarted,
     ActivityTimedOut,
@@ -41,7 +43,11 @@ STYLES = {
     "cancelled": "yellow",
     "skipped": "dim",
 }
+ACTIVE = frozenset({"dispatched", "running", "waiting", "retrying"})
+FAILED = frozenset({"failed", "timed_out"})
+ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 MASK = "********"
+LOG_TAIL_LINES = 20
 
 
 class ActivityView(msgspec.Struct, kw_only=True):
@@ -54,11 +60,30 @@ class ActivityView(msgspec.Struct, kw_only=True):
     message: str = ""
     outputs: dict[str, Any] = {}
     tolerated: bool = False  # `onFailure: continue`: a failure here does not fail the run
+    log_attempt: int = 0  # the attempt whose lines `log_tail` holds (the newest seen)
+    log_tail: deque[str] = msgspec.field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    log_partial: str = ""  # a line whose end has not arrived yet
 
     @property
     def shown_status(self) -> str:
-        tolerated = self.tolerated and self.status in ("failed", "timed_out")
+        tolerated = self.tolerated and self.status in FAILED
         return f"{self.status} (tolerated)" if tolerated else self.status
+
+    def log_lines(self) -> list[str]:
+        """The last lines of the newest attempt's log (already masked by the agent)."""
+        lines = list(self.log_tail) + ([self.log_partial] if self.log_partial else [])
+        return lines[-LOG_TAIL_LINES:]
+
+    def add_log(self, chunk: ActivityLogChunk) -> list[str]:
+        """Fold one chunk in; the complete lines it ended (for `--follow`)."""
+        if chunk.attempt < self.log_attempt:
+            return []
+        if chunk.attempt > self.log_attempt:
+            self.log_attempt, self.log_partial = chunk.attempt, ""
+            self.log_tail.clear()
+        *lines, self.log_partial = (self.log_partial + chunk.data).split("\n")
+        self.log_tail.extend(lines)
+        return lines
 
 
 class RunView(msgspec.Struct, kw_only=True):
@@ -73,6 +98,12 @@ class RunView(msgspec.Struct, kw_only=True):
     activities: list[ActivityView] = []
     outputs: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
+    warnings: list[str] = []
+    # Kept up to date by `apply` so that a screenful is drawn without walking every activity.
+    by_id: dict[str, ActivityView] = {}
+    counts: dict[str, int] = {}
+    active: dict[str, None] = {}  # ids in ACTIVE, in the order they became so
+    ended: deque[str] = msgspec.field(default_factory=lambda: deque(maxlen=64))  # the latest ends
 
     @property
     def finished(self) -> bool:
@@ -81,12 +112,16 @@ class RunView(msgspec.Struct, kw_only=True):
     def apply(self, event: Event) -> None:
         if isinstance(event, RunCompiled):
             self.status = "compiled"
+            self.warnings = list(event.workflow.warnings)
             self.activities = [
                 ActivityView(id=a.id, tolerated=a.on_failure == "continue") for a in event.workflow.activities
             ]
+            self.by_id = {a.id: a for a in self.activities}
+            self.counts = {"pending": len(self.activities)}
         elif isinstance(event, RunRejected):
             self.status = "rejected"
             self.errors = [str(p) for p in event.errors]
+            self.warnings = [str(p) for p in event.warnings]
         elif isinstance(event, RunQueued):
             self.status, self.queued_reason = "queued", event.reason
         elif isinstance(event, RunStarted):
@@ -96,33 +131,66 @@ class RunView(msgspec.Struct, kw_only=True):
             self.outputs = event.outputs
             for a in self.activities:
                 if a.status in ("pending", "dispatched"):
-                    a.status = "skipped" if a.status == "pending" else "cancelled"
+                    self._set(a, "skipped" if a.status == "pending" else "cancelled")
         else:
             self._activity(event)
 
+    def add_log(self, chunk: ActivityLogChunk) -> list[str]:
+        view = self.by_id.get(chunk.activity_id)
+        return view.add_log(chunk) if view is not None else []
+
+    def _set(self, view: ActivityView, status: str) -> None:
+        if view.status == status:
+            return
+        self.counts[view.status] = self.counts.get(view.status, 0) - 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.active.pop(view.id, None)
+        if status in ACTIVE:
+            self.active[view.id] = None
+        elif status in ENDED:
+            self.ended.append(view.id)
+        view.status = status
+
     def _activity(self, event: Event) -> None:
-        activity_id = getattr(event, "activity_id", None)
-        view = next((a for a in self.activities if a.id == activity_id), None)
+        view = self.by_id.get(getattr(event, "activity_id", ""))
         if view is None or getattr(event, "attempt", 0) < view.attempts:
             return  # another attempt's late news
         if isinstance(event, ActivityDispatched):
-            view.status, view.attempts, view.finished_at = "dispatched", event.attempt, None
+            self._set(view, "dispatched")
+            view.attempts, view.finished_at = event.attempt, None
         elif isinstance(event, ActivityStarted):
-            view.status, view.agent = "running", event.agent
+            self._set(view, "running")
+            view.agent = event.agent
             view.started_at = view.started_at or event.occurred_at
+        elif view.status in ENDED:
+            return  # the attempt has its verdict: a cancel confirmed after a timeout stays timed_out
         elif isinstance(event, ActivityCompleted):
-            view.status, view.finished_at, view.outputs = "succeeded", event.occurred_at, event.outputs
+            self._set(view, "succeeded")
+            view.finished_at, view.outputs = event.occurred_at, event.outputs
         elif isinstance(event, ActivityFailed | ActivityTimedOut | ActivityLost):
-            view.status = {ActivityFailed: "failed", ActivityTimedOut: "timed_out"}.get(type(event), "retrying")
+            self._set(view, _failure_status(event))
             view.finished_at = event.occurred_at
-            view.message = getattr(event, "reason", "") or type(event).__name__
+            view.message = _failure_message(event)
         elif isinstance(event, ActivityCancelled):
-            view.status, view.finished_at, view.message = "cancelled", event.occurred_at, event.reason
+            self._set(view, "cancelled")
+            view.finished_at, view.message = event.occurred_at, event.reason
         elif isinstance(event, ApprovalRequested):
-            view.status = "waiting"
+            self._set(view, "waiting")
         elif isinstance(event, ApprovalDecided):
-            view.status = "succeeded" if event.decision == "approved" else "failed"
+            self._set(view, "succeeded" if event.decision == "approved" else "failed")
             view.finished_at = event.occurred_at
+
+
+def _failure_status(event: ActivityFailed | ActivityTimedOut | ActivityLost) -> str:
+    if isinstance(event, ActivityTimedOut) or (isinstance(event, ActivityFailed) and event.timed_out):
+        return "timed_out"
+    return "failed" if isinstance(event, ActivityFailed) else "retrying"
+
+
+def _failure_message(event: ActivityFailed | ActivityTimedOut | ActivityLost) -> str:
+    if isinstance(event, ActivityTimedOut):
+        return f"timed out after {event.timeout_seconds:g}s"
+    return getattr(event, "reason", "") or type(event).__name__
 
 
 def _elapsed(start: datetime | None, end: datetime | None, now: datetime) -> str:
@@ -131,17 +199,49 @@ def _elapsed(start: datetime | None, end: datetime | None, now: datetime) -> str
     return f"{((end or now) - start).total_seconds():.1f}s"
 
 
-def progress_table(view: RunView, now: datetime) -> Table:
+def summary_line(view: RunView) -> str:
+    """`12/1000 done: 10 succeeded, 2 failed; 4 running, 984 pending`, from the counts."""
+    done = sum(n for s, n in view.counts.items() if s in ENDED)
+    ended = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()) if n and s in ENDED)
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()) if n and s not in ENDED)
+    return f"{done}/{len(view.activities)} done" + (f": {ended}" if ended else "") + (f"; {rest}" if rest else "")
+
+
+def shown_rows(view: RunView, max_rows: int) -> list[ActivityView]:
+    """Every activity when they fit; else the active ones, the failures among the latest ends,
+    then the latest ends: at most `max_rows`, whatever the run's size."""
+    if len(view.activities) <= max_rows:
+        return view.activities
+    picked: dict[str, None] = {}
+    for activity_id in view.active:
+        if len(picked) >= max_rows:
+            break
+        picked[activity_id] = None
+    latest = list(reversed(view.ended))
+    for activity_id in [i for i in latest if view.by_id[i].status in FAILED] + latest:
+        if len(picked) >= max_rows:
+            break
+        picked.setdefault(activity_id, None)
+    return [view.by_id[i] for i in picked]
+
+
+def progress_table(view: RunView, now: datetime, max_rows: int = 40) -> Table:
+    """The live table: a title with the counts and at most `max_rows` rows."""
     title = f"{view.action} {view.environment} — run {view.run_id} — {view.status}"
     if view.status == "queued":
         title += f" ({view.queued_reason})"
+    if view.activities:
+        title += f" — {summary_line(view)}"
+    rows = shown_rows(view, max_rows)
     table = Table(title=title, title_justify="left", expand=False)
+    if len(rows) < len(view.activities):
+        table.caption = f"{len(view.activities) - len(rows)} more not shown"
     table.add_column("activity", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("attempt", justify="right")
     table.add_column("elapsed", justify="right")
     table.add_column("note", no_wrap=True, overflow="ellipsis", max_width=48)
-    for a in view.activities:
+    for a in rows:
         note = a.message.splitlines()[0][:80] if a.message else ""
         table.add_row(
             a.id,
@@ -171,8 +271,24 @@ def outputs_table(view: RunView) -> Table:
     return table
 
 
+def failures_text(view: RunView) -> Text:
+    """Every failed or timed-out activity with its reason and the last lines of its log."""
+    text = Text()
+    for a in view.activities:
+        if a.status not in FAILED:
+            continue
+        text.append(f"{a.id} {a.shown_status}", style="yellow" if a.tolerated else "bold red")
+        text.append(f": {a.message}\n" if a.message else "\n")
+        lines = a.log_lines()
+        if lines:
+            text.append(f"  last {len(lines)} log lines:\n", style="dim")
+            text.append("".join(f"  | {line}\n" for line in lines))
+    return text
+
+
 def as_json(view: RunView) -> bytes:
-    """The `--json` document: run status, and per activity status, times, attempts and outputs."""
+    """The `--json` document: run status, warnings, and per activity status, times, attempts,
+    outputs and the last lines of its log."""
     masked = {r: {k: {**o, "value": MASK} if isinstance(o, dict) and o.get("sensitive") else o
                   for k, o in outs.items()} for r, outs in view.outputs.items()}  # fmt: skip
     document = {
@@ -182,6 +298,7 @@ def as_json(view: RunView) -> bytes:
         "status": view.status,
         "message": view.message,
         "errors": view.errors,
+        "warnings": view.warnings,
         "started_at": view.started_at,
         "finished_at": view.finished_at,
         "activities": [
@@ -194,6 +311,7 @@ def as_json(view: RunView) -> bytes:
                 "finished_at": a.finished_at,
                 "message": a.message,
                 "outputs": a.outputs,
+                "log_tail": a.log_lines(),
             }
             for a in view.activities
         ],
