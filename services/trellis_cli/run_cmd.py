@@ -15,27 +15,14 @@ import getpass
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.text import Text
 
-from trellis_cli.run_progress import (
-    RunView,
-    as_json,
-    failures_text,
-    outputs_table,
-    problems_text,
-    progress_table,
-    summary_line,
-)
+from trellis_cli.run_progress import REFRESH_SECONDS, RunView, Screen, as_json, print_summary
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError, TrellisError
@@ -47,8 +34,6 @@ from trellis_core.settings import Settings
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
 _decode = msgspec.json.Decoder(RunEvent).decode
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
-REFRESH_SECONDS = 0.25  # the live table is redrawn at most this often, whatever the event rate
-MIN_ROWS = 10
 BUS_LOST_SECONDS = 5.0  # disconnected this long: say so and stop waiting
 LOG_DRAIN_SECONDS = 3.0
 
@@ -143,7 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(as_json(view).decode() + "\n")
     else:
-        _print_summary(console, view)
+        print_summary(console, view)
     return 0 if view.status == "succeeded" else 1
 
 
@@ -202,7 +187,7 @@ async def _run(
             if interrupts.count:
                 view.status, view.message = "cancelled", "interrupted before the run was submitted"
                 return view
-            screen = _Screen(console, view, follow=follow, as_document=as_document)
+            screen = Screen(console, view, follow=follow, as_document=as_document)
             async with _subscribed(bus, request, screen) as (events, logs):
                 await bus.publish(subjects.runs_requested(request.tenant), request, msg_id=f"{request.run_id}/request")
                 with screen:
@@ -214,7 +199,7 @@ async def _run(
 
 @contextlib.asynccontextmanager
 async def _subscribed(
-    bus: Bus, request: RunRequested, screen: _Screen
+    bus: Bus, request: RunRequested, screen: Screen
 ) -> AsyncIterator[tuple[asyncio.Queue[RunEvent], Any]]:
     """The run's events, queued for `_follow`, and its log chunks, handed to the screen as they come."""
     events: asyncio.Queue[RunEvent] = asyncio.Queue()
@@ -244,7 +229,7 @@ async def _follow(
     request: RunRequested,
     view: RunView,
     events: asyncio.Queue[RunEvent],
-    screen: _Screen,
+    screen: Screen,
     interrupts: _Interrupts,
 ) -> None:
     """Fold the run's events into the view until it ends; the screen redraws at most every
@@ -289,7 +274,7 @@ async def _follow(
         screen.refresh()
 
 
-async def _request_cancel(bus: Bus, request: RunRequested, screen: _Screen) -> None:
+async def _request_cancel(bus: Bus, request: RunRequested, screen: Screen) -> None:
     cancel = RunCancelRequested(
         tenant=request.tenant, run_id=request.run_id, reason="interrupted", requested_by=_user()
     )
@@ -312,87 +297,6 @@ async def _caught_up(sub: Any, within: float) -> None:
             if not info.num_pending and not sub.pending_msgs:
                 return
             await asyncio.sleep(0.02)
-
-
-def _print_summary(console: Console, view: RunView) -> None:
-    if view.status == "rejected":
-        console.print(f"[bold red]the templates have errors:[/]\n{problems_text(view.errors)}", highlight=False)
-        if view.warnings:
-            console.print(f"[yellow]warnings:[/]\n{problems_text(view.warnings)}", highlight=False)
-        return
-    failures = failures_text(view)
-    if failures:
-        console.print(failures, highlight=False)
-    if view.outputs:
-        console.print(outputs_table(view))
-    style = "green" if view.status == "succeeded" else "bold red"
-    elapsed = ""
-    if view.started_at and view.finished_at:
-        elapsed = f" in {(view.finished_at - view.started_at).total_seconds():.1f}s"
-    counts = f" ({summary_line(view)})" if view.activities else ""
-    console.print(
-        f"[{style}]run {view.run_id} {view.status}{elapsed}[/]{counts}" + (f": {view.message}" if view.message else ""),
-        highlight=False,
-    )
-
-
-class _Screen:
-    """Where the run shows: a live table redrawn at most every REFRESH_SECONDS on a terminal,
-    one line per status change otherwise, nothing until the end with --json; log lines as they
-    come with --follow."""
-
-    def __init__(self, console: Console, view: RunView, *, follow: bool, as_document: bool) -> None:
-        self.console, self.view, self.follow = console, view, follow
-        self.live = not as_document and console.is_terminal
-        self.lines = not as_document and not console.is_terminal
-        self.quiet = as_document
-        self._display: Live | None = None
-        self._drawn_at = 0.0
-        self._stale = False
-
-    def __enter__(self) -> _Screen:
-        if self.live:
-            self._display = Live(console=self.console, auto_refresh=False, transient=False)
-            self._display.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._display is not None:
-            self.refresh(force=True)
-            self._display.__exit__(None, None, None)
-            self._display = None
-
-    def apply(self, event: RunEvent) -> None:
-        activity_id = getattr(event, "activity_id", None)
-        before = self.view.by_id[activity_id].shown_status if activity_id in self.view.by_id else None
-        self.view.apply(event)
-        self._stale = True
-        if event.kind == "run.compiled" and not self.quiet:
-            for warning in self.view.warnings:
-                self.note(f"[yellow]warning:[/] {escape(warning)}")
-        if self.lines and activity_id in self.view.by_id:
-            status = self.view.by_id[activity_id].shown_status
-            if status != before and event.kind not in ("activity.dispatched", "activity.heartbeat"):
-                self.console.file.write(f"{event.occurred_at:%H:%M:%S} {activity_id} {status}\n")
-
-    def log(self, chunk: ActivityLogChunk) -> None:
-        lines = self.view.add_log(chunk)
-        if self.follow:
-            for line in lines:
-                self.console.print(Text(f"{chunk.activity_id} | {line}"), highlight=False, soft_wrap=True)
-
-    def note(self, markup: str) -> None:
-        self.console.print(markup, highlight=False)
-
-    def refresh(self, *, force: bool = False) -> None:
-        if self._display is None or not (self._stale or force or self.view.status == "running"):
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn_at < REFRESH_SECONDS:
-            return
-        rows = max(MIN_ROWS, self.console.height - 8)
-        self._display.update(progress_table(self.view, datetime.now(UTC), rows), refresh=True)
-        self._drawn_at, self._stale = now, False
 
 
 class _Interrupts:

@@ -1,13 +1,17 @@
 """What `trellis run` shows: a run's events folded into a per-activity view at O(1) an event,
-drawn as a table of at most a screenful of rows, and one JSON document or a summary at the end."""
+drawn as at most a screenful of rows a refresh, and one JSON document or a summary at the end."""
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -26,6 +30,7 @@ from trellis_core.events import (
     Problem,
     RunCompiled,
     RunCompleted,
+    RunEvent,
     RunQueued,
     RunRejected,
     RunStarted,
@@ -48,6 +53,8 @@ FAILED = frozenset({"failed", "timed_out"})
 ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 MASK = "********"
 LOG_TAIL_LINES = 20
+REFRESH_SECONDS = 0.25  # the live table is redrawn at most this often, whatever the event rate
+MIN_ROWS = 10
 
 
 class ActivityView(msgspec.Struct, kw_only=True):
@@ -208,15 +215,16 @@ def summary_line(view: RunView) -> str:
 
 
 def shown_rows(view: RunView, max_rows: int) -> list[ActivityView]:
-    """Every activity when they fit; else the active ones, the failures among the latest ends,
-    then the latest ends: at most `max_rows`, whatever the run's size."""
+    """Every activity when they fit; else the running ones, the dispatched ones, the failures
+    among the latest ends, then the latest ends: at most `max_rows`, whatever the run's size."""
     if len(view.activities) <= max_rows:
         return view.activities
+    running = [i for i in view.active if view.by_id[i].status != "dispatched"]
     picked: dict[str, None] = {}
-    for activity_id in view.active:
+    for activity_id in running + list(view.active):
         if len(picked) >= max_rows:
             break
-        picked[activity_id] = None
+        picked.setdefault(activity_id, None)
     latest = list(reversed(view.ended))
     for activity_id in [i for i in latest if view.by_id[i].status in FAILED] + latest:
         if len(picked) >= max_rows:
@@ -225,32 +233,28 @@ def shown_rows(view: RunView, max_rows: int) -> list[ActivityView]:
     return [view.by_id[i] for i in picked]
 
 
-def progress_table(view: RunView, now: datetime, max_rows: int = 40) -> Table:
-    """The live table: a title with the counts and at most `max_rows` rows."""
+def progress_text(view: RunView, now: datetime, max_rows: int = 40) -> Text:
+    """The live view: a title with the counts and at most `max_rows` aligned rows (plain text:
+    a rich Table of a screenful costs ten times as much to draw)."""
     title = f"{view.action} {view.environment} — run {view.run_id} — {view.status}"
     if view.status == "queued":
         title += f" ({view.queued_reason})"
+    text = Text(title + "\n", style="bold")
     if view.activities:
-        title += f" — {summary_line(view)}"
+        text.append(summary_line(view) + "\n")
     rows = shown_rows(view, max_rows)
-    table = Table(title=title, title_justify="left", expand=False)
-    if len(rows) < len(view.activities):
-        table.caption = f"{len(view.activities) - len(rows)} more not shown"
-    table.add_column("activity", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("attempt", justify="right")
-    table.add_column("elapsed", justify="right")
-    table.add_column("note", no_wrap=True, overflow="ellipsis", max_width=48)
+    id_width = max((len(a.id) for a in rows), default=8)
+    status_width = max((len(a.shown_status) for a in rows), default=6)
     for a in rows:
-        note = a.message.splitlines()[0][:80] if a.message else ""
-        table.add_row(
-            a.id,
-            Text(a.shown_status, style="yellow" if a.shown_status != a.status else STYLES.get(a.status, "")),
-            str(a.attempts or ""),
-            _elapsed(a.started_at, a.finished_at, now),
-            note,
-        )
-    return table
+        note = a.message.splitlines()[0][:60] if a.message else ""
+        text.append(f"  {a.id:<{id_width}}  ")
+        style = "yellow" if a.shown_status != a.status else STYLES.get(a.status, "")
+        text.append(f"{a.shown_status:<{status_width}}", style=style)
+        attempt = f"#{a.attempts}" if a.attempts > 1 else ""
+        text.append(f" {attempt:>3} {_elapsed(a.started_at, a.finished_at, now):>7}  {note}".rstrip() + "\n")
+    if len(rows) < len(view.activities):
+        text.append(f"  … {len(view.activities) - len(rows)} more not shown\n", style="dim")
+    return text
 
 
 def shown(output: Any) -> Any:
@@ -322,3 +326,87 @@ def as_json(view: RunView) -> bytes:
 
 def problems_text(problems: list[Problem] | list[str]) -> str:
     return "\n".join(f"  {p}" for p in problems)
+
+
+def print_summary(console: Console, view: RunView) -> None:
+    if view.status == "rejected":
+        console.print(f"[bold red]the templates have errors:[/]\n{problems_text(view.errors)}", highlight=False)
+        if view.warnings:
+            console.print(f"[yellow]warnings:[/]\n{problems_text(view.warnings)}", highlight=False)
+        return
+    failures = failures_text(view)
+    if failures:
+        console.print(failures, highlight=False)
+    if view.outputs:
+        console.print(outputs_table(view))
+    style = "green" if view.status == "succeeded" else "bold red"
+    elapsed = ""
+    if view.started_at and view.finished_at:
+        elapsed = f" in {(view.finished_at - view.started_at).total_seconds():.1f}s"
+    counts = f" ({summary_line(view)})" if view.activities else ""
+    console.print(
+        f"[{style}]run {view.run_id} {view.status}{elapsed}[/]{counts}" + (f": {view.message}" if view.message else ""),
+        highlight=False,
+    )
+
+
+class Screen:
+    """Where the run shows: a live table redrawn at most every REFRESH_SECONDS on a terminal,
+    one line per status change otherwise, nothing until the end with --json; log lines as they
+    come with --follow."""
+
+    def __init__(self, console: Console, view: RunView, *, follow: bool, as_document: bool) -> None:
+        self.console, self.view, self.follow = console, view, follow
+        self.live = not as_document and console.is_terminal
+        self.lines = not as_document and not console.is_terminal
+        self.quiet = as_document
+        self._display: Live | None = None
+        self._drawn_at = 0.0
+        self._interval = REFRESH_SECONDS
+        self._stale = False
+
+    def __enter__(self) -> Screen:
+        if self.live:
+            self._display = Live(console=self.console, auto_refresh=False, transient=False)
+            self._display.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._display is not None:
+            self.refresh(force=True)
+            self._display.__exit__(None, None, None)
+            self._display = None
+
+    def apply(self, event: RunEvent) -> None:
+        activity_id = getattr(event, "activity_id", None)
+        before = self.view.by_id[activity_id].shown_status if activity_id in self.view.by_id else None
+        self.view.apply(event)
+        self._stale = True
+        if event.kind == "run.compiled" and not self.quiet:
+            for warning in self.view.warnings:
+                self.note(f"[yellow]warning:[/] {escape(warning)}")
+        if self.lines and activity_id in self.view.by_id:
+            status = self.view.by_id[activity_id].shown_status
+            if status != before and event.kind not in ("activity.dispatched", "activity.heartbeat"):
+                self.console.file.write(f"{event.occurred_at:%H:%M:%S} {activity_id} {status}\n")
+
+    def log(self, chunk: ActivityLogChunk) -> None:
+        lines = self.view.add_log(chunk)
+        if self.follow:
+            for line in lines:
+                self.console.print(Text(f"{chunk.activity_id} | {line}"), highlight=False, soft_wrap=True)
+
+    def note(self, markup: str) -> None:
+        self.console.print(markup, highlight=False)
+
+    def refresh(self, *, force: bool = False) -> None:
+        if self._display is None or not (self._stale or force or self.view.status == "running"):
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < self._interval:
+            return
+        rows = max(MIN_ROWS, self.console.height - 8)
+        self._display.update(progress_text(self.view, datetime.now(UTC), rows), refresh=True)
+        self._drawn_at, self._stale = time.monotonic(), False
+        # Drawing takes at most a twentieth of the time, however slow the terminal or busy the machine.
+        self._interval = max(REFRESH_SECONDS, 20 * (self._drawn_at - now))
