@@ -139,15 +139,95 @@ def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(tmp_path: Pa
     assert document["message"] == "resource/broken/task/boom: exited with code 3"
 
 
-async def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(
-    tmp_path: Path, bus: Bus
-) -> None:
+async def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(tmp_path: Path, bus: Bus) -> None:
     (tmp_path / "failing.yaml").write_text(FAILING)
     done = await asyncio.to_thread(
         _trellis_run,
-        tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing",
-        TRELLIS_NATS_URL=bus.settings.nats_url, TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1", TRELLIS_STREAM_STORAGE="memory",
+        tmp_path,
+        str(tmp_path / "failing.yaml"),
+        "--environment",
+        "failing",
+        TRELLIS_NATS_URL=bus.settings.nats_url,
+        TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1",
+        TRELLIS_STREAM_STORAGE="memory",
     )
     assert done.returncode == 1
     assert "no answer to run" in done.stderr
     assert "trellis compiler" in done.stderr
+
+
+MIXED = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: broken}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - name: boom
+          type: script
+          onFailure: continue
+          options: {script: {script: "echo step one; echo 'disk on fire' >&2; exit 3"}}
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: slow}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: nap, type: script, timeoutSeconds: 1, options: {script: {script: "echo napping; sleep 60"}}}
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: chatty}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: hello, type: script, options: {script: {script: "echo hello from chatty; echo bye"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: mixed}
+spec:
+  resources: [{name: broken}, {name: slow}, {name: chatty}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: mixed}
+spec:
+  template: {name: mixed}
+"""
+
+
+def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every_warning(tmp_path: Path) -> None:
+    (tmp_path / "mixed.yaml").write_text(MIXED)
+    done = _trellis_run(tmp_path, str(tmp_path / "mixed.yaml"), "--environment", "mixed", "--var", "colour=blue")
+    assert done.returncode == 1, done.stderr[-3000:]
+    out = done.stdout
+    assert "warning: run variable 'colour' is not declared by any template" in out
+    failure = out.index("resource/broken/task/boom failed (tolerated): exited with code 3\n")
+    assert out.index("  | disk on fire\n", failure) < out.index("resource/slow/task/nap timed_out", failure)
+    assert "resource/slow/task/nap timed_out: timed out after 1s\n" in out
+    assert "hello from chatty" not in out  # a succeeded activity's log shows only with --follow
+
+
+def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(tmp_path: Path) -> None:
+    (tmp_path / "mixed.yaml").write_text(MIXED)
+    args = (str(tmp_path / "mixed.yaml"), "--environment", "mixed", "--var", "colour=blue", "--json", "--follow")
+    done = _trellis_run(tmp_path, *args)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "resource/chatty/task/hello | hello from chatty\n" in done.stderr
+    assert "resource/broken/task/boom | disk on fire\n" in done.stderr
+    document = json.loads(done.stdout)
+    assert document["warnings"] == ["run variable 'colour' is not declared by any template"]
+    activities = {a["id"]: a for a in document["activities"]}
+    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire"]
+    assert activities["resource/chatty/task/hello"]["log_tail"] == ["hello from chatty", "bye"]
+    assert activities["resource/slow/task/nap"]["status"] == "timed_out"
+    assert activities["resource/slow/task/nap"]["log_tail"][0] == "napping"
+    assert document["message"] == "resource/slow/task/nap: timed out after 1s"
