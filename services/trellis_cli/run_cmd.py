@@ -28,14 +28,16 @@ from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunEvent, RunRequested, SourceFile
 from trellis_core.ids import new_run_id
-from trellis_core.logs import configure
+from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
+log = get_logger("cli.run")
 _decode = msgspec.json.Decoder(RunEvent).decode
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
-BUS_LOST_SECONDS = 5.0  # disconnected this long: say so and stop waiting
+BUS_LOST_SECONDS = 3.0  # disconnected this long: say so and stop waiting
 LOG_DRAIN_SECONDS = 3.0
+LOST_SHUTDOWN_SECONDS = 3.0  # how long services may take to stop once the bus is gone
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -166,14 +168,27 @@ async def _bus_for(settings: Settings) -> AsyncIterator[Bus]:
             await bus.ensure_streams()
             yield bus
         finally:
-            await bus.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(None if bus.nc.is_connected else LOST_SHUTDOWN_SECONDS):
+                    await bus.close()
         return
     from trellis_cli.devstack import DevStack, default_services
 
     services = default_services(settings)
-    async with DevStack(settings, with_postgres="store" in services, services=services) as stack:
+    stack = DevStack(settings, with_postgres="store" in services, services=services)
+    await stack.__aenter__()
+    try:
         assert stack.bus is not None
         yield stack.bus
+    finally:
+        # With its bus gone the services cannot stop cleanly: give them a moment, not the minute
+        # they would spend retrying (the nats-server is gone; a database is stopped at exit anyway).
+        lost = stack.bus is None or not stack.bus.nc.is_connected
+        try:
+            async with asyncio.timeout(LOST_SHUTDOWN_SECONDS if lost else None):
+                await stack.__aexit__(None, None, None)
+        except TimeoutError:
+            log.warning("embedded_stack_abandoned", reason="the bus is gone")
 
 
 async def _run(
@@ -182,6 +197,7 @@ async def _run(
     view = RunView(run_id=request.run_id, environment=request.environment, action=request.action)
     if not as_document:
         console.print(f"[dim]starting {'on ' + settings.nats_url if settings.nats_url else 'the embedded stack'}…")
+    asyncio.get_running_loop().set_exception_handler(_log_loop_error)
     with _Interrupts() as interrupts:
         async with _bus_for(settings) as bus:
             if interrupts.count:
@@ -245,7 +261,7 @@ async def _follow(
             await _request_cancel(bus, request, screen)
         if interrupts.count >= 2:
             view.status = view.status if view.finished else "cancelled"
-            view.message = view.message or "stopped waiting (Ctrl-C twice); the run may go on"
+            view.message = view.message or "stopped waiting (Ctrl-C twice)"
             return
         try:
             event = await asyncio.wait_for(events.get(), timeout=REFRESH_SECONDS)
@@ -297,6 +313,12 @@ async def _caught_up(sub: Any, within: float) -> None:
             if not info.num_pending and not sub.pending_msgs:
                 return
             await asyncio.sleep(0.02)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A service task of the embedded stack that died while stopping (its bus gone, Ctrl-C) is
+    a log event, not a traceback on the user's terminal."""
+    log.warning("background_task_failed", message=context.get("message", ""), error=repr(context.get("exception")))
 
 
 class _Interrupts:
