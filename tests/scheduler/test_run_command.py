@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -231,3 +233,74 @@ def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(tm
     assert activities["resource/slow/task/nap"]["status"] == "timed_out"
     assert activities["resource/slow/task/nap"]["log_tail"][0] == "napping"
     assert document["message"] == "resource/slow/task/nap: timed out after 1s"
+
+
+SLOW = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: slow}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: nap, type: script, options: {script: {script: "echo napping; sleep 60"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: slow}
+spec:
+  resources: [{name: slow}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: slow}
+spec:
+  template: {name: slow}
+"""
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """What the process printed on stdout up to `text` (read from the pipe itself, so nothing
+    waits in a buffer); fails after `timeout` without it."""
+    assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            assert selector.select(timeout), f"no {text!r} within {timeout} s; got {seen!r}"
+            data = os.read(fd, 65536)
+            assert data, f"stdout closed before {text!r}; got {seen!r}"
+            seen += data
+    return seen.decode()
+
+
+def _nats_server_under(directory: Path) -> int:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"nats-server") and any(str(directory).encode() in a for a in args):
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no nats-server runs under {directory}")
+
+
+def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_run(tmp_path: Path) -> None:
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")} | {
+        "TRELLIS_DATA_DIR": str(tmp_path / "data")
+    }
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
+        os.kill(_nats_server_under(tmp_path / "data"), signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1
+    assert "trellis run: lost the bus at nats://127.0.0.1:" in err
+    assert "Traceback" not in err
