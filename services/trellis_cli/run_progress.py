@@ -285,7 +285,9 @@ def failures_text(view: RunView) -> Text:
         text.append(f": {a.message}\n" if a.message else "\n")
         lines = a.log_lines()
         if lines:
-            text.append(f"  last {len(lines)} log lines:\n", style="dim")
+            text.append(
+                "  its last log line:\n" if len(lines) == 1 else f"  its last {len(lines)} log lines:\n", style="dim"
+            )
             text.append("".join(f"  | {line}\n" for line in lines))
     return text
 

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from tree_templates import tree_templates
 
 pytestmark = pytest.mark.bench

@@ -36,13 +36,18 @@ def tree_templates(directory: Path, resources: int) -> Path:
         "  resources:",
     ]
     for i in range(resources):
-        lines.append(f"    - {{name: r{i}, template: {{name: node}}}}" if i == 0 else (
-            f"    - name: r{i}\n"
-            f"      template: {{name: node}}\n"
-            f"      variables:\n"
-            f'        - {{name: parent, valueType: text, value: "$(resource.r{(i - 1) // 2}.output.id.value)$"}}'
-        ))
-    environment = "---\napiVersion: trellis.dev/v1\nkind: Environment\nmetadata: {name: tree}\nspec:\n  template: {name: tree}\n"
+        lines.append(
+            f"    - {{name: r{i}, template: {{name: node}}}}"
+            if i == 0
+            else (
+                f"    - name: r{i}\n"
+                f"      template: {{name: node}}\n"
+                f"      variables:\n"
+                f'        - {{name: parent, valueType: text, value: "$(resource.r{(i - 1) // 2}.output.id.value)$"}}'
+            )
+        )
+    environment = "---\napiVersion: trellis.dev/v1\nkind: Environment\nmetadata: {name: tree}\n"
+    environment += "spec:\n  template: {name: tree}\n"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "node.yaml").write_text(NODE)
     (directory / "tree.yaml").write_text("\n".join(lines) + "\n" + environment)
