@@ -53,7 +53,7 @@ def _user() -> str:
 
 def cancel_command(args: argparse.Namespace) -> int:
     try:
-        settings = bus_settings("cancel", args.tenant)
+        settings = bus_settings(args.tenant)
         subjects.token(args.run_id, "run id")
         return asyncio.run(_cancel(settings, args.run_id, args.reason))
     except ConfigError as exc:

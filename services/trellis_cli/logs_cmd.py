@@ -35,13 +35,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=logs_command)
 
 
-def bus_settings(command: str, tenant: str | None) -> Settings:
+def bus_settings(tenant: str | None) -> Settings:
     """The settings of a command that talks to the bus of an earlier run: TRELLIS_NATS_URL is required."""
     settings = Settings.from_env(None, **({"tenant": tenant} if tenant else {}))
     if not settings.nats_url:
         raise ConfigError(
-            f"trellis {command} needs the bus the run went on: set TRELLIS_NATS_URL (`trellis dev up` prints "
-            "it; a run on the embedded stack of `trellis run` keeps no bus running after it)"
+            "no bus to reach: set TRELLIS_NATS_URL to the bus the run went on (`trellis dev up` prints it; "
+            "the embedded stack of a plain `trellis run` stops with the run)"
         )
     return settings
 
@@ -110,7 +110,7 @@ async def _print_logs(settings: Settings, run_id: str, activity: str | None) -> 
 
 def logs_command(args: argparse.Namespace) -> int:
     try:
-        settings = bus_settings("logs", args.tenant)
+        settings = bus_settings(args.tenant)
         subjects.token(args.run_id, "run id")
         return asyncio.run(_print_logs(settings, args.run_id, args.activity))
     except ConfigError as exc:
