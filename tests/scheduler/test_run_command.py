@@ -304,3 +304,25 @@ def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_ru
     assert proc.returncode == 1
     assert "trellis run: lost the bus at nats://127.0.0.1:" in err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "slow.yaml").write_text(SLOW.replace("echo napping;", "trap '' TERM INT; echo napping;"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
+    env["TRELLIS_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc, "cancelling the run", timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    assert "Traceback" not in out
+    assert " cancelled" in out
