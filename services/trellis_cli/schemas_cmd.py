@@ -25,8 +25,7 @@ def _normalise_descriptions(node: Any) -> Any:
     msgspec release formats docstrings (0.23 started dedenting them; earlier ones did not)."""
     if isinstance(node, dict):
         return {
-            key: inspect.cleandoc(value)
-            if key == "description" and isinstance(value, str)
+            key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
             else _normalise_descriptions(value)
             for key, value in node.items()
         }
