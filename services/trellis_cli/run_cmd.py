@@ -3,7 +3,9 @@
 With TRELLIS_NATS_URL set the run goes to that bus (services already running there); with
 neither it nor TRELLIS_GATEWAY_URL set, the embedded stack (NATS, every service, a local
 agent) starts in this process for the run and stops after it. Exit 0 when the run succeeded.
+Failures are shown with the last lines of their logs; `--follow` streams every log line.
 Ctrl-C once asks to cancel the run (hooks that always run still run); twice stops waiting.
+A bus gone for BUS_LOST_SECONDS ends the wait with an error.
 """
 
 from __future__ import annotations
