@@ -164,13 +164,15 @@ kind: ResourceTemplate
 metadata: {name: broken}
 spec:
   provider: custom
+  variables:
+    - {name: key, valueType: text, value: s3cr3t-value, options: {sensitive: true}}
   providerOptions:
     custom:
       tasks:
         - name: boom
           type: script
           onFailure: continue
-          options: {script: {script: "echo step one; echo 'disk on fire' >&2; exit 3"}}
+          options: {script: {script: 'echo step one; echo "disk on fire, key $TRELLIS_VAR_key" >&2; exit 3'}}
 ---
 apiVersion: trellis.dev/v1
 kind: ResourceTemplate
@@ -213,7 +215,8 @@ def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every
     out = done.stdout
     assert "warning: run variable 'colour' is not declared by any template" in out
     failure = out.index("resource/broken/task/boom failed (tolerated): exited with code 3\n")
-    assert out.index("  | disk on fire\n", failure) < out.index("resource/slow/task/nap timed_out", failure)
+    assert out.index("  | disk on fire, key ***\n", failure) < out.index("resource/slow/task/nap timed_out", failure)
+    assert "s3cr3t-value" not in out
     assert "resource/slow/task/nap timed_out: timed out after 1s\n" in out
     assert "hello from chatty" not in out  # a succeeded activity's log shows only with --follow
 
@@ -224,12 +227,13 @@ def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(tm
     done = _trellis_run(tmp_path, *args)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "resource/chatty/task/hello | hello from chatty\n" in done.stderr
-    assert "resource/broken/task/boom | disk on fire\n" in done.stderr
+    assert "resource/broken/task/boom | disk on fire, key ***\n" in done.stderr
     document = json.loads(done.stdout)
     assert document["warnings"] == ["run variable 'colour' is not declared by any template"]
     activities = {a["id"]: a for a in document["activities"]}
-    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire"]
+    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire, key ***"]
     assert activities["resource/chatty/task/hello"]["log_tail"] == ["hello from chatty", "bye"]
+    assert "s3cr3t-value" not in done.stdout + done.stderr
     assert activities["resource/slow/task/nap"]["status"] == "timed_out"
     assert activities["resource/slow/task/nap"]["log_tail"][0] == "napping"
     assert document["message"] == "resource/slow/task/nap: timed out after 1s"
