@@ -3,10 +3,23 @@ stay timed out, compile warnings, and a live view bounded to a screenful whateve
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from datetime import UTC, datetime
 
-from trellis_cli.run_progress import RunView, as_json, failures_text, progress_text, shown_rows, summary_line
+from rich.console import Console
+
+from trellis_cli.run_progress import (
+    REFRESH_SECONDS,
+    RunView,
+    Screen,
+    as_json,
+    failures_text,
+    progress_text,
+    shown_rows,
+    summary_line,
+)
 from trellis_core.events import (
     ActivityCancelled,
     ActivityCompleted,
@@ -104,3 +117,42 @@ def test_the_live_view_draws_at_most_a_screenful_running_activities_first() -> N
     drawn = progress_text(view, datetime.now(UTC), 30).plain.splitlines()
     assert len(drawn) == 2 + 30 + 1
     assert drawn[-1].strip() == "… 970 more not shown"
+
+
+def test_on_a_terminal_the_screen_redraws_at_most_once_a_refresh_interval_whatever_the_event_rate() -> None:
+    ids = [f"resource/r{n}/task/make" for n in range(1000)]
+    view = RunView(run_id="r1", environment="dev", action="deploy")
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, height=30)
+    screen = Screen(console, view, follow=False, as_document=False)
+    draws = 0
+    started = time.monotonic()
+    with screen:
+        assert screen._display is not None
+        real_update = screen._display.update
+
+        def counting_update(*args: object, **kwargs: object) -> None:
+            nonlocal draws
+            draws += 1
+            real_update(*args, **kwargs)
+
+        screen._display.update = counting_update
+        wf = Workflow(
+            environment="dev",
+            template=TemplateRef(name="t"),
+            action="deploy",
+            activities=tuple(Activity(id=i, kind="container", spec=ContainerSpec()) for i in ids),
+        )
+        screen.apply(RunCompiled(workflow=wf, **IDS))
+        for activity_id in ids:
+            for event in (
+                ActivityDispatched(activity_id=activity_id, attempt=1, pool="default", **IDS),
+                ActivityStarted(activity_id=activity_id, attempt=1, agent="x", **IDS),
+                ActivityCompleted(activity_id=activity_id, attempt=1, **IDS),
+            ):
+                screen.apply(event)
+                screen.refresh()
+        elapsed = time.monotonic() - started
+    assert 1 <= draws <= 2 + elapsed / REFRESH_SECONDS  # and one last draw on leaving
+    last = console.file.getvalue().split("deploy dev — run r1")[-1]
+    assert "1000/1000 done: 1000 succeeded" in last
+    assert last.count("task/make") <= 30
