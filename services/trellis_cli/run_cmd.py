@@ -133,6 +133,10 @@ def run_command(args: argparse.Namespace) -> int:
         sys.stdout.write(as_json(view).decode() + "\n")
     else:
         print_summary(console, view)
+        if settings.nats_url and view.activities and view.status != "succeeded":
+            console.print(
+                f"[dim]every log line of the run: trellis logs {view.run_id}", highlight=False, soft_wrap=True
+            )
     return 0 if view.status == "succeeded" else 1
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ spec:
   providerOptions:
     custom:
       tasks:
-        - {name: say, type: script, options: {script: {script: "echo line one; echo line two; echo oops >&2"}}}
+        - {name: say, type: script, options: {script: {script: "echo line one; echo line two; echo oops >&2; exit 1"}}}
 ---
 apiVersion: trellis.dev/v1
 kind: ResourceTemplate
@@ -99,12 +100,16 @@ def _trellis(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Completed
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, cwd=cwd, check=False)
 
 
-async def test_trellis_logs_prints_a_finished_runs_lines_from_another_process(stack: Settings, tmp_path: Path) -> None:
+async def test_a_failed_run_names_trellis_logs_which_prints_its_lines_from_another_process(
+    stack: Settings, tmp_path: Path
+) -> None:
     (tmp_path / "talk.yaml").write_text(TALK)
     env = _env(stack, tmp_path)
-    run = await asyncio.to_thread(_trellis, env, tmp_path, "run", str(tmp_path / "talk.yaml"), "-e", "talk", "--json")
-    assert run.returncode == 0, run.stderr[-3000:]
-    run_id = json.loads(run.stdout)["run_id"]
+    run = await asyncio.to_thread(_trellis, env, tmp_path, "run", str(tmp_path / "talk.yaml"), "-e", "talk")
+    assert run.returncode == 1, run.stderr[-3000:]
+    hint = re.search(r"every log line of the run: trellis logs (\S+)\n", run.stdout)
+    assert hint is not None, run.stdout
+    run_id = hint.group(1)
 
     every = await asyncio.to_thread(_trellis, env, tmp_path, "logs", run_id)
     assert every.returncode == 0, every.stderr
