@@ -3,7 +3,9 @@
 With TRELLIS_NATS_URL set the run goes to that bus (services already running there); with
 neither it nor TRELLIS_GATEWAY_URL set, the embedded stack (NATS, every service, a local
 agent) starts in this process for the run and stops after it. Exit 0 when the run succeeded.
+Failures are shown with the last lines of their logs; `--follow` streams every log line.
 Ctrl-C once asks to cancel the run (hooks that always run still run); twice stops waiting.
+A bus gone for BUS_LOST_SECONDS ends the wait with an error.
 """
 
 from __future__ import annotations
@@ -16,24 +18,27 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from rich.console import Console
-from rich.live import Live
 
-from trellis_cli.run_progress import RunView, as_json, outputs_table, problems_text, progress_table
+from trellis_cli.run_progress import REFRESH_SECONDS, RunView, Screen, as_json, print_summary
 from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError, TrellisError
-from trellis_core.events import RunCancelRequested, RunEvent, RunRequested
+from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunEvent, RunRequested
 from trellis_core.ids import new_run_id
-from trellis_core.logs import configure
+from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings
 
+log = get_logger("cli.run")
 _decode = msgspec.json.Decoder(RunEvent).decode
+_decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
+BUS_LOST_SECONDS = 3.0  # disconnected this long: say so and stop waiting
+LOG_DRAIN_SECONDS = 3.0
+LOST_SHUTDOWN_SECONDS = 3.0  # how long services may take to stop once the bus is gone
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -52,6 +57,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--action", choices=("deploy", "destroy"), default="deploy")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument("--tenant", default=None, help="the tenant (default: TRELLIS_TENANT)")
+    parser.add_argument(
+        "--follow",
+        "-f",
+        "--verbose",
+        "-v",
+        action="store_true",
+        dest="follow",
+        help="stream every activity's log lines as they come, prefixed with the activity id",
+    )
     parser.set_defaults(func=run_command)
 
 
@@ -95,14 +109,18 @@ def run_command(args: argparse.Namespace) -> int:
     console = Console(stderr=args.json)
     try:
         with _stdout_to_stderr(args.json):
-            view = asyncio.run(_run(settings, request, console, as_document=args.json))
+            view = asyncio.run(_run(settings, request, console, follow=args.follow, as_document=args.json))
     except TrellisError as exc:
         print(f"trellis run: {exc}", file=sys.stderr)
         return 1
     if args.json:
         sys.stdout.write(as_json(view).decode() + "\n")
     else:
-        _print_summary(console, view)
+        print_summary(console, view)
+        if settings.nats_url and view.activities and view.status != "succeeded":
+            console.print(
+                f"[dim]every log line of the run: trellis logs {view.run_id}", highlight=False, soft_wrap=True
+            )
     return 0 if view.status == "succeeded" else 1
 
 
@@ -140,37 +158,76 @@ async def _bus_for(settings: Settings) -> AsyncIterator[Bus]:
             await bus.ensure_streams()
             yield bus
         finally:
-            await bus.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(None if bus.nc.is_connected else LOST_SHUTDOWN_SECONDS):
+                    await bus.close()
         return
     from trellis_cli.devstack import DevStack, default_services
 
     services = default_services(settings)
-    async with DevStack(settings, with_postgres="store" in services, services=services) as stack:
+    stack = DevStack(settings, with_postgres="store" in services, services=services)
+    await stack.__aenter__()
+    try:
         assert stack.bus is not None
         yield stack.bus
+    finally:
+        # With its bus gone the services cannot stop cleanly: give them a moment, not the minute
+        # they would spend retrying (the nats-server is gone; a database is stopped at exit anyway).
+        lost = stack.bus is None or not stack.bus.nc.is_connected
+        try:
+            async with asyncio.timeout(LOST_SHUTDOWN_SECONDS if lost else None):
+                await stack.__aexit__(None, None, None)
+        except TimeoutError:
+            log.warning("embedded_stack_abandoned", reason="the bus is gone")
 
 
-async def _run(settings: Settings, request: RunRequested, console: Console, *, as_document: bool) -> RunView:
+async def _run(
+    settings: Settings, request: RunRequested, console: Console, *, follow: bool, as_document: bool
+) -> RunView:
     view = RunView(run_id=request.run_id, environment=request.environment, action=request.action)
     if not as_document:
         console.print(f"[dim]starting {'on ' + settings.nats_url if settings.nats_url else 'the embedded stack'}…")
-    async with _bus_for(settings) as bus:
-        events: asyncio.Queue[RunEvent] = asyncio.Queue()
-
-        async def on_msg(msg: Any) -> None:
-            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                events.put_nowait(_decode(msg.data))
-
-        sub = await bus.js.subscribe(
-            subjects.run_events(request.tenant, request.run_id), cb=on_msg, ordered_consumer=True
-        )
-        try:
-            await bus.publish(subjects.runs_requested(request.tenant), request, msg_id=f"{request.run_id}/request")
-            await _follow(bus, request, view, events, console, live=not as_document and console.is_terminal)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    asyncio.get_running_loop().set_exception_handler(_log_loop_error)
+    with _Interrupts() as interrupts:
+        async with _bus_for(settings) as bus:
+            if interrupts.count:
+                view.status, view.message = "cancelled", "interrupted before the run was submitted"
+                return view
+            screen = Screen(console, view, follow=follow, as_document=as_document)
+            async with _subscribed(bus, request, screen) as (events, logs):
+                await bus.publish(subjects.runs_requested(request.tenant), request, msg_id=f"{request.run_id}/request")
+                with screen:
+                    await _follow(bus, request, view, events, screen, interrupts)
+                if view.finished:
+                    await _caught_up(logs, LOG_DRAIN_SECONDS)
     return view
+
+
+@contextlib.asynccontextmanager
+async def _subscribed(
+    bus: Bus, request: RunRequested, screen: Screen
+) -> AsyncIterator[tuple[asyncio.Queue[RunEvent], Any]]:
+    """The run's events, queued for `_follow`, and its log chunks, handed to the screen as they come."""
+    events: asyncio.Queue[RunEvent] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            events.put_nowait(_decode(msg.data))
+
+    async def on_log(msg: Any) -> None:
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            screen.log(_decode_log(msg.data))
+
+    tenant, run_id = request.tenant, request.run_id
+    logs = await bus.js.subscribe(subjects.run_logs(tenant, run_id), cb=on_log, ordered_consumer=True)
+    subs = [logs]
+    try:
+        subs.append(await bus.js.subscribe(subjects.run_events(tenant, run_id), cb=on_event, ordered_consumer=True))
+        yield events, logs
+    finally:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sub.unsubscribe(), 1.0)
 
 
 async def _follow(
@@ -178,67 +235,80 @@ async def _follow(
     request: RunRequested,
     view: RunView,
     events: asyncio.Queue[RunEvent],
-    console: Console,
-    *,
-    live: bool,
+    screen: Screen,
+    interrupts: _Interrupts,
 ) -> None:
-    interrupts = _Interrupts()
+    """Fold the run's events into the view until it ends; the screen redraws at most every
+    REFRESH_SECONDS from the view's counts, so a large run costs O(1) an event here."""
+    loop = asyncio.get_running_loop()
     answered = False
     patience = bus.settings.run_answer_timeout_seconds
-    deadline = asyncio.get_running_loop().time() + patience
-    with interrupts, Live(console=console, auto_refresh=False, transient=False) if live else _NoLive() as display:
-        while not view.finished:
-            if interrupts.count == 1 and not interrupts.cancel_sent:
-                interrupts.cancel_sent = True
-                cancel = RunCancelRequested(
-                    tenant=request.tenant, run_id=request.run_id, reason="interrupted", requested_by=_user()
-                )
-                await bus.publish_event(cancel)
-                console.print("[yellow]cancelling the run (Ctrl-C again to stop waiting)…")
-            if interrupts.count >= 2:
-                view.status = view.status if view.finished else "cancelled"
-                return
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.25)
-            except TimeoutError:
-                if not answered and asyncio.get_running_loop().time() > deadline:
-                    raise TrellisError(
-                        f"no answer to run {request.run_id} within {patience:g} s: "
-                        f"are `trellis compiler` and `trellis scheduler` running against {bus.settings.nats_url}?"
-                    ) from None
-                display.update(progress_table(view, datetime.now(UTC)), refresh=True)
-                continue
-            answered = True
-            view.apply(event)
-            if not live and not view.finished:
-                _print_line(console, view, event)
-            display.update(progress_table(view, datetime.now(UTC)), refresh=True)
+    deadline = loop.time() + patience
+    lost_since: float | None = None
+    while not view.finished:
+        if interrupts.count == 1 and not interrupts.cancel_sent:
+            interrupts.cancel_sent = True
+            await _request_cancel(bus, request, screen)
+        if interrupts.count >= 2:
+            view.status = view.status if view.finished else "cancelled"
+            view.message = view.message or "stopped waiting (Ctrl-C twice)"
+            return
+        try:
+            event = await asyncio.wait_for(events.get(), timeout=REFRESH_SECONDS)
+        except TimeoutError:
+            now = loop.time()
+            if not answered and now > deadline:
+                raise TrellisError(
+                    f"no answer to run {request.run_id} within {patience:g} s: "
+                    f"are `trellis compiler` and `trellis scheduler` running against {bus.settings.nats_url}?"
+                ) from None
+            lost_since = None if bus.nc.is_connected else (lost_since or now)
+            if lost_since is not None and now - lost_since > BUS_LOST_SECONDS:
+                raise TrellisError(
+                    f"lost the bus at {bus.settings.nats_url} for {BUS_LOST_SECONDS:g} s (is nats-server still "
+                    f"running?): run {request.run_id} was {view.status}; `trellis logs {request.run_id}` "
+                    "and `trellis cancel` reach it once the bus is back"
+                ) from None
+            screen.refresh()
+            continue
+        answered = True
+        while True:  # everything already queued, then one redraw
+            screen.apply(event)
+            if view.finished or events.empty():
+                break
+            event = events.get_nowait()
+        screen.refresh()
 
 
-def _print_line(console: Console, view: RunView, event: RunEvent) -> None:
-    """Without a terminal: one line per activity status change."""
-    activity_id = getattr(event, "activity_id", None)
-    if activity_id is None or console.stderr:
-        return
-    status = next((a.shown_status for a in view.activities if a.id == activity_id), "")
-    if event.kind in ("activity.dispatched", "activity.heartbeat", "activity.log"):
-        return
-    console.print(f"{event.occurred_at:%H:%M:%S} {activity_id} {status}", highlight=False)
-
-
-def _print_summary(console: Console, view: RunView) -> None:
-    if view.status == "rejected":
-        console.print(f"[bold red]the templates have errors:[/]\n{problems_text(view.errors)}", highlight=False)
-        return
-    if view.outputs:
-        console.print(outputs_table(view))
-    style = "green" if view.status == "succeeded" else "bold red"
-    elapsed = ""
-    if view.started_at and view.finished_at:
-        elapsed = f" in {(view.finished_at - view.started_at).total_seconds():.1f}s"
-    console.print(
-        f"[{style}]run {view.run_id} {view.status}{elapsed}[/]" + (f": {view.message}" if view.message else "")
+async def _request_cancel(bus: Bus, request: RunRequested, screen: Screen) -> None:
+    cancel = RunCancelRequested(
+        tenant=request.tenant, run_id=request.run_id, reason="interrupted", requested_by=_user()
     )
+    try:
+        await asyncio.wait_for(bus.publish_event(cancel), bus.settings.connect_timeout_seconds)
+    except Exception as exc:
+        screen.note(f"[red]could not ask to cancel the run ({type(exc).__name__}); Ctrl-C again to stop waiting")
+        return
+    screen.note("[yellow]cancelling the run (Ctrl-C again to stop waiting)…")
+
+
+async def _caught_up(sub: Any, within: float) -> None:
+    """Wait (bounded) until the subscription has handled every message its stream holds: the
+    agents store an activity's log before its end, so the tails are then complete."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    with contextlib.suppress(Exception):
+        while loop.time() < deadline:
+            info = await asyncio.wait_for(sub.consumer_info(), max(0.1, deadline - loop.time()))
+            if not info.num_pending and not sub.pending_msgs:
+                return
+            await asyncio.sleep(0.02)
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A service task of the embedded stack that died while stopping (its bus gone, Ctrl-C) is
+    a log event, not a traceback on the user's terminal."""
+    log.warning("background_task_failed", message=context.get("message", ""), error=repr(context.get("exception")))
 
 
 class _Interrupts:
@@ -259,14 +329,3 @@ class _Interrupts:
 
     def _hit(self) -> None:
         self.count += 1
-
-
-class _NoLive:
-    def __enter__(self) -> _NoLive:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None

@@ -1,12 +1,17 @@
-"""What `trellis run` shows: a run's events folded into a per-activity view, as a rich table
-while it runs and as one JSON document or an outputs table at the end."""
+"""What `trellis run` shows: a run's events folded into a per-activity view at O(1) an event,
+drawn as at most a screenful of rows a refresh, and one JSON document or a summary at the end."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -15,6 +20,7 @@ from trellis_core.events import (
     ActivityCompleted,
     ActivityDispatched,
     ActivityFailed,
+    ActivityLogChunk,
     ActivityLost,
     ActivityStarted,
     ActivityTimedOut,
@@ -24,6 +30,7 @@ from trellis_core.events import (
     Problem,
     RunCompiled,
     RunCompleted,
+    RunEvent,
     RunQueued,
     RunRejected,
     RunStarted,
@@ -41,7 +48,13 @@ STYLES = {
     "cancelled": "yellow",
     "skipped": "dim",
 }
+ACTIVE = frozenset({"dispatched", "running", "waiting", "retrying"})
+FAILED = frozenset({"failed", "timed_out"})
+ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
 MASK = "********"
+LOG_TAIL_LINES = 20
+REFRESH_SECONDS = 0.25  # the live table is redrawn at most this often, whatever the event rate
+MIN_ROWS = 10
 
 
 class ActivityView(msgspec.Struct, kw_only=True):
@@ -54,11 +67,30 @@ class ActivityView(msgspec.Struct, kw_only=True):
     message: str = ""
     outputs: dict[str, Any] = {}
     tolerated: bool = False  # `onFailure: continue`: a failure here does not fail the run
+    log_attempt: int = 0  # the attempt whose lines `log_tail` holds (the newest seen)
+    log_tail: deque[str] = msgspec.field(default_factory=lambda: deque(maxlen=LOG_TAIL_LINES))
+    log_partial: str = ""  # a line whose end has not arrived yet
 
     @property
     def shown_status(self) -> str:
-        tolerated = self.tolerated and self.status in ("failed", "timed_out")
+        tolerated = self.tolerated and self.status in FAILED
         return f"{self.status} (tolerated)" if tolerated else self.status
+
+    def log_lines(self) -> list[str]:
+        """The last lines of the newest attempt's log (already masked by the agent)."""
+        lines = list(self.log_tail) + ([self.log_partial] if self.log_partial else [])
+        return lines[-LOG_TAIL_LINES:]
+
+    def add_log(self, chunk: ActivityLogChunk) -> list[str]:
+        """Fold one chunk in; the complete lines it ended (for `--follow`)."""
+        if chunk.attempt < self.log_attempt:
+            return []
+        if chunk.attempt > self.log_attempt:
+            self.log_attempt, self.log_partial = chunk.attempt, ""
+            self.log_tail.clear()
+        *lines, self.log_partial = (self.log_partial + chunk.data).split("\n")
+        self.log_tail.extend(lines)
+        return lines
 
 
 class RunView(msgspec.Struct, kw_only=True):
@@ -73,6 +105,12 @@ class RunView(msgspec.Struct, kw_only=True):
     activities: list[ActivityView] = []
     outputs: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
+    warnings: list[str] = []
+    # Kept up to date by `apply` so that a screenful is drawn without walking every activity.
+    by_id: dict[str, ActivityView] = {}
+    counts: dict[str, int] = {}
+    active: dict[str, None] = {}  # ids in ACTIVE, in the order they became so
+    ended: deque[str] = msgspec.field(default_factory=lambda: deque(maxlen=64))  # the latest ends
 
     @property
     def finished(self) -> bool:
@@ -81,12 +119,16 @@ class RunView(msgspec.Struct, kw_only=True):
     def apply(self, event: Event) -> None:
         if isinstance(event, RunCompiled):
             self.status = "compiled"
+            self.warnings = list(event.workflow.warnings)
             self.activities = [
                 ActivityView(id=a.id, tolerated=a.on_failure == "continue") for a in event.workflow.activities
             ]
+            self.by_id = {a.id: a for a in self.activities}
+            self.counts = {"pending": len(self.activities)}
         elif isinstance(event, RunRejected):
             self.status = "rejected"
             self.errors = [str(p) for p in event.errors]
+            self.warnings = [str(p) for p in event.warnings]
         elif isinstance(event, RunQueued):
             self.status, self.queued_reason = "queued", event.reason
         elif isinstance(event, RunStarted):
@@ -96,33 +138,66 @@ class RunView(msgspec.Struct, kw_only=True):
             self.outputs = event.outputs
             for a in self.activities:
                 if a.status in ("pending", "dispatched"):
-                    a.status = "skipped" if a.status == "pending" else "cancelled"
+                    self._set(a, "skipped" if a.status == "pending" else "cancelled")
         else:
             self._activity(event)
 
+    def add_log(self, chunk: ActivityLogChunk) -> list[str]:
+        view = self.by_id.get(chunk.activity_id)
+        return view.add_log(chunk) if view is not None else []
+
+    def _set(self, view: ActivityView, status: str) -> None:
+        if view.status == status:
+            return
+        self.counts[view.status] = self.counts.get(view.status, 0) - 1
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.active.pop(view.id, None)
+        if status in ACTIVE:
+            self.active[view.id] = None
+        elif status in ENDED:
+            self.ended.append(view.id)
+        view.status = status
+
     def _activity(self, event: Event) -> None:
-        activity_id = getattr(event, "activity_id", None)
-        view = next((a for a in self.activities if a.id == activity_id), None)
+        view = self.by_id.get(getattr(event, "activity_id", ""))
         if view is None or getattr(event, "attempt", 0) < view.attempts:
             return  # another attempt's late news
         if isinstance(event, ActivityDispatched):
-            view.status, view.attempts, view.finished_at = "dispatched", event.attempt, None
+            self._set(view, "dispatched")
+            view.attempts, view.finished_at = event.attempt, None
         elif isinstance(event, ActivityStarted):
-            view.status, view.agent = "running", event.agent
+            self._set(view, "running")
+            view.agent = event.agent
             view.started_at = view.started_at or event.occurred_at
+        elif view.status in ENDED:
+            return  # the attempt has its verdict: a cancel confirmed after a timeout stays timed_out
         elif isinstance(event, ActivityCompleted):
-            view.status, view.finished_at, view.outputs = "succeeded", event.occurred_at, event.outputs
+            self._set(view, "succeeded")
+            view.finished_at, view.outputs = event.occurred_at, event.outputs
         elif isinstance(event, ActivityFailed | ActivityTimedOut | ActivityLost):
-            view.status = {ActivityFailed: "failed", ActivityTimedOut: "timed_out"}.get(type(event), "retrying")
+            self._set(view, _failure_status(event))
             view.finished_at = event.occurred_at
-            view.message = getattr(event, "reason", "") or type(event).__name__
+            view.message = _failure_message(event)
         elif isinstance(event, ActivityCancelled):
-            view.status, view.finished_at, view.message = "cancelled", event.occurred_at, event.reason
+            self._set(view, "cancelled")
+            view.finished_at, view.message = event.occurred_at, event.reason
         elif isinstance(event, ApprovalRequested):
-            view.status = "waiting"
+            self._set(view, "waiting")
         elif isinstance(event, ApprovalDecided):
-            view.status = "succeeded" if event.decision == "approved" else "failed"
+            self._set(view, "succeeded" if event.decision == "approved" else "failed")
             view.finished_at = event.occurred_at
+
+
+def _failure_status(event: ActivityFailed | ActivityTimedOut | ActivityLost) -> str:
+    if isinstance(event, ActivityTimedOut) or (isinstance(event, ActivityFailed) and event.timed_out):
+        return "timed_out"
+    return "failed" if isinstance(event, ActivityFailed) else "retrying"
+
+
+def _failure_message(event: ActivityFailed | ActivityTimedOut | ActivityLost) -> str:
+    if isinstance(event, ActivityTimedOut):
+        return f"timed out after {event.timeout_seconds:g}s"
+    return getattr(event, "reason", "") or type(event).__name__
 
 
 def _elapsed(start: datetime | None, end: datetime | None, now: datetime) -> str:
@@ -131,26 +206,55 @@ def _elapsed(start: datetime | None, end: datetime | None, now: datetime) -> str
     return f"{((end or now) - start).total_seconds():.1f}s"
 
 
-def progress_table(view: RunView, now: datetime) -> Table:
+def summary_line(view: RunView) -> str:
+    """`12/1000 done: 10 succeeded, 2 failed; 4 running, 984 pending`, from the counts."""
+    done = sum(n for s, n in view.counts.items() if s in ENDED)
+    ended = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()) if n and s in ENDED)
+    rest = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()) if n and s not in ENDED)
+    return f"{done}/{len(view.activities)} done" + (f": {ended}" if ended else "") + (f"; {rest}" if rest else "")
+
+
+def shown_rows(view: RunView, max_rows: int) -> list[ActivityView]:
+    """Every activity when they fit; else the running ones, the dispatched ones, the failures
+    among the latest ends, then the latest ends: at most `max_rows`, whatever the run's size."""
+    if len(view.activities) <= max_rows:
+        return view.activities
+    running = [i for i in view.active if view.by_id[i].status != "dispatched"]
+    picked: dict[str, None] = {}
+    for activity_id in running + list(view.active):
+        if len(picked) >= max_rows:
+            break
+        picked.setdefault(activity_id, None)
+    latest = list(reversed(view.ended))
+    for activity_id in [i for i in latest if view.by_id[i].status in FAILED] + latest:
+        if len(picked) >= max_rows:
+            break
+        picked.setdefault(activity_id, None)
+    return [view.by_id[i] for i in picked]
+
+
+def progress_text(view: RunView, now: datetime, max_rows: int = 40) -> Text:
+    """The live view: a title with the counts and at most `max_rows` aligned rows (plain text:
+    a rich Table of a screenful costs ten times as much to draw)."""
     title = f"{view.action} {view.environment} — run {view.run_id} — {view.status}"
     if view.status == "queued":
         title += f" ({view.queued_reason})"
-    table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("activity", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("attempt", justify="right")
-    table.add_column("elapsed", justify="right")
-    table.add_column("note", no_wrap=True, overflow="ellipsis", max_width=48)
-    for a in view.activities:
-        note = a.message.splitlines()[0][:80] if a.message else ""
-        table.add_row(
-            a.id,
-            Text(a.shown_status, style="yellow" if a.shown_status != a.status else STYLES.get(a.status, "")),
-            str(a.attempts or ""),
-            _elapsed(a.started_at, a.finished_at, now),
-            note,
-        )
-    return table
+    text = Text(title + "\n", style="bold")
+    if view.activities:
+        text.append(summary_line(view) + "\n")
+    rows = shown_rows(view, max_rows)
+    id_width = max((len(a.id) for a in rows), default=8)
+    status_width = max((len(a.shown_status) for a in rows), default=6)
+    for a in rows:
+        note = a.message.splitlines()[0][:60] if a.message else ""
+        text.append(f"  {a.id:<{id_width}}  ")
+        style = "yellow" if a.shown_status != a.status else STYLES.get(a.status, "")
+        text.append(f"{a.shown_status:<{status_width}}", style=style)
+        attempt = f"#{a.attempts}" if a.attempts > 1 else ""
+        text.append(f" {attempt:>3} {_elapsed(a.started_at, a.finished_at, now):>7}  {note}".rstrip() + "\n")
+    if len(rows) < len(view.activities):
+        text.append(f"  … {len(view.activities) - len(rows)} more not shown\n", style="dim")
+    return text
 
 
 def shown(output: Any) -> Any:
@@ -171,8 +275,26 @@ def outputs_table(view: RunView) -> Table:
     return table
 
 
+def failures_text(view: RunView) -> Text:
+    """Every failed or timed-out activity with its reason and the last lines of its log."""
+    text = Text()
+    for a in view.activities:
+        if a.status not in FAILED:
+            continue
+        text.append(f"{a.id} {a.shown_status}", style="yellow" if a.tolerated else "bold red")
+        text.append(f": {a.message}\n" if a.message else "\n")
+        lines = a.log_lines()
+        if lines:
+            text.append(
+                "  its last log line:\n" if len(lines) == 1 else f"  its last {len(lines)} log lines:\n", style="dim"
+            )
+            text.append("".join(f"  | {line}\n" for line in lines))
+    return text
+
+
 def as_json(view: RunView) -> bytes:
-    """The `--json` document: run status, and per activity status, times, attempts and outputs."""
+    """The `--json` document: run status, warnings, and per activity status, times, attempts,
+    outputs and the last lines of its log."""
     masked = {r: {k: {**o, "value": MASK} if isinstance(o, dict) and o.get("sensitive") else o
                   for k, o in outs.items()} for r, outs in view.outputs.items()}  # fmt: skip
     document = {
@@ -182,6 +304,7 @@ def as_json(view: RunView) -> bytes:
         "status": view.status,
         "message": view.message,
         "errors": view.errors,
+        "warnings": view.warnings,
         "started_at": view.started_at,
         "finished_at": view.finished_at,
         "activities": [
@@ -194,6 +317,7 @@ def as_json(view: RunView) -> bytes:
                 "finished_at": a.finished_at,
                 "message": a.message,
                 "outputs": a.outputs,
+                "log_tail": a.log_lines(),
             }
             for a in view.activities
         ],
@@ -204,3 +328,87 @@ def as_json(view: RunView) -> bytes:
 
 def problems_text(problems: list[Problem] | list[str]) -> str:
     return "\n".join(f"  {p}" for p in problems)
+
+
+def print_summary(console: Console, view: RunView) -> None:
+    if view.status == "rejected":
+        console.print(f"[bold red]the templates have errors:[/]\n{problems_text(view.errors)}", highlight=False)
+        if view.warnings:
+            console.print(f"[yellow]warnings:[/]\n{problems_text(view.warnings)}", highlight=False)
+        return
+    failures = failures_text(view)
+    if failures:
+        console.print(failures, highlight=False)
+    if view.outputs:
+        console.print(outputs_table(view))
+    style = "green" if view.status == "succeeded" else "bold red"
+    elapsed = ""
+    if view.started_at and view.finished_at:
+        elapsed = f" in {(view.finished_at - view.started_at).total_seconds():.1f}s"
+    counts = f" ({summary_line(view)})" if view.activities else ""
+    console.print(
+        f"[{style}]run {view.run_id} {view.status}{elapsed}[/]{counts}" + (f": {view.message}" if view.message else ""),
+        highlight=False,
+    )
+
+
+class Screen:
+    """Where the run shows: a live table redrawn at most every REFRESH_SECONDS on a terminal,
+    one line per status change otherwise, nothing until the end with --json; log lines as they
+    come with --follow."""
+
+    def __init__(self, console: Console, view: RunView, *, follow: bool, as_document: bool) -> None:
+        self.console, self.view, self.follow = console, view, follow
+        self.live = not as_document and console.is_terminal
+        self.lines = not as_document and not console.is_terminal
+        self.quiet = as_document
+        self._display: Live | None = None
+        self._drawn_at = 0.0
+        self._interval = REFRESH_SECONDS
+        self._stale = False
+
+    def __enter__(self) -> Screen:
+        if self.live:
+            self._display = Live(console=self.console, auto_refresh=False, transient=False)
+            self._display.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._display is not None:
+            self.refresh(force=True)
+            self._display.__exit__(None, None, None)
+            self._display = None
+
+    def apply(self, event: RunEvent) -> None:
+        activity_id = getattr(event, "activity_id", None)
+        before = self.view.by_id[activity_id].shown_status if activity_id in self.view.by_id else None
+        self.view.apply(event)
+        self._stale = True
+        if event.kind == "run.compiled" and not self.quiet:
+            for warning in self.view.warnings:
+                self.note(f"[yellow]warning:[/] {escape(warning)}")
+        if self.lines and activity_id in self.view.by_id:
+            status = self.view.by_id[activity_id].shown_status
+            if status != before and event.kind not in ("activity.dispatched", "activity.heartbeat"):
+                self.console.file.write(f"{event.occurred_at:%H:%M:%S} {activity_id} {status}\n")
+
+    def log(self, chunk: ActivityLogChunk) -> None:
+        lines = self.view.add_log(chunk)
+        if self.follow:
+            for line in lines:
+                self.console.print(Text(f"{chunk.activity_id} | {line}"), highlight=False, soft_wrap=True)
+
+    def note(self, markup: str) -> None:
+        self.console.print(markup, highlight=False)
+
+    def refresh(self, *, force: bool = False) -> None:
+        if self._display is None or not (self._stale or force or self.view.status == "running"):
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < self._interval:
+            return
+        rows = max(MIN_ROWS, self.console.height - 8)
+        self._display.update(progress_text(self.view, datetime.now(UTC), rows), refresh=True)
+        self._drawn_at, self._stale = time.monotonic(), False
+        # Drawing takes at most a twentieth of the time, however slow the terminal or busy the machine.
+        self._interval = max(REFRESH_SECONDS, 20 * (self._drawn_at - now))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import selectors
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -12,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from trellis_cli.run_cmd import parse_vars, read_sources
+from trellis_cli.run_cmd import parse_vars
 from trellis_cli.run_progress import RunView, as_json
+from trellis_cli.sources import read_sources
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
 from trellis_core.events import (
@@ -139,15 +142,198 @@ def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(tmp_path: Pa
     assert document["message"] == "resource/broken/task/boom: exited with code 3"
 
 
-async def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(
-    tmp_path: Path, bus: Bus
-) -> None:
+async def test_trellis_run_against_a_bus_nobody_serves_gives_up_naming_the_services(tmp_path: Path, bus: Bus) -> None:
     (tmp_path / "failing.yaml").write_text(FAILING)
     done = await asyncio.to_thread(
         _trellis_run,
-        tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing",
-        TRELLIS_NATS_URL=bus.settings.nats_url, TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1", TRELLIS_STREAM_STORAGE="memory",
+        tmp_path,
+        str(tmp_path / "failing.yaml"),
+        "--environment",
+        "failing",
+        TRELLIS_NATS_URL=bus.settings.nats_url,
+        TRELLIS_RUN_ANSWER_TIMEOUT_SECONDS="1",
+        TRELLIS_STREAM_STORAGE="memory",
     )
     assert done.returncode == 1
     assert "no answer to run" in done.stderr
     assert "trellis compiler" in done.stderr
+
+
+MIXED = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: broken}
+spec:
+  provider: custom
+  variables:
+    - {name: key, valueType: text, value: s3cr3t-value, options: {sensitive: true}}
+  providerOptions:
+    custom:
+      tasks:
+        - name: boom
+          type: script
+          onFailure: continue
+          options: {script: {script: 'echo step one; echo "disk on fire, key $TRELLIS_VAR_key" >&2; exit 3'}}
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: slow}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: nap, type: script, timeoutSeconds: 1, options: {script: {script: "echo napping; sleep 60"}}}
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: chatty}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: hello, type: script, options: {script: {script: "echo hello from chatty; echo bye"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: mixed}
+spec:
+  resources: [{name: broken}, {name: slow}, {name: chatty}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: mixed}
+spec:
+  template: {name: mixed}
+  variables: [{name: colour, value: blue}]
+"""
+
+
+def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every_warning(tmp_path: Path) -> None:
+    (tmp_path / "mixed.yaml").write_text(MIXED)
+    done = _trellis_run(tmp_path, str(tmp_path / "mixed.yaml"), "--environment", "mixed")
+    assert done.returncode == 1, done.stderr[-3000:]
+    out = done.stdout
+    unwrapped = "".join(out.split())  # the console wraps long lines
+    assert "warning:" in out
+    assert "mixed.yaml:47:22:spec.variables[0].name:variable'colour'isnotdeclaredbyanytemplate" in unwrapped
+    failure = out.index("resource/broken/task/boom failed (tolerated): exited with code 3\n")
+    assert out.index("  | disk on fire, key ***\n", failure) < out.index("resource/slow/task/nap timed_out", failure)
+    assert "s3cr3t-value" not in out
+    assert "resource/slow/task/nap timed_out: timed out after 1s\n" in out
+    assert "hello from chatty" not in out  # a succeeded activity's log shows only with --follow
+
+
+def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(tmp_path: Path) -> None:
+    (tmp_path / "mixed.yaml").write_text(MIXED)
+    args = (str(tmp_path / "mixed.yaml"), "--environment", "mixed", "--json", "--follow")
+    done = _trellis_run(tmp_path, *args)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "resource/chatty/task/hello | hello from chatty\n" in done.stderr
+    assert "resource/broken/task/boom | disk on fire, key ***\n" in done.stderr
+    document = json.loads(done.stdout)
+    [warning] = document["warnings"]
+    assert warning.endswith(
+        "mixed.yaml:47:22: spec.variables[0].name: variable 'colour' is not declared by any template"
+    )
+    activities = {a["id"]: a for a in document["activities"]}
+    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire, key ***"]
+    assert activities["resource/chatty/task/hello"]["log_tail"] == ["hello from chatty", "bye"]
+    assert "s3cr3t-value" not in done.stdout + done.stderr
+    assert activities["resource/slow/task/nap"]["status"] == "timed_out"
+    assert activities["resource/slow/task/nap"]["log_tail"][0] == "napping"
+    assert document["message"] == "resource/slow/task/nap: timed out after 1s"
+
+
+SLOW = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: slow}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - {name: nap, type: script, options: {script: {script: "echo napping; sleep 60"}}}
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: slow}
+spec:
+  resources: [{name: slow}]
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: slow}
+spec:
+  template: {name: slow}
+"""
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """What the process printed on stdout up to `text` (read from the pipe itself, so nothing
+    waits in a buffer); fails after `timeout` without it."""
+    assert proc.stdout is not None
+    fd, seen = proc.stdout.fileno(), b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while text.encode() not in seen:
+            assert selector.select(timeout), f"no {text!r} within {timeout} s; got {seen!r}"
+            data = os.read(fd, 65536)
+            assert data, f"stdout closed before {text!r}; got {seen!r}"
+            seen += data
+    return seen.decode()
+
+
+def _nats_server_under(directory: Path) -> int:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"nats-server") and any(str(directory).encode() in a for a in args):
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no nats-server runs under {directory}")
+
+
+def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_run(tmp_path: Path) -> None:
+    (tmp_path / "slow.yaml").write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")} | {
+        "TRELLIS_DATA_DIR": str(tmp_path / "data")
+    }
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
+        os.kill(_nats_server_under(tmp_path / "data"), signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1
+    assert "trellis run: lost the bus at nats://127.0.0.1:" in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "slow.yaml").write_text(SLOW.replace("echo napping;", "trap '' TERM INT; echo napping;"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
+    env["TRELLIS_DATA_DIR"] = str(tmp_path / "data")
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc, "cancelling the run", timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    assert "Traceback" not in out
+    assert " cancelled" in out

@@ -1,0 +1,64 @@
+"""`trellis cancel RUN`: ask the scheduler to cancel a run, from any terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import sys
+from typing import Any
+
+from trellis_cli.logs_cmd import bus_settings, connected, stored_count
+from trellis_core import subjects
+from trellis_core.errors import ConfigError, TrellisError
+from trellis_core.events import RunCancelRequested
+from trellis_core.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "cancel",
+        help="cancel a run that is going on",
+        description="Ask the scheduler to cancel run RUN: running activities are stopped, hooks that "
+        "always run still run, and `trellis run` following it ends with the run cancelled. Needs "
+        "TRELLIS_NATS_URL: the bus the run goes on.",
+    )
+    parser.add_argument("run_id", metavar="RUN", help="the run id `trellis run` printed")
+    parser.add_argument("--reason", default="cancelled from the command line", help="why, shown with the run")
+    parser.add_argument("--tenant", default=None, help="the tenant (default: TRELLIS_TENANT)")
+    parser.set_defaults(func=cancel_command)
+
+
+async def _cancel(settings: Settings, run_id: str, reason: str) -> int:
+    tenant, where = settings.tenant, f"tenant {settings.tenant} on {settings.nats_url}"
+    async with connected(settings, "cli-cancel") as bus:
+        if not await stored_count(bus, subjects.STREAM_EVENTS, subjects.run_events(tenant, run_id)):
+            print(f"trellis cancel: no run {run_id} in {where} (is --tenant right?)", file=sys.stderr)
+            return 1
+        if await stored_count(bus, subjects.STREAM_EVENTS, subjects.run_event(tenant, run_id, "run.completed")):
+            print(f"trellis cancel: run {run_id} has already finished", file=sys.stderr)
+            return 1
+        request = RunCancelRequested(tenant=tenant, run_id=run_id, reason=reason, requested_by=_user())
+        await bus.publish_event(request)
+    print(f"asked to cancel run {run_id}")
+    return 0
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return ""
+
+
+def cancel_command(args: argparse.Namespace) -> int:
+    try:
+        settings = bus_settings(args.tenant)
+        subjects.token(args.run_id, "run id")
+        return asyncio.run(_cancel(settings, args.run_id, args.reason))
+    except ConfigError as exc:
+        print(f"trellis cancel: {exc}", file=sys.stderr)
+        return 2
+    except (TrellisError, TimeoutError) as exc:
+        print(f"trellis cancel: {exc or 'the bus did not answer in time'}", file=sys.stderr)
+        return 1

@@ -1,0 +1,121 @@
+"""`trellis logs RUN [ACTIVITY]`: a run's log lines, oldest first, from the bus's log stream."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+
+from trellis_core import subjects
+from trellis_core.bus import Bus
+from trellis_core.errors import ConfigError, TrellisError
+from trellis_core.events import ActivityLogChunk
+from trellis_core.settings import Settings
+
+READ_TIMEOUT_SECONDS = 5.0  # for each chunk the stream said it holds
+_decode = msgspec.json.Decoder(ActivityLogChunk).decode
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "logs",
+        help="print a run's log lines (every activity's, or one's)",
+        description="Print the log lines of run RUN (of ACTIVITY only, if given) as the agents stored "
+        "them on the bus, masked, oldest first; each line is prefixed with its activity id when no "
+        "ACTIVITY is given. Needs TRELLIS_NATS_URL: the bus the run went on.",
+    )
+    parser.add_argument("run_id", metavar="RUN", help="the run id `trellis run` printed")
+    parser.add_argument("activity", nargs="?", metavar="ACTIVITY", help="one activity id, e.g. resource/app/task/build")
+    parser.add_argument("--tenant", default=None, help="the tenant (default: TRELLIS_TENANT)")
+    parser.set_defaults(func=logs_command)
+
+
+def bus_settings(tenant: str | None) -> Settings:
+    """The settings of a command that talks to the bus of an earlier run: TRELLIS_NATS_URL is required."""
+    settings = Settings.from_env(None, **({"tenant": tenant} if tenant else {}))
+    if not settings.nats_url:
+        raise ConfigError(
+            "no bus to reach: set TRELLIS_NATS_URL to the bus the run went on (`trellis dev up` prints it; "
+            "the embedded stack of a plain `trellis run` stops with the run)"
+        )
+    return settings
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, name: str) -> AsyncIterator[Bus]:
+    bus = await Bus.connect(settings, name=name)
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def stored_count(bus: Bus, stream: str, subject: str) -> int:
+    """How many messages `stream` holds on subjects matching `subject`."""
+    info = await bus.js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def read_chunks(bus: Bus, subject: str, count: int) -> AsyncIterator[ActivityLogChunk]:
+    """The first `count` log chunks stored on `subject`, in stream order."""
+    sub = await bus.js.subscribe(subject, ordered_consumer=True)
+    try:
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=READ_TIMEOUT_SECONDS)
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                yield _decode(msg.data)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def log_lines(chunks: list[ActivityLogChunk], *, prefixed: bool) -> list[str]:
+    """Whole lines, each attempt's text joined across chunks; `id | line` when prefixed (with
+    `#N` after the id for attempts after the first)."""
+    texts: dict[tuple[str, int], list[str]] = {}
+    for chunk in chunks:
+        texts.setdefault((chunk.activity_id, chunk.attempt), []).append(chunk.data)
+    lines: list[str] = []
+    for (activity_id, attempt), parts in texts.items():
+        label = activity_id + (f"#{attempt}" if attempt > 1 else "")
+        for line in "".join(parts).removesuffix("\n").split("\n"):
+            lines.append(f"{label} | {line}" if prefixed else line)
+    return lines
+
+
+async def _print_logs(settings: Settings, run_id: str, activity: str | None) -> int:
+    tenant = settings.tenant
+    subject = subjects.logs(tenant, run_id, activity) if activity else subjects.run_logs(tenant, run_id)
+    async with connected(settings, "cli-logs") as bus:
+        count = await stored_count(bus, subjects.STREAM_LOGS, subject)
+        if not count:
+            known = await stored_count(bus, subjects.STREAM_EVENTS, subjects.run_events(tenant, run_id))
+            where = f"tenant {tenant} on {settings.nats_url}"
+            if not known:
+                print(f"trellis logs: no run {run_id} in {where} (is --tenant right?)", file=sys.stderr)
+                return 1
+            what = f"activity {activity} of run {run_id}" if activity else f"run {run_id}"
+            print(f"trellis logs: {what} has no log lines in {where}", file=sys.stderr)
+            return 1 if activity else 0
+        chunks = [chunk async for chunk in read_chunks(bus, subject, count)]
+    for line in log_lines(chunks, prefixed=activity is None):
+        print(line)
+    return 0
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    try:
+        settings = bus_settings(args.tenant)
+        subjects.token(args.run_id, "run id")
+        return asyncio.run(_print_logs(settings, args.run_id, args.activity))
+    except ConfigError as exc:
+        print(f"trellis logs: {exc}", file=sys.stderr)
+        return 2
+    except (TrellisError, TimeoutError) as exc:
+        print(f"trellis logs: {exc or 'the bus did not answer in time'}", file=sys.stderr)
+        return 1
