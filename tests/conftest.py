@@ -16,6 +16,17 @@ QUIET_LOGS = Settings.from_env({}, log_format="json", log_level="warning")
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Nothing a test runs, in this process or a child, writes to the real per-user data dir:
+    TRELLIS_DATA_DIR and XDG_DATA_HOME (the default's root) point into a temp dir."""
+    root = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRELLIS_DATA_DIR", str(root / "trellis-data"))
+        patch.setenv("XDG_DATA_HOME", str(root / "share"))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _quiet_logs() -> None:
     """Warnings and errors only, as JSON on stderr: what services print when configured."""
     configure(QUIET_LOGS)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import platformdirs
 
 from trellis_core.errors import ConfigError
 
@@ -22,7 +23,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = ""
     gateway_url: str = ""
     tenant: str = "default"
-    data_dir: Path = Path(".trellis")
+    # The embedded stack's servers, the deployed environments' state and the agent's workspaces:
+    # one directory per user, whatever directory a command starts in.
+    data_dir: Path = msgspec.field(default_factory=lambda: default_data_dir())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     stream_replicas: int = 1
@@ -37,6 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_parallel_per_run: int = 32
     max_parallel_per_tenant: int = 256
     run_answer_timeout_seconds: float = 30.0  # `trellis run`: how long to wait for any answer to a run
+    stack_wait_seconds: float = 3600.0  # how long to wait for another embedded stack on data_dir to stop
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -51,8 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if var in env:
                 values[name] = env[var]
         values.update(overrides)
+        if str(values.get("data_dir", "x")).strip() == "":  # set but empty: the default, as if unset
+            del values["data_dir"]
         if "data_dir" in values:  # msgspec.convert turns no str into a Path
-            values["data_dir"] = Path(values["data_dir"])
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
@@ -78,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("max_parallel_per_tenant", self.max_parallel_per_tenant > 0, "must be at least 1"),
             ("connect_timeout_seconds", self.connect_timeout_seconds > 0, "must be greater than 0"),
             ("run_answer_timeout_seconds", self.run_answer_timeout_seconds > 0, "must be greater than 0"),
+            ("stack_wait_seconds", self.stack_wait_seconds > 0, "must be greater than 0"),
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
@@ -85,6 +92,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"TRELLIS_{name.upper()}={getattr(self, name)!r}: {why}")
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (`~/.local/share/trellis` on Linux, unless XDG_DATA_HOME says
+    otherwise) used when TRELLIS_DATA_DIR is unset."""
+    return Path(platformdirs.user_data_dir("trellis", appauthor=False))
 
 
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
