@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +78,15 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
     await bus.ensure_streams()
     yield bus
     await bus.close()
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A temp dir for a whole embedded stack, outside pytest's basetemp: as root PostgreSQL runs as
+    another user, who must traverse the path, and a pytest starting meanwhile resets its root to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="trellis-stack-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

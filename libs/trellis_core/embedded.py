@@ -50,7 +50,7 @@ def _prctl() -> Callable[..., int] | None:
         return None
     name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        return ctypes.CDLL(name, use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(name, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 

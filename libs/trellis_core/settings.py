@@ -100,6 +100,17 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("trellis", appauthor=False))
 
 
+def data_dir_help(environ: Mapping[str, str] | None = None) -> str:
+    """Where the data directory is, for a command's --help."""
+    env = os.environ if environ is None else environ
+    what = "The embedded servers' data, each environment's last deploy (what a destroy works from) and "
+    what += "the agent's workspaces live in"
+    chosen = env.get("TRELLIS_DATA_DIR", "").strip()
+    if chosen:
+        return f"{what} TRELLIS_DATA_DIR={chosen} (unset: the per-user {default_data_dir()})."
+    return f"{what} the per-user data directory {default_data_dir()} (TRELLIS_DATA_DIR sets another)."
+
+
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
     if not value:
         return True

@@ -63,7 +63,8 @@ def test_servers_die_with_their_parent_even_when_it_is_sigkilled(tmp_path: Path)
         line = proc.stdout.readline()
         assert line, proc.stderr.read() if proc.stderr else ""
         pids = json.loads(line)
-        assert alive(pids["nats"]) and alive(pids["postgres"])
+        assert alive(pids["nats"])
+        assert alive(pids["postgres"])
     finally:
         proc.kill()
         proc.communicate(timeout=30)
