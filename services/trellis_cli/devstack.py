@@ -141,16 +141,11 @@ class DevStack:
             if self.joined is not None:
                 await self._join(self.joined)
                 return
+            self._publish("")
             self._nats = EmbeddedNats(base / "nats", port=self._nats_port)
             updates["nats_url"] = await asyncio.to_thread(self._nats.start)
             log.info("nats_started", url=updates["nats_url"], data=str(base / "nats"))
-            if self._lock is not None:
-                self._lock.publish(
-                    StackRecord(
-                        pid=os.getpid(), command=self._command, nats_url=str(updates["nats_url"]),
-                        joinable=self._shareable,
-                    )
-                )
+            self._publish(str(updates["nats_url"]))
         if self.with_postgres and not self._requested.database_url:
             self._postgres = EmbeddedPostgres(base / "postgres", durable=not self.ephemeral)
             updates["database_url"] = await asyncio.to_thread(self._postgres.start)
@@ -162,6 +157,12 @@ class DevStack:
         for name, serve in services.items():
             task = asyncio.create_task(self._supervise(name, serve), name=f"service-{name}")
             self._tasks.append(task)
+
+    def _publish(self, nats_url: str) -> None:
+        """Tell later commands on this data dir who owns it and (once up) where its NATS listens."""
+        if self._lock is not None:
+            record = StackRecord(pid=os.getpid(), command=self._command, nats_url=nats_url, joinable=self._shareable)
+            self._lock.publish(record)
 
     async def _join(self, owner: StackRecord) -> None:
         """Use the running stack's bus; its services serve what this command submits."""

@@ -26,7 +26,7 @@ class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     pid: int
     command: str  # "trellis dev up", "trellis run"
-    nats_url: str
+    nats_url: str  # empty while its NATS starts
     joinable: bool  # it serves other commands' runs until stopped (`trellis dev up`)
 
 
@@ -108,7 +108,7 @@ async def claim(
         if lock.try_acquire():
             return None
         owner = lock.owner()
-        if owner is not None and owner.joinable:
+        if owner is not None and owner.joinable and owner.nats_url:
             if may_join:
                 return owner
             raise StackBusy(

@@ -3,7 +3,9 @@ ways to wait for processes to start or end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +48,12 @@ metadata: {name: slow}
 spec:
   template: {name: slow-stack, version: v1}
 """
+
+
+def kill_activity(marker: Path) -> None:
+    """Kill the slow activity's process group, if it started: a SIGKILLed agent cannot."""
+    with contextlib.suppress(OSError, ValueError):
+        os.killpg(int(marker.read_text()), signal.SIGKILL)
 
 
 def trellis(*args: str) -> list[str]:

@@ -16,6 +16,7 @@ from embedded_stack_support import (
     DEMO,
     alive,
     cli_env,
+    kill_activity,
     servers_of,
     slow_template,
     start_dev_up,
@@ -140,6 +141,7 @@ def test_a_second_ctrl_c_cancels_running_activities_and_stops_without_a_tracebac
             proc.kill()
         run.kill()
         run.communicate(timeout=30)
+        kill_activity(marker)
     assert proc.returncode == 0, err
     assert "Stopping now: running activities are cancelled." in out
     assert "Stopped." in out
