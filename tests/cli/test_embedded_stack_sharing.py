@@ -4,12 +4,14 @@ and a SIGKILLed `trellis run` leaves no server behind."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from embedded_stack_support import (
     DEMO,
     alive,
@@ -108,3 +110,19 @@ def test_a_sigkilled_run_leaves_no_server_behind(stack_dir: Path) -> None:
         run.communicate(timeout=30)
         kill_activity(marker)  # the agent's work is not the servers': it outlives a SIGKILL
     wait_until(lambda: not any(alive(pid) for pid in servers), 30, "nats-server ended with trellis run")
+
+
+def test_run_and_dev_up_help_say_where_the_data_dir_is(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
+    from trellis_cli.main import build_parser
+
+    for chosen in (str(stack_dir / "mine"), ""):
+        monkeypatch.setenv("TRELLIS_DATA_DIR", chosen)
+        monkeypatch.setenv("XDG_DATA_HOME", str(stack_dir / "share"))
+        monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside the path
+        parser = build_parser()
+        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        dev = next(a for a in subcommands.choices["dev"]._actions if isinstance(a, argparse._SubParsersAction))
+        for command in (subcommands.choices["run"], dev.choices["up"]):
+            text = " ".join(command.format_help().split())
+            expected = f"TRELLIS_DATA_DIR={chosen}" if chosen else f"per-user data directory {stack_dir}/share/trellis"
+            assert expected in text, text
