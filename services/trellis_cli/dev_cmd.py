@@ -17,7 +17,7 @@ DEFAULT_NATS_PORT = 4222  # NATS's own: an exported TRELLIS_NATS_URL survives a 
 
 
 async def _up(settings: Settings, port: int | None) -> int:
-    from trellis_cli.devstack import DRAIN_SECONDS, DevStack
+    from trellis_cli.devstack import DevStack
     from trellis_core.bus import stop_on_signals
 
     stop = asyncio.Event()
@@ -37,7 +37,7 @@ async def _up(settings: Settings, port: int | None) -> int:
         running = stack.running_activities()
         if running:
             what = "activity" if running == 1 else "activities"
-            print(f"Stopping: waiting for {running} running {what} (up to {DRAIN_SECONDS:g} s); "
+            print(f"Stopping: waiting for {running} running {what} (up to {stack.drain_seconds():g} s); "
                   "Ctrl-C again stops them now...", flush=True)
         else:
             print("Stopping...", flush=True)

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 log = get_logger("devstack")
 
 Service = Callable[[Bus, Settings, asyncio.Event], Awaitable[None]]
-DRAIN_SECONDS = 30.0  # how long stopping waits for the services (and the agent's running work)
+# How long stopping waits for the services beyond the local agent's own drain (its grace for
+# running work, then the time its executors take to kill what is left): then they are cancelled.
+STOP_MARGIN_SECONDS = 20.0
+UNTRACKED_DRAIN_SECONDS = 30.0  # the agent default's grace, for services given without their agents
 
 
 def default_services(settings: Settings, agents: list[Agent] | None = None) -> dict[str, Service]:
@@ -119,6 +122,10 @@ class DevStack:
         """Activities the local agent runs now (what stopping waits for)."""
         return sum(len(agent.running) for agent in self.agents)
 
+    def drain_seconds(self) -> float:
+        """How long the local agent lets running work finish when the stack stops."""
+        return max((agent.config.shutdown_grace_seconds for agent in self.agents), default=0.0)
+
     def hurry(self) -> None:
         """Stop without waiting for running work: the local agent cancels it now, as it would after
         its grace period, and hands it back as retryable."""
@@ -188,11 +195,13 @@ class DevStack:
     async def _shutdown(self) -> None:
         self._stop.set()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_SECONDS)
+            agents_drain = self.drain_seconds() + max((a.config.kill_grace_seconds for a in self.agents), default=0.0)
+            limit = agents_drain if self.agents else UNTRACKED_DRAIN_SECONDS
+            _, pending = await asyncio.wait(self._tasks, timeout=limit + STOP_MARGIN_SECONDS)
             for task in pending:
                 task.cancel()
             if pending:
-                _, stuck = await asyncio.wait(pending, timeout=DRAIN_SECONDS)
+                _, stuck = await asyncio.wait(pending, timeout=STOP_MARGIN_SECONDS)
                 if stuck:
                     log.error("services_not_stopped", services=sorted(t.get_name() for t in stuck))
             self._tasks.clear()
