@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from trellis_cli.reaper import Reaper
 from trellis_cli.stack_lock import StackLock, StackRecord, claim
 from trellis_core.bus import Bus
 from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
@@ -98,6 +99,7 @@ class DevStack:
         self._nats: EmbeddedNats | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._lock: StackLock | None = None
+        self._reaper: Reaper | None = None
         self._tmp: Path | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,6 +163,9 @@ class DevStack:
         self.bus = await Bus.connect(self.settings, name="devstack")
         await self.bus.ensure_streams()
         services = self._services if self._services is not None else default_services(self.settings, self.agents)
+        if "agent" in services:
+            self._reaper = Reaper(base / "agent")
+            self._reaper.start()
         for name, serve in services.items():
             task = asyncio.create_task(self._supervise(name, serve), name=f"service-{name}")
             self._tasks.append(task)
@@ -205,6 +210,9 @@ class DevStack:
                 if stuck:
                     log.error("services_not_stopped", services=sorted(t.get_name() for t in stuck))
             self._tasks.clear()
+        if self._reaper is not None:
+            await asyncio.to_thread(self._reaper.stop)
+            self._reaper = None
         if self.bus is not None:
             await self.bus.close()
             self.bus = None

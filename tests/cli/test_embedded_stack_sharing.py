@@ -94,7 +94,7 @@ def test_a_run_joins_the_dev_up_running_on_its_data_dir(stack_dir: Path) -> None
     assert up.returncode == 0
 
 
-def test_a_sigkilled_run_leaves_no_server_behind(stack_dir: Path) -> None:
+def test_a_sigkilled_run_leaves_neither_server_nor_activity_behind(stack_dir: Path) -> None:
     marker = slow_template(stack_dir / "slow")
     data = stack_dir / "data"
     run = subprocess.Popen(
@@ -105,11 +105,16 @@ def test_a_sigkilled_run_leaves_no_server_behind(stack_dir: Path) -> None:
         wait_until(lambda: marker.exists() and marker.read_text().strip() != "", 60, "the slow activity started")
         servers = servers_of(data / "nats")
         assert len(servers) == 1
-    finally:
+        activity = int(marker.read_text())
         run.kill()
         run.communicate(timeout=30)
-        kill_activity(marker)  # the agent's work is not the servers': it outlives a SIGKILL
-    wait_until(lambda: not any(alive(pid) for pid in servers), 30, "nats-server ended with trellis run")
+        wait_until(lambda: not any(alive(pid) for pid in servers), 30, "nats-server ended with trellis run")
+        wait_until(lambda: not alive(activity), 30, "the activity ended with trellis run")
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate(timeout=30)
+        kill_activity(marker)
 
 
 def test_run_and_dev_up_help_say_where_the_data_dir_is(monkeypatch: pytest.MonkeyPatch, stack_dir: Path) -> None:
