@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,17 @@ from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
 QUIET_LOGS = Settings.from_env({}, log_format="json", log_level="warning")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Nothing a test runs, in this process or a child, writes to the real per-user data dir:
+    TRELLIS_DATA_DIR and XDG_DATA_HOME (the default's root) point into a temp dir."""
+    root = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRELLIS_DATA_DIR", str(root / "trellis-data"))
+        patch.setenv("XDG_DATA_HOME", str(root / "share"))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,6 +78,15 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
     await bus.ensure_streams()
     yield bus
     await bus.close()
+
+
+@pytest.fixture
+def stack_dir() -> Iterator[Path]:
+    """A temp dir for a whole embedded stack, outside pytest's basetemp: as root PostgreSQL runs as
+    another user, who must traverse the path, and a pytest starting meanwhile resets its root to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="trellis-stack-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -11,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trellis_core.errors import TrellisError
@@ -26,6 +29,46 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on host:port now (another may take it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        return ctypes.CDLL(name, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to send `sig` to the child when this process dies, even by
+    SIGKILL, so no server outlives the command that started it. None where Linux is not."""
+    prctl = _prctl()  # looked up here, before the fork: the child only calls it
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> None:
@@ -83,22 +126,26 @@ class EmbeddedNats:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> str:
+        """Start it and wait until it listens; a port given and taken is an error saying so."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.data_dir / "nats-server.log"
+        if self.port is not None and not port_is_free(self.port):
+            raise EmbeddedServerError(f"port {self.port} on 127.0.0.1 is taken: nats-server cannot listen there")
+        fixed = self.port is not None
         for attempt in range(3):
             port = self.port or free_port()
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
                  "-sd", str(self.data_dir / "jetstream"), "-l", str(log)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
             )
             try:
                 self.port = port
                 _wait_port("127.0.0.1", port, self.proc, log, "nats-server", timeout)
                 return self.url
             except EmbeddedServerError:
-                if attempt == 2 or self.proc.poll() is None:
+                if fixed or attempt == 2 or self.proc.poll() is None:
                     raise
                 self.port = None  # the port was taken between our probe and its bind: try another
         raise AssertionError("unreachable")
@@ -188,7 +235,7 @@ class EmbeddedPostgres:
             self.proc = subprocess.Popen(
                 [self._bin("postgres"), "-D", str(pgdata), *options],
                 user=user, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent(signal.SIGINT),  # its fast shutdown
             )
         _wait_port("127.0.0.1", port, self.proc, log, "postgres", timeout)
         deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import platformdirs
 
 from trellis_core.errors import ConfigError
 
@@ -26,7 +27,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = ""
     gateway_url: str = ""
     tenant: str = "default"
-    data_dir: Path = Path(".trellis")
+    # The embedded stack's servers, the deployed environments' state and the agent's workspaces:
+    # one directory per user, whatever directory a command starts in.
+    data_dir: Path = msgspec.field(default_factory=lambda: default_data_dir())
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     stream_replicas: int = 1
@@ -45,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # these defaults keep it under the 1 MiB max_payload of a default (and the embedded) nats-server.
     bundle_max_bytes: int = 512 * 1024
     bundle_file_max_bytes: int = 256 * 1024
+    stack_wait_seconds: float = 3600.0  # how long to wait for another embedded stack on data_dir to stop
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -59,8 +63,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             if var in env:
                 values[name] = env[var]
         values.update(overrides)
+        if str(values.get("data_dir", "x")).strip() == "":  # set but empty: the default, as if unset
+            del values["data_dir"]
         if "data_dir" in values:  # msgspec.convert turns no str into a Path
-            values["data_dir"] = Path(values["data_dir"])
+            values["data_dir"] = Path(values["data_dir"]).expanduser()
         try:
             settings = msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
@@ -92,6 +98,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 0 < self.bundle_file_max_bytes <= self.bundle_max_bytes,
                 "must be greater than 0 and at most TRELLIS_BUNDLE_MAX_BYTES",
             ),
+            ("stack_wait_seconds", self.stack_wait_seconds > 0, "must be greater than 0"),
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
@@ -99,6 +106,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"TRELLIS_{name.upper()}={getattr(self, name)!r}: {why}")
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory (`~/.local/share/trellis` on Linux, unless XDG_DATA_HOME says
+    otherwise) used when TRELLIS_DATA_DIR is unset."""
+    return Path(platformdirs.user_data_dir("trellis", appauthor=False))
+
+
+def data_dir_help(environ: Mapping[str, str] | None = None) -> str:
+    """Where the data directory is, for a command's --help."""
+    env = os.environ if environ is None else environ
+    what = "The embedded servers' data, each environment's last deploy (what a destroy works from) and "
+    what += "the agent's workspaces live in"
+    chosen = env.get("TRELLIS_DATA_DIR", "").strip()
+    if chosen:
+        return f"{what} TRELLIS_DATA_DIR={chosen} (unset: the per-user {default_data_dir()})."
+    return f"{what} the per-user data directory {default_data_dir()} (TRELLIS_DATA_DIR sets another)."
 
 
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:

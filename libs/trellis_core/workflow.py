@@ -160,6 +160,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     # `run` (id, action, requested_by), `tenant`, `context`. An activity's own `inputs` become
     # `variables`; upstream outputs become `resource`.
     scope: dict[str, Any] = {}
+    # The run request's own values (`--var`), kept so that a destroy can reuse the last deploy's.
+    requested_variables: dict[str, str] = {}
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

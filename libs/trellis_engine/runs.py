@@ -143,6 +143,9 @@ def _dispatch_one(
     except RenderError as exc:
         a.attempt += 1  # the failure is an event of its own attempt, so a replay sees it too
         reason = f"cannot render: {exc}"
+        if run.action == "destroy" and run.env_key not in st.deployed:
+            reason += f" (no deploy of environment {run.environment!r} is recorded: "
+            reason += "a destroy renders with the last deploy's outputs)"
         key = f"{run.run_id}/{activity.id}/{a.attempt}/failed"
         emit(cmds, ActivityFailed(tenant=run.tenant, run_id=run.run_id, activity_id=activity.id, attempt=a.attempt,
                                   reason=reason, retryable=False, **stamp(now, key)))  # fmt: skip

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the bus and the servers load when the command runs, not when --help does
+    from trellis_cli.devstack import DevStack
     from trellis_core.settings import Settings
 
+DEFAULT_NATS_PORT = 4222  # NATS's own: an exported TRELLIS_NATS_URL survives a restart
 
-async def _up(settings: Settings) -> int:
+
+async def _up(settings: Settings, port: int | None) -> int:
     from trellis_cli.devstack import DevStack
     from trellis_core.bus import stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with DevStack(settings) as stack:
+    stack = DevStack(settings, nats_port=port, shareable=True, may_join=False, command="trellis dev up")
+    async with stack:
         s = stack.settings
         print("Trellis is up. Ctrl-C stops everything.")
         print(f"  NATS:        {s.nats_url}")
@@ -26,9 +33,42 @@ async def _up(settings: Settings) -> int:
         print(f"  Data:        {s.data_dir.resolve()}")
         print(f"  Use it:      export TRELLIS_NATS_URL={s.nats_url}", flush=True)
         await stop.wait()
-        print("Stopping...", flush=True)
+        _hurry_on_signals(stack)
+        running = stack.running_activities()
+        if running:
+            what = "activity" if running == 1 else "activities"
+            print(f"Stopping: waiting for {running} running {what} (up to {stack.drain_seconds():g} s); "
+                  "Ctrl-C again stops them now...", flush=True)
+        else:
+            print("Stopping...", flush=True)
     print("Stopped.")
     return 0
+
+
+def _hurry_on_signals(stack: DevStack) -> None:
+    """While draining, another Ctrl-C (or SIGTERM) cancels the running work and stops at once."""
+    loop = asyncio.get_running_loop()
+
+    def hurry() -> None:
+        print("Stopping now: running activities are cancelled.", flush=True)
+        stack.hurry()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, hurry)
+
+
+def _nats_port(requested: int | None, configured_url: str) -> int | None:
+    """The port for the embedded NATS: the one asked for, else 4222 when free, else any free one."""
+    from trellis_core.embedded import port_is_free
+
+    if requested is not None or configured_url:
+        return requested
+    if port_is_free(DEFAULT_NATS_PORT):
+        return DEFAULT_NATS_PORT
+    print(f"port {DEFAULT_NATS_PORT} is taken: NATS listens on a free port instead, so its URL changes "
+          "with every start (--port N picks one)", file=sys.stderr)
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -37,11 +77,33 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure(settings)
-    return asyncio.run(_up(settings))
+    return asyncio.run(_up(settings, _nats_port(args.port, settings.nats_url)))
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from trellis_core.settings import data_dir_help
+
     dev = subparsers.add_parser("dev", help="the embedded stack on this machine")
     sub = dev.add_subparsers(metavar="ACTION")
-    up = sub.add_parser("up", help="start NATS, PostgreSQL, every service and a local agent until Ctrl-C")
+    up = sub.add_parser(
+        "up",
+        help="start NATS, PostgreSQL, every service and a local agent until Ctrl-C",
+        description="Start NATS JetStream, PostgreSQL, every service and a local process agent, until "
+        "Ctrl-C (which lets running activities finish, up to 30 s; a second Ctrl-C cancels them). "
+        f"{data_dir_help()} While it runs, `trellis run` on the same data directory uses it.",
+    )
+    up.add_argument(
+        "--port", type=_port, default=None, metavar="N",
+        help=f"the embedded NATS's port (default: {DEFAULT_NATS_PORT} when free, else any free port)",
+    )
     up.set_defaults(func=_run)

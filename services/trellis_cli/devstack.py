@@ -1,48 +1,76 @@
 """The embedded stack: NATS and PostgreSQL (or the ones configured), then every service and one
-local agent, in this process. Used by `trellis dev up`, `trellis run` without a gateway, and tests."""
+local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from trellis_cli.reaper import Reaper
+from trellis_cli.stack_lock import StackLock, StackRecord, claim
 from trellis_core.bus import Bus
 from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 
+if TYPE_CHECKING:
+    from trellis_agent.agent import Agent
+
 log = get_logger("devstack")
 
 Service = Callable[[Bus, Settings, asyncio.Event], Awaitable[None]]
+# How long stopping waits for the services beyond the local agent's own drain (its grace for
+# running work, then the time its executors take to kill what is left): then they are cancelled.
+STOP_MARGIN_SECONDS = 20.0
+UNTRACKED_DRAIN_SECONDS = 30.0  # the agent default's grace, for services given without their agents
 
 
-def default_services(settings: Settings) -> dict[str, Service]:
-    """Every service that has landed, and one local process agent for the settings' tenant."""
-    from trellis_agent.agent import serve as agent
+def default_services(settings: Settings, agents: list[Agent] | None = None) -> dict[str, Service]:
+    """Every service that has landed, and one local process agent for the settings' tenant
+    (appended to `agents` while it runs, so its running work can be counted)."""
+    from trellis_agent.agent import Agent, executors_for
     from trellis_agent.config import AgentConfig
     from trellis_compiler.service import serve as compiler
     from trellis_scheduler.service import serve as scheduler
 
     agent_config = AgentConfig.from_env(tenant=settings.tenant, executor="process")
-    return {
-        "compiler": lambda bus, _settings, stop: compiler(bus, stop),
-        "scheduler": scheduler,
-        "agent": lambda bus, s, stop: agent(bus, s, stop, agent_config),
-    }
+
+    async def agent(bus: Bus, s: Settings, stop: asyncio.Event) -> None:
+        cfg = agent_config.with_defaults_from(heartbeat_seconds=s.heartbeat_seconds)
+        async with executors_for(cfg, bus) as router:
+            local = Agent(bus, cfg, router, cfg.workspaces(s.data_dir))
+            if agents is not None:
+                agents.append(local)
+            try:
+                await local.run(stop)
+            finally:
+                if agents is not None:
+                    agents.remove(local)
+
+    return {"compiler": lambda bus, _settings, stop: compiler(bus, stop), "scheduler": scheduler, "agent": agent}
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class DevStack:
     """`async with DevStack(settings) as stack:` — servers up, services running; all stopped on exit.
 
     With `nats_url` / `database_url` set in settings those servers are used instead of embedded ones.
-    `ephemeral` keeps data in a temp dir removed afterwards (for `trellis run`), else under data_dir.
+    `ephemeral` keeps data in a temp dir removed afterwards, else under data_dir, which one stack
+    at a time owns: a second one waits for it, or (`may_join`) uses a running `trellis dev up`'s
+    servers and services. `shareable` (dev up) lets later commands join this one.
     """
 
     def __init__(
@@ -52,17 +80,31 @@ class DevStack:
         ephemeral: bool = False,
         with_postgres: bool = True,
         services: dict[str, Service] | None = None,
+        nats_port: int | None = None,
+        shareable: bool = False,
+        may_join: bool = True,
+        command: str = "trellis run",
+        notify: Callable[[str], None] = _to_stderr,
     ) -> None:
         self._requested = settings
         self.settings = settings
         self.ephemeral = ephemeral
         self.with_postgres = with_postgres
         self._services = services
+        self._nats_port = nats_port
+        self._shareable = shareable
+        self._may_join = may_join
+        self._command = command
+        self._notify = notify
         self._nats: EmbeddedNats | None = None
         self._postgres: EmbeddedPostgres | None = None
+        self._lock: StackLock | None = None
+        self._reaper: Reaper | None = None
         self._tmp: Path | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.agents: list[Agent] = []
+        self.joined: StackRecord | None = None  # the running stack this one joined, if any
         self.bus: Bus | None = None
 
     async def __aenter__(self) -> DevStack:
@@ -78,6 +120,21 @@ class DevStack:
     ) -> None:
         await self._shutdown()
 
+    def running_activities(self) -> int:
+        """Activities the local agent runs now (what stopping waits for)."""
+        return sum(len(agent.running) for agent in self.agents)
+
+    def drain_seconds(self) -> float:
+        """How long the local agent lets running work finish when the stack stops."""
+        return max((agent.config.shutdown_grace_seconds for agent in self.agents), default=0.0)
+
+    def hurry(self) -> None:
+        """Stop without waiting for running work: the local agent cancels it now, as it would after
+        its grace period, and hands it back as retryable."""
+        for agent in self.agents:
+            for run in list(agent.running.values()):
+                run.cancel("the embedded stack stopped", retry=True)
+
     async def _start(self) -> None:
         base = self._requested.data_dir
         if self.ephemeral:
@@ -86,9 +143,18 @@ class DevStack:
         base.mkdir(parents=True, exist_ok=True)
         updates: dict[str, object] = {"data_dir": base}
         if not self._requested.nats_url:
-            self._nats = EmbeddedNats(base / "nats")
+            if not self.ephemeral:
+                self._lock = StackLock(base)
+                wait = self._requested.stack_wait_seconds
+                self.joined = await claim(self._lock, may_join=self._may_join, wait_seconds=wait, notify=self._notify)
+            if self.joined is not None:
+                await self._join(self.joined)
+                return
+            self._publish("")
+            self._nats = EmbeddedNats(base / "nats", port=self._nats_port)
             updates["nats_url"] = await asyncio.to_thread(self._nats.start)
             log.info("nats_started", url=updates["nats_url"], data=str(base / "nats"))
+            self._publish(str(updates["nats_url"]))
         if self.with_postgres and not self._requested.database_url:
             self._postgres = EmbeddedPostgres(base / "postgres", durable=not self.ephemeral)
             updates["database_url"] = await asyncio.to_thread(self._postgres.start)
@@ -96,10 +162,26 @@ class DevStack:
         self.settings = msgspec.structs.replace(self._requested, **updates)
         self.bus = await Bus.connect(self.settings, name="devstack")
         await self.bus.ensure_streams()
-        services = self._services if self._services is not None else default_services(self.settings)
+        services = self._services if self._services is not None else default_services(self.settings, self.agents)
+        if "agent" in services:
+            self._reaper = Reaper(base / "agent")
+            self._reaper.start()
         for name, serve in services.items():
             task = asyncio.create_task(self._supervise(name, serve), name=f"service-{name}")
             self._tasks.append(task)
+
+    def _publish(self, nats_url: str) -> None:
+        """Tell later commands on this data dir who owns it and (once up) where its NATS listens."""
+        if self._lock is not None:
+            record = StackRecord(pid=os.getpid(), command=self._command, nats_url=nats_url, joinable=self._shareable)
+            self._lock.publish(record)
+
+    async def _join(self, owner: StackRecord) -> None:
+        """Use the running stack's bus; its services serve what this command submits."""
+        self._notify(f"using the stack of {owner.command} (pid {owner.pid}) at {owner.nats_url}")
+        self.settings = msgspec.structs.replace(self._requested, nats_url=owner.nats_url)
+        self.bus = await Bus.connect(self.settings, name="devstack-joined")
+        await self.bus.ensure_streams()
 
     async def _supervise(self, name: str, serve: Service) -> None:
         """Run one service on its own connection; a crash is logged and the service restarted."""
@@ -118,11 +200,19 @@ class DevStack:
     async def _shutdown(self) -> None:
         self._stop.set()
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=30)
+            agents_drain = self.drain_seconds() + max((a.config.kill_grace_seconds for a in self.agents), default=0.0)
+            limit = agents_drain if self.agents else UNTRACKED_DRAIN_SECONDS
+            _, pending = await asyncio.wait(self._tasks, timeout=limit + STOP_MARGIN_SECONDS)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=STOP_MARGIN_SECONDS)
+                if stuck:
+                    log.error("services_not_stopped", services=sorted(t.get_name() for t in stuck))
             self._tasks.clear()
+        if self._reaper is not None:
+            await asyncio.to_thread(self._reaper.stop)
+            self._reaper = None
         if self.bus is not None:
             await self.bus.close()
             self.bus = None
@@ -132,6 +222,9 @@ class DevStack:
         if self._nats is not None:
             await asyncio.to_thread(self._nats.stop)
             self._nats = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

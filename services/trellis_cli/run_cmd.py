@@ -31,7 +31,7 @@ from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunEvent, RunRequested
 from trellis_core.ids import new_run_id
 from trellis_core.logs import configure, get_logger
-from trellis_core.settings import Settings
+from trellis_core.settings import Settings, data_dir_help
 
 log = get_logger("cli.run")
 _decode = msgspec.json.Decoder(RunEvent).decode
@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="deploy or destroy an environment from templates, following the run live",
         description="Compile the templates at PATH (files or directories) for ENVIRONMENT, run the "
         "activity DAG on the agents and show its progress. Without TRELLIS_NATS_URL the embedded "
-        "stack starts for the run. Exit code 0 when the run succeeded, 1 otherwise.",
+        "stack starts for the run (or a running `trellis dev up`'s is used). Exit code 0 when the run "
+        f"succeeded, 1 otherwise. {data_dir_help()}",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="template files or directories")
     parser.add_argument("--environment", "-e", required=True, help="the Environment document's name")
@@ -150,8 +151,8 @@ def _user() -> str:
 
 @contextlib.asynccontextmanager
 async def _bus_for(settings: Settings) -> AsyncIterator[Bus]:
-    """The configured bus, or the embedded stack started for this run. Its data stays under
-    TRELLIS_DATA_DIR (default ./.trellis), so a later `--action destroy` sees what was deployed."""
+    """The configured bus, or the embedded stack started for this run. Its data stays in the
+    per-user data directory (or TRELLIS_DATA_DIR), so a later destroy sees what was deployed."""
     if settings.nats_url:
         bus = await Bus.connect(settings, name="cli-run")
         try:

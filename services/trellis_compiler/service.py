@@ -4,6 +4,8 @@ Thin: it wires the bus to the pure compiler. A bad bundle becomes a `run.rejecte
 unexpected exception inside the compiler is reported the same way, so no request stops it.
 The files beside the templates are stored once, by digest, in the bundle object store, and
 every activity of the compiled run names that digest for the agents.
+A destroy compiles with the variables of the environment's last successful deploy (as the
+scheduler recorded it), overridden by those the destroy request gives.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.js.errors
 
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle
 from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, pack_bundle
 from trellis_core.logs import get_logger
+from trellis_scheduler.store import DeployRecord, last_deploy
 from trellis_templates.bundle import file_problems
 from trellis_templates.compiler import CompileResult, compile_sources
 
@@ -43,12 +47,35 @@ def compile_request(request: RunRequested, *, email_relay_url: str = "") -> Comp
         return CompileResult(None, (), (Problem(message=f"internal compiler error: {exc!r}"),))
 
 
-def outcome(request: RunRequested, result: CompileResult) -> RunCompiled | RunRejected:
+def with_deploy_variables(request: RunRequested, record: DeployRecord | None) -> RunRequested:
+    """A destroy request with its environment's last deploy's variables under its own."""
+    if request.action != "destroy" or record is None or not record.variables:
+        return request
+    return msgspec.structs.replace(request, variables={**record.variables, **request.variables})
+
+
+def no_deploy_note(request: RunRequested, record: DeployRecord | None) -> tuple[str, ...]:
+    if request.action != "destroy" or record is not None:
+        return ()
+    return (
+        f"no deploy of environment {request.environment!r} is recorded for tenant {request.tenant!r}: "
+        "the destroy runs without a deploy's variables and outputs",
+    )
+
+
+def outcome(request: RunRequested, result: CompileResult, notes: tuple[str, ...] = ()) -> RunCompiled | RunRejected:
+    """The run's compiled workflow, stamped with the request's variables (a later destroy reuses
+    them) and `notes` as warnings; or its rejection."""
     if result.workflow is not None and not result.errors:
+        workflow = msgspec.structs.replace(
+            result.workflow,
+            requested_variables=dict(request.variables),
+            warnings=(*result.workflow.warnings, *notes),
+        )
         return RunCompiled(
             tenant=request.tenant,
             run_id=request.run_id,
-            workflow=result.workflow,
+            workflow=workflow,
             requested_by=request.requested_by,
         )
     return RunRejected(tenant=request.tenant, run_id=request.run_id, errors=result.errors, warnings=result.warnings)
@@ -77,9 +104,11 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
         raise PermanentError(str(exc)) from None
     if reason := subjects.subject_mismatch(delivery.subject, request.tenant):
         raise PermanentError(reason)
+    record = await _last_deploy(bus, request) if request.action == "destroy" else None
+    request = with_deploy_variables(request, record)
     result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
     result = await attach_files(bus, request, result)
-    event = outcome(request, result)
+    event = outcome(request, result, no_deploy_note(request, record))
     await delivery.in_progress()
     await bus.publish_event(event)  # its msg id dedupes a republish after a redelivery
     if isinstance(event, RunCompiled):
@@ -92,6 +121,15 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
         )
     else:
         log.info("run_rejected", tenant=request.tenant, run=request.run_id, errors=len(event.errors))
+
+
+async def _last_deploy(bus: Bus, request: RunRequested) -> DeployRecord | None:
+    """The scheduler's record of the environment's last successful deploy, if any."""
+    try:
+        kv = await bus.js.key_value(subjects.KV_RUN_STATE)
+    except nats.js.errors.BucketNotFoundError:
+        return None
+    return await last_deploy(kv, request.tenant, request.environment)
 
 
 async def serve(

@@ -55,7 +55,7 @@ from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
+from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key
 
 log = get_logger("scheduler")
 FETCH_BATCH = 256
@@ -288,8 +288,10 @@ class Scheduler:
         run = self.st.runs.get(event.run_id)
         if run is None or event.status != "succeeded" or self.store is None:
             return
-        outputs = event.outputs if run.action == "deploy" else None
-        await self.store.remember_environment(run.tenant, run.environment, outputs)
+        record = None
+        if run.action == "deploy":
+            record = DeployRecord(outputs=event.outputs, variables=run.workflow.requested_variables)
+        await self.store.remember_environment(run.tenant, run.environment, record)
 
     async def _save_dirty(self) -> None:
         if not self.dirty or self.store is None:

@@ -33,7 +33,22 @@ log = get_logger("scheduler.store")
 _decode_snapshot = msgspec.json.Decoder(RunSnapshot).decode
 _decode_compiled = msgspec.json.Decoder(RunCompiled).decode
 _encoder = msgspec.json.Encoder()
-_decode_outputs = msgspec.json.Decoder(dict[str, dict[str, Any]]).decode
+
+
+class DeployRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment's last successful deploy: what a destroy renders with and compiles with."""
+
+    version: int = 2  # records before it were the bare outputs: resource -> output -> {"value": ...}
+    outputs: dict[str, dict[str, Any]] = {}
+    variables: dict[str, str] = {}  # the deploy request's values, reused unless a destroy gives its own
+
+
+def decode_deploy_record(data: bytes) -> DeployRecord:
+    """A record, or one written before records held variables (then only the outputs)."""
+    raw = msgspec.json.decode(data)
+    if isinstance(raw, dict) and raw.get("version") == 2:  # an output map's values are never ints
+        return msgspec.convert(raw, DeployRecord)
+    return DeployRecord(outputs=msgspec.convert(raw, dict[str, dict[str, Any]]))
 
 
 def run_key(tenant: str, run_id: str) -> str:
@@ -51,6 +66,15 @@ def encode_snapshot(run: RunState) -> bytes:
     return zlib.compress(_encoder.encode(snapshot(run)), 1)
 
 
+async def last_deploy(kv: KeyValue, tenant: str, environment: str) -> DeployRecord | None:
+    """The environment's last successful deploy, or None when none is recorded."""
+    try:
+        entry = await kv.get(deployed_key(tenant, environment))
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return decode_deploy_record(entry.value) if entry.value else None
+
+
 class SnapshotStore:
     def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self.kv = kv
@@ -59,16 +83,14 @@ class SnapshotStore:
     async def save(self, run: RunState) -> None:
         await self.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
 
-    async def remember_environment(
-        self, tenant: str, environment: str, outputs: dict[str, dict[str, Any]] | None
-    ) -> None:
-        """Record a successful deploy and its outputs (None: the environment was destroyed)."""
+    async def remember_environment(self, tenant: str, environment: str, record: DeployRecord | None) -> None:
+        """Record a successful deploy (None: the environment was destroyed)."""
         key = deployed_key(tenant, environment)
-        if outputs is None:
+        if record is None:
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 await self.kv.delete(key)
             return
-        await self.kv.put(key, _encoder.encode(outputs))
+        await self.kv.put(key, _encoder.encode(record))
 
     async def load_all(self, st: SchedulerState, now: float, *, tenant: str = "*") -> int:
         """Rebuild every run (of `tenant`, or all) from its snapshot and later events; the
@@ -104,7 +126,7 @@ class SnapshotStore:
             if not entry.value:
                 return
             try:
-                outputs = _decode_outputs(entry.value)
+                outputs = decode_deploy_record(entry.value).outputs
             except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
                 log.error("deployed_outputs_unreadable", key=key, error=decode_error(exc))
                 outputs = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,23 @@ def test_settings_come_from_trellis_variables() -> None:
     assert settings.data_dir == Path("/x")
 
 
+def test_the_data_dir_is_one_per_user_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    monkeypatch.chdir(tmp_path)
+    assert Settings.from_env({}).data_dir == tmp_path / "share" / "trellis"
+    assert Settings.from_env({"TRELLIS_DATA_DIR": ""}).data_dir == tmp_path / "share" / "trellis"
+    assert Settings.from_env({"TRELLIS_DATA_DIR": "~/elsewhere"}).data_dir == Path.home() / "elsewhere"
+
+
+def test_the_test_suite_never_uses_the_real_per_user_data_dir() -> None:
+    real = Path.home() / ".local" / "share" / "trellis"
+    assert Path(os.environ["TRELLIS_DATA_DIR"]) != real
+    assert Settings.from_env().data_dir != real
+    assert Settings.from_env({}).data_dir != real  # the default follows XDG_DATA_HOME, a temp dir here
+
+
 @pytest.mark.parametrize(
     ("environ", "names"),
     [
@@ -33,6 +51,7 @@ def test_settings_come_from_trellis_variables() -> None:
         ({"TRELLIS_HEARTBEAT_TIMEOUT_SECONDS": "1"}, "TRELLIS_HEARTBEAT_TIMEOUT_SECONDS"),
         ({"TRELLIS_MAX_PARALLEL_PER_RUN": "0"}, "TRELLIS_MAX_PARALLEL_PER_RUN"),
         ({"TRELLIS_NATS_CREDS_FILE": "/nonexistent/agent.creds"}, "TRELLIS_NATS_CREDS_FILE"),
+        ({"TRELLIS_STACK_WAIT_SECONDS": "0"}, "TRELLIS_STACK_WAIT_SECONDS"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_its_variable(environ: dict[str, str], names: str) -> None:
