@@ -195,13 +195,29 @@ async def _run(
                 view.status, view.message = "cancelled", "interrupted before the run was submitted"
                 return view
             screen = Screen(console, view, follow=follow, as_document=as_document)
+            payload = _fitting(request, bus.nc.max_payload)
             async with _subscribed(bus, request, screen) as (events, logs):
-                await bus.publish(subjects.runs_requested(request.tenant), request, msg_id=f"{request.run_id}/request")
+                await bus.publish(subjects.runs_requested(request.tenant), payload, msg_id=f"{request.run_id}/request")
                 with screen:
                     await _follow(bus, request, view, events, screen, interrupts)
                 if view.finished:
                     await _caught_up(logs, LOG_DRAIN_SECONDS)
     return view
+
+
+def _fitting(request: RunRequested, max_payload: int) -> bytes:
+    """The request's bytes, or a TrellisError naming the sizes when the bus would refuse them."""
+    payload = msgspec.json.encode(request)
+    if len(payload) <= max_payload:
+        return payload
+    sizes = [(len(f.text.encode()), f.path) for f in request.sources]
+    sizes += [(len(f.data), f.path) for f in request.files]
+    biggest = ", ".join(f"{path} ({size:,} bytes)" for size, path in sorted(sizes, reverse=True)[:3])
+    raise ConfigError(
+        f"the run request is {len(payload):,} bytes and the bus takes at most {max_payload:,} "
+        f"(its max_payload): the templates and the files beside them travel in one message. "
+        f"Largest: {biggest}"
+    )
 
 
 @contextlib.asynccontextmanager

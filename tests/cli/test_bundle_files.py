@@ -255,3 +255,14 @@ def test_a_template_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) ->
     done = trellis_run(tmp_path, str(t), "--environment", "hello")
     assert done.returncode == 2
     assert done.stderr == f"trellis run: {t / 'broken.yaml'}: not UTF-8 text (invalid start byte at byte 0)\n"
+
+
+def test_templates_too_big_for_one_bus_message_are_refused_naming_the_sizes(tmp_path: Path) -> None:
+    t = template_dir(tmp_path)
+    (t / "huge.yaml").write_text("# padding\n" * 120_000)  # 1.2 MB of comments: past the 1 MiB max_payload
+    done = trellis_run(tmp_path, str(t), "--environment", "hello")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert "bytes and the bus takes at most 1,048,576 (its max_payload)" in message
+    assert f"Largest: {t / 'huge.yaml'} (1,200,000 bytes)" in message
