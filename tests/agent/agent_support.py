@@ -48,6 +48,12 @@ def shell(script: str, **env: str) -> ContainerSpec:
     return ContainerSpec(command=("sh", "-c", script), env=env)
 
 
+def wait_for_file(path: Path, within: float = 30.0) -> str:
+    """A shell fragment that waits until the test creates `path`; exits 99 after `within` seconds."""
+    polls = int(within / 0.02)
+    return f'n=0; until [ -e "{path}" ]; do n=$((n+1)); [ $n -gt {polls} ] && exit 99; sleep 0.02; done'
+
+
 class RecordingSink:
     """A Sink that keeps every write and lets a test wait for a piece of text."""
 

@@ -1,14 +1,16 @@
 """A Podman service with a Docker-compatible socket, for the docker executor tests.
 
-Recipe (what `.ci/run` installs: Debian packages podman, runc, busybox-static): a
+Recipe (what `.ci/run` installs: podman, runc, busybox-static and its network helpers): a
 containers.conf with runtime runc, cgroupfs and ulimits; a private vfs storage; a test image
 made offline by `podman import` of a tar holding busybox (no registry is reachable); and
-`podman system service --time=0 unix://<tmp>/podman.sock`.
+`podman system service --time=0 unix://<tmp>/podman.sock`. Without Podman the tests skip,
+or fail where TRELLIS_REQUIRE_PODMAN=1 (CI).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -18,7 +20,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
+import aiohttp
+import pytest
+
+REQUIRE_PODMAN = "TRELLIS_REQUIRE_PODMAN"  # "1" (set by .ci/run): a missing Podman fails the tests
 IMAGE = "localhost/trellis-test/busybox:latest"
 FUNCTION_IMAGE = "localhost/trellis-test/function:latest"
 BUSYBOX = "/bin/busybox"
@@ -76,6 +83,13 @@ def missing() -> str:
     if os.geteuid() != 0:
         return "the podman tests run podman as root (rootless needs a user namespace set-up)"
     return ""
+
+
+def require_podman_or_skip(reason: str) -> NoReturn:
+    """Skip a Podman test, or fail it where CI demands Podman (TRELLIS_REQUIRE_PODMAN=1)."""
+    if os.environ.get(REQUIRE_PODMAN) == "1":
+        pytest.fail(f"{REQUIRE_PODMAN}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def _busybox_tar(path: Path) -> None:
@@ -158,3 +172,13 @@ def _wait_for_socket(sock: Path, service: subprocess.Popen[bytes], within: float
                     pass
         time.sleep(0.05)
     raise RuntimeError(f"podman did not listen on {sock} within {within:g}s")
+
+
+async def containers_of_run(socket_path: str, run_id: str) -> list[dict[str, Any]]:
+    """The containers (running or not) labelled with `run_id`."""
+    filters = json.dumps({"label": [f"trellis.dev/run={run_id}"]})
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path)) as session,
+        session.get("http://docker/v1.41/containers/json", params={"all": "true", "filters": filters}) as resp,
+    ):
+        return list(await resp.json())

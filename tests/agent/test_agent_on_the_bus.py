@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from agent_support import read_pid, shell, wait_until_gone, work_item
+from agent_support import read_pid, shell, wait_for_file, wait_until_gone, work_item
 
 from running_agent import running_agent
 from trellis_agent.agent import Agent, executors_for
@@ -89,10 +89,13 @@ async def dispatch(bus: Bus, work: WorkItem, pool: str = "default", agent: str |
 async def test_an_agent_runs_work_and_reports_started_heartbeats_logs_and_completion(
     bus: Bus, unique: str, tmp_path: Path
 ) -> None:
-    script = 'echo hello; sleep 0.5; echo \'{"answer": 42}\' > "$TRELLIS_OUTPUTS"'
+    gate = tmp_path / "release"
+    script = f'echo hello; {wait_for_file(gate)}; echo \'{{"answer": 42}}\' > "$TRELLIS_OUTPUTS"'
     work = work_item(shell(script), tenant=unique)
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique) as agent:
         await dispatch(bus, work)
+        await rec.first(ActivityHeartbeat, work.run_id)  # beats while the command runs
+        gate.touch()
         done = await rec.first(ActivityCompleted, work.run_id)
         await rec.wait(lambda: "hello\n" in "".join(c.data for c in rec.chunks))
     assert done.outputs == {"answer": 42}
@@ -118,11 +121,20 @@ async def test_a_failing_command_is_reported_with_its_exit_code(bus: Bus, unique
     assert failed.retryable
 
 
-async def test_work_pinned_to_the_agent_reaches_it(bus: Bus, unique: str, tmp_path: Path) -> None:
+async def test_work_pinned_to_an_agent_reaches_that_agent_not_another_of_its_pool(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
     work = work_item(shell("echo pinned"), tenant=unique)
-    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique, pool="p1") as agent:
-        await dispatch(bus, work, pool="p1", agent=agent.config.agent_id)
-        await rec.first(ActivityCompleted, work.run_id)
+    async with (
+        recording(bus, unique) as rec,
+        running_agent(bus, tmp_path, tenant=unique, pool="p1"),
+        running_agent(bus, tmp_path, tenant=unique, pool="p1") as pinned,
+    ):
+        await dispatch(bus, work, pool="p1", agent=pinned.config.agent_id)
+        done = await rec.first(ActivityCompleted, work.run_id)
+        await rec.wait(lambda: "pinned\n" in "".join(c.data for c in rec.chunks))
+    assert [s.agent for s in rec.of(ActivityStarted, work.run_id)] == [pinned.config.agent_id]
+    assert done.exit_code == 0
 
 
 async def test_an_agent_of_tenant_a_never_receives_tenant_b_work(bus: Bus, unique: str, tmp_path: Path) -> None:
@@ -193,7 +205,8 @@ async def test_on_stop_running_work_gets_the_grace_period_then_fails_retryably(
     ):
         await dispatch(bus, quick)
         await dispatch(bus, slow)
-        await rec.wait(lambda: "started-slow" in "".join(c.data for c in rec.chunks))
+        # Both run when the agent is told to stop; the quick one needs 0.3 s of the 1 s grace.
+        await rec.wait(lambda: {"started-quick", "started-slow"} <= set("".join(c.data for c in rec.chunks).split()))
     assert rec.of(ActivityCompleted, quick.run_id)
     failed = rec.of(ActivityFailed, slow.run_id)
     assert len(failed) == 1
@@ -202,10 +215,13 @@ async def test_on_stop_running_work_gets_the_grace_period_then_fails_retryably(
 
 
 async def test_concurrency_limits_how_many_run_at_once(bus: Bus, unique: str, tmp_path: Path) -> None:
-    works = [work_item(shell("sleep 0.3"), tenant=unique) for _ in range(4)]
+    gate = tmp_path / "release"
+    works = [work_item(shell(wait_for_file(gate)), tenant=unique) for _ in range(4)]
     async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique, concurrency=2):
         for w in works:
             await dispatch(bus, w)
+        await rec.wait(lambda: len(rec.of(ActivityStarted)) == 2)  # both slots taken, held by the gate
+        gate.touch()
         await rec.wait(lambda: len(rec.of(ActivityCompleted)) == 4)
     running = 0
     peak = 0
@@ -311,7 +327,8 @@ async def test_sigterm_makes_the_agent_process_hand_back_its_work_and_exit(
 
 
 async def test_two_agents_of_one_pool_share_its_work_each_item_once(bus: Bus, unique: str, tmp_path: Path) -> None:
-    works = [work_item(shell("sleep 0.2"), tenant=unique) for _ in range(6)]
+    gate = tmp_path / "release"
+    works = [work_item(shell(wait_for_file(gate)), tenant=unique) for _ in range(6)]
     async with (
         recording(bus, unique) as rec,
         running_agent(bus, tmp_path, tenant=unique, concurrency=1) as first,
@@ -319,6 +336,8 @@ async def test_two_agents_of_one_pool_share_its_work_each_item_once(bus: Bus, un
     ):
         for w in works:
             await dispatch(bus, w)
+        await rec.wait(lambda: len(rec.of(ActivityStarted)) == 4)  # every slot of both agents is taken
+        gate.touch()
         await rec.wait(lambda: len(rec.of(ActivityCompleted)) == 6)
     started = rec.of(ActivityStarted)
     assert sorted(s.run_id for s in started) == sorted(w.run_id for w in works)

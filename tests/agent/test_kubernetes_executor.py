@@ -186,19 +186,6 @@ async def test_the_pod_carries_labels_limits_env_from_a_secret_and_the_workspace
     assert mounts["/workspace/conf/app.ini"].sub_path == "file.0"
 
 
-async def test_a_failing_container_fails_with_its_exit_code(
-    cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path
-) -> None:
-    kubelet, executor = cluster
-    kubelet.serve_logs(b"boom\n")
-    task = await _start(executor, _work(), tmp_path, RecordingSink())
-    pod = await kubelet.next_pod()
-    await kubelet.terminate(pod.metadata.name, 3)
-    outcome = await asyncio.wait_for(task, 10)
-    assert outcome.status == "failed"
-    assert outcome.exit_code == 3
-
-
 async def test_an_unschedulable_pod_fails_with_the_schedulers_reason(
     cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path
 ) -> None:
@@ -228,22 +215,6 @@ async def test_an_image_that_cannot_be_pulled_fails_with_the_kubelets_reason(
     assert outcome.status == "failed"
     assert outcome.reason == 'ImagePullBackOff: Back-off pulling image "example/tool:1"'
     assert not outcome.retryable
-
-
-async def test_cancelling_deletes_the_pod(cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path) -> None:
-    kubelet, executor = cluster
-    released = asyncio.Event()
-    kubelet.serve_logs(b"working\n", released.wait)
-    sink = RecordingSink()
-    task = await _start(executor, _work(), tmp_path, sink)
-    pod = await kubelet.next_pod()
-    await kubelet.run(pod.metadata.name)
-    await sink.wait_for("working")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    released.set()
-    assert not await kubelet.exists(kubelet.core.read_namespaced_pod, pod.metadata.name)
 
 
 def test_a_pod_without_status_is_pending() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from agent_support import ChunkCollector, work_item
 
 from trellis_agent.sink import LogSink, Masker
@@ -63,13 +64,14 @@ async def test_a_failed_publish_keeps_the_chunk_and_its_sequence_for_the_next_fl
 
     sink = LogSink.for_work(work_item(), flaky, flush_seconds=3600)
     await sink.write("stdout", "first\n")
-    try:
+    with pytest.raises(ConnectionError, match="bus away"):  # flush() reports it; writers never see it
         await sink.flush()
-    except ConnectionError:
-        pass
+    assert collector.chunks == []
+    assert sink.chunks_published == 0
     await sink.write("stdout", "second\n")
     await sink.flush()
     assert [(c.sequence, c.data) for c in collector.chunks] == [(0, "first\n"), (1, "second\n")]
+    assert sink.chunks_published == 2
 
 
 def test_the_masker_hides_every_line_of_a_multi_line_secret_and_ignores_tiny_values() -> None:

@@ -1,8 +1,8 @@
 """The `docker` backend: the Docker Engine HTTP API over its unix socket (Podman's works too).
 
 Per activity: pull the image if it is missing, create a container with the workspace
-bind-mounted at the container workspace, start it, stream its (multiplexed) logs, wait for
-its exit code, read `$TRELLIS_OUTPUTS` from the workspace, remove it. On cancel or timeout
+bind-mounted at the container workspace, attach to it, start it, stream its (multiplexed)
+output, wait for its exit code, read `$TRELLIS_OUTPUTS` from the workspace, remove it. On cancel or timeout
 the container is stopped (SIGTERM, then SIGKILL after the grace period) and removed.
 A function image is served the same way, for as long as the function is polled.
 """
@@ -150,8 +150,10 @@ class DockerExecutor:
             "TRELLIS_WORKSPACE": root,
         }
         try:
-            async with self._container(work, create_body(work, spec, workspace, self._config, env), sink) as cid:
-                exit_code = await self._follow(cid, sink)
+            body = create_body(work, spec, workspace, self._config, env)
+            async with self._container(work, body, sink) as cid:
+                await self._attach_and_start(cid, container_name(work), body, sink)
+                exit_code = await self._exit_code(cid)
         except DockerError as exc:
             await sink.system(f"docker: {exc.message}")
             return Outcome.failed(f"docker refused: {exc}", retryable=exc.status >= 500 and exc.status != 501)
@@ -165,17 +167,19 @@ class DockerExecutor:
     async def _container(
         self, work: WorkItem, body: dict[str, Any], sink: Sink, suffix: str = ""
     ) -> AsyncIterator[str]:
-        """Create and start a container; stop and remove it on the way out (also on cancel)."""
+        """Create a container (not started); stop and remove it on the way out (also on cancel)."""
         await self._ensure_image(body["Image"], sink)
         name = container_name(work, suffix)
         created = await self._call("POST", "/containers/create", params={"name": name}, json=body)
         cid = str(created["Id"])
         try:
-            await self._call("POST", f"/containers/{cid}/start", ok=(204, 304))
-            await sink.system(f"container {name} started from {body['Image']}")
             yield cid
         finally:
             await self._remove(cid)
+
+    async def _start(self, cid: str, name: str, body: dict[str, Any], sink: Sink) -> None:
+        await self._call("POST", f"/containers/{cid}/start", ok=(204, 304))
+        await sink.system(f"container {name} started from {body['Image']}")
 
     async def _remove(self, cid: str) -> None:
         grace = int(self._config.kill_grace_seconds)
@@ -207,13 +211,20 @@ class DockerExecutor:
                 if error:
                     raise DockerError(404, f"pulling {image}: {error}")
 
-    async def _follow(self, cid: str, sink: Sink) -> int:
-        """Stream the logs to the sink, then return the exit code."""
-        params = {"follow": "true", "stdout": "true", "stderr": "true"}
-        async with self._session.get(f"{self._base}/containers/{cid}/logs", params=params) as resp:
+    async def _attach_and_start(self, cid: str, name: str, body: dict[str, Any], sink: Sink) -> None:
+        """Attach to the created container, start it, stream its output to the sink until it ends.
+
+        Attaching before the start sees every byte; following `/logs` instead loses lines of
+        a fast writer on Podman 4 (20,000 lines arrived as about 7,000).
+        """
+        params = {"stream": "1", "stdout": "1", "stderr": "1"}
+        async with self._session.post(f"{self._base}/containers/{cid}/attach", params=params) as resp:
             if resp.status != 200:
                 raise DockerError(resp.status, await resp.text())
+            await self._start(cid, name, body, sink)
             await demux(resp.content, sink)
+
+    async def _exit_code(self, cid: str) -> int:
         result = await self._call("POST", f"/containers/{cid}/wait", limit_seconds=None)
         return int(result["StatusCode"])
 
@@ -229,6 +240,7 @@ class DockerExecutor:
         if published:
             body["HostConfig"]["PortBindings"] = {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
         async with self._container(work, body, sink, suffix="-fn") as cid:
+            await self._start(cid, container_name(work, "-fn"), body, sink)
             info = await self._call("GET", f"/containers/{cid}/json")
             host, host_port = _published_address(info, port) if published else (_container_address(info), port)
             await wait_until_listening(host, host_port, self._config.function_ready_seconds)

@@ -48,9 +48,9 @@ async def send(
     headers: dict[str, str],
     body: str | bytes,
     verify_tls: bool,
-    timeout_seconds: float,
+    timeout_seconds: float | None,
 ) -> HttpResponse | HttpFailure:
-    """One request; a network error or timeout comes back as an HttpFailure."""
+    """One request; a network error or timeout comes back as an HttpFailure (None: no limit here)."""
     try:
         async with session.request(
             method.upper(),
@@ -70,7 +70,8 @@ async def send(
                 json=_json_or_none(text),
             )
     except TimeoutError:
-        return HttpFailure(f"{method.upper()} {url}: no response within {timeout_seconds:g}s")
+        within = f" within {timeout_seconds:g}s" if timeout_seconds is not None else ""
+        return HttpFailure(f"{method.upper()} {url}: no response{within}")
     except aiohttp.ClientConnectorCertificateError as exc:  # a retry meets the same certificate
         return HttpFailure(f"{method.upper()} {url}: TLS certificate not trusted: {exc}", retryable=False)
     except aiohttp.ClientError as exc:
@@ -111,11 +112,16 @@ class HttpExecutor:
         spec = work.activity.spec
         if not isinstance(spec, HttpSpec):
             return Outcome.failed(f"not an http spec: {spec.__struct_config__.tag}", retryable=False)
-        timeout = work.activity.timeout_seconds or DEFAULT_TIMEOUT_SECONDS
+        # The activity's own timeout is enforced by `execute` (a timed-out outcome); a request
+        # limit of the same length would race it and end as a plain retryable failure.
+        limit = work.activity.timeout_seconds
+        timeout = None if limit is not None and limit > 0 else DEFAULT_TIMEOUT_SECONDS
         return await call_and_judge(await self.session(), spec, timeout, sink)
 
 
-async def call_and_judge(session: aiohttp.ClientSession, spec: HttpSpec, timeout_seconds: float, sink: Sink) -> Outcome:
+async def call_and_judge(
+    session: aiohttp.ClientSession, spec: HttpSpec, timeout_seconds: float | None, sink: Sink
+) -> Outcome:
     """Send `spec`, log what happened, and judge the response by the spec's success condition."""
     started = time.monotonic()
     await sink.system(f"{spec.method.upper()} {spec.url}")
