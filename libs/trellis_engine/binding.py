@@ -1,47 +1,37 @@
 """Late binding: render an activity's `$( )$` strings with upstream outputs just before dispatch.
 
-The renderer is `trellis_templates.expressions.render_late(value, scope)`; the engine only walks
-the activity's strings, calls it, and turns any error (an exceeded render budget included) into
-a message for the failed activity. All of one activity's strings share one render budget.
+The engine is given its `Renderer` (the scheduler passes `trellis_templates.expressions.LATE`);
+it only walks the activity's strings, calls it, and turns any error (an exceeded render budget
+included) into a message for the failed activity. All of one activity's strings share one
+render budget.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from trellis_core.workflow import Activity
 from trellis_engine.state import RunState
 
-Renderer = Callable[[Any, dict[str, Any]], Any]
 _MARK = "$("
 _FALSE_WORDS = frozenset({"", "0", "false", "no", "off", "none", "null"})
 
 
-def default_renderer() -> Renderer | None:
-    """The template engine's late renderer, or None if trellis_templates does not provide it."""
-    try:
-        module = importlib.import_module("trellis_templates.expressions")
-    except ImportError:
-        return None
-    render = getattr(module, "render_late", None)
-    return render if callable(render) else None
+class Renderer(Protocol):
+    """What late binding needs of the template language."""
 
+    def render(self, value: Any, scope: dict[str, Any]) -> Any:
+        """Render every `$( )$` string in `value` with `scope`; raise with the reason."""
+        ...
 
-def shared_budget() -> AbstractContextManager[object]:
-    """One render budget for every string rendered inside, when trellis_templates provides it."""
-    try:
-        module = importlib.import_module("trellis_templates.budget")
-    except ImportError:
-        return nullcontext()
-    metered = getattr(module, "metered", None)
-    return metered() if callable(metered) else nullcontext()
+    def budget(self) -> AbstractContextManager[object]:
+        """One render budget for every `render` inside the `with` block."""
+        ...
 
 
 def late_scope(run: RunState, activity: Activity) -> dict[str, Any]:
@@ -67,7 +57,7 @@ def _render_tree(value: Any, scope: dict[str, Any], render: Renderer, path: str,
         if _MARK not in value:
             return value
         try:
-            out = render(value, scope)
+            out = render.render(value, scope)
         except Exception as exc:  # the renderer's errors are user errors: report, never crash
             raise RenderError(f"{path}: {exc}") from None
         if as_text and not isinstance(out, str):
@@ -83,9 +73,9 @@ def _render_tree(value: Any, scope: dict[str, Any], render: Renderer, path: str,
 def render_activity(activity: Activity, scope: dict[str, Any], render: Renderer | None) -> Activity:
     """The activity with its spec and inputs rendered; raises RenderError with the field path."""
     if render is None:
-        raise RenderError("late-bound expressions need trellis_templates.expressions.render_late")
+        raise RenderError("late-bound expressions need a renderer, and the engine was given none")
     data = msgspec.to_builtins(activity)
-    with shared_budget():
+    with render.budget():
         if "spec" in data:
             data["spec"] = _render_tree(data["spec"], scope, render, "spec", as_text=True)
         if "inputs" in data:
@@ -101,9 +91,9 @@ def skip_condition_holds(condition: str, scope: dict[str, Any], render: Renderer
     if _MARK not in condition:
         return condition.strip().lower() not in _FALSE_WORDS
     if render is None:
-        raise RenderError("skip conditions need trellis_templates.expressions.render_late")
+        raise RenderError("skip conditions need a renderer, and the engine was given none")
     try:
-        value = render(condition, scope)
+        value = render.render(condition, scope)
     except Exception as exc:
         raise RenderError(f"skip condition: {exc}") from None
     if isinstance(value, str):

@@ -11,26 +11,17 @@ import heapq
 from typing import Any
 
 from trellis_core.events import ActivityCancelled, ActivityLost, ActivityTimedOut
-from trellis_engine.binding import Renderer, default_renderer
+from trellis_engine.binding import Renderer
 from trellis_engine.commands import Cancel, Command, ScheduleWake
 from trellis_engine.fold import fold
 from trellis_engine.runs import advance, emit, stamp
 from trellis_engine.state import ACTIVE, TERMINAL_RUN, SchedulerState, Timer
 
-_loaded: list[Renderer | None] = []
-
-
-def _renderer() -> Renderer | None:
-    """The template engine's renderer, looked up once (it may land after this module)."""
-    if not _loaded:
-        _loaded.append(default_renderer())
-    return _loaded[0]
-
 
 def decide(st: SchedulerState, now: float, *, render: Renderer | None = None) -> tuple[SchedulerState, list[Command]]:
     """What to do at time `now` (epoch seconds): dispatches, cancels, the scheduler's own
-    events (already folded into the state), and when to be called again."""
-    render = render or _renderer()
+    events (already folded into the state), and when to be called again. `render` binds
+    late expressions; without it an activity that has some fails, saying so."""
     cmds: list[Command] = []
     _fire_timers(st, now, cmds)
     while st.dirty:

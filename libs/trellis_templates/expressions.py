@@ -326,6 +326,20 @@ def render_late(value: Any, scope: Mapping[str, Any]) -> Any:
         return _walk(value, _resolved(scope))
 
 
+class LateRenderer:
+    """Late binding for the engine (`trellis_engine.binding.Renderer`): `render_late` under one
+    shared budget per `budget()` block. The scheduler hands `LATE` to `decide`."""
+
+    def render(self, value: Any, scope: dict[str, Any]) -> Any:
+        return render_late(value, scope)
+
+    def budget(self) -> metered:
+        return metered()
+
+
+LATE = LateRenderer()
+
+
 def _walk(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return render(value, scope) if START in value else value

@@ -56,6 +56,7 @@ from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
 from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key
+from trellis_templates.expressions import LATE
 
 log = get_logger("scheduler")
 FETCH_BATCH = 256
@@ -102,7 +103,7 @@ class Scheduler:
         self.durable = "scheduler" if tenant == "*" else f"scheduler-{tenant}"
         self.st = SchedulerState(config=config or engine_config(settings))
         self.snapshot_interval = snapshot_interval
-        self.render = render
+        self.render = render if render is not None else LATE
         self.lock = asyncio.Lock()
         self.dirty: set[str] = set()
         self.publisher = PipelinedPublisher(bus)

@@ -21,6 +21,7 @@ from trellis_engine.binding import Renderer
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
 from trellis_engine.decide import decide, fold
 from trellis_engine.state import EngineConfig, RunState, SchedulerState
+from trellis_templates.expressions import LATE
 
 
 def act(id: str, *deps: str, **kw: Any) -> Activity:
@@ -39,7 +40,7 @@ def ts(at: float) -> datetime:
 class Driver:
     """Feeds events into the engine at a fake time and records every command it gets back."""
 
-    def __init__(self, config: EngineConfig | None = None, *, render: Renderer | None = None, now: float = 1000.0):
+    def __init__(self, config: EngineConfig | None = None, *, render: Renderer | None = LATE, now: float = 1000.0):
         self.st = SchedulerState(config=config or EngineConfig(heartbeat_timeout_seconds=10.0))
         self.now = now
         self.render = render

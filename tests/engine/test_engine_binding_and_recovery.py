@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,18 +17,35 @@ from trellis_engine.decide import decide, fold
 from trellis_engine.graph import restore, snapshot
 from trellis_engine.recovery import adopt
 from trellis_engine.state import RunSnapshot, SchedulerState
-from trellis_templates.expressions import render_late
+from trellis_templates.expressions import LATE
 
 
-def fake_render(value: Any, scope: dict[str, Any]) -> Any:
+class PathRenderer:
     """Stands in for trellis_templates' renderer: `$(a.b.c)$` looks the path up in the scope."""
-    inner = value.strip()[2:-2].strip()
-    node: Any = scope
-    for part in inner.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise ValueError(f"{inner!r} is undefined")
-        node = node[part]
-    return node
+
+    def render(self, value: Any, scope: dict[str, Any]) -> Any:
+        inner = value.strip()[2:-2].strip()
+        node: Any = scope
+        for part in inner.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise ValueError(f"{inner!r} is undefined")
+            node = node[part]
+        return node
+
+    def budget(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+
+fake_render = PathRenderer()
+
+
+def test_an_engine_given_no_renderer_fails_a_late_bound_activity_saying_so() -> None:
+    d = Driver(render=None)
+    d.compile(workflow(act("a", spec=ContainerSpec(command=("echo", "$(resource.x.output.y.value)$")))))
+    assert d.dispatches == []
+    [a] = d.run().acts
+    assert a.status == "failed"
+    assert "late-bound expressions need a renderer, and the engine was given none" in a.reason
 
 
 def test_upstream_outputs_are_rendered_into_the_activity_just_before_dispatch() -> None:
@@ -66,7 +84,7 @@ def test_a_rendering_error_fails_that_activity_with_the_message() -> None:
 
 
 def test_a_late_expression_over_its_budget_fails_its_activity_and_nothing_else() -> None:
-    d = Driver(render=render_late)
+    d = Driver(render=LATE)
     tower = "$( (((resource.vpc.output.base.value ** 64) ** 64) ** 64) ** 64 )$"
     d.compile(
         workflow(
@@ -91,7 +109,7 @@ def test_a_late_expression_over_its_budget_fails_its_activity_and_nothing_else()
 
 
 def test_a_late_expression_cannot_change_the_recorded_outputs() -> None:
-    d = Driver(render=render_late)
+    d = Driver(render=LATE)
     evil = "$( resource.vpc.output.update({'endpoint': {'value': 'evil'}}) )$"
     d.compile(
         workflow(
@@ -110,7 +128,7 @@ def test_a_late_expression_cannot_change_the_recorded_outputs() -> None:
 
 
 def test_all_strings_of_one_activity_share_one_render_budget() -> None:
-    d = Driver(render=render_late)
+    d = Driver(render=LATE)
     each = "$(resource.vpc.output.big.value|tojson|length)$"
     d.compile(
         workflow(
@@ -192,7 +210,7 @@ def test_a_run_restored_from_a_snapshot_and_replayed_dispatches_nothing_twice() 
     adopt(st, run, d.now)
     for e in events:
         fold(st, e)
-    _, cmds = decide(st, d.now)
+    _, cmds = decide(st, d.now, render=d.render)
     redispatched = {(c.activity.id, c.attempt) for c in cmds if hasattr(c, "activity")}
     assert redispatched <= before  # the same attempts again at most: JetStream drops them as duplicates
     assert {s.status for s in st.runs["r1"].acts} == {s.status for s in d.run().acts}

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from trellis_core.workflow import ContainerSpec, Workflow
-from trellis_engine.binding import default_renderer, render_activity, skip_condition_holds
+from trellis_engine.binding import render_activity, skip_condition_holds
 from trellis_templates.compiler import compile_bundle, load_bundle
+from trellis_templates.expressions import LATE
 
 DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "demo")
 
@@ -29,7 +30,7 @@ def test_the_demo_passes_outputs_from_one_resource_to_the_next() -> None:
     wf = demo()
     provision = wf.by_id()["resource/database/task/provision"]
     outputs = {"network": {"network_id": {"value": "net-demo"}, "cidr": {"value": "10.42.0.0/16"}}}
-    rendered = render_activity(provision, scope_for(wf, provision.inputs, outputs), default_renderer())
+    rendered = render_activity(provision, scope_for(wf, provision.inputs, outputs), LATE)
     assert isinstance(rendered.spec, ContainerSpec)
     assert rendered.spec.env["TRELLIS_VAR_network_id"] == "net-demo"
     assert rendered.inputs["network_id"] == "net-demo"
@@ -39,7 +40,7 @@ def test_a_json_output_reaches_a_text_variable_as_text() -> None:
     wf = demo()
     release = wf.by_id()["resource/app/task/release"]
     outputs = {"database": {"dsn": {"value": "postgres://db/app"}}}
-    rendered = render_activity(release, scope_for(wf, release.inputs, outputs), default_renderer())
+    rendered = render_activity(release, scope_for(wf, release.inputs, outputs), LATE)
     assert isinstance(rendered.spec, ContainerSpec)
     assert rendered.spec.env["TRELLIS_VAR_dsn"] == "postgres://db/app"
     assert rendered.spec.env["TRELLIS_VAR_replicas"] == "2"
@@ -48,5 +49,5 @@ def test_a_json_output_reaches_a_text_variable_as_text() -> None:
 def test_compile_time_strings_need_no_rendering_at_dispatch() -> None:
     wf = demo()
     report = wf.by_id()["resource/network/on-success/report"]
-    assert render_activity(report, scope_for(wf, report.inputs, {}), default_renderer()) == report
-    assert not skip_condition_holds("", {}, default_renderer())
+    assert render_activity(report, scope_for(wf, report.inputs, {}), LATE) == report
+    assert not skip_condition_holds("", {}, LATE)
