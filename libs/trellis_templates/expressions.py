@@ -89,12 +89,15 @@ class Expression:
     call: Any
     names: frozenset[str]
     resources: frozenset[str]
+    path: tuple[str, ...] | None = None  # `a.b["c"]` as ("a", "b", "c"): a plain path
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """The expression's value in `scope`, within the render's budget; raises ExpressionError.
 
         The expression sees the scope through read-only views and returns plain data of its own.
         """
+        if self.path is not None and (found := _walk_path(scope, self.path)) is not _MISSING:
+            return self._plain(found)
         where = f"$({_short(self.source)})$"
         try:
             with metered() as meter:
@@ -118,6 +121,35 @@ class Expression:
             raise ExpressionError(f"{where}: number too large: {exc}", self.source) from None
         except Exception as exc:
             raise ExpressionError(f"{where}: {type(exc).__name__}: {exc}", self.source) from None
+
+
+    def _plain(self, value: Any) -> Any:
+        try:
+            with metered() as meter:
+                meter.expect(meter.size_of(value), "the result")
+                return thaw(value)
+        except BudgetExceeded as exc:
+            raise ExpressionError(f"$({_short(self.source)})$: {exc}", self.source) from None
+        except RecursionError:
+            raise ExpressionError(
+                f"$({_short(self.source)})$: nesting budget exceeded: values nested too deep", self.source
+            ) from None
+
+
+_MISSING = object()
+
+
+def _walk_path(scope: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """What jinja2 finds at a plain path when every step is a mapping key that no attribute
+    shadows (a dict's `items` is its method to jinja2), else _MISSING: jinja2 then decides.
+    Most late expressions are such paths (`resource.vpc.output.id.value`), and this spares
+    each its own jinja2 compilation."""
+    node: Any = scope
+    for segment in path:
+        if not isinstance(node, Mapping) or segment not in node or hasattr(node, segment):
+            return _MISSING
+        node = node[segment]
+    return node
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +235,12 @@ def _compile(source: str) -> Expression:
             raise BudgetExceeded("nesting", f"the expression is {depth} levels deep (limit {LIMITS.depth})")
         # jinja2's code generation is most of the cost of an expression; a plain path cannot fail
         # it (no filters or tests to look up), and many are only checked, never rendered here.
-        plain = chain(ast) is not None
-        call = _CompileOnFirstCall(rewritten) if plain else _env.compile_expression(rewritten, undefined_to_none=False)
+        path = chain(ast)
+        call = (
+            _CompileOnFirstCall(rewritten)
+            if path is not None
+            else _env.compile_expression(rewritten, undefined_to_none=False)
+        )
     except TemplateSyntaxError as exc:
         raise ExpressionError(
             f"syntax error in $({_short(source)})$: {exc.message}",
@@ -216,7 +252,11 @@ def _compile(source: str) -> Expression:
     except RecursionError:
         raise ExpressionError(f"$({_short(source)})$: nesting budget exceeded: nested too deep", source) from None
     names = frozenset(n.name for n in ast.find_all(nodes.Name) if n.ctx == "load")
-    return Expression(source, ast, call, names, frozenset(resource_refs(ast)))
+    subscripts = [ast] if isinstance(ast, nodes.Getitem) else []
+    subscripts += list(ast.find_all(nodes.Getitem))
+    numbered = any(not isinstance(getattr(n.arg, "value", None), str) for n in subscripts)
+    plain = tuple(path) if path is not None and not numbered else None  # `a[0]` is left to jinja2
+    return Expression(source, ast, call, names, frozenset(resource_refs(ast)), plain)
 
 
 def parse(text: str) -> Parsed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trellis_core.errors import TrellisError
+from trellis_templates import expressions
 from trellis_templates.errors import ExpressionError
 from trellis_templates.expressions import condition_holds, is_late, output_references, render, render_late
 
@@ -122,3 +123,38 @@ def test_conditions_decide_by_truthiness_of_the_rendered_value() -> None:
     assert condition_holds("$(response.status < 300)$", names)
     assert not condition_holds("$(response.json.ready)$", names)
     assert condition_holds("$(exit_code == 0)$", names)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$(resource.vpc.output.id.value)$", "vpc-1"),  # a plain path: looked up directly
+        ('$(resource["vpc"].output.id.value)$', "vpc-1"),
+        ("$(resource.vpc.output.list.value[0])$", "a"),  # an index: jinja2
+        ('$(numbered["0"])$', "zero"),
+    ],
+)
+def test_a_plain_path_renders_as_jinja2_would(text: str, expected: object) -> None:
+    scope = {"resource": {"vpc": {"output": {"id": {"value": "vpc-1"}, "list": {"value": ["a"]}}}},
+             "numbered": {"0": "zero"}}
+    assert expressions.render(text, scope) == expected
+
+
+def test_a_key_named_like_a_mapping_method_reads_as_the_sandbox_reads_it() -> None:
+    # The shortcut leaves `output.items` to jinja2's sandbox, which reads the key.
+    assert expressions.render("$(output.items)$", {"output": {"items": "the key"}}) == "the key"
+
+
+def test_a_number_index_on_a_mapping_is_not_taken_for_its_string_key() -> None:
+    with pytest.raises(ExpressionError):
+        expressions.render("$(numbered[0])$", {"numbered": {"0": "zero"}})
+
+
+def test_a_plain_path_result_is_a_copy_within_the_value_budget() -> None:
+    outputs = {"value": {"nested": ["x"]}}
+    got = expressions.render("$(out.value)$", {"out": outputs})
+    assert got == {"nested": ["x"]}
+    got["nested"].append("y")
+    assert outputs == {"value": {"nested": ["x"]}}
+    with pytest.raises(ExpressionError, match="budget exceeded"):
+        expressions.render("$(out.big)$", {"out": {"big": "x" * (expressions.MAX_OUTPUT + 1)}})
