@@ -17,10 +17,12 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 
+from trellis_core.errors import TrellisError
+
 T = TypeVar("T")
 
 
-class PermanentError(Exception):
+class PermanentError(TrellisError):
     """Raised by a handler for a message that can never succeed: dead-letter it at once."""
 
 

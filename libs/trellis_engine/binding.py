@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from trellis_core.errors import TrellisError
 from trellis_core.workflow import Activity
 from trellis_engine.state import RunState
 
@@ -48,7 +49,7 @@ def late_scope(run: RunState, activity: Activity) -> dict[str, Any]:
     return scope
 
 
-class RenderError(Exception):
+class RenderError(TrellisError):
     """A late-bound expression could not be rendered; the message says where and why."""
 
 

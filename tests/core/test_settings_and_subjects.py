@@ -103,3 +103,13 @@ def test_a_message_must_name_the_tenant_and_run_of_its_subject() -> None:
     assert "names run 'r2'" in subjects.subject_mismatch(subject, "acme", "r2")
     assert subjects.subject_mismatch(subjects.runs_requested("acme"), "acme") == ""
     assert "not a Trellis subject" in subjects.subject_mismatch("other.acme.x", "acme")
+
+
+def test_every_trellis_exception_shares_one_root() -> None:
+    from trellis_agent.executors.docker import DockerError
+    from trellis_core.consume import PermanentError
+    from trellis_core.errors import BusUnavailable, ConfigError, TrellisError
+    from trellis_engine.binding import RenderError
+
+    for error in (PermanentError, RenderError, DockerError, ConfigError, BusUnavailable):
+        assert issubclass(error, TrellisError), error

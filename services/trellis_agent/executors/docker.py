@@ -34,6 +34,7 @@ from trellis_agent.executors.base import (
 )
 from trellis_agent.executors.process import finish
 from trellis_agent.sink import LogStream
+from trellis_core.errors import TrellisError
 from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec
 
@@ -42,7 +43,9 @@ API_TIMEOUT_SECONDS = 60.0  # any one short API call
 _STREAMS: dict[int, LogStream] = {1: "stdout", 2: "stderr"}
 
 
-class DockerError(Exception):
+class DockerError(TrellisError):
+    """The Docker Engine API answered with an error status; `message` is its own text."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
