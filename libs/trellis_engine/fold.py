@@ -3,8 +3,6 @@ stale attempts change nothing, so the stream can be replayed over a snapshot at 
 
 from __future__ import annotations
 
-from typing import Any
-
 from trellis_core.events import (
     ActivityCancelled,
     ActivityCompleted,
@@ -123,19 +121,37 @@ def _activity_event(st: SchedulerState, run: RunState, event: ActivityEvent) -> 
     if a.status in ("pending", "ready"):  # caught up above
         set_status(st, run, i, "dispatched")
     t = event.occurred_at.timestamp()
-    handler = _HANDLERS.get(type(event))
-    if handler is not None:
-        handler(st, run, i, event, t)
+    match event:
+        case ActivityDispatched():
+            _dispatched(run, i, event)
+        case ActivityStarted():
+            _started(st, run, i, event, t)
+        case ActivityHeartbeat():
+            run.acts[i].last_seen = max(run.acts[i].last_seen, t)
+        case ActivityCompleted():
+            _completed(st, run, i, event, t)
+        case ActivityFailed():
+            fail_attempt(st, run, i, t, event.reason, retryable=event.retryable, timed_out=event.timed_out)
+        case ActivityTimedOut():
+            reason = f"timed out after {event.timeout_seconds:g}s"
+            fail_attempt(st, run, i, t, reason, retryable=True, timed_out=True)
+        case ActivityCancelled():
+            finish(st, run, i, "cancelled", t, event.reason or "cancelled")
+        case ActivityLost():
+            _lost(st, run, i, event, t)
+        case ApprovalRequested():
+            if run.acts[i].status != "waiting":
+                set_status(st, run, i, "waiting")
+        case ApprovalDecided():
+            _approval_decided(st, run, i, event, t)
 
 
-def _dispatched(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityDispatched)
+def _dispatched(run: RunState, i: int, event: ActivityDispatched) -> None:
     if event.agent and not run.acts[i].agent:
         run.acts[i].agent = event.agent
 
 
-def _started(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityStarted)
+def _started(st: SchedulerState, run: RunState, i: int, event: ActivityStarted, t: float) -> None:
     a, activity = run.acts[i], run.activities[i]
     if a.status != "dispatched":
         return
@@ -149,13 +165,7 @@ def _started(st: SchedulerState, run: RunState, i: int, event: Any, t: float) ->
     st.add_timer(t + st.config.heartbeat_timeout_seconds, run.run_id, i, a.attempt, "heartbeat")
 
 
-def _heartbeat(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    a = run.acts[i]
-    a.last_seen = max(a.last_seen, t)
-
-
-def _completed(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityCompleted)
+def _completed(st: SchedulerState, run: RunState, i: int, event: ActivityCompleted, t: float) -> None:
     a, activity = run.acts[i], run.activities[i]
     if activity.kind == "approval":  # the notification went out: now wait for the decision
         if a.status != "waiting":
@@ -185,25 +195,8 @@ def fail_attempt(
     finish(st, run, i, "timed_out" if timed_out else "failed", t, reason)
 
 
-def _failed(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityFailed)
-    fail_attempt(st, run, i, t, event.reason, retryable=event.retryable, timed_out=event.timed_out)
-
-
-def _timed_out(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityTimedOut)
-    reason = f"timed out after {event.timeout_seconds:g}s"
-    fail_attempt(st, run, i, t, reason, retryable=True, timed_out=True)
-
-
-def _cancelled(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ActivityCancelled)
-    finish(st, run, i, "cancelled", t, event.reason or "cancelled")
-
-
-def _lost(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
+def _lost(st: SchedulerState, run: RunState, i: int, event: ActivityLost, t: float) -> None:
     """The agent stopped answering: run the attempt again elsewhere (a new attempt)."""
-    assert isinstance(event, ActivityLost)
     a, activity = run.acts[i], run.activities[i]
     if a.status not in IN_FLIGHT:
         return
@@ -237,31 +230,12 @@ def _requeue_behind_redone_dependencies(st: SchedulerState, run: RunState, i: in
     return True
 
 
-def _approval_requested(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    if run.acts[i].status != "waiting":
-        set_status(st, run, i, "waiting")
-
-
-def _approval_decided(st: SchedulerState, run: RunState, i: int, event: Any, t: float) -> None:
-    assert isinstance(event, ApprovalDecided)
+def _approval_decided(st: SchedulerState, run: RunState, i: int, event: ApprovalDecided, t: float) -> None:
     if event.decision == "approved":
         finish(st, run, i, "succeeded", t, f"approved by {event.decided_by or '?'}")
         return
     comment = f": {event.comment}" if event.comment else ""
     finish(st, run, i, "failed", t, f"rejected by {event.decided_by or '?'}{comment}")
 
-
-_HANDLERS: dict[type[Any], Any] = {
-    ActivityDispatched: _dispatched,
-    ActivityStarted: _started,
-    ActivityHeartbeat: _heartbeat,
-    ActivityCompleted: _completed,
-    ActivityFailed: _failed,
-    ActivityTimedOut: _timed_out,
-    ActivityCancelled: _cancelled,
-    ActivityLost: _lost,
-    ApprovalRequested: _approval_requested,
-    ApprovalDecided: _approval_decided,
-}
 
 __all__ = ["TERMINAL", "fail_attempt", "fold", "start_run"]
