@@ -105,7 +105,7 @@ class Scheduler:
         self.snapshot_interval = snapshot_interval
         self.render = render if render is not None else LATE
         self.lock = asyncio.Lock()
-        self.dirty: set[str] = set()
+        self.unsaved: set[str] = set()  # runs changed since their last snapshot (not SchedulerState.dirty)
         self.publisher = PipelinedPublisher(bus)
         self.wake_at: float | None = None
         self.wake_changed = asyncio.Event()
@@ -117,7 +117,7 @@ class Scheduler:
         await self.publisher.start()
         async with self.lock:
             live = await self.store.load_all(self.st, time.time(), tenant=self.tenant)
-            self.dirty.update(self.st.runs)
+            self.unsaved.update(self.st.runs)
             await self._step()
         log.info("scheduler_leading", runs=live, durable=self.durable)
         sub = await self._subscribe()
@@ -132,7 +132,7 @@ class Scheduler:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         async with self.lock:  # leave a fresh snapshot behind for whoever leads next
-            await self._save_dirty()
+            await self._save_unsaved()
         await self.publisher.close()
 
     async def _subscribe(self) -> Any:
@@ -211,7 +211,7 @@ class Scheduler:
         if created:
             run.compiled_seq = seq
         run.last_seq = seq
-        self.dirty.add(run.run_id)
+        self.unsaved.add(run.run_id)
         return Handled(), run.run_id if created else None
 
     async def _park(self, msg: Msg, reason: str) -> None:
@@ -231,32 +231,35 @@ class Scheduler:
         wake: float | None = None
         changed = False
         for cmd in cmds:
-            if isinstance(cmd, Dispatch):
-                self.dirty.add(cmd.run_id)
-                subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
-                item = cmd.work_item()
-                await self.publisher.publish(
-                    subject, encode(item), item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt)
-                )
-                log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
-            elif isinstance(cmd, PublishEvent):
-                event = cmd.event
-                self.dirty.add(event.run_id)
-                subject = subjects.run_event(event.tenant, event.run_id, event.kind)
-                await self.publisher.publish(subject, encode(event), event.msg_id())
-                if isinstance(event, RunCompleted):
-                    log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
-                    await self._remember_deploy(event)
-            elif isinstance(cmd, Cancel):
-                changed = await self._cancel(cmd) or changed
-            elif isinstance(cmd, ScheduleWake):
-                wake = cmd.at
+            match cmd:
+                case Dispatch():
+                    await self._dispatch(cmd)
+                case PublishEvent(event=event):
+                    self.unsaved.add(event.run_id)
+                    subject = subjects.run_event(event.tenant, event.run_id, event.kind)
+                    await self.publisher.publish(subject, encode(event), event.msg_id())
+                    if isinstance(event, RunCompleted):
+                        log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
+                        await self._remember_deploy(event)
+                case Cancel():
+                    changed = await self._cancel(cmd) or changed
+                case ScheduleWake(at=at):
+                    wake = at
         if wake != self.wake_at:
             self.wake_at = wake
             self.wake_changed.set()
         if len(self.publisher.pending) > 4096:
             await self.publisher.confirm()
         return changed
+
+    async def _dispatch(self, cmd: Dispatch) -> None:
+        self.unsaved.add(cmd.run_id)
+        subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
+        item = cmd.work_item()
+        await self.publisher.publish(
+            subject, encode(item), item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt)
+        )
+        log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
 
     async def _cancel(self, cmd: Cancel) -> bool:
         """Tell the pool's agents to stop the attempt, and withdraw its work item if no agent took
@@ -280,7 +283,7 @@ class Scheduler:
             reason=f"withdrawn before an agent took it ({cmd.reason})" if cmd.reason else "withdrawn",
         )
         fold(self.st, event)
-        self.dirty.add(cmd.run_id)
+        self.unsaved.add(cmd.run_id)
         subject = subjects.run_event(event.tenant, event.run_id, event.kind)
         await self.publisher.publish(subject, encode(event), event.msg_id())
         return True
@@ -294,12 +297,12 @@ class Scheduler:
             record = DeployRecord(outputs=event.outputs, variables=run.workflow.requested_variables)
         await self.store.remember_environment(run.tenant, run.environment, record)
 
-    async def _save_dirty(self) -> None:
-        if not self.dirty or self.store is None:
+    async def _save_unsaved(self) -> None:
+        if not self.unsaved or self.store is None:
             return
         await self.publisher.confirm()
-        dirty, self.dirty = self.dirty, set()
-        for run_id in sorted(dirty):
+        unsaved, self.unsaved = self.unsaved, set()
+        for run_id in sorted(unsaved):
             run = self.st.runs.get(run_id)
             if run is None:
                 continue
@@ -314,7 +317,7 @@ class Scheduler:
                 await asyncio.wait_for(stop.wait(), timeout=self.snapshot_interval)
             async with self.lock:
                 try:
-                    await self._save_dirty()
+                    await self._save_unsaved()
                 except (nats.errors.Error, TimeoutError) as exc:
                     log.warning("snapshot_failed", error=repr(exc))
 
