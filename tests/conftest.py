@@ -1,4 +1,7 @@
-"""Session fixtures: a real nats-server and a real PostgreSQL on free ports in temp dirs."""
+"""Session fixtures: a real nats-server on a free port in a temp dir, and the test data dirs.
+
+No service keeps state in PostgreSQL yet: the embedded PostgreSQL is started by the tests of
+`trellis dev up` and of the embedded servers (tests/cli/test_dev_up.py, tests/core/test_embedded_servers.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from trellis_core.bus import Bus
-from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
+from trellis_core.embedded import EmbeddedNats
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
@@ -48,14 +51,6 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 @pytest.fixture(scope="session")
 def nats_url(nats_server: EmbeddedNats) -> str:
     return nats_server.url
-
-
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), durable=False)
-    url = server.start()
-    yield url
-    server.stop()
 
 
 @pytest.fixture(scope="session")
