@@ -28,7 +28,7 @@ from trellis_engine.backoff import backoff_seconds
 from trellis_engine.bounds import workflow_problems
 from trellis_engine.graph import build_run
 from trellis_engine.state import ACTIVE, IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import finish, promote_if_unblocked, recount, reset_workspace, set_status
+from trellis_engine.transitions import close_run, finish, recount, reset_workspace, set_status, start_run
 
 
 def fold(st: SchedulerState, event: Event) -> SchedulerState:
@@ -54,22 +54,8 @@ def fold(st: SchedulerState, event: Event) -> SchedulerState:
             run.cancel_requested = True
             run.cancel_reason = event.reason or f"cancelled by {event.requested_by or 'request'}"
     elif isinstance(event, RunCompleted):
-        from trellis_engine.runs import complete_run  # a cycle only at import time
-
-        complete_run(st, run, event.occurred_at.timestamp(), None, status=event.status)
+        close_run(st, run, event.occurred_at.timestamp(), event.status)
     return st
-
-
-def start_run(st: SchedulerState, run: RunState, now: float) -> None:
-    """The run holds its environment: its root activities become ready."""
-    run.status = "running"
-    run.started_at = now
-    if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
-        previous = st.env_outputs.get(run.env_key, {})
-        run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
-    for i, a in enumerate(run.acts):
-        if a.status == "pending" and a.unfinished == 0:
-            promote_if_unblocked(st, run, i, now)
 
 
 def _compiled(st: SchedulerState, event: RunCompiled) -> None:
@@ -238,4 +224,4 @@ def _approval_decided(st: SchedulerState, run: RunState, i: int, event: Approval
     finish(st, run, i, "failed", t, f"rejected by {event.decided_by or '?'}{comment}")
 
 
-__all__ = ["TERMINAL", "fail_attempt", "fold", "start_run"]
+__all__ = ["TERMINAL", "fail_attempt", "fold"]

@@ -4,6 +4,7 @@ limits, cancel, and complete. Each emits the events the scheduler itself is the 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -26,9 +27,8 @@ from trellis_engine.binding import (
     skip_condition_holds,
 )
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
-from trellis_engine.fold import start_run
-from trellis_engine.state import IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import finish, set_status
+from trellis_engine.state import IN_FLIGHT, TERMINAL_RUN, RunState, SchedulerState
+from trellis_engine.transitions import close_run, finish, set_status, start_run
 
 
 def stamp(now: float, key: str) -> dict[str, Any]:
@@ -102,8 +102,6 @@ def _pool(run: RunState, i: int) -> str:
 
 
 def dispatch_ready(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:
-    import heapq
-
     while run.ready:
         if not limits.run_has_slot(st, run):
             return
@@ -193,29 +191,10 @@ def complete_run(
     cmds: list[Command] | None,
     status: TerminalRunStatus | None = None,
 ) -> None:
-    """The run is over: record its status, free its environment, announce it (if `cmds`)."""
-    if run.status in TERMINAL_RUN:
-        return
+    """The run is over: close it (transitions.close_run) and announce it (if `cmds`)."""
+    status = close_run(st, run, now, status)
     if status is None:
-        status = "cancelled" if run.cancel_requested else "failed" if run.failed else "succeeded"
-    if run.remaining:  # never started, or completed by a replayed RunCompleted ahead of `decide`
-        for i, a in enumerate(run.acts):
-            if a.status not in TERMINAL:
-                set_status(st, run, i, "skipped")
-                a.skip_kind = "cancel" if run.cancel_requested else "upstream"
-                a.reason = run.cancel_reason or run.message
-    run.status = status
-    run.finished_at = now
-    limits.release(st, run)
-    if status == "succeeded" and run.action == "deploy":
-        st.deployed.add(run.env_key)
-        st.env_outputs[run.env_key] = run.outputs
-    elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
-        st.deployed.discard(run.env_key)
-        st.env_outputs.pop(run.env_key, None)
-    starved = st.starved.get(run.tenant)
-    if starved:
-        starved.discard(run.run_id)
+        return
     if cmds is not None:
         message = run.message if status == "failed" else run.cancel_reason if status == "cancelled" else ""
         outputs = run.outputs if run.action == "deploy" else {}  # a destroyed environment has none

@@ -1,4 +1,5 @@
-"""Activity status changes and what they ripple into: slot counts, dependents' counters, skips.
+"""Status changes and what they ripple into: slot counts, dependents' counters, skips; and a
+run's start and close (both fold and decide use them, so they live here, below both).
 
 Every status change goes through `set_status` so the per-run and per-tenant in-flight counts and
 the run's count of unfinished activities stay exact. Propagation uses a work list, not
@@ -7,11 +8,14 @@ recursion, so a 500-long chain of skips cannot overflow the stack.
 
 from __future__ import annotations
 
+from trellis_core.events import TerminalRunStatus
+from trellis_engine import limits
 from trellis_engine.state import (
     ACTIVE,
     IN_FLIGHT,
     NO_OP_SKIPS,
     TERMINAL,
+    TERMINAL_RUN,
     ActivityStatus,
     RunState,
     SchedulerState,
@@ -160,3 +164,45 @@ def reset_workspace(st: SchedulerState, run: RunState, workspace: str, lost_agen
         recount(run, k)
     for k in sorted(touched):
         promote_if_unblocked(st, run, k, now)
+
+
+def start_run(st: SchedulerState, run: RunState, now: float) -> None:
+    """The run holds its environment: its root activities become ready."""
+    run.status = "running"
+    run.started_at = now
+    if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
+        previous = st.env_outputs.get(run.env_key, {})
+        run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
+    for i, a in enumerate(run.acts):
+        if a.status == "pending" and a.unfinished == 0:
+            promote_if_unblocked(st, run, i, now)
+
+
+def close_run(
+    st: SchedulerState, run: RunState, now: float, status: TerminalRunStatus | None = None
+) -> TerminalRunStatus | None:
+    """The run is over: record its status, skip what never ran, free its environment and
+    remember a deploy's outputs (a destroy's end forgets them). None if it had ended already."""
+    if run.status in TERMINAL_RUN:
+        return None
+    if status is None:
+        status = "cancelled" if run.cancel_requested else "failed" if run.failed else "succeeded"
+    if run.remaining:  # never started, or completed by a replayed RunCompleted ahead of `decide`
+        for i, a in enumerate(run.acts):
+            if a.status not in TERMINAL:
+                set_status(st, run, i, "skipped")
+                a.skip_kind = "cancel" if run.cancel_requested else "upstream"
+                a.reason = run.cancel_reason or run.message
+    run.status = status
+    run.finished_at = now
+    limits.release(st, run)
+    if status == "succeeded" and run.action == "deploy":
+        st.deployed.add(run.env_key)
+        st.env_outputs[run.env_key] = run.outputs
+    elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
+        st.deployed.discard(run.env_key)
+        st.env_outputs.pop(run.env_key, None)
+    starved = st.starved.get(run.tenant)
+    if starved:
+        starved.discard(run.run_id)
+    return status

@@ -25,6 +25,7 @@ from trellis_core.consume import decode_error
 from trellis_core.events import RunCompiled, decode_run_event
 from trellis_core.logs import get_logger
 from trellis_engine.bounds import refusal
+from trellis_engine.fold import fold
 from trellis_engine.graph import restore, snapshot
 from trellis_engine.recovery import adopt
 from trellis_engine.state import TERMINAL_RUN, RunSnapshot, RunState, SchedulerState
@@ -193,8 +194,6 @@ class SnapshotStore:
 def _replay_one(st: SchedulerState, msg: Msg, seq: int) -> int:
     """Fold one stored event; 1 if it was folded. The leader that first saw it dead-lettered
     it if it was bad, so here it is only skipped."""
-    from trellis_engine.decide import fold
-
     try:
         event = decode_run_event(msg.data)
         if subjects.subject_mismatch(msg.subject, event.tenant, event.run_id) or refusal(event):
