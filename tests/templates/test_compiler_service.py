@@ -108,3 +108,28 @@ async def test_a_request_with_a_misspelt_variable_is_rejected_naming_it(
     assert [(e.message, e.hint, e.severity) for e in rejected.errors] == [
         ("run variable 'notfy_url' is not declared by any template", 'did you mean "notify_url"?', "error")
     ]
+
+
+async def test_a_bug_inside_the_compiler_rejects_that_run_and_the_service_goes_on(
+    bus: Bus, compiler: None, run_events: asyncio.Queue[RunEvent], unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trellis_compiler.service as service
+
+    real = service.compile_sources
+
+    def crash_on_run_1(*args: object, **kwargs: object) -> object:
+        if kwargs.get("run_id") == f"{unique}-crash":
+            raise KeyError("an internal bug")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    # run ids of their own: the stream's dedupe window knows "run-1/request" from the tests above
+    monkeypatch.setattr(service, "compile_sources", crash_on_run_1)  # fault injection: no such bug is known
+    await request(bus, unique, f"{unique}-crash", DEMO.read_text(), notify_url="http://127.0.0.1:1/hook")
+    rejected = await asyncio.wait_for(run_events.get(), TIMEOUT)
+    assert isinstance(rejected, RunRejected)
+    assert [e.message for e in rejected.errors] == ["internal compiler error: KeyError('an internal bug')"]
+
+    await request(bus, unique, f"{unique}-next", DEMO.read_text(), notify_url="http://127.0.0.1:1/hook")
+    compiled = await asyncio.wait_for(run_events.get(), TIMEOUT)
+    assert isinstance(compiled, RunCompiled)
+    assert compiled.run_id == f"{unique}-next"
