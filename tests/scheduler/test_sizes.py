@@ -5,6 +5,7 @@ workflow over the limit is rejected, and the publisher never retries what can ne
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,15 +20,17 @@ from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_compiler.service import serve as serve_compiler
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, put_workflow
 from trellis_core.events import (
     ActivityCompleted,
     ActivityFailed,
+    ActivityStarted,
     RunCompiled,
     RunRejected,
     RunRequested,
     SourceFile,
     WorkItem,
+    encode,
 )
 from trellis_core.ids import new_run_id
 from trellis_core.settings import MAX_OUTPUT_BYTES, WORKFLOW_INLINE_MAX_BYTES, Settings
@@ -165,6 +168,26 @@ async def test_a_600_kb_output_bound_twice_fails_the_next_activity_and_an_ordina
     assert size > 2 * BIG_OUTPUT
     assert not failed.retryable
     assert len(rec.of(ActivityFailed, large_id)) == 1  # failed once, never retried
+
+
+@pytest.mark.timeout(90)
+async def test_a_referenced_workflow_is_fetched_again_by_the_next_leader(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    full = workflow(sh("resource/a/apply", "sleep 1"), sh("resource/b/apply", "true", "resource/a/apply"), env="ref")
+    blob = encode(full)
+    digest = hashlib.sha256(blob).hexdigest()
+    await put_workflow(bus, digest, blob)
+    header = msgspec.structs.replace(full, activities=())
+    run_id = new_run_id()
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, unique):
+        async with running_scheduler(bus, settings, unique):
+            await bus.publish_event(RunCompiled(tenant=unique, run_id=run_id, workflow=header, workflow_ref=digest))
+            await rec.first(ActivityStarted, run_id, activity_id="resource/a/apply")
+        async with running_scheduler(bus, settings, unique):  # recovers the run from the store
+            done = await rec.completion(run_id, within=30)
+    assert done.status == "succeeded", done.message
+    assert {e.activity_id for e in rec.of(ActivityCompleted, run_id)} == {"resource/a/apply", "resource/b/apply"}
 
 
 @pytest.mark.timeout(120)
