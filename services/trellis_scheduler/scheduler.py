@@ -267,7 +267,7 @@ class Scheduler:
                 case PublishEvent(event=event):
                     self.unsaved.add(event.run_id)
                     subject = subjects.run_event(event.tenant, event.run_id, event.kind)
-                    await self.publisher.publish(subject, encode(event), event.msg_id())
+                    await self.publisher.publish(subject, self._encode_fitting(event), event.msg_id())
                     if isinstance(event, RunCompleted):
                         log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
                         await self._remember_deploy(event)
@@ -338,6 +338,18 @@ class Scheduler:
         await self.publisher.publish(subject, encode(event), event.msg_id())
         return True
 
+    def _encode_fitting(self, event: RunEvent) -> bytes:
+        """The event encoded; a run.completed whose outputs make it too large for the bus goes
+        without them (each is in its activity's activity.completed), saying so."""
+        payload = encode(event)
+        limit = self.bus.nc.max_payload - HEADER_ROOM
+        if isinstance(event, RunCompleted) and len(payload) > limit:
+            note = f"the run's outputs are left out: with them run.completed is {len(payload)} bytes"
+            note += f", over the {limit}-byte limit"
+            message = f"{event.message}; {note}" if event.message else note
+            payload = encode(msgspec.structs.replace(event, outputs={}, message=message))
+        return payload
+
     async def _remember_deploy(self, event: RunCompleted) -> None:
         run = self.st.runs.get(event.run_id)
         if run is None or event.status != "succeeded" or self.store is None:
@@ -345,6 +357,9 @@ class Scheduler:
         record = None
         if run.action == "deploy":
             record = DeployRecord(outputs=event.outputs, variables=run.workflow.requested_variables)
+            if (size := len(encode(record))) > self.bus.nc.max_payload - HEADER_ROOM:
+                log.error("deploy_record_too_large", tenant=run.tenant, environment=run.environment, size=size)
+                return  # the previous record stays: a KV value is one bus message
         await self.store.remember_environment(run.tenant, run.environment, record)
 
     async def _save_unsaved(self) -> None:

@@ -171,6 +171,28 @@ async def test_a_600_kb_output_bound_twice_fails_the_next_activity_and_an_ordina
 
 
 @pytest.mark.timeout(90)
+async def test_outputs_too_large_for_one_run_completed_are_left_out_of_it_saying_so(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    two = workflow(
+        sh("resource/one/apply", f'{WRITE_BIG} > "$TRELLIS_OUTPUTS"', resource="one"),
+        sh("resource/two/apply", f'{WRITE_BIG} > "$TRELLIS_OUTPUTS"', resource="two"),
+        env="two-big",
+    )
+    async with (
+        recording(bus, unique) as rec,
+        running_scheduler(bus, settings, unique),
+        running_agent(bus, tmp_path, unique, concurrency=2),
+    ):
+        done = await rec.completion(await submit(bus, unique, two), within=60)
+        ordinary = await rec.completion(await submit(bus, unique, workflow(sh("apply", "true"))), within=30)
+    assert done.status == "succeeded"
+    assert done.outputs == {}
+    assert done.message.startswith("the run's outputs are left out: with them run.completed is ")
+    assert ordinary.status == "succeeded", ordinary.message
+
+
+@pytest.mark.timeout(90)
 async def test_a_referenced_workflow_is_fetched_again_by_the_next_leader(
     bus: Bus, settings: Settings, unique: str, tmp_path: Path
 ) -> None:
