@@ -68,7 +68,13 @@ FETCH_BATCH = 256
 FETCH_WAIT_SECONDS = 0.5
 MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is dead-lettered unread
 HEADER_ROOM = 1024  # of the bus's max_payload, kept for a work item's subject and headers
-_decode_compiled = msgspec.json.Decoder(RunCompiled).decode
+
+
+class _Ref(msgspec.Struct):
+    workflow_ref: str = ""  # of a run.compiled: the rest of it is skipped, not decoded
+
+
+_decode_ref = msgspec.json.Decoder(_Ref).decode
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -190,7 +196,7 @@ class Scheduler:
             if not msg.subject.endswith(".run.compiled"):
                 continue
             try:
-                ref = _decode_compiled(msg.data).workflow_ref
+                ref = _decode_ref(msg.data).workflow_ref
             except Exception:  # not only msgspec's errors; folding reports it
                 continue
             if ref and ref not in found:
