@@ -386,18 +386,23 @@ BUNDLES_TTL_SECONDS = 30 * _DAY  # as long as the run requests that carried them
 
 async def bundle_store(bus: Bus) -> ObjectStore:
     """The object store holding run bundles by digest, created on first use."""
+    what = "the files beside a run's templates, by digest"
+    return await _object_store(bus, BUNDLES_BUCKET, what, BUNDLES_TTL_SECONDS)
+
+
+async def _object_store(bus: Bus, bucket: str, description: str, ttl: float) -> ObjectStore:
     with contextlib.suppress(nats.js.errors.BucketNotFoundError):
-        return await bus.js.object_store(BUNDLES_BUCKET)
+        return await bus.js.object_store(bucket)
     config = js_api.ObjectStoreConfig(
-        description="the files beside a run's templates, by digest",
-        ttl=BUNDLES_TTL_SECONDS,
+        description=description,
+        ttl=ttl,
         storage=js_api.StorageType.FILE if bus.settings.stream_storage == "file" else js_api.StorageType.MEMORY,
         replicas=bus.settings.stream_replicas,
     )
     try:
-        return await bus.js.create_object_store(BUNDLES_BUCKET, config=config)
+        return await bus.js.create_object_store(bucket, config=config)
     except nats.js.errors.BadRequestError:  # another service created it first
-        return await bus.js.object_store(BUNDLES_BUCKET)
+        return await bus.js.object_store(bucket)
 
 
 async def put_bundle(bus: Bus, digest: str, blob: bytes) -> bool:
@@ -431,3 +436,36 @@ def _age_seconds(mtime: str) -> float:
     if written.tzinfo is None:
         written = written.replace(tzinfo=UTC)
     return (datetime.now(UTC) - written).total_seconds()
+
+
+# ---- the workflow object store: compiled workflows too large to travel inside run.compiled ---
+
+WORKFLOWS_BUCKET = "trellis_workflows"
+
+
+async def put_workflow(bus: Bus, digest: str, blob: bytes) -> bool:
+    """Store an encoded workflow under `digest` (as long as the events that name it are kept);
+    True if written, False if it was there already."""
+    ttl = bus.settings.events_max_age_days * _DAY
+    store = await _object_store(bus, WORKFLOWS_BUCKET, "compiled workflows named by run.compiled, by digest", ttl)
+    try:
+        await store.get_info(digest)
+        return False
+    except nats.js.errors.ObjectNotFoundError:
+        pass
+    await store.put(digest, blob)
+    return True
+
+
+async def get_workflow(js: JetStreamContext, digest: str, *, max_bytes: int) -> bytes | None:
+    """The encoded workflow stored under `digest`, or None if there is none or it is larger
+    than `max_bytes` (the store is written by the compiler, but read as input all the same)."""
+    try:
+        store = await js.object_store(WORKFLOWS_BUCKET)
+        info = await store.get_info(digest)
+        if (info.size or 0) > max_bytes:
+            return None
+        result = await store.get(digest)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.ObjectNotFoundError):
+        return None
+    return bytes(result.data or b"")

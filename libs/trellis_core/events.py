@@ -109,8 +109,12 @@ class RunRequested(Event, frozen=True, kw_only=True, tag="run.requested"):
 
 
 class RunCompiled(Event, frozen=True, kw_only=True, tag="run.compiled"):
+    """The compiled run. A large workflow is stored once in the workflow object store:
+    `workflow_ref` names it by digest and `workflow` holds only its header (no activities)."""
+
     workflow: Workflow
     requested_by: str = ""
+    workflow_ref: str = ""
 
 
 class RunRejected(Event, frozen=True, kw_only=True, tag="run.rejected"):

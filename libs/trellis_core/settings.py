@@ -18,6 +18,14 @@ T = TypeVar("T")
 MAX_BUNDLE_BYTES = 48 * 1024**2
 BUNDLE_RANGE = "must be greater than 0 and at most 48 MiB (raise the nats-server's max_payload with it)"
 
+# Sizes, chosen so that each message fits the 1 MiB max_payload of a default nats-server.
+# An activity's outputs travel in its activity.completed event, and on every later run.completed.
+MAX_OUTPUT_BYTES = 768 * 1024
+# A compiled workflow larger than this (encoded) is stored once in the workflow object store and
+# run.compiled names it by digest; a smaller one travels inside the event.
+WORKFLOW_INLINE_MAX_BYTES = 256 * 1024
+MAX_WORKFLOW_BYTES = 256 * 1024**2
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Start-up configuration. Field `x_y` comes from `TRELLIS_X_Y`."""
@@ -48,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # these defaults keep it under the 1 MiB max_payload of a default (and the embedded) nats-server.
     bundle_max_bytes: int = 512 * 1024
     bundle_file_max_bytes: int = 256 * 1024
+    # The largest compiled workflow (encoded JSON) the compiler accepts: larger runs are rejected.
+    workflow_max_bytes: int = 64 * 1024**2
     stack_wait_seconds: float = 3600.0  # how long to wait for another embedded stack on data_dir to stop
 
     @classmethod
@@ -97,6 +107,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "bundle_file_max_bytes",
                 0 < self.bundle_file_max_bytes <= self.bundle_max_bytes,
                 "must be greater than 0 and at most TRELLIS_BUNDLE_MAX_BYTES",
+            ),
+            (
+                "workflow_max_bytes",
+                0 < self.workflow_max_bytes <= MAX_WORKFLOW_BYTES,
+                "must be greater than 0 and at most 256 MiB",
             ),
             ("stack_wait_seconds", self.stack_wait_seconds > 0, "must be greater than 0"),
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),

@@ -5,7 +5,8 @@ the terminal event is published after that ack and after the last log chunk, so 
 sees an activity finish has seen it start and already has all of its output. A cancel command
 cancels the executor (it cleans up) and ends the attempt as cancelled; a shutdown cancel ends
 it as a retryable failure, so the scheduler runs a new attempt (with fresh event identities)
-elsewhere.
+elsewhere. Outputs over MAX_OUTPUT_BYTES (encoded) fail the attempt, saying so: they could not
+travel in its activity.completed event, nor in the run's run.completed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trellis_core.events import (
     WorkItem,
 )
 from trellis_core.logs import get_logger
+from trellis_core.settings import MAX_OUTPUT_BYTES
 
 log = get_logger("agent")
 
@@ -173,6 +175,9 @@ class ActivityRun:
             return ActivityFailed(reason=self._cancel_reason or "", retryable=True, **fields)
         if outcome is None:
             return ActivityCancelled(reason=self._cancel_reason or "", **fields)
+        if outcome.ok and (size := len(msgspec.json.encode(outcome.outputs))) > MAX_OUTPUT_BYTES:
+            reason = f"the activity's outputs are {size} bytes, over the {MAX_OUTPUT_BYTES}-byte limit"
+            return ActivityFailed(reason=reason, exit_code=outcome.exit_code, retryable=False, **fields)
         if outcome.ok:
             return ActivityCompleted(outputs=outcome.outputs, exit_code=outcome.exit_code, **fields)
         return ActivityFailed(

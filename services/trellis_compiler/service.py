@@ -6,19 +6,23 @@ The files beside the templates are stored once, by digest, in the bundle object 
 every activity of the compiled run names that digest for the agents.
 A destroy compiles with the variables of the environment's last successful deploy (as the
 scheduler recorded it), overridden by those the destroy request gives.
+A compiled workflow larger than WORKFLOW_INLINE_MAX_BYTES is stored once, by digest, in the
+workflow object store and `run.compiled` names it; one over TRELLIS_WORKFLOW_MAX_BYTES is rejected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import msgspec
 import nats.js.errors
 
 from trellis_core import subjects
-from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle
-from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, pack_bundle
+from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
+from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, encode, pack_bundle
 from trellis_core.logs import get_logger
+from trellis_core.settings import WORKFLOW_INLINE_MAX_BYTES
 from trellis_scheduler.store import DeployRecord, last_deploy
 from trellis_templates.bundle import file_problems
 from trellis_templates.compiler import CompileResult, compile_sources
@@ -109,6 +113,8 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
     result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
     result = await attach_files(bus, request, result)
     event = outcome(request, result, no_deploy_note(request, record))
+    if isinstance(event, RunCompiled):
+        event = await by_reference(bus, event)
     await delivery.in_progress()
     await bus.publish_event(event)  # its msg id dedupes a republish after a redelivery
     if isinstance(event, RunCompiled):
@@ -116,11 +122,32 @@ async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_r
             "run_compiled",
             tenant=request.tenant,
             run=request.run_id,
-            activities=len(event.workflow.activities),
+            activities=len(result.workflow.activities) if result.workflow is not None else 0,
+            workflow_ref=event.workflow_ref,
             warnings=len(result.warnings),
         )
     else:
         log.info("run_rejected", tenant=request.tenant, run=request.run_id, errors=len(event.errors))
+
+
+async def by_reference(bus: Bus, event: RunCompiled) -> RunCompiled | RunRejected:
+    """The event as published: its workflow inline when small, else stored once and named by
+    digest (the event keeps the workflow's header); a rejection when it is over the limit."""
+    blob = encode(event.workflow)
+    limit = bus.settings.workflow_max_bytes
+    if len(blob) > limit:
+        why = (
+            f"the compiled workflow is {len(blob)} bytes, over the {limit}-byte limit "
+            f"(TRELLIS_WORKFLOW_MAX_BYTES; it has {len(event.workflow.activities)} activities)"
+        )
+        return RunRejected(tenant=event.tenant, run_id=event.run_id, errors=(Problem(message=why),))
+    if len(blob) <= min(WORKFLOW_INLINE_MAX_BYTES, bus.nc.max_payload // 2):  # a server may allow less
+        return event
+    digest = hashlib.sha256(blob).hexdigest()
+    written = await put_workflow(bus, digest, blob)
+    log.info("workflow_stored" if written else "workflow_known", run=event.run_id, workflow=digest, size=len(blob))
+    header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={})
+    return msgspec.structs.replace(event, workflow=header, workflow_ref=digest)
 
 
 async def _last_deploy(bus: Bus, request: RunRequested) -> DeployRecord | None:

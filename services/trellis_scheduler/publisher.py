@@ -3,7 +3,9 @@
 `Bus.publish` waits for each ack in turn: correct, but a round trip per message. The scheduler
 sends two messages per dispatch, so it sends them all at once and, before a snapshot that
 depends on them, waits until every one is stored (re-sending through `Bus.publish`, with the
-same dedupe id, whatever was refused or never answered).
+same dedupe id, whatever was refused or never answered). A message larger than the bus's
+max_payload can never be sent: that publish fails for good (logged, and counted in
+`too_large`), it is never retried.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class PipelinedPublisher:
         self.settled = asyncio.Event()
         self.settled.set()
         self._seq = 0
+        self.too_large = 0  # publishes given up because the message is over the bus's max_payload
         self._sub: object | None = None
         self._tracked: dict[str, Hashable] = {}
         # key -> stream sequence of stored messages that may be withdrawn (work items)
@@ -52,8 +55,12 @@ class PipelinedPublisher:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str, *, track: Hashable = None) -> None:
-        """Send; with a `track` key, remember where the message is stored (`stored[key]`)."""
+    async def publish(self, subject: str, payload: bytes, msg_id: str, *, track: Hashable = None) -> bool:
+        """Send; with a `track` key, remember where the message is stored (`stored[key]`).
+        False if the message is too large for the bus (then it is dropped, never retried)."""
+        if len(payload) > self.bus.nc.max_payload:
+            self._give_up(subject, msg_id, len(payload))
+            return False
         self._seq += 1
         token = str(self._seq)
         if track is not None:
@@ -62,8 +69,20 @@ class PipelinedPublisher:
         self.settled.clear()
         try:
             await self.bus.nc.publish(subject, payload, reply=f"{self.prefix}.{token}", headers={"Nats-Msg-Id": msg_id})
+        except nats.errors.MaxPayloadError:
+            self.pending.pop(token)
+            self._tracked.pop(msg_id, None)
+            self._give_up(subject, msg_id, len(payload))
+            if not self.pending:
+                self.settled.set()
+            return False
         except nats.errors.Error:
             self.refused.append(self.pending.pop(token))
+        return True
+
+    def _give_up(self, subject: str, msg_id: str, size: int) -> None:
+        self.too_large += 1
+        log.error("publish_too_large", subject=subject, msg_id=msg_id, size=size, max_payload=self.bus.nc.max_payload)
 
     async def _on_ack(self, msg: Msg) -> None:
         item = self.pending.pop(msg.subject.rpartition(".")[2], None)
@@ -96,6 +115,9 @@ class PipelinedPublisher:
         while True:
             try:
                 await self.bus.publish(subject, payload, msg_id=msg_id)
+                return
+            except nats.errors.MaxPayloadError:
+                self._give_up(subject, msg_id, len(payload))
                 return
             except (nats.errors.Error, TimeoutError) as exc:
                 log.warning("publish_retry", subject=subject, error=repr(exc), retry_in=delay)

@@ -1,9 +1,11 @@
 """The scheduler while it leads: feed run events to the engine, carry out its commands.
 
-Events arrive in batches from a durable pull consumer (the bus's fetch loop); the batch is
-folded, `decide` runs once, its commands are published (pipelined: every publish is confirmed
+Events arrive in batches from a durable pull consumer (the bus's fetch loop); a large workflow
+that a run.compiled names by digest is fetched from the workflow store before the lock is taken,
+then the batch is folded, `decide` runs once, its commands are published (pipelined: every publish is confirmed
 before the next snapshot), then the batch is acked. An event that cannot be decoded, that the
-engine's bounds refuse, or that cannot be folded is dead-lettered, and the batch goes on.
+engine's bounds refuse, or that cannot be folded is dead-lettered, and the batch goes on. A work
+item too large for the bus fails its activity, with its size and the limit, instead of going out.
 Snapshots are written a few times a second for the runs that changed; a run's first snapshot
 is written before its RunCompiled is acked, so every run is found again after a crash, and the
 events after its snapshot are replayed from the stream.
@@ -16,6 +18,7 @@ import contextlib
 import time
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -39,6 +42,7 @@ from trellis_core.consume import (
 )
 from trellis_core.events import (
     ActivityCancelled,
+    ActivityFailed,
     RunCompiled,
     RunCompleted,
     RunEvent,
@@ -47,6 +51,7 @@ from trellis_core.events import (
 )
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
+from trellis_core.workflow import Workflow
 from trellis_engine.binding import Renderer
 from trellis_engine.bounds import refusal
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent, ScheduleWake
@@ -55,13 +60,21 @@ from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key
+from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key, stored_workflow
 from trellis_templates.expressions import LATE
 
 log = get_logger("scheduler")
 FETCH_BATCH = 256
 FETCH_WAIT_SECONDS = 0.5
 MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is dead-lettered unread
+HEADER_ROOM = 1024  # of the bus's max_payload, kept for a work item's subject and headers
+
+
+class _Ref(msgspec.Struct):
+    workflow_ref: str = ""  # of a run.compiled: the rest of it is skipped, not decoded
+
+
+_decode_ref = msgspec.json.Decoder(_Ref).decode
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -162,8 +175,9 @@ class Scheduler:
 
     async def _on_batch(self, msgs: list[Msg], _owned: int) -> None:
         """Fold the batch, decide once, then ack its last message (so all of it)."""
+        workflows = await self._stored_workflows(msgs)
         async with self.lock:
-            new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg)) is not None]
+            new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg, workflows)) is not None]
             await self._step()
             if new_runs:  # a run is acked only once it can be found again after a crash
                 await self.publisher.confirm()
@@ -174,7 +188,22 @@ class Scheduler:
         with contextlib.suppress(nats.errors.Error):
             await msgs[-1].ack()
 
-    async def _fold(self, msg: Msg) -> str | None:
+    async def _stored_workflows(self, msgs: list[Msg]) -> dict[str, Workflow | str]:
+        """The workflows the batch's run.compiled events name by digest (or why one cannot be
+        had), fetched before the lock is taken: one fetch per large run."""
+        found: dict[str, Workflow | str] = {}
+        for msg in msgs:
+            if not msg.subject.endswith(".run.compiled"):
+                continue
+            try:
+                ref = _decode_ref(msg.data).workflow_ref
+            except Exception:  # not only msgspec's errors; folding reports it
+                continue
+            if ref and ref not in found:
+                found[ref] = await stored_workflow(self.bus.js, ref)
+        return found
+
+    async def _fold(self, msg: Msg, workflows: dict[str, Workflow | str]) -> str | None:
         """Fold one message; the run id if it created a run. One that is delivered too often,
         cannot be decoded or folded is dead-lettered, and the batch goes on without it (its
         delivery is settled by the batch's ack: terminating it would ack those before it too)."""
@@ -182,13 +211,15 @@ class Scheduler:
         choice: Choice | None = admit(meta.num_delivered, MAX_DELIVER)
         created: str | None = None
         if choice is None:
-            outcome, created = self._apply(msg.data, msg.subject, meta.sequence.stream)
+            outcome, created = self._apply(msg.data, msg.subject, meta.sequence.stream, workflows)
             choice = choose(meta.num_delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
         if isinstance(choice, Park):
             await carry_out(msg, choice, park=self._park, log=log)
         return created
 
-    def _apply(self, data: bytes, subject: str, seq: int) -> tuple[Outcome, str | None]:
+    def _apply(
+        self, data: bytes, subject: str, seq: int, workflows: dict[str, Workflow | str]
+    ) -> tuple[Outcome, str | None]:
         """Decode, check and fold one event; what came of it, and the run id if it created a run."""
         try:
             event: RunEvent = decode_run_event(data)
@@ -199,6 +230,11 @@ class Scheduler:
         run = self.st.runs.get(event.run_id)
         if (run is not None and seq <= run.last_seq) or event.run_id in self.st.finished:
             return Handled(), None
+        if isinstance(event, RunCompiled) and event.workflow_ref:
+            workflow = workflows.get(event.workflow_ref, "its workflow was not fetched")
+            if isinstance(workflow, str):
+                return Rejected(workflow), None
+            event = msgspec.structs.replace(event, workflow=workflow)
         created = isinstance(event, RunCompiled) and run is None
         try:
             fold(self.st, event)
@@ -233,11 +269,11 @@ class Scheduler:
         for cmd in cmds:
             match cmd:
                 case Dispatch():
-                    await self._dispatch(cmd)
+                    changed = not await self._dispatch(cmd) or changed
                 case PublishEvent(event=event):
                     self.unsaved.add(event.run_id)
                     subject = subjects.run_event(event.tenant, event.run_id, event.kind)
-                    await self.publisher.publish(subject, encode(event), event.msg_id())
+                    await self.publisher.publish(subject, self._encode_fitting(event), event.msg_id())
                     if isinstance(event, RunCompleted):
                         log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
                         await self._remember_deploy(event)
@@ -252,14 +288,34 @@ class Scheduler:
             await self.publisher.confirm()
         return changed
 
-    async def _dispatch(self, cmd: Dispatch) -> None:
+    async def _dispatch(self, cmd: Dispatch) -> bool:
+        """Send the work item; False if it is too large for the bus (its activity failed instead)."""
         self.unsaved.add(cmd.run_id)
         subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
         item = cmd.work_item()
-        await self.publisher.publish(
-            subject, encode(item), item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt)
-        )
+        payload = encode(item)
+        limit = self.bus.nc.max_payload - HEADER_ROOM
+        if len(payload) > limit:
+            await self._fail(cmd, f"work item is {len(payload)} bytes, over the {limit}-byte limit of the bus")
+            return False
+        await self.publisher.publish(subject, payload, item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt))
         log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
+        return True
+
+    async def _fail(self, cmd: Dispatch, reason: str) -> None:
+        """End the dispatched attempt as a failure that no retry can help."""
+        event = ActivityFailed(
+            tenant=cmd.tenant,
+            run_id=cmd.run_id,
+            activity_id=cmd.activity.id,
+            attempt=cmd.attempt,
+            reason=reason,
+            retryable=False,
+        )
+        log.warning("activity_undeliverable", run=cmd.run_id, activity=cmd.activity.id, reason=reason)
+        fold(self.st, event)
+        subject = subjects.run_event(event.tenant, event.run_id, event.kind)
+        await self.publisher.publish(subject, encode(event), event.msg_id())
 
     async def _cancel(self, cmd: Cancel) -> bool:
         """Tell the pool's agents to stop the attempt, and withdraw its work item if no agent took
@@ -288,6 +344,18 @@ class Scheduler:
         await self.publisher.publish(subject, encode(event), event.msg_id())
         return True
 
+    def _encode_fitting(self, event: RunEvent) -> bytes:
+        """The event encoded; a run.completed whose outputs make it too large for the bus goes
+        without them (each is in its activity's activity.completed), saying so."""
+        payload = encode(event)
+        limit = self.bus.nc.max_payload - HEADER_ROOM
+        if isinstance(event, RunCompleted) and len(payload) > limit:
+            note = f"the run's outputs are left out: with them run.completed is {len(payload)} bytes"
+            note += f", over the {limit}-byte limit"
+            message = f"{event.message}; {note}" if event.message else note
+            payload = encode(msgspec.structs.replace(event, outputs={}, message=message))
+        return payload
+
     async def _remember_deploy(self, event: RunCompleted) -> None:
         run = self.st.runs.get(event.run_id)
         if run is None or event.status != "succeeded" or self.store is None:
@@ -295,6 +363,9 @@ class Scheduler:
         record = None
         if run.action == "deploy":
             record = DeployRecord(outputs=event.outputs, variables=run.workflow.requested_variables)
+            if (size := len(encode(record))) > self.bus.nc.max_payload - HEADER_ROOM:
+                log.error("deploy_record_too_large", tenant=run.tenant, environment=run.environment, size=size)
+                return  # the previous record stays: a KV value is one bus message
         await self.store.remember_environment(run.tenant, run.environment, record)
 
     async def _save_unsaved(self) -> None:
