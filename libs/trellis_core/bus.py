@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ from nats.js.object_store import ObjectStore
 
 from trellis_core import subjects
 from trellis_core.consume import PermanentError as PermanentError  # handlers raise it
-from trellis_core.consume import Settling, Slots, fetch_loop, settle
+from trellis_core.consume import Settling, Slots, decode_error, fetch_loop, settle
 from trellis_core.errors import BusUnavailable, ConfigError
 from trellis_core.events import DeadLetter, Event, encode
 from trellis_core.logs import get_logger
-from trellis_core.settings import Settings
+from trellis_core.settings import MAX_WORKFLOW_BYTES, Settings
+from trellis_core.workflow import Workflow
 
 T = TypeVar("T")
 
@@ -469,3 +471,20 @@ async def get_workflow(js: JetStreamContext, digest: str, *, max_bytes: int) -> 
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.ObjectNotFoundError):
         return None
     return bytes(result.data or b"")
+
+
+_WORKFLOW_DECODER = msgspec.json.Decoder(Workflow)
+
+
+async def stored_workflow(js: JetStreamContext, digest: str) -> Workflow | str:
+    """The workflow a run.compiled names by `digest`, or why it cannot be had. Decoded off the
+    event loop: it may be tens of megabytes."""
+    blob = await get_workflow(js, digest, max_bytes=MAX_WORKFLOW_BYTES)
+    if blob is None:
+        return f"its workflow {digest!r} is not in the workflow store (or is over {MAX_WORKFLOW_BYTES} bytes)"
+    if hashlib.sha256(blob).hexdigest() != digest:
+        return f"its workflow {digest!r} in the workflow store does not match that digest"
+    try:
+        return await asyncio.to_thread(_WORKFLOW_DECODER.decode, blob)
+    except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
+        return f"its workflow {digest!r} is undecodable: {decode_error(exc)}"

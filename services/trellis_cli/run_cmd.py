@@ -26,9 +26,9 @@ from rich.console import Console
 from trellis_cli.run_progress import REFRESH_SECONDS, RunView, Screen, as_json, print_summary
 from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, stored_workflow
 from trellis_core.errors import ConfigError, TrellisError
-from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunEvent, RunRequested
+from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunCompiled, RunEvent, RunRequested
 from trellis_core.ids import new_run_id
 from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings, data_dir_help
@@ -247,6 +247,16 @@ async def _subscribed(
                 await asyncio.wait_for(sub.unsubscribe(), 1.0)
 
 
+async def _with_stored_workflow(bus: Bus, event: RunCompiled) -> RunCompiled:
+    """A large run's workflow is in the workflow store, referenced by digest: fetch it so the
+    view knows the activities (without it the run is still followed, as counts only)."""
+    workflow = await stored_workflow(bus.js, event.workflow_ref)
+    if isinstance(workflow, str):
+        log.warning("workflow_not_fetched", run=event.run_id, reason=workflow)
+        return event
+    return msgspec.structs.replace(event, workflow=workflow)
+
+
 async def _follow(
     bus: Bus,
     request: RunRequested,
@@ -290,6 +300,8 @@ async def _follow(
             continue
         answered = True
         while True:  # everything already queued, then one redraw
+            if isinstance(event, RunCompiled) and event.workflow_ref:
+                event = await _with_stored_workflow(bus, event)
             screen.apply(event)
             if view.finished or events.empty():
                 break

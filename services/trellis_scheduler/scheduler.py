@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, stored_workflow
 from trellis_core.consume import (
     Choice,
     Handled,
@@ -60,7 +60,7 @@ from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key, stored_workflow
+from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key
 from trellis_templates.expressions import LATE
 
 log = get_logger("scheduler")

@@ -9,9 +9,7 @@ whatever the snapshot already covered changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import zlib
 from typing import Any
 
@@ -24,12 +22,10 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from trellis_core import subjects
-from trellis_core.bus import get_workflow
+from trellis_core.bus import stored_workflow
 from trellis_core.consume import decode_error
 from trellis_core.events import RunCompiled, decode_run_event
 from trellis_core.logs import get_logger
-from trellis_core.settings import MAX_WORKFLOW_BYTES
-from trellis_core.workflow import Workflow
 from trellis_engine.bounds import refusal
 from trellis_engine.fold import fold
 from trellis_engine.graph import restore, snapshot
@@ -39,7 +35,6 @@ from trellis_engine.state import TERMINAL_RUN, RunSnapshot, RunState, SchedulerS
 log = get_logger("scheduler.store")
 _decode_snapshot = msgspec.json.Decoder(RunSnapshot).decode
 _decode_compiled = msgspec.json.Decoder(RunCompiled).decode
-_decode_workflow = msgspec.json.Decoder(Workflow).decode
 _encoder = msgspec.json.Encoder()
 
 
@@ -57,20 +52,6 @@ def decode_deploy_record(data: bytes) -> DeployRecord:
     if isinstance(raw, dict) and raw.get("version") == 2:  # an output map's values are never ints
         return msgspec.convert(raw, DeployRecord)
     return DeployRecord(outputs=msgspec.convert(raw, dict[str, dict[str, Any]]))
-
-
-async def stored_workflow(js: JetStreamContext, digest: str) -> Workflow | str:
-    """The workflow a run.compiled names by `digest`, or why it cannot be had. Decoded off the
-    event loop: it may be tens of megabytes."""
-    blob = await get_workflow(js, digest, max_bytes=MAX_WORKFLOW_BYTES)
-    if blob is None:
-        return f"its workflow {digest!r} is not in the workflow store (or is over {MAX_WORKFLOW_BYTES} bytes)"
-    if hashlib.sha256(blob).hexdigest() != digest:
-        return f"its workflow {digest!r} in the workflow store does not match that digest"
-    try:
-        return await asyncio.to_thread(_decode_workflow, blob)
-    except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
-        return f"its workflow {digest!r} is undecodable: {decode_error(exc)}"
 
 
 def run_key(tenant: str, run_id: str) -> str:

@@ -337,3 +337,16 @@ def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(tmp_path: Path) -> N
     assert "Traceback" not in err
     assert "Traceback" not in out
     assert " cancelled" in out
+
+
+def test_a_run_whose_workflow_travels_by_reference_is_shown_activity_by_activity(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from tree_templates import tree_templates
+
+    templates = tree_templates(tmp_path / "tree", 650)  # compiles to about 290 KB: over the inline limit
+    done = _trellis_run(tmp_path, str(templates), "--environment", "tree", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    assert len(document["activities"]) == 650
+    assert {a["status"] for a in document["activities"]} == {"succeeded"}
+    assert document["outputs"]["r649"]["id"]["value"] == "root" + "/x" * 10  # r649 is ten generations down

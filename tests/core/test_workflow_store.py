@@ -6,12 +6,11 @@ import hashlib
 
 import pytest
 
-from trellis_core.bus import Bus, get_workflow, put_workflow
+from trellis_core.bus import Bus, get_workflow, put_workflow, stored_workflow
 from trellis_core.errors import ConfigError
 from trellis_core.events import encode
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
-from trellis_scheduler.store import stored_workflow
 
 
 def a_workflow(unique: str) -> tuple[str, bytes]:

@@ -20,7 +20,7 @@ from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_compiler.service import serve as serve_compiler
 from trellis_core import subjects
-from trellis_core.bus import Bus, put_workflow
+from trellis_core.bus import Bus, put_workflow, stored_workflow
 from trellis_core.events import (
     ActivityCompleted,
     ActivityFailed,
@@ -37,7 +37,7 @@ from trellis_core.settings import MAX_OUTPUT_BYTES, WORKFLOW_INLINE_MAX_BYTES, S
 from trellis_core.workflow import Activity, ContainerSpec
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import run_key, stored_workflow
+from trellis_scheduler.store import run_key
 
 NODE = """\
 apiVersion: trellis.dev/v1
