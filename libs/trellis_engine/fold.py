@@ -73,9 +73,9 @@ def start_run(st: SchedulerState, run: RunState, now: float) -> None:
 
 
 def _compiled(st: SchedulerState, event: RunCompiled) -> None:
-    if event.run_id in st.runs or event.run_id in st.finished:
-        return
     at = event.occurred_at.timestamp()
+    if event.run_id in st.runs or not st.finished.admits(event.run_id, at):
+        return
     problems = workflow_problems(event.workflow)
     workflow = event.workflow
     if problems:
