@@ -243,7 +243,7 @@ class _Reader:
         ch = line[q]
         if ch in "'\"":
             return quoted(line, q)
-        if len(path) >= MAX_DEPTH:
+        if ch in "{[" and len(path) >= MAX_DEPTH:
             raise Unsupported("nested too deep")
         if ch == "{":
             return self.flow_mapping(line, q, i, path)
