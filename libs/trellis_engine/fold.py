@@ -59,9 +59,9 @@ def fold(st: SchedulerState, event: Event) -> SchedulerState:
 
 
 def _compiled(st: SchedulerState, event: RunCompiled) -> None:
-    if event.run_id in st.runs or event.run_id in st.finished:
-        return
     at = event.occurred_at.timestamp()
+    if event.run_id in st.runs or not st.finished.admits(event.run_id, at):
+        return
     problems = workflow_problems(event.workflow)
     workflow = event.workflow
     if problems:

@@ -9,7 +9,7 @@ from trellis_engine.state import ACTIVE, TERMINAL_RUN, RunState, SchedulerState
 def adopt(st: SchedulerState, run: RunState, now: float) -> None:
     """Register a run rebuilt from a snapshot (and events replayed over it)."""
     if run.status in TERMINAL_RUN:
-        st.finished.add(run.run_id)
+        st.finished.add(run.run_id, run.finished_at or now)
         return
     st.runs[run.run_id] = run
     if run.status == "queued":

@@ -212,8 +212,9 @@ def complete_run(
 
 
 def forget(st: SchedulerState, run_id: str) -> None:
-    """Drop a finished run from memory; later events for it are ignored."""
+    """Drop a finished run from memory; its later events are ignored (see `state.Tombstones`:
+    its id is kept for `tombstone_seconds` after it finished, measured by runs' finish times)."""
     run = st.runs.get(run_id)
     if run is not None and run.status in TERMINAL_RUN:
         del st.runs[run_id]
-        st.finished.add(run_id)
+        st.finished.add(run_id, run.finished_at)

@@ -8,6 +8,7 @@ Graph indices (dependents, workspaces) are derived from the workflow and never s
 from __future__ import annotations
 
 import heapq
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +51,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Work pinned to the agent holding its workspace that no agent starts in this time means that
     # agent is gone (agents heartbeat only while they run something): redo the workspace elsewhere.
     pinned_start_timeout_seconds: float = 120.0
+    # How long a finished run's id is remembered after it finished, to ignore its late events
+    # (see `Tombstones`): far past the bus's dedupe window and any redelivery of its request.
+    tombstone_seconds: float = 7 * 86400.0
 
 
 class ActivityState(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -139,13 +143,71 @@ class Timer:
         return (self.at, self.seq) < (other.at, other.seq)
 
 
+class Tombstones:
+    """The ids of finished runs the engine has forgotten, each kept until `keep_seconds` after
+    its run finished, so that the run's late events are ignored rather than re-creating it.
+
+    A late duplicate RunCompiled is the one that matters: JetStream dedupes a republish only
+    within its window, and a compiler that dies after publishing but before acking compiles the
+    request again when it is redelivered, perhaps much later. So expiry moves a `horizon`: the
+    newest finish among expired tombstones. A run submitted by the horizon (by its UUIDv7
+    run id's time, else the RunCompiled's) is either live (known), finished recently (still
+    tombstoned) or forgotten for good: `admits` refuses it, a new run is never that old. Only a
+    run id that is not a UUIDv7 (the gateway and CLI always issue one) recompiled past both the
+    dedupe window and `keep_seconds` could run twice; and a run id minted by a clock more than
+    `keep_seconds` behind is refused as too old. Time is always an argument.
+    """
+
+    __slots__ = ("at", "horizon", "keep_seconds")
+
+    def __init__(self, keep_seconds: float) -> None:
+        self.keep_seconds = keep_seconds
+        self.at: dict[str, float] = {}  # run id -> when it finished, in the order added
+        self.horizon = 0.0
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self.at
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def add(self, run_id: str, finished_at: float) -> None:
+        """Remember a finished run, and forget those finished `keep_seconds` before it."""
+        self.at[run_id] = finished_at
+        self.expire(finished_at)
+
+    def expire(self, now: float) -> None:
+        """Drop tombstones older than `keep_seconds`, oldest added first (a later one that is
+        older still waits its turn: the bound is reached at the next call that gets to it)."""
+        cutoff = now - self.keep_seconds
+        while self.at:
+            run_id, finished_at = next(iter(self.at.items()))
+            if finished_at >= cutoff:
+                return
+            del self.at[run_id]
+            self.horizon = max(self.horizon, finished_at)
+
+    def admits(self, run_id: str, compiled_at: float) -> bool:
+        """Whether a RunCompiled of a run not known now may start it (see the class docstring)."""
+        return run_id not in self.at and submitted_at(run_id, compiled_at) > self.horizon
+
+
+def submitted_at(run_id: str, default: float) -> float:
+    """The submission time a UUIDv7 run id carries (Unix seconds); `default` for other ids."""
+    try:
+        value = uuid.UUID(run_id)
+    except ValueError:
+        return default
+    return (value.int >> 80) / 1000 if value.version == 7 else default
+
+
 @dataclass(slots=True)
 class SchedulerState:
     """Every run the scheduler walks, the environment locks and the per-tenant slot counts."""
 
     config: EngineConfig = field(default_factory=EngineConfig)
     runs: dict[str, RunState] = field(default_factory=dict)
-    finished: set[str] = field(default_factory=set)
+    finished: Tombstones = field(default_factory=lambda: Tombstones(EngineConfig().tombstone_seconds))
     env_holder: dict[tuple[str, str], str] = field(default_factory=dict)
     env_queue: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
     deployed: set[tuple[str, str]] = field(default_factory=set)  # environments with a successful deploy
@@ -156,6 +218,9 @@ class SchedulerState:
     dirty: set[str] = field(default_factory=set)
     timers: list[Timer] = field(default_factory=list)
     timer_seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.finished.keep_seconds = self.config.tombstone_seconds
 
     def add_timer(self, at: float, run_id: str, position: int, attempt: int, kind: Any) -> None:
         self.timer_seq += 1

@@ -26,7 +26,7 @@ from trellis_templates.documents import (
     VersionedRef,
 )
 from trellis_templates.errors import Path, Problems, Source
-from trellis_templates.loader import gc_paused, load_paths, load_text
+from trellis_templates.loader import Budget, gc_paused, load_paths, load_text
 from trellis_templates.validate import SourceDocument, Unreadable, parse_documents, read_leniently
 
 
@@ -126,7 +126,8 @@ def compile_sources(
     """
     problems = Problems()
     with gc_paused():
-        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems)]
+        budget = Budget()  # one for the whole request: every file and document
+        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems, budget=budget)]
         docs, unreadable = read_leniently(raws, problems)
     if not raws:
         if not problems.errors:

@@ -25,6 +25,7 @@ from trellis_templates.yamlscalars import RESOLVED_FIRST, RESOLVERS, Unsupported
 __all__ = ["FastDocument", "Positions", "Unsupported", "read"]
 
 Position = tuple[int, int]
+MAX_DEPTH = 200  # collections inside each other; past it the loader refuses the text (it reports where)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,8 @@ class _Reader:
         return line.startswith("-", col) and (len(line) == col + 1 or line[col + 1] == " ")
 
     def block(self, i: int, col: int, path: Path) -> tuple[Any, int]:
+        if len(path) >= MAX_DEPTH:
+            raise Unsupported("nested too deep")  # the loader's reference path reports where
         line = self.lines[i]
         if self.is_entry(line, col):
             return self.sequence(i, col, path)
@@ -240,6 +243,8 @@ class _Reader:
         ch = line[q]
         if ch in "'\"":
             return quoted(line, q)
+        if ch in "{[" and len(path) >= MAX_DEPTH:
+            raise Unsupported("nested too deep")
         if ch == "{":
             return self.flow_mapping(line, q, i, path)
         if ch == "[":

@@ -63,20 +63,41 @@ class RawDocument:
     index: int = 0  # position of the document in its file
 
 
-# YAML aliases let a few lines expand into billions of nodes ("billion laughs"); the compiler
-# service loads what any bus client sends, so a document may expand to this many nodes at most.
+# Caps on what one request may make the loader build, checked before any composer runs: the
+# compiler service loads what any bus client sends. Aliases let a few lines expand into billions
+# of nodes ("billion laughs"), so every file and document of a request shares one node budget;
+# composers recurse once per nesting level (PyYAML's to a RecursionError, libyaml's on the C
+# stack), so a document is refused past MAX_DEPTH levels, counted by the parser's events first.
 MAX_NODES = 1_000_000
+MAX_DEPTH = fastyaml.MAX_DEPTH
+MAX_CHARS = 32_000_000
 
 
 class _TooLarge(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class Budget:
+    """What one request (every file and document of a bundle) may still build: nodes and text."""
+
+    def __init__(self, nodes: int = MAX_NODES, chars: int = MAX_CHARS) -> None:
+        self.nodes, self.chars = nodes, chars
+
+    def take_text(self, text: str) -> bool:
+        """Count a file's text against the request's size cap; False once it is exceeded."""
+        self.chars -= len(text)
+        return self.chars >= 0
+
+
 class _Builder:
     """Turns a composed node tree into builtins, recording 1-based positions by path."""
 
-    def __init__(self, file: str, problems: Problems) -> None:
-        self.budget = MAX_NODES
+    def __init__(self, file: str, problems: Problems, budget: Budget) -> None:
+        self.budget = budget
         self.file = file
         self.problems = problems
         self.positions: dict[Path, tuple[int, int]] = {}
@@ -87,9 +108,11 @@ class _Builder:
         return Source(self.file, self.positions, self.keys)
 
     def build(self, node: yaml.Node, path: Path) -> Any:
-        self.budget -= 1
-        if self.budget < 0:
+        self.budget.nodes -= 1
+        if self.budget.nodes < 0:
             raise _TooLarge
+        if len(path) >= MAX_DEPTH and isinstance(node, yaml.CollectionNode):
+            raise _TooDeep  # aliases nest deeper than the parser saw
         mark = node.start_mark
         self.positions[path] = (mark.line + 1, mark.column + 1)
         if isinstance(node, yaml.MappingNode):
@@ -118,13 +141,22 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
-def load_text(text: str, file: str, problems: Problems, *, reader: Reader = "auto") -> list[RawDocument]:
+def load_text(
+    text: str, file: str, problems: Problems, *, reader: Reader = "auto", budget: Budget | None = None
+) -> list[RawDocument]:
     """Every document of one YAML text; a syntax error becomes a problem at its position.
 
     `auto` reads the text with `fastyaml` and, for anything beyond its subset, with PyYAML
     (over libyaml when installed); `fast`, `libyaml` and `pyyaml` force one reader (for tests:
-    `fast` raises `fastyaml.Unsupported` instead of falling back).
+    `fast` raises `fastyaml.Unsupported` instead of falling back). `budget` is shared by every
+    file of one request (a fresh one per call without it); over any cap the text is refused
+    with a problem naming the cap, before or instead of composing it.
     """
+    budget = budget or Budget()
+    if not budget.take_text(text):
+        message = f"the request's YAML text is larger than {MAX_CHARS:,} characters (at this file): refused"
+        problems.error(Source(file, {(): (1, 1)}), (), message)
+        return []
     with gc_paused():
         if reader in ("auto", "fast"):
             try:
@@ -133,7 +165,32 @@ def load_text(text: str, file: str, problems: Problems, *, reader: Reader = "aut
             except Exception:  # Unsupported, deep nesting, or a bug: PyYAML is the reference
                 if reader == "fast":
                     raise
-        return _compose(text, file, problems, _PyLoader if reader == "pyyaml" else _Loader)
+        loader = _PyLoader if reader == "pyyaml" else _Loader
+        return _compose(text, file, problems, loader, budget)
+
+
+def _too_deep(text: str, loader: Any) -> tuple[int, int] | None:
+    """Line and column where the text first nests deeper than MAX_DEPTH, read from the parser's events.
+
+    Both parsers keep their state on explicit stacks: only the composers recurse, so this walk
+    is safe at any depth. A syntax error is left to the composer to report.
+    """
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return (mark.line + 1, mark.column + 1) if mark else (1, 1)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:  # libyaml's scanner stops at 1,000 levels before it says so
+        mark = exc.problem_mark
+        return (mark.line + 1, mark.column + 1) if mark and "maximum nesting depth" in str(exc.problem) else None
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 @contextmanager
@@ -153,9 +210,13 @@ def gc_paused() -> Iterator[None]:
 
 
 def _compose(
-    text: str, file: str, problems: Problems, loader: Any, first: int = 0, *, split: bool = True
+    text: str, file: str, problems: Problems, loader: Any, budget: Budget, first: int = 0, *, split: bool = True
 ) -> list[RawDocument]:
     documents: list[RawDocument] = []
+    if (deep := _too_deep(text, loader)) is not None:
+        where = Source(file, {(): deep})
+        problems.error(where, (), f"YAML nested deeper than {MAX_DEPTH} levels: refused", _DEEP_HINT)
+        return documents
     try:
         nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.MarkedYAMLError as exc:
@@ -164,7 +225,7 @@ def _compose(
             return [
                 doc
                 for i, (lines, chunk) in enumerate(chunks)
-                for doc in _compose(lines + chunk, file, problems, loader, i, split=False)
+                for doc in _compose(lines + chunk, file, problems, loader, budget, i, split=False)
             ]
         (line, col), message, hint = syntax_error(text, exc)
         problems.error(Source(file, {(): (line, col)}), (), message, hint)
@@ -175,7 +236,9 @@ def _compose(
     for index, node in enumerate(nodes):
         if node is None:
             continue
-        builder = _Builder(file, problems)
+        builder = _Builder(file, problems, budget)
+        mark = node.start_mark
+        at = Source(file, {(): (mark.line + 1, mark.column + 1)})
         try:
             data = builder.build(node, ())
         except yaml.constructor.ConstructorError as exc:
@@ -183,18 +246,21 @@ def _compose(
             line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
             problems.error(Source(file, {(): (line, col)}), (), f"YAML error: {exc.problem}")
             continue
-        except (_TooLarge, RecursionError):
-            mark = node.start_mark
-            problems.error(
-                Source(file, {(): (mark.line + 1, mark.column + 1)}),
-                (),
-                f"document expands to more than {MAX_NODES:,} YAML nodes (nested aliases?): refused",
-            )
+        except _TooLarge:
+            message = f"the request expands to more than {MAX_NODES:,} YAML nodes (nested aliases?): refused"
+            problems.error(at, (), message, "every file and document of a request share this budget")
+            continue
+        except (_TooDeep, RecursionError):
+            message = f"document nested deeper than {MAX_DEPTH} levels once its aliases are expanded: refused"
+            problems.error(at, (), message, _DEEP_HINT)
             continue
         if data is None:
             continue
         documents.append(RawDocument(data, builder.source(), first + index))
     return documents
+
+
+_DEEP_HINT = "flatten the structure: templates need a few levels, not hundreds"
 
 
 _SEPARATOR = re.compile(r"^---(?=[ \t]|$)", re.MULTILINE)
@@ -259,13 +325,14 @@ def _expand(paths: Iterable[str], problems: Problems) -> list[str]:
 def load_paths(paths: Sequence[str], problems: Problems) -> list[RawDocument]:
     """Every document of the given files and of the YAML files under the given directories."""
     documents: list[RawDocument] = []
+    budget = Budget()  # one for the whole bundle
     for file in _expand(paths, problems):
         try:
             text = FsPath(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.error(Source(file), (), f"cannot read file: {exc}")
             continue
-        documents.extend(load_text(text, os.path.normpath(file), problems))
+        documents.extend(load_text(text, os.path.normpath(file), problems, budget=budget))
     return documents
 
 

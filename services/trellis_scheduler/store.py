@@ -146,7 +146,7 @@ class SnapshotStore:
             return 0
         snap = _decode_snapshot(zlib.decompress(entry.value))
         if snap.status in TERMINAL_RUN:
-            st.finished.add(snap.run_id)
+            st.finished.add(snap.run_id, now)  # a tombstone's snapshot keeps no finish time
             return 0
         await self._recover(st, snap, now)
         return 1

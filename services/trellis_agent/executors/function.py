@@ -21,7 +21,14 @@ import aiohttp
 import msgspec
 
 from trellis_agent.executors.base import Outcome, Sink, Workspace
-from trellis_agent.executors.http import HttpExecutor, HttpFailure, HttpResponse, retryable_status, send
+from trellis_agent.executors.http import (
+    MAX_BODY_BYTES,
+    HttpExecutor,
+    HttpFailure,
+    HttpResponse,
+    retryable_status,
+    send,
+)
 from trellis_core.events import WorkItem
 from trellis_core.workflow import FunctionSpec
 
@@ -131,6 +138,8 @@ def _read_answer(result: HttpResponse | HttpFailure) -> _Answer:
     if not 200 <= result.status < 300:
         status = "transient" if retryable_status(result.status) else "failed"
         return _Answer(status, message=f"HTTP {result.status}: {result.body[:200]}")
+    if result.truncated:  # a cut answer is no answer: say why rather than "not a function answer"
+        return _Answer("failed", message=f"the function's answer is larger than {MAX_BODY_BYTES:,} bytes")
     body = result.json
     if not isinstance(body, dict) or body.get("status") not in ("done", "again", "failed", "transient"):
         return _Answer("failed", message=f"not a function answer: {result.body[:200]!r}")

@@ -2,7 +2,8 @@
 
 TLS is verified unless the spec turns it off. The response (status, headers, JSON body, text)
 is the activity's outputs and the `response` name of its success condition (default: 2xx).
-A 5xx, 429 or a network error fails retryably; any other refusal does not.
+A 5xx, 429 or a network error fails retryably; any other refusal does not. A body is read to
+its end or to MAX_BODY_BYTES: a longer one is cut there (logged as cut, `json` null).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import msgspec
 
 from trellis_agent.conditions import evaluate
 from trellis_agent.executors.base import Outcome, Sink, Workspace
+from trellis_agent.executors.bodies import read_body
 from trellis_core.events import WorkItem
 from trellis_core.workflow import HttpSpec
 
-MAX_BODY_BYTES = 1024 * 1024  # read at most this much of a response
+MAX_BODY_BYTES = 1024 * 1024  # read at most this much of a response; the rest is cut off
 LOGGED_BODY_CHARS = 4096
 DEFAULT_TIMEOUT_SECONDS = 300.0
 
@@ -29,6 +31,7 @@ class HttpResponse(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str]
     body: str
     json: Any = None
+    truncated: bool = False  # the body was longer than MAX_BODY_BYTES and is cut there
 
     def scope(self) -> dict[str, Any]:
         """The `response` name in conditions and the outputs of an http activity."""
@@ -61,13 +64,14 @@ async def send(
             timeout=aiohttp.ClientTimeout(total=timeout_seconds),
             allow_redirects=True,
         ) as resp:
-            raw = await resp.content.read(MAX_BODY_BYTES)
+            raw, truncated = await read_body(resp.content, MAX_BODY_BYTES)
             text = raw.decode(resp.charset or "utf-8", errors="replace")
             return HttpResponse(
                 status=resp.status,
                 headers={k: v for k, v in resp.headers.items()},
                 body=text,
-                json=_json_or_none(text),
+                json=None if truncated else _json_or_none(text),
+                truncated=truncated,
             )
     except TimeoutError:
         within = f" within {timeout_seconds:g}s" if timeout_seconds is not None else ""
@@ -139,6 +143,8 @@ async def call_and_judge(
         return Outcome.failed(result.reason, retryable=result.retryable)
     elapsed_ms = (time.monotonic() - started) * 1000
     await sink.system(f"{result.status} after {elapsed_ms:.0f} ms")
+    if result.truncated:
+        await sink.system(f"response body cut at {MAX_BODY_BYTES:,} bytes: the rest was not read")
     if result.body:
         shown = result.body[:LOGGED_BODY_CHARS]
         await sink.write("stdout", shown if shown.endswith("\n") else shown + "\n")
