@@ -237,7 +237,7 @@ class Agent:
 async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[Router]:
     """The executor set of this agent's backend; closes sessions and clients on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        http = HttpExecutor()
+        http = HttpExecutor(config.egress_policy())
         stack.push_async_callback(http.close)
         backend: Executor
         host: FunctionHost | None = None
