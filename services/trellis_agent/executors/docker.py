@@ -143,8 +143,12 @@ class DockerExecutor:
                 f"the docker executor runs container activities, not {type(spec).__name__}", retryable=False
             )
         files = attempt_files(work, workspace)
+        if isinstance(files, Outcome):
+            await sink.system(files.reason)
+            return files
         problem = write_spec_files(spec.files, workspace, self._config.container_workspace)
         if problem is not None:
+            await sink.system(problem.reason)
             return problem
         root = self._config.container_workspace
         env = {
@@ -164,7 +168,7 @@ class DockerExecutor:
             reason = f"cannot reach the container engine at {self._config.docker_socket}: {exc}"
             await sink.system(reason)
             return Outcome.failed(reason)
-        return finish(exit_code, spec.success_condition, read_outputs(files.outputs))
+        return finish(exit_code, spec.success_condition, read_outputs(workspace, files))
 
     @contextlib.asynccontextmanager
     async def _container(
