@@ -62,9 +62,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_socket: str = "/var/run/docker.sock"
     remove_containers: bool = True
     default_image: str = "busybox"  # used when a spec names no image
-    # The user a container runs as ("" or `image`: the image's own user); docker `User`, and
-    # on kubernetes runAsUser / runAsNonRoot when it is numeric and not 0.
+    # The user a container runs as ("": the image's own user): docker `User` ("uid[:gid]" or a
+    # name), on kubernetes runAsUser/runAsGroup when numeric. `run_as_non_root` makes pods refuse
+    # an image whose user is root (runAsNonRoot); leave it off for images that need root.
     container_user: str = ""
+    run_as_non_root: bool = False
     pids_limit: int = 1024  # docker: processes a container may run (0: the engine's default)
     # Function images listen on this port ($PORT). Docker: reach them at the container's own
     # address, or at a port published on 127.0.0.1 (an agent outside any container network).

@@ -227,6 +227,14 @@ class Executor(Protocol):
     async def run(self, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome: ...
 
 
+def with_default_timeout(work: WorkItem, seconds: float) -> WorkItem:
+    """The work item with the agent's default timeout when its activity sets none (0: none)."""
+    limit = work.activity.timeout_seconds
+    if seconds <= 0 or (limit is not None and limit > 0):
+        return work
+    return msgspec.structs.replace(work, activity=msgspec.structs.replace(work.activity, timeout_seconds=seconds))
+
+
 async def execute(executor: Executor, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome:
     """Run with the activity's timeout; a timeout cancels the executor (it cleans up) and fails."""
     timeout = work.activity.timeout_seconds

@@ -72,7 +72,14 @@ def create_body(
 ) -> dict[str, Any]:
     """The container-create request of one activity attempt (a pure function of its inputs)."""
     root = config.container_workspace
-    host: dict[str, Any] = {"Binds": [f"{workspace.root}:{root}"], "AutoRemove": False}
+    host: dict[str, Any] = {
+        "Binds": [f"{workspace.root}:{root}"],
+        "AutoRemove": False,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+    }
+    if config.pids_limit:
+        host["PidsLimit"] = config.pids_limit
     if spec.cpu_limit_milli:
         host["NanoCpus"] = spec.cpu_limit_milli * 1_000_000
     if spec.memory_limit_mb:
@@ -93,6 +100,8 @@ def create_body(
         "AttachStderr": True,
         "HostConfig": host,
     }
+    if config.container_user:
+        body["User"] = config.container_user
     if spec.command:
         body["Entrypoint"] = list(spec.command)
     if spec.args:
