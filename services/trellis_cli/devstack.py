@@ -1,5 +1,6 @@
 """The embedded stack: NATS and PostgreSQL (or the ones configured), then every service and one
-local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests."""
+local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests.
+Its agent may call loopback (services on this machine) unless TRELLIS_AGENT_EGRESS_ALLOW is set."""
 
 from __future__ import annotations
 
