@@ -23,7 +23,7 @@ from trellis_agent.guard import credentials_in_environment
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
 from trellis_core.events import ActivityCompleted, ActivityFailed
-from trellis_core.workflow import ContainerSpec
+from trellis_core.workflow import ApprovalSpec, ContainerSpec, FunctionSpec
 
 pytest_plugins = ["executor_backends"]  # the `podman_socket` fixture
 
@@ -35,6 +35,15 @@ def test_an_activity_without_a_timeout_gets_the_agents_default_and_its_own_wins(
     assert AgentConfig.from_env({}).default_timeout_seconds == 3600
     with pytest.raises(ConfigError, match=r"TRELLIS_AGENT_DEFAULT_TIMEOUT_SECONDS=-1\.0: must not be negative"):
         AgentConfig.from_env({"TRELLIS_AGENT_DEFAULT_TIMEOUT_SECONDS": "-1"})
+
+
+def test_an_approval_gets_no_default_timeout_and_a_function_at_least_its_own_until() -> None:
+    approval = work_item(ApprovalSpec(), kind="approval")
+    assert with_default_timeout(approval, 3600).activity.timeout_seconds is None
+    long_function = work_item(FunctionSpec(endpoint="https://f.example", until_seconds=7200), kind="function")
+    assert with_default_timeout(long_function, 3600).activity.timeout_seconds == 7200 + 300
+    short_function = work_item(FunctionSpec(endpoint="https://f.example", until_seconds=60), kind="function")
+    assert with_default_timeout(short_function, 3600).activity.timeout_seconds == 3600
 
 
 async def test_an_agent_times_out_an_activity_that_sets_no_timeout(bus: Bus, unique: str, tmp_path: Path) -> None:

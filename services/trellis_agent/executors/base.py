@@ -23,9 +23,10 @@ import msgspec
 from trellis_agent import workspace_files
 from trellis_agent.sink import LogStream
 from trellis_core.events import WorkItem
-from trellis_core.workflow import ContainerSpec, FunctionSpec
+from trellis_core.workflow import ApprovalSpec, ContainerSpec, FunctionSpec
 
 OutcomeStatus = Literal["succeeded", "failed"]
+FUNCTION_START_SECONDS = 300.0  # beyond a function's `until`: pulling and starting its image
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -228,10 +229,15 @@ class Executor(Protocol):
 
 
 def with_default_timeout(work: WorkItem, seconds: float) -> WorkItem:
-    """The work item with the agent's default timeout when its activity sets none (0: none)."""
+    """The work item with the agent's default timeout when its activity sets none (0: none).
+    An approval waits for a person and gets none; a function at least its own `until` and the
+    time to start its image."""
     limit = work.activity.timeout_seconds
-    if seconds <= 0 or (limit is not None and limit > 0):
+    spec = work.activity.spec
+    if seconds <= 0 or (limit is not None and limit > 0) or isinstance(spec, ApprovalSpec):
         return work
+    if isinstance(spec, FunctionSpec):
+        seconds = max(seconds, spec.until_seconds + FUNCTION_START_SECONDS)
     return msgspec.structs.replace(work, activity=msgspec.structs.replace(work.activity, timeout_seconds=seconds))
 
 
