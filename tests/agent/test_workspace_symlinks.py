@@ -10,15 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from agent_support import RecordingSink, environ_path, shell, work_item
+from podman_support import IMAGE
 
 from trellis_agent import workspace_files
+from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Workspace, execute
+from trellis_agent.executors.docker import DockerExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_core.workflow import ContainerSpec
+
+pytest_plugins = ["executor_backends"]  # the `podman_socket` fixture
 
 
 @pytest.fixture
@@ -142,3 +148,24 @@ def test_plain_files_are_read_and_written_below_the_root(tmp_path: Path) -> None
     assert (tmp_path / "a" / "b" / "c.json").stat().st_mode & 0o777 == 0o640
     assert workspace_files.read_file(tmp_path, "a/b/c.json") == b'{"k": 1}'
     assert workspace_files.read_file(tmp_path, "a/missing/c.json") is None
+
+
+@pytest.fixture
+async def docker(podman_socket: str) -> AsyncIterator[DockerExecutor]:
+    config = AgentConfig.from_env({}, executor="docker", docker_socket=podman_socket, default_image=IMAGE)
+    executor = DockerExecutor.from_config(config)
+    yield executor
+    await executor.close()
+
+
+async def test_a_container_pointing_its_outputs_at_a_host_path_gets_nothing_from_the_host(
+    docker: DockerExecutor, outside: Path, tmp_path: Path
+) -> None:
+    # Inside the container the target does not even exist; on the agent it is a host file.
+    plant = f'ln -s {outside}/secret.json "$TRELLIS_OUTPUTS"'
+    work = work_item(ContainerSpec(image=IMAGE, command=("sh", "-c", plant)))
+    sink = RecordingSink()
+    outcome = await execute(docker, work, Workspace.for_work(tmp_path / "data", work), sink)
+    assert "the workspace holds a symlink there: refused, never followed" in outcome.reason, sink.text()
+    assert "hunter2" not in repr(outcome)
+    _files_unchanged(outside)
