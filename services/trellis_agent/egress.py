@@ -19,6 +19,7 @@ from trellis_core.errors import ConfigError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 VARIABLE = "TRELLIS_AGENT_EGRESS_ALLOW"
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class EgressDenied(Exception):
@@ -56,9 +57,16 @@ class EgressPolicy:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
         if any(ip in network for network in self.allow):
             return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return self.permits(str(ip.ipv4_mapped))
+        if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+            return self.permits(str(inner))
         return not _internal(ip)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64): the one a packet reaches."""
+    if ip in NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip.ipv4_mapped or ip.sixtofour
 
 
 def _internal(ip: IPAddress) -> bool:

@@ -207,6 +207,8 @@ async def test_a_function_endpoint_on_a_denied_address_fails_without_retrying(
         "100.64.0.1",
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
     ],
 )
 def test_internal_addresses_are_refused_unless_allowed(address: str) -> None:
