@@ -37,6 +37,7 @@ from trellis_agent.executors.http import HttpExecutor
 from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.executors.router import Router
+from trellis_agent.guard import guard_agent_process
 from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
 from trellis_core import subjects
@@ -237,7 +238,7 @@ class Agent:
 async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[Router]:
     """The executor set of this agent's backend; closes sessions and clients on exit."""
     async with contextlib.AsyncExitStack() as stack:
-        http = HttpExecutor()
+        http = HttpExecutor(config.egress_policy())
         stack.push_async_callback(http.close)
         backend: Executor
         host: FunctionHost | None = None
@@ -276,6 +277,8 @@ async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, config: Agent
     """Run an agent on `bus` until `stop` is set (`trellis agent`, and `trellis dev up`'s local agent)."""
     cfg = config if config is not None else AgentConfig.from_env(tenant=settings.tenant)
     cfg = cfg.with_defaults_from(heartbeat_seconds=settings.heartbeat_seconds)
+    if cfg.executor == "process":  # commands run beside the agent, as its user; it is connected
+        guard_agent_process()
     await bus.ensure_streams()
     async with executors_for(cfg, bus) as router:
         agent = Agent(bus, cfg, router, cfg.workspaces(settings.data_dir))

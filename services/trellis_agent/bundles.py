@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from trellis_agent import workspace_files
 from trellis_agent.executors.base import Executor, Outcome, Sink, Workspace
 from trellis_core.events import BundleFile, WorkItem, bundle_digest, unpack_bundle
 from trellis_core.logs import get_logger
@@ -41,9 +42,9 @@ class Bundles:
             return Outcome.failed(f"bundle {digest!r} is not a sha256 digest", retryable=False)
         async with self._locks.setdefault(digest, asyncio.Lock()):
             workspace.prepare()
-            marker = workspace.control_dir / MARKER
-            with contextlib.suppress(OSError):
-                if marker.read_text() == digest:
+            marker = f".trellis/{MARKER}"
+            with contextlib.suppress(OSError, workspace_files.UnsafePath):
+                if workspace_files.read_file(workspace.root, marker, 1024) == digest.encode():
                     return None
             blob = await self._blob(digest, workspace.bundles_dir)
             if isinstance(blob, Outcome):
@@ -56,7 +57,10 @@ class Bundles:
                 return Outcome.failed(f"bundle {digest} refused: {'; '.join(problems)}", retryable=False)
             if why := await asyncio.to_thread(write_files, files, workspace.root):
                 return Outcome.failed(f"bundle {digest} refused: {why}", retryable=False)
-            marker.write_text(digest)
+            try:
+                workspace_files.write_file(workspace.root, marker, digest.encode())
+            except workspace_files.UnsafePath as exc:
+                return Outcome.failed(f"bundle {digest} refused: {exc}", retryable=False)
             return None
 
     async def _blob(self, digest: str, cache_dir: Path) -> bytes | Outcome:
@@ -95,21 +99,12 @@ def write_files(files: Sequence[BundleFile], root: Path) -> str:
     """Write checked files under `root` with their permission bits; never through a symlink that
     is already in the workspace. Returns why it stopped ("" when all were written)."""
     for file in files:
-        *dirs, name = file.path.split("/")
-        parent = root
-        for part in dirs:
-            parent = parent / part
-            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-                return f"{file.path!r}: the workspace holds a symlink or a file at {part!r}"
-            parent.mkdir(exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(parent / name, flags, 0o600)
+            workspace_files.write_file(root, file.path, file.data, file.mode)
+        except workspace_files.UnsafePath as exc:
+            return str(exc)
         except OSError as exc:
-            return f"{file.path!r}: cannot write it into the workspace ({exc.strerror}; a symlink there?)"
-        with os.fdopen(fd, "wb") as out:
-            out.write(file.data)
-            os.fchmod(out.fileno(), file.mode & 0o777)
+            return f"{file.path!r}: cannot write it into the workspace ({exc.strerror})"
     return ""
 
 

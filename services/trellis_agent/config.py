@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from trellis_agent.egress import EgressPolicy
 from trellis_core.errors import ConfigError
 from trellis_core.ids import uuid7
 
@@ -21,6 +22,9 @@ ExecutorName = Literal["process", "kubernetes", "docker"]
 # Variables of the agent's own environment a local process inherits; nothing else leaks
 # (in particular not the agent's NATS credentials).
 DEFAULT_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER", "SSL_CERT_FILE")
+
+
+_LISTS = ("inherit_env", "egress_allow")
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +43,11 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     workspace_retention_hours: float = 72.0  # a run's local workspace is removed after this; 0 keeps all
     shutdown_grace_seconds: float = 30.0
     inherit_env: tuple[str, ...] = DEFAULT_INHERITED_ENV
+    # CIDRs http and function activities may reach although internal (loopback, link-local,
+    # private...); everything internal not listed here is refused (see trellis_agent.egress).
+    egress_allow: tuple[str, ...] = ()
+    # The timeout of an activity that sets none (0: none at all).
+    default_timeout_seconds: float = 3600.0
     # Where a container executor mounts the workspace inside the container.
     container_workspace: str = "/workspace"
     # kubernetes executor
@@ -53,6 +62,12 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_socket: str = "/var/run/docker.sock"
     remove_containers: bool = True
     default_image: str = "busybox"  # used when a spec names no image
+    # The user a container runs as ("": the image's own user): docker `User` ("uid[:gid]" or a
+    # name), on kubernetes runAsUser/runAsGroup when numeric. `run_as_non_root` makes pods refuse
+    # an image whose user is root (runAsNonRoot); leave it off for images that need root.
+    container_user: str = ""
+    run_as_non_root: bool = False
+    pids_limit: int = 1024  # docker: processes a container may run (0: the engine's default)
     # Function images listen on this port ($PORT). Docker: reach them at the container's own
     # address, or at a port published on 127.0.0.1 (an agent outside any container network).
     function_port: int = 8080
@@ -70,7 +85,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             var = "TRELLIS_AGENT_ID" if name == "agent_id" else f"TRELLIS_AGENT_{name.upper()}"
             if var in env:
                 raw = env[var]
-                values[name] = tuple(p for p in raw.split(",") if p) if name == "inherit_env" else raw
+                values[name] = tuple(p for p in raw.split(",") if p) if name in _LISTS else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             config = msgspec.convert(values, cls, strict=False)
@@ -98,7 +113,13 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
             ("log_flush_seconds", self.log_flush_seconds > 0, "must be greater than 0"),
             ("log_chunk_bytes", self.log_chunk_bytes >= 256, "must be at least 256"),
             ("kill_grace_seconds", self.kill_grace_seconds >= 0, "must not be negative"),
+            ("default_timeout_seconds", self.default_timeout_seconds >= 0, "must not be negative"),
+            ("pids_limit", self.pids_limit >= 0, "must not be negative"),
         ]
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"TRELLIS_AGENT_{name.upper()}={getattr(self, name)!r}: {why}")
+        self.egress_policy()  # names the variable when a CIDR is not one
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(self.egress_allow)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import msgspec
 
 from trellis_agent.config import AgentConfig
-from trellis_agent.executors.base import Executor, Outcome, Workspace, execute
+from trellis_agent.executors.base import Executor, Outcome, Workspace, execute, with_default_timeout
 from trellis_agent.sink import LogSink, Masker
 from trellis_core import subjects
 from trellis_core.events import (
@@ -77,7 +77,7 @@ class ActivityRun:
         data_dir: Any,
         on_started: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.work = work
+        self.work = with_default_timeout(work, config.default_timeout_seconds)
         self._executor = executor
         self._publisher = publisher
         self._config = config

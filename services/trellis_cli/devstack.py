@@ -1,5 +1,6 @@
 """The embedded stack: NATS and PostgreSQL (or the ones configured), then every service and one
-local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests."""
+local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests.
+Its agent may call loopback (services on this machine) unless TRELLIS_AGENT_EGRESS_ALLOW is set."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ Service = Callable[[Bus, Settings, asyncio.Event], Awaitable[None]]
 # How long stopping waits for the services beyond the local agent's own drain (its grace for
 # running work, then the time its executors take to kill what is left): then they are cancelled.
 STOP_MARGIN_SECONDS = 20.0
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 UNTRACKED_DRAIN_SECONDS = 30.0  # the agent default's grace, for services given without their agents
 
 
@@ -43,7 +45,10 @@ def default_services(settings: Settings, agents: list[Agent] | None = None) -> d
     from trellis_compiler.service import serve as compiler
     from trellis_scheduler.service import serve as scheduler
 
-    agent_config = AgentConfig.from_env(tenant=settings.tenant, executor="process")
+    # The embedded stack calls services on this machine: loopback is allowed unless
+    # TRELLIS_AGENT_EGRESS_ALLOW says otherwise (other internal addresses stay refused).
+    loopback = None if "TRELLIS_AGENT_EGRESS_ALLOW" in os.environ else LOOPBACK
+    agent_config = AgentConfig.from_env(tenant=settings.tenant, executor="process", egress_allow=loopback)
 
     async def agent(bus: Bus, s: Settings, stop: asyncio.Event) -> None:
         cfg = agent_config.with_defaults_from(heartbeat_seconds=s.heartbeat_seconds)

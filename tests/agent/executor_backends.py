@@ -24,6 +24,7 @@ from local_kubelet import LocalKubelet
 from podman_support import IMAGE, PodmanUnusable, containers_of_run, missing, podman_service, require_podman_or_skip
 
 from trellis_agent.config import AgentConfig
+from trellis_agent.egress import EgressPolicy
 from trellis_agent.executors.base import Executor, Workspace
 from trellis_agent.executors.docker import DockerExecutor
 from trellis_agent.executors.function import FunctionExecutor
@@ -35,6 +36,9 @@ from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec, FunctionSpec, HttpSpec
 
 NAMESPACE = "trellis"
+
+# The servers these tests call listen on loopback, which the egress policy refuses by default.
+LOCAL_SERVERS = EgressPolicy.parse(["127.0.0.1/32"])
 
 
 class Backend(Protocol):
@@ -251,14 +255,14 @@ class EndpointBackend:
 
 @pytest.fixture
 async def http_backend(endpoint: Endpoint) -> AsyncIterator[EndpointBackend]:
-    executor = HttpExecutor()
+    executor = HttpExecutor(LOCAL_SERVERS)
     yield EndpointBackend("http", executor, endpoint)
     await executor.close()
 
 
 @pytest.fixture
 async def function_backend(endpoint: Endpoint) -> AsyncIterator[EndpointBackend]:
-    http = HttpExecutor()
+    http = HttpExecutor(LOCAL_SERVERS)
     yield EndpointBackend("function", FunctionExecutor(http), endpoint)
     await http.close()
 

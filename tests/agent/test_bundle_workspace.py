@@ -135,7 +135,7 @@ async def test_a_symlink_already_in_the_workspace_is_never_written_through(bus: 
     executor = WithBundles(ProcessExecutor(inherit_env=("PATH",)), Bundles(CountingFetch(bus)))
     outcome = await asyncio.wait_for(executor.run(work, workspace, RecordingSink()), 30)
     assert not outcome.ok
-    assert "the workspace holds a symlink or a file at 'scripts'" in outcome.reason
+    assert "'scripts/hello.sh': the workspace holds a symlink at 'scripts'" in outcome.reason
     assert list(outside.iterdir()) == []
 
 

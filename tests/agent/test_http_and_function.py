@@ -14,10 +14,14 @@ import pytest
 from agent_support import RecordingSink, work_item
 from aiohttp import web
 
+from trellis_agent.egress import EgressPolicy
 from trellis_agent.executors.base import Workspace, execute
 from trellis_agent.executors.function import FunctionExecutor
 from trellis_agent.executors.http import HttpExecutor
 from trellis_core.workflow import FunctionSpec, HttpSpec
+
+# The servers these tests call listen on loopback, which the egress policy refuses by default.
+LOCAL_SERVERS = EgressPolicy.parse(["127.0.0.1/32"])
 
 
 class Server:
@@ -98,7 +102,7 @@ def _flaky(srv: Server) -> Any:
 
 @pytest.fixture
 async def http() -> AsyncIterator[HttpExecutor]:
-    executor = HttpExecutor()
+    executor = HttpExecutor(LOCAL_SERVERS)
     yield executor
     await executor.close()
 

@@ -20,11 +20,13 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from trellis_agent import workspace_files
 from trellis_agent.sink import LogStream
 from trellis_core.events import WorkItem
-from trellis_core.workflow import ContainerSpec, FunctionSpec
+from trellis_core.workflow import ApprovalSpec, ContainerSpec, FunctionSpec
 
 OutcomeStatus = Literal["succeeded", "failed"]
+FUNCTION_START_SECONDS = 300.0  # beyond a function's `until`: pulling and starting its image
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,7 +106,10 @@ class Workspace:
         return cleaned
 
     def prepare(self) -> None:
-        self.control_dir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # A `.trellis` that is a symlink is left for the readers and writers to refuse by name.
+        with contextlib.suppress(workspace_files.UnsafePath), workspace_files.directory(self.root, ".trellis"):
+            pass
         os.utime(self.root)  # marks the workspace in use, for the janitor
 
 
@@ -136,16 +141,20 @@ def function_container(work: WorkItem, port: int) -> ContainerSpec:
     )
 
 
-def attempt_files(work: WorkItem, workspace: Workspace) -> AttemptFiles:
-    """Write `TRELLIS_INPUTS` and clear a stale `TRELLIS_OUTPUTS` for this attempt."""
+def attempt_files(work: WorkItem, workspace: Workspace) -> AttemptFiles | Outcome:
+    """Write `TRELLIS_INPUTS` (0600) and clear a stale `TRELLIS_OUTPUTS` for this attempt; a
+    symlink the workspace holds on the way is refused (a failed Outcome), never followed."""
     workspace.prepare()
     stem = f"{work.activity.id.replace('/', '~')}.{work.attempt}"
     files = AttemptFiles(
         inputs=workspace.control_dir / f"{stem}.inputs.json",
         outputs=workspace.control_dir / f"{stem}.outputs.json",
     )
-    files.inputs.write_text(json.dumps(work.activity.inputs))
-    files.outputs.unlink(missing_ok=True)
+    try:
+        workspace_files.write_file(workspace.root, files.inputs_rel, json.dumps(work.activity.inputs).encode())
+        workspace_files.remove_file(workspace.root, files.outputs_rel)
+    except workspace_files.UnsafePath as exc:
+        return Outcome.failed(f"the attempt's files: {exc}", retryable=False)
     return files
 
 
@@ -163,11 +172,19 @@ def trellis_env(work: WorkItem, inputs: str, outputs: str) -> dict[str, str]:
     }
 
 
-def read_outputs(path: Path) -> dict[str, Any] | Outcome:
-    """The JSON object a command wrote to `$TRELLIS_OUTPUTS` ({} if none), or a failed Outcome."""
-    if not path.exists():
+def read_outputs(workspace: Workspace, files: AttemptFiles) -> dict[str, Any] | Outcome:
+    """The JSON object a command wrote to `$TRELLIS_OUTPUTS` ({} if none), or a failed Outcome
+    (also when that file is a symlink or lies beyond one: it is not read)."""
+    limit = workspace_files.MAX_READ_BYTES
+    try:
+        data = workspace_files.read_file(workspace.root, files.outputs_rel, limit + 1)
+    except workspace_files.UnsafePath as exc:
+        return Outcome.failed(f"$TRELLIS_OUTPUTS: {exc}", retryable=False)
+    if data is None:
         return {}
-    return parse_outputs(path.read_text(errors="replace"), where="$TRELLIS_OUTPUTS")
+    if len(data) > limit:
+        return Outcome.failed(f"$TRELLIS_OUTPUTS is larger than {limit} bytes", retryable=False)
+    return parse_outputs(data.decode(errors="replace"), where="$TRELLIS_OUTPUTS")
 
 
 def parse_outputs(text: str, *, where: str) -> dict[str, Any] | Outcome:
@@ -183,7 +200,8 @@ def parse_outputs(text: str, *, where: str) -> dict[str, Any] | Outcome:
 
 
 def write_spec_files(files: dict[str, str], workspace: Workspace, container_root: str) -> Outcome | None:
-    """Write `ContainerSpec.files` (base64) under the workspace; absolute paths must lie inside it."""
+    """Write `ContainerSpec.files` (base64) under the workspace; absolute paths must lie inside it,
+    and a symlink the workspace holds on the way is refused, never followed."""
     for name, content in files.items():
         rel = PurePosixPath(name)
         if rel.is_absolute():
@@ -197,9 +215,10 @@ def write_spec_files(files: dict[str, str], workspace: Workspace, container_root
             data = base64.b64decode(content, validate=True)
         except ValueError:
             return Outcome.failed(f"file {name!r} is not valid base64", retryable=False)
-        target = workspace.root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        try:
+            workspace_files.write_file(workspace.root, rel.as_posix(), data, 0o644)
+        except workspace_files.UnsafePath as exc:
+            return Outcome.failed(f"file {name!r}: {exc}", retryable=False)
     return None
 
 
@@ -207,6 +226,19 @@ class Executor(Protocol):
     """One backend. Returns an Outcome; raises CancelledError after cleaning up when cancelled."""
 
     async def run(self, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome: ...
+
+
+def with_default_timeout(work: WorkItem, seconds: float) -> WorkItem:
+    """The work item with the agent's default timeout when its activity sets none (0: none).
+    An approval waits for a person and gets none; a function at least its own `until` and the
+    time to start its image."""
+    limit = work.activity.timeout_seconds
+    spec = work.activity.spec
+    if seconds <= 0 or (limit is not None and limit > 0) or isinstance(spec, ApprovalSpec):
+        return work
+    if isinstance(spec, FunctionSpec):
+        seconds = max(seconds, spec.until_seconds + FUNCTION_START_SECONDS)
+    return msgspec.structs.replace(work, activity=msgspec.structs.replace(work.activity, timeout_seconds=seconds))
 
 
 async def execute(executor: Executor, work: WorkItem, workspace: Workspace, sink: Sink) -> Outcome:

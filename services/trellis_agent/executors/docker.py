@@ -72,7 +72,14 @@ def create_body(
 ) -> dict[str, Any]:
     """The container-create request of one activity attempt (a pure function of its inputs)."""
     root = config.container_workspace
-    host: dict[str, Any] = {"Binds": [f"{workspace.root}:{root}"], "AutoRemove": False}
+    host: dict[str, Any] = {
+        "Binds": [f"{workspace.root}:{root}"],
+        "AutoRemove": False,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+    }
+    if config.pids_limit:
+        host["PidsLimit"] = config.pids_limit
     if spec.cpu_limit_milli:
         host["NanoCpus"] = spec.cpu_limit_milli * 1_000_000
     if spec.memory_limit_mb:
@@ -93,6 +100,8 @@ def create_body(
         "AttachStderr": True,
         "HostConfig": host,
     }
+    if config.container_user:
+        body["User"] = config.container_user
     if spec.command:
         body["Entrypoint"] = list(spec.command)
     if spec.args:
@@ -143,8 +152,12 @@ class DockerExecutor:
                 f"the docker executor runs container activities, not {type(spec).__name__}", retryable=False
             )
         files = attempt_files(work, workspace)
+        if isinstance(files, Outcome):
+            await sink.system(files.reason)
+            return files
         problem = write_spec_files(spec.files, workspace, self._config.container_workspace)
         if problem is not None:
+            await sink.system(problem.reason)
             return problem
         root = self._config.container_workspace
         env = {
@@ -164,7 +177,7 @@ class DockerExecutor:
             reason = f"cannot reach the container engine at {self._config.docker_socket}: {exc}"
             await sink.system(reason)
             return Outcome.failed(reason)
-        return finish(exit_code, spec.success_condition, read_outputs(files.outputs))
+        return finish(exit_code, spec.success_condition, read_outputs(workspace, files))
 
     @contextlib.asynccontextmanager
     async def _container(

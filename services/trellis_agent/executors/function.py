@@ -5,7 +5,8 @@ POSTs `{"inputs", "metadata", "previous"}`; the answer is `done` (outputs), `aga
 becomes `previous`), `failed` (final) or `transient` (call again; after `MAX_TRANSIENT` in a
 row the attempt fails retryably and the scheduler's retry policy takes over). Past
 `until_seconds` the activity fails as timed out. A function given as an image is started once
-through a `FunctionHost` (a container backend).
+through a `FunctionHost` (a container backend); the agent may call that container's address
+whatever its egress policy says, since it started the container itself.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import contextlib
 import itertools
 import json
 import time
+import urllib.parse
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
 
+from trellis_agent.egress import egress_session, literal_ip
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_agent.executors.http import (
     MAX_BODY_BYTES,
@@ -69,6 +72,9 @@ class FunctionExecutor:
             except Exception as exc:  # the image cannot be pulled, started or reached
                 await sink.system(f"function {spec.image} did not start: {exc}")
                 return Outcome.failed(f"function {spec.image} did not start: {exc}")
+            if (address := literal_ip(urllib.parse.urlsplit(url).hostname or "")) is not None:
+                session = egress_session(self._http.policy.allowing(address))
+                stack.push_async_callback(session.close)
             return await poll(session, spec, work, url, sink)
         raise AssertionError("unreachable")
 

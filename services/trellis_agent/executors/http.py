@@ -1,9 +1,10 @@
 """The `http` executor: one HTTP call with aiohttp; success is a condition over the response.
 
-TLS is verified unless the spec turns it off. The response (status, headers, JSON body, text)
-is the activity's outputs and the `response` name of its success condition (default: 2xx).
-A 5xx, 429 or a network error fails retryably; any other refusal does not. A body is read to
-its end or to MAX_BODY_BYTES: a longer one is cut there (logged as cut, `json` null).
+TLS is verified unless the spec turns it off; where the call may go is the agent's egress policy.
+The response (status, headers, JSON body, text) is the activity's outputs and the `response`
+name of its success condition (default: 2xx). A 5xx, 429 or a network error fails retryably;
+any other refusal does not. A body is read to its end or to MAX_BODY_BYTES: a longer one is
+cut there (logged as cut, `json` null).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import aiohttp
 import msgspec
 
 from trellis_agent.conditions import evaluate
+from trellis_agent.egress import EgressDenied, EgressPolicy, egress_session
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_agent.executors.bodies import read_body
 from trellis_core.events import WorkItem
@@ -73,6 +75,8 @@ async def send(
                 json=None if truncated else _json_or_none(text),
                 truncated=truncated,
             )
+    except EgressDenied as exc:  # the address will not change on a retry
+        return HttpFailure(str(exc), retryable=False)
     except TimeoutError:
         within = f" within {timeout_seconds:g}s" if timeout_seconds is not None else ""
         return HttpFailure(f"{method.upper()} {url}: no response{within}")
@@ -96,15 +100,17 @@ def retryable_status(status: int) -> bool:
 
 
 class HttpExecutor:
-    """Runs http activities. Owns one ClientSession, made on first use; `close()` at shutdown."""
+    """Runs http activities. Owns one ClientSession held to `policy` (default: no internal
+    addresses), made on first use; `close()` at shutdown."""
 
-    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, policy: EgressPolicy | None = None, session: aiohttp.ClientSession | None = None) -> None:
+        self.policy = policy if policy is not None else EgressPolicy()
         self._session = session
         self._owns_session = session is None
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = egress_session(self.policy)
         return self._session
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 from typing import Any
 
@@ -23,6 +24,7 @@ from trellis_core.workflow import ContainerSpec
 CONTAINER = "activity"
 TERMINATION_LOG = "/dev/termination-log"
 CONTROL_DIR = "/var/run/trellis"
+DEADLINE_MARGIN_SECONDS = 60
 # Waiting reasons after which the container will not start without someone changing something.
 FATAL_WAITING = frozenset(
     {
@@ -89,17 +91,6 @@ def build_pod(
 ) -> dict[str, Any]:
     """The pod manifest of one activity attempt (a pure function of its inputs)."""
     root = config.container_workspace
-    sensitive = set(work.activity.sensitive)
-    env: list[dict[str, Any]] = [
-        {"name": k, "value": v} for k, v in trellis_env(work, f"{CONTROL_DIR}/inputs.json", TERMINATION_LOG).items()
-    ]
-    env.append({"name": "TRELLIS_WORKSPACE", "value": root})
-    for key, value in spec.env.items():
-        if key in sensitive:
-            ref = {"name": names.secret, "key": f"env.{key}"}
-            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
-        else:
-            env.append({"name": key, "value": value})
     mounts: list[dict[str, Any]] = [
         {"name": "workspace", "mountPath": root},
         {
@@ -115,11 +106,12 @@ def build_pod(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or config.default_image,
-        "env": env,
+        "env": _env(work, spec, names, root),
         "volumeMounts": mounts,
         "workingDir": spec.working_dir or root,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     if spec.command:
         container["command"] = list(spec.command)
@@ -135,9 +127,15 @@ def build_pod(
             {"name": "workspace", "persistentVolumeClaim": {"claimName": workspace.volume_name}},
             {"name": "trellis", "secret": {"secretName": names.secret}},
         ],
+        "securityContext": pod_security(config),
+        # The API token only reaches pods given a service account on purpose.
+        "automountServiceAccountToken": bool(config.service_account),
     }
     if config.service_account:
         pod_spec["serviceAccountName"] = config.service_account
+    if (limit := work.activity.timeout_seconds) is not None and limit > 0:
+        # A backstop should the agent be gone: past the agent's own timeout and kill grace.
+        pod_spec["activeDeadlineSeconds"] = math.ceil(limit + config.kill_grace_seconds) + DEADLINE_MARGIN_SECONDS
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -148,6 +146,35 @@ def build_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _env(work: WorkItem, spec: ContainerSpec, names: PodNames, root: str) -> list[dict[str, Any]]:
+    """The container's variables; sensitive ones come from the attempt's Secret."""
+    sensitive = set(work.activity.sensitive)
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": v} for k, v in trellis_env(work, f"{CONTROL_DIR}/inputs.json", TERMINATION_LOG).items()
+    ]
+    env.append({"name": "TRELLIS_WORKSPACE", "value": root})
+    for key, value in spec.env.items():
+        if key in sensitive:
+            ref = {"name": names.secret, "key": f"env.{key}"}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            env.append({"name": key, "value": value})
+    return env
+
+
+def pod_security(config: AgentConfig) -> dict[str, Any]:
+    """The pod's securityContext: the runtime's default seccomp profile, and the configured user."""
+    context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    user, _, group = config.container_user.partition(":")
+    if user.isdigit():
+        context["runAsUser"] = int(user)
+    if group.isdigit():
+        context["runAsGroup"] = int(group)
+    if config.run_as_non_root or (user.isdigit() and int(user) != 0):
+        context["runAsNonRoot"] = True
+    return context
 
 
 def _limits(spec: ContainerSpec) -> dict[str, str]:

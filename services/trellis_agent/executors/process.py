@@ -54,8 +54,12 @@ class ProcessExecutor:
         if not argv:
             return Outcome.failed("the container spec has no command and no args", retryable=False)
         files = attempt_files(work, workspace)
+        if isinstance(files, Outcome):
+            await sink.system(files.reason)
+            return files
         problem = write_spec_files(spec.files, workspace, self._container_root)
         if problem is not None:
+            await sink.system(problem.reason)
             return problem
         cwd = self._working_dir(spec.working_dir, workspace)
         env = {
@@ -67,7 +71,7 @@ class ProcessExecutor:
         exit_code = await run_command(argv, cwd=cwd, env=env, sink=sink, kill_grace_seconds=self._grace)
         if isinstance(exit_code, Outcome):
             return exit_code
-        return finish(exit_code, spec.success_condition, read_outputs(files.outputs))
+        return finish(exit_code, spec.success_condition, read_outputs(workspace, files))
 
     def _working_dir(self, working_dir: str, workspace: Workspace) -> Path:
         """`/workspace/x` (the container path) and relative paths both map into the workspace."""
