@@ -11,6 +11,7 @@ import pytest
 from agent_support import RecordingSink, work_item
 from aiohttp import web
 
+from trellis_agent.egress import EgressPolicy
 from trellis_agent.executors.base import Workspace, execute
 from trellis_agent.executors.bodies import read_body
 from trellis_agent.executors.function import FunctionExecutor
@@ -61,7 +62,8 @@ def _json_of(size: int) -> Callable[[web.Request], Any]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[HttpExecutor]:
-    executor = HttpExecutor()
+    # The test server listens on loopback, which the egress policy refuses by default.
+    executor = HttpExecutor(EgressPolicy.parse(["127.0.0.1/32"]))
     yield executor
     await executor.close()
 
