@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trellis_core.workflow import Action, Activity, TemplateRef, Workflow
+from trellis_core.workflow import DEFAULT_POOL, Action, Activity, TemplateRef, Workflow
 from trellis_templates.bundle import Bundle
 from trellis_templates.checks import check_schedules, unique_names
 from trellis_templates.contexts import Attached, attach, context_scope
@@ -320,7 +320,8 @@ class Compilation:
         return env, secret, files
 
     def _env_agents(self) -> tuple[str, ...]:
-        return tuple(a.name for a in self.env.spec.agents) or tuple(a.name for a in self.et.spec.agents) or ("default",)
+        env_agents, template_agents = self.env.spec.agents, self.et.spec.agents
+        return tuple(a.name for a in env_agents) or tuple(a.name for a in template_agents) or (DEFAULT_POOL,)
 
     def _hook_context(
         self, resource: str, values: dict[str, Any], sensitive: set[str], renderer: Renderer, source: Source
