@@ -79,6 +79,7 @@ class Bundle:
         kind: type[D],
         name: str,
         version: str,
+        *,
         problems: Problems,
         where: tuple[Source | None, Path] | None,
     ) -> tuple[D, Source] | None:

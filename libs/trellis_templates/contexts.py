@@ -35,7 +35,7 @@ def attach(
         if not ref.name:
             problems.error(source, at, "a context reference needs a name or inline data")
             continue
-        found = bundle.find(ConfigContext, ref.name, "", problems, (source, (*at, "name")))
+        found = bundle.find(ConfigContext, ref.name, "", problems=problems, where=(source, (*at, "name")))
         if found is not None:
             doc, doc_src = found
             out.append(Attached(ref.name, f"ConfigContext {ref.name!r}", doc.spec, doc_src, ("spec",)))

@@ -6,8 +6,6 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen
 from trellis_templates.documents import (
     DeployStages,
@@ -30,7 +28,7 @@ DEPLOY_STAGES: tuple[IacStage, ...] = ("init", "plan", "apply", "output")
 DESTROY_STAGES: tuple[IacStage, ...] = ("init", "plan", "destroy")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ResourcePlan:
     """A resource of the environment with its template resolved and its variables merged."""
 
@@ -56,6 +54,7 @@ class Built:
 def hook_chain(
     ctx: HookContext,
     hooks: Sequence[Hook],
+    *,
     path: Path,
     prefix: str,
     stage: str,
@@ -80,19 +79,16 @@ def hook_chain(
 
 
 def build_resource(plan: ResourcePlan, action: Action) -> Built:
-    ctx, spec, r = plan.ctx, plan.template.spec, plan.name
-    hooks, hpath = spec.hooks, ("spec", "hooks")
-    built = Built()
-    prefix = f"resource/{r}"
+    """A resource's activities: onInit hooks, checkout, stages or tasks, then onSuccess, onFailure, onCompletion."""
+    spec = plan.template.spec
+    hooks, built = spec.hooks, Built()
 
-    def extend(acts: list[Activity]) -> tuple[str, ...] | None:
-        built.activities.extend(acts)
-        built.main.extend(a.id for a in acts)
-        return (acts[-1].id,) if acts else None
+    def extend(activities: list[Activity]) -> tuple[str, ...] | None:
+        built.activities.extend(activities)
+        built.main.extend(activity.id for activity in activities)
+        return (activities[-1].id,) if activities else None
 
-    tails: tuple[str, ...] = extend(
-        hook_chain(ctx, hooks.on_init, (*hpath, "onInit"), f"{prefix}/on-init", "on-init", (ENTRY,))
-    ) or (ENTRY,)
+    tails = extend(_resource_hooks(plan, hooks.on_init, "onInit", "on-init", first_deps=(ENTRY,))) or (ENTRY,)
     if spec.repository_options is not None:
         checkout = _checkout(plan, tails)
         if checkout is not None:
@@ -101,32 +97,41 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
     if custom:
         _no_provider_hooks(plan)
     tails = _tasks(plan, action, tails, built) if custom else _stages(plan, action, tails, extend)
-    success = hook_chain(ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails)
+    success = _resource_hooks(plan, hooks.on_success, "onSuccess", "on-success", first_deps=tails)
     main_deps = tuple(built.main) or (ENTRY,)
-    failure = hook_chain(
-        ctx,
-        hooks.on_failure,
-        (*hpath, "onFailure"),
-        f"{prefix}/on-failure",
-        "on-failure",
-        main_deps,
-        "failure",
+    failure = _resource_hooks(
+        plan, hooks.on_failure, "onFailure", "on-failure", first_deps=main_deps, first_when="failure"
     )
     success_tail = (success[-1].id,) if success else tails
     ends = _unique((*success_tail, *((failure[-1].id,) if failure else ())))
-    completion = hook_chain(
-        ctx,
-        hooks.on_completion,
-        (*hpath, "onCompletion"),
-        f"{prefix}/on-completion",
-        "on-completion",
-        ends,
-        "always",
+    completion = _resource_hooks(
+        plan, hooks.on_completion, "onCompletion", "on-completion", first_deps=ends, first_when="always"
     )
     built.activities.extend(success + failure + completion)
-    built.failure_hooks = [a.id for a in failure]
+    built.failure_hooks = [activity.id for activity in failure]
     built.exits = _unique((*success_tail, *((completion[-1].id,) if completion else ())))
     return built
+
+
+def _resource_hooks(
+    plan: ResourcePlan,
+    hooks: Sequence[Hook],
+    key: str,
+    stage: str,
+    *,
+    first_deps: tuple[str, ...],
+    first_when: RunWhen = "success",
+) -> list[Activity]:
+    """One of the resource's hook lists: `spec.hooks.<key>`, ids `resource/<name>/<stage>/<hook>`."""
+    return hook_chain(
+        plan.ctx,
+        hooks,
+        path=("spec", "hooks", key),
+        prefix=f"resource/{plan.name}/{stage}",
+        stage=stage,
+        first_deps=first_deps,
+        first_when=first_when,
+    )
 
 
 def _no_provider_hooks(plan: ResourcePlan) -> None:
@@ -154,7 +159,7 @@ def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
     path, r = ("spec", "repositoryOptions"), ctx.renderer
     url, username, password, ssh_key = opts.url, "", "", ""
     if opts.name:
-        found = ctx.bundle.find(Repository, opts.name, "", ctx.problems, (ctx.source, (*path, "name")))
+        found = ctx.bundle.find(Repository, opts.name, "", problems=ctx.problems, where=(ctx.source, (*path, "name")))
         if found is None:
             return None
         repo, rsrc = found
@@ -175,13 +180,14 @@ def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
         ssh_key=ssh_key,
     )
     secret = tuple(k for k, v in (("password", password), ("sshKey", ssh_key)) if v)
-    return _stage_activity(plan, "checkout", spec, deps, None, extra_sensitive=secret)
+    return _stage_activity(plan, "checkout", spec, deps=deps, timeout=None, extra_sensitive=secret)
 
 
 def _stage_activity(
     plan: ResourcePlan,
     stage: str,
     spec: IacSpec | CheckoutSpec,
+    *,
     deps: tuple[str, ...],
     timeout: float | None,
     extra_sensitive: tuple[str, ...] = (),
@@ -228,12 +234,20 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
     backend = tuple(r.text(b, ctx.source, (*opath, "backendConfigs", i)) for i, b in enumerate(iac.backend_configs))
     var_files = tuple(r.text(v, ctx.source, (*opath, "varFiles", i)) for i, v in enumerate(iac.var_files))
     timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
-    hpath = ("spec", "hooks", "provider", key, action)
+    hooks_path = ("spec", "hooks", "provider", key, action)
     stages: tuple[IacStage, ...] = DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES
     for stage in stages:
         hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
         prefix = f"resource/{plan.name}/{stage}"
-        tails = add(hook_chain(ctx, hooks.before, (*hpath, stage, "before"), f"{prefix}/before", stage, tails)) or tails
+        before = hook_chain(
+            ctx,
+            hooks.before,
+            path=(*hooks_path, stage, "before"),
+            prefix=f"{prefix}/before",
+            stage=stage,
+            first_deps=tails,
+        )
+        tails = add(before) or tails
         iac_spec = IacSpec(
             tool=tool,
             stage=stage,
@@ -245,8 +259,16 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
             lock=iac.lock,
             env=dict(ctx.env) | plan.tf_env | env,
         )
-        tails = add([_stage_activity(plan, stage, iac_spec, tails, timeout)]) or tails
-        tails = add(hook_chain(ctx, hooks.after, (*hpath, stage, "after"), f"{prefix}/after", stage, tails)) or tails
+        tails = add([_stage_activity(plan, stage, iac_spec, deps=tails, timeout=timeout)]) or tails
+        after = hook_chain(
+            ctx,
+            hooks.after,
+            path=(*hooks_path, stage, "after"),
+            prefix=f"{prefix}/after",
+            stage=stage,
+            first_deps=tails,
+        )
+        tails = add(after) or tails
     return tails
 
 
@@ -375,17 +397,3 @@ def find_cycle(names: list[str], deps: dict[str, list[str]]) -> list[str]:
         if n not in state and (cycle := visit(n)):
             return cycle
     return []
-
-
-def swap_entry(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
-    """`ids` with ENTRY replaced by the ids it stands for."""
-    out: list[str] = []
-    for i in ids:
-        out.extend(entry if i == ENTRY else (i,))
-    return tuple(dict.fromkeys(out))
-
-
-def resolve_entry(act: Activity, entry: tuple[str, ...]) -> Activity:
-    if ENTRY not in act.depends_on:
-        return act
-    return msgspec.structs.replace(act, depends_on=swap_entry(act.depends_on, entry))

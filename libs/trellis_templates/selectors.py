@@ -54,6 +54,7 @@ def selections(et: EnvironmentTemplate, source: Source, problems: Problems) -> l
 def selector_layer(
     resource: str,
     declared: set[str],
+    *,
     chosen: list[Selection],
     env_merged: Mapping[str, Merged],
     source: Source,
