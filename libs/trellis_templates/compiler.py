@@ -258,8 +258,8 @@ def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -
                 "close it with )$, or write $$( for a shell $(",
             )
     elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_strings(v, source, (*path, k), problems)
+        for k, item in value.items():
+            _check_strings(item, source, (*path, k), problems)
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_strings(v, source, (*path, i), problems)
+        for index, item in enumerate(value):
+            _check_strings(item, source, (*path, index), problems)

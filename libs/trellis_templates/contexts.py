@@ -27,10 +27,10 @@ def attach(
 ) -> list[Attached]:
     """Resolve a `contexts` (or a driver's `inputs`) list written at `path` in `source`."""
     out = []
-    for i, ref in enumerate(refs):
-        at: Path = (*path, i)
+    for index, ref in enumerate(refs):
+        at: Path = (*path, index)
         if ref.data is not None:
-            out.append(Attached("", f"inline context {i}", ref.data, source, (*at, "data")))
+            out.append(Attached("", f"inline context {index}", ref.data, source, (*at, "data")))
             continue
         if not ref.name:
             problems.error(source, at, "a context reference needs a name or inline data")

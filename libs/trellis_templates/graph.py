@@ -208,8 +208,8 @@ def _in_action_order(order: Order, action: Action) -> tuple[list[str], Mapping[s
 def swap_entry(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
     """`ids` with ENTRY replaced by the ids it stands for."""
     out: list[str] = []
-    for i in ids:
-        out.extend(entry if i == ENTRY else (i,))
+    for activity_id in ids:
+        out.extend(entry if activity_id == ENTRY else (activity_id,))
     return tuple(dict.fromkeys(out))
 
 

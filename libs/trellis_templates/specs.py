@@ -213,9 +213,9 @@ def resolve_driver(ctx: HookContext, ref: DriverRef, path: Path) -> ResolvedDriv
     found = ctx.bundle.find(Driver, ref.name, ref.version, problems=ctx.problems, where=(ctx.source, (*path, "name")))
     if found is None:
         return None
-    driver, dsrc = found
-    inputs = attach(ctx.bundle, driver.spec.inputs, dsrc, ("spec", "inputs"), ctx.problems)
-    return ResolvedDriver(driver.spec.config, dsrc, ("spec", "config"), inputs)
+    driver, driver_source = found
+    inputs = attach(ctx.bundle, driver.spec.inputs, driver_source, ("spec", "inputs"), ctx.problems)
+    return ResolvedDriver(driver.spec.config, driver_source, ("spec", "config"), inputs)
 
 
 def input_contexts(ctx: HookContext, inputs: list[Attached]) -> tuple[dict[str, str], dict[str, Any], set[str]]:
