@@ -34,16 +34,9 @@ class Variables:
     values: dict[str, Any]
     late: bool  # some value reads what is known only at run time
     sensitive: frozenset[str]
+    selected: frozenset[str]  # the variables that set resources' variables through selectors
     scope: dict[str, Any]  # `environment.variables` set to `values`
-
-    @property
-    def selected(self) -> frozenset[str]:
-        """The EnvironmentTemplate variables that set resources' variables through selectors."""
-        return frozenset(selection.variable for selection in self.selections)
-
-    @property
-    def resource_names(self) -> frozenset[str]:
-        return frozenset(resource.name for resource in self.documents.template.spec.resources)
+    resource_names: frozenset[str]  # of the EnvironmentTemplate: the outputs strings may read
 
 
 def context_layers(contexts: tuple[Attached, ...]) -> list[Layer]:
@@ -92,7 +85,9 @@ def resolve_variables(
         values=values,
         late=late,
         sensitive=sensitive,
+        selected=frozenset(selection.variable for selection in chosen),
         scope=scope,
+        resource_names=resources,
     )
 
 
