@@ -15,6 +15,7 @@ ActivityKind = Literal["container", "http", "function", "approval"]
 Action = Literal["deploy", "destroy"]
 RunWhen = Literal["success", "failure", "always"]
 FailurePolicy = Literal["fail", "continue"]
+DEFAULT_POOL = "default"  # the agent pool of an activity whose template names none
 IacTool = Literal["opentofu", "terraform"]
 IacStage = Literal["init", "plan", "apply", "output", "destroy"]
 
@@ -137,7 +138,7 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     depends_on: tuple[str, ...] = ()
     when: RunWhen = "success"
     on_failure: FailurePolicy = "fail"
-    agents: tuple[str, ...] = ("default",)
+    agents: tuple[str, ...] = (DEFAULT_POOL,)
     workspace: str = ""
     timeout_seconds: float | None = None
     retry: RetryPolicy = RetryPolicy()
@@ -146,6 +147,11 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     inputs: dict[str, Any] = {}  # the resource's merged variables (TRELLIS_INPUTS)
     sensitive: tuple[str, ...] = ()  # names of inputs/env entries whose values are masked
     bundle: str = ""  # digest of the run's files beside the templates (the bundle object store)
+
+    @property
+    def pool(self) -> str:
+        """The pool its work is dispatched to: its first agent, else the default pool."""
+        return self.agents[0] if self.agents else DEFAULT_POOL
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):

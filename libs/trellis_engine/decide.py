@@ -81,7 +81,7 @@ def _fire(st: SchedulerState, timer: Timer, now: float, cmds: list[Command]) -> 
     elif timer.kind == "timeout":
         timeout = activity.timeout_seconds or 0.0
         cmds.append(Cancel(tenant=run.tenant, run_id=run.run_id, activity_id=activity.id, attempt=a.attempt,
-                           pool=activity.agents[0] if activity.agents else "default",
+                           pool=activity.pool,
                            reason=f"timed out after {timeout:g}s"))  # fmt: skip
         timed_out = ActivityTimedOut(timeout_seconds=timeout, **base, **stamp(now, f"{key}/timed_out"))
         fold(st, timed_out)
@@ -91,7 +91,7 @@ def _fire(st: SchedulerState, timer: Timer, now: float, cmds: list[Command]) -> 
             return
         reason = f"agent {a.agent} holding the workspace did not start it"
         cmds.append(Cancel(tenant=run.tenant, run_id=run.run_id, activity_id=activity.id, attempt=a.attempt,
-                           pool=activity.agents[0] if activity.agents else "default", reason=reason))  # fmt: skip
+                           pool=activity.pool, reason=reason))  # fmt: skip
         lost = ActivityLost(agent=a.agent, **base, **stamp(now, f"{key}/lost"))
         fold(st, lost)
         emit(cmds, lost)

@@ -97,8 +97,7 @@ def begin_cancel(st: SchedulerState, run: RunState, now: float, cmds: list[Comma
 
 
 def _pool(run: RunState, i: int) -> str:
-    agents = run.activities[i].agents
-    return agents[0] if agents else "default"
+    return run.activities[i].pool
 
 
 def dispatch_ready(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:

@@ -5,6 +5,12 @@ only `decide.fold` and `decide.decide` change it, and they read no clock and dra
 Graph indices (dependents, workspaces) are derived from the workflow and never serialized.
 """
 
+# Short names used throughout the engine (state, fold, decide, runs), kept short on purpose:
+#   st   the SchedulerState being folded or decided on
+#   run  one RunState of it
+#   i    an activity's position in `run.activities` (and `run.acts`): activities are indexed, not named
+#   a    the ActivityState at that position, `a = run.acts[i]`: its status, attempt, agent
+
 from __future__ import annotations
 
 import heapq

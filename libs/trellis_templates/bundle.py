@@ -79,6 +79,7 @@ class Bundle:
         kind: type[D],
         name: str,
         version: str,
+        *,
         problems: Problems,
         where: tuple[Source | None, Path] | None,
     ) -> tuple[D, Source] | None:
@@ -176,7 +177,7 @@ def file_problems(files: Iterable[BundleFile]) -> list[str]:
         if file.path in seen:
             problems.append(f"{file.path!r} appears twice")
         parents = file.path.split("/")[:-1]
-        dirs.update("/".join(parents[: i + 1]) for i in range(len(parents)))
+        dirs.update("/".join(parents[: depth + 1]) for depth in range(len(parents)))
         seen.add(file.path)
     problems.extend(f"{path!r} is both a file and a directory" for path in sorted(seen & dirs))
     return problems

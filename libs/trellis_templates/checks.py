@@ -15,8 +15,8 @@ _TTL = re.compile(r"^(\d+[mhd])+$")
 def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Problems) -> None:
     """Schedules are run by a later service; their names and cron expressions are checked now."""
     unique_names([s.name for s in schedules], source, ("spec", "schedules"), "schedule", problems)
-    for i, schedule in enumerate(schedules):
-        cadence, path = schedule.cadence, ("spec", "schedules", i, "cadence")
+    for index, schedule in enumerate(schedules):
+        cadence, path = schedule.cadence, ("spec", "schedules", index, "cadence")
         if not cadence.cron_expression and not cadence.time_to_live:
             problems.error(source, path, "a schedule needs cadence.cronExpression or cadence.timeToLive")
             continue
@@ -39,7 +39,7 @@ def check_schedules(schedules: Sequence[Schedule], source: Source, problems: Pro
 
 def unique_names(names: list[str], source: Source, path: Path, what: str, problems: Problems) -> None:
     seen: set[str] = set()
-    for i, name in enumerate(names):
+    for index, name in enumerate(names):
         if name in seen:
-            problems.error(source, (*path, i, "name"), f"duplicate {what} name {name!r}")
+            problems.error(source, (*path, index, "name"), f"duplicate {what} name {name!r}")
         seen.add(name)

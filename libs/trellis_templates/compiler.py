@@ -16,7 +16,7 @@ from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Action, Workflow
 from trellis_templates import expressions
 from trellis_templates.bundle import Bundle
-from trellis_templates.compilation import Compilation, RunInfo
+from trellis_templates.compilation import RunInfo, compile_environment
 from trellis_templates.documents import (
     Document,
     Environment,
@@ -66,20 +66,28 @@ def compile_bundle(
     with gc_paused():
         bundle = Bundle.index(documents, problems, unreadable)
         info = RunInfo(
-            action,
-            tenant,
-            run_id,
-            requested_by,
-            environment_id,
-            email_relay_url,
-            trigger,
-            require_inputs,
-            strict_inputs,
+            action=action,
+            tenant=tenant,
+            run_id=run_id,
+            requested_by=requested_by,
+            environment_id=environment_id,
+            email_relay_url=email_relay_url,
+            trigger=trigger,
+            require_inputs=require_inputs,
+            strict_inputs=strict_inputs,
         )
         found = bundle.environment(environment_name, problems)
         workflow = None
         if found is not None:
-            workflow = Compilation(bundle, problems, found[0], found[1], dict(inputs or {}), info).run()
+            environment, source = found
+            workflow = compile_environment(
+                bundle=bundle,
+                environment=environment,
+                environment_source=source,
+                inputs=dict(inputs or {}),
+                info=info,
+                problems=problems,
+            )
         return _result(workflow, problems)
 
 
@@ -97,8 +105,10 @@ def compile_template(
         metadata=Metadata(name=template),
         spec=EnvironmentSpec(template=VersionedRef(name=template)),
     )
-    info = RunInfo(action, require_inputs=False)
-    workflow = Compilation(bundle, problems, env, Source(), {}, info).run()
+    info = RunInfo(action=action, require_inputs=False)
+    workflow = compile_environment(
+        bundle=bundle, environment=env, environment_source=Source(), inputs={}, info=info, problems=problems
+    )
     return _result(workflow, problems)
 
 
@@ -249,8 +259,8 @@ def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -
                 "close it with )$, or write $$( for a shell $(",
             )
     elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_strings(v, source, (*path, k), problems)
+        for k, item in value.items():
+            _check_strings(item, source, (*path, k), problems)
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_strings(v, source, (*path, i), problems)
+        for index, item in enumerate(value):
+            _check_strings(item, source, (*path, index), problems)

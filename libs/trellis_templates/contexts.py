@@ -27,15 +27,15 @@ def attach(
 ) -> list[Attached]:
     """Resolve a `contexts` (or a driver's `inputs`) list written at `path` in `source`."""
     out = []
-    for i, ref in enumerate(refs):
-        at: Path = (*path, i)
+    for index, ref in enumerate(refs):
+        at: Path = (*path, index)
         if ref.data is not None:
-            out.append(Attached("", f"inline context {i}", ref.data, source, (*at, "data")))
+            out.append(Attached("", f"inline context {index}", ref.data, source, (*at, "data")))
             continue
         if not ref.name:
             problems.error(source, at, "a context reference needs a name or inline data")
             continue
-        found = bundle.find(ConfigContext, ref.name, "", problems, (source, (*at, "name")))
+        found = bundle.find(ConfigContext, ref.name, "", problems=problems, where=(source, (*at, "name")))
         if found is not None:
             doc, doc_src = found
             out.append(Attached(ref.name, f"ConfigContext {ref.name!r}", doc.spec, doc_src, ("spec",)))

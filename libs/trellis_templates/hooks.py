@@ -65,7 +65,7 @@ def hook_activity(
         depends_on=depends_on,
         when=when,
         on_failure="continue" if hook.on_failure == "continue" else "fail",
-        agents=tuple(a.name for a in hook.agents) or ctx.agents,
+        agents=tuple(agent.name for agent in hook.agents) or ctx.agents,
         workspace=ctx.resource,
         timeout_seconds=timeout,
         retry=RetryPolicy(max_attempts=retries + 1) if retries else NO_RETRY,
@@ -93,7 +93,7 @@ def _skip(ctx: HookContext, hook: Hook, path: Path) -> SkipConfig | None:
 
 def _primitive(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     opts, opath = hook.options, (*path, "options")
-    r, src = ctx.renderer, ctx.source
+    renderer, src = ctx.renderer, ctx.source
     kind = hook.type
     if kind not in HOOK_TYPES:  # read leniently from a document with errors: already reported
         return None
@@ -102,18 +102,19 @@ def _primitive(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     if kind == "http":
         if opts.http is None:
             return _missing(ctx, path, kind, "options.http")
-        return Run("http", http_spec(r, None, (), opts.http, src, (*opath, "http")))
+        return Run("http", http_spec(renderer, over=opts.http, over_source=src, over_path=(*opath, "http")))
     if kind == "container":
         if opts.container is None:
             return _missing(ctx, path, kind, "options.container")
-        return Run("container", container_spec(ctx, None, None, (), opts.container, src, (*opath, "container")))
+        spec = container_spec(ctx, over=opts.container, over_source=src, over_path=(*opath, "container"))
+        return Run("container", spec)
     if kind == "script":
         if opts.script is None:
             return _missing(ctx, path, kind, "options.script")
         spath = (*opath, "script")
-        env = dict(ctx.env) | r.texts(opts.script.env_vars, src, (*spath, "envVars"))
-        script = r.text(opts.script.script, src, (*spath, "script"))
-        image = r.text(opts.script.image, src, (*spath, "image"))
+        env = dict(ctx.env) | renderer.texts(opts.script.env_vars, src, (*spath, "envVars"))
+        script = renderer.text(opts.script.script, src, (*spath, "script"))
+        image = renderer.text(opts.script.image, src, (*spath, "image"))
         return Run("container", ContainerSpec(image=image, command=("sh", "-c", script), env=env, files=ctx.files))
     if kind == "notification":
         return _notification(ctx, hook, path)
@@ -137,7 +138,7 @@ def _driver_hook(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
 
 def _notification(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
     note, npath = hook.options.notification, (*path, "options", "notification")
-    r, src = ctx.renderer, ctx.source
+    renderer, src = ctx.renderer, ctx.source
     if note is None:
         return _missing(ctx, path, "notification", "options.notification")
     if note.type == "webhook":
@@ -147,10 +148,10 @@ def _notification(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
         return Run(
             "http",
             HttpSpec(
-                url=r.text(w.endpoint, src, (*wpath, "endpoint")),
+                url=renderer.text(w.endpoint, src, (*wpath, "endpoint")),
                 method=w.method.upper(),
-                headers=r.texts(w.headers, src, (*wpath, "headers")) or {"Content-Type": "application/json"},
-                body=r.text(w.body, src, (*wpath, "body")),
+                headers=renderer.texts(w.headers, src, (*wpath, "headers")) or {"Content-Type": "application/json"},
+                body=renderer.text(w.body, src, (*wpath, "body")),
             ),
         )
     if note.email is None:
@@ -164,10 +165,12 @@ def _notification(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
             "set TRELLIS_EMAIL_RELAY_URL for the compiler",
         )
     body = {
-        "sender": r.text(e.sender, src, (*epath, "sender")),
-        "receivers": [r.text(x, src, (*epath, "receivers", i)) for i, x in enumerate(e.receivers)],
-        "subject": r.text(e.subject, src, (*epath, "subject")),
-        "body": r.text(e.body, src, (*epath, "body")),
+        "sender": renderer.text(e.sender, src, (*epath, "sender")),
+        "receivers": [
+            renderer.text(receiver, src, (*epath, "receivers", index)) for index, receiver in enumerate(e.receivers)
+        ],
+        "subject": renderer.text(e.subject, src, (*epath, "subject")),
+        "body": renderer.text(e.body, src, (*epath, "body")),
     }
     return Run(
         "http",
@@ -180,7 +183,7 @@ def _notification(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
 
 
 def _approval(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
-    opts, apath, r, src = hook.options.approval, (*path, "options", "approval"), ctx.renderer, ctx.source
+    opts, apath, renderer, src = hook.options.approval, (*path, "options", "approval"), ctx.renderer, ctx.source
     if opts is None:
         return _missing(ctx, path, "approval", "options.approval")
     approvers = tuple(opts.internal.emails) if opts.internal else ()
@@ -190,10 +193,10 @@ def _approval(ctx: HookContext, hook: Hook, path: Path) -> Run | None:
             return _missing(ctx, path, "approval", "options.approval.webhook")
         w, wpath = opts.webhook, (*apath, "webhook")
         notify = HttpSpec(
-            url=r.text(w.endpoint, src, (*wpath, "endpoint")),
+            url=renderer.text(w.endpoint, src, (*wpath, "endpoint")),
             method=w.method.upper(),
-            headers=r.texts(w.headers, src, (*wpath, "headers")) or {"Content-Type": "application/json"},
-            body=r.text(w.body or DEFAULT_APPROVAL_BODY, src, (*wpath, "body")),
+            headers=renderer.texts(w.headers, src, (*wpath, "headers")) or {"Content-Type": "application/json"},
+            body=renderer.text(w.body or DEFAULT_APPROVAL_BODY, src, (*wpath, "body")),
         )
     return Run("approval", ApprovalSpec(notify=notify, approvers=approvers))
 

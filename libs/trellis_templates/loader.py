@@ -5,17 +5,17 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path as FsPath
 from typing import Any, Literal
 
 import yaml
 
 from trellis_templates import fastyaml
 from trellis_templates.errors import Path, Problems, Source
+from trellis_templates.walk import walk
 
 Reader = Literal["auto", "fast", "libyaml", "pyyaml"]
 LIBYAML = yaml.__with_libyaml__
@@ -49,7 +49,6 @@ if LIBYAML:
 else:  # pragma: no cover - libyaml missing
     _Loader = _PyLoader
 
-_YAML_SUFFIXES = (".yaml", ".yml")
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -308,40 +307,19 @@ def syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[tuple[int, int],
     return at, f"YAML syntax error: {exc.problem or exc}{during}", ""
 
 
-def _expand(paths: Iterable[str], problems: Problems) -> list[str]:
-    files: list[str] = []
-    for p in paths:
-        fs = FsPath(p)
-        if fs.is_dir():
-            found = sorted(str(f) for f in fs.rglob("*") if f.suffix in _YAML_SUFFIXES and f.is_file())
-            files.extend(found)
-        elif fs.is_file():
-            files.append(str(fs))
-        else:
-            problems.error(Source(p), (), f"no such file or directory: {p}")
-    return files
-
-
 def load_paths(paths: Sequence[str], problems: Problems) -> list[RawDocument]:
-    """Every document of the given files and of the YAML files under the given directories."""
+    """Every document of the given files and of the template files `walk` finds under the given directories."""
+    found = walk(paths)
+    for missing in found.missing:
+        problems.error(Source(missing), (), f"no such file or directory: {missing}")
     documents: list[RawDocument] = []
     budget = Budget()  # one for the whole bundle
-    for file in _expand(paths, problems):
+    for path in found.templates:
+        file = str(path)
         try:
-            text = FsPath(file).read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.error(Source(file), (), f"cannot read file: {exc}")
             continue
         documents.extend(load_text(text, os.path.normpath(file), problems, budget=budget))
     return documents
-
-
-def read_sources(paths: Sequence[str], problems: Problems) -> list[tuple[str, str]]:
-    """(path, text) of every file a bundle is made of, for run requests."""
-    out: list[tuple[str, str]] = []
-    for file in _expand(paths, problems):
-        try:
-            out.append((os.path.normpath(file), FsPath(file).read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.error(Source(file), (), f"cannot read file: {exc}")
-    return out

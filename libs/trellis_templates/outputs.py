@@ -105,8 +105,8 @@ def _walk(value: Any, path: Path, source: Source | None, declared: dict[str, set
                 closest(key, keys) or f"declare {key!r} in the outputs of the task that writes it",
             )
     elif isinstance(value, dict):
-        for k, v in value.items():
-            _walk(v, (*path, k), source, declared, problems)
+        for k, item in value.items():
+            _walk(item, (*path, k), source, declared, problems)
     elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _walk(v, (*path, i), source, declared, problems)
+        for index, item in enumerate(value):
+            _walk(item, (*path, index), source, declared, problems)

@@ -75,9 +75,9 @@ class Renderer:
                 self.problems.error(source, path, exc.message, exc.hint)
                 return value
         if isinstance(value, dict):
-            return {k: self.value(v, source, (*path, k)) for k, v in value.items()}
+            return {k: self.value(item, source, (*path, k)) for k, item in value.items()}
         if isinstance(value, list | tuple):
-            return [self.value(v, source, (*path, i)) for i, v in enumerate(value)]
+            return [self.value(item, source, (*path, index)) for index, item in enumerate(value)]
         return value
 
     def text(self, value: str, source: Source | None, path: Path) -> str:

@@ -6,8 +6,6 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen
 from trellis_templates.documents import (
     DeployStages,
@@ -30,7 +28,7 @@ DEPLOY_STAGES: tuple[IacStage, ...] = ("init", "plan", "apply", "output")
 DESTROY_STAGES: tuple[IacStage, ...] = ("init", "plan", "destroy")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ResourcePlan:
     """A resource of the environment with its template resolved and its variables merged."""
 
@@ -56,6 +54,7 @@ class Built:
 def hook_chain(
     ctx: HookContext,
     hooks: Sequence[Hook],
+    *,
     path: Path,
     prefix: str,
     stage: str,
@@ -66,13 +65,13 @@ def hook_chain(
     out: list[Activity] = []
     deps, when = first_deps, first_when
     seen: set[str] = set()
-    for i, hook in enumerate(hooks):
+    for index, hook in enumerate(hooks):
         if hook.name in seen:
             msg = f"duplicate hook name {hook.name!r} in this list"
-            ctx.problems.error(ctx.source, (*path, i, "name"), msg)
+            ctx.problems.error(ctx.source, (*path, index, "name"), msg)
             continue
         seen.add(hook.name)
-        act = hook_activity(ctx, hook, (*path, i), f"{prefix}/{hook.name}", stage=stage, depends_on=deps, when=when)
+        act = hook_activity(ctx, hook, (*path, index), f"{prefix}/{hook.name}", stage=stage, depends_on=deps, when=when)
         if act is not None:
             out.append(act)
             deps, when = (act.id,), "success"
@@ -80,19 +79,16 @@ def hook_chain(
 
 
 def build_resource(plan: ResourcePlan, action: Action) -> Built:
-    ctx, spec, r = plan.ctx, plan.template.spec, plan.name
-    hooks, hpath = spec.hooks, ("spec", "hooks")
-    built = Built()
-    prefix = f"resource/{r}"
+    """A resource's activities: onInit hooks, checkout, stages or tasks, then onSuccess, onFailure, onCompletion."""
+    spec = plan.template.spec
+    hooks, built = spec.hooks, Built()
 
-    def extend(acts: list[Activity]) -> tuple[str, ...] | None:
-        built.activities.extend(acts)
-        built.main.extend(a.id for a in acts)
-        return (acts[-1].id,) if acts else None
+    def extend(activities: list[Activity]) -> tuple[str, ...] | None:
+        built.activities.extend(activities)
+        built.main.extend(activity.id for activity in activities)
+        return (activities[-1].id,) if activities else None
 
-    tails: tuple[str, ...] = extend(
-        hook_chain(ctx, hooks.on_init, (*hpath, "onInit"), f"{prefix}/on-init", "on-init", (ENTRY,))
-    ) or (ENTRY,)
+    tails = extend(_resource_hooks(plan, hooks.on_init, "onInit", "on-init", first_deps=(ENTRY,))) or (ENTRY,)
     if spec.repository_options is not None:
         checkout = _checkout(plan, tails)
         if checkout is not None:
@@ -101,32 +97,41 @@ def build_resource(plan: ResourcePlan, action: Action) -> Built:
     if custom:
         _no_provider_hooks(plan)
     tails = _tasks(plan, action, tails, built) if custom else _stages(plan, action, tails, extend)
-    success = hook_chain(ctx, hooks.on_success, (*hpath, "onSuccess"), f"{prefix}/on-success", "on-success", tails)
+    success = _resource_hooks(plan, hooks.on_success, "onSuccess", "on-success", first_deps=tails)
     main_deps = tuple(built.main) or (ENTRY,)
-    failure = hook_chain(
-        ctx,
-        hooks.on_failure,
-        (*hpath, "onFailure"),
-        f"{prefix}/on-failure",
-        "on-failure",
-        main_deps,
-        "failure",
+    failure = _resource_hooks(
+        plan, hooks.on_failure, "onFailure", "on-failure", first_deps=main_deps, first_when="failure"
     )
     success_tail = (success[-1].id,) if success else tails
     ends = _unique((*success_tail, *((failure[-1].id,) if failure else ())))
-    completion = hook_chain(
-        ctx,
-        hooks.on_completion,
-        (*hpath, "onCompletion"),
-        f"{prefix}/on-completion",
-        "on-completion",
-        ends,
-        "always",
+    completion = _resource_hooks(
+        plan, hooks.on_completion, "onCompletion", "on-completion", first_deps=ends, first_when="always"
     )
     built.activities.extend(success + failure + completion)
-    built.failure_hooks = [a.id for a in failure]
+    built.failure_hooks = [activity.id for activity in failure]
     built.exits = _unique((*success_tail, *((completion[-1].id,) if completion else ())))
     return built
+
+
+def _resource_hooks(
+    plan: ResourcePlan,
+    hooks: Sequence[Hook],
+    key: str,
+    stage: str,
+    *,
+    first_deps: tuple[str, ...],
+    first_when: RunWhen = "success",
+) -> list[Activity]:
+    """One of the resource's hook lists: `spec.hooks.<key>`, ids `resource/<name>/<stage>/<hook>`."""
+    return hook_chain(
+        plan.ctx,
+        hooks,
+        path=("spec", "hooks", key),
+        prefix=f"resource/{plan.name}/{stage}",
+        stage=stage,
+        first_deps=first_deps,
+        first_when=first_when,
+    )
 
 
 def _no_provider_hooks(plan: ResourcePlan) -> None:
@@ -151,37 +156,38 @@ def _unique(ids: Sequence[str]) -> tuple[str, ...]:
 def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
     ctx, opts = plan.ctx, plan.template.spec.repository_options
     assert opts is not None
-    path, r = ("spec", "repositoryOptions"), ctx.renderer
+    path, renderer = ("spec", "repositoryOptions"), ctx.renderer
     url, username, password, ssh_key = opts.url, "", "", ""
     if opts.name:
-        found = ctx.bundle.find(Repository, opts.name, "", ctx.problems, (ctx.source, (*path, "name")))
+        found = ctx.bundle.find(Repository, opts.name, "", problems=ctx.problems, where=(ctx.source, (*path, "name")))
         if found is None:
             return None
-        repo, rsrc = found
-        url = r.text(repo.spec.endpoint, rsrc, ("spec", "endpoint"))
+        repo, repository_source = found
+        url = renderer.text(repo.spec.endpoint, repository_source, ("spec", "endpoint"))
         creds = repo.spec.credentials
         username, password, ssh_key = creds.username, creds.password, creds.ssh_key
     elif not url:
         ctx.problems.error(ctx.source, path, "repositoryOptions needs a Repository name or a url")
         return None
     else:
-        url = r.text(url, ctx.source, (*path, "url"))
+        url = renderer.text(url, ctx.source, (*path, "url"))
     spec = CheckoutSpec(
         url=url,
-        revision=r.text(opts.branch, ctx.source, (*path, "branch")),
-        path=r.text(opts.directory_path, ctx.source, (*path, "directoryPath")),
+        revision=renderer.text(opts.branch, ctx.source, (*path, "branch")),
+        path=renderer.text(opts.directory_path, ctx.source, (*path, "directoryPath")),
         username=username,
         password=password,
         ssh_key=ssh_key,
     )
     secret = tuple(k for k, v in (("password", password), ("sshKey", ssh_key)) if v)
-    return _stage_activity(plan, "checkout", spec, deps, None, extra_sensitive=secret)
+    return _stage_activity(plan, "checkout", spec, deps=deps, timeout=None, extra_sensitive=secret)
 
 
 def _stage_activity(
     plan: ResourcePlan,
     stage: str,
     spec: IacSpec | CheckoutSpec,
+    *,
     deps: tuple[str, ...],
     timeout: float | None,
     extra_sensitive: tuple[str, ...] = (),
@@ -206,34 +212,36 @@ Extend = Callable[[list[Activity]], tuple[str, ...] | None]
 
 
 def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Extend) -> tuple[str, ...]:
+    """The OpenTofu/Terraform stages in order, each between its provider `before` and `after` hooks."""
     ctx, spec = plan.ctx, plan.template.spec
     tool: IacTool = "opentofu" if spec.provider == "opentofu" else "terraform"
     key = "openTofu" if tool == "opentofu" else "terraform"
-    po = spec.provider_options
-    own = po.open_tofu if tool == "opentofu" else po.terraform
-    iac = own or po.open_tofu or po.terraform or IacOptions()
-    opath = ("spec", "providerOptions", key if getattr(po, _attr(key)) is not None else _other(key))
+    provider_options = spec.provider_options
+    own = provider_options.open_tofu if tool == "opentofu" else provider_options.terraform
+    iac = own or provider_options.open_tofu or provider_options.terraform or IacOptions()
+    written = key if getattr(provider_options, _attr(key)) is not None else _other(key)
+    options_path = ("spec", "providerOptions", written)
     image, env = _iac_driver(plan)
-    provider_hooks: ProviderStageHooks | None = getattr(spec.hooks.provider, _attr(key))
-    if getattr(spec.hooks.provider, _attr(_other(key))) is not None:
-        ctx.problems.warn(
-            ctx.source,
-            ("spec", "hooks", "provider", _other(key)),
-            f"hooks for {_other(key)} are ignored: the resource's provider is {spec.provider}",
-        )
-    stage_hooks: DeployStages | DestroyStages | None = None
-    if provider_hooks is not None:
-        stage_hooks = provider_hooks.deploy if action == "deploy" else provider_hooks.destroy
-    r = ctx.renderer
-    backend = tuple(r.text(b, ctx.source, (*opath, "backendConfigs", i)) for i, b in enumerate(iac.backend_configs))
-    var_files = tuple(r.text(v, ctx.source, (*opath, "varFiles", i)) for i, v in enumerate(iac.var_files))
+    stage_hooks = _provider_stage_hooks(plan, action, key)
+    renderer = ctx.renderer
+    backend = tuple(
+        renderer.text(backend_config, ctx.source, (*options_path, "backendConfigs", index))
+        for index, backend_config in enumerate(iac.backend_configs)
+    )
+    var_files = tuple(
+        renderer.text(var_file, ctx.source, (*options_path, "varFiles", index))
+        for index, var_file in enumerate(iac.var_files)
+    )
     timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
-    hpath = ("spec", "hooks", "provider", key, action)
-    stages: tuple[IacStage, ...] = DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES
-    for stage in stages:
+    hooks_path = ("spec", "hooks", "provider", key, action)
+    for stage in DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES:
         hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
         prefix = f"resource/{plan.name}/{stage}"
-        tails = add(hook_chain(ctx, hooks.before, (*hpath, stage, "before"), f"{prefix}/before", stage, tails)) or tails
+        before_path = (*hooks_path, stage, "before")
+        before = hook_chain(
+            ctx, hooks.before, path=before_path, prefix=f"{prefix}/before", stage=stage, first_deps=tails
+        )
+        tails = add(before) or tails
         iac_spec = IacSpec(
             tool=tool,
             stage=stage,
@@ -245,9 +253,26 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
             lock=iac.lock,
             env=dict(ctx.env) | plan.tf_env | env,
         )
-        tails = add([_stage_activity(plan, stage, iac_spec, tails, timeout)]) or tails
-        tails = add(hook_chain(ctx, hooks.after, (*hpath, stage, "after"), f"{prefix}/after", stage, tails)) or tails
+        tails = add([_stage_activity(plan, stage, iac_spec, deps=tails, timeout=timeout)]) or tails
+        after_path = (*hooks_path, stage, "after")
+        after = hook_chain(ctx, hooks.after, path=after_path, prefix=f"{prefix}/after", stage=stage, first_deps=tails)
+        tails = add(after) or tails
     return tails
+
+
+def _provider_stage_hooks(plan: ResourcePlan, action: Action, key: str) -> DeployStages | DestroyStages | None:
+    """The stage hooks for the resource's tool and `action`; the other tool's are ignored, with a warning."""
+    spec, ctx = plan.template.spec, plan.ctx
+    provider_hooks: ProviderStageHooks | None = getattr(spec.hooks.provider, _attr(key))
+    if getattr(spec.hooks.provider, _attr(_other(key))) is not None:
+        ctx.problems.warn(
+            ctx.source,
+            ("spec", "hooks", "provider", _other(key)),
+            f"hooks for {_other(key)} are ignored: the resource's provider is {spec.provider}",
+        )
+    if provider_hooks is None:
+        return None
+    return provider_hooks.deploy if action == "deploy" else provider_hooks.destroy
 
 
 def _attr(key: str) -> str:
@@ -267,14 +292,14 @@ def _iac_driver(plan: ResourcePlan) -> tuple[str, dict[str, str]]:
     resolved = resolve_driver(ctx, ref, (*path, key))
     if resolved is None:
         return "", {}
-    config, dsrc, dpath = resolved.config, resolved.source, resolved.path
+    config, driver_source, driver_path = resolved.config, resolved.source, resolved.path
     if config.type != "container" or config.container is None:
         ctx.problems.error(ctx.source, (*path, key), "OpenTofu/Terraform stages need a container driver")
         return "", {}
-    c, cpath = config.container, (*dpath, "container")
-    image = ctx.renderer.text(c.image or "", dsrc, (*cpath, "image"))
+    container, container_path = config.container, (*driver_path, "container")
+    image = ctx.renderer.text(container.image or "", driver_source, (*container_path, "image"))
     input_env, _, _ = input_contexts(ctx, resolved.inputs)
-    return image, input_env | ctx.renderer.texts(c.env_vars, dsrc, (*cpath, "envVars"))
+    return image, input_env | ctx.renderer.texts(container.env_vars, driver_source, (*container_path, "envVars"))
 
 
 def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Built) -> tuple[str, ...]:
@@ -286,24 +311,24 @@ def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Bu
         )
         return tails
     tasks: dict[str, tuple[int, Task]] = {}
-    for i, task in enumerate(custom.tasks):
+    for index, task in enumerate(custom.tasks):
         if task.name in tasks:
-            ctx.problems.error(ctx.source, (*path, "tasks", i, "name"), f"duplicate task name {task.name!r}")
+            ctx.problems.error(ctx.source, (*path, "tasks", index, "name"), f"duplicate task name {task.name!r}")
         else:
-            tasks[task.name] = (i, task)
+            tasks[task.name] = (index, task)
     deps: dict[str, list[str]] = {n: [] for n in tasks}
-    for name, (i, task) in tasks.items():
-        for j, dep in enumerate(task.depends_on):
+    for name, (index, task) in tasks.items():
+        for position, dep in enumerate(task.depends_on):
             if dep not in tasks:
                 ctx.problems.error(
                     ctx.source,
-                    (*path, "tasks", i, "dependsOn", j),
+                    (*path, "tasks", index, "dependsOn", position),
                     f"unknown task {dep!r} in dependsOn",
                     closest(dep, tasks),
                 )
             elif dep == name:
                 msg = "a task cannot depend on itself"
-                ctx.problems.error(ctx.source, (*path, "tasks", i, "dependsOn", j), msg)
+                ctx.problems.error(ctx.source, (*path, "tasks", index, "dependsOn", position), msg)
             else:
                 deps[name].append(dep)
     if action == "destroy" and custom.reverse_on_destroy:
@@ -323,9 +348,9 @@ def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Bu
     ids = {n: f"resource/{plan.name}/task/{n}" for n in tasks}
     depended = {d for ups in deps.values() for d in ups}
     for name in order:
-        i, task = tasks[name]
+        index, task = tasks[name]
         task_deps = tuple(ids[d] for d in deps[name]) or tails
-        act = hook_activity(ctx, task, (*path, "tasks", i), ids[name], stage="task", depends_on=task_deps)
+        act = hook_activity(ctx, task, (*path, "tasks", index), ids[name], stage="task", depends_on=task_deps)
         if act is not None:
             built.activities.append(act)
             built.main.append(act.id)
@@ -335,7 +360,7 @@ def _tasks(plan: ResourcePlan, action: Action, tails: tuple[str, ...], built: Bu
 
 def topo_order(names: list[str], deps: dict[str, list[str]]) -> list[str] | None:
     """Kahn's algorithm, ties broken by declaration order; None when there is a cycle."""
-    index = {n: i for i, n in enumerate(names)}
+    index = {n: position for position, n in enumerate(names)}
     waiting = {n: len(set(deps[n])) for n in names}
     dependents: dict[str, list[str]] = {n: [] for n in names}
     for n in names:
@@ -375,17 +400,3 @@ def find_cycle(names: list[str], deps: dict[str, list[str]]) -> list[str]:
         if n not in state and (cycle := visit(n)):
             return cycle
     return []
-
-
-def swap_entry(ids: tuple[str, ...], entry: tuple[str, ...]) -> tuple[str, ...]:
-    """`ids` with ENTRY replaced by the ids it stands for."""
-    out: list[str] = []
-    for i in ids:
-        out.extend(entry if i == ENTRY else (i,))
-    return tuple(dict.fromkeys(out))
-
-
-def resolve_entry(act: Activity, entry: tuple[str, ...]) -> Activity:
-    if ENTRY not in act.depends_on:
-        return act
-    return msgspec.structs.replace(act, depends_on=swap_entry(act.depends_on, entry))

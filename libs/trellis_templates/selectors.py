@@ -23,17 +23,17 @@ class Selection:
     path: Path  # where the selector is written
 
 
-def selections(et: EnvironmentTemplate, source: Source, problems: Problems) -> list[Selection]:
-    resources = [r.name for r in et.spec.resources]
+def selections(template: EnvironmentTemplate, source: Source, problems: Problems) -> list[Selection]:
+    resources = [resource.name for resource in template.spec.resources]
     out: list[Selection] = []
-    for i, var in enumerate(et.spec.variables):
+    for index, var in enumerate(template.spec.variables):
         override = var.options.override
         written: list[tuple[str, Path]] = [
-            (sel, ("spec", "variables", i, "options", "override", "selectors", j))
+            (sel, ("spec", "variables", index, "options", "override", "selectors", j))
             for j, sel in enumerate(override.selectors)
         ]
         if override.selector:
-            written.append((override.selector, ("spec", "variables", i, "options", "override", "selector")))
+            written.append((override.selector, ("spec", "variables", index, "options", "override", "selector")))
         for text, path in written:
             parts = text.split(".")
             if len(parts) != 3 or parts[0] != "resources" or not all(parts):
@@ -54,6 +54,7 @@ def selections(et: EnvironmentTemplate, source: Source, problems: Problems) -> l
 def selector_layer(
     resource: str,
     declared: set[str],
+    *,
     chosen: list[Selection],
     env_merged: Mapping[str, Merged],
     source: Source,

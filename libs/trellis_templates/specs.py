@@ -29,7 +29,7 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _STATUS_LINE = re.compile(r"\s*([1-5]\d\d)(?:\s+[A-Za-z][A-Za-z' -]*)?\s*")  # Rafay's "200 OK"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class HookContext:
     """What a hook needs from where it is attached: a resource, or the environment."""
 
@@ -91,46 +91,49 @@ def limit(value: str | int | None, problems: Problems, source: Source | None, pa
 
 
 def http_spec(
-    r: Renderer,
-    bsrc: Source | None,
-    bpath: Path,
+    renderer: Renderer,
+    *,
     over: HttpOptions,
-    osrc: Source | None,
-    opath: Path,
+    over_source: Source | None,
+    over_path: Path,
     base: HttpOptions | None = None,
+    base_source: Source | None = None,
+    base_path: Path = (),
 ) -> HttpSpec:
+    """An http call's spec; each field of `over` that is set replaces the one of `base`."""
+
     def pick(name: str) -> tuple[Any, Source | None, Path]:
         value = getattr(over, name)
         if value is not None or base is None:
-            return value, osrc, (*opath, _camel(name))
-        return getattr(base, name), bsrc, (*bpath, _camel(name))
+            return value, over_source, (*over_path, _camel(name))
+        return getattr(base, name), base_source, (*base_path, _camel(name))
 
-    endpoint, esrc, epath = pick("endpoint")
+    endpoint, endpoint_source, endpoint_path = pick("endpoint")
     if not endpoint:
-        r.problems.error(esrc, epath, "an http call needs an endpoint")
+        renderer.problems.error(endpoint_source, endpoint_path, "an http call needs an endpoint")
     method, _, _ = pick("method")
-    headers, hsrc, hpath = pick("headers")
-    body, bs, bp = pick("body")
-    cond, cs, cp = pick("success_condition")
+    headers, headers_source, headers_path = pick("headers")
+    body, body_source, body_path = pick("body")
+    condition, condition_source, condition_path = pick("success_condition")
     verify, _, _ = pick("verify_tls")
     return HttpSpec(
-        url=r.text(endpoint or "", esrc, epath),
+        url=renderer.text(endpoint or "", endpoint_source, endpoint_path),
         method=(method or "POST").upper(),
-        headers=r.texts(headers, hsrc, hpath),
-        body=r.text(body or "", bs, bp),
+        headers=renderer.texts(headers, headers_source, headers_path),
+        body=renderer.text(body or "", body_source, body_path),
         verify_tls=True if verify is None else verify,
-        success_condition=http_condition(r, cond or "", cs, cp),
+        success_condition=http_condition(renderer, condition or "", condition_source, condition_path),
     )
 
 
-def http_condition(r: Renderer, condition: str, source: Source | None, path: Path) -> str:
+def http_condition(renderer: Renderer, condition: str, source: Source | None, path: Path) -> str:
     """An http call's successCondition; a status line as Rafay writes it ("200 OK", "201
     Created") would fail every call as an expression: it is read as `response.status == 200`."""
-    m = _STATUS_LINE.fullmatch(condition)
-    if m is None:
-        return r.raw(condition, source, path)
-    expression = f"$(response.status == {m[1]})$"
-    r.problems.warn(
+    status = _STATUS_LINE.fullmatch(condition)
+    if status is None:
+        return renderer.raw(condition, source, path)
+    expression = f"$(response.status == {status[1]})$"
+    renderer.problems.warn(
         source,
         path,
         f"successCondition {condition!r} is read as {expression}",
@@ -146,44 +149,55 @@ def _camel(name: str) -> str:
 
 def container_spec(
     ctx: HookContext,
-    base: ContainerOptions | None,
-    bsrc: Source | None,
-    bpath: Path,
-    over: ContainerOptions | None,
-    osrc: Source | None,
-    opath: Path,
     *,
+    over: ContainerOptions | None,
+    over_source: Source | None,
+    over_path: Path,
+    base: ContainerOptions | None = None,
+    base_source: Source | None = None,
+    base_path: Path = (),
     extra_env: dict[str, str] | None = None,
 ) -> ContainerSpec:
     """A container spec; each field of `over` that is set replaces the one of `base`."""
-    r = ctx.renderer
+    renderer = ctx.renderer
 
     def pick(name: str) -> tuple[Any, Source | None, Path]:
         value = getattr(over, name) if over is not None else None
         if value is not None or base is None:
-            return value, osrc, (*opath, _camel(name))
-        return getattr(base, name), bsrc, (*bpath, _camel(name))
+            return value, over_source, (*over_path, _camel(name))
+        return getattr(base, name), base_source, (*base_path, _camel(name))
 
-    image, s, p = pick("image")
-    image = r.text(image or "", s, p)
-    commands, cs, cp = pick("commands")
-    args, as_, ap = pick("arguments")
-    env, es, ep = pick("env_vars")
-    files, fs, fp = pick("files")
-    wd, ws, wp = pick("working_dir_path")
-    cpu, cpus, cpup = pick("cpu_limit_milli")
-    mem, mems, memp = pick("memory_limit_mb")
-    cond, cos, cop = pick("success_condition")
+    def texts(name: str) -> dict[str, str]:
+        values, source, path = pick(name)
+        return renderer.texts(values, source, path)
+
+    def items(name: str) -> tuple[str, ...]:
+        values, source, path = pick(name)
+        return tuple(renderer.text(item, source, (*path, index)) for index, item in enumerate(values or ()))
+
+    def text(name: str) -> str:
+        value, source, path = pick(name)
+        return renderer.text(value or "", source, path)
+
+    def whole_number(name: str) -> int | None:
+        value, source, path = pick(name)
+        return limit(value, ctx.problems, source, path)
+
+    image = text("image")
+    command, args, env = items("commands"), items("arguments"), texts("env_vars")
+    files, working_dir = texts("files"), text("working_dir_path")
+    cpu, memory = whole_number("cpu_limit_milli"), whole_number("memory_limit_mb")
+    condition, condition_source, condition_path = pick("success_condition")
     return ContainerSpec(
         image=image,
-        command=tuple(r.text(c, cs, (*cp, i)) for i, c in enumerate(commands or ())),
-        args=tuple(r.text(a, as_, (*ap, i)) for i, a in enumerate(args or ())),
-        env=dict(ctx.env) | (extra_env or {}) | r.texts(env, es, ep),
-        files=dict(ctx.files) | r.texts(files, fs, fp),
-        working_dir=r.text(wd or "", ws, wp),
-        cpu_limit_milli=limit(cpu, ctx.problems, cpus, cpup),
-        memory_limit_mb=limit(mem, ctx.problems, mems, memp),
-        success_condition=r.raw(cond or "", cos, cop),
+        command=command,
+        args=args,
+        env=dict(ctx.env) | (extra_env or {}) | env,
+        files=dict(ctx.files) | files,
+        working_dir=working_dir,
+        cpu_limit_milli=cpu,
+        memory_limit_mb=memory,
+        success_condition=renderer.raw(condition or "", condition_source, condition_path),
     )
 
 
@@ -196,12 +210,12 @@ def resolve_driver(ctx: HookContext, ref: DriverRef, path: Path) -> ResolvedDriv
     if not ref.name:
         ctx.problems.error(ctx.source, path, "a driver reference needs a name or inline data")
         return None
-    found = ctx.bundle.find(Driver, ref.name, ref.version, ctx.problems, (ctx.source, (*path, "name")))
+    found = ctx.bundle.find(Driver, ref.name, ref.version, problems=ctx.problems, where=(ctx.source, (*path, "name")))
     if found is None:
         return None
-    driver, dsrc = found
-    inputs = attach(ctx.bundle, driver.spec.inputs, dsrc, ("spec", "inputs"), ctx.problems)
-    return ResolvedDriver(driver.spec.config, dsrc, ("spec", "config"), inputs)
+    driver, driver_source = found
+    inputs = attach(ctx.bundle, driver.spec.inputs, driver_source, ("spec", "inputs"), ctx.problems)
+    return ResolvedDriver(driver.spec.config, driver_source, ("spec", "config"), inputs)
 
 
 def input_contexts(ctx: HookContext, inputs: list[Attached]) -> tuple[dict[str, str], dict[str, Any], set[str]]:
@@ -226,11 +240,11 @@ def driver_run(
     driver: ResolvedDriver,
     container: ContainerOptions | None,
     http: HttpOptions | None,
-    opath: Path,
+    over_path: Path,
 ) -> Run | None:
-    config, dsrc, dpath = driver.config, driver.source, driver.path
+    """What a driver runs, its options overridden by the hook's own `container`/`http` at `over_path`."""
     extra_env, extra_inputs, secret = input_contexts(ctx, driver.inputs)
-    run = _driver_primitive(ctx, config, dsrc, dpath, container, http, opath, extra_env)
+    run = _driver_primitive(ctx, driver, container=container, http=http, over_path=over_path, extra_env=extra_env)
     if run is None or not (extra_inputs or secret):
         return run
     return Run(run.kind, run.spec, run.timeout, run.max_retries, extra_inputs, tuple(sorted(secret)))
@@ -238,40 +252,46 @@ def driver_run(
 
 def _driver_primitive(
     ctx: HookContext,
-    config: DriverConfig,
-    dsrc: Source | None,
-    dpath: Path,
+    driver: ResolvedDriver,
+    *,
     container: ContainerOptions | None,
     http: HttpOptions | None,
-    opath: Path,
+    over_path: Path,
     extra_env: dict[str, str],
 ) -> Run | None:
+    config, driver_source, driver_path = driver.config, driver.source, driver.path
     timeout = float(config.timeout_seconds) if config.timeout_seconds is not None else None
     retries = config.max_retry_count
+    condition_path = (*driver_path, "successCondition")
     if config.type == "container":
         spec = container_spec(
             ctx,
-            config.container,
-            dsrc,
-            (*dpath, "container"),
-            container,
-            ctx.source,
-            (*opath, "container"),
+            over=container,
+            over_source=ctx.source,
+            over_path=(*over_path, "container"),
+            base=config.container,
+            base_source=driver_source,
+            base_path=(*driver_path, "container"),
             extra_env=extra_env,
         )
         if not spec.success_condition and config.success_condition:
-            spec = _with_condition(spec, ctx.renderer.raw(config.success_condition, dsrc, (*dpath, "successCondition")))
+            spec = _with_condition(spec, ctx.renderer.raw(config.success_condition, driver_source, condition_path))
         return Run("container", spec, timeout, retries)
     if config.type == "http":
-        base = config.http or HttpOptions()
         spec_http = http_spec(
-            ctx.renderer, dsrc, (*dpath, "http"), http or HttpOptions(), ctx.source, (*opath, "http"), base
+            ctx.renderer,
+            over=http or HttpOptions(),
+            over_source=ctx.source,
+            over_path=(*over_path, "http"),
+            base=config.http or HttpOptions(),
+            base_source=driver_source,
+            base_path=(*driver_path, "http"),
         )
         if not spec_http.success_condition and config.success_condition:
-            condition = http_condition(ctx.renderer, config.success_condition, dsrc, (*dpath, "successCondition"))
+            condition = http_condition(ctx.renderer, config.success_condition, driver_source, condition_path)
             spec_http = msgspec.structs.replace(spec_http, success_condition=condition)
         return Run("http", spec_http, timeout, retries)
-    return _function(ctx, config, dsrc, dpath, timeout, retries, extra_env)
+    return _function(ctx, driver, timeout=timeout, retries=retries, extra_env=extra_env)
 
 
 def _with_condition(spec: ContainerSpec, condition: str) -> ContainerSpec:
@@ -281,44 +301,46 @@ def _with_condition(spec: ContainerSpec, condition: str) -> ContainerSpec:
 
 def _function(
     ctx: HookContext,
-    config: DriverConfig,
-    dsrc: Source | None,
-    dpath: Path,
+    driver: ResolvedDriver,
+    *,
     timeout: float | None,
     retries: int,
     extra_env: dict[str, str],
 ) -> Run | None:
-    fn, fpath, r = config.function, (*dpath, "function"), ctx.renderer
-    if fn is None or not (fn.image or fn.endpoint):
-        src_only = fn is not None and fn.source is not None
+    config, driver_source, driver_path = driver.config, driver.source, driver.path
+    function, function_path, renderer = config.function, (*driver_path, "function"), ctx.renderer
+    if function is None or not (function.image or function.endpoint):
+        source_only = function is not None and function.source is not None
         msg = (
             "a function built from source is not supported: give an image or an endpoint"
-            if src_only
+            if source_only
             else "a function driver needs function.image or function.endpoint"
         )
-        ctx.problems.error(dsrc, fpath, msg)
+        ctx.problems.error(driver_source, function_path, msg)
         return None
     polling = config.polling_config
     repeat, until = 15.0, 3600.0
     if polling is not None:
-        ppath = (*dpath, "pollingConfig")
+        polling_path = (*driver_path, "pollingConfig")
         for field_name in ("repeat", "until"):
             seconds = parse_duration(getattr(polling, field_name))
             if seconds is None:
                 text = getattr(polling, field_name)
-                ctx.problems.error(dsrc, (*ppath, field_name), f"{text!r} is not a duration", "e.g. 15s, 1h")
+                ctx.problems.error(
+                    driver_source, (*polling_path, field_name), f"{text!r} is not a duration", "e.g. 15s, 1h"
+                )
             elif field_name == "repeat":
                 repeat = seconds
             else:
                 until = seconds
     spec = FunctionSpec(
-        image=r.text(fn.image, dsrc, (*fpath, "image")),
-        endpoint=r.text(fn.endpoint, dsrc, (*fpath, "endpoint")),
+        image=renderer.text(function.image, driver_source, (*function_path, "image")),
+        endpoint=renderer.text(function.endpoint, driver_source, (*function_path, "endpoint")),
         repeat_seconds=repeat,
         until_seconds=until,
         invocation_timeout_seconds=timeout if timeout is not None else 300.0,
-        env=dict(ctx.env) | extra_env | r.texts(fn.env_vars, dsrc, (*fpath, "envVars")),
-        cpu_limit_milli=limit(fn.cpu_limit_milli, ctx.problems, dsrc, (*fpath, "cpuLimitMilli")),
-        memory_limit_mb=limit(fn.memory_limit_mb, ctx.problems, dsrc, (*fpath, "memoryLimitMb")),
+        env=dict(ctx.env) | extra_env | renderer.texts(function.env_vars, driver_source, (*function_path, "envVars")),
+        cpu_limit_milli=limit(function.cpu_limit_milli, ctx.problems, driver_source, (*function_path, "cpuLimitMilli")),
+        memory_limit_mb=limit(function.memory_limit_mb, ctx.problems, driver_source, (*function_path, "memoryLimitMb")),
     )
     return Run("function", spec, until, retries)

@@ -138,10 +138,10 @@ class _Walker:
         if isinstance(t, mi.ListType):
             if not isinstance(value, list):
                 return self.wrong(path, t, value)
-            items = [self.walk(v, t.item_type, (*path, i)) for i, v in enumerate(value)]
+            items = [self.walk(item, t.item_type, (*path, index)) for index, item in enumerate(value)]
             if self.lenient:
-                return [i for i in items if i is not _BAD]
-            return _BAD if any(i is _BAD for i in items) else items
+                return [item for item in items if item is not _BAD]
+            return _BAD if any(item is _BAD for item in items) else items
         if isinstance(t, mi.DictType):
             if not isinstance(value, dict):
                 return self.wrong(path, t, value)

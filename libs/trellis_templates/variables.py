@@ -20,7 +20,7 @@ class Layer:
     source: Source | None = None
     path: Path = ()
     adds: bool = True  # False: only overrides variables a lower layer declared
-    value_paths: tuple[Path, ...] = ()  # where each variable's value is written, when not path[i].value
+    value_paths: tuple[Path, ...] = ()  # where each variable's value is written, when not path[index].value
 
     def value_path(self, index: int, name: str) -> Path:
         if self.value_paths:
@@ -56,8 +56,8 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
     """Lowest layer first; a higher layer's value wins unless an override rule forbids it."""
     merged: dict[str, Merged] = {}
     for layer in layers:
-        for i, var in enumerate(layer.variables):
-            path = (*layer.path, i)
+        for index, var in enumerate(layer.variables):
+            path = (*layer.path, index)
             current = merged.get(var.name)
             if current is None:
                 if layer.adds:
@@ -73,7 +73,7 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
                 current.guard = (layer.label, layer.source, path)
             if var.value is None:
                 continue
-            where = layer.value_path(i, var.name)
+            where = layer.value_path(index, var.name)
             if _allowed(current, var, layer, where, problems):
                 current.value = var.value
                 current.set_by = layer.label

@@ -28,13 +28,19 @@ from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
 from trellis_core.bus import Bus, stored_workflow
 from trellis_core.errors import ConfigError, TrellisError
-from trellis_core.events import ActivityLogChunk, RunCancelRequested, RunCompiled, RunEvent, RunRequested
+from trellis_core.events import (
+    ActivityLogChunk,
+    RunCancelRequested,
+    RunCompiled,
+    RunEvent,
+    RunRequested,
+    decode_run_event,
+)
 from trellis_core.ids import new_run_id
 from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings, data_dir_help
 
 log = get_logger("cli.run")
-_decode = msgspec.json.Decoder(RunEvent).decode
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 BUS_LOST_SECONDS = 3.0  # disconnected this long: say so and stop waiting
 LOG_DRAIN_SECONDS = 3.0
@@ -229,7 +235,7 @@ async def _subscribed(
 
     async def on_event(msg: Any) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            events.put_nowait(_decode(msg.data))
+            events.put_nowait(decode_run_event(msg.data))
 
     async def on_log(msg: Any) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
