@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 # Every package, direct or transitive, pinned with its hashes (README: "Installing").
-LOCK := requirements.lock
+LOCK := requirements.txt
 
 .PHONY: install lock test-latest demo test test-slow test-all lint bench schemas golden clean
 
@@ -19,13 +19,13 @@ $(STAMP): $(LOCK) pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-## lock: refresh requirements.lock to the newest releases that pyproject.toml allows, on purpose
+## lock: refresh requirements.txt to the newest releases that pyproject.toml allows, on purpose
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/tools.lock
 	$(BIN)/uv pip compile --quiet --upgrade --universal --generate-hashes --python-version 3.11 \
 		--custom-compile-command "make lock" --extra dev pyproject.toml requirements/build.in -o $(LOCK)
-	@echo "requirements.lock refreshed: review the diff, run make test, commit it"
+	@echo "requirements.txt refreshed: review the diff, run make test, commit it"
 
 ## test-latest: the fast suite against the newest releases (not the lock), in .venv-latest
 test-latest:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import getpass
 import sys
 from typing import Any
 
-from trellis_cli.logs_cmd import bus_settings, connected, stored_count
+from trellis_cli.bus_cmd import connected, current_user, run_on_bus, stored_count
 from trellis_core import subjects
-from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.events import RunCancelRequested
 from trellis_core.settings import Settings
 
@@ -39,26 +35,11 @@ async def _cancel(settings: Settings, run_id: str, reason: str) -> int:
         if await stored_count(bus, subjects.STREAM_EVENTS, subjects.run_event(tenant, run_id, "run.completed")):
             print(f"trellis cancel: run {run_id} has already finished", file=sys.stderr)
             return 1
-        request = RunCancelRequested(tenant=tenant, run_id=run_id, reason=reason, requested_by=_user())
+        request = RunCancelRequested(tenant=tenant, run_id=run_id, reason=reason, requested_by=current_user())
         await bus.publish_event(request)
     print(f"asked to cancel run {run_id}")
     return 0
 
 
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return ""
-
-
 def cancel_command(args: argparse.Namespace) -> int:
-    try:
-        settings = bus_settings(args.tenant)
-        subjects.token(args.run_id, "run id")
-        return asyncio.run(_cancel(settings, args.run_id, args.reason))
-    except ConfigError as exc:
-        print(f"trellis cancel: {exc}", file=sys.stderr)
-        return 2
-    except (TrellisError, TimeoutError) as exc:
-        print(f"trellis cancel: {exc or 'the bus did not answer in time'}", file=sys.stderr)
-        return 1
+    return run_on_bus("cancel", args.tenant, args.run_id, lambda s: _cancel(s, args.run_id, args.reason))

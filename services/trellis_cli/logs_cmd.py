@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
@@ -11,9 +10,9 @@ from typing import Any
 
 import msgspec
 
+from trellis_cli.bus_cmd import connected, run_on_bus, stored_count
 from trellis_core import subjects
 from trellis_core.bus import Bus
-from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.events import ActivityLogChunk
 from trellis_core.settings import Settings
 
@@ -33,32 +32,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("activity", nargs="?", metavar="ACTIVITY", help="one activity id, e.g. resource/app/task/build")
     parser.add_argument("--tenant", default=None, help="the tenant (default: TRELLIS_TENANT)")
     parser.set_defaults(func=logs_command)
-
-
-def bus_settings(tenant: str | None) -> Settings:
-    """The settings of a command that talks to the bus of an earlier run: TRELLIS_NATS_URL is required."""
-    settings = Settings.from_env(None, **({"tenant": tenant} if tenant else {}))
-    if not settings.nats_url:
-        raise ConfigError(
-            "no bus to reach: set TRELLIS_NATS_URL to the bus the run went on (`trellis dev up` prints it; "
-            "the embedded stack of a plain `trellis run` stops with the run)"
-        )
-    return settings
-
-
-@contextlib.asynccontextmanager
-async def connected(settings: Settings, name: str) -> AsyncIterator[Bus]:
-    bus = await Bus.connect(settings, name=name)
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-async def stored_count(bus: Bus, stream: str, subject: str) -> int:
-    """How many messages `stream` holds on subjects matching `subject`."""
-    info = await bus.js.stream_info(stream, subjects_filter=subject)
-    return sum((info.state.subjects or {}).values())
 
 
 async def read_chunks(bus: Bus, subject: str, count: int) -> AsyncIterator[ActivityLogChunk]:
@@ -109,13 +82,4 @@ async def _print_logs(settings: Settings, run_id: str, activity: str | None) -> 
 
 
 def logs_command(args: argparse.Namespace) -> int:
-    try:
-        settings = bus_settings(args.tenant)
-        subjects.token(args.run_id, "run id")
-        return asyncio.run(_print_logs(settings, args.run_id, args.activity))
-    except ConfigError as exc:
-        print(f"trellis logs: {exc}", file=sys.stderr)
-        return 2
-    except (TrellisError, TimeoutError) as exc:
-        print(f"trellis logs: {exc or 'the bus did not answer in time'}", file=sys.stderr)
-        return 1
+    return run_on_bus("logs", args.tenant, args.run_id, lambda s: _print_logs(s, args.run_id, args.activity))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import signal
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
+from trellis_cli.bus_cmd import current_user
 from trellis_cli.run_progress import REFRESH_SECONDS, RunView, Screen, as_json, print_summary
 from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
@@ -98,7 +98,7 @@ def run_command(args: argparse.Namespace) -> int:
             sources=tuple(read_sources(args.paths)),
             files=read_files(args.paths, settings),
             variables=parse_vars(args.var),
-            requested_by=_user(),
+            requested_by=current_user(),
         )
         subjects.runs_requested(settings.tenant)
     except TrellisError as exc:
@@ -147,12 +147,6 @@ def _stdout_to_stderr(enabled: bool) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return ""
 
 
 @contextlib.asynccontextmanager
@@ -317,7 +311,7 @@ async def _follow(
 
 async def _request_cancel(bus: Bus, request: RunRequested, screen: Screen) -> None:
     cancel = RunCancelRequested(
-        tenant=request.tenant, run_id=request.run_id, reason="interrupted", requested_by=_user()
+        tenant=request.tenant, run_id=request.run_id, reason="interrupted", requested_by=current_user()
     )
     try:
         await asyncio.wait_for(bus.publish_event(cancel), bus.settings.connect_timeout_seconds)

@@ -1,4 +1,4 @@
-"""requirements.lock pins every dependency pyproject.toml names, at a version it allows, with hashes."""
+"""requirements.txt pins every dependency pyproject.toml names, at a version it allows, with hashes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _locked() -> dict[str, tuple[str, list[str]]]:
     """name -> (version, hashes), read from the lock's `name==version \\ --hash=...` entries."""
     entries: dict[str, tuple[str, list[str]]] = {}
     current = ""
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
         if match := PIN.match(line):
             current = canonicalize_name(match[1])
             entries[current] = (match[2], [])
@@ -40,7 +40,7 @@ def test_every_declared_dependency_is_locked_at_an_allowed_version_with_hashes()
     for requirement in _declared():
         name = canonicalize_name(requirement.name)
         if name not in locked:
-            problems.append(f"{requirement.name}: not in requirements.lock (run make lock)")
+            problems.append(f"{requirement.name}: not in requirements.txt (run make lock)")
             continue
         version, hashes = locked[name]
         if not requirement.specifier.contains(version, prereleases=True):
