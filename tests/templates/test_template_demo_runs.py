@@ -1,20 +1,23 @@
-"""The demo's tasks are plain POSIX sh: run them in order, as the process executor would, and see
-outputs travel from one resource to the next through late-bound expressions."""
+"""The demo's tasks are plain POSIX sh: run them in order through the agent's process executor,
+rendered by the scheduler's late binding, and see outputs travel from one resource to the next."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from trellis_agent.executors.base import Workspace, execute
+from trellis_agent.executors.process import ProcessExecutor
+from trellis_agent.sink import LogStream
+from trellis_core.events import WorkItem
 from trellis_core.workflow import ContainerSpec, Workflow
+from trellis_engine.binding import late_scope, render_activity
+from trellis_engine.graph import build_run
 from trellis_templates.compiler import compile_bundle, load_bundle
-from trellis_templates.expressions import render_late
+from trellis_templates.expressions import LATE
 
 DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "demo")
 
@@ -27,35 +30,47 @@ def compiled(action: str) -> Workflow:
     return result.workflow
 
 
-def run_containers(
+class _Lines:
+    """Where the process executor writes what the commands print (kept for a failure's message)."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+
+    async def write(self, stream: LogStream, text: str) -> None:
+        self.text.append(text)
+
+    async def system(self, text: str) -> None:
+        self.text.append(text)
+
+
+async def run_containers(
     wf: Workflow, tmp_path: Path, recorded: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Run every container activity on the success path in order (http hooks are left out), as the
-    process executor would; return the outputs, `{resource: {key: {"value": v}}}`."""
-    outputs: dict[str, dict[str, Any]] = {r: dict(o) for r, o in (recorded or {}).items()}
+    """Run every container activity on the success path in order (http hooks are left out) with
+    the scheduler's own late binding and the agent's process executor; return the recorded
+    outputs, `{resource: {key: {"value": v}}}`."""
+    run = build_run("acme", "run-1", wf, 0.0, "tester")
+    run.outputs = {r: dict(o) for r, o in (recorded or {}).items()}
+    executor = ProcessExecutor(kill_grace_seconds=1.0)
     for activity in wf.activities:
         if not isinstance(activity.spec, ContainerSpec) or activity.when != "success":
             continue
-        scope = {**wf.scope, "variables": activity.inputs, "resource": {r: {"output": o} for r, o in outputs.items()}}
-        spec = render_late(_as_dict(activity.spec), scope)
-        out_file = tmp_path / f"{activity.id.replace('/', '_')}.json"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **spec.get("env", {}), "TRELLIS_OUTPUTS": str(out_file)}
-        argv = [*spec.get("command", []), *spec.get("args", [])]
-        done = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=10, check=False)
-        assert done.returncode == 0, (activity.id, done.stderr)
-        if out_file.exists() and out_file.read_text().strip():
-            for key, value in json.loads(out_file.read_text()).items():
-                outputs.setdefault(activity.resource, {})[key] = {"value": value}
-    return outputs
-
-
-def _as_dict(spec: ContainerSpec) -> dict[str, Any]:
-    return {"command": list(spec.command), "args": list(spec.args), "env": dict(spec.env)}
+        rendered = render_activity(activity, late_scope(run, activity), LATE)
+        work = WorkItem(
+            tenant="acme", run_id="run-1", environment=wf.environment, action=wf.action, attempt=1, activity=rendered
+        )
+        lines = _Lines()
+        outcome = await execute(executor, work, Workspace.for_work(tmp_path, work), lines)
+        assert outcome.ok, (activity.id, outcome.reason, "".join(lines.text))
+        for key, value in outcome.outputs.items():
+            recorded_value = value if isinstance(value, dict) and "value" in value else {"value": value}
+            run.outputs.setdefault(activity.resource, {})[key] = recorded_value
+    return run.outputs
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
-def test_the_demo_deploys_and_passes_outputs_along(tmp_path: Path) -> None:
-    outputs = run_containers(compiled("deploy"), tmp_path)
+async def test_the_demo_deploys_and_passes_outputs_along(tmp_path: Path) -> None:
+    outputs = await run_containers(compiled("deploy"), tmp_path)
     assert outputs["network"]["network_id"] == {"value": "net-demo"}
     assert outputs["database"]["dsn"] == {"value": "postgres://db.net-demo.internal:5432/app"}
     assert outputs["app"]["url"] == {"value": "http://app.demo.example"}
@@ -63,8 +78,8 @@ def test_the_demo_deploys_and_passes_outputs_along(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
-def test_the_demo_destroys_with_the_outputs_of_the_last_deploy(tmp_path: Path) -> None:
-    deployed = run_containers(compiled("deploy"), tmp_path)
+async def test_the_demo_destroys_with_the_outputs_of_the_last_deploy(tmp_path: Path) -> None:
+    deployed = await run_containers(compiled("deploy"), tmp_path)
     # a destroy run reads the outputs recorded by the last deploy (the scheduler seeds them)
-    after = run_containers(compiled("destroy"), tmp_path, recorded=deployed)
+    after = await run_containers(compiled("destroy"), tmp_path, recorded=deployed)
     assert after["database"]["dsn"] == deployed["database"]["dsn"]
