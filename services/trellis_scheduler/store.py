@@ -64,7 +64,9 @@ def deployed_key(tenant: str, environment: str) -> str:
 
 def encode_snapshot(run: RunState) -> bytes:
     if run.status in TERMINAL_RUN:  # a tombstone: enough to ignore the run's late events
-        snap = RunSnapshot(tenant=run.tenant, run_id=run.run_id, status=run.status, last_seq=run.last_seq)
+        snap = RunSnapshot(
+            tenant=run.tenant, run_id=run.run_id, status=run.status, last_seq=run.last_seq, finished_at=run.finished_at
+        )
         return zlib.compress(_encoder.encode(snap), 1)
     return zlib.compress(_encoder.encode(snapshot(run)), 1)
 
@@ -146,7 +148,12 @@ class SnapshotStore:
             return 0
         snap = _decode_snapshot(zlib.decompress(entry.value))
         if snap.status in TERMINAL_RUN:
-            st.finished.add(snap.run_id, now)  # a tombstone's snapshot keeps no finish time
+            finished = snap.finished_at or now  # tombstones written before they kept a finish time
+            if finished < now - st.config.tombstone_seconds:  # expired: the key goes too
+                with contextlib.suppress(nats.js.errors.Error):
+                    await self.kv.delete(key, last=entry.revision)
+                return 0
+            st.finished.add(snap.run_id, finished)
             return 0
         await self._recover(st, snap, now)
         return 1
