@@ -66,6 +66,7 @@ from trellis_templates.expressions import LATE
 log = get_logger("scheduler")
 FETCH_BATCH = 256
 FETCH_WAIT_SECONDS = 0.5
+ACK_WAIT_SECONDS = 10.0
 MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is dead-lettered unread
 HEADER_ROOM = 1024  # of the bus's max_payload, kept for a work item's subject and headers
 
@@ -154,7 +155,10 @@ class Scheduler:
         config = js_api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=js_api.AckPolicy.ALL,
-            ack_wait=60.0,
+            # A leader that dies with a pull outstanding leaves what the server then delivers to it
+            # unacked; its successor gets it back after ack_wait, so keep that short (redelivered
+            # events fold as no-ops).
+            ack_wait=ACK_WAIT_SECONDS,
             max_deliver=-1,
             max_ack_pending=FETCH_BATCH * 16,
             filter_subjects=[f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS],
