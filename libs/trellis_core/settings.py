@@ -33,7 +33,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_url: str = ""  # empty: the embedded stack starts its own
     nats_creds_file: str = ""  # a NATS .creds file: per-tenant credentials for agents
     database_url: str = ""
-    gateway_url: str = ""
+    gateway_url: str = ""  # the CLI: work through this gateway instead of the bus
+    token: str = ""  # the CLI's bearer token for the gateway
+    # The gateway: where it listens, the URL the outside world reaches it by (approval callback
+    # URLs are minted on it; default: the listen address) and the platform admin's token (only
+    # `POST /v1/tenants` takes it; kept here in clear, compared by its SHA-256).
+    gateway_listen: str = "127.0.0.1:8080"
+    gateway_public_url: str = ""
+    admin_token: str = ""
+    # HMAC key of approval callback tokens (shared by the scheduler that mints them and the gateway
+    # that checks them) and how long a callback URL stays valid.
+    callback_key: str = ""
+    callback_ttl_seconds: float = 7 * 86_400.0
+    # AES-GCM key (base64, 32 bytes) the store seals sensitive variables with at rest.
+    seal_key: str = ""
+    store_logs_retention_days: float = 30.0  # log chunks older than this are deleted from PostgreSQL
+    store_pool_size: int = 10
     tenant: str = "default"
     # The embedded stack's servers, the deployed environments' state and the agent's workspaces:
     # one directory per user, whatever directory a command starts in.
@@ -117,6 +132,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
+            ("gateway_public_url", _is_url(self.gateway_public_url, ("http", "https")), "must be an http(s):// URL"),
+            ("callback_ttl_seconds", self.callback_ttl_seconds > 0, "must be greater than 0"),
+            ("store_logs_retention_days", self.store_logs_retention_days > 0, "must be greater than 0"),
+            ("store_pool_size", self.store_pool_size > 0, "must be at least 1"),
         ]
         for name, ok, why in checks:
             if not ok:

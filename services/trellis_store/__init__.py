@@ -1,0 +1,1 @@
+"""The state store: the read model and the archive of every run, in PostgreSQL."""

@@ -1,0 +1,468 @@
+"""The state store's request/reply API: every request and answer, as msgspec Structs.
+
+A caller (the gateway, the compiler, the CLI) sends one request on `trellis.store.<op>` (the op is
+the request's tag, dots kept: `trellis.store.run.get`) and gets one `Reply`. Every request but
+`TenantCreate` and `TokenVerify` names its tenant, and every query is filtered by it: another
+tenant's object answers `not_found`, never its data. These Structs are the one definition of
+the store's API; the gateway's OpenAPI document is generated from the ones it returns.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from trellis_core.events import Problem, SourceFile
+from trellis_core.workflow import Action, Workflow
+
+Role = Literal["viewer", "operator", "admin"]
+EnvironmentStatus = Literal["new", "deploying", "deployed", "failed", "destroying", "destroyed"]
+RunRowStatus = Literal["requested", "rejected", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+ActivityRowStatus = Literal[
+    "pending", "dispatched", "running", "waiting", "succeeded", "failed", "cancelled", "skipped", "lost", "timed_out"
+]
+ErrorCode = Literal["not_found", "conflict", "invalid", "precondition_failed", "forbidden", "unavailable", "internal"]
+
+SUBJECT_PREFIX = "trellis.store."
+MASK = "********"
+
+
+class _Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+    """Base of every request; the tag is the op (`run.get`), the subject's tail."""
+
+
+class _TenantRequest(_Request, frozen=True, kw_only=True):
+    tenant: str
+
+
+class StoreError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why a request was refused: `path` names the field (`variables.region`) when one was wrong."""
+
+    code: ErrorCode
+    message: str
+    path: str = ""
+    problems: tuple[Problem, ...] = ()
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Exactly one of `result` (the op's answer type, encoded) and `error`."""
+
+    result: msgspec.Raw | None = None
+    error: StoreError | None = None
+
+
+# ---- tenants and tokens -----------------------------------------------------------------------
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a bearer token speaks for."""
+
+    tenant: str
+    role: Role
+    user: str  # an e-mail or a name: what approvals' `emails` are checked against
+    token_id: str
+
+
+class TenantCreate(_Request, frozen=True, kw_only=True, tag="tenant.create"):
+    """Create a tenant and its first admin token (`conflict` if the tenant exists)."""
+
+    name: str
+    admin_user: str = "admin"
+    actor: str = "platform-admin"
+
+
+class TokenCreate(_TenantRequest, frozen=True, kw_only=True, tag="token.create"):
+    role: Role
+    user: str
+    actor: str = ""
+
+
+class IssuedToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A new token: shown once, stored only as its SHA-256."""
+
+    tenant: str
+    role: Role
+    user: str
+    token_id: str
+    token: str
+
+
+class TokenVerify(_Request, frozen=True, kw_only=True, tag="token.verify"):
+    """`token_sha256` is the hex SHA-256 of the presented token; answers a Principal or not_found."""
+
+    token_sha256: str
+
+
+# ---- templates --------------------------------------------------------------------------------
+
+
+class TemplateDocument(msgspec.Struct, frozen=True, kw_only=True):
+    kind: str
+    name: str
+    version: str
+    description: str = ""
+    path: str = ""  # the file it came from in the published bundle
+    digest: str = ""  # sha256 of its canonical content: the same version must keep it
+    published_at: datetime | None = None
+    published_by: str = ""
+
+
+class TemplatePublish(_TenantRequest, frozen=True, kw_only=True, tag="template.publish"):
+    """Store every document of one validated bundle, all or none; `conflict` names each published
+    version whose content differs. Re-publishing identical documents is a no-op."""
+
+    sources: tuple[SourceFile, ...]
+    documents: tuple[TemplateDocument, ...]
+    actor: str = ""
+    remote: str = ""
+
+
+class TemplateList(_TenantRequest, frozen=True, kw_only=True, tag="template.list"):
+    kind: str = ""
+    name: str = ""
+
+
+class TemplateBundleGet(_TenantRequest, frozen=True, kw_only=True, tag="template.bundle"):
+    """The sources published together with EnvironmentTemplate `name`@`version`: a run's bundle."""
+
+    name: str
+    version: str
+
+
+class TemplateBundle(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    sources: tuple[SourceFile, ...]
+
+
+class Documents(msgspec.Struct, frozen=True, kw_only=True):
+    documents: tuple[TemplateDocument, ...]
+
+
+# ---- environments -----------------------------------------------------------------------------
+
+
+class TemplateRef(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+
+
+class EnvironmentPut(_TenantRequest, frozen=True, kw_only=True, tag="environment.put"):
+    """Create or update. `variables` as the caller gave them; `sensitive` names the ones stored sealed
+    (never in clear). `if_match` is the ETag the caller read (empty: create only if absent, or any
+    update when `force`)."""
+
+    name: str
+    template: TemplateRef
+    variables: dict[str, str] = {}
+    sensitive: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+    if_match: str = ""
+    actor: str = ""
+    remote: str = ""
+
+
+class EnvironmentGet(_TenantRequest, frozen=True, kw_only=True, tag="environment.get"):
+    name: str
+    reveal: bool = False  # only for the gateway starting a run: sealed values opened for the request
+
+
+class EnvironmentList(_TenantRequest, frozen=True, kw_only=True, tag="environment.list"):
+    limit: int = 100
+    after: str = ""  # the last name of the previous page
+
+
+class Environment(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment as the API shows it: sensitive variables and outputs read `********`
+    unless the request asked to `reveal` them."""
+
+    name: str
+    template: TemplateRef
+    status: EnvironmentStatus
+    etag: str
+    variables: dict[str, str] = {}
+    sensitive: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
+    outputs: dict[str, dict[str, Any]] = {}
+    last_run_id: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class Environments(msgspec.Struct, frozen=True, kw_only=True):
+    environments: tuple[Environment, ...]
+
+
+class WebhookRotate(_TenantRequest, frozen=True, kw_only=True, tag="webhook.rotate"):
+    """Set a new webhook secret for `environment` (returned once, stored hashed)."""
+
+    environment: str
+    actor: str = ""
+    remote: str = ""
+
+
+class WebhookSecret(msgspec.Struct, frozen=True, kw_only=True):
+    environment: str
+    secret: str
+
+
+class WebhookResolve(_Request, frozen=True, kw_only=True, tag="webhook.resolve"):
+    """Which tenant's `environment` the secret (hex SHA-256 of it) belongs to; not_found if none."""
+
+    environment: str
+    secret_sha256: str
+
+
+class WebhookTarget(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    environment: str
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+
+class RunCreate(_TenantRequest, frozen=True, kw_only=True, tag="run.create"):
+    """Record a requested run before it is published. With an `idempotency_key` already used for the
+    same request, answers the first run (`created` false); used for another request: `conflict`."""
+
+    run_id: str
+    environment: str
+    action: Action
+    requested_by: str = ""
+    idempotency_key: str = ""
+    request_digest: str = ""  # sha256 of the request's body, to tell a retry from a different request
+    remote: str = ""
+
+
+class RunCreated(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    created: bool
+
+
+class RunGet(_TenantRequest, frozen=True, kw_only=True, tag="run.get"):
+    run_id: str
+    with_workflow: bool = False
+
+
+class RunList(_TenantRequest, frozen=True, kw_only=True, tag="run.list"):
+    environment: str = ""
+    limit: int = 50
+    before: str = ""  # a run id: runs requested before it (ids are time-ordered uuid7s)
+
+
+class ActivityRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: str
+    kind: str
+    status: ActivityRowStatus
+    resource: str = ""
+    stage: str = ""
+    depends_on: tuple[str, ...] = ()
+    attempts: int = 0
+    agent: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: dict[str, Any] = {}
+    reason: str = ""
+    exit_code: int | None = None
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    run_id: str
+    environment: str
+    action: Action
+    status: RunRowStatus
+    requested_by: str = ""
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str = ""
+
+
+class RunDetail(RunSummary, frozen=True, kw_only=True, omit_defaults=True):
+    activities: tuple[ActivityRow, ...] = ()
+    errors: tuple[Problem, ...] = ()  # a rejected run's problems
+    outputs: dict[str, dict[str, Any]] = {}
+    workflow: Workflow | None = None
+
+
+class Runs(msgspec.Struct, frozen=True, kw_only=True):
+    runs: tuple[RunSummary, ...]
+
+
+# ---- logs ---------------------------------------------------------------------------------------
+
+
+class LogsGet(_TenantRequest, frozen=True, kw_only=True, tag="logs.get"):
+    run_id: str
+    activity_id: str = ""
+    after: int = 0  # the `position` of the last chunk already seen
+    limit: int = 1000
+
+
+class LogChunkRow(msgspec.Struct, frozen=True, kw_only=True):
+    position: int  # the chunk's TRELLIS_LOGS stream sequence: a total order, and the SSE event id
+    activity_id: str
+    attempt: int
+    sequence: int
+    stream: str
+    data: str
+    occurred_at: datetime
+
+
+class LogChunks(msgspec.Struct, frozen=True, kw_only=True):
+    chunks: tuple[LogChunkRow, ...]
+
+
+# ---- approvals ----------------------------------------------------------------------------------
+
+
+class ApprovalGet(_TenantRequest, frozen=True, kw_only=True, tag="approval.get"):
+    run_id: str
+    activity_id: str
+
+
+class Approval(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    run_id: str
+    activity_id: str
+    attempt: int
+    approvers: tuple[str, ...] = ()  # empty: any operator or admin of the tenant
+    requested_at: datetime | None = None
+    expires_at: datetime | None = None
+    decision: Literal["", "approved", "rejected"] = ""
+    decided_by: str = ""
+    comment: str = ""
+
+
+class CallbackRedeem(_TenantRequest, frozen=True, kw_only=True, tag="callback.redeem"):
+    """Mark a signed callback token used; `conflict` if it was used before (a replay)."""
+
+    token_id: str
+    expires_at: datetime
+
+
+class Redeemed(msgspec.Struct, frozen=True, kw_only=True):
+    token_id: str
+
+
+# ---- audit --------------------------------------------------------------------------------------
+
+
+class AuditRecord(_TenantRequest, frozen=True, kw_only=True, tag="audit.record"):
+    """Something done through the API (or refused there), kept with who, what, when and from where."""
+
+    actor: str
+    action: str  # `environment.put`, `run.create`, `approval.refused`, ...
+    target: str = ""
+    detail: dict[str, Any] = {}
+    remote: str = ""
+
+
+class AuditList(_TenantRequest, frozen=True, kw_only=True, tag="audit.list"):
+    limit: int = 100
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str = ""
+    detail: dict[str, Any] = {}
+    remote: str = ""
+
+
+class AuditEntries(msgspec.Struct, frozen=True, kw_only=True):
+    entries: tuple[AuditEntry, ...]
+
+
+# ---- the scheduler's and compiler's questions ---------------------------------------------------
+
+
+class DeployRecordGet(_TenantRequest, frozen=True, kw_only=True, tag="deploy.record"):
+    """The last successful deploy of `environment` (outputs and the variables it was asked with),
+    after the projection has caught up with every run event published before the request."""
+
+    environment: str
+
+
+class DeployRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """`deployed` false: never deployed, or destroyed since (outputs and variables are then empty)."""
+
+    deployed: bool
+    run_id: str = ""
+    outputs: dict[str, dict[str, Any]] = {}
+    variables: dict[str, str] = {}
+
+
+class Ping(_Request, frozen=True, kw_only=True, tag="ping"):
+    """Readiness: answers `Pong` when PostgreSQL answers and migrations are applied."""
+
+
+class Pong(msgspec.Struct, frozen=True, kw_only=True):
+    schema_version: int
+    projected_events: int  # the TRELLIS_EVENTS sequence projected so far
+    projected_logs: int
+
+
+class Ok(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+StoreRequest = (
+    TenantCreate
+    | TokenCreate
+    | TokenVerify
+    | TemplatePublish
+    | TemplateList
+    | TemplateBundleGet
+    | EnvironmentPut
+    | EnvironmentGet
+    | EnvironmentList
+    | WebhookRotate
+    | WebhookResolve
+    | RunCreate
+    | RunGet
+    | RunList
+    | LogsGet
+    | ApprovalGet
+    | CallbackRedeem
+    | AuditRecord
+    | AuditList
+    | DeployRecordGet
+    | Ping
+)
+
+# What each op answers (the `result` of its Reply).
+RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
+    TenantCreate: IssuedToken,
+    TokenCreate: IssuedToken,
+    TokenVerify: Principal,
+    TemplatePublish: Documents,
+    TemplateList: Documents,
+    TemplateBundleGet: TemplateBundle,
+    EnvironmentPut: Environment,
+    EnvironmentGet: Environment,
+    EnvironmentList: Environments,
+    WebhookRotate: WebhookSecret,
+    WebhookResolve: WebhookTarget,
+    RunCreate: RunCreated,
+    RunGet: RunDetail,
+    RunList: Runs,
+    LogsGet: LogChunks,
+    ApprovalGet: Approval,
+    CallbackRedeem: Redeemed,
+    AuditRecord: Ok,
+    AuditList: AuditEntries,
+    DeployRecordGet: DeployRecord,
+    Ping: Pong,
+}
+
+
+def op_of(request: type[msgspec.Struct] | msgspec.Struct) -> str:
+    return str(request.__struct_config__.tag)
+
+
+def subject_of(request: type[msgspec.Struct] | msgspec.Struct) -> str:
+    return SUBJECT_PREFIX + op_of(request)
