@@ -1,7 +1,6 @@
-"""Session fixtures: a real nats-server on a free port in a temp dir, and the test data dirs.
+"""Session fixtures: a real nats-server and a real PostgreSQL on free ports in temp dirs, and the test data dirs.
 
-No service keeps state in PostgreSQL yet: the embedded PostgreSQL is started by the tests of
-`trellis dev up` and of the embedded servers (tests/cli/test_dev_up.py, tests/core/test_embedded_servers.py)."""
+`database_url` gives each test an empty database of its own on the session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trellis_core.bus import Bus
-from trellis_core.embedded import EmbeddedNats
+from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
@@ -73,6 +72,33 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
     await bus.ensure_streams()
     yield bus
     await bus.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    """One PostgreSQL for the session (no fsync: its data is thrown away), outside pytest's
+    basetemp for the reason `stack_dir` gives."""
+    path = Path(tempfile.mkdtemp(prefix="trellis-pg-"))
+    server = EmbeddedPostgres(path, durable=False)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def database_url(postgres_server: EmbeddedPostgres, unique: str) -> AsyncIterator[str]:
+    """A new empty database for this test; dropped afterwards."""
+    import asyncpg
+
+    name = f"test_{unique}_{next(_names)}"
+    admin = await asyncpg.connect(postgres_server.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
