@@ -98,6 +98,12 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
         status, title = (410, "Gone") if claims.endswith("expired") else (404, "Not Found")
         raise ApiProblem(status, title, claims)
     body = await read_body(request, DecisionBody)  # before redeeming: a bad body does not use the token up
+    redeemed = await gateway.store.ask(
+        CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
+    )
+    if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
+        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
+    ok(redeemed)
     approval = await gateway.store.ask(
         ApprovalGet(tenant=claims.tenant, run_id=claims.run_id, activity_id=claims.activity_id), Approval
     )
@@ -105,12 +111,6 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
         _check_open(approval, claims.attempt)
     elif approval.code != "not_found":
         ok(approval)
-    redeemed = await gateway.store.ask(
-        CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
-    )
-    if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
-        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
-    ok(redeemed)
     decided = ApprovalDecided(
         tenant=claims.tenant,
         run_id=claims.run_id,

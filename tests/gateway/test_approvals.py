@@ -72,6 +72,10 @@ async def test_an_approval_is_decided_through_its_callback_url_once(
         events = await api.events(run_id)
         replay = await api.json("POST", path, status=409, who=None, json=body)
         assert "used" in replay["detail"]
+        await api.run_when(run_id, "succeeded")
+        fresh = callback_path(api, run_id, asked["attempt"])  # another token: the approval is decided
+        decided_before = await api.json("POST", fresh, status=409, who=None, json=body)
+        assert "approved by callback" in decided_before["detail"]
     assert events[-1].event == "run.completed"
     assert events[-1].json()["status"] == "succeeded"
     decision = next(e.json() for e in events if e.event == "approval.decided")

@@ -31,7 +31,7 @@ async def test_a_deploy_started_over_http_runs_to_success_and_shows_every_activi
             assert r.headers["Location"] == f"/v1/runs/{run_id}"
         events = await api.events(run_id)
         run = await api.run_when(run_id, "succeeded")
-    assert next(e.event for e in events) == "run.requested"
+    assert next(e.event for e in events) == "run.compiled"  # run.requested travels on TRELLIS_RUNS
     assert events[-1].event == "run.completed"
     assert events[-1].json()["status"] == "succeeded"
     assert run["environment"] == "web"
