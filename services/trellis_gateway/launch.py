@@ -66,8 +66,9 @@ async def start_run(
     idempotency_key: str = "",
     remote: str = "",
 ) -> RunCreated:
-    """Record and publish a run of `environment`; raises ApiProblem (404 unknown environment or
-    template, 409 an idempotency key reused for another request, 413 a bundle too large for the bus)."""
+    """Record and publish a run of `environment` (the store audits `run.create`). Raises ApiProblem:
+    404 unknown environment or template, 409 an idempotency key reused for another request, 413 a
+    bundle too large for the bus."""
     actor = _actor(principal_or_actor)
     try:
         subjects.runs_requested(tenant)
@@ -105,16 +106,6 @@ async def start_run(
     )
     if created.created or await _still_requested(gateway, tenant, created.run_id):
         await publish_request(gateway, request)
-    if created.created:
-        await audit(
-            gateway,
-            tenant,
-            actor,
-            "run.create",
-            created.run_id,
-            {"environment": environment, "action": action, "idempotency_key": idempotency_key},
-            remote,
-        )
     log.info("run_started", tenant=tenant, run=created.run_id, environment=environment, created=created.created)
     return created
 
