@@ -138,3 +138,27 @@ async def test_another_tenants_run_is_absent_from_every_run_route(api: Api, bus:
     await api.json("POST", "/v1/environments/web/runs", status=404, who="eve", json={"action": "deploy"})
     for path in ("/v1/runs/no-such-run", "/v1/runs/bad.id", "/v1/runs/no-such-run/events"):
         await api.json("GET", path, status=404)
+
+
+async def test_a_destroy_runs_after_the_deploy_and_a_bundles_own_environment_document_is_compiled(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """A bundle that carries an Environment of the same name is compiled as published (no second
+    document is added), with the stored variables as its inputs."""
+    own = HELLO + "---\napiVersion: trellis.dev/v1\nkind: Environment\nmetadata: {name: web}\n"
+    own += "spec: {template: {name: hello-stack, version: v1}, agents: [{name: default}]}\n"
+    await api.environment("web", own, "hello-stack")
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        deployed = await api.start("web")
+        assert (await api.events(deployed))[-1].json()["status"] == "succeeded"
+        destroyed = await api.start("web", "destroy")
+        events = await api.events(destroyed)
+    assert events[-1].json()["status"] == "succeeded", [e.data for e in events]
+    compiled = next(e.json() for e in events if e.event == "run.compiled")
+    assert compiled["workflow"]["action"] == "destroy"
+    async with api.call("GET", f"/v1/runs/{destroyed}/logs") as response:
+        assert "hello line 1 for destroy" in await response.text()
+    listed = await api.json("GET", "/v1/runs?environment=web&limit=1", status=200)
+    assert [r["run_id"] for r in listed["runs"]] == [destroyed]
+    older = await api.json("GET", f"/v1/runs?environment=web&before={destroyed}", status=200)
+    assert [r["run_id"] for r in older["runs"]] == [deployed]
