@@ -127,10 +127,14 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
 
 
 def _check_open(approval: Approval, attempt: int | None = None) -> None:
-    """409 if decided, 410 if the token is of an earlier attempt than the one waiting."""
+    """409 if decided or expired, 410 if the token is of an earlier attempt than the one waiting."""
     if approval.decision:
         raise ApiProblem(
             409, "Conflict", f"approval {approval.activity_id} was {approval.decision} by {approval.decided_by or '?'}"
+        )
+    if approval.expires_at is not None and approval.expires_at <= datetime.now(UTC):
+        raise ApiProblem(
+            409, "Conflict", f"approval {approval.activity_id} expired at {approval.expires_at.isoformat()}"
         )
     if attempt is not None and attempt < approval.attempt:
         raise ApiProblem(410, "Gone", f"this callback is for attempt {attempt}; attempt {approval.attempt} waits now")
