@@ -160,6 +160,7 @@ class EnvironmentPut(_TenantRequest, frozen=True, kw_only=True, tag="environment
     sensitive: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
     if_match: str = ""
+    force: bool = False  # replace an existing environment without `if_match` (the CLI's `env apply`)
     actor: str = ""
     remote: str = ""
 
