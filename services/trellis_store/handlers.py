@@ -60,6 +60,7 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 _request = msgspec.json.Decoder(StoreRequest)
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
 def decode_error(exc: msgspec.DecodeError) -> StoreError:
@@ -68,6 +69,8 @@ def decode_error(exc: msgspec.DecodeError) -> StoreError:
     match = _AT.search(text)
     path = match["path"] if match else ""
     message = _AT.sub("", text)
+    if missing := _MISSING.search(message):  # the field is inside the object `at` names
+        path = f"{path}.{missing['field']}" if path else missing["field"]
     if path:
         message = f"{path}: {message}"
     return StoreError(code="invalid", message=f"undecodable store request: {message}", path=path)

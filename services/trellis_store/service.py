@@ -1,5 +1,5 @@
 """The state store service: a PostgreSQL pool, the schema, the projection of the bus into it,
-and every `trellis.store.<op>` request answered (queue group `trellis-store`, so replicas share).
+and every `trellis.store.api.<op>` request answered (queue group `trellis-store`, so replicas share).
 """
 
 from __future__ import annotations
