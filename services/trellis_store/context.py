@@ -4,10 +4,11 @@ small helpers that turn rows into answers and refusals into StoreErrors."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from trellis_store.api import ErrorCode, StoreError
+from trellis_store.api import ActivityRow, ErrorCode, StoreError
 from trellis_store.sealing import Sealer
 
 # Tenant names are NATS subject tokens (`trellis.<tenant>.runs.requested`).
@@ -32,6 +33,37 @@ class ProjectionView(Protocol):
     async def events_last_seq(self) -> int: ...
 
 
+class ActivityCache:
+    """The activity rows of recently read big runs, each valid for one version: the sequence of
+    the last event projected for its run (every activity change comes from a projected event,
+    written in the same transaction). Reading a 7,000-activity run again costs one index probe."""
+
+    def __init__(self, *, max_activities: int = 200_000, min_run_size: int = 500) -> None:
+        self.max_activities = max_activities
+        self.min_run_size = min_run_size
+        self._runs: OrderedDict[tuple[str, str], tuple[int, tuple[ActivityRow, ...]]] = OrderedDict()
+        self._size = 0
+
+    def get(self, tenant: str, run_id: str, version: int) -> tuple[ActivityRow, ...] | None:
+        hit = self._runs.get((tenant, run_id))
+        if hit is None or hit[0] != version:
+            return None
+        self._runs.move_to_end((tenant, run_id))
+        return hit[1]
+
+    def put(self, tenant: str, run_id: str, version: int, rows: tuple[ActivityRow, ...]) -> None:
+        if version <= 0 or len(rows) < self.min_run_size:
+            return  # no event to check it against, or cheap to read again
+        old = self._runs.pop((tenant, run_id), None)
+        if old is not None:
+            self._size -= len(old[1])
+        self._runs[(tenant, run_id)] = (version, rows)
+        self._size += len(rows)
+        while self._size > self.max_activities and self._runs:
+            _, (_, evicted) = self._runs.popitem(last=False)
+            self._size -= len(evicted)
+
+
 @dataclass(frozen=True)
 class StoreContext:
     pool: Any  # asyncpg.Pool (untyped library)
@@ -39,6 +71,7 @@ class StoreContext:
     projection: ProjectionView
     schema_version: int
     barrier_timeout: float = 10.0
+    activities: ActivityCache = field(default_factory=ActivityCache)
 
 
 def error(code: ErrorCode, message: str, path: str = "") -> StoreError:

@@ -198,20 +198,27 @@ def summary_fields(row: Any) -> dict[str, Any]:
 
 
 async def run_get(ctx: StoreContext, req: RunGet) -> RunDetail | StoreError:
-    workflow = ", workflow::text AS workflow" if req.with_workflow else ", NULL::text AS workflow"
-    async with ctx.pool.acquire() as conn:
+    """The run and every activity in workflow order. The activities of a big run are read once
+    per projected event (ActivityCache); run row, version and activities come from one snapshot."""
+    workflow = ", r.workflow::text AS workflow" if req.with_workflow else ", NULL::text AS workflow"
+    async with ctx.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(
-            f"SELECT {RUN_COLUMNS}, errors::text AS errors, outputs::text AS outputs{workflow} "
-            "FROM runs WHERE tenant = $1 AND run_id = $2",
+            f"SELECT {RUN_COLUMNS}, errors::text AS errors, outputs::text AS outputs{workflow}, "
+            "(SELECT coalesce(max(e.seq), 0) FROM events e WHERE e.tenant = r.tenant AND e.run_id = r.run_id) "
+            "AS version "
+            "FROM runs r WHERE r.tenant = $1 AND r.run_id = $2",
             req.tenant,
             req.run_id,
         )
         if row is None:
             return error("not_found", f"no run {req.run_id!r}", "run_id")
-        activities = await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id)
+        activities = ctx.activities.get(req.tenant, req.run_id, row["version"])
+        if activities is None:
+            activities = _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
+            ctx.activities.put(req.tenant, req.run_id, row["version"], activities)
     return RunDetail(
         **summary_fields(row),
-        activities=_activities.decode(activities),
+        activities=activities,
         errors=_problems.decode(row["errors"]),
         outputs=_outputs.decode(row["outputs"]),
         workflow=_workflow.decode(row["workflow"]) if row["workflow"] else None,
