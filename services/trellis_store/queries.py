@@ -314,11 +314,13 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
 
 
 def open_deployed_variables(ctx: StoreContext, stored: Any) -> dict[str, str]:
-    """`deployed_variables` holds one sealed blob of the variables' JSON: as a JSON string, or as
-    `{"sealed": "v1:..."}`; an empty object means none."""
+    """`deployed_variables` as the projection writes it: `{"sealed": "<seal of the JSON object>"}`,
+    `{"plain": {...}}` (a projection run without a seal key), or `{}` for none."""
     if isinstance(stored, dict) and set(stored) == {"sealed"}:
-        stored = stored["sealed"]
-    if isinstance(stored, str):
+        return _str_map.decode(ctx.sealer.open(stored["sealed"]))
+    if isinstance(stored, dict) and set(stored) == {"plain"}:
+        return msgspec.convert(stored["plain"], dict[str, str])
+    if isinstance(stored, str):  # a bare sealed string
         return _str_map.decode(ctx.sealer.open(stored))
     return msgspec.convert(stored, dict[str, str])
 
