@@ -91,6 +91,7 @@ class Projection:
         batch: int = BATCH,
         retry: tuple[float, ...] = RETRY_SECONDS,
         retention_interval: float = retention.INTERVAL_SECONDS,
+        tenant: str = "*",
     ) -> None:
         self.bus = bus
         self.pool = pool
@@ -99,11 +100,13 @@ class Projection:
         self.batch = batch
         self.retry = retry
         self.retention_interval = retention_interval
-        self.events = _Stream(subjects.STREAM_EVENTS, events_durable, subjects.all_run_events(), "events")
-        self.logs = _Stream(subjects.STREAM_LOGS, logs_durable, f"{subjects.PREFIX}.*.logs.>", "logs")
+        # `tenant`: only that tenant's messages (tests sharing one NATS); "*" in service.
+        self.events = _Stream(subjects.STREAM_EVENTS, events_durable, subjects.all_run_events(tenant), "events")
+        self.logs = _Stream(subjects.STREAM_LOGS, logs_durable, f"{subjects.PREFIX}.{tenant}.logs.>", "logs")
         self.projected_events = 0
         self.projected_logs = 0
         self.dead_lettered = 0
+        self.write_failures = 0  # batches PostgreSQL could not take (then retried)
         self._progress = asyncio.Condition()
 
     # ---- the barrier a consistent read waits on ----------------------------------------------
@@ -218,6 +221,7 @@ class Projection:
                     return
                 delay = self.retry[min(attempt, len(self.retry) - 1)]
                 attempt += 1
+                self.write_failures += 1
                 log.warning("projection_write_failed", stream=stream.name, error=repr(exc), retry_in=delay,
                             messages=len(msgs))
                 for msg in msgs:
