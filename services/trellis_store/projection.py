@@ -107,6 +107,7 @@ class Projection:
         self.projected_logs = 0
         self.dead_lettered = 0
         self.write_failures = 0  # batches PostgreSQL could not take (then retried)
+        self.stalled = asyncio.Event()  # set while a batch waits for PostgreSQL to take it
         self._progress = asyncio.Condition()
 
     # ---- the barrier a consistent read waits on ----------------------------------------------
@@ -118,23 +119,33 @@ class Projection:
 
     async def wait_projected(self, seq: int, timeout: float) -> bool:  # noqa: ASYNC109 - a deadline, not a cancel
         """True once every run event up to stream sequence `seq` is written; False after `timeout`."""
+        return await self._wait(self.events, seq, timeout)
+
+    async def wait_logs_projected(self, seq: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once every log chunk up to TRELLIS_LOGS sequence `seq` is written; False after `timeout`."""
+        return await self._wait(self.logs, seq, timeout)
+
+    def _projected(self, stream: _Stream) -> int:
+        return self.projected_events if stream.kind == "events" else self.projected_logs
+
+    async def _wait(self, stream: _Stream, seq: int, timeout: float) -> bool:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
-        while self.projected_events < seq:
+        while self._projected(stream) < seq:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             async with self._progress:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self._progress.wait_for(lambda: self.projected_events >= seq), min(remaining, 0.5)
+                        self._progress.wait_for(lambda: self._projected(stream) >= seq), min(remaining, 0.5)
                     )
-            if self.projected_events < seq:  # another replica may have written it: ask the durable
-                await self._refresh(self.events)
+            if self._projected(stream) < seq:  # another replica may have written it: ask the durable
+                await self._refresh(stream)
         return True
 
     async def _advance(self, stream: _Stream, seqs: list[int]) -> None:
         """Move the in-order progress over a written batch; past a gap, ask the durable's ack floor."""
-        current = self.projected_events if stream.kind == "events" else self.projected_logs
+        current = self._projected(stream)
         for seq in sorted(seqs):
             if seq == current + 1:
                 current = seq
@@ -222,12 +233,14 @@ class Projection:
                 delay = self.retry[min(attempt, len(self.retry) - 1)]
                 attempt += 1
                 self.write_failures += 1
+                self.stalled.set()
                 log.warning("projection_write_failed", stream=stream.name, error=repr(exc), retry_in=delay,
                             messages=len(msgs))
                 for msg in msgs:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.in_progress()
                 await asyncio.sleep(delay)
+        self.stalled.clear()
         for msg in msgs:
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()

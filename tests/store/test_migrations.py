@@ -32,7 +32,8 @@ SECOND = ("0002_thing_names.sql", "ALTER TABLE things ADD COLUMN name text NOT N
 
 
 async def _ledger(pool: asyncpg.Pool) -> list[tuple[int, str]]:
-    return [(r["version"], r["name"]) for r in await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY 1")]
+    ledger = await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY 1")
+    return [(r["version"], r["name"]) for r in ledger]
 
 
 async def test_from_empty_every_migration_is_applied_and_recorded(pool: asyncpg.Pool) -> None:
@@ -84,7 +85,7 @@ async def test_a_failing_migration_is_rolled_back_and_named(pool: asyncpg.Pool, 
 
 
 def test_misnamed_or_gapped_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(MigrationError, match="Add_Index.sql: name it NNNN_lowercase_words.sql"):
+    with pytest.raises(MigrationError, match=r"Add_Index\.sql: name it NNNN_lowercase_words\.sql"):
         load(_fixture_dir(tmp_path / "a", FIRST, ("0002_Add_Index.sql", "")))
     with pytest.raises(MigrationError, match=r"without gaps: found \[1, 3\]"):
         load(_fixture_dir(tmp_path / "b", FIRST, ("0003_late.sql", "")))

@@ -29,13 +29,13 @@ from trellis_core.events import (
     ApprovalDecided,
     ApprovalRequested,
     Event,
+    Problem,
     RunCancelRequested,
     RunCompiled,
     RunCompleted,
     RunRejected,
     RunRequested,
     RunStarted,
-    Problem,
     SourceFile,
     encode,
 )
@@ -98,7 +98,7 @@ def deploy_run(
     activity dispatched/started/heartbeat/completed, the run completed."""
     run_id = run_id or new_run_id()
     at = Clock()
-    ids = {"tenant": tenant, "run_id": run_id}
+    ids: dict[str, Any] = {"tenant": tenant, "run_id": run_id}
     wf = workflow(environment, n, action=action)
     events: list[Event] = [
         RunRequested(**ids, environment=environment, action=action, requested_by="ana",  # type: ignore[arg-type]
@@ -108,7 +108,7 @@ def deploy_run(
         RunStarted(**ids, occurred_at=at()),
     ]
     for a in wf.activities:
-        act = {**ids, "activity_id": a.id, "attempt": 1}
+        act: dict[str, Any] = {**ids, "activity_id": a.id, "attempt": 1}
         events += [
             ActivityDispatched(**act, pool="default", occurred_at=at()),
             ActivityStarted(**act, agent="agent-1", occurred_at=at()),
@@ -158,13 +158,6 @@ async def delete_durables(bus: Bus, name: str) -> None:
     await bus.js.delete_consumer(subjects.STREAM_LOGS, f"{name}_logs")
 
 
-async def wait_logs(projection: Projection, seq: int, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while projection.projected_logs < seq:
-            await projection._refresh(projection.logs)
-            await asyncio.sleep(0.05)
-
-
 TABLES = {
     "tenants": "name",
     "environments": "tenant, name",
@@ -212,14 +205,17 @@ async def test_a_deploy_run_becomes_run_activity_environment_and_event_rows(
     first = stored.activities[0]
     assert first.inputs == {"password": "********", "size": 3}  # sensitive input masked, others kept
     assert first.spec.env == {"TOKEN": "********", "REGION": "eu"}  # type: ignore[union-attr]
-    assert stored.scope == {} and stored.requested_variables == {}
-    assert "hunter2" not in run["workflow"] and "hunter2" not in run["variables"]
+    assert stored.scope == {}
+    assert stored.requested_variables == {}
+    assert "hunter2" not in run["workflow"]
+    assert "hunter2" not in run["variables"]
 
     acts = await pool.fetch("SELECT * FROM activities WHERE run_id = $1 ORDER BY ordinal", run_id)
     assert [(a["activity_id"], a["ordinal"], a["status"], a["attempts"], a["agent"], a["exit_code"]) for a in acts] == [
         (f"resource/r{i}/apply", i, "succeeded", 1, "agent-1", 0) for i in range(3)
     ]
-    assert acts[1]["depends_on"] == ["resource/r0/apply"] and acts[1]["resource"] == "r1"
+    assert acts[1]["depends_on"] == ["resource/r0/apply"]
+    assert acts[1]["resource"] == "r1"
     assert msgspec.json.decode(acts[2]["outputs"]) == {"id": "r2"}
     assert all(a["started_at"] < a["finished_at"] for a in acts)
 
@@ -234,7 +230,8 @@ async def test_a_deploy_run_becomes_run_activity_environment_and_event_rows(
 
     kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM events WHERE run_id = $1 ORDER BY seq", run_id)]
     assert "activity.heartbeat" not in kinds  # heartbeats are liveness only
-    assert len(kinds) == len(events) - 3 and kinds[0] == "run.requested"
+    assert len(kinds) == len(events) - 3
+    assert kinds[0] == "run.requested"
     body = msgspec.json.decode(await pool.fetchval("SELECT body FROM events WHERE kind = 'run.requested' "
                                                    "AND run_id = $1", run_id))
     assert (body["sources"], body["files"], body["variables"]) == ([], [], {})  # a request's bundle is not kept
@@ -254,10 +251,11 @@ async def test_log_chunks_are_kept_in_order_and_expired_ones_are_not_brought_bac
                            data="ancient", occurred_at=now - timedelta(days=settings.store_logs_retention_days + 1))
     async with projecting(bus, pool, settings, unique) as projection:
         last = await publish(bus, [old, *chunks])
-        await wait_logs(projection, last)
+        assert await projection.wait_logs_projected(last, 10)
     got = await pool.fetch("SELECT * FROM log_chunks WHERE run_id = $1 ORDER BY position", run_id)
     assert [r["data"] for r in got] == [f"line {i}\ufffd\n" for i in range(5)]  # NUL kept readable, not refused
-    assert [r["sequence"] for r in got] == list(range(5)) and got[0]["stream"] == "stdout"
+    assert [r["sequence"] for r in got] == list(range(5))
+    assert got[0]["stream"] == "stdout"
 
 
 async def test_failed_run_keeps_the_last_deploy_and_a_destroy_clears_it(
@@ -299,7 +297,7 @@ async def test_rejected_cancelled_and_approval_events_set_their_rows(
     gate = Activity(id="environment/on-init/gate", kind="approval", spec=ApprovalSpec(approvers=("bo@x.io",)))
     wf = Workflow(environment="app", template=TemplateRef(name="s", version="1"), action="deploy",
                   activities=(gate,))
-    g = {"tenant": unique, "run_id": gated, "activity_id": gate.id}
+    g: dict[str, Any] = {"tenant": unique, "run_id": gated, "activity_id": gate.id}
     events: list[Event] = [
         RunRequested(tenant=unique, run_id=rejected, environment="app", occurred_at=at()),
         RunRejected(tenant=unique, run_id=rejected, errors=(Problem(message="no such template", file="t.yaml",
@@ -323,7 +321,9 @@ async def test_rejected_cancelled_and_approval_events_set_their_rows(
             last = (await bus.publish(subjects.run_event(event.tenant, event.run_id, event.kind), event)).seq
         assert await projection.wait_projected(last, 10)
     run = await pool.fetchrow("SELECT * FROM runs WHERE run_id = $1", rejected)
-    assert run is not None and run["status"] == "rejected" and "t.yaml:3:1: no such template" in run["message"]
+    assert run is not None
+    assert run["status"] == "rejected"
+    assert "t.yaml:3:1: no such template" in run["message"]
     assert msgspec.json.decode(run["errors"])[0]["message"] == "no such template"
     approval = await pool.fetchrow("SELECT * FROM approvals WHERE run_id = $1", gated)
     assert approval is not None
@@ -344,15 +344,16 @@ async def test_replaying_the_streams_twice_leaves_identical_rows(
         last = await publish(bus, events)
         last_log = await publish(bus, chunks)
         assert await projection.wait_projected(last, 10)
-        await wait_logs(projection, last_log)
+        assert await projection.wait_logs_projected(last_log, 10)
     first = await rows_of(pool)
-    assert len(first["events"]) > 30 and len(first["log_chunks"]) == 20
+    assert len(first["events"]) > 30
+    assert len(first["log_chunks"]) == 20
 
     for _ in range(2):  # a new durable sees every message again, in order, over rows already written
         await delete_durables(bus, unique)
         async with projecting(bus, pool, settings, unique, batch=7) as projection:
             assert await projection.wait_projected(last, 10)
-            await wait_logs(projection, last_log)
+            assert await projection.wait_logs_projected(last_log, 10)
         assert await rows_of(pool) == first
 
 
@@ -412,7 +413,8 @@ async def test_undecodable_and_forged_messages_are_dead_lettered_and_the_rest_pr
     letters = await bus.js.pull_subscribe(subjects.deadletter(garbage_subject), durable=None,
                                           stream=subjects.STREAM_DEADLETTER)
     reasons = [msgspec.json.decode(m.data)["reason"] for m in await letters.fetch(2, timeout=5)]
-    assert reasons[0].startswith("undecodable:") and "someone-else" in reasons[1]
+    assert reasons[0].startswith("undecodable:")
+    assert "someone-else" in reasons[1]
     await letters.unsubscribe()
     assert await pool.fetchval("SELECT status FROM runs WHERE run_id = $1", run[0].run_id) == "succeeded"
     assert await pool.fetchval("SELECT count(*) FROM runs WHERE tenant = 'someone-else'") == 0
