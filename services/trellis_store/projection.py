@@ -207,10 +207,23 @@ class Projection:
         return await self.bus.js.pull_subscribe_bind(durable=stream.durable, stream=stream.name)
 
     async def _consume(self, stream: _Stream, sub: Any, stop: asyncio.Event) -> None:
-        async def deliver(msgs: list[Msg], _owned: int) -> None:
-            await self._project(stream, msgs, stop)
+        """Fetch and write in step: the next batch is fetched while the last one is written (one
+        batch ahead at most, so what is held unacked stays well under max_ack_pending)."""
+        fetched: asyncio.Queue[list[Msg] | None] = asyncio.Queue(maxsize=1)
 
-        await fetch_loop(sub, stop, deliver, batch=self.batch, wait=FETCH_WAIT_SECONDS, log=log)
+        async def deliver(msgs: list[Msg], _owned: int) -> None:
+            await fetched.put(msgs)
+
+        async def write() -> None:
+            while (msgs := await fetched.get()) is not None:
+                await self._project(stream, msgs, stop)
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(write())
+            try:
+                await fetch_loop(sub, stop, deliver, batch=self.batch, wait=FETCH_WAIT_SECONDS, log=log)
+            finally:
+                await fetched.put(None)
 
     async def _project(self, stream: _Stream, msgs: list[Msg], stop: asyncio.Event) -> None:
         """Write one batch (retrying while PostgreSQL is away), then ack all of it."""
@@ -334,11 +347,15 @@ async def _execute(conn: asyncpg.Connection, b: rows.Batch) -> None:
         await conn.execute(rows.EVENTS, *_columns(b.events, 9))
     if b.logs:
         await conn.execute(rows.LOGS, *_columns(b.logs, 9))
+    if b.runs:
+        await conn.executemany(rows.RUNS, b.runs)
+    if b.workflows:
+        await conn.executemany(rows.RUN_WORKFLOW, b.workflows)
+    if b.compiled:
+        await conn.executemany(rows.COMPILED_ACTIVITIES, b.compiled)
+    if b.activities:
+        await conn.execute(rows.ACTIVITIES, *b.activity_columns())
     for sql, args in (
-        (rows.RUNS, b.runs),
-        (rows.RUN_WORKFLOW, b.workflows),
-        (rows.COMPILED_ACTIVITIES, b.compiled),
-        (rows.ACTIVITIES, b.activities),
         (rows.SKIPPED, b.skipped),
         (rows.APPROVAL_REQUESTED, b.approvals_requested),
         (rows.APPROVAL_DECIDED, b.approvals_decided),

@@ -96,10 +96,14 @@ WHERE activities.kind = ''
 """
 
 _A_NEWER = "a.status_seq < excluded.status_seq"
+# One row per activity of the batch (`Batch` folds its events first): `unnest` may not name a row twice.
 ACTIVITIES = f"""
 INSERT INTO activities AS a (tenant, run_id, activity_id, kind, status, status_seq, attempts, agent, started_at,
                              finished_at, outputs, reason, exit_code)
-VALUES ($1, $2, $3, '', $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12)
+SELECT t, r, i, '', s, q, n, g, st, fi, o::jsonb, re, x
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::int[], $7::text[],
+            $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::int[])
+     AS u(t, r, i, s, q, n, g, st, fi, o, re, x)
 ON CONFLICT (tenant, run_id, activity_id) DO UPDATE SET
     status      = CASE WHEN {_A_NEWER} THEN excluded.status ELSE a.status END,
     agent       = CASE WHEN {_A_NEWER} THEN COALESCE(NULLIF(excluded.agent, ''), a.agent)
@@ -201,7 +205,7 @@ class Batch:
     runs: list[tuple[Any, ...]] = field(default_factory=list)
     workflows: list[tuple[Any, ...]] = field(default_factory=list)
     compiled: list[tuple[Any, ...]] = field(default_factory=list)
-    activities: list[tuple[Any, ...]] = field(default_factory=list)
+    activities: dict[tuple[str, str, str], Patch] = field(default_factory=dict)
     skipped: list[tuple[Any, ...]] = field(default_factory=list)
     approvals_requested: list[tuple[Any, ...]] = field(default_factory=list)
     approvals_decided: list[tuple[Any, ...]] = field(default_factory=list)
@@ -290,10 +294,46 @@ class Batch:
         self, event: ActivityEvent, seq: int, status: str, agent: str = "", started: datetime | None = None,
         finished: datetime | None = None, outputs: str = "{}", reason: str = "", exit_code: int | None = None,
     ) -> None:
-        self.activities.append(
-            (event.tenant, event.run_id, event.activity_id, status, seq, event.attempt, agent, started, finished,
-             outputs, reason, exit_code)
-        )
+        key = (event.tenant, event.run_id, event.activity_id)
+        patch = Patch(status, seq, event.attempt, agent, started, finished, outputs, reason, exit_code)
+        before = self.activities.get(key)
+        self.activities[key] = patch if before is None else before.then(patch)
+
+    def activity_columns(self) -> list[list[Any]]:
+        """The folded activity rows as the columns of ACTIVITIES."""
+        rows = [(*key, *p.values()) for key, p in self.activities.items()]
+        return [[r[i] for r in rows] for i in range(12)]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """What activity events write on a row; `then` folds a second one in as ACTIVITIES would
+    apply the two one after the other (so a batch writes each activity once)."""
+
+    status: str
+    seq: int
+    attempts: int
+    agent: str
+    started: datetime | None
+    finished: datetime | None
+    outputs: str
+    reason: str
+    exit_code: int | None
+
+    def then(self, other: Patch) -> Patch:
+        attempts = max(self.attempts, other.attempts)
+        if other.seq > self.seq:  # the later event: it sets the row, keeping what it does not say
+            return Patch(
+                other.status, other.seq, attempts, other.agent or self.agent, other.started or self.started,
+                other.finished, other.outputs, other.reason, other.exit_code,
+            )
+        # an earlier one (redelivered within the batch): it only fills what is missing
+        return Patch(self.status, self.seq, attempts, self.agent or other.agent, self.started or other.started,
+                     self.finished, self.outputs, self.reason, self.exit_code)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.status, self.seq, self.attempts, self.agent, self.started, self.finished, self.outputs,
+                self.reason, self.exit_code)
 
 
 def _activity_patch(event: ActivityEvent) -> tuple[Any, ...] | None:
