@@ -297,7 +297,7 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
             f"the store's projection has not caught up with event {last} within {ctx.barrier_timeout:g}s",
         )
     row = await ctx.pool.fetchrow(
-        "SELECT deployed, last_run_id, outputs::text AS outputs, deployed_variables::text AS variables "
+        "SELECT deployed, deploy_run_id, outputs::text AS outputs, deployed_variables::text AS variables "
         "FROM environments WHERE tenant = $1 AND name = $2",
         req.tenant,
         req.environment,
@@ -309,7 +309,7 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
     except (SealError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error("internal", f"environment {req.environment!r}: its deployed variables do not open: {exc}")
     return DeployRecord(
-        deployed=True, run_id=row["last_run_id"], outputs=_outputs.decode(row["outputs"]), variables=variables
+        deployed=True, run_id=row["deploy_run_id"], outputs=_outputs.decode(row["outputs"]), variables=variables
     )
 
 

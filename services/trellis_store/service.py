@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -17,31 +18,16 @@ from trellis_core.errors import ConfigError
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_store.api import SUBJECT_PREFIX
-
-# INTEGRATION POINT (merge with helper A): import `migrate` from trellis_store.migrate instead.
-from trellis_store.bootstrap_schema import migrate
-from trellis_store.context import ProjectionView, StoreContext
+from trellis_store.context import StoreContext
 from trellis_store.handlers import UNAVAILABLE, handle
+from trellis_store.migrate import migrate
+from trellis_store.projection import Projection
 from trellis_store.sealing import Sealer
 
 log = get_logger("store")
 
 QUEUE = "trellis-store"
 CONNECT_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
-
-
-class NoProjection:
-    """INTEGRATION POINT (merge with helper A): stands in for trellis_store.projection.Projection
-    until it lands. Nothing is projected in this process, so there is nothing to wait for."""
-
-    projected_events = 0
-    projected_logs = 0
-
-    async def wait_projected(self, seq: int, timeout: float) -> bool:  # noqa: ASYNC109
-        return True
-
-    async def events_last_seq(self) -> int:
-        return 0
 
 
 async def connect(settings: Settings, stop: asyncio.Event) -> Any | None:
@@ -65,8 +51,16 @@ async def connect(settings: Settings, stop: asyncio.Event) -> Any | None:
     return None
 
 
-async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Serve the store until `stop` is set; `ready` is set once every op is answered."""
+async def serve(
+    bus: Bus,
+    settings: Settings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    projection_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Serve the store until `stop` is set; `ready` is set once the projection runs and every op
+    is answered. `projection_options` go to Projection (tests: a tenant filter, own durables)."""
     if not settings.database_url:
         raise ConfigError("TRELLIS_DATABASE_URL is not set: the state store keeps its data in PostgreSQL")
     sealer = Sealer(settings.seal_key)
@@ -75,20 +69,33 @@ async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, ready: asynci
         return
     try:
         schema_version = await migrate(pool)
-        # INTEGRATION POINT (merge with helper A): build Projection(bus, pool, settings, sealer),
-        # run `projection.run(stop, ready=...)` in a TaskGroup beside the rpc service, and set
-        # `ready` only once the projection is ready too.
-        projection: ProjectionView = NoProjection()
+        projection = Projection(bus, pool, settings, sealer, **(projection_options or {}))
         ctx = StoreContext(pool=pool, sealer=sealer, projection=projection, schema_version=schema_version)
-        subscription = await rpc.serve(bus.nc, SUBJECT_PREFIX + ">", functools.partial(handle, ctx), queue=QUEUE)
-        log.info("store_started", schema_version=schema_version)
-        try:
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+        async with asyncio.TaskGroup() as tasks:
+            projecting = asyncio.Event()
+            tasks.create_task(projection.run(stop, ready=projecting))
+            await _until_set(projecting, stop)
+            if stop.is_set():
+                return
+            subscription = await rpc.serve(bus.nc, SUBJECT_PREFIX + ">", functools.partial(handle, ctx), queue=QUEUE)
+            log.info("store_started", schema_version=schema_version)
+            try:
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
     finally:
         await asyncio.wait_for(pool.close(), 30)
         log.info("store_stopped")
+
+
+async def _until_set(event: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait for `event`, or for `stop` (whichever comes first)."""
+    waiters = {asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -335,7 +335,7 @@ async def test_the_deploy_record_answers_the_last_good_deploy_with_its_variables
     assert unknown.deployed is False
     sealed = await _seal_in_store(store, '{"region": "eu", "password": "pw"}')
     await store.sql(
-        "UPDATE environments SET deployed = true, last_run_id = 'r9', status = 'deployed', "
+        "UPDATE environments SET deployed = true, deploy_run_id = 'r9', status = 'deployed', "
         'outputs = \'{"vpc": {"id": "vpc-1"}}\', deployed_variables = jsonb_build_object(\'sealed\', $2::text) '
         "WHERE tenant = $1",
         unique,
