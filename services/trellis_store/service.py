@@ -30,19 +30,24 @@ QUEUE = "trellis-store"
 CONNECT_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
-async def connect(settings: Settings, stop: asyncio.Event) -> Any | None:
-    """A pool on `database_url`, retried while PostgreSQL is not up yet; None if `stop` came first."""
+async def connect(settings: Settings, stop: asyncio.Event) -> tuple[Any, int] | None:
+    """A pool on `database_url` and the schema migrated, retried while PostgreSQL is not up yet
+    (the store waits for it rather than dying); None if `stop` came first."""
     attempt = 0
     while not stop.is_set():
+        pool = None
         try:
-            return await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 settings.database_url,
                 min_size=1,
                 max_size=settings.store_pool_size,
                 command_timeout=60,
                 timeout=settings.connect_timeout_seconds,
             )
+            return pool, await migrate(pool)
         except UNAVAILABLE as exc:
+            if pool is not None:
+                pool.terminate()
             delay = CONNECT_RETRY_SECONDS[min(attempt, len(CONNECT_RETRY_SECONDS) - 1)]
             log.warning("store_database_unreachable", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
             attempt += 1
@@ -64,11 +69,11 @@ async def serve(
     if not settings.database_url:
         raise ConfigError("TRELLIS_DATABASE_URL is not set: the state store keeps its data in PostgreSQL")
     sealer = Sealer(settings.seal_key)
-    pool = await connect(settings, stop)
-    if pool is None:
+    connected = await connect(settings, stop)
+    if connected is None:
         return
+    pool, schema_version = connected
     try:
-        schema_version = await migrate(pool)
         projection = Projection(bus, pool, settings, sealer, **(projection_options or {}))
         ctx = StoreContext(pool=pool, sealer=sealer, projection=projection, schema_version=schema_version)
         async with asyncio.TaskGroup() as tasks:

@@ -152,6 +152,9 @@ class TcpProxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
+        self.refusing = False  # accept, then hang up at once: PostgreSQL "down", with attempts counted
+        self.refused = 0
+        self.refused_changed = asyncio.Event()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
@@ -175,6 +178,11 @@ class TcpProxy:
         await self.start()
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            self.refused_changed.set()
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

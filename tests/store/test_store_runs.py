@@ -46,6 +46,9 @@ from trellis_store.api import (
     Runs,
     StoreError,
 )
+from trellis_store.client import StoreClient
+from trellis_store.sealing import new_key
+from trellis_store.service import serve
 
 __all__ = ["store"]
 
@@ -384,3 +387,33 @@ async def test_postgresql_down_answers_unavailable_and_the_store_recovers(
         while not isinstance(back, Pong) and time.monotonic() < deadline:
             back = await running.client.ask(Ping(), Pong)
         assert isinstance(back, Pong), back
+
+
+async def test_a_store_started_while_postgresql_is_down_waits_for_it(
+    bus: Bus, settings: Settings, database_url: str
+) -> None:
+    host_port = database_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    proxy.refusing = True
+    store_settings = msgspec.structs.replace(settings, database_url=proxy.url(database_url), seal_key=new_key())
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(bus, store_settings, stop, ready))
+    try:
+        async with asyncio.timeout(20):
+            while proxy.refused < 2:  # it tried, and tried again
+                proxy.refused_changed.clear()
+                await proxy.refused_changed.wait()
+        assert not ready.is_set()
+        assert not task.done()
+        proxy.refusing = False
+        await asyncio.wait_for(ready.wait(), 30)
+        client = StoreClient(bus.nc)
+        answer = await client.ask(Ping(), Pong)
+        await client.close()
+        assert isinstance(answer, Pong), answer
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await proxy.cut()
