@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import structlog
 from store_api_support import (
     RunningStore,
     TcpProxy,
@@ -417,3 +418,21 @@ async def test_a_store_started_while_postgresql_is_down_waits_for_it(
         stop.set()
         await asyncio.wait_for(task, 30)
         await proxy.cut()
+
+
+async def test_a_bug_answers_internal_with_a_logged_traceback_and_the_store_serves_on(
+    store: RunningStore, unique: str
+) -> None:
+    await env_ready(store, unique)
+    await seed_run(store, unique, "r1")
+    await seed_activities(store, unique, "r1", 1)
+    await store.sql("UPDATE activities SET status = 'bogus' WHERE tenant = $1", unique)  # no row may hold this
+    with structlog.testing.capture_logs() as logged:
+        broken = await store.refused(RunGet(tenant=unique, run_id="r1"))
+    assert broken.code == "internal"
+    assert "run.get failed: ValidationError" in broken.message
+    assert "bogus" not in broken.message, "the details stay in the log"
+    failures = [e for e in logged if e["event"] == "store_op_failed"]
+    assert len(failures) == 1
+    assert (failures[0]["op"], failures[0]["tenant"], failures[0]["exc_info"]) == ("run.get", unique, True)
+    await store.ask(Ping(), Pong)
