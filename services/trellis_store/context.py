@@ -70,7 +70,7 @@ class StoreContext:
     sealer: Sealer
     projection: ProjectionView
     schema_version: int
-    barrier_timeout: float = 10.0
+    barrier_timeout: float = 5.0  # under StoreClient's default 10 s: the caller hears why, not a timeout
     activities: ActivityCache = field(default_factory=ActivityCache)
 
 
