@@ -35,7 +35,8 @@ log = get_logger("gateway.streams")
 SSE_HEARTBEAT = web.AppKey("sse_heartbeat_seconds", float)  # optional on the app; default below
 HEARTBEAT_SECONDS = 15.0
 DRAIN_POLL_SECONDS = 0.2  # once the run has ended: how often to ask whether its logs are all sent
-INACTIVE_SECONDS = 60.0  # the server drops a consumer whose gateway vanished without unsubscribing
+INACTIVE_SECONDS = 10.0  # the server drops a consumer whose gateway vanished without deleting it
+CLOSE_SECONDS = 2.0
 LOG_PAGE = 1000
 TERMINAL_EVENTS = ("run.completed", "run.rejected")
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
@@ -84,8 +85,19 @@ async def ordered(js: JetStreamContext, stream: str, subject: str, after: int) -
     try:
         yield sub
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sub.unsubscribe(), 2.0)
+        await close_ordered(js, sub)
+
+
+async def close_ordered(js: JetStreamContext, sub: Any) -> None:
+    """Unsubscribe and delete the consumer now: unsubscribing alone leaves it on the server until
+    its inactive threshold (the name changes when an ordered consumer resets: ask for it)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_SECONDS):
+            info = await sub.consumer_info()
+            await sub.unsubscribe()
+            await js.delete_consumer(info.stream_name, info.name)
+    with contextlib.suppress(Exception):  # the consumer could not be asked for: unsubscribe at least
+        await asyncio.wait_for(sub.unsubscribe(), CLOSE_SECONDS)
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -291,13 +303,18 @@ async def _live_logs(request: web.Request, run: RunDetail, activity: str) -> web
             ended.set_result(status)
 
     run_subject = subjects.run_event(tenant, run.run_id, "run.*")
-    watcher = await js.subscribe(run_subject, stream=subjects.STREAM_EVENTS, cb=on_run_event, ordered_consumer=True)
+    watcher = await js.subscribe(
+        run_subject,
+        stream=subjects.STREAM_EVENTS,
+        cb=on_run_event,
+        ordered_consumer=True,
+        inactive_threshold=INACTIVE_SECONDS,
+    )
     try:
         async with ordered(js, subjects.STREAM_LOGS, subject, after) as sub:
             await _send_logs(response, sub, ended, _heartbeat(request))
     finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(watcher.unsubscribe(), 2.0)
+        await close_ordered(js, watcher)
     return response
 
 

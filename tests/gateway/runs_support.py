@@ -122,7 +122,7 @@ async def running_services(bus: Bus, settings: Settings, tenant: str, data_dir: 
         try:
             async with asyncio.timeout(15):
                 await ready.wait()
-            async with running_agent(bus, data_dir, tenant=tenant, executor="process"):
+            async with running_agent(bus, data_dir, tenant=tenant, executor="process", shutdown_grace_seconds=2.0):
                 yield
         finally:
             stop.set()
@@ -275,14 +275,14 @@ async def gateway_stack(bus: Bus, settings: Settings, database_url: str, tenant:
     `tenant` (tokens: admin, operator, viewer)."""
     import msgspec
     from aiohttp.test_utils import TestServer
-    from trellis_gateway.app import make_app
-    from trellis_store.service import serve as store
 
     from trellis_core.callbacks import key_bytes
+    from trellis_gateway.app import make_app
     from trellis_gateway.context import Gateway, sha256_hex
     from trellis_gateway.streams import SSE_HEARTBEAT
     from trellis_store.api import IssuedToken, TenantCreate
     from trellis_store.client import StoreClient
+    from trellis_store.service import serve as store
 
     s = msgspec.structs.replace(
         settings, database_url=database_url, admin_token=ADMIN_TOKEN, callback_key=CALLBACK_KEY, seal_key=SEAL_KEY

@@ -140,14 +140,10 @@ async def test_another_tenants_run_is_absent_from_every_run_route(api: Api, bus:
         await api.json("GET", path, status=404)
 
 
-async def test_a_destroy_runs_after_the_deploy_and_a_bundles_own_environment_document_is_compiled(
+async def test_a_destroy_runs_after_the_deploy_and_runs_list_in_pages(
     api: Api, bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
-    """A bundle that carries an Environment of the same name is compiled as published (no second
-    document is added), with the stored variables as its inputs."""
-    own = HELLO + "---\napiVersion: trellis.dev/v1\nkind: Environment\nmetadata: {name: web}\n"
-    own += "spec: {template: {name: hello-stack, version: v1}, agents: [{name: default}]}\n"
-    await api.environment("web", own, "hello-stack")
+    await api.environment("web", HELLO, "hello-stack")
     async with running_services(bus, settings, api.tenant, tmp_path):
         deployed = await api.start("web")
         assert (await api.events(deployed))[-1].json()["status"] == "succeeded"

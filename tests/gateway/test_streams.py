@@ -138,18 +138,29 @@ async def test_a_client_that_goes_away_leaves_no_consumer_behind(
 ) -> None:
     await api.environment("slow", SLOW, "slow-stack")
 
-    async def consumers(stream: str) -> int:
-        return (await bus.js.stream_info(stream)).state.consumer_count
+    async def readers_of(run_id: str) -> list[str]:
+        """The filter subjects of the consumers reading this run's events or logs."""
+        found = []
+        for stream in (subjects.STREAM_EVENTS, subjects.STREAM_LOGS):
+            for info in await bus.js.consumers_info(stream):
+                if run_id in (info.config.filter_subject or ""):
+                    found.append(str(info.config.filter_subject))
+        return sorted(found)
 
     async with running_services(bus, settings, api.tenant, tmp_path):
         run_id = await api.start("slow")
-        before = await consumers(subjects.STREAM_EVENTS), await consumers(subjects.STREAM_LOGS)
         async with api.sse(f"/v1/runs/{run_id}/logs") as logs, api.sse(f"/v1/runs/{run_id}/events") as events:
             assert await logs.next() is not None
             assert await events.next() is not None
-            during = await consumers(subjects.STREAM_EVENTS), await consumers(subjects.STREAM_LOGS)
-            assert during == (before[0] + 2, before[1] + 1)  # events, the logs' end watcher; logs
+            assert await readers_of(run_id) == sorted(
+                [
+                    subjects.run_events(api.tenant, run_id),
+                    subjects.run_event(api.tenant, run_id, "run.*"),  # the logs' watch for the run's end
+                    f"trellis.{api.tenant}.logs.{run_id}.*",
+                ]
+            )
         async with asyncio.timeout(10):
-            while (await consumers(subjects.STREAM_EVENTS), await consumers(subjects.STREAM_LOGS)) != before:  # noqa: ASYNC110
+            while await readers_of(run_id):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         await api.json("POST", f"/v1/runs/{run_id}/cancel", status=202)
+        assert (await api.events(run_id))[-1].json()["status"] == "cancelled"
