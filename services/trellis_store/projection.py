@@ -48,7 +48,26 @@ BATCH = 500
 FETCH_WAIT_SECONDS = 0.5
 ACK_WAIT_SECONDS = 30.0
 RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)  # backoff while PostgreSQL is unreachable, the last repeated
-_POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+# What says "PostgreSQL is away, or will take it later": retried, the batch held. Anything else
+# (a value PostgreSQL or the driver refuses) is the message's: found out and dead-lettered. Our
+# own SQL or a schema behind this code (class 42) is retried too: better stalled than thrown away.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.SyntaxOrAccessError,
+)
+
+
+def transient(exc: Exception) -> bool:
+    """Whether writing may succeed later as it is (the driver's own data errors are ValueErrors)."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError)
+
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 
 log = get_logger("projection")
@@ -234,10 +253,11 @@ class Projection:
             try:
                 await self._write(stream, decoded, workflows)
                 break
-            except _POISON as exc:
-                await self._write_one_by_one(stream, decoded, workflows, exc)
-                break
-            except Exception as exc:  # PostgreSQL down or restarting, a broken connection
+            except Exception as exc:
+                if not transient(exc):
+                    await self._write_one_by_one(stream, decoded, workflows, exc)
+                    break
+                # PostgreSQL down or restarting, a broken connection: hold the batch and retry
                 if stop.is_set():  # hand the batch back: whoever projects next writes it
                     for msg in msgs:
                         with contextlib.suppress(nats.errors.Error):
@@ -331,10 +351,10 @@ class Projection:
                 try:
                     await self._write(stream, [d], workflows)
                     break
-                except _POISON as exc:
-                    await self._park(stream, d.msg, f"refused by PostgreSQL: {type(exc).__name__}: {exc}")
-                    break
                 except Exception as exc:
+                    if not transient(exc):
+                        await self._park(stream, d.msg, f"cannot be stored: {type(exc).__name__}: {exc}")
+                        break
                     log.warning("projection_write_failed", stream=stream.name, error=repr(exc))
                     await asyncio.sleep(self.retry[min(attempt, len(self.retry) - 1)])
 
@@ -361,7 +381,7 @@ async def _execute(conn: asyncpg.Connection, b: rows.Batch) -> None:
         (rows.APPROVAL_DECIDED, b.approvals_decided),
         (rows.ENV_REQUESTED, b.env_requested),
         (rows.ENV_TEMPLATE, b.env_template),
-        (rows.ENV_FINISHED, b.env_finished),
+        (rows.ENV_FINISHED, sorted(b.env_finished)),
     ):
         if args:
             await conn.executemany(sql, args)

@@ -169,20 +169,23 @@ ON CONFLICT (tenant, name) DO UPDATE SET
 WHERE e.template_name = ''
 """
 
-# $4: the run's terminal status ('rejected' for a rejected run); $5: the run's outputs.
+# A finished run's outcome on its environment, from the run's row (written first in the batch).
+# Run for every run whose request, compilation or end the batch holds: whichever of them is
+# written last (replicas, redeliveries) brings the environment to the run's end.
 ENV_FINISHED = """
 UPDATE environments AS e SET
-    status = CASE WHEN $4 <> 'succeeded' THEN 'failed'
+    status = CASE WHEN r.status <> 'succeeded' THEN 'failed'
                   WHEN r.action = 'destroy' THEN 'destroyed' ELSE 'deployed' END,
-    outputs = CASE WHEN $4 <> 'succeeded' THEN e.outputs WHEN r.action = 'destroy' THEN '{}'::jsonb
-                   ELSE $5::jsonb END,
-    deployed = CASE WHEN $4 <> 'succeeded' THEN e.deployed ELSE r.action = 'deploy' END,
-    deployed_variables = CASE WHEN $4 <> 'succeeded' THEN e.deployed_variables
+    outputs = CASE WHEN r.status <> 'succeeded' THEN e.outputs WHEN r.action = 'destroy' THEN '{}'::jsonb
+                   ELSE r.outputs END,
+    deployed = CASE WHEN r.status <> 'succeeded' THEN e.deployed ELSE r.action = 'deploy' END,
+    deployed_variables = CASE WHEN r.status <> 'succeeded' THEN e.deployed_variables
                               WHEN r.action = 'destroy' THEN '{}'::jsonb ELSE r.variables END,
-    deploy_run_id = CASE WHEN $4 = 'succeeded' THEN r.run_id ELSE e.deploy_run_id END,
-    last_run_id = r.run_id, status_seq = $3, updated_at = $6
+    deploy_run_id = CASE WHEN r.status = 'succeeded' THEN r.run_id ELSE e.deploy_run_id END,
+    last_run_id = r.run_id, status_seq = r.status_seq, updated_at = COALESCE(r.finished_at, e.updated_at)
 FROM runs AS r
-WHERE r.tenant = $1 AND r.run_id = $2 AND e.tenant = r.tenant AND e.name = r.environment AND e.status_seq < $3
+WHERE r.tenant = $1 AND r.run_id = $2 AND r.status IN ('succeeded', 'failed', 'cancelled', 'rejected')
+  AND e.tenant = r.tenant AND e.name = r.environment AND e.status_seq < r.status_seq
 """
 
 PROGRESS = """
@@ -211,7 +214,7 @@ class Batch:
     approvals_decided: list[tuple[Any, ...]] = field(default_factory=list)
     env_requested: list[tuple[Any, ...]] = field(default_factory=list)
     env_template: list[tuple[Any, ...]] = field(default_factory=list)
-    env_finished: list[tuple[Any, ...]] = field(default_factory=list)
+    env_finished: set[tuple[str, str]] = field(default_factory=set)
 
     def add_log(self, chunk: ActivityLogChunk, seq: int) -> None:
         self.tenants.add(chunk.tenant)
@@ -234,13 +237,14 @@ class Batch:
                 self.env_requested.append(
                     (event.tenant, event.environment, status, seq, event.run_id, event.occurred_at)
                 )
+                self.env_finished.add((event.tenant, event.run_id))
             case RunCompiled():
                 self._compiled(event, seq, workflow or event.workflow)
             case RunRejected():
                 message = "; ".join(str(p) for p in event.errors)[:4000]
                 self._run(event, seq, "rejected", finished_at=event.occurred_at, message=message,
                           errors=encode_json(event.errors))
-                self.env_finished.append((event.tenant, event.run_id, seq, "rejected", "{}", event.occurred_at))
+                self.env_finished.add((event.tenant, event.run_id))
             case RunQueued():
                 self._run(event, seq, "queued", message=event.reason)
             case RunStarted():
@@ -252,7 +256,7 @@ class Batch:
                 self._run(event, seq, event.status, finished_at=event.occurred_at, message=event.message,
                           outputs=outputs)
                 self.skipped.append((event.tenant, event.run_id, seq))
-                self.env_finished.append((event.tenant, event.run_id, seq, event.status, outputs, event.occurred_at))
+                self.env_finished.add((event.tenant, event.run_id))
             case ApprovalRequested():
                 self._activity(event, seq, "waiting")
                 self.approvals_requested.append(
@@ -289,6 +293,7 @@ class Batch:
         self.env_template.append(
             (event.tenant, workflow.environment, workflow.template.name, workflow.template.version, event.occurred_at)
         )
+        self.env_finished.add((event.tenant, event.run_id))
 
     def _activity(
         self, event: ActivityEvent, seq: int, status: str, agent: str = "", started: datetime | None = None,
