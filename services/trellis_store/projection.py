@@ -77,7 +77,7 @@ log = get_logger("projection")
 class Sealer(Protocol):
     """Anything that seals text (trellis_store.sealing's sealer): its `seal` is used."""
 
-    def seal(self, plain: str) -> str: ...
+    def seal(self, plain: str, /) -> str: ...
 
 
 @dataclass(frozen=True)

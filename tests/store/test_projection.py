@@ -42,7 +42,7 @@ from trellis_core.events import (
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ApprovalSpec, ContainerSpec, TemplateRef, Workflow
-from trellis_store import projection_rows
+from trellis_store import projection_rows, retention
 from trellis_store.migrate import migrate
 from trellis_store.projection import Projection
 
@@ -427,3 +427,25 @@ async def test_events_last_seq_is_the_streams_and_wait_projected_times_out_below
         assert not await projection.wait_projected(last + 10_000_000, 0.3)
     progress = await pool.fetchval("SELECT seq FROM projection_progress WHERE stream = 'TRELLIS_EVENTS'")
     assert progress == last
+
+
+async def test_without_a_seal_key_deployed_variables_are_kept_plain_and_marked_so(
+    bus: Bus, pool: asyncpg.Pool, settings: Settings, unique: str
+) -> None:
+    async with projecting(bus, pool, settings, unique, sealer=None) as projection:
+        assert await projection.wait_projected(await publish(bus, deploy_run(unique, "f", 1)), 10)
+    stored = await pool.fetchval("SELECT deployed_variables FROM environments WHERE tenant = $1", unique)
+    assert msgspec.json.decode(stored) == {"plain": {"db_password": "hunter2", "region": "eu"}}
+
+
+async def test_retention_deletes_only_log_chunks_older_than_the_setting(pool: asyncpg.Pool, unique: str) -> None:
+    now = datetime.now(UTC)
+    ages = {1: timedelta(days=40), 2: timedelta(days=31), 3: timedelta(days=29), 4: timedelta(0)}
+    await pool.executemany(
+        "INSERT INTO log_chunks (position, tenant, run_id, activity_id, attempt, sequence, stream, data, occurred_at)"
+        " VALUES ($1::bigint, $2, 'r', 'a', 1, $1::int, 'stdout', 'x', $3)",
+        [(position, unique, now - age) for position, age in ages.items()],
+    )
+    assert await retention.delete_expired_logs(pool, 30, slice_size=1) == 2  # in slices, until none is left
+    assert [r["position"] for r in await pool.fetch("SELECT position FROM log_chunks ORDER BY 1")] == [3, 4]
+    assert await retention.delete_expired_logs(pool, 30) == 0
