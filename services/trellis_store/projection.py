@@ -289,7 +289,10 @@ class Projection:
             await self._park(stream, msg, f"undecodable: {decode_error(exc)}")
             return _Decoded(msg, seq, None)
         run_id = value.run_id if stream.kind == "events" else None
-        if reason := subjects.subject_mismatch(msg.subject, value.tenant, run_id):
+        reason = subjects.subject_mismatch(msg.subject, value.tenant, run_id)
+        if not reason and stream.kind == "logs" and msg.subject.split(".")[3:4] != [value.run_id]:
+            reason = f"log chunk names run {value.run_id!r} but travels on subject {msg.subject}"
+        if reason:
             await self._park(stream, msg, f"rejected: {reason}")
             return _Decoded(msg, seq, None)
         return _Decoded(msg, seq, value)

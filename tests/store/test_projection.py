@@ -401,12 +401,16 @@ async def test_undecodable_and_forged_messages_are_dead_lettered_and_the_rest_pr
     run = deploy_run(unique, "d", 1)
     garbage_subject = subjects.run_event(unique, "r1", "run.started")
     forged = RunStarted(tenant="someone-else", run_id="r1")
+    misrouted = ActivityLogChunk(tenant=unique, run_id="r2", activity_id="a", attempt=1, sequence=0, data="x")
     async with projecting(bus, pool, settings, unique) as projection:
         await bus.publish(garbage_subject, b"{not json")
         await bus.publish(subjects.run_event(unique, "r1", "run.started"), encode(forged))
+        log_seq = (await bus.publish(subjects.logs(unique, "r1", "a"), encode(misrouted))).seq
         last = await publish(bus, run)
         assert await projection.wait_projected(last, 10)
-        assert projection.dead_lettered == 2
+        assert await projection.wait_logs_projected(log_seq, 10)
+        assert projection.dead_lettered == 3
+    assert await pool.fetchval("SELECT count(*) FROM log_chunks WHERE tenant = $1", unique) == 0
     letters = await bus.js.pull_subscribe(subjects.deadletter(garbage_subject), durable=None,
                                           stream=subjects.STREAM_DEADLETTER)
     reasons = [msgspec.json.decode(m.data)["reason"] for m in await letters.fetch(2, timeout=5)]
