@@ -41,6 +41,7 @@ from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
 from trellis_store import projection_rows as rows
 from trellis_store import retention
+from trellis_store.pull import BatchPull
 
 EVENTS_DURABLE = "trellis_store_events"
 LOGS_DURABLE = "trellis_store_logs"
@@ -212,7 +213,7 @@ class Projection:
                     await sub.unsubscribe()
         log.info("projection_stopped")
 
-    async def _subscribe(self, stream: _Stream) -> Any:
+    async def _subscribe(self, stream: _Stream) -> BatchPull:
         config = js_api.ConsumerConfig(
             durable_name=stream.durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -223,9 +224,9 @@ class Projection:
             filter_subject=stream.subject,
         )
         await self.bus.js.add_consumer(stream.name, config)
-        return await self.bus.js.pull_subscribe_bind(durable=stream.durable, stream=stream.name)
+        return await BatchPull(self.bus.nc, stream.name, stream.durable).start()
 
-    async def _consume(self, stream: _Stream, sub: Any, stop: asyncio.Event) -> None:
+    async def _consume(self, stream: _Stream, sub: BatchPull, stop: asyncio.Event) -> None:
         """Fetch and write in step: the next batch is fetched while the last one is written (one
         batch ahead at most, so what is held unacked stays well under max_ack_pending)."""
         fetched: asyncio.Queue[list[Msg] | None] = asyncio.Queue(maxsize=1)
@@ -274,9 +275,11 @@ class Projection:
                         await msg.in_progress()
                 await asyncio.sleep(delay)
         self.stalled.clear()
-        for msg in msgs:
+        for msg in msgs[:-1]:
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):  # confirmed: the ack floor now counts the batch
+            await msgs[-1].ack_sync(timeout=5)
         await self._advance(stream, [d.seq for d in decoded])
 
     async def _decode(self, stream: _Stream, msg: Msg) -> _Decoded:
