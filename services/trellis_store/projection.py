@@ -1,13 +1,15 @@
 """The projection: every run event (TRELLIS_EVENTS) and log chunk (TRELLIS_LOGS) into PostgreSQL.
 
-Two durable pull consumers fetch batches of a few hundred messages; each batch is written in ONE
-transaction (bulk `unnest` inserts and pipelined upserts, `projection_rows`), then every message
-of it is acked. Writes are idempotent (see `projection_rows`), so a redelivery or a replay of the
-whole stream leaves the same rows. PostgreSQL down: the batch is neither acked nor given up, it is
-written again after a backoff (its messages told "in progress" meanwhile) until PostgreSQL is
-back, so nothing is lost and the projection then catches up. A message that cannot be decoded, or
-that PostgreSQL refuses on its own (found by writing the refused batch one message at a time),
-is dead-lettered and the projection goes on.
+Two durable pull consumers fetch batches of a few hundred messages (the next batch is fetched
+while the last is written); each batch is written in ONE transaction (bulk `unnest` inserts and
+pipelined upserts, `projection_rows`), then every message of it is acked. Writes are idempotent
+(see `projection_rows`), so a redelivery or a replay of the whole stream leaves the same rows.
+PostgreSQL down: the batch is neither acked nor given up, it is written again after a backoff
+(its messages told "in progress" meanwhile) until PostgreSQL is back, so nothing is lost and
+the projection then catches up. A message that cannot be decoded, or that PostgreSQL refuses on
+its own (found by writing the refused batch one message at a time), is dead-lettered and the
+projection goes on. Heartbeats are fetched and acked but not stored: they say an agent is alive,
+which no row keeps.
 
 Acks are explicit, message by message, rather than "all before": several store replicas share the
 durables and each writes the batches it fetched. `projected_events` / `projected_logs` are the
@@ -34,7 +36,7 @@ from nats.js import api as js_api
 
 from trellis_core import subjects
 from trellis_core.bus import Bus, stored_workflow
-from trellis_core.consume import decode_error, fetch_loop
+from trellis_core.consume import admit, decode_error, fetch_loop
 from trellis_core.events import ActivityLogChunk, RunCompiled, RunEvent, decode_run_event
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
@@ -49,6 +51,10 @@ BATCH = 500
 FETCH_WAIT_SECONDS = 0.5
 ACK_WAIT_SECONDS = 30.0
 RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)  # backoff while PostgreSQL is unreachable, the last repeated
+# A message delivered this often was in every batch a store died writing (a workflow too large
+# for memory?): parked unread, so it cannot take the store down for ever. A PostgreSQL outage
+# does not count: the batch is held (in progress), not redelivered.
+MAX_DELIVER = 20
 # What says "PostgreSQL is away, or will take it later": retried, the batch held. Anything else
 # (a value PostgreSQL or the driver refuses) is the message's: found out and dead-lettered. Our
 # own SQL or a schema behind this code (class 42) is retried too: better stalled than thrown away.
@@ -68,6 +74,7 @@ def transient(exc: Exception) -> bool:
     if isinstance(exc, _TRANSIENT):
         return True
     return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError)
+
 
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 
@@ -283,7 +290,11 @@ class Projection:
         await self._advance(stream, [d.seq for d in decoded])
 
     async def _decode(self, stream: _Stream, msg: Msg) -> _Decoded:
-        seq = msg.metadata.sequence.stream
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        if (refused := admit(meta.num_delivered, MAX_DELIVER)) is not None:
+            await self._park(stream, msg, refused.reason)
+            return _Decoded(msg, seq, None)
         try:
             value: RunEvent | ActivityLogChunk = (
                 decode_run_event(msg.data) if stream.kind == "events" else _decode_log(msg.data)
