@@ -360,7 +360,7 @@ async def test_replaying_the_streams_twice_leaves_identical_rows(
 async def test_out_of_order_and_redelivered_events_never_regress_a_row(pool: asyncpg.Pool, unique: str) -> None:
     """Two replicas sharing a durable write batches out of stream order, and a redelivery brings an
     old event after newer ones: written newest first, the rows end as written oldest first."""
-    events = deploy_run(unique, "c", 3)
+    events = [*deploy_run(unique, "c", 3), *deploy_run(unique, "c", 3, status="failed")]
     numbered = list(enumerate(events, start=1))
     async with pool.acquire() as conn:
         for seq, event in reversed(numbered):
@@ -376,9 +376,10 @@ async def test_out_of_order_and_redelivered_events_never_regress_a_row(pool: asy
             batch.add_event(event, seq)  # type: ignore[arg-type]
             await _write(conn, batch)
     forwards = await rows_of(pool)
-    assert forwards["runs"][0]["status"] == "succeeded"
-    assert {a["status"] for a in forwards["activities"]} == {"succeeded"}
-    assert forwards["environments"][0]["status"] == "deployed"
+    assert [r["status"] for r in forwards["runs"]] == ["succeeded", "failed"]
+    assert sorted(a["status"] for a in forwards["activities"]) == ["failed", "skipped", "skipped", *["succeeded"] * 3]
+    env = forwards["environments"][0]
+    assert (env["status"], env["deployed"], env["deploy_run_id"]) == ("failed", True, events[0].run_id)
     assert _without_times(backwards) == _without_times(forwards)
 
 
