@@ -28,7 +28,8 @@ def approval(id: str = "ask", body: str = '{"url": "$(approval.callback_url)$"}'
 
 def notified_url(d: Driver, activity_id: str = "ask") -> str:
     spec = d.last(activity_id).activity.spec
-    assert isinstance(spec, ApprovalSpec) and spec.notify is not None
+    assert isinstance(spec, ApprovalSpec)
+    assert spec.notify is not None
     return str(json.loads(spec.notify.body)["url"])
 
 
@@ -45,7 +46,8 @@ def test_each_approval_attempt_is_rendered_with_a_callback_url_minted_for_that_a
     assert d.last("ask").attempt == 2
     second = notified_url(d)
     assert [c[3] for c in minter.calls] == [1, 2]
-    assert second != first and second.endswith("r1.ask.2.2")
+    assert second != first
+    assert second.endswith("r1.ask.2.2")
 
 
 def test_a_callback_url_is_minted_only_for_an_approval_that_reads_it() -> None:
@@ -57,7 +59,8 @@ def test_a_callback_url_is_minted_only_for_an_approval_that_reads_it() -> None:
     d.succeed("note")
     assert minter.calls == []  # not an approval: the expression stays as written
     spec = d.last("note").activity.spec
-    assert isinstance(spec, HttpSpec) and spec.body == "$(approval.callback_url)$"
+    assert isinstance(spec, HttpSpec)
+    assert spec.body == "$(approval.callback_url)$"
 
 
 def test_without_a_minter_the_callback_expression_is_left_as_written() -> None:
@@ -90,7 +93,8 @@ def test_a_destroy_renders_with_the_compiled_last_deploys_outputs_when_the_sched
     record = LastDeploy(run_id="before", outputs={"db": {"dsn": {"value": "postgres://db"}}})
     d.compile(workflow(act("app/task", resource="app", spec=uses_dsn), action="destroy", last_deploy=record))
     spec = d.last("app/task").activity.spec
-    assert isinstance(spec, HttpSpec) and spec.url == "postgres://db"
+    assert isinstance(spec, HttpSpec)
+    assert spec.url == "postgres://db"
 
 
 def test_a_destroy_renders_with_the_deploy_the_scheduler_saw_over_an_older_record() -> None:
@@ -102,7 +106,8 @@ def test_a_destroy_renders_with_the_deploy_the_scheduler_saw_over_an_older_recor
     stale = LastDeploy(run_id="older", outputs={"db": {"dsn": {"value": "postgres://old"}}})
     d.compile(workflow(act("app/task", resource="app", spec=uses_dsn), action="destroy", last_deploy=stale), "r2")
     spec = d.last("app/task", "r2").activity.spec
-    assert isinstance(spec, HttpSpec) and spec.url == "postgres://new"
+    assert isinstance(spec, HttpSpec)
+    assert spec.url == "postgres://new"
 
 
 def test_a_destroy_that_cannot_render_without_a_recorded_deploy_says_so() -> None:
@@ -110,5 +115,6 @@ def test_a_destroy_that_cannot_render_without_a_recorded_deploy_says_so() -> Non
     uses_dsn = HttpSpec(url="$(resource.db.output.dsn.value)$")
     d.compile(workflow(act("app/task", resource="app", spec=uses_dsn), action="destroy"))
     done = d.completion()
-    assert done is not None and done.status == "failed"
+    assert done is not None
+    assert done.status == "failed"
     assert "no deploy of environment 'dev' is recorded" in done.message
