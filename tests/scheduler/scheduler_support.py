@@ -120,20 +120,22 @@ async def running_compiler(bus: Bus) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def running_store(bus: Bus, settings: Settings, database_url: str) -> AsyncIterator[None]:
-    """The state store on the test's own database, answering `trellis.store.>` until the block ends."""
+    """The state store on the test's own database, answering `trellis.store.>` until the block
+    ends. Its projection reads every tenant with the service's own durables, as in production:
+    a deploy record is a consistent read up to the stream's last event, whoever's it is."""
     from msgspec.structs import replace
+
     from trellis_store.service import serve as serve_store
 
     stop, ready = asyncio.Event(), asyncio.Event()
     store_settings = replace(settings, database_url=database_url, seal_key=settings.seal_key or SEAL_KEY)
     task = asyncio.create_task(serve_store(bus, store_settings, stop, ready))
-    async with asyncio.timeout(60):
-        waiting = asyncio.ensure_future(ready.wait())
-        await asyncio.wait([waiting, task], return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if task.done():
-            task.result()  # its start-up error, as the test's failure
-            raise AssertionError("the store stopped before it was ready")
+    waiting = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([waiting, task], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        task.result()  # its start-up error, as the test's failure
+    assert ready.is_set(), "the store did not become ready within 60 s"
     try:
         yield
     finally:

@@ -52,7 +52,8 @@ spec:
           type: script
           options:
             script:
-              script: printf '{"saw": "%s"}' "$TRELLIS_VAR_net_id" > "$TRELLIS_OUTPUTS"
+              script: |
+                printf '{"saw": "%s"}' "$TRELLIS_VAR_net_id" > "$TRELLIS_OUTPUTS"
 ---
 apiVersion: trellis.dev/v1
 kind: EnvironmentTemplate
