@@ -104,14 +104,23 @@ spec:
 GATE = "environment/on-init/gate"
 
 
+NOTIFIED = GATED.replace(
+    "type: internal\n            internal: {emails: [APPROVERS]}",
+    "type: webhook\n            webhook: {endpoint: NOTIFY_URL}",
+)
+
+
 def gated(approvers: str) -> str:
     """The gated template: `approvers` is the YAML list's inside (empty: anyone allowed)."""
     return GATED.replace("APPROVERS", approvers)
 
 
 @asynccontextmanager
-async def running_services(bus: Bus, settings: Settings, tenant: str, data_dir: Path) -> AsyncIterator[None]:
-    """The compiler, a scheduler for `tenant` and a process agent of `tenant`, until the block ends."""
+async def running_services(
+    bus: Bus, settings: Settings, tenant: str, data_dir: Path, **agent: Any
+) -> AsyncIterator[None]:
+    """The compiler, a scheduler for `tenant` (on `settings`: its callback key and gateway URL
+    sign approval callback URLs) and a process agent of `tenant` (`agent`: its config overrides)."""
     from trellis_compiler.service import serve as compiler
     from trellis_scheduler.service import serve as scheduler
 
@@ -122,7 +131,9 @@ async def running_services(bus: Bus, settings: Settings, tenant: str, data_dir: 
         try:
             async with asyncio.timeout(15):
                 await ready.wait()
-            async with running_agent(bus, data_dir, tenant=tenant, executor="process", shutdown_grace_seconds=2.0):
+            async with running_agent(
+                bus, data_dir, tenant=tenant, executor="process", shutdown_grace_seconds=2.0, **agent
+            ):
                 yield
         finally:
             stop.set()
@@ -258,6 +269,14 @@ class Api:
     async def events(self, run_id: str, **kwargs: Any) -> list[SseMessage]:
         async with self.sse(f"/v1/runs/{run_id}/events", **kwargs) as reader:
             return await reader.until_end()
+
+    @property
+    def settings(self) -> Settings:
+        """The gateway's settings: its callback key, and its URL as the public one."""
+        import msgspec
+
+        settings: Settings = self.gateway.settings
+        return msgspec.structs.replace(settings, gateway_public_url=self.url)
 
     async def run_when(self, run_id: str, status: str, within: float = 30.0) -> dict[str, Any]:
         """`GET /v1/runs/{id}` once the store shows the run `status` (its projection follows the bus)."""

@@ -4,17 +4,21 @@ audited); an approval listing nobody is for operators and admins."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from runs_support import CALLBACK_KEY, GATE, Api, gated, gateway_stack, running_services
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from runs_support import CALLBACK_KEY, GATE, NOTIFIED, Api, gated, gateway_stack, running_services
 
 from trellis_core import callbacks
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
+from trellis_store.api import Approval, ApprovalGet
 
 
 @pytest.fixture
@@ -29,13 +33,10 @@ async def waiting_approval(api: Api, run_id: str) -> dict[str, Any]:
         while (message := await reader.next()) is not None and message.event != "approval.requested":
             pass
     assert message is not None
-    await api.run_when(run_id, "running")
-    from trellis_store.api import Approval, ApprovalGet
-
-    while not isinstance(
-        await api.gateway.store.ask(ApprovalGet(tenant=api.tenant, run_id=run_id, activity_id=GATE), Approval), Approval
-    ):
-        pass
+    asked = ApprovalGet(tenant=api.tenant, run_id=run_id, activity_id=GATE)
+    async with asyncio.timeout(15):
+        while not isinstance(await api.gateway.store.ask(asked, Approval), Approval):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     requested: dict[str, Any] = message.json()
     return requested
 
@@ -154,3 +155,37 @@ async def test_an_approval_listing_nobody_is_decided_by_an_operator_not_a_viewer
     run = await api.run_when(run_id, "failed")
     gate = next(a for a in run["activities"] if a["id"] == GATE)
     assert "rejected by oli@example.com: not today" in gate["reason"]
+
+
+async def test_the_callback_url_the_scheduler_sends_to_the_approvers_decides_the_approval_once(
+    api: Api, bus: Bus, tmp_path: Path
+) -> None:
+    """End to end: the webhook approval notifies a chat with `$(approval.callback_url)$`, minted by
+    the scheduler on the gateway's public URL; the chat POSTs its decision there, no bearer token."""
+    bodies: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", chat)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await api.environment("web", NOTIFIED.replace("NOTIFY_URL", str(server.make_url("/hook"))), "gated-stack")
+        async with running_services(bus, api.settings, api.tenant, tmp_path, egress_allow=("127.0.0.1/32",)):
+            run_id = await api.start("web")
+            await waiting_approval(api, run_id)
+            url = bodies[0]["callbackUrl"]
+            assert url.startswith(f"{api.url}/v1/callbacks/approvals/")
+            async with api.session.post(url, json={"decision": "approve", "comment": "from chat"}) as response:
+                assert response.status == 200, await response.text()
+            events = await api.events(run_id)
+            async with api.session.post(url, json={"decision": "reject"}) as response:
+                assert response.status == 409
+    finally:
+        await server.close()
+    assert events[-1].json()["status"] == "succeeded"
+    decided = next(e.json() for e in events if e.event == "approval.decided")
+    assert (decided["decided_by"], decided["comment"]) == ("callback", "from chat")
