@@ -145,7 +145,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On a route whose least role is set: the bearer token's principal at request[PRINCIPAL],
     401 (with a Bearer challenge) without a known token, 403 when its role is too low."""
-    doc = request.app[_DOCS].get((request.method, _route_of(request)))
+    method = "GET" if request.method == "HEAD" else request.method  # aiohttp answers HEAD with GET's handler
+    doc = request.app[_DOCS].get((method, _route_of(request)))
     if doc is None or doc.role is None:
         return await handler(request)
     token = bearer_token(request.headers.get("Authorization"))

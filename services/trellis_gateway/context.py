@@ -81,7 +81,7 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 OPENAPI = web.AppKey("openapi", bytes)  # the encoded `/openapi.json` of this app's routes
-PRINCIPAL = "trellis.principal"  # request[PRINCIPAL]: set by the auth middleware on /v1 routes
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware on bearer routes
 
 
 class ProblemDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -185,12 +185,16 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
 
 
 _FIELD_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+_WHERE = re.compile(r"(?:at|in) `\$([^`]*)`")
 
 
 def error_path(message: str) -> str:
     """The field a msgspec validation message is about, dotted: `template.name`, `sources[0].path`
-    (a missing or unknown field is named in the message, after the object that lacks it)."""
-    where = message.rsplit("at `$", 1)[1].rstrip("`").lstrip(".") if "at `$" in message else ""
+    (a missing or unknown field is named after the object that lacks it; a bad mapping key or
+    value names the mapping, as msgspec does not say which key)."""
+    found = _WHERE.search(message)
+    where = found[1].lstrip(".") if found else ""
+    where = where.replace("[...]", "")
     named = _FIELD_NAMED.search(message)
     if named:
         where = f"{where}.{named[1]}" if where else named[1]

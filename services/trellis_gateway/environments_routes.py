@@ -180,22 +180,21 @@ def environment_name(request: web.Request) -> str:
     return name
 
 
+def opaque(tag: str) -> str:
+    """An entity tag without its quotes and weak marker: `W/"3"` and `"3"` are both `3`."""
+    tag = tag.strip().removeprefix("W/")
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        tag = tag[1:-1]
+    return tag
+
+
 def etag_header(environment: Environment) -> dict[str, str]:
-    return {"ETag": f'"{environment.etag}"'}
+    return {"ETag": f'"{opaque(environment.etag)}"'}
 
 
 def parse_if_match(header: str) -> list[str]:
-    """The entity tags of an If-Match header, unquoted (`*` kept; weak tags' W/ dropped)."""
-    tags = []
-    for part in header.split(","):
-        tag = part.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if len(tag) >= 2 and tag[0] == tag[-1] == '"':
-            tag = tag[1:-1]
-        if tag:
-            tags.append(tag)
-    return tags
+    """The entity tags of an If-Match header, opaque (`*` kept)."""
+    return [tag for part in header.split(",") if (tag := opaque(part))]
 
 
 async def current(request: web.Request, tenant: str, name: str) -> Environment | None:
@@ -225,7 +224,7 @@ def if_match_for(request: web.Request, existing: Environment | None) -> str:
             path="If-Match",
         )
     tags = parse_if_match(header)
-    if "*" in tags or existing.etag in tags:
+    if "*" in tags or opaque(existing.etag) in tags:
         return existing.etag
     raise ApiProblem(
         412,

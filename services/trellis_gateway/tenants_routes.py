@@ -19,15 +19,12 @@ from trellis_gateway.context import (
     ok,
     query_int,
     read_body,
-    record,
-    remote,
     require,
     sha256_hex,
 )
 from trellis_store.api import (
     AuditEntries,
     AuditList,
-    AuditRecord,
     IssuedToken,
     Role,
     TenantCreate,
@@ -103,15 +100,6 @@ async def create_tenant(request: web.Request) -> web.Response:
         raise ApiProblem(422, "Unprocessable Content", f"tenant name {body.name!r} is reserved", path="name")
     gateway = request.app[GATEWAY]
     issued = ok(await gateway.store.ask(TenantCreate(name=body.name, admin_user=body.admin_user), IssuedToken))
-    audit = AuditRecord(
-        tenant=body.name,
-        actor="platform-admin",
-        action="tenant.create",
-        target=body.name,
-        detail={"admin_user": body.admin_user},
-        remote=remote(request),
-    )
-    await record(request, audit)
     created = TenantCreated(name=body.name, token=issued.token, user=issued.user, role=issued.role)
     return json_response(created, status=201, headers={"Location": f"/v1/tenants/{body.name}"})
 
@@ -135,15 +123,6 @@ async def create_token(request: web.Request) -> web.Response:
             TokenCreate(tenant=who.tenant, role=body.role, user=body.user, actor=who.user), IssuedToken
         )
     )
-    audit = AuditRecord(
-        tenant=who.tenant,
-        actor=who.user,
-        action="token.create",
-        target=issued.token_id,
-        detail={"role": body.role, "user": body.user},
-        remote=remote(request),
-    )
-    await record(request, audit)
     return json_response(issued, status=201)
 
 
