@@ -176,12 +176,23 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
     data = await request.read()
     if not data:
         raise ApiProblem(422, "Unprocessable Content", "a JSON body is required")
+    if has_nul(data):
+        raise ApiProblem(422, "Unprocessable Content", "the body has a NUL character (\\u0000) in a string")
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
         raise ApiProblem(422, "Unprocessable Content", str(exc), path=error_path(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from None
+
+
+_ESCAPED_NUL = re.compile(rb"(\\+)u0000")
+
+
+def has_nul(data: bytes) -> bool:
+    """Whether JSON text has a NUL in a string: PostgreSQL stores none, so none is accepted.
+    (`\\u0000` is NUL when its backslash is not itself escaped: an odd run of backslashes.)"""
+    return b"\x00" in data or any(len(m[1]) % 2 == 1 for m in _ESCAPED_NUL.finditer(data))
 
 
 _FIELD_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")

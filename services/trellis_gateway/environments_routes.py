@@ -24,6 +24,7 @@ from trellis_gateway.context import (
     require,
     store_problem,
 )
+from trellis_gateway.templates_routes import dns_label
 from trellis_store.api import (
     Environment,
     EnvironmentGet,
@@ -43,7 +44,6 @@ from trellis_store.api import (
 from trellis_templates.bundle import Bundle
 from trellis_templates.compiler import compile_bundle, sorted_problems
 from trellis_templates.documents import (
-    DNS_LABEL,
     DnsName,
     EnvironmentSpec,
     Metadata,
@@ -61,7 +61,6 @@ from trellis_templates.validate import SourceDocument, read_leniently
 routes = web.RouteTableDef()
 
 NAME_PATH = "/v1/environments/{name}"
-_DNS = re.compile(DNS_LABEL)
 _IF_MATCH = (("If-Match", "the ETag of the environment being updated (required to update; `*`: any)"),)
 
 
@@ -170,7 +169,7 @@ def _sensitive(
 
 def environment_name(request: web.Request) -> str:
     name = request.match_info["name"]
-    if len(name) > 63 or not _DNS.match(name):
+    if not dns_label(name):
         raise ApiProblem(
             422,
             "Unprocessable Content",
@@ -306,9 +305,10 @@ def _invalid(errors: tuple[Problem, ...]) -> ApiProblem:
 )
 async def list_environments(request: web.Request) -> web.Response:
     who = require(request, "viewer")
-    query = EnvironmentList(
-        tenant=who.tenant, limit=query_int(request, "limit", 100, 1, 500), after=request.query.get("after", "")
-    )
+    after = request.query.get("after", "")
+    if after and not dns_label(after):
+        raise ApiProblem(422, "Unprocessable Content", "after must be an environment name (a DNS label)", path="after")
+    query = EnvironmentList(tenant=who.tenant, limit=query_int(request, "limit", 100, 1, 500), after=after)
     return json_response(ok(await request.app[GATEWAY].store.ask(query, Environments)))
 
 

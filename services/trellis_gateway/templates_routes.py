@@ -4,6 +4,7 @@ then every document stored by kind, name and version) and list what is published
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -24,11 +25,19 @@ from trellis_gateway.context import (
 from trellis_store.api import Documents, TemplateDocument, TemplateList, TemplatePublish
 from trellis_templates.bundle import doc_version
 from trellis_templates.compiler import sorted_problems, validate_documents
+from trellis_templates.documents import DNS_LABEL, KINDS
 from trellis_templates.errors import Problems
 from trellis_templates.loader import Budget, gc_paused, load_text
 from trellis_templates.validate import SourceDocument, read_leniently
 
 routes = web.RouteTableDef()
+_DNS = re.compile(DNS_LABEL)
+
+
+def dns_label(text: str) -> bool:
+    """Whether `text` is a DNS label: what every template, environment and agent is named."""
+    return len(text) <= 63 and _DNS.match(text) is not None
+
 
 MAX_SOURCES = 1000
 _EMPTY_HINT = "a template bundle is YAML documents with apiVersion, kind and metadata"
@@ -155,5 +164,10 @@ async def publish(request: web.Request) -> web.Response:
 )
 async def list_templates(request: web.Request) -> web.Response:
     who = require(request, "viewer")
-    query = TemplateList(tenant=who.tenant, kind=request.query.get("kind", ""), name=request.query.get("name", ""))
+    kind, name = request.query.get("kind", ""), request.query.get("name", "")
+    if kind and kind not in KINDS:
+        raise ApiProblem(422, "Unprocessable Content", "kind must be one of " + ", ".join(KINDS), path="kind")
+    if name and not dns_label(name):
+        raise ApiProblem(422, "Unprocessable Content", "name must be a DNS label, as template names are", path="name")
+    query = TemplateList(tenant=who.tenant, kind=kind, name=name)
     return json_response(ok(await request.app[GATEWAY].store.ask(query, Documents)))
