@@ -123,21 +123,26 @@ def check_environment(
     """Compile the published bundle for a deploy of environment `name` with `variables`, as a run
     would, with the pure compiler: an unknown variable, a required one missing, a value outside
     restrictedValues or an override a template forbids are its problems, each at `variables.<name>`.
-    The bundle's own Environment documents are left out: the API's environment replaces them."""
+    An Environment document of that name published in the bundle is the one compiled (as a run
+    of the environment compiles it, the variables still given as the run's); else one is made."""
     problems = Problems()
     with gc_paused():
         budget = Budget()
         raws = [raw for f in sources for raw in load_text(f.text, f.path, problems, budget=budget)]
         docs, unreadable = read_leniently(raws, problems)
-    kept: list[SourceDocument | EnvironmentDocument] = [d for d in docs if d.kind != "Environment"]
-    document = environment_document(name, template, agents)
+    bundle: list[SourceDocument | EnvironmentDocument] = list(docs)
+    published = [d.document for d in docs if isinstance(d.document, EnvironmentDocument)]
+    document = next((d for d in published if d.metadata.name == name), None)
+    if document is None:
+        document = environment_document(name, template, agents)
+        bundle.append(document)
     result = compile_bundle(
-        [*kept, document], name, variables, "deploy", require_inputs=True, strict_inputs=True, unreadable=unreadable
+        bundle, name, variables, "deploy", require_inputs=True, strict_inputs=True, unreadable=unreadable
     )
     errors = sorted_problems([*problems.errors, *result.errors])
     if errors:
         return Checked(tuple(_at_field(problem, variables) for problem in errors), ())
-    return Checked((), _sensitive(kept, document, variables))
+    return Checked((), _sensitive(bundle, document, variables))
 
 
 def _at_field(problem: Problem, variables: Mapping[str, str]) -> Problem:

@@ -173,6 +173,25 @@ def test_the_check_compiles_the_bundle_with_the_variables() -> None:
     assert [(p.path, p.file, p.line) for p in missing.errors] == [("variables.team", "shop.yaml", 22)]
 
 
+def test_an_environment_published_in_the_bundle_is_the_one_checked_as_a_run_would_compile_it() -> None:
+    from gateway_support import TEMPLATES
+
+    published = """\
+---
+apiVersion: trellis.dev/v1
+kind: Environment
+metadata: {name: dev}
+spec:
+  template: {name: shop, version: v1}
+  variables:
+    - {name: team, value: from-the-bundle}
+"""
+    sources = [SourceFile(path="shop.yaml", text=TEMPLATES + published)]
+    ref = TemplateRef(name="shop", version="v1")
+    assert check_environment(sources, "dev", ref, {}).errors == ()  # team comes from the document
+    assert [p.path for p in check_environment(sources, "prod", ref, {}).errors] == ["variables.team"]
+
+
 def test_if_match_values_are_compared_as_opaque_tags() -> None:
     assert parse_if_match('"3", W/"4" , *') == ["3", "4", "*"]
     assert opaque('W/"3"') == opaque('"3"') == opaque("3") == "3"
