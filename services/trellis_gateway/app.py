@@ -54,6 +54,7 @@ OPTIONAL_ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.approvals",
     "trellis_gateway.webhooks",
 )
+_DOCS = web.AppKey("endpoint_docs", dict[tuple[str, str], EndpointDoc])  # (method, route) -> its doc
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
 SHUTDOWN_SECONDS = 5.0
 _BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="trellis"'}
@@ -83,9 +84,6 @@ def make_app(gateway: Gateway) -> web.Application:
     app[OPENAPI] = msgspec.json.encode(openapi.document(docs))
     app.on_shutdown.append(_stopping)
     return app
-
-
-_DOCS = web.AppKey("endpoint_docs", dict[tuple[str, str], EndpointDoc])
 
 
 async def _stopping(app: web.Application) -> None:

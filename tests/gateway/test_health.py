@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway_support import Api, GatewayServer, Tenant
 
 from trellis_core.bus import Bus
+from trellis_core.errors import ConfigError
 from trellis_core.settings import Settings
 from trellis_gateway.app import base_url, make_app, parse_listen, serve
 from trellis_gateway.context import MAX_BODY_BYTES, Gateway
@@ -166,3 +167,14 @@ async def test_serve_reports_its_free_port_and_stops_when_asked(bus: Bus, settin
         with pytest.raises(aiohttp.ClientConnectorError):
             async with session.get(urls[0] + "/healthz"):
                 pass
+
+
+async def test_without_an_admin_token_configured_no_tenant_can_be_created(bare_api: Api) -> None:
+    answer = await bare_api.call("POST", "/v1/tenants", json={"name": "x"}, headers={"Authorization": "Bearer "})
+    assert "TRELLIS_ADMIN_TOKEN" in answer.problem(401)["detail"]
+
+
+def test_a_short_callback_key_is_refused_at_start_naming_the_variable(bus: Bus, settings: Settings) -> None:
+    short = msgspec.structs.replace(settings, callback_key="too-short")
+    with pytest.raises(ConfigError, match="TRELLIS_CALLBACK_KEY"):
+        Gateway.create(bus, short)
