@@ -10,6 +10,9 @@ listening on a free port, reached over HTTP.
 - `tenant`: a tenant named by `unique`, with admin, operator and viewer tokens (`Tenant`).
 - `other_tenant`: a second tenant, for cross-tenant refusals.
 - `published`: `tenant` with the `TEMPLATES` bundle published (EnvironmentTemplate `shop` v1).
+
+The helpers themselves (`Api`, `Answer`, `Tenant`, `GatewayServer`, `TEMPLATES`, `SOURCES`,
+`create_tenant`, `eventually`) live in `gateway_support.py`: `from gateway_support import ...`.
 """
 
 from __future__ import annotations
