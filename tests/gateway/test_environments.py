@@ -195,3 +195,19 @@ spec:
 def test_if_match_values_are_compared_as_opaque_tags() -> None:
     assert parse_if_match('"3", W/"4" , *') == ["3", "4", "*"]
     assert opaque('W/"3"') == opaque('"3"') == opaque("3") == "3"
+
+
+async def test_environments_are_listed_by_name_in_pages(api: Api, published: Tenant) -> None:
+    for name in ("prod", "dev"):
+        (await api.call("PUT", f"/v1/environments/{name}", token=published.operator, json=body(team="a"))).ok(201)
+
+    async def names(**params: str) -> list[str]:
+        answer = await api.call("GET", "/v1/environments", token=published.viewer, params=params)
+        return [e["name"] for e in answer.ok()["environments"]]
+
+    assert await names() == ["dev", "prod"]
+    assert await names(limit="1") == ["dev"]
+    assert await names(limit="1", after="dev") == ["prod"]
+    for params, path in [({"limit": "0"}, "limit"), ({"after": "Not Valid"}, "after")]:
+        answer = await api.call("GET", "/v1/environments", token=published.viewer, params=params)
+        assert answer.problem(422)["path"] == path
