@@ -80,7 +80,8 @@ def verify(key: bytes, token: str, now: datetime) -> CallbackClaims | str:
     if len(token) > _MAX_TOKEN or token.count(".") != 1:
         return "malformed callback token"
     body, signature = token.split(".")
-    if not hmac.compare_digest(_sign(key, body), signature):
+    # As bytes: compare_digest refuses str with non-ASCII characters (a URL may carry any).
+    if not hmac.compare_digest(_sign(key, body).encode(), signature.encode("utf-8", "surrogatepass")):
         return "callback token signature does not match"
     try:
         claims = _decode(_unb64(body))
