@@ -13,7 +13,17 @@ from trellis_core import subjects
 from trellis_core.errors import TrellisError
 from trellis_core.events import RunCancelRequested
 from trellis_core.workflow import Action
-from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, json_response, ok, read_body, remote, require
+from trellis_gateway.context import (
+    GATEWAY,
+    ApiProblem,
+    endpoint,
+    json_response,
+    ok,
+    query_int,
+    read_body,
+    remote,
+    require,
+)
 from trellis_gateway.launch import audit, start_run
 from trellis_store.api import RunDetail, RunGet, RunList, RunRowStatus, Runs
 
@@ -66,6 +76,7 @@ async def run_of(request: web.Request, run_id: str) -> RunDetail:
     status=202,
     role="operator",
     errors=(404, 409, 413, 422),
+    headers=(("Idempotency-Key", "a retried POST with the same key and body answers the same run"),),
 )
 async def post_run(request: web.Request) -> web.StreamResponse:
     who = require(request, "operator")
@@ -103,7 +114,7 @@ async def post_run(request: web.Request) -> web.StreamResponse:
 async def list_runs(request: web.Request) -> web.StreamResponse:
     tenant = require(request, "viewer").tenant
     query = request.query
-    limit = _int_query(query.get("limit", "50"), "limit", 1, MAX_LIST)
+    limit = query_int(request, "limit", 50, 1, MAX_LIST)
     asked = RunList(
         tenant=tenant, environment=query.get("environment", ""), limit=limit, before=query.get("before", "")
     )
@@ -146,15 +157,3 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     )
     await audit(gateway, who.tenant, who.user, "run.cancel", run.run_id, {"reason": reason}, remote(request))
     return json_response(CancelAccepted(run_id=run.run_id), status=202)
-
-
-def _int_query(text: str, name: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiProblem(
-            422, "Unprocessable Content", f"{name} must be a whole number, not {text!r}", path=name
-        ) from None
-    if not low <= value <= high:
-        raise ApiProblem(422, "Unprocessable Content", f"{name} must be from {low} to {high}, not {value}", path=name)
-    return value

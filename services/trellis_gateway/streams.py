@@ -34,10 +34,11 @@ log = get_logger("gateway.streams")
 
 SSE_HEARTBEAT = web.AppKey("sse_heartbeat_seconds", float)  # optional on the app; default below
 HEARTBEAT_SECONDS = 15.0
-DRAIN_POLL_SECONDS = 0.2  # once the run has ended: how often to ask whether its logs are all sent
+POLL_SECONDS = 0.25  # a stream with nothing to send checks this often whether to stop, end or heartbeat
 INACTIVE_SECONDS = 10.0  # the server drops a consumer whose gateway vanished without deleting it
 CLOSE_SECONDS = 2.0
 LOG_PAGE = 1000
+MAX_SEQUENCE_DIGITS = 19  # a JetStream sequence is a uint64
 TERMINAL_EVENTS = ("run.completed", "run.rejected")
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 
@@ -50,7 +51,7 @@ def last_event_id(request: web.Request) -> int:
     text = request.headers.get("Last-Event-ID", "").strip()
     if not text:
         return 0
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEQUENCE_DIGITS:
         raise ApiProblem(400, "Bad Request", f"Last-Event-ID must be a stream sequence (a whole number), not {text!r}")
     return int(text)
 
@@ -71,6 +72,28 @@ async def _open_sse(request: web.Request) -> web.StreamResponse:
 
 def _heartbeat(request: web.Request) -> float:
     return request.app.get(SSE_HEARTBEAT, HEARTBEAT_SECONDS)
+
+
+async def feed(
+    response: web.StreamResponse, sub: Any, *, heartbeat: float, stopping: asyncio.Event
+) -> AsyncIterator[Msg | None]:
+    """The messages of `sub`, and None after each POLL_SECONDS without one (the caller's moment
+    to check on things). After `heartbeat` quiet seconds a comment goes out, which is also how a
+    client that has gone is found. Ends when the gateway stops or the client has gone."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while not stopping.is_set():
+        try:
+            msg: Msg = await sub.next_msg(timeout=min(POLL_SECONDS, heartbeat))
+        except nats.errors.TimeoutError:
+            if loop.time() - quiet_since >= heartbeat:
+                if not await _write(response, b": keepalive\n\n"):
+                    return
+                quiet_since = loop.time()
+            yield None
+            continue
+        quiet_since = loop.time()
+        yield msg
 
 
 @contextlib.asynccontextmanager
@@ -142,6 +165,7 @@ async def _terminal_seen(js: JetStreamContext, tenant: str, run_id: str, after: 
     summary="The run's events as server-sent events (id: stream sequence; resumable with Last-Event-ID)",
     produces=("text/event-stream",),
     errors=(400, 404),
+    headers=(("Last-Event-ID", "the id (stream sequence) of the last event seen: resume after it"),),
 )
 async def run_events(request: web.Request) -> web.StreamResponse:
     run = await run_of(request, request.match_info["run_id"])
@@ -152,20 +176,15 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     response = await _open_sse(request)
     if after and await _terminal_seen(js, tenant, run.run_id, after):
         return response
-    heartbeat = _heartbeat(request)
-    async with ordered(js, subjects.STREAM_EVENTS, subjects.run_events(tenant, run.run_id), after) as sub:
-        while True:
-            try:
-                msg: Msg = await sub.next_msg(timeout=heartbeat)
-            except nats.errors.TimeoutError:
-                if not await _write(response, b": keepalive\n\n"):
+    subject = subjects.run_events(tenant, run.run_id)
+    with gateway.metrics.sse_client():
+        async with ordered(js, subjects.STREAM_EVENTS, subject, after) as sub:
+            async for msg in feed(response, sub, heartbeat=_heartbeat(request), stopping=gateway.stopping):
+                if msg is None:
+                    continue
+                kind, frame = _event_frame(msg)
+                if not await _write(response, frame) or kind in TERMINAL_EVENTS:
                     break
-                continue
-            kind, frame = _event_frame(msg)
-            if not await _write(response, frame):
-                break
-            if kind in TERMINAL_EVENTS:
-                break
     return response
 
 
@@ -214,6 +233,7 @@ def _activity(request: web.Request, run: RunDetail) -> str:
     query=(("activity", "one activity's logs only (its id as compiled, e.g. resource/vpc/plan)"),),
     produces=("text/plain", "text/event-stream"),
     errors=(400, 404),
+    headers=(("Last-Event-ID", "with text/event-stream: the id (stream sequence) of the last chunk seen"),),
 )
 async def run_logs(request: web.Request) -> web.StreamResponse:
     run = await run_of(request, request.match_info["run_id"])
@@ -311,23 +331,23 @@ async def _live_logs(request: web.Request, run: RunDetail, activity: str) -> web
         inactive_threshold=INACTIVE_SECONDS,
     )
     try:
-        async with ordered(js, subjects.STREAM_LOGS, subject, after) as sub:
-            await _send_logs(response, sub, ended, _heartbeat(request))
+        with gateway.metrics.sse_client():
+            async with ordered(js, subjects.STREAM_LOGS, subject, after) as sub:
+                await _send_logs(
+                    response, feed(response, sub, heartbeat=_heartbeat(request), stopping=gateway.stopping), sub, ended
+                )
     finally:
         await close_ordered(js, watcher)
     return response
 
 
-async def _send_logs(response: web.StreamResponse, sub: Any, ended: asyncio.Future[str], heartbeat: float) -> None:
-    while True:
-        try:
-            msg: Msg = await sub.next_msg(timeout=DRAIN_POLL_SECONDS if ended.done() else heartbeat)
-        except nats.errors.TimeoutError:
+async def _send_logs(
+    response: web.StreamResponse, messages: AsyncIterator[Msg | None], sub: Any, ended: asyncio.Future[str]
+) -> None:
+    async for msg in messages:
+        if msg is None:
             if ended.done() and await _drained(sub):
-                end = msgspec.json.encode({"status": ended.result()})
-                await _write(response, sse_frame(end, event="end"))
-                return
-            if not ended.done() and not await _write(response, b": keepalive\n\n"):
+                await _write(response, sse_frame(msgspec.json.encode({"status": ended.result()}), event="end"))
                 return
             continue
         seq = msg.metadata.sequence.stream

@@ -36,6 +36,7 @@ def delivery_id(request: web.Request) -> str:
     status=202,
     role=None,
     errors=(404, 409),
+    headers=tuple((name, "a delivery id: a redelivered hook starts one run") for name in DELIVERY_HEADERS),
 )
 async def webhook(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]

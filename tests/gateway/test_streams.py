@@ -73,9 +73,10 @@ async def test_events_resume_after_last_event_id_with_no_duplicate_and_no_gap(ap
 
 
 async def test_a_last_event_id_that_is_not_a_sequence_is_refused(api: Api, finished_run: str) -> None:
-    async with api.call("GET", f"/v1/runs/{finished_run}/events", headers={"Last-Event-ID": "abc"}) as response:
-        assert response.status == 400
-        assert "Last-Event-ID" in (await response.json())["detail"]
+    for bad in ("abc", "-1", "1.5", "²", "9" * 30):
+        async with api.call("GET", f"/v1/runs/{finished_run}/events", headers={"Last-Event-ID": bad}) as response:
+            assert response.status == 400, bad
+            assert "Last-Event-ID" in (await response.json())["detail"]
 
 
 async def test_logs_read_as_text_from_the_store(api: Api, finished_run: str) -> None:
@@ -162,5 +163,22 @@ async def test_a_client_that_goes_away_leaves_no_consumer_behind(
         async with asyncio.timeout(10):
             while await readers_of(run_id):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
+        await api.json("POST", f"/v1/runs/{run_id}/cancel", status=202)
+        assert (await api.events(run_id))[-1].json()["status"] == "cancelled"
+
+
+async def test_streams_end_when_the_gateway_stops(api: Api, bus: Bus, settings: Settings, tmp_path: Path) -> None:
+    await api.environment("slow", SLOW, "slow-stack")
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("slow")
+        async with api.sse(f"/v1/runs/{run_id}/logs") as logs, api.sse(f"/v1/runs/{run_id}/events") as events:
+            assert await logs.next() is not None
+            assert await events.next() is not None
+            assert api.gateway.metrics.sse_clients == 2
+            api.gateway.stopping.set()  # what the app's on_shutdown does
+            await events.until_end(timeout=5)
+            assert [m.event for m in await logs.until_end(timeout=5)] == []  # no `end`: the run goes on
+        assert api.gateway.metrics.sse_clients == 0
+        api.gateway.stopping.clear()
         await api.json("POST", f"/v1/runs/{run_id}/cancel", status=202)
         assert (await api.events(run_id))[-1].json()["status"] == "cancelled"
