@@ -204,7 +204,6 @@ class SseReader:
 
 ADMIN_TOKEN = "platform-admin-token-for-the-gateway-tests"
 CALLBACK_KEY = "callback-key-for-the-gateway-tests-0123456789"
-SEAL_KEY = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # base64 of 32 bytes
 HEARTBEAT_SECONDS = 0.5
 
 
@@ -289,53 +288,32 @@ class Api:
 
 
 @asynccontextmanager
-async def gateway_stack(bus: Bus, settings: Settings, database_url: str, tenant: str) -> AsyncIterator[Api]:
-    """The real store on `database_url` and the real gateway app on a free port, with tenant
-    `tenant` (tokens: admin, operator, viewer)."""
+async def gateway_stack(bus: Bus, store_settings: Settings, tenant: str) -> AsyncIterator[Api]:
+    """The real gateway app on a free port beside the running store (conftest's `store_settings`),
+    with tenant `tenant` (tokens: admin, operator, viewer). The app is served here rather than by
+    `app.serve` so that its SSE heartbeat can be made short."""
     import msgspec
     from aiohttp.test_utils import TestServer
 
-    from trellis_core.callbacks import key_bytes
     from trellis_gateway.app import make_app
-    from trellis_gateway.context import Gateway, sha256_hex
+    from trellis_gateway.context import Gateway
     from trellis_gateway.streams import SSE_HEARTBEAT
     from trellis_store.api import IssuedToken, TenantCreate
-    from trellis_store.client import StoreClient
-    from trellis_store.service import serve as store
 
-    s = msgspec.structs.replace(
-        settings, database_url=database_url, admin_token=ADMIN_TOKEN, callback_key=CALLBACK_KEY, seal_key=SEAL_KEY
-    )
-    stop, ready = asyncio.Event(), asyncio.Event()
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(store(bus, s, stop, ready))
-        client = StoreClient(bus.nc)
-        try:
-            async with asyncio.timeout(30):
-                await ready.wait()
-            gateway = Gateway(
-                bus=bus,
-                store=client,
-                settings=s,
-                admin_token_sha256=sha256_hex(ADMIN_TOKEN),
-                callback_key=key_bytes(CALLBACK_KEY),
-            )
-            app = make_app(gateway)
-            app[SSE_HEARTBEAT] = HEARTBEAT_SECONDS
-            server = TestServer(app, host="127.0.0.1")
-            await server.start_server()
-            try:
-                async with aiohttp.ClientSession() as session:
-                    admin = await client.ask(TenantCreate(name=tenant, admin_user="ada@example.com"), IssuedToken)
-                    assert isinstance(admin, IssuedToken), admin
-                    api = Api(
-                        str(server.make_url("")).rstrip("/"), session, tenant, {"admin": admin.token}, gateway, bus
-                    )
-                    api.tokens["operator"] = await api.token("operator", "oli@example.com")
-                    api.tokens["viewer"] = await api.token("viewer", "vic@example.com")
-                    yield api
-            finally:
-                await server.close()
-        finally:
-            stop.set()
-            await client.close()
+    settings = msgspec.structs.replace(store_settings, admin_token=ADMIN_TOKEN, callback_key=CALLBACK_KEY)
+    gateway = Gateway.create(bus, settings)
+    app = make_app(gateway)
+    app[SSE_HEARTBEAT] = HEARTBEAT_SECONDS
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            admin = await gateway.store.ask(TenantCreate(name=tenant, admin_user="ada@example.com"), IssuedToken)
+            assert isinstance(admin, IssuedToken), admin
+            api = Api(str(server.make_url("")).rstrip("/"), session, tenant, {"admin": admin.token}, gateway, bus)
+            api.tokens["operator"] = await api.token("operator", "oli@example.com")
+            api.tokens["viewer"] = await api.token("viewer", "vic@example.com")
+            yield api
+    finally:
+        await server.close()
+        await gateway.store.close()

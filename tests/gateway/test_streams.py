@@ -18,8 +18,9 @@ SAY = "resource/hello/task/say"
 
 
 @pytest.fixture
-async def api(bus: Bus, settings: Settings, database_url: str, unique: str) -> AsyncIterator[Api]:
-    async with gateway_stack(bus, settings, database_url, unique) as api:
+async def api(bus: Bus, store_settings: Settings, unique: str) -> AsyncIterator[Api]:
+    """The run routes' own view of the gateway (overrides conftest's `api`): see runs_support."""
+    async with gateway_stack(bus, store_settings, unique) as api:
         yield api
 
 
