@@ -45,7 +45,7 @@ class ActivityCache:
     a later one is visible; that read is answered but not cached, or a stale list would be kept
     under a version that no longer changes."""
 
-    def __init__(self, *, max_bytes: int = 256 * 1024**2, min_run_size: int = 500) -> None:
+    def __init__(self, *, max_bytes: int = 128 * 1024**2, min_run_size: int = 500) -> None:
         self.max_bytes = max_bytes
         self.min_run_size = min_run_size
         self._runs: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
