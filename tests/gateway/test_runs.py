@@ -159,3 +159,31 @@ async def test_a_destroy_runs_after_the_deploy_and_runs_list_in_pages(
     assert [r["run_id"] for r in listed["runs"]] == [destroyed]
     older = await api.json("GET", f"/v1/runs?environment=web&before={destroyed}", status=200)
     assert [r["run_id"] for r in older["runs"]] == [deployed]
+
+
+async def test_a_run_recorded_but_never_published_is_published_by_the_retry(api: Api, bus: Bus) -> None:
+    """A gateway that died between recording the run and publishing it: the client's retry with
+    the same Idempotency-Key answers that run and publishes its request."""
+    from trellis_core.events import RunRequested, decode_run_event
+    from trellis_core.ids import uuid7
+    from trellis_gateway.launch import request_digest
+    from trellis_store.api import RunCreate, RunCreated
+
+    await api.environment("web", HELLO, "hello-stack")
+    recorded = RunCreate(
+        tenant=api.tenant,
+        run_id=uuid7(),
+        environment="web",
+        action="deploy",
+        requested_by="oli@example.com",
+        idempotency_key="deploy-1",
+        request_digest=request_digest("web", "deploy"),
+    )
+    assert await api.gateway.store.ask(recorded, RunCreated) == RunCreated(run_id=recorded.run_id, created=True)
+    info = await bus.js.stream_info(subjects.STREAM_RUNS, subjects_filter=subjects.runs_requested(api.tenant))
+    assert not info.state.subjects  # nothing was published
+    assert await api.start("web", headers={"Idempotency-Key": "deploy-1"}) == recorded.run_id
+    msg = await bus.js.get_last_msg(subjects.STREAM_RUNS, subjects.runs_requested(api.tenant))
+    request = decode_run_event(msg.data or b"")
+    assert isinstance(request, RunRequested)
+    assert request.run_id == recorded.run_id
