@@ -28,7 +28,15 @@ from trellis_engine.backoff import backoff_seconds
 from trellis_engine.bounds import workflow_problems
 from trellis_engine.graph import build_run
 from trellis_engine.state import ACTIVE, IN_FLIGHT, TERMINAL, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import close_run, finish, recount, reset_workspace, set_status, start_run
+from trellis_engine.transitions import (
+    close_run,
+    finish,
+    promotion,
+    recount,
+    reset_workspace,
+    set_status,
+    start_run,
+)
 
 
 def fold(st: SchedulerState, event: Event) -> SchedulerState:
@@ -172,7 +180,7 @@ def fail_attempt(
     a, activity = run.acts[i], run.activities[i]
     if retryable and a.attempt < activity.retry.max_attempts and not run.cancel_requested:
         a.reason = reason
-        if _requeue_behind_redone_dependencies(st, run, i):
+        if _requeue_behind_redone_dependencies(st, run, i, t):
             return
         set_status(st, run, i, "ready")
         a.retry_at = t + backoff_seconds(activity.retry, a.attempt, f"{run.run_id}/{activity.id}/{a.attempt}")
@@ -200,19 +208,26 @@ def _lost(st: SchedulerState, run: RunState, i: int, event: ActivityLost, t: flo
         reset_workspace(st, run, activity.workspace, agent, t)
         return
     a.agent = ""
-    if _requeue_behind_redone_dependencies(st, run, i):
+    if _requeue_behind_redone_dependencies(st, run, i, t):
         return
     set_status(st, run, i, "ready")
     run.push_ready(i)
 
 
-def _requeue_behind_redone_dependencies(st: SchedulerState, run: RunState, i: int) -> bool:
-    """Before another attempt: if a dependency is being done again (its workspace was lost),
-    wait for it as a pending activity would. True if it now waits."""
+def _requeue_behind_redone_dependencies(st: SchedulerState, run: RunState, i: int, t: float) -> bool:
+    """Before another attempt, pass again the gate a pending activity passes: a dependency may
+    have changed since this activity was promoted (its workspace was lost, so it is done again
+    and may end differently this time). Wait for a dependency being redone; skip the activity if
+    its dependencies now end so that it must not run (a redone `success` dependency failed).
+    True if no attempt follows now."""
     recount(run, i)
-    if run.acts[i].unfinished == 0:
+    if run.acts[i].unfinished:
+        set_status(st, run, i, "pending")
+        return True
+    verdict = promotion(run, i)
+    if verdict is None:
         return False
-    set_status(st, run, i, "pending")
+    finish(st, run, i, "skipped", t, verdict[1], verdict[0])
     return True
 
 

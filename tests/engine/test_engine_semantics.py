@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import pytest
 from engine_support import Driver, act, ts, workflow
 
 from trellis_core.events import (
@@ -341,6 +342,40 @@ def test_pinned_work_no_agent_starts_redoes_the_workspace_on_another_agent() -> 
     assert (again.attempt, again.agent) == (2, "")
     d.feed(d.started(again, agent="a2"), d.completed(again))
     assert (d.last("vpc/init").attempt, d.last("vpc/init").agent) == (2, "a2")
+
+
+@pytest.mark.parametrize("ends", ["fails", "is lost"])
+def test_a_running_dependent_is_not_retried_once_its_redone_dependency_failed(ends: str) -> None:
+    """Found by the property test: a0 succeeds in workspace w2 and a1 (no workspace) starts on
+    it; a2 loses w2's agent, so a0 is redone, and fails. a1 ran on a0's first result; when its
+    attempt then fails (or its agent goes), its retry must pass a0's verdict as a pending
+    activity would: skipped, never dispatched after a failed `success` dependency."""
+    d = Driver(EngineConfig(heartbeat_timeout_seconds=10.0, pinned_start_timeout_seconds=30.0))
+    retry = RetryPolicy(max_attempts=3)
+    d.compile(workflow(act("a0", workspace="w2"), act("a1", "a0", retry=retry), act("a2", "a0", workspace="w2")))
+    a0 = d.last("a0")
+    d.feed(d.started(a0, agent="agent-1"), d.completed(a0))
+    a1, a2 = d.last("a1"), d.last("a2")
+    d.feed(d.started(a1, agent="agent-3"), d.started(a2, agent="agent-1"))
+    d.tick(9)
+    d.feed(d.heartbeat(a1, agent="agent-3"))
+    d.tick(2)  # a2's agent, which holds w2, is lost: a0 is redone there
+    again = d.last("a0")
+    assert again.attempt == 2
+    assert d.status("a1") == "running"  # a1 is not in w2: it runs on
+    d.feed(d.started(again, agent="agent-2"), d.failed(again, retryable=False))
+    assert d.status("a2") == "skipped"
+    if ends == "fails":
+        d.feed(d.failed(a1, retryable=True))
+    else:
+        d.tick(10)  # no heartbeat from agent-3: a1's attempt is lost
+    d.tick(60)
+    assert [(x.activity.id, x.attempt) for x in d.dispatches if x.activity.id == "a1"] == [("a1", 1)]
+    run = d.run()
+    assert (d.status("a1"), run.acts[run.index["a1"]].skip_kind) == ("skipped", "upstream")
+    assert (done := d.completion()) is not None
+    assert done.status == "failed"
+    assert run.inflight == 0
 
 
 def test_an_event_of_another_tenant_never_touches_a_run_with_the_same_id() -> None:
