@@ -40,15 +40,12 @@ from trellis_store.api import StoreError
 
 log = get_logger("gateway")
 
-# Every module that declares gateway routes (a module-level `routes` RouteTableDef). The ones
-# marked optional are added when present, so this branch runs before all of them have landed.
+# Every module that declares gateway routes (a module-level `routes` RouteTableDef).
 ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.health",
     "trellis_gateway.tenants_routes",
     "trellis_gateway.templates_routes",
     "trellis_gateway.environments_routes",
-)
-OPTIONAL_ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.runs_routes",
     "trellis_gateway.streams",
     "trellis_gateway.approvals",
@@ -62,14 +59,7 @@ _KEPT_HEADERS = ("Allow", "Retry-After")  # of aiohttp's own errors (405 names t
 
 
 def route_modules() -> list[ModuleType]:
-    modules = [importlib.import_module(name) for name in ROUTE_MODULES]
-    for name in OPTIONAL_ROUTE_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # the module exists and one of its imports is missing: a bug
-                raise
-    return modules
+    return [importlib.import_module(name) for name in ROUTE_MODULES]
 
 
 def make_app(gateway: Gateway) -> web.Application:
