@@ -1,5 +1,5 @@
 """One embedded stack per data directory: its owner holds `stack.lock` (flock) and records its NATS
-URL in `stack.json`, so a second command on that directory joins the stack or waits for it."""
+and gateway URLs in `stack.json`, so a second command on that directory joins the stack or waits for it."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
     command: str  # "trellis dev up", "trellis run"
     nats_url: str  # empty while its NATS starts
     joinable: bool  # it serves other commands' runs until stopped (`trellis dev up`)
+    gateway_url: str = ""  # its gateway, once it answers (tokens: credentials.json beside the record)
 
 
 _decode = msgspec.json.Decoder(StackRecord).decode
