@@ -25,7 +25,6 @@ class EnvironmentBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 
     template: TemplateRef
     variables: dict[str, str] = {}
-    sensitive: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
 
 
@@ -52,8 +51,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     apply.add_argument("name", metavar="NAME")
     apply.add_argument("--template", metavar="NAME@VERSION", help="the EnvironmentTemplate (default: the current one)")
     apply.add_argument("--var", action="append", default=[], metavar="K=V", help="a variable (repeatable)")
-    apply.add_argument("--secret", action="append", default=[], metavar="K=V",
-                       help="a sensitive variable: stored sealed, shown masked (repeatable)")
     apply.add_argument("--agent", action="append", default=[], metavar="POOL", help="an agent pool (repeatable)")
     apply.set_defaults(func=_apply)
     for action in ("deploy", "destroy"):
@@ -140,18 +137,17 @@ async def current(gw: GatewayClient, name: str) -> tuple[Environment | None, str
 
 
 async def apply_environment(
-    gw: GatewayClient, name: str, template: TemplateRef | None, variables: dict[str, str],
-    secrets: dict[str, str], agents: tuple[str, ...],
+    gw: GatewayClient, name: str, template: TemplateRef | None, variables: dict[str, str], agents: tuple[str, ...]
 ) -> Environment:
     """PUT the environment; an update sends the ETag just read (If-Match), so a change made in
-    between is refused (412) rather than overwritten."""
+    between is refused (412) rather than overwritten. Variables the templates declare sensitive
+    are stored sealed and shown masked."""
     existing, etag = await current(gw, name)
     if template is None:
         if existing is None:
             raise ConfigError(f"environment {name} does not exist yet: say which template (--template NAME@VERSION)")
         template = existing.template
-    body = EnvironmentBody(template=template, variables=variables | secrets, sensitive=tuple(sorted(secrets)),
-                           agents=agents)
+    body = EnvironmentBody(template=template, variables=variables, agents=agents)
     headers = {"If-Match": etag} if existing is not None and etag else {}
     env, _ = await gw.call("PUT", f"/v1/environments/{quoted(name)}", Environment, body=body, headers=headers)
     return env
@@ -160,8 +156,8 @@ async def apply_environment(
 def _apply(args: argparse.Namespace) -> int:
     async def work(gw: GatewayClient, settings: Settings) -> int:
         template = parse_template(args.template) if args.template else None
-        variables, secrets = parse_pairs("--var", args.var), parse_pairs("--secret", args.secret)
-        env = await apply_environment(gw, args.name, template, variables, secrets, tuple(args.agent))
+        variables = parse_pairs("--var", args.var)
+        env = await apply_environment(gw, args.name, template, variables, tuple(args.agent))
         print(f"environment {env.name} applied: {env.template.name}@{env.template.version}, {env.status}")
         return 0
 

@@ -1,6 +1,7 @@
 """Following a run through the gateway: its server-sent events folded into the same view
 `trellis run` draws from the bus, resumed with Last-Event-ID when the stream breaks, and the
-log lines of what failed fetched at the end."""
+log lines of what failed fetched at the end. The stream's run.compiled carries a summary, not the
+workflow: the activities come from `GET /v1/runs/{id}` then."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from datetime import UTC, datetime
 import msgspec
 
 from trellis_cli.gateway_client import GatewayClient, GatewayError, quoted
-from trellis_cli.run_progress import RunView, Screen
+from trellis_cli.run_progress import ActivityView, RunView, Screen
 from trellis_core.events import ActivityLogChunk, RunEvent, decode_run_event
 from trellis_store.api import RunDetail
 
 RECONNECTS = 5  # a stream broken this many times in a row without news ends the wait with an error
 RECONNECT_SECONDS = 0.5
 FAILED = ("failed", "timed_out", "lost")
+ACTIVITIES_WAIT_SECONDS = 5.0  # how long the store may take to record a compiled run's activities
 
 
 class LiveChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +50,8 @@ async def follow_events(gw: GatewayClient, run_id: str, screen: Screen) -> None:
                 last_id = sse.id or last_id
                 event = _event(sse.data)
                 if event is None:
+                    if sse.event == "run.compiled" and not view.activities:
+                        await _activities_from_store(gw, view)
                     continue
                 news = True
                 screen.apply(event)
@@ -66,6 +70,23 @@ async def follow_events(gw: GatewayClient, run_id: str, screen: Screen) -> None:
         await asyncio.sleep(RECONNECT_SECONDS)
 
 
+async def _activities_from_store(gw: GatewayClient, view: RunView) -> None:
+    """The compiled run's activities, as the store recorded them (it may lag the stream a moment:
+    asked again until they are there, for a bounded time; without them the run shows as counts)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ACTIVITIES_WAIT_SECONDS
+    while True:
+        detail, _ = await gw.call("GET", f"/v1/runs/{quoted(view.run_id)}", RunDetail)
+        if detail.activities or loop.time() > deadline:
+            break
+        await asyncio.sleep(RECONNECT_SECONDS / 5)
+    if view.status in ("requested", "queued"):
+        view.status = "compiled"
+    view.activities = [ActivityView(id=a.id) for a in detail.activities]
+    view.by_id = {a.id: a for a in view.activities}
+    view.counts = {"pending": len(view.activities)}
+
+
 async def _settle_from_summary(gw: GatewayClient, run_id: str, view: RunView) -> None:
     """The stream ends without the run's end: take its status from `GET /v1/runs/{id}`."""
     detail, _ = await gw.call("GET", f"/v1/runs/{quoted(run_id)}", RunDetail)
@@ -80,6 +101,8 @@ async def follow_logs(gw: GatewayClient, run_id: str, screen: Screen) -> None:
     path = f"/v1/runs/{quoted(run_id)}/logs"
     with contextlib.suppress(GatewayError):  # the lines are a bonus: the run is followed by its events
         async for sse in gw.events(path):
+            if sse.event == "end":
+                return
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 chunk = msgspec.json.decode(sse.data, type=LiveChunk)
                 screen.log(_as_event(run_id, chunk))

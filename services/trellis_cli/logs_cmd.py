@@ -96,6 +96,8 @@ async def _gateway_logs(gw: GatewayClient, run_id: str, activity: str | None, fo
         return 0
     partial: dict[tuple[str, int], str] = {}
     async for sse in gw.events(path, params=params):
+        if sse.event == "end":
+            break
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             chunk = msgspec.json.decode(sse.data, type=LiveChunk)
             key = (chunk.activity_id, chunk.attempt)

@@ -11,9 +11,16 @@ import msgspec
 from trellis_cli.gateway_client import GatewayClient
 from trellis_cli.sources import read_files, read_sources
 from trellis_core.errors import ConfigError
-from trellis_core.events import SourceFile
+from trellis_core.events import Problem, SourceFile
 from trellis_core.settings import Settings
-from trellis_store.api import Documents, TemplateDocument
+from trellis_store.api import TemplateDocument
+
+
+class Published(msgspec.Struct, frozen=True, kw_only=True):
+    """`201` of `POST /v1/templates`: what is stored, and the validator's warnings."""
+
+    documents: tuple[TemplateDocument, ...]
+    warnings: tuple[Problem, ...] = ()
 
 
 class PublishBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,5 +42,7 @@ async def publish(gw: GatewayClient, paths: Sequence[str], settings: Settings) -
             "texts only); `trellis run` without TRELLIS_GATEWAY_URL takes them along",
             file=sys.stderr,
         )
-    answer, _ = await gw.call("POST", "/v1/templates", Documents, body=PublishBody(sources=sources))
+    answer, _ = await gw.call("POST", "/v1/templates", Published, body=PublishBody(sources=sources))
+    for warning in answer.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return answer.documents

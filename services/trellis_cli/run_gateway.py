@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
+from typing import NamedTuple
 
 from rich.console import Console
 
@@ -27,35 +29,56 @@ from trellis_templates.documents import Environment
 POLL_SECONDS = 0.1
 
 
-def template_of(paths: list[str], environment: str, published: tuple[TemplateDocument, ...]) -> TemplateRef | None:
-    """The EnvironmentTemplate the bundle's Environment document `environment` names (its version:
-    the one written, else the only or highest one published); None when the bundle has no such
-    Environment document."""
+class LocalEnvironment(NamedTuple):
+    """What the bundle's Environment document says, as the gateway's environment takes it."""
+
+    template: TemplateRef
+    variables: dict[str, str]
+    agents: tuple[str, ...]
+
+
+def environment_of(
+    paths: list[str], environment: str, published: tuple[TemplateDocument, ...]
+) -> LocalEnvironment | None:
+    """The bundle's Environment document `environment`: its template (the version written, else
+    the highest one published), its text and JSON variable values, its agents. The gateway builds
+    the run's Environment document from these (it leaves the bundle's out). None when the
+    bundle has no such document."""
     docs, _, _ = read_bundle(template_files(paths))
-    refs = [d.document.spec.template for d in docs
-            if isinstance(d.document, Environment) and d.document.metadata.name == environment]
-    if not refs:
+    documents = (d.document for d in docs)
+    found = [doc for doc in documents if isinstance(doc, Environment) and doc.metadata.name == environment]
+    if not found:
         return None
-    ref = refs[0]
-    if ref.version:
-        return TemplateRef(name=ref.name, version=ref.version)
-    versions = sorted(d.version for d in published if d.kind == "EnvironmentTemplate" and d.name == ref.name)
-    if not versions:
-        raise ConfigError(f"environment {environment} names template {ref.name}, which the bundle does not hold")
-    return TemplateRef(name=ref.name, version=versions[-1])
+    spec = found[0].spec
+    version = spec.template.version
+    if not version:
+        name = spec.template.name
+        versions = sorted(d.version for d in published if d.kind == "EnvironmentTemplate" and d.name == name)
+        if not versions:
+            raise ConfigError(f"environment {environment} names template {spec.template.name}, which the bundle lacks")
+        version = versions[-1]
+    variables = {
+        v.name: v.value if isinstance(v.value, str) else json.dumps(v.value)
+        for v in spec.variables
+        if v.value is not None and v.value_type in ("text", "json")
+    }
+    agents = tuple(agent.name for agent in spec.agents)
+    return LocalEnvironment(TemplateRef(name=spec.template.name, version=version), variables, agents)
 
 
 async def _submit(gw: GatewayClient, settings: Settings, args: argparse.Namespace, variables: dict[str, str]) -> str:
     documents = await publish(gw, args.paths, settings)
-    template = template_of(args.paths, args.environment, documents)
-    if template is None:
+    local = environment_of(args.paths, args.environment, documents)
+    if local is None:
         existing, _ = await current(gw, args.environment)
         if existing is None:
             raise ConfigError(
                 f"no Environment document named {args.environment} in {', '.join(args.paths)}, and the gateway "
                 f"has no such environment (trellis env apply {args.environment} --template NAME@VERSION)"
             )
-    await apply_environment(gw, args.environment, template, variables, {}, ())
+        await apply_environment(gw, args.environment, None, variables, existing.agents)
+    else:
+        await apply_environment(gw, args.environment, local.template, local.variables | variables, local.agents)
     return await start_run(gw, args.environment, args.action)
 
 
