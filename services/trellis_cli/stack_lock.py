@@ -112,9 +112,11 @@ async def claim(
         if owner is not None and owner.joinable and owner.nats_url:
             if may_join:
                 return owner
+            gateway = f"; export TRELLIS_GATEWAY_URL={owner.gateway_url}" if owner.gateway_url else ""
             raise StackBusy(
                 f"{owner.command} (pid {owner.pid}) already runs the stack on {where}, NATS at {owner.nats_url}: "
-                f"use it (export TRELLIS_NATS_URL={owner.nats_url}) or set TRELLIS_DATA_DIR to another directory"
+                f"use it (export TRELLIS_NATS_URL={owner.nats_url}{gateway}; the tokens are in "
+                f"{where / 'credentials.json'}) or set TRELLIS_DATA_DIR to another directory"
             )
         if not told:
             who = owner.command if owner is not None else "trellis command"

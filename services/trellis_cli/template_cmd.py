@@ -117,7 +117,7 @@ def run_publish(args: argparse.Namespace) -> int:
     async def work(gw: Any, settings: Any) -> int:
         documents = await publish(gw, args.paths, settings)
         for doc in documents:
-            print(f"published {doc.kind} {doc.name} {doc.version}")
+            print(f"published {doc.kind} {doc.name}" + (f" {doc.version}" if doc.version else ""))
         return 0
 
     return run_on_gateway("template publish", work)

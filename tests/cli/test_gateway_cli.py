@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from embedded_stack_support import servers_of, trellis
+from embedded_stack_support import cli_env, servers_of, trellis
 from gateway_cli_support import BROKEN, DevUp, run_document, start, wait_for, write_templates
 
 RUN_ID = re.compile(r"^run (\S+): (deploy|destroy) of environment (\S+) started$", re.MULTILINE)
@@ -55,6 +55,13 @@ def test_dev_up_prints_exports_that_work_in_another_shell(up: DevUp) -> None:
     listed = up.cli("env", "list")
     assert listed.returncode == 0, listed.stderr
     assert "Traceback" not in listed.stderr
+    # A later command on the same data dir finds the gateway in stack.json, the token beside it.
+    record = json.loads((up.data_dir / "stack.json").read_text())
+    assert record["gateway_url"] == up.exports["TRELLIS_GATEWAY_URL"]
+    second = up.cli("dev", "up", env=cli_env(up.data_dir))
+    assert second.returncode == 1
+    assert f"export TRELLIS_GATEWAY_URL={up.exports['TRELLIS_GATEWAY_URL']}" in second.stderr
+    assert str(up.data_dir / "credentials.json") in second.stderr
 
 
 def test_publish_apply_deploy_show_logs_and_destroy(up: DevUp) -> None:
