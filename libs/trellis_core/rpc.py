@@ -81,6 +81,7 @@ class _Pending:
         self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.parts: list[bytes] = []
         self.size = 0
+        self.count = 0  # chunks announced by the first one
 
     def take(self, msg: Msg) -> None:
         if self.done.done():
@@ -96,8 +97,14 @@ class _Pending:
         try:
             index, count = (int(part) for part in marker.split("/"))
         except ValueError:
+            index = count = -1
+        if not 0 <= index < count:  # "0/0" or "3/2" would never complete: fail now, not at the timeout
             self.done.set_exception(RpcError(f"malformed {CHUNK_HEADER} header {marker!r}"))
             return
+        if self.count and count != self.count:
+            self.done.set_exception(RpcError(f"reply chunk {index}/{count} after a reply of {self.count} chunks"))
+            return
+        self.count = count
         if index != len(self.parts):
             self.done.set_exception(RpcError(f"reply chunk {index} arrived when {len(self.parts)} was due"))
             return

@@ -1,7 +1,10 @@
 """The state store's request/reply API: every request and answer, as msgspec Structs.
 
-A caller (the gateway, the compiler, the CLI) sends one request on `trellis.store.<op>` (the op is
-the request's tag, dots kept: `trellis.store.run.get`) and gets one `Reply`. Every request but
+A caller (the gateway, the compiler, the CLI) sends one request on `trellis.store.api.<op>` (the op
+is the request's tag, dots kept: `trellis.store.api.run.get`) and gets one `Reply`. The `api` token
+keeps store subjects out of the streams: `trellis.store.run.get` would match TRELLIS_EVENTS'
+`trellis.*.run.>` (and `logs.get` TRELLIS_LOGS'), so JetStream would store the request and answer
+it with a PubAck racing the store's reply. Every request but
 `TenantCreate` and `TokenVerify` names its tenant, and every query is filtered by it: another
 tenant's object answers `not_found`, never its data. These Structs are the one definition of
 the store's API; the gateway's OpenAPI document is generated from the ones it returns.
@@ -25,7 +28,7 @@ ActivityRowStatus = Literal[
 ]
 ErrorCode = Literal["not_found", "conflict", "invalid", "precondition_failed", "forbidden", "unavailable", "internal"]
 
-SUBJECT_PREFIX = "trellis.store."
+SUBJECT_PREFIX = "trellis.store.api."
 MASK = "********"
 
 
@@ -47,9 +50,10 @@ class StoreError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Exactly one of `result` (the op's answer type, encoded) and `error`."""
+    """Exactly one of `result` (the op's answer type, encoded) and `error`. `result` is empty (falsy)
+    when absent: msgspec decodes no `Raw | None` (an answer object would be refused)."""
 
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = msgspec.Raw(b"")
     error: StoreError | None = None
 
 
@@ -160,6 +164,7 @@ class EnvironmentPut(_TenantRequest, frozen=True, kw_only=True, tag="environment
     sensitive: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
     if_match: str = ""
+    force: bool = False  # replace an existing environment without `if_match` (the CLI's `env apply`)
     actor: str = ""
     remote: str = ""
 

@@ -36,7 +36,7 @@ class StoreClient:
             reply = _reply_decoder.decode(data)
             if reply.error is not None:
                 return reply.error
-            if reply.result is None:
+            if not reply.result:
                 return StoreError(code="internal", message=f"the store answered {subject} with nothing")
             return msgspec.json.decode(reply.result, type=into)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -55,9 +55,12 @@ CREATE TABLE environments (
                       CHECK (status IN ('new', 'deploying', 'deployed', 'failed', 'destroying', 'destroyed')),
     revision          bigint NOT NULL DEFAULT 1,     -- the ETag
     outputs           jsonb NOT NULL DEFAULT '{}',   -- the last successful deploy's
-    deployed_variables jsonb NOT NULL DEFAULT '{}',  -- what that deploy was asked with (sealed where sensitive)
+    -- What that deploy was asked with, for a later destroy: {"sealed": "<seal of the JSON object>"},
+    -- or {"plain": {...}} only when the store runs without TRELLIS_SEAL_KEY; {} when none.
+    deployed_variables jsonb NOT NULL DEFAULT '{}',
     deployed          boolean NOT NULL DEFAULT false,
-    last_run_id       text NOT NULL DEFAULT '',
+    last_run_id       text NOT NULL DEFAULT '',      -- the run whose event last set status
+    deploy_run_id     text NOT NULL DEFAULT '',      -- the run that set outputs and deployed_variables
     status_seq        bigint NOT NULL DEFAULT 0,     -- the event sequence that set status (projection order)
     webhook_sha256    text UNIQUE,
     created_at        timestamptz NOT NULL DEFAULT now(),
@@ -79,7 +82,9 @@ CREATE TABLE runs (
     message          text NOT NULL DEFAULT '',
     errors           jsonb NOT NULL DEFAULT '[]',
     outputs          jsonb NOT NULL DEFAULT '{}',
-    workflow         jsonb,                        -- the compiled DAG (workflow_ref: fetched and stored here)
+    workflow         jsonb,                        -- the compiled DAG, sensitive values masked, no scope
+                                                   -- (workflow_ref: fetched and stored here)
+    variables        jsonb NOT NULL DEFAULT '{}',  -- the request's variables, as environments.deployed_variables
     idempotency_key  text,
     request_digest   text NOT NULL DEFAULT '',
     PRIMARY KEY (tenant, run_id)
@@ -91,7 +96,7 @@ CREATE TABLE activities (
     tenant       text NOT NULL,
     run_id       text NOT NULL,
     activity_id  text NOT NULL,
-    ordinal      integer NOT NULL,                 -- its place in the workflow's topological order
+    ordinal      integer NOT NULL DEFAULT 0,       -- its place in the workflow's topological order
     kind         text NOT NULL,
     resource     text NOT NULL DEFAULT '',
     stage        text NOT NULL DEFAULT '',
@@ -107,8 +112,11 @@ CREATE TABLE activities (
     exit_code    integer,
     PRIMARY KEY (tenant, run_id, activity_id)
 );
+CREATE INDEX activities_by_run ON activities (tenant, run_id, ordinal);
 
--- Every run event projected, by its stream sequence and its id: the idempotency key of the projection.
+-- Every run event projected (heartbeats excepted), by its stream sequence and its id: the idempotency
+-- key of the projection. Bodies leave out what is kept elsewhere or must not be kept: a request's
+-- sources, files and variables, a compiled workflow's activities and scope.
 CREATE TABLE events (
     seq          bigint PRIMARY KEY,               -- TRELLIS_EVENTS stream sequence
     event_id     text NOT NULL UNIQUE,
@@ -149,6 +157,7 @@ CREATE TABLE approvals (
     decided_by    text NOT NULL DEFAULT '',
     comment       text NOT NULL DEFAULT '',
     decided_at    timestamptz,
+    status_seq    bigint NOT NULL DEFAULT 0,         -- the event sequence that last changed the row
     PRIMARY KEY (tenant, run_id, activity_id)
 );
 

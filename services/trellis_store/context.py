@@ -1,0 +1,88 @@
+"""What every store op works with: the pool, the sealer, the projection's progress, and the
+small helpers that turn rows into answers and refusals into StoreErrors."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from trellis_store.api import ActivityRow, ErrorCode, StoreError
+from trellis_store.sealing import Sealer
+
+# Tenant names are NATS subject tokens (`trellis.<tenant>.runs.requested`).
+TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Environment names appear in subjects' payloads, URLs and a workflow's scope.
+ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+MAX_PAGE = 1000
+
+
+class ProjectionView(Protocol):
+    """What the API needs of the projection (trellis_store.projection.Projection): how far it has
+    written, and a way to wait until it has written everything published so far."""
+
+    @property
+    def projected_events(self) -> int: ...
+
+    @property
+    def projected_logs(self) -> int: ...
+
+    async def wait_projected(self, seq: int, timeout: float) -> bool: ...  # noqa: ASYNC109
+
+    async def events_last_seq(self) -> int: ...
+
+
+class ActivityCache:
+    """The activity rows of recently read big runs, each valid for one version: the sequence of
+    the last event projected for its run (every activity change comes from a projected event,
+    written in the same transaction). Reading a 7,000-activity run again costs one index probe."""
+
+    def __init__(self, *, max_activities: int = 200_000, min_run_size: int = 500) -> None:
+        self.max_activities = max_activities
+        self.min_run_size = min_run_size
+        self._runs: OrderedDict[tuple[str, str], tuple[int, tuple[ActivityRow, ...]]] = OrderedDict()
+        self._size = 0
+
+    def get(self, tenant: str, run_id: str, version: int) -> tuple[ActivityRow, ...] | None:
+        hit = self._runs.get((tenant, run_id))
+        if hit is None or hit[0] != version:
+            return None
+        self._runs.move_to_end((tenant, run_id))
+        return hit[1]
+
+    def put(self, tenant: str, run_id: str, version: int, rows: tuple[ActivityRow, ...]) -> None:
+        if version <= 0 or len(rows) < self.min_run_size:
+            return  # no event to check it against, or cheap to read again
+        old = self._runs.pop((tenant, run_id), None)
+        if old is not None:
+            self._size -= len(old[1])
+        self._runs[(tenant, run_id)] = (version, rows)
+        self._size += len(rows)
+        while self._size > self.max_activities and self._runs:
+            _, (_, evicted) = self._runs.popitem(last=False)
+            self._size -= len(evicted)
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    pool: Any  # asyncpg.Pool (untyped library)
+    sealer: Sealer
+    projection: ProjectionView
+    schema_version: int
+    barrier_timeout: float = 5.0  # under StoreClient's default 10 s: the caller hears why, not a timeout
+    activities: ActivityCache = field(default_factory=ActivityCache)
+
+
+def error(code: ErrorCode, message: str, path: str = "") -> StoreError:
+    return StoreError(code=code, message=message, path=path)
+
+
+def check_limit(limit: int, path: str = "limit") -> StoreError | None:
+    if not 1 <= limit <= MAX_PAGE:
+        return error("invalid", f"limit must be between 1 and {MAX_PAGE}, got {limit}", path)
+    return None
+
+
+def etag_of(revision: int) -> str:
+    return f'"{revision}"'

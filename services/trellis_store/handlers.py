@@ -1,0 +1,103 @@
+"""One request in, one Reply out: decode the StoreRequest union, run its op, and turn every
+outcome into a value. PostgreSQL down answers `unavailable`; a bug answers `internal` (logged
+with its traceback); nothing raises across the bus."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from trellis_core.logs import get_logger
+from trellis_store import api, commands, queries
+from trellis_store.api import Reply, StoreError, StoreRequest
+from trellis_store.context import StoreContext
+
+log = get_logger("store")
+
+Op = Callable[[StoreContext, Any], Awaitable[msgspec.Struct]]
+
+OPS: dict[type[msgspec.Struct], Op] = {
+    api.TenantCreate: commands.tenant_create,
+    api.TokenCreate: commands.token_create,
+    api.TokenVerify: queries.token_verify,
+    api.TemplatePublish: commands.template_publish,
+    api.TemplateList: queries.template_list,
+    api.TemplateBundleGet: queries.template_bundle,
+    api.EnvironmentPut: commands.environment_put,
+    api.EnvironmentGet: queries.environment_get,
+    api.EnvironmentList: queries.environment_list,
+    api.WebhookRotate: commands.webhook_rotate,
+    api.WebhookResolve: queries.webhook_resolve,
+    api.RunCreate: commands.run_create,
+    api.RunGet: queries.run_get,
+    api.RunList: queries.run_list,
+    api.LogsGet: queries.logs_get,
+    api.ApprovalGet: queries.approval_get,
+    api.CallbackRedeem: commands.callback_redeem,
+    api.AuditRecord: commands.audit_record,
+    api.AuditList: queries.audit_list,
+    api.DeployRecordGet: queries.deploy_record,
+    api.Ping: queries.ping,
+}
+
+# What "PostgreSQL is not there" looks like from asyncpg: refused or lost connections, a server
+# shutting down or starting, a pool being closed, an acquire that timed out.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+_request = msgspec.json.Decoder(StoreRequest)
+_encoder = msgspec.json.Encoder()
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+
+
+def decode_error(exc: msgspec.DecodeError) -> StoreError:
+    """msgspec's `Expected str, got int - at `$.template.name`` as a message and a field path."""
+    text = str(exc)
+    match = _AT.search(text)
+    path = match["path"] if match else ""
+    message = _AT.sub("", text)
+    if missing := _MISSING.search(message):  # the field is inside the object `at` names
+        path = f"{path}.{missing['field']}" if path else missing["field"]
+    if path:
+        message = f"{path}: {message}"
+    return StoreError(code="invalid", message=f"undecodable store request: {message}", path=path)
+
+
+def encode_reply(answer: msgspec.Struct) -> bytes:
+    if isinstance(answer, StoreError):
+        return _encoder.encode(Reply(error=answer))
+    return _encoder.encode(Reply(result=msgspec.Raw(_encoder.encode(answer))))
+
+
+async def handle(ctx: StoreContext, payload: bytes) -> bytes:
+    """The encoded Reply to one encoded request; never raises (but for cancellation)."""
+    try:
+        request = _request.decode(payload)
+    except msgspec.DecodeError as exc:
+        return encode_reply(decode_error(exc))
+    return encode_reply(await answer(ctx, request))
+
+
+async def answer(ctx: StoreContext, request: StoreRequest) -> msgspec.Struct:
+    op = api.op_of(request)
+    try:
+        return await OPS[type(request)](ctx, request)
+    except UNAVAILABLE as exc:
+        log.warning("store_unavailable", op=op, error=f"{type(exc).__name__}: {exc}")
+        return StoreError(code="unavailable", message=f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
+    except Exception as exc:
+        log.exception("store_op_failed", op=op, tenant=getattr(request, "tenant", ""))
+        return StoreError(code="internal", message=f"{op} failed: {type(exc).__name__} (see the store's log)")

@@ -1,0 +1,334 @@
+"""The store's read ops: each one query (or two) filtered by tenant, rows turned into api Structs.
+
+Another tenant's object is simply not found: every WHERE names the tenant."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from trellis_core.events import Problem, SourceFile
+from trellis_core.workflow import Workflow
+from trellis_store.api import (
+    MASK,
+    ActivityRow,
+    Approval,
+    ApprovalGet,
+    AuditEntries,
+    AuditEntry,
+    AuditList,
+    DeployRecord,
+    DeployRecordGet,
+    Documents,
+    Environment,
+    EnvironmentGet,
+    EnvironmentList,
+    Environments,
+    LogChunkRow,
+    LogChunks,
+    LogsGet,
+    Ping,
+    Pong,
+    Principal,
+    RunDetail,
+    RunGet,
+    RunList,
+    Runs,
+    RunSummary,
+    StoreError,
+    TemplateBundle,
+    TemplateBundleGet,
+    TemplateDocument,
+    TemplateList,
+    TemplateRef,
+    TokenVerify,
+    WebhookResolve,
+    WebhookTarget,
+)
+from trellis_store.context import StoreContext, check_limit, error, etag_of
+from trellis_store.sealing import SealError
+
+_activities = msgspec.json.Decoder(tuple[ActivityRow, ...])
+_sources = msgspec.json.Decoder(tuple[SourceFile, ...])
+_problems = msgspec.json.Decoder(tuple[Problem, ...])
+_workflow = msgspec.json.Decoder(Workflow)
+_str_map = msgspec.json.Decoder(dict[str, str])
+_outputs = msgspec.json.Decoder(dict[str, dict[str, Any]])
+_any = msgspec.json.Decoder()
+
+DOCUMENT_COLUMNS = "kind, name, version, description, path, digest, published_at, published_by"
+
+
+def document_of(row: Any) -> TemplateDocument:
+    return TemplateDocument(
+        kind=row["kind"],
+        name=row["name"],
+        version=row["version"],
+        description=row["description"],
+        path=row["path"],
+        digest=row["digest"],
+        published_at=row["published_at"],
+        published_by=row["published_by"],
+    )
+
+
+async def token_verify(ctx: StoreContext, req: TokenVerify) -> Principal | StoreError:
+    row = await ctx.pool.fetchrow(
+        'SELECT token_id, tenant, role, "user" FROM tokens WHERE sha256 = $1 AND revoked_at IS NULL',
+        req.token_sha256.lower(),
+    )
+    if row is None:
+        return error("not_found", "no such token (unknown or revoked)", "token_sha256")
+    return Principal(tenant=row["tenant"], role=row["role"], user=row["user"], token_id=row["token_id"])
+
+
+async def template_list(ctx: StoreContext, req: TemplateList) -> Documents:
+    rows = await ctx.pool.fetch(
+        f"SELECT {DOCUMENT_COLUMNS} FROM templates WHERE tenant = $1 AND ($2 = '' OR kind = $2) "
+        "AND ($3 = '' OR name = $3) ORDER BY kind, name, version",
+        req.tenant,
+        req.kind,
+        req.name,
+    )
+    return Documents(documents=tuple(document_of(r) for r in rows))
+
+
+async def template_bundle(ctx: StoreContext, req: TemplateBundleGet) -> TemplateBundle | StoreError:
+    text = await ctx.pool.fetchval(
+        "SELECT b.sources::text FROM templates t "
+        "JOIN template_bundles b ON b.tenant = t.tenant AND b.digest = t.bundle "
+        "WHERE t.tenant = $1 AND t.kind = 'EnvironmentTemplate' AND t.name = $2 AND t.version = $3",
+        req.tenant,
+        req.name,
+        req.version,
+    )
+    if text is None:
+        return error("not_found", f"no EnvironmentTemplate {req.name}@{req.version} is published", "name")
+    return TemplateBundle(name=req.name, version=req.version, sources=_sources.decode(text))
+
+
+ENV_COLUMNS = (
+    "name, template_name, template_version, variables::text AS variables, sealed::text AS sealed, sensitive, agents, "
+    "status, revision, outputs::text AS outputs, last_run_id, created_at, updated_at"
+)
+
+
+def environment_of(ctx: StoreContext, row: Any, *, reveal: bool) -> Environment:
+    """The API's view of a row: sealed values masked, or opened when `reveal` asks for them."""
+    variables = _str_map.decode(row["variables"])
+    for name, sealed in _str_map.decode(row["sealed"]).items():
+        variables[name] = ctx.sealer.open(sealed) if reveal else MASK
+    return Environment(
+        name=row["name"],
+        template=TemplateRef(name=row["template_name"], version=row["template_version"]),
+        status=row["status"],
+        etag=etag_of(row["revision"]),
+        variables=variables,
+        sensitive=tuple(row["sensitive"]),
+        agents=tuple(row["agents"]),
+        outputs=_outputs.decode(row["outputs"]),
+        last_run_id=row["last_run_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment | StoreError:
+    row = await ctx.pool.fetchrow(
+        f"SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 AND name = $2", req.tenant, req.name
+    )
+    if row is None:
+        return error("not_found", f"no environment {req.name!r}", "name")
+    try:
+        return environment_of(ctx, row, reveal=req.reveal)
+    except SealError as exc:
+        return error("internal", f"environment {req.name!r}: {exc}")
+
+
+async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:
+    if (bad := check_limit(req.limit)) is not None:
+        return bad
+    rows = await ctx.pool.fetch(
+        f"SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3",
+        req.tenant,
+        req.after,
+        req.limit,
+    )
+    return Environments(environments=tuple(environment_of(ctx, r, reveal=False) for r in rows))
+
+
+async def webhook_resolve(ctx: StoreContext, req: WebhookResolve) -> WebhookTarget | StoreError:
+    row = await ctx.pool.fetchrow(
+        "SELECT tenant, name FROM environments WHERE webhook_sha256 = $1 AND name = $2",
+        req.secret_sha256.lower(),
+        req.environment,
+    )
+    if row is None:
+        return error("not_found", f"no webhook of environment {req.environment!r} has this secret", "secret_sha256")
+    return WebhookTarget(tenant=row["tenant"], environment=row["name"])
+
+
+RUN_COLUMNS = "run_id, environment, action, status, requested_by, requested_at, started_at, finished_at, message"
+
+# The whole activity list built by PostgreSQL as one JSON array in workflow order: one round
+# trip and one msgspec decode, however many activities (a 7,000-activity run stays fast).
+ACTIVITIES_JSON = """
+SELECT coalesce(json_agg(json_build_object(
+    'id', activity_id, 'kind', kind, 'status', status, 'resource', resource, 'stage', stage,
+    'depends_on', depends_on, 'attempts', attempts, 'agent', agent, 'started_at', started_at,
+    'finished_at', finished_at, 'outputs', outputs, 'reason', reason, 'exit_code', exit_code
+) ORDER BY ordinal), '[]')::text
+FROM activities WHERE tenant = $1 AND run_id = $2
+"""
+
+
+def summary_fields(row: Any) -> dict[str, Any]:
+    return {
+        "run_id": row["run_id"],
+        "environment": row["environment"],
+        "action": row["action"],
+        "status": row["status"],
+        "requested_by": row["requested_by"],
+        "requested_at": row["requested_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "message": row["message"],
+    }
+
+
+async def run_get(ctx: StoreContext, req: RunGet) -> RunDetail | StoreError:
+    """The run and every activity in workflow order. The activities of a big run are read once
+    per projected event (ActivityCache); run row, version and activities come from one snapshot."""
+    workflow = ", r.workflow::text AS workflow" if req.with_workflow else ", NULL::text AS workflow"
+    async with ctx.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        row = await conn.fetchrow(
+            f"SELECT {RUN_COLUMNS}, errors::text AS errors, outputs::text AS outputs{workflow}, "
+            "(SELECT coalesce(max(e.seq), 0) FROM events e WHERE e.tenant = r.tenant AND e.run_id = r.run_id) "
+            "AS version "
+            "FROM runs r WHERE r.tenant = $1 AND r.run_id = $2",
+            req.tenant,
+            req.run_id,
+        )
+        if row is None:
+            return error("not_found", f"no run {req.run_id!r}", "run_id")
+        activities = ctx.activities.get(req.tenant, req.run_id, row["version"])
+        if activities is None:
+            activities = _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
+            ctx.activities.put(req.tenant, req.run_id, row["version"], activities)
+    return RunDetail(
+        **summary_fields(row),
+        activities=activities,
+        errors=_problems.decode(row["errors"]),
+        outputs=_outputs.decode(row["outputs"]),
+        workflow=_workflow.decode(row["workflow"]) if row["workflow"] else None,
+    )
+
+
+async def run_list(ctx: StoreContext, req: RunList) -> Runs | StoreError:
+    if (bad := check_limit(req.limit)) is not None:
+        return bad
+    rows = await ctx.pool.fetch(
+        f"SELECT {RUN_COLUMNS} FROM runs WHERE tenant = $1 AND ($2 = '' OR environment = $2) "
+        "AND ($3 = '' OR run_id < $3) ORDER BY run_id DESC LIMIT $4",
+        req.tenant,
+        req.environment,
+        req.before,
+        req.limit,
+    )
+    return Runs(runs=tuple(RunSummary(**summary_fields(r)) for r in rows))
+
+
+async def logs_get(ctx: StoreContext, req: LogsGet) -> LogChunks | StoreError:
+    if (bad := check_limit(req.limit)) is not None:
+        return bad
+    if req.after < 0:
+        return error("invalid", f"after must be 0 or a position, got {req.after}", "after")
+    async with ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT position, activity_id, attempt, sequence, stream, data, occurred_at FROM log_chunks "
+            "WHERE tenant = $1 AND run_id = $2 AND position > $3 AND ($4 = '' OR activity_id = $4) "
+            "ORDER BY position LIMIT $5",
+            req.tenant,
+            req.run_id,
+            req.after,
+            req.activity_id,
+            req.limit,
+        )
+        if not rows and not await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE tenant = $1 AND run_id = $2)", req.tenant, req.run_id
+        ):
+            return error("not_found", f"no run {req.run_id!r}", "run_id")
+    return LogChunks(chunks=tuple(LogChunkRow(**dict(r)) for r in rows))
+
+
+async def approval_get(ctx: StoreContext, req: ApprovalGet) -> Approval | StoreError:
+    row = await ctx.pool.fetchrow(
+        "SELECT run_id, activity_id, attempt, approvers, requested_at, expires_at, decision, decided_by, comment "
+        "FROM approvals WHERE tenant = $1 AND run_id = $2 AND activity_id = $3",
+        req.tenant,
+        req.run_id,
+        req.activity_id,
+    )
+    if row is None:
+        return error("not_found", f"run {req.run_id!r} has no approval {req.activity_id!r}", "activity_id")
+    return Approval(**{**dict(row), "approvers": tuple(row["approvers"])})
+
+
+async def audit_list(ctx: StoreContext, req: AuditList) -> AuditEntries | StoreError:
+    if (bad := check_limit(req.limit)) is not None:
+        return bad
+    rows = await ctx.pool.fetch(
+        "SELECT id, at, actor, action, target, detail::text AS detail, remote FROM audit WHERE tenant = $1 "
+        "ORDER BY id DESC LIMIT $2",
+        req.tenant,
+        req.limit,
+    )
+    return AuditEntries(entries=tuple(AuditEntry(**{**dict(r), "detail": _any.decode(r["detail"])}) for r in rows))
+
+
+async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord | StoreError:
+    """A consistent read: first wait until the projection has written every event published
+    before this request, so a deploy that just finished is seen."""
+    last = await ctx.projection.events_last_seq()
+    if not await ctx.projection.wait_projected(last, ctx.barrier_timeout):
+        return error(
+            "unavailable",
+            f"the store's projection has not caught up with event {last} within {ctx.barrier_timeout:g}s",
+        )
+    row = await ctx.pool.fetchrow(
+        "SELECT deployed, deploy_run_id, outputs::text AS outputs, deployed_variables::text AS variables "
+        "FROM environments WHERE tenant = $1 AND name = $2",
+        req.tenant,
+        req.environment,
+    )
+    if row is None or not row["deployed"]:
+        return DeployRecord(deployed=False)
+    try:
+        variables = open_deployed_variables(ctx, _any.decode(row["variables"]))
+    except (SealError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return error("internal", f"environment {req.environment!r}: its deployed variables do not open: {exc}")
+    return DeployRecord(
+        deployed=True, run_id=row["deploy_run_id"], outputs=_outputs.decode(row["outputs"]), variables=variables
+    )
+
+
+def open_deployed_variables(ctx: StoreContext, stored: Any) -> dict[str, str]:
+    """`deployed_variables` as the projection writes it: `{"sealed": "<seal of the JSON object>"}`,
+    `{"plain": {...}}` (a projection run without a seal key), or `{}` for none."""
+    if isinstance(stored, dict) and set(stored) == {"sealed"}:
+        return _str_map.decode(ctx.sealer.open(stored["sealed"]))
+    if isinstance(stored, dict) and set(stored) == {"plain"}:
+        return msgspec.convert(stored["plain"], dict[str, str])
+    if isinstance(stored, str):  # a bare sealed string
+        return _str_map.decode(ctx.sealer.open(stored))
+    return msgspec.convert(stored, dict[str, str])
+
+
+async def ping(ctx: StoreContext, req: Ping) -> Pong:
+    await ctx.pool.fetchval("SELECT 1")
+    return Pong(
+        schema_version=ctx.schema_version,
+        projected_events=ctx.projection.projected_events,
+        projected_logs=ctx.projection.projected_logs,
+    )
