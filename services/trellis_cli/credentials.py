@@ -3,7 +3,6 @@ keeps the same seal key (sealed values stay readable), callback key and tokens."
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import stat
@@ -12,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from trellis_core.errors import ConfigError
+from trellis_store.sealing import new_key
 
 FILE_NAME = "credentials.json"
 
@@ -28,21 +28,9 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 _decode = msgspec.json.Decoder(Credentials).decode
 
 
-def new_seal_key() -> str:
-    """The store's own key maker when it is there; 32 random bytes in base64 otherwise."""
-    try:
-        from trellis_store.sealing import new_key  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return base64.b64encode(secrets.token_bytes(32)).decode()
-    key = new_key()
-    if isinstance(key, bytes):
-        return base64.b64encode(key).decode() if len(key) == 32 else key.decode()
-    return str(key)
-
-
 def generate() -> Credentials:
     return Credentials(
-        seal_key=new_seal_key(),
+        seal_key=new_key(),
         callback_key=secrets.token_urlsafe(48),
         admin_token="trellis-admin-" + secrets.token_urlsafe(32),
     )
