@@ -17,6 +17,9 @@ import pytest
 from embedded_stack_support import cli_env, servers_of, trellis
 from gateway_cli_support import BROKEN, DevUp, run_document, start, wait_for, write_templates
 
+from trellis_cli.devstack import DevStack
+from trellis_core.settings import Settings
+
 RUN_ID = re.compile(r"^run (\S+): (deploy|destroy) of environment (\S+) started$", re.MULTILINE)
 
 
@@ -62,6 +65,15 @@ def test_dev_up_prints_exports_that_work_in_another_shell(up: DevUp) -> None:
     assert second.returncode == 1
     assert f"export TRELLIS_GATEWAY_URL={up.exports['TRELLIS_GATEWAY_URL']}" in second.stderr
     assert str(up.data_dir / "credentials.json") in second.stderr
+
+
+async def test_a_command_joining_the_stack_gets_its_gateway_and_the_saved_token(up: DevUp) -> None:
+    joined = DevStack(Settings.from_env({}, data_dir=up.data_dir), notify=lambda _: None)
+    async with joined:
+        assert joined.joined is not None
+        assert joined.settings.gateway_url == up.exports["TRELLIS_GATEWAY_URL"]
+        assert joined.settings.token == up.exports["TRELLIS_TOKEN"]
+        assert joined.settings.nats_url == up.exports["TRELLIS_NATS_URL"]
 
 
 def test_publish_apply_deploy_show_logs_and_destroy(up: DevUp) -> None:
