@@ -77,10 +77,10 @@ def callback_url(base_url: str, token: str) -> str:
 
 def verify(key: bytes, token: str, now: datetime) -> CallbackClaims | str:
     """The token's claims, or why it is refused (never which part of the signature was wrong)."""
-    if len(token) > _MAX_TOKEN or token.count(".") != 1:
+    if len(token) > _MAX_TOKEN or token.count(".") != 1 or not token.isascii():
         return "malformed callback token"
     body, signature = token.split(".")
-    if not hmac.compare_digest(_sign(key, body), signature):
+    if not hmac.compare_digest(_sign(key, body).encode(), signature.encode()):
         return "callback token signature does not match"
     try:
         claims = _decode(_unb64(body))

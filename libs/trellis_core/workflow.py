@@ -154,6 +154,14 @@ class Activity(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
         return self.agents[0] if self.agents else DEFAULT_POOL
 
 
+class LastDeploy(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """The environment's last successful deploy as the state store knew it when the run was
+    compiled: `executeOnce` hooks already ran, and what a destroy renders outputs with."""
+
+    run_id: str = ""
+    outputs: dict[str, dict[str, Any]] = {}  # resource -> output -> {"value": ...}; a deploy's is left empty
+
+
 class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     """The compiled DAG of one run, activities in a stable topological order."""
 
@@ -168,6 +176,9 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     scope: dict[str, Any] = {}
     # The run request's own values (`--var`), kept so that a destroy can reuse the last deploy's.
     requested_variables: dict[str, str] = {}
+    # Set by the compiler service from the state store (None: no deploy recorded, or not asked);
+    # the scheduler prefers what it saw itself since it started (see trellis_engine.transitions).
+    last_deploy: LastDeploy | None = None
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

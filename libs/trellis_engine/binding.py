@@ -9,6 +9,7 @@ render budget.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -35,17 +36,49 @@ class Renderer(Protocol):
         ...
 
 
-def late_scope(run: RunState, activity: Activity) -> dict[str, Any]:
+class CallbackMinter(Protocol):
+    """Mints the callback URL of one approval attempt (the scheduler's: a signed, expiring token
+    on the gateway's URL, or "" when it has no key). Not pure: it is called only at dispatch."""
+
+    def __call__(self, tenant: str, run_id: str, activity: Activity, attempt: int, now: float) -> str: ...
+
+
+class _Approval(Mapping[str, str]):
+    """`approval` in an approval attempt's scope: `callback_url` is minted when an expression
+    first reads it (so an approval whose strings never name it mints nothing)."""
+
+    def __init__(self, mint: Callable[[], str]) -> None:
+        self._mint = mint
+        self._url: str | None = None
+
+    def __getitem__(self, key: str) -> str:
+        if key != "callback_url":
+            raise KeyError(key)
+        if self._url is None:
+            self._url = self._mint()
+        return self._url
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("callback_url",))
+
+    def __len__(self) -> int:
+        return 1
+
+
+def late_scope(run: RunState, activity: Activity, callback: Callable[[], str] | None = None) -> dict[str, Any]:
     """The names a late-bound expression sees: the workflow's scope, the activity's own inputs
-    as `variables`, and every output recorded so far as `resource.R.output.K.value` (read-only
-    views: the recorded outputs belong to the run, never to an expression)."""
+    as `variables`, every output recorded so far as `resource.R.output.K.value` (read-only
+    views: the recorded outputs belong to the run, never to an expression), and for an approval
+    attempt being dispatched `approval.callback_url` from `callback`."""
     scope = dict(run.workflow.scope)
     scope["variables"] = activity.inputs
     scope["resource"] = MappingProxyType(
         {name: {"output": MappingProxyType(outputs)} for name, outputs in run.outputs.items()}
     )
-    # The callback URL is minted later (by the agent that sends the notification): keep it as is.
-    scope.setdefault("approval", {"callback_url": "$(approval.callback_url)$"})
+    if callback is not None:
+        scope["approval"] = _Approval(callback)
+    else:  # no attempt is being dispatched (a skip condition, a test): keep the expression as is
+        scope.setdefault("approval", {"callback_url": "$(approval.callback_url)$"})
     return scope
 
 

@@ -11,17 +11,20 @@ import heapq
 from typing import Any
 
 from trellis_core.events import ActivityCancelled, ActivityLost, ActivityTimedOut
-from trellis_engine.binding import Renderer
+from trellis_engine.binding import CallbackMinter, Renderer
 from trellis_engine.commands import Cancel, Command, ScheduleWake
 from trellis_engine.fold import fold
 from trellis_engine.runs import advance, emit, stamp
 from trellis_engine.state import ACTIVE, TERMINAL_RUN, SchedulerState, Timer
 
 
-def decide(st: SchedulerState, now: float, *, render: Renderer | None = None) -> tuple[SchedulerState, list[Command]]:
+def decide(
+    st: SchedulerState, now: float, *, render: Renderer | None = None, mint: CallbackMinter | None = None
+) -> tuple[SchedulerState, list[Command]]:
     """What to do at time `now` (epoch seconds): dispatches, cancels, the scheduler's own
     events (already folded into the state), and when to be called again. `render` binds
-    late expressions; without it an activity that has some fails, saying so."""
+    late expressions; without it an activity that has some fails, saying so. `mint` gives an
+    approval attempt its `approval.callback_url` (without it the expression is left as is)."""
     cmds: list[Command] = []
     _fire_timers(st, now, cmds)
     while st.dirty:
@@ -30,7 +33,7 @@ def decide(st: SchedulerState, now: float, *, render: Renderer | None = None) ->
         for run_id in batch:
             run = st.runs.get(run_id)
             if run is not None and run.status not in TERMINAL_RUN:
-                advance(st, run, now, cmds, render)
+                advance(st, run, now, cmds, render, mint)
     wake = st.next_wake()
     if wake is not None:
         cmds.append(ScheduleWake(at=wake))

@@ -3,9 +3,11 @@ limits, cancel, and complete. Each emits the events the scheduler itself is the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +20,10 @@ from trellis_core.events import (
     RunStarted,
     TerminalRunStatus,
 )
+from trellis_core.workflow import Activity
 from trellis_engine import limits
 from trellis_engine.binding import (
+    CallbackMinter,
     Renderer,
     RenderError,
     late_scope,
@@ -28,7 +32,7 @@ from trellis_engine.binding import (
 )
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
 from trellis_engine.state import IN_FLIGHT, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import close_run, finish, set_status, start_run
+from trellis_engine.transitions import close_run, deployed_before, finish, set_status, start_run
 
 
 def stamp(now: float, key: str) -> dict[str, Any]:
@@ -44,7 +48,14 @@ def emit(cmds: list[Command], event: Event) -> None:
     cmds.append(PublishEvent(event=event))  # type: ignore[arg-type]
 
 
-def advance(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:
+def advance(
+    st: SchedulerState,
+    run: RunState,
+    now: float,
+    cmds: list[Command],
+    render: Renderer | None,
+    mint: CallbackMinter | None = None,
+) -> None:
     """Move one run forward as far as it can go now."""
     if run.status == "queued":
         if run.failed or run.cancel_requested:
@@ -67,7 +78,7 @@ def advance(st: SchedulerState, run: RunState, now: float, cmds: list[Command], 
         return
     if run.cancel_requested and run.status == "running":
         begin_cancel(st, run, now, cmds)
-    dispatch_ready(st, run, now, cmds, render)
+    dispatch_ready(st, run, now, cmds, render, mint)
     if run.remaining == 0:
         complete_run(st, run, now, cmds)
 
@@ -100,7 +111,14 @@ def _pool(run: RunState, i: int) -> str:
     return run.activities[i].pool
 
 
-def dispatch_ready(st: SchedulerState, run: RunState, now: float, cmds: list[Command], render: Renderer | None) -> None:
+def dispatch_ready(
+    st: SchedulerState,
+    run: RunState,
+    now: float,
+    cmds: list[Command],
+    render: Renderer | None,
+    mint: CallbackMinter | None = None,
+) -> None:
     while run.ready:
         if not limits.run_has_slot(st, run):
             return
@@ -111,14 +129,14 @@ def dispatch_ready(st: SchedulerState, run: RunState, now: float, cmds: list[Com
         a = run.acts[i]
         if a.status != "ready" or a.retry_at:
             continue
-        _dispatch_one(st, run, i, now, cmds, render)
+        _dispatch_one(st, run, i, now, cmds, render, mint)
 
 
 def _skip_reason(st: SchedulerState, run: RunState, i: int, render: Renderer | None) -> tuple[str, str] | None:
     activity = run.activities[i]
     if activity.skip is not None and activity.skip.skip_on_destroy and run.action == "destroy":
         return "destroy", "skipOnDestroy"
-    if activity.execute_once and run.action == "deploy" and run.env_key in st.deployed:
+    if activity.execute_once and run.action == "deploy" and deployed_before(st, run):
         return "execute_once", "executeOnce: the environment was deployed before"
     condition = activity.skip.condition if activity.skip is not None else ""
     if condition and skip_condition_holds(condition, late_scope(run, activity), render):
@@ -127,7 +145,13 @@ def _skip_reason(st: SchedulerState, run: RunState, i: int, render: Renderer | N
 
 
 def _dispatch_one(
-    st: SchedulerState, run: RunState, i: int, now: float, cmds: list[Command], render: Renderer | None
+    st: SchedulerState,
+    run: RunState,
+    i: int,
+    now: float,
+    cmds: list[Command],
+    render: Renderer | None,
+    mint: CallbackMinter | None,
 ) -> None:
     activity, a = run.activities[i], run.acts[i]
     try:
@@ -136,11 +160,12 @@ def _dispatch_one(
             finish(st, run, i, "skipped", now, skip[1], skip[0])  # type: ignore[arg-type]
             return
         if run.needs_render[i]:
-            activity = render_activity(activity, late_scope(run, activity), render)
+            callback = _callback(run, activity, a.attempt + 1, now, mint)
+            activity = render_activity(activity, late_scope(run, activity, callback), render)
     except RenderError as exc:
         a.attempt += 1  # the failure is an event of its own attempt, so a replay sees it too
         reason = f"cannot render: {exc}"
-        if run.action == "destroy" and run.env_key not in st.deployed:
+        if run.action == "destroy" and not deployed_before(st, run):
             reason += f" (no deploy of environment {run.environment!r} is recorded: "
             reason += "a destroy renders with the last deploy's outputs)"
         key = f"{run.run_id}/{activity.id}/{a.attempt}/failed"
@@ -181,6 +206,15 @@ def _dispatch_one(
             **stamp(now, key),
         ),
     )
+
+
+def _callback(
+    run: RunState, activity: Activity, attempt: int, now: float, mint: CallbackMinter | None
+) -> Callable[[], str] | None:
+    """How an approval attempt gets its callback URL: minted when an expression first reads it."""
+    if mint is None or activity.kind != "approval":
+        return None
+    return functools.partial(mint, run.tenant, run.run_id, activity, attempt, now)
 
 
 def complete_run(

@@ -216,9 +216,10 @@ class SchedulerState:
     finished: Tombstones = field(default_factory=lambda: Tombstones(EngineConfig().tombstone_seconds))
     env_holder: dict[tuple[str, str], str] = field(default_factory=dict)
     env_queue: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)
-    deployed: set[tuple[str, str]] = field(default_factory=set)  # environments with a successful deploy
-    # the outputs of each environment's last successful deploy: what a destroy run renders with
-    env_outputs: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # What this scheduler saw since it started: the outputs of each environment's last successful
+    # deploy (what a destroy renders with), None once a destroy of it succeeded. Of an environment
+    # it saw nothing of, the run's `workflow.last_deploy` (the state store's record) speaks.
+    env_outputs: dict[tuple[str, str], dict[str, dict[str, Any]] | None] = field(default_factory=dict)
     tenant_inflight: dict[str, int] = field(default_factory=dict)
     starved: dict[str, set[str]] = field(default_factory=dict)  # tenant -> runs waiting for a slot
     dirty: set[str] = field(default_factory=set)

@@ -8,6 +8,8 @@ recursion, so a 500-long chain of skips cannot overflow the stack.
 
 from __future__ import annotations
 
+from typing import Any
+
 from trellis_core.events import TerminalRunStatus
 from trellis_engine import limits
 from trellis_engine.state import (
@@ -166,12 +168,28 @@ def reset_workspace(st: SchedulerState, run: RunState, workspace: str, lost_agen
         promote_if_unblocked(st, run, k, now)
 
 
+def last_deploy_outputs(st: SchedulerState, run: RunState) -> dict[str, dict[str, Any]] | None:
+    """The outputs of the run's environment's last successful deploy, None if it has none now:
+    what this scheduler saw itself since it started, else what the state store knew when the run
+    was compiled. (So a run of the environment that ended after this one was compiled but before
+    this scheduler started is not seen here; the compiler has the same view for its variables.)"""
+    if run.env_key in st.env_outputs:
+        return st.env_outputs[run.env_key]
+    last = run.workflow.last_deploy
+    return last.outputs if last is not None else None
+
+
+def deployed_before(st: SchedulerState, run: RunState) -> bool:
+    """Whether the run's environment has a successful deploy that no destroy undid."""
+    return last_deploy_outputs(st, run) is not None
+
+
 def start_run(st: SchedulerState, run: RunState, now: float) -> None:
     """The run holds its environment: its root activities become ready."""
     run.status = "running"
     run.started_at = now
     if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
-        previous = st.env_outputs.get(run.env_key, {})
+        previous = last_deploy_outputs(st, run) or {}
         run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
     for i, a in enumerate(run.acts):
         if a.status == "pending" and a.unfinished == 0:
@@ -197,11 +215,9 @@ def close_run(
     run.finished_at = now
     limits.release(st, run)
     if status == "succeeded" and run.action == "deploy":
-        st.deployed.add(run.env_key)
         st.env_outputs[run.env_key] = run.outputs
     elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
-        st.deployed.discard(run.env_key)
-        st.env_outputs.pop(run.env_key, None)
+        st.env_outputs[run.env_key] = None
     starved = st.starved.get(run.tenant)
     if starved:
         starved.discard(run.run_id)

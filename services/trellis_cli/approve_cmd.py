@@ -9,7 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from trellis_cli.gateway_client import GatewayClient, quoted
-from trellis_cli.gateway_cmd import run_on_gateway
+from trellis_cli.gateway_common import run_on_gateway
 from trellis_core.settings import Settings
 
 

@@ -11,7 +11,7 @@ import msgspec
 
 from trellis_cli.bus_cmd import connected, current_user, run_on_bus, stored_count
 from trellis_cli.gateway_client import GatewayClient, gateway_configured, quoted
-from trellis_cli.gateway_cmd import run_on_gateway
+from trellis_cli.gateway_common import run_on_gateway
 from trellis_core import subjects
 from trellis_core.events import RunCancelRequested
 from trellis_core.settings import Settings

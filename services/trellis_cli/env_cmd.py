@@ -10,7 +10,7 @@ import msgspec
 from rich.console import Console
 
 from trellis_cli.gateway_client import GatewayClient, GatewayError, quoted
-from trellis_cli.gateway_cmd import run_on_gateway, table, when
+from trellis_cli.gateway_common import run_on_gateway, table, when
 from trellis_cli.gateway_run import follow_run
 from trellis_cli.run_progress import RunView, Screen, print_summary
 from trellis_core.errors import ConfigError

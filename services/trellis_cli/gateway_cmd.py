@@ -1,53 +1,26 @@
-"""What the commands that work through the gateway share: settings, the client, exit codes
-(2: the command line or a setting is wrong; 1: the gateway refused or could not be reached),
-and plain-text tables."""
+"""`trellis gateway`: run the hook-gateway (the REST API) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime
+import argparse
 from typing import Any
 
-from trellis_cli.gateway_client import GatewayClient, gateway_settings
-from trellis_core.errors import ConfigError, TrellisError
-from trellis_core.settings import Settings
 
-Work = Callable[[GatewayClient, Settings], Coroutine[Any, Any, int]]
-
-
-def run_on_gateway(command: str, work: Work, *, tenant: str | None = None) -> int:
-    """Run `work` with a client of TRELLIS_GATEWAY_URL; errors are printed as `trellis COMMAND: ...`."""
-    try:
-        settings = gateway_settings(command, tenant)
-    except ConfigError as exc:
-        print(f"trellis {command}: {exc}", file=sys.stderr)
-        return 2
-
-    async def main() -> int:
-        async with GatewayClient(settings) as gw:
-            return await work(gw, settings)
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        print(f"trellis {command}: {exc}", file=sys.stderr)
-        return 2
-    except TrellisError as exc:
-        print(f"trellis {command}: {exc}", file=sys.stderr)
-        return 1
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="serve the REST API, live streams, approval callbacks and webhooks (the hook-gateway)",
+        description="Serve /v1 on TRELLIS_GATEWAY_LISTEN (host:port). Needs TRELLIS_NATS_URL and a running "
+        "state store; TRELLIS_ADMIN_TOKEN enables POST /v1/tenants, TRELLIS_CALLBACK_KEY approval callbacks.",
+    )
+    parser.set_defaults(func=run_gateway)
 
 
-def when(moment: datetime | None) -> str:
-    return f"{moment:%Y-%m-%d %H:%M:%S}" if moment is not None else "-"
+def run_gateway(args: argparse.Namespace) -> int:
+    from trellis_cli.service_runner import run_service, settings_or_exit
+    from trellis_gateway.app import serve
 
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns, two spaces apart, the last one unpadded."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
-    lines = []
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=False)] + [str(row[-1])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    settings = settings_or_exit("gateway")
+    if isinstance(settings, int):
+        return settings
+    return run_service("gateway", settings, lambda bus, stop: serve(bus, settings, stop))

@@ -13,7 +13,7 @@ import msgspec
 
 from trellis_cli.bus_cmd import connected, run_on_bus, stored_count
 from trellis_cli.gateway_client import GatewayClient, gateway_configured, quoted
-from trellis_cli.gateway_cmd import run_on_gateway
+from trellis_cli.gateway_common import run_on_gateway
 from trellis_cli.gateway_run import LiveChunk
 from trellis_core import subjects
 from trellis_core.bus import Bus

@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.compiler_cmd",
     "trellis_cli.agent_cmd",
     "trellis_cli.scheduler_cmd",
+    "trellis_cli.store_cmd",
+    "trellis_cli.gateway_cmd",
     "trellis_cli.run_cmd",
     "trellis_cli.logs_cmd",
     "trellis_cli.cancel_cmd",

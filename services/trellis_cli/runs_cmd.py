@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from trellis_cli.gateway_client import GatewayClient, quoted
-from trellis_cli.gateway_cmd import run_on_gateway, table, when
+from trellis_cli.gateway_common import run_on_gateway, table, when
 from trellis_core.settings import Settings
 from trellis_store.api import RunDetail, Runs
 

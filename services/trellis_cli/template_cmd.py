@@ -111,7 +111,7 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from trellis_cli.gateway_cmd import run_on_gateway
+    from trellis_cli.gateway_common import run_on_gateway
     from trellis_cli.publish import publish
 
     async def work(gw: Any, settings: Any) -> int:

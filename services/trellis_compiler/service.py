@@ -4,8 +4,9 @@ Thin: it wires the bus to the pure compiler. A bad bundle becomes a `run.rejecte
 unexpected exception inside the compiler is reported the same way, so no request stops it.
 The files beside the templates are stored once, by digest, in the bundle object store, and
 every activity of the compiled run names that digest for the agents.
-A destroy compiles with the variables of the environment's last successful deploy (as the
-scheduler recorded it), overridden by those the destroy request gives.
+A destroy compiles with the variables of the environment's last successful deploy (the state
+store's record, see last_deploy.py), overridden by those the destroy request gives; the compiled
+workflow carries that deploy (`last_deploy`) for executeOnce hooks and a destroy's outputs.
 A compiled workflow larger than WORKFLOW_INLINE_MAX_BYTES is stored once, by digest, in the
 workflow object store and `run.compiled` names it; one over TRELLIS_WORKFLOW_MAX_BYTES is rejected.
 """
@@ -16,14 +17,15 @@ import asyncio
 import hashlib
 
 import msgspec
-import nats.js.errors
 
+from trellis_compiler.last_deploy import as_last_deploy, last_deploy, needs_last_deploy, store_refusal
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
 from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, encode, pack_bundle
 from trellis_core.logs import get_logger
 from trellis_core.settings import WORKFLOW_INLINE_MAX_BYTES
-from trellis_scheduler.store import DeployRecord, last_deploy
+from trellis_store.api import DeployRecord, StoreError
+from trellis_store.client import StoreClient
 from trellis_templates.bundle import file_problems
 from trellis_templates.compiler import CompileResult, compile_sources
 
@@ -53,13 +55,13 @@ def compile_request(request: RunRequested, *, email_relay_url: str = "") -> Comp
 
 def with_deploy_variables(request: RunRequested, record: DeployRecord | None) -> RunRequested:
     """A destroy request with its environment's last deploy's variables under its own."""
-    if request.action != "destroy" or record is None or not record.variables:
+    if request.action != "destroy" or record is None or not record.deployed or not record.variables:
         return request
     return msgspec.structs.replace(request, variables={**record.variables, **request.variables})
 
 
 def no_deploy_note(request: RunRequested, record: DeployRecord | None) -> tuple[str, ...]:
-    if request.action != "destroy" or record is not None:
+    if request.action != "destroy" or (record is not None and record.deployed):
         return ()
     return (
         f"no deploy of environment {request.environment!r} is recorded for tenant {request.tenant!r}: "
@@ -67,14 +69,17 @@ def no_deploy_note(request: RunRequested, record: DeployRecord | None) -> tuple[
     )
 
 
-def outcome(request: RunRequested, result: CompileResult, notes: tuple[str, ...] = ()) -> RunCompiled | RunRejected:
+def outcome(
+    request: RunRequested, result: CompileResult, notes: tuple[str, ...] = (), record: DeployRecord | None = None
+) -> RunCompiled | RunRejected:
     """The run's compiled workflow, stamped with the request's variables (a later destroy reuses
-    them) and `notes` as warnings; or its rejection."""
+    them), `notes` as warnings and the environment's last deploy (`record`); or its rejection."""
     if result.workflow is not None and not result.errors:
         workflow = msgspec.structs.replace(
             result.workflow,
             requested_variables=dict(request.variables),
             warnings=(*result.workflow.warnings, *notes),
+            last_deploy=as_last_deploy(request, record),
         )
         return RunCompiled(
             tenant=request.tenant,
@@ -100,19 +105,36 @@ async def attach_files(bus: Bus, request: RunRequested, result: CompileResult) -
     return CompileResult(msgspec.structs.replace(result.workflow, activities=activities), result.warnings, ())
 
 
-async def handle(bus: Bus, request: RunRequested, delivery: Delivery, *, email_relay_url: str = "") -> None:
-    """Compile one request and publish its outcome; ack follows (the bus acks after we return)."""
+async def handle(
+    bus: Bus,
+    request: RunRequested,
+    delivery: Delivery,
+    *,
+    store: StoreClient,
+    stop: asyncio.Event | None = None,
+    email_relay_url: str = "",
+) -> None:
+    """Compile one request and publish its outcome; ack follows (the bus acks after we return).
+    The store is asked for the environment's last deploy only when the run needs it."""
     try:
         subjects.run_event(request.tenant, request.run_id, "run.compiled")
     except subjects.InvalidSubjectToken as exc:
         raise PermanentError(str(exc)) from None
     if reason := subjects.subject_mismatch(delivery.subject, request.tenant):
         raise PermanentError(reason)
-    record = await _last_deploy(bus, request) if request.action == "destroy" else None
-    request = with_deploy_variables(request, record)
+    record: DeployRecord | StoreError | None = None
+    if needs_last_deploy(request):
+        record = await last_deploy(store, request, delivery, stop)
+        request = with_deploy_variables(request, record) if isinstance(record, DeployRecord) else request
     result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
+    if record is None and result.workflow is not None and needs_last_deploy(request, result.workflow.activities):
+        record = await last_deploy(store, request, delivery, stop)
+    if isinstance(record, StoreError):
+        log.error("store_refused_last_deploy", tenant=request.tenant, run=request.run_id, code=record.code)
+        result = CompileResult(None, result.warnings, (Problem(message=store_refusal(request, record)),))
+        record = None
     result = await attach_files(bus, request, result)
-    event = outcome(request, result, no_deploy_note(request, record))
+    event = outcome(request, result, no_deploy_note(request, record), record)
     if isinstance(event, RunCompiled):
         event = await by_reference(bus, event)
     await delivery.in_progress()
@@ -146,26 +168,18 @@ async def by_reference(bus: Bus, event: RunCompiled) -> RunCompiled | RunRejecte
     digest = hashlib.sha256(blob).hexdigest()
     written = await put_workflow(bus, digest, blob)
     log.info("workflow_stored" if written else "workflow_known", run=event.run_id, workflow=digest, size=len(blob))
-    header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={})
+    header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={}, last_deploy=None)
     return msgspec.structs.replace(event, workflow=header, workflow_ref=digest)
-
-
-async def _last_deploy(bus: Bus, request: RunRequested) -> DeployRecord | None:
-    """The scheduler's record of the environment's last successful deploy, if any."""
-    try:
-        kv = await bus.js.key_value(subjects.KV_RUN_STATE)
-    except nats.js.errors.BucketNotFoundError:
-        return None
-    return await last_deploy(kv, request.tenant, request.environment)
 
 
 async def serve(
     bus: Bus, stop: asyncio.Event, *, ready: asyncio.Event | None = None, email_relay_url: str = ""
 ) -> None:
     """Consume `runs.requested` of every tenant until `stop` is set."""
+    store = StoreClient(bus.nc)
 
     async def handler(request: RunRequested, delivery: Delivery) -> None:
-        await handle(bus, request, delivery, email_relay_url=email_relay_url)
+        await handle(bus, request, delivery, store=store, stop=stop, email_relay_url=email_relay_url)
 
     consumer = bus.consumer(
         stream=subjects.STREAM_RUNS,
@@ -176,5 +190,8 @@ async def serve(
         ack_wait=60.0,
     )
     log.info("compiler_started")
-    await consumer.run(stop, ready=ready)
+    try:
+        await consumer.run(stop, ready=ready)
+    finally:
+        await store.close()
     log.info("compiler_stopped")

@@ -58,9 +58,10 @@ from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent, Sch
 from trellis_engine.decide import decide, fold
 from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
+from trellis_scheduler.callbacks import CallbackMinter
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import DeployRecord, SnapshotStore, encode_snapshot, run_key
+from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
 from trellis_templates.expressions import LATE
 
 log = get_logger("scheduler")
@@ -110,6 +111,7 @@ class Scheduler:
         config: EngineConfig | None = None,
         snapshot_interval: float = 0.2,
         render: Renderer | None = None,
+        mint: CallbackMinter | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
@@ -118,6 +120,7 @@ class Scheduler:
         self.st = SchedulerState(config=config or engine_config(settings))
         self.snapshot_interval = snapshot_interval
         self.render = render if render is not None else LATE
+        self.mint = mint if mint is not None else CallbackMinter(settings)
         self.lock = asyncio.Lock()
         self.unsaved: set[str] = set()  # runs changed since their last snapshot (not SchedulerState.dirty)
         self.publisher = PipelinedPublisher(bus)
@@ -263,7 +266,7 @@ class Scheduler:
         """Decide now and carry the commands out (publishes are confirmed later, in order)."""
         again = True
         while again:
-            _, cmds = decide(self.st, time.time(), render=self.render)
+            _, cmds = decide(self.st, time.time(), render=self.render, mint=self.mint)
             again = await self._execute(cmds)
 
     async def _execute(self, cmds: list[Command]) -> bool:
@@ -280,7 +283,6 @@ class Scheduler:
                     await self.publisher.publish(subject, self._encode_fitting(event), event.msg_id())
                     if isinstance(event, RunCompleted):
                         log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
-                        await self._remember_deploy(event)
                 case Cancel():
                     changed = await self._cancel(cmd) or changed
                 case ScheduleWake(at=at):
@@ -360,18 +362,6 @@ class Scheduler:
             payload = encode(msgspec.structs.replace(event, outputs={}, message=message))
         return payload
 
-    async def _remember_deploy(self, event: RunCompleted) -> None:
-        run = self.st.runs.get(event.run_id)
-        if run is None or event.status != "succeeded" or self.store is None:
-            return
-        record = None
-        if run.action == "deploy":
-            record = DeployRecord(outputs=event.outputs, variables=run.workflow.requested_variables)
-            if (size := len(encode(record))) > self.bus.nc.max_payload - HEADER_ROOM:
-                log.error("deploy_record_too_large", tenant=run.tenant, environment=run.environment, size=size)
-                return  # the previous record stays: a KV value is one bus message
-        await self.store.remember_environment(run.tenant, run.environment, record)
-
     async def _save_unsaved(self) -> None:
         if not self.unsaved or self.store is None:
             return
@@ -384,6 +374,7 @@ class Scheduler:
             await self.store.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
             if run.status in TERMINAL_RUN:
                 forget(self.st, run_id)
+                self.mint.forget(run_id)
 
     async def _snapshot_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -13,6 +13,7 @@ from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_engine.state import EngineConfig
+from trellis_scheduler.callbacks import CallbackMinter
 from trellis_scheduler.kv import leases_bucket
 from trellis_scheduler.lease import LEASE_KEY, Lease
 from trellis_scheduler.scheduler import Scheduler
@@ -34,7 +35,9 @@ async def serve(
     lease_ttl: float = 3.0,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Run one scheduler replica until `stop` is set. `tenant` narrows it to one tenant (tests)."""
+    """Run one scheduler replica until `stop` is set. `tenant` narrows it to one tenant (tests).
+    A TRELLIS_CALLBACK_KEY too short to sign with stops it here, before it takes the lease."""
+    mint = CallbackMinter(settings)
     kv = await leases_bucket(bus.js, settings)
     key = LEASE_KEY if tenant == "*" else f"{LEASE_KEY}-{tenant}"
     lease = Lease(kv, replica_id(), ttl_seconds=lease_ttl, key=key)
@@ -45,7 +48,7 @@ async def serve(
                 await asyncio.wait_for(stop.wait(), timeout=lease_ttl / 3)
             continue
         log.info("scheduler_lease_taken", replica=lease.holder)
-        lost = await _lead(Scheduler(bus, settings, tenant=tenant, config=config), lease, stop, ready)
+        lost = await _lead(Scheduler(bus, settings, tenant=tenant, config=config, mint=mint), lease, stop, ready)
         if stop.is_set():
             await lease.release()
         log.info("scheduler_term_over", replica=lease.holder, lease_lost=lost)

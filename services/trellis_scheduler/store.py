@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from typing import Any
 
 import msgspec
 import nats.errors
@@ -36,30 +35,12 @@ log = get_logger("scheduler.store")
 _decode_snapshot = msgspec.json.Decoder(RunSnapshot).decode
 _decode_compiled = msgspec.json.Decoder(RunCompiled).decode
 _encoder = msgspec.json.Encoder()
-
-
-class DeployRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """An environment's last successful deploy: what a destroy renders with and compiles with."""
-
-    version: int = 2  # records before it were the bare outputs: resource -> output -> {"value": ...}
-    outputs: dict[str, dict[str, Any]] = {}
-    variables: dict[str, str] = {}  # the deploy request's values, reused unless a destroy gives its own
-
-
-def decode_deploy_record(data: bytes) -> DeployRecord:
-    """A record, or one written before records held variables (then only the outputs)."""
-    raw = msgspec.json.decode(data)
-    if isinstance(raw, dict) and raw.get("version") == 2:  # an output map's values are never ints
-        return msgspec.convert(raw, DeployRecord)
-    return DeployRecord(outputs=msgspec.convert(raw, dict[str, dict[str, Any]]))
+# Deploy records (`deployed.<tenant>.<environment>`) that schedulers before the state store kept.
+OLD_DEPLOY_PREFIX = "deployed."
 
 
 def run_key(tenant: str, run_id: str) -> str:
     return f"run.{tenant}.{run_id}"
-
-
-def deployed_key(tenant: str, environment: str) -> str:
-    return f"deployed.{tenant}.{environment}"
 
 
 def encode_snapshot(run: RunState) -> bytes:
@@ -71,15 +52,6 @@ def encode_snapshot(run: RunState) -> bytes:
     return zlib.compress(_encoder.encode(snapshot(run)), 1)
 
 
-async def last_deploy(kv: KeyValue, tenant: str, environment: str) -> DeployRecord | None:
-    """The environment's last successful deploy, or None when none is recorded."""
-    try:
-        entry = await kv.get(deployed_key(tenant, environment))
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    return decode_deploy_record(entry.value) if entry.value else None
-
-
 class SnapshotStore:
     def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self.kv = kv
@@ -87,15 +59,6 @@ class SnapshotStore:
 
     async def save(self, run: RunState) -> None:
         await self.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
-
-    async def remember_environment(self, tenant: str, environment: str, record: DeployRecord | None) -> None:
-        """Record a successful deploy (None: the environment was destroyed)."""
-        key = deployed_key(tenant, environment)
-        if record is None:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                await self.kv.delete(key)
-            return
-        await self.kv.put(key, _encoder.encode(record))
 
     async def load_all(self, st: SchedulerState, now: float, *, tenant: str = "*") -> int:
         """Rebuild every run (of `tenant`, or all) from its snapshot and later events; the
@@ -107,9 +70,7 @@ class SnapshotStore:
             return 0
         if tenant != "*":
             keys = [k for k in keys if k.split(".")[1:2] == [tenant]]
-        for key in keys:
-            if key.startswith("deployed."):
-                await self._load_deployed(st, key)
+        await self._drop_deploy_records([k for k in keys if k.startswith(OLD_DEPLOY_PREFIX)])
         live = 0
         for key in keys:
             if not key.startswith("run."):
@@ -124,19 +85,13 @@ class SnapshotStore:
                 log.error("run_unrecoverable", key=key, error=repr(exc))
         return live
 
-    async def _load_deployed(self, st: SchedulerState, key: str) -> None:
-        _, tenant, environment = key.split(".", 2)
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            entry = await self.kv.get(key)
-            if not entry.value:
-                return
-            try:
-                outputs = decode_deploy_record(entry.value).outputs
-            except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
-                log.error("deployed_outputs_unreadable", key=key, error=decode_error(exc))
-                outputs = {}
-            st.deployed.add((tenant, environment))
-            st.env_outputs[(tenant, environment)] = outputs
+    async def _drop_deploy_records(self, keys: list[str]) -> None:
+        """Delete the deploy records older schedulers kept here (the state store keeps them now)."""
+        for key in keys:
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await self.kv.purge(key)
+        if keys:  # a warning: the state store knows only the deploys its projection has seen
+            log.warning("old_deploy_records_removed", count=len(keys), keys=keys[:10])
 
     async def _load_run(self, st: SchedulerState, key: str, now: float) -> int:
         """Rebuild the run of one snapshot key; 1 if it is live, else 0."""

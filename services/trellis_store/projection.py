@@ -1,13 +1,15 @@
 """The projection: every run event (TRELLIS_EVENTS) and log chunk (TRELLIS_LOGS) into PostgreSQL.
 
-Two durable pull consumers fetch batches of a few hundred messages; each batch is written in ONE
-transaction (bulk `unnest` inserts and pipelined upserts, `projection_rows`), then every message
-of it is acked. Writes are idempotent (see `projection_rows`), so a redelivery or a replay of the
-whole stream leaves the same rows. PostgreSQL down: the batch is neither acked nor given up, it is
-written again after a backoff (its messages told "in progress" meanwhile) until PostgreSQL is
-back, so nothing is lost and the projection then catches up. A message that cannot be decoded, or
-that PostgreSQL refuses on its own (found by writing the refused batch one message at a time),
-is dead-lettered and the projection goes on.
+Two durable pull consumers fetch batches of a few hundred messages (the next batch is fetched
+while the last is written); each batch is written in ONE transaction (bulk `unnest` inserts and
+pipelined upserts, `projection_rows`), then every message of it is acked. Writes are idempotent
+(see `projection_rows`), so a redelivery or a replay of the whole stream leaves the same rows.
+PostgreSQL down: the batch is neither acked nor given up, it is written again after a backoff
+(its messages told "in progress" meanwhile) until PostgreSQL is back, so nothing is lost and
+the projection then catches up. A message that cannot be decoded, or that PostgreSQL refuses on
+its own (found by writing the refused batch one message at a time), is dead-lettered and the
+projection goes on. Heartbeats are fetched and acked but not stored: they say an agent is alive,
+which no row keeps.
 
 Acks are explicit, message by message, rather than "all before": several store replicas share the
 durables and each writes the batches it fetched. `projected_events` / `projected_logs` are the
@@ -34,13 +36,14 @@ from nats.js import api as js_api
 
 from trellis_core import subjects
 from trellis_core.bus import Bus, stored_workflow
-from trellis_core.consume import decode_error, fetch_loop
+from trellis_core.consume import admit, decode_error, fetch_loop
 from trellis_core.events import ActivityLogChunk, RunCompiled, RunEvent, decode_run_event
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
 from trellis_store import projection_rows as rows
 from trellis_store import retention
+from trellis_store.pull import BatchPull
 
 EVENTS_DURABLE = "trellis_store_events"
 LOGS_DURABLE = "trellis_store_logs"
@@ -48,7 +51,31 @@ BATCH = 500
 FETCH_WAIT_SECONDS = 0.5
 ACK_WAIT_SECONDS = 30.0
 RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)  # backoff while PostgreSQL is unreachable, the last repeated
-_POISON = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError)
+# A message delivered this often was in every batch a store died writing (a workflow too large
+# for memory?): parked unread, so it cannot take the store down for ever. A PostgreSQL outage
+# does not count: the batch is held (in progress), not redelivered.
+MAX_DELIVER = 20
+# What says "PostgreSQL is away, or will take it later": retried, the batch held. Anything else
+# (a value PostgreSQL or the driver refuses) is the message's: found out and dead-lettered. Our
+# own SQL or a schema behind this code (class 42) is retried too: better stalled than thrown away.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.SyntaxOrAccessError,
+)
+
+
+def transient(exc: Exception) -> bool:
+    """Whether writing may succeed later as it is (the driver's own data errors are ValueErrors)."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError)
+
+
 _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 
 log = get_logger("projection")
@@ -58,7 +85,7 @@ log = get_logger("projection")
 class Sealer(Protocol):
     """Anything that seals text (trellis_store.sealing's sealer): its `seal` is used."""
 
-    def seal(self, plain: str) -> str: ...
+    def seal(self, plain: str, /) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -193,7 +220,7 @@ class Projection:
                     await sub.unsubscribe()
         log.info("projection_stopped")
 
-    async def _subscribe(self, stream: _Stream) -> Any:
+    async def _subscribe(self, stream: _Stream) -> BatchPull:
         config = js_api.ConsumerConfig(
             durable_name=stream.durable,
             ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -204,9 +231,9 @@ class Projection:
             filter_subject=stream.subject,
         )
         await self.bus.js.add_consumer(stream.name, config)
-        return await self.bus.js.pull_subscribe_bind(durable=stream.durable, stream=stream.name)
+        return await BatchPull(self.bus.nc, stream.name, stream.durable).start()
 
-    async def _consume(self, stream: _Stream, sub: Any, stop: asyncio.Event) -> None:
+    async def _consume(self, stream: _Stream, sub: BatchPull, stop: asyncio.Event) -> None:
         """Fetch and write in step: the next batch is fetched while the last one is written (one
         batch ahead at most, so what is held unacked stays well under max_ack_pending)."""
         fetched: asyncio.Queue[list[Msg] | None] = asyncio.Queue(maxsize=1)
@@ -234,10 +261,11 @@ class Projection:
             try:
                 await self._write(stream, decoded, workflows)
                 break
-            except _POISON as exc:
-                await self._write_one_by_one(stream, decoded, workflows, exc)
-                break
-            except Exception as exc:  # PostgreSQL down or restarting, a broken connection
+            except Exception as exc:
+                if not transient(exc):
+                    await self._write_one_by_one(stream, decoded, workflows, exc)
+                    break
+                # PostgreSQL down or restarting, a broken connection: hold the batch and retry
                 if stop.is_set():  # hand the batch back: whoever projects next writes it
                     for msg in msgs:
                         with contextlib.suppress(nats.errors.Error):
@@ -254,13 +282,19 @@ class Projection:
                         await msg.in_progress()
                 await asyncio.sleep(delay)
         self.stalled.clear()
-        for msg in msgs:
+        for msg in msgs[:-1]:
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):  # confirmed: the ack floor now counts the batch
+            await msgs[-1].ack_sync(timeout=5)
         await self._advance(stream, [d.seq for d in decoded])
 
     async def _decode(self, stream: _Stream, msg: Msg) -> _Decoded:
-        seq = msg.metadata.sequence.stream
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        if (refused := admit(meta.num_delivered, MAX_DELIVER)) is not None:
+            await self._park(stream, msg, refused.reason)
+            return _Decoded(msg, seq, None)
         try:
             value: RunEvent | ActivityLogChunk = (
                 decode_run_event(msg.data) if stream.kind == "events" else _decode_log(msg.data)
@@ -269,7 +303,10 @@ class Projection:
             await self._park(stream, msg, f"undecodable: {decode_error(exc)}")
             return _Decoded(msg, seq, None)
         run_id = value.run_id if stream.kind == "events" else None
-        if reason := subjects.subject_mismatch(msg.subject, value.tenant, run_id):
+        reason = subjects.subject_mismatch(msg.subject, value.tenant, run_id)
+        if not reason and stream.kind == "logs" and msg.subject.split(".")[3:4] != [value.run_id]:
+            reason = f"log chunk names run {value.run_id!r} but travels on subject {msg.subject}"
+        if reason:
             await self._park(stream, msg, f"rejected: {reason}")
             return _Decoded(msg, seq, None)
         return _Decoded(msg, seq, value)
@@ -331,10 +368,10 @@ class Projection:
                 try:
                     await self._write(stream, [d], workflows)
                     break
-                except _POISON as exc:
-                    await self._park(stream, d.msg, f"refused by PostgreSQL: {type(exc).__name__}: {exc}")
-                    break
                 except Exception as exc:
+                    if not transient(exc):
+                        await self._park(stream, d.msg, f"cannot be stored: {type(exc).__name__}: {exc}")
+                        break
                     log.warning("projection_write_failed", stream=stream.name, error=repr(exc))
                     await asyncio.sleep(self.retry[min(attempt, len(self.retry) - 1)])
 
@@ -361,7 +398,7 @@ async def _execute(conn: asyncpg.Connection, b: rows.Batch) -> None:
         (rows.APPROVAL_DECIDED, b.approvals_decided),
         (rows.ENV_REQUESTED, b.env_requested),
         (rows.ENV_TEMPLATE, b.env_template),
-        (rows.ENV_FINISHED, b.env_finished),
+        (rows.ENV_FINISHED, sorted(b.env_finished)),
     ):
         if args:
             await conn.executemany(sql, args)

@@ -85,9 +85,12 @@ ON CONFLICT (tenant, run_id) DO UPDATE SET
 
 RUN_WORKFLOW = "UPDATE runs SET workflow = $3::jsonb, variables = $4::jsonb WHERE tenant = $1 AND run_id = $2"
 
+# Rows of a run already finished (its end written first: replicas, redeliveries) start skipped.
 COMPILED_ACTIVITIES = """
-INSERT INTO activities (tenant, run_id, activity_id, ordinal, kind, resource, stage, depends_on)
-SELECT $1, $2, u.id, u.ord, u.kind, u.res, u.stage, ARRAY(SELECT jsonb_array_elements_text(u.deps::jsonb))
+INSERT INTO activities (tenant, run_id, activity_id, ordinal, kind, resource, stage, depends_on, status)
+SELECT $1, $2, u.id, u.ord, u.kind, u.res, u.stage, ARRAY(SELECT jsonb_array_elements_text(u.deps::jsonb)),
+       CASE WHEN EXISTS (SELECT 1 FROM runs WHERE tenant = $1 AND run_id = $2
+                         AND status IN ('succeeded', 'failed', 'cancelled')) THEN 'skipped' ELSE 'pending' END
 FROM unnest($3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::text[]) AS u(id, ord, kind, res, stage, deps)
 ON CONFLICT (tenant, run_id, activity_id) DO UPDATE SET
     ordinal = excluded.ordinal, kind = excluded.kind, resource = excluded.resource, stage = excluded.stage,
@@ -118,10 +121,10 @@ ON CONFLICT (tenant, run_id, activity_id) DO UPDATE SET
     status_seq  = GREATEST(a.status_seq, excluded.status_seq)
 """
 
-# A run that finished leaves the activities it never reached pending: they were skipped.
+# A run that finished leaves the activities it never reached pending: they were skipped. Their
+# status_seq stays: any event of theirs (one written after this, by another replica) says more.
 SKIPPED = """
-UPDATE activities SET status = 'skipped', status_seq = $3
-WHERE tenant = $1 AND run_id = $2 AND status = 'pending' AND status_seq < $3
+UPDATE activities SET status = 'skipped' WHERE tenant = $1 AND run_id = $2 AND status = 'pending'
 """
 
 APPROVAL_REQUESTED = """
@@ -169,20 +172,29 @@ ON CONFLICT (tenant, name) DO UPDATE SET
 WHERE e.template_name = ''
 """
 
-# $4: the run's terminal status ('rejected' for a rejected run); $5: the run's outputs.
-ENV_FINISHED = """
+# A finished run's outcome on its environment, from the run's row (written first in the batch).
+# Run for every run whose request, compilation or end the batch holds: whichever of them is
+# written last (replicas, redeliveries) brings the environment to the run's end. Status follows
+# the latest run (status_seq); outputs and deployed follow the latest successful one (deploy_seq).
+_E_NEWER = "e.status_seq < r.status_seq"
+_D_NEWER = "r.status = 'succeeded' AND e.deploy_seq < r.status_seq"
+ENV_FINISHED = f"""
 UPDATE environments AS e SET
-    status = CASE WHEN $4 <> 'succeeded' THEN 'failed'
+    status = CASE WHEN NOT ({_E_NEWER}) THEN e.status WHEN r.status <> 'succeeded' THEN 'failed'
                   WHEN r.action = 'destroy' THEN 'destroyed' ELSE 'deployed' END,
-    outputs = CASE WHEN $4 <> 'succeeded' THEN e.outputs WHEN r.action = 'destroy' THEN '{}'::jsonb
-                   ELSE $5::jsonb END,
-    deployed = CASE WHEN $4 <> 'succeeded' THEN e.deployed ELSE r.action = 'deploy' END,
-    deployed_variables = CASE WHEN $4 <> 'succeeded' THEN e.deployed_variables
-                              WHEN r.action = 'destroy' THEN '{}'::jsonb ELSE r.variables END,
-    deploy_run_id = CASE WHEN $4 = 'succeeded' THEN r.run_id ELSE e.deploy_run_id END,
-    last_run_id = r.run_id, status_seq = $3, updated_at = $6
+    last_run_id = CASE WHEN {_E_NEWER} THEN r.run_id ELSE e.last_run_id END,
+    updated_at = CASE WHEN {_E_NEWER} THEN COALESCE(r.finished_at, e.updated_at) ELSE e.updated_at END,
+    status_seq = GREATEST(e.status_seq, r.status_seq),
+    outputs = CASE WHEN NOT ({_D_NEWER}) THEN e.outputs WHEN r.action = 'destroy' THEN '{{}}'::jsonb
+                   ELSE r.outputs END,
+    deployed = CASE WHEN {_D_NEWER} THEN r.action = 'deploy' ELSE e.deployed END,
+    deployed_variables = CASE WHEN NOT ({_D_NEWER}) THEN e.deployed_variables
+                              WHEN r.action = 'destroy' THEN '{{}}'::jsonb ELSE r.variables END,
+    deploy_run_id = CASE WHEN {_D_NEWER} THEN r.run_id ELSE e.deploy_run_id END,
+    deploy_seq = CASE WHEN {_D_NEWER} THEN r.status_seq ELSE e.deploy_seq END
 FROM runs AS r
-WHERE r.tenant = $1 AND r.run_id = $2 AND e.tenant = r.tenant AND e.name = r.environment AND e.status_seq < $3
+WHERE r.tenant = $1 AND r.run_id = $2 AND r.status IN ('succeeded', 'failed', 'cancelled', 'rejected')
+  AND e.tenant = r.tenant AND e.name = r.environment AND ({_E_NEWER} OR ({_D_NEWER}))
 """
 
 PROGRESS = """
@@ -211,7 +223,7 @@ class Batch:
     approvals_decided: list[tuple[Any, ...]] = field(default_factory=list)
     env_requested: list[tuple[Any, ...]] = field(default_factory=list)
     env_template: list[tuple[Any, ...]] = field(default_factory=list)
-    env_finished: list[tuple[Any, ...]] = field(default_factory=list)
+    env_finished: set[tuple[str, str]] = field(default_factory=set)
 
     def add_log(self, chunk: ActivityLogChunk, seq: int) -> None:
         self.tenants.add(chunk.tenant)
@@ -234,13 +246,14 @@ class Batch:
                 self.env_requested.append(
                     (event.tenant, event.environment, status, seq, event.run_id, event.occurred_at)
                 )
+                self.env_finished.add((event.tenant, event.run_id))
             case RunCompiled():
                 self._compiled(event, seq, workflow or event.workflow)
             case RunRejected():
                 message = "; ".join(str(p) for p in event.errors)[:4000]
                 self._run(event, seq, "rejected", finished_at=event.occurred_at, message=message,
                           errors=encode_json(event.errors))
-                self.env_finished.append((event.tenant, event.run_id, seq, "rejected", "{}", event.occurred_at))
+                self.env_finished.add((event.tenant, event.run_id))
             case RunQueued():
                 self._run(event, seq, "queued", message=event.reason)
             case RunStarted():
@@ -251,8 +264,8 @@ class Batch:
                 outputs = encode_json(event.outputs)
                 self._run(event, seq, event.status, finished_at=event.occurred_at, message=event.message,
                           outputs=outputs)
-                self.skipped.append((event.tenant, event.run_id, seq))
-                self.env_finished.append((event.tenant, event.run_id, seq, event.status, outputs, event.occurred_at))
+                self.skipped.append((event.tenant, event.run_id))
+                self.env_finished.add((event.tenant, event.run_id))
             case ApprovalRequested():
                 self._activity(event, seq, "waiting")
                 self.approvals_requested.append(
@@ -289,6 +302,7 @@ class Batch:
         self.env_template.append(
             (event.tenant, workflow.environment, workflow.template.name, workflow.template.version, event.occurred_at)
         )
+        self.env_finished.add((event.tenant, event.run_id))
 
     def _activity(
         self, event: ActivityEvent, seq: int, status: str, agent: str = "", started: datetime | None = None,

@@ -3,7 +3,8 @@
 A run of 100 and one of 1,000 activities (each activity dispatched, started, two heartbeats,
 completed; the run requested, compiled, started, completed) is published first, then a fresh
 projection catches up with it from its durable; events/s is the run's events over the time
-until every one is projected, from the moment its consumers are up (heartbeats count: they are fetched and acked like the rest).
+from the moment its consumers are up until every one is projected (heartbeats count: they are
+fetched and acked like the rest).
 Median of a few repeats, printed with whether it meets the target of 5,000 events/s on a
 2-core machine; nothing is asserted on time. Run with `make bench`
 (or `pytest -m bench tests/bench/test_store_bench.py -s`).
@@ -26,7 +27,7 @@ from trellis_core.settings import Settings
 from trellis_store.migrate import migrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-from test_projection import deploy_run, projecting, publish  # noqa: E402
+from test_projection import deploy_run, projecting, publish  # the store tests' helpers
 
 pytestmark = pytest.mark.bench
 REPEATS = 3

@@ -17,7 +17,7 @@ from trellis_core.events import (
     RunCompleted,
 )
 from trellis_core.workflow import Action, Activity, ContainerSpec, TemplateRef, Workflow
-from trellis_engine.binding import Renderer
+from trellis_engine.binding import CallbackMinter, Renderer
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
 from trellis_engine.decide import decide, fold
 from trellis_engine.state import EngineConfig, RunState, SchedulerState
@@ -40,10 +40,18 @@ def ts(at: float) -> datetime:
 class Driver:
     """Feeds events into the engine at a fake time and records every command it gets back."""
 
-    def __init__(self, config: EngineConfig | None = None, *, render: Renderer | None = LATE, now: float = 1000.0):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        render: Renderer | None = LATE,
+        now: float = 1000.0,
+        mint: CallbackMinter | None = None,
+    ):
         self.st = SchedulerState(config=config or EngineConfig(heartbeat_timeout_seconds=10.0))
         self.now = now
         self.render = render
+        self.mint = mint
         self.commands: list[Command] = []
         self.dispatches: list[Dispatch] = []
         self.cancels: list[Cancel] = []
@@ -57,7 +65,7 @@ class Driver:
 
     def tick(self, advance: float = 0.0) -> list[Command]:
         self.now += advance
-        _, cmds = decide(self.st, self.now, render=self.render)
+        _, cmds = decide(self.st, self.now, render=self.render, mint=self.mint)
         self.commands.extend(cmds)
         for c in cmds:
             if isinstance(c, Dispatch):

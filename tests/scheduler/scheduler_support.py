@@ -16,10 +16,10 @@ from running_agent import running_agent as shared_running_agent
 from trellis_agent.agent import Agent
 from trellis_core import subjects
 from trellis_core.bus import Bus
-from trellis_core.events import RunCompiled, RunCompleted, RunEvent, decode_run_event
+from trellis_core.events import RunCompiled, RunCompleted, RunEvent, RunRequested, SourceFile, decode_run_event
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
-from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
+from trellis_core.workflow import Action, Activity, ContainerSpec, TemplateRef, Workflow
 from trellis_engine.state import EngineConfig
 from trellis_scheduler.service import serve
 
@@ -97,6 +97,76 @@ async def running_agent(bus: Bus, tmp_path: Path, tenant: str, **overrides: Any)
         bus, tmp_path, tenant=tenant, heartbeat_seconds=0.3, shutdown_grace_seconds=2.0, **overrides
     ) as agent:
         yield agent
+
+
+SEAL_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # base64 of bytes 0..31: tests only
+
+
+@asynccontextmanager
+async def running_compiler(bus: Bus) -> AsyncIterator[None]:
+    from trellis_compiler.service import serve as serve_compiler
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve_compiler(bus, stop, ready=ready))
+    async with asyncio.timeout(15):
+        await ready.wait()
+    try:
+        yield
+    finally:
+        stop.set()
+        async with asyncio.timeout(30):
+            await task
+
+
+@asynccontextmanager
+async def running_store(bus: Bus, settings: Settings, database_url: str) -> AsyncIterator[None]:
+    """The state store on the test's own database, answering `trellis.store.>` until the block
+    ends. Its projection reads every tenant with the service's own durables, as in production:
+    a deploy record is a consistent read up to the stream's last event, whoever's it is."""
+    from msgspec.structs import replace
+
+    from trellis_store.service import serve as serve_store
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    store_settings = replace(settings, database_url=database_url, seal_key=settings.seal_key or SEAL_KEY)
+    task = asyncio.create_task(serve_store(bus, store_settings, stop, ready))
+    waiting = asyncio.ensure_future(ready.wait())
+    await asyncio.wait([waiting, task], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if task.done():
+        task.result()  # its start-up error, as the test's failure
+    assert ready.is_set(), "the store did not become ready within 60 s"
+    try:
+        yield
+    finally:
+        stop.set()
+        async with asyncio.timeout(60):
+            await task
+
+
+def sources_of(text: str, path: str = "templates.yaml") -> tuple[SourceFile, ...]:
+    return (SourceFile(path=path, text=text),)
+
+
+async def request(
+    bus: Bus,
+    tenant: str,
+    sources: tuple[SourceFile, ...],
+    environment: str,
+    action: Action = "deploy",
+    variables: dict[str, str] | None = None,
+) -> str:
+    """Ask for a run as the CLI and the gateway do: a run.requested the compiler consumes."""
+    run = RunRequested(
+        tenant=tenant,
+        run_id=new_run_id(),
+        environment=environment,
+        action=action,
+        sources=sources,
+        variables=variables or {},
+    )
+    await bus.publish(subjects.runs_requested(tenant), run, msg_id=f"{run.run_id}/request")
+    return run.run_id
 
 
 async def submit(bus: Bus, tenant: str, wf: Workflow, run_id: str | None = None) -> str:

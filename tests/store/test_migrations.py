@@ -93,3 +93,15 @@ def test_misnamed_or_gapped_files_are_refused(tmp_path: Path) -> None:
 
 def test_the_shipped_files_are_numbered_from_one() -> None:
     assert [m.version for m in load(MIGRATIONS_DIR)] == list(range(1, SCHEMA_VERSION + 1))
+
+
+async def test_a_store_at_schema_one_upgrades_to_the_shipped_schema(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    first = load()[0]
+    released = _fixture_dir(tmp_path / "released", (first.path.name, first.sql))
+    assert await migrate(pool, released) == 1
+    await pool.execute("INSERT INTO tenants (name) VALUES ('acme')")
+    await pool.execute(
+        "INSERT INTO environments (tenant, name, template_name, template_version) VALUES ('acme', 'web', 's', '1')"
+    )
+    assert await migrate(pool) == SCHEMA_VERSION >= 2
+    assert await pool.fetchval("SELECT deploy_seq FROM environments WHERE name = 'web'") == 0

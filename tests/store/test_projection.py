@@ -42,7 +42,7 @@ from trellis_core.events import (
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ApprovalSpec, ContainerSpec, TemplateRef, Workflow
-from trellis_store import projection_rows
+from trellis_store import projection_rows, retention
 from trellis_store.migrate import migrate
 from trellis_store.projection import Projection
 
@@ -360,7 +360,7 @@ async def test_replaying_the_streams_twice_leaves_identical_rows(
 async def test_out_of_order_and_redelivered_events_never_regress_a_row(pool: asyncpg.Pool, unique: str) -> None:
     """Two replicas sharing a durable write batches out of stream order, and a redelivery brings an
     old event after newer ones: written newest first, the rows end as written oldest first."""
-    events = deploy_run(unique, "c", 3)
+    events = [*deploy_run(unique, "c", 3), *deploy_run(unique, "c", 3, status="failed")]
     numbered = list(enumerate(events, start=1))
     async with pool.acquire() as conn:
         for seq, event in reversed(numbered):
@@ -376,12 +376,10 @@ async def test_out_of_order_and_redelivered_events_never_regress_a_row(pool: asy
             batch.add_event(event, seq)  # type: ignore[arg-type]
             await _write(conn, batch)
     forwards = await rows_of(pool)
-    assert forwards["runs"][0]["status"] == "succeeded"
-    assert {a["status"] for a in forwards["activities"]} == {"succeeded"}
-    assert forwards["environments"][0]["status"] == "deployed"
-    # The environment is the exception: a run's finish reaches it through the run's request (the
-    # finish names no environment), so it needs the request written first, as one replica does.
-    del backwards["environments"], forwards["environments"]
+    assert [r["status"] for r in forwards["runs"]] == ["succeeded", "failed"]
+    assert sorted(a["status"] for a in forwards["activities"]) == ["failed", "skipped", "skipped", *["succeeded"] * 3]
+    env = forwards["environments"][0]
+    assert (env["status"], env["deployed"], env["deploy_run_id"]) == ("failed", True, events[0].run_id)
     assert _without_times(backwards) == _without_times(forwards)
 
 
@@ -404,12 +402,16 @@ async def test_undecodable_and_forged_messages_are_dead_lettered_and_the_rest_pr
     run = deploy_run(unique, "d", 1)
     garbage_subject = subjects.run_event(unique, "r1", "run.started")
     forged = RunStarted(tenant="someone-else", run_id="r1")
+    misrouted = ActivityLogChunk(tenant=unique, run_id="r2", activity_id="a", attempt=1, sequence=0, data="x")
     async with projecting(bus, pool, settings, unique) as projection:
         await bus.publish(garbage_subject, b"{not json")
         await bus.publish(subjects.run_event(unique, "r1", "run.started"), encode(forged))
+        log_seq = (await bus.publish(subjects.logs(unique, "r1", "a"), encode(misrouted))).seq
         last = await publish(bus, run)
         assert await projection.wait_projected(last, 10)
-        assert projection.dead_lettered == 2
+        assert await projection.wait_logs_projected(log_seq, 10)
+        assert projection.dead_lettered == 3
+    assert await pool.fetchval("SELECT count(*) FROM log_chunks WHERE tenant = $1", unique) == 0
     letters = await bus.js.pull_subscribe(subjects.deadletter(garbage_subject), durable=None,
                                           stream=subjects.STREAM_DEADLETTER)
     reasons = [msgspec.json.decode(m.data)["reason"] for m in await letters.fetch(2, timeout=5)]
@@ -430,3 +432,25 @@ async def test_events_last_seq_is_the_streams_and_wait_projected_times_out_below
         assert not await projection.wait_projected(last + 10_000_000, 0.3)
     progress = await pool.fetchval("SELECT seq FROM projection_progress WHERE stream = 'TRELLIS_EVENTS'")
     assert progress == last
+
+
+async def test_without_a_seal_key_deployed_variables_are_kept_plain_and_marked_so(
+    bus: Bus, pool: asyncpg.Pool, settings: Settings, unique: str
+) -> None:
+    async with projecting(bus, pool, settings, unique, sealer=None) as projection:
+        assert await projection.wait_projected(await publish(bus, deploy_run(unique, "f", 1)), 10)
+    stored = await pool.fetchval("SELECT deployed_variables FROM environments WHERE tenant = $1", unique)
+    assert msgspec.json.decode(stored) == {"plain": {"db_password": "hunter2", "region": "eu"}}
+
+
+async def test_retention_deletes_only_log_chunks_older_than_the_setting(pool: asyncpg.Pool, unique: str) -> None:
+    now = datetime.now(UTC)
+    ages = {1: timedelta(days=40), 2: timedelta(days=31), 3: timedelta(days=29), 4: timedelta(0)}
+    await pool.executemany(
+        "INSERT INTO log_chunks (position, tenant, run_id, activity_id, attempt, sequence, stream, data, occurred_at)"
+        " VALUES ($1::bigint, $2, 'r', 'a', 1, $1::int, 'stdout', 'x', $3)",
+        [(position, unique, now - age) for position, age in ages.items()],
+    )
+    assert await retention.delete_expired_logs(pool, 30, slice_size=1) == 2  # in slices, until none is left
+    assert [r["position"] for r in await pool.fetch("SELECT position FROM log_chunks ORDER BY 1")] == [3, 4]
+    assert await retention.delete_expired_logs(pool, 30) == 0
