@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -71,8 +72,9 @@ async def send_reply(nc: NATS, reply: str, data: bytes) -> None:
         await nc.publish(reply, data)
         return
     count = -(-len(data) // limit)
+    view = memoryview(data)  # chunks are views, not copies: nats-py copies each into its command anyway
     for index in range(count):
-        chunk = data[index * limit : (index + 1) * limit]
+        chunk = cast(bytes, view[index * limit : (index + 1) * limit])
         await nc.publish(reply, chunk, headers={CHUNK_HEADER: f"{index}/{count}"})
 
 

@@ -9,7 +9,9 @@ handlers decode and encode, with no second schema.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,12 +20,17 @@ import msgspec
 from aiohttp import web
 
 from trellis_core.bus import Bus
+from trellis_core.callbacks import key_bytes
 from trellis_core.events import Problem
+from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
-from trellis_store.api import Principal, Role, StoreError
+from trellis_gateway.auth import TokenCache
+from trellis_gateway.metrics import Metrics
+from trellis_store.api import AuditRecord, Ok, Principal, Role, StoreError
 from trellis_store.client import StoreClient
 
 T = TypeVar("T")
+log = get_logger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBLEM_JSON = "application/problem+json"
@@ -49,11 +56,32 @@ class Gateway:
     settings: Settings
     admin_token_sha256: str = ""  # empty: `POST /v1/tenants` is refused
     callback_key: bytes = b""
-    counters: dict[tuple[str, str, int], int] = field(default_factory=dict)  # (method, route, status) -> count
+    metrics: Metrics = field(default_factory=Metrics)  # `/metrics`; SSE routes: `with metrics.sse_client():`
+    tokens: TokenCache = field(default_factory=TokenCache)  # verified bearer tokens, for a few seconds
+    # Set when the server starts shutting down: long-lived answers (SSE) end so shutdown is quick.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def create(cls, bus: Bus, settings: Settings, store: StoreClient | None = None) -> Gateway:
+        """The gateway of `settings`: the admin token kept only as its SHA-256 (ConfigError names
+        TRELLIS_CALLBACK_KEY when it is set but too short)."""
+        return cls(
+            bus=bus,
+            store=store or StoreClient(bus.nc),
+            settings=settings,
+            admin_token_sha256=sha256_hex(settings.admin_token) if settings.admin_token else "",
+            callback_key=key_bytes(settings.callback_key) if settings.callback_key else b"",
+        )
+
+    @property
+    def counters(self) -> dict[tuple[str, str, int], int]:
+        """Requests answered by (method, route, status)."""
+        return self.metrics.requests
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-PRINCIPAL = "trellis.principal"  # request[PRINCIPAL]: set by the auth middleware on /v1 routes
+OPENAPI = web.AppKey("openapi", bytes)  # the encoded `/openapi.json` of this app's routes
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by the auth middleware on bearer routes
 
 
 class ProblemDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -71,11 +99,19 @@ class ApiProblem(web.HTTPException):
     """Raise it from a handler: the middleware answers with its problem body."""
 
     def __init__(
-        self, status: int, title: str, detail: str = "", *, path: str = "", problems: tuple[Problem, ...] = ()
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        *,
+        path: str = "",
+        problems: tuple[Problem, ...] = (),
+        headers: dict[str, str] | None = None,
     ):
         self.status_code = status
-        super().__init__()
+        super().__init__(headers=headers)
         self.problem = ProblemDetail(title=title, status=status, detail=detail, path=path, problems=problems)
+        self.problem_headers = dict(headers or {})
 
 
 def problem_response(problem: ProblemDetail, headers: dict[str, str] | None = None) -> web.Response:
@@ -108,7 +144,12 @@ def ok(result: T | StoreError) -> T:
 def principal(request: web.Request) -> Principal:
     value = request.get(PRINCIPAL)
     if not isinstance(value, Principal):
-        raise ApiProblem(401, "Unauthorized", "an Authorization: Bearer <token> header is required")
+        raise ApiProblem(
+            401,
+            "Unauthorized",
+            "an Authorization: Bearer <token> header is required",
+            headers={"WWW-Authenticate": 'Bearer realm="trellis"'},
+        )
     return value
 
 
@@ -135,14 +176,62 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
     data = await request.read()
     if not data:
         raise ApiProblem(422, "Unprocessable Content", "a JSON body is required")
+    if has_nul(data):
+        raise ApiProblem(422, "Unprocessable Content", "the body has a NUL character (\\u0000) in a string")
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        path = message.rsplit("at `$", 1)[1].rstrip("`") if "at `$" in message else ""
-        raise ApiProblem(422, "Unprocessable Content", message, path=path.lstrip(".")) from None
+        raise ApiProblem(422, "Unprocessable Content", str(exc), path=error_path(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from None
+
+
+_ESCAPED_NUL = re.compile(rb"(\\+)u0000")
+
+
+def has_nul(data: bytes) -> bool:
+    """Whether JSON text has a NUL in a string: PostgreSQL stores none, so none is accepted.
+    (`\\u0000` is NUL when its backslash is not itself escaped: an odd run of backslashes.)"""
+    return b"\x00" in data or any(len(m[1]) % 2 == 1 for m in _ESCAPED_NUL.finditer(data))
+
+
+_FIELD_NAMED = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+_WHERE = re.compile(r"(?:at|in) `\$([^`]*)`")
+
+
+def error_path(message: str) -> str:
+    """The field a msgspec validation message is about, dotted: `template.name`, `sources[0].path`
+    (a missing or unknown field is named after the object that lacks it; a bad mapping key or
+    value names the mapping, as msgspec does not say which key)."""
+    found = _WHERE.search(message)
+    where = found[1].lstrip(".") if found else ""
+    where = where.replace("[...]", "")
+    named = _FIELD_NAMED.search(message)
+    if named:
+        where = f"{where}.{named[1]}" if where else named[1]
+    return where
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; a 422 problem naming it otherwise."""
+    text = request.query.get(name, "")
+    if text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiProblem(422, "Unprocessable Content", f"{name} must be an integer from {low} to {high}", path=name)
+    return value
+
+
+async def record(request: web.Request, entry: AuditRecord) -> None:
+    """Keep `entry` in the audit trail. A store that refuses it is logged, not answered: the change
+    it records is already made (and a new token already issued) and must reach the caller."""
+    answer = await request.app[GATEWAY].store.ask(entry, Ok)
+    if isinstance(answer, StoreError):
+        log.error("audit_record_failed", tenant=entry.tenant, action=entry.action, error=answer.message)
 
 
 def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -166,6 +255,7 @@ class EndpointDoc:
     query: tuple[tuple[str, str], ...] = ()  # (name, description)
     produces: tuple[str, ...] = ("application/json",)
     errors: tuple[int, ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # request headers it reads: (name, description)
 
 
 ENDPOINTS: list[EndpointDoc] = []
@@ -184,13 +274,26 @@ def endpoint(
     query: tuple[tuple[str, str], ...] = (),
     produces: tuple[str, ...] = ("application/json",),
     errors: tuple[int, ...] = (),
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Route `method path` to the handler and record it for `/openapi.json`. `role` is the least
-    role that may call it (the auth middleware checks the token; handlers call `require` for more)."""
+    role that may call it (the auth middleware checks the token; handlers call `require` for more).
+    `errors` lists the problem statuses worth naming beyond those the document adds itself (401 and
+    403 with a role, 422 with a body, 404 with a path parameter, 503); `headers` the request headers
+    it reads (`If-Match`, `Idempotency-Key`, `Last-Event-ID`)."""
 
     def register(handler: Handler) -> Handler:
-        ENDPOINTS.append(EndpointDoc(method, path, summary, body, response, status, role, query, produces, errors))
+        doc = EndpointDoc(method, path, summary, body, response, status, role, query, produces, errors, headers)
+        ENDPOINTS.append(doc)
         routes.route(method, path)(handler)
         return handler
 
     return register
+
+
+def endpoint_doc(method: str, path: str) -> EndpointDoc | None:
+    """The registered doc of the route `method path` (its template, as registered)."""
+    for doc in ENDPOINTS:
+        if doc.method == method and doc.path == path:
+            return doc
+    return None

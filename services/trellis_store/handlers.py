@@ -14,11 +14,13 @@ import msgspec
 from trellis_core.logs import get_logger
 from trellis_store import api, commands, queries
 from trellis_store.api import Reply, StoreError, StoreRequest
-from trellis_store.context import StoreContext
+from trellis_store.client import RESULT_FRAME
+from trellis_store.context import Encoded, StoreContext
 
 log = get_logger("store")
 
-Op = Callable[[StoreContext, Any], Awaitable[msgspec.Struct]]
+# An op answers a Struct, or its answer already encoded (Encoded: run.get of a big run).
+Op = Callable[[StoreContext, Any], Awaitable[msgspec.Struct | Encoded]]
 
 OPS: dict[type[msgspec.Struct], Op] = {
     api.TenantCreate: commands.tenant_create,
@@ -76,10 +78,14 @@ def decode_error(exc: msgspec.DecodeError) -> StoreError:
     return StoreError(code="invalid", message=f"undecodable store request: {message}", path=path)
 
 
-def encode_reply(answer: msgspec.Struct) -> bytes:
+def encode_reply(answer: msgspec.Struct | Encoded) -> bytes:
+    """`{"result": <answer>}` or `{"error": ...}`. The result frame is built by hand, one copy of
+    the answer's bytes: it is exactly what encoding Reply(result=...) gives, and what
+    StoreClient.ask_raw unwraps without decoding."""
     if isinstance(answer, StoreError):
         return _encoder.encode(Reply(error=answer))
-    return _encoder.encode(Reply(result=msgspec.Raw(_encoder.encode(answer))))
+    parts = answer.parts if isinstance(answer, Encoded) else (_encoder.encode(answer),)
+    return b"".join((RESULT_FRAME[0], *parts, RESULT_FRAME[1]))
 
 
 async def handle(ctx: StoreContext, payload: bytes) -> bytes:
@@ -91,7 +97,7 @@ async def handle(ctx: StoreContext, payload: bytes) -> bytes:
     return encode_reply(await answer(ctx, request))
 
 
-async def answer(ctx: StoreContext, request: StoreRequest) -> msgspec.Struct:
+async def answer(ctx: StoreContext, request: StoreRequest) -> msgspec.Struct | Encoded:
     op = api.op_of(request)
     try:
         return await OPS[type(request)](ctx, request)

@@ -46,7 +46,7 @@ from trellis_store.api import (
     WebhookResolve,
     WebhookTarget,
 )
-from trellis_store.context import StoreContext, check_limit, error, etag_of
+from trellis_store.context import Encoded, StoreContext, check_limit, error, etag_of
 from trellis_store.sealing import SealError
 
 _activities = msgspec.json.Decoder(tuple[ActivityRow, ...])
@@ -56,6 +56,7 @@ _workflow = msgspec.json.Decoder(Workflow)
 _str_map = msgspec.json.Decoder(dict[str, str])
 _outputs = msgspec.json.Decoder(dict[str, dict[str, Any]])
 _any = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
 
 DOCUMENT_COLUMNS = "kind, name, version, description, path, digest, published_at, published_by"
 
@@ -197,9 +198,41 @@ def summary_fields(row: Any) -> dict[str, Any]:
     }
 
 
-async def run_get(ctx: StoreContext, req: RunGet) -> RunDetail | StoreError:
-    """The run and every activity in workflow order. The activities of a big run are read once
-    per projected event (ActivityCache); run row, version and activities come from one snapshot."""
+class _RunTail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What RunDetail holds after its activities, with RunDetail's defaults (so omitted alike)."""
+
+    errors: tuple[Problem, ...] = ()
+    outputs: dict[str, dict[str, Any]] = {}
+    workflow: Workflow | None = None
+
+
+_ACTIVITIES_KEY = b',"activities":'
+if msgspec.structs.fields(RunDetail) != (
+    *msgspec.structs.fields(RunSummary),
+    *(f for f in msgspec.structs.fields(RunDetail) if f.name == "activities"),
+    *msgspec.structs.fields(_RunTail),
+):  # a field added to RunDetail must be added here too, or answers would silently lack it
+    raise TypeError("run_detail_json does not build RunDetail's fields: update _RunTail")
+
+
+def run_detail_json(summary: RunSummary, activities: bytes, tail: _RunTail) -> Encoded:
+    """The bytes `encode(RunDetail(...))` gives, in pieces around an already encoded activity
+    list: RunDetail's fields in order (the summary's, activities, then errors, outputs, workflow)
+    with its defaults omitted."""
+    head = _encoder.encode(summary)  # never "{}": run_id, environment, action and status are always there
+    rest = _encoder.encode(tail)
+    parts = [head[:-1]]
+    if activities != b"[]":
+        parts += [_ACTIVITIES_KEY, activities]
+    parts.append(b"}" if rest == b"{}" else b"," + rest[1:])
+    return Encoded(tuple(parts))
+
+
+async def run_get(ctx: StoreContext, req: RunGet) -> Encoded | StoreError:
+    """The run and every activity in workflow order, answered as the encoded RunDetail. The
+    activity list of a big run is read and encoded once per projected event (ActivityCache);
+    run row, version and activities come from one snapshot."""
+    floor = ctx.projection.projected_events  # before the snapshot: every event up to it is in it
     workflow = ", r.workflow::text AS workflow" if req.with_workflow else ", NULL::text AS workflow"
     async with ctx.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         row = await conn.fetchrow(
@@ -212,17 +245,20 @@ async def run_get(ctx: StoreContext, req: RunGet) -> RunDetail | StoreError:
         )
         if row is None:
             return error("not_found", f"no run {req.run_id!r}", "run_id")
-        activities = ctx.activities.get(req.tenant, req.run_id, row["version"])
+        version = row["version"]
+        activities = ctx.activities.get(req.tenant, req.run_id, version)
         if activities is None:
-            activities = _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
-            ctx.activities.put(req.tenant, req.run_id, row["version"], activities)
-    return RunDetail(
-        **summary_fields(row),
-        activities=activities,
+            rows = _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
+            activities = _encoder.encode(rows)
+            ctx.activities.put(
+                req.tenant, req.run_id, version, activities, count=len(rows), complete=version <= floor
+            )
+    tail = _RunTail(
         errors=_problems.decode(row["errors"]),
         outputs=_outputs.decode(row["outputs"]),
         workflow=_workflow.decode(row["workflow"]) if row["workflow"] else None,
     )
+    return run_detail_json(RunSummary(**summary_fields(row)), activities, tail)
 
 
 async def run_list(ctx: StoreContext, req: RunList) -> Runs | StoreError:

@@ -1,0 +1,197 @@
+"""Deciding an approval activity: through its signed callback URL (no bearer token: an external
+system such as a ticket tracker or a chat bot holds the URL), or with a bearer token whose user
+is among the approval's approvers.
+
+Either way the decision is an `ApprovalDecided` on the run's subject for the approval's attempt,
+decided_by "callback" or the user. Its dedupe id is per activity attempt, so of two racing
+decisions JetStream keeps the first and the second is answered 409.
+
+Callback refusals: a malformed token or a bad signature is 404 (nothing says a token exists),
+an expired token or one of an earlier attempt is 410 Gone, a token used before is 409.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+from aiohttp import web
+
+from trellis_core import callbacks, subjects
+from trellis_core.errors import TrellisError
+from trellis_core.events import ApprovalDecided
+from trellis_core.logs import get_logger
+from trellis_gateway.context import (
+    GATEWAY,
+    ROLE_RANK,
+    ApiProblem,
+    Gateway,
+    endpoint,
+    json_response,
+    ok,
+    read_body,
+    remote,
+    require,
+)
+from trellis_gateway.launch import audit
+from trellis_gateway.runs_routes import valid_run_id
+from trellis_store.api import Approval, ApprovalGet, CallbackRedeem, Principal, Redeemed, StoreError
+
+routes = web.RouteTableDef()
+log = get_logger("gateway.approvals")
+CALLBACK_ACTOR = "callback"
+
+
+class DecisionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+
+
+class Decided(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    activity_id: str
+    attempt: int
+    decision: Literal["approved", "rejected"]
+    decided_by: str
+
+
+def _decision(body: DecisionBody) -> Literal["approved", "rejected"]:
+    return "approved" if body.decision == "approve" else "rejected"
+
+
+async def _publish(gateway: Gateway, decided: ApprovalDecided) -> None:
+    """Publish the decision; 409 if one for this attempt is on the bus already (dedupe)."""
+    ack = await gateway.bus.publish_event(decided)
+    if ack.duplicate:
+        raise ApiProblem(409, "Conflict", f"approval {decided.activity_id} of run {decided.run_id} was decided already")
+
+
+def _answer(decided: ApprovalDecided) -> web.Response:
+    return json_response(
+        Decided(
+            run_id=decided.run_id,
+            activity_id=decided.activity_id,
+            attempt=decided.attempt,
+            decision=decided.decision,
+            decided_by=decided.decided_by,
+        )
+    )
+
+
+@endpoint(
+    routes,
+    "POST",
+    "/v1/callbacks/approvals/{token}",
+    summary="Decide an approval through its signed, single-use callback URL (no bearer token)",
+    body=DecisionBody,
+    response=Decided,
+    role=None,
+    errors=(404, 409, 410, 422),
+)
+async def callback_decision(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    if not gateway.callback_key:
+        raise ApiProblem(404, "Not Found", "approval callbacks are not enabled (TRELLIS_CALLBACK_KEY is not set)")
+    claims = callbacks.verify(gateway.callback_key, request.match_info["token"], datetime.now(UTC))
+    if isinstance(claims, str):
+        status, title = (410, "Gone") if claims.endswith("expired") else (404, "Not Found")
+        raise ApiProblem(status, title, claims)
+    body = await read_body(request, DecisionBody)  # before redeeming: a bad body does not use the token up
+    redeemed = await gateway.store.ask(
+        CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
+    )
+    if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
+        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
+    ok(redeemed)
+    approval = await gateway.store.ask(
+        ApprovalGet(tenant=claims.tenant, run_id=claims.run_id, activity_id=claims.activity_id), Approval
+    )
+    if isinstance(approval, Approval):  # not found yet: the token is signed proof; the store may lag
+        _check_open(approval, claims.attempt)
+    elif approval.code != "not_found":
+        ok(approval)
+    decided = ApprovalDecided(
+        tenant=claims.tenant,
+        run_id=claims.run_id,
+        activity_id=claims.activity_id,
+        attempt=claims.attempt,
+        decision=_decision(body),
+        decided_by=CALLBACK_ACTOR,
+        comment=body.comment,
+    )
+    await _publish(gateway, decided)
+    detail = {"activity": claims.activity_id, "attempt": claims.attempt, "decision": decided.decision}
+    await audit(gateway, claims.tenant, CALLBACK_ACTOR, "approval.decided", claims.run_id, detail, remote(request))
+    return _answer(decided)
+
+
+def _check_open(approval: Approval, attempt: int | None = None) -> None:
+    """409 if decided or expired, 410 if the token is of an earlier attempt than the one waiting."""
+    if approval.decision:
+        raise ApiProblem(
+            409, "Conflict", f"approval {approval.activity_id} was {approval.decision} by {approval.decided_by or '?'}"
+        )
+    if approval.expires_at is not None and approval.expires_at <= datetime.now(UTC):
+        raise ApiProblem(
+            409, "Conflict", f"approval {approval.activity_id} expired at {approval.expires_at.isoformat()}"
+        )
+    if attempt is not None and attempt < approval.attempt:
+        raise ApiProblem(410, "Gone", f"this callback is for attempt {attempt}; attempt {approval.attempt} waits now")
+
+
+def may_decide(who: Principal, approval: Approval) -> str:
+    """Why `who` may not decide `approval` ("" if they may): a listed approver may (any role);
+    with no list, any operator or admin of the tenant."""
+    if approval.approvers:
+        listed = {a.strip().casefold() for a in approval.approvers}
+        if who.user.strip().casefold() in listed:
+            return ""
+        return f"{who.user} is not among the approvers of {approval.activity_id}"
+    if ROLE_RANK[who.role] >= ROLE_RANK["operator"]:
+        return ""
+    return f"an approval with no approvers list is decided by an operator or admin; {who.user} is a {who.role}"
+
+
+@endpoint(
+    routes,
+    "POST",
+    "/v1/runs/{run_id}/approvals/{activity:.+}",
+    summary="Decide a waiting approval as one of its approvers (any operator or admin if it lists none)",
+    body=DecisionBody,
+    response=Decided,
+    errors=(403, 404, 409, 422),
+)
+async def bearer_decision(request: web.Request) -> web.StreamResponse:
+    who = require(request, "viewer")
+    gateway = request.app[GATEWAY]
+    run_id = valid_run_id(request.match_info["run_id"])
+    activity = request.match_info["activity"]
+    try:
+        subjects.activity_token(activity)
+    except TrellisError:
+        raise ApiProblem(404, "Not Found", f"run {run_id} has no approval {activity!r}", path="activity") from None
+    body = await read_body(request, DecisionBody)
+    approval = ok(
+        await gateway.store.ask(ApprovalGet(tenant=who.tenant, run_id=run_id, activity_id=activity), Approval)
+    )
+    refusal = may_decide(who, approval)
+    if refusal:
+        detail = {"activity": activity, "attempt": approval.attempt, "decision": _decision(body), "why": refusal}
+        await audit(gateway, who.tenant, who.user, "approval.refused", run_id, detail, remote(request))
+        log.info("approval_refused", tenant=who.tenant, run=run_id, activity=activity, user=who.user)
+        raise ApiProblem(403, "Forbidden", refusal)
+    _check_open(approval)
+    decided = ApprovalDecided(
+        tenant=who.tenant,
+        run_id=run_id,
+        activity_id=activity,
+        attempt=approval.attempt,
+        decision=_decision(body),
+        decided_by=who.user,
+        comment=body.comment,
+    )
+    await _publish(gateway, decided)
+    detail = {"activity": activity, "attempt": approval.attempt, "decision": decided.decision}
+    await audit(gateway, who.tenant, who.user, "approval.decided", run_id, detail, remote(request))
+    return _answer(decided)

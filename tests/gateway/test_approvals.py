@@ -1,0 +1,192 @@
+"""Approvals decided over HTTP on a real run: through the signed callback URL (no bearer token,
+single use: the replay answers 409), and with a bearer token by a listed approver (others 403,
+audited); an approval listing nobody is for operators and admins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from runs_support import CALLBACK_KEY, GATE, NOTIFIED, Api, gated, gateway_stack, running_services
+
+from trellis_core import callbacks
+from trellis_core.bus import Bus
+from trellis_core.settings import Settings
+from trellis_store.api import Approval, ApprovalGet
+
+
+@pytest.fixture
+async def api(bus: Bus, store_settings: Settings, unique: str) -> AsyncIterator[Api]:
+    """The run routes' own view of the gateway (overrides conftest's `api`): see runs_support."""
+    async with gateway_stack(bus, store_settings, unique) as api:
+        yield api
+
+
+async def waiting_approval(api: Api, run_id: str) -> dict[str, Any]:
+    """The run's approval.requested event, once the store shows the approval waiting."""
+    async with api.sse(f"/v1/runs/{run_id}/events") as reader:
+        while (message := await reader.next()) is not None and message.event != "approval.requested":
+            pass
+    assert message is not None
+    asked = ApprovalGet(tenant=api.tenant, run_id=run_id, activity_id=GATE)
+    async with asyncio.timeout(15):
+        while not isinstance(await api.gateway.store.ask(asked, Approval), Approval):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    requested: dict[str, Any] = message.json()
+    return requested
+
+
+def callback_path(api: Api, run_id: str, attempt: int, *, expires_in: float = 600.0, activity: str = GATE) -> str:
+    token = callbacks.mint(
+        callbacks.key_bytes(CALLBACK_KEY),
+        tenant=api.tenant,
+        run_id=run_id,
+        activity_id=activity,
+        attempt=attempt,
+        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
+    )
+    return callbacks.callback_url("", token)
+
+
+async def test_an_approval_is_decided_through_its_callback_url_once(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    await api.environment("web", gated("lee@example.com"), "gated-stack")
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("web")
+        asked = await waiting_approval(api, run_id)
+        assert asked["activity_id"] == GATE
+        assert asked["approvers"] == ["lee@example.com"]
+        path = callback_path(api, run_id, asked["attempt"])
+        await api.json("POST", path, status=422, who=None, json={"decision": "maybe"})  # the token is not used up
+        body = {"decision": "approve", "comment": "ship it"}
+        decided = await api.json("POST", path, status=200, who=None, json=body)
+        assert decided == {
+            "run_id": run_id, "activity_id": GATE, "attempt": asked["attempt"],
+            "decision": "approved", "decided_by": "callback",
+        }  # fmt: skip
+        events = await api.events(run_id)
+        replay = await api.json("POST", path, status=409, who=None, json=body)
+        assert "used" in replay["detail"]
+        await api.run_when(run_id, "succeeded")
+        fresh = callback_path(api, run_id, asked["attempt"])  # another token: the approval is decided
+        decided_before = await api.json("POST", fresh, status=409, who=None, json=body)
+        assert "approved by callback" in decided_before["detail"]
+    assert events[-1].event == "run.completed"
+    assert events[-1].json()["status"] == "succeeded"
+    decision = next(e.json() for e in events if e.event == "approval.decided")
+    assert (decision["decision"], decision["decided_by"], decision["comment"]) == ("approved", "callback", "ship it")
+
+
+async def test_a_bad_or_expired_callback_token_decides_nothing(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    await api.environment("web", gated(""), "gated-stack")
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("web")
+        asked = await waiting_approval(api, run_id)
+        good = callback_path(api, run_id, asked["attempt"])
+        body = {"decision": "approve"}
+        expired = await api.json("POST", callback_path(api, run_id, 1, expires_in=-5), status=410, who=None, json=body)
+        assert "expired" in expired["detail"]
+        await api.json("POST", good[:-3] + "abc", status=404, who=None, json=body)  # signature
+        await api.json("POST", "/v1/callbacks/approvals/not-a-token", status=404, who=None, json=body)
+        forged = callbacks.mint(
+            b"another-key-another-key-another-key-0123", tenant=api.tenant, run_id=run_id, activity_id=GATE,
+            attempt=1, expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        )  # fmt: skip
+        await api.json("POST", callbacks.callback_url("", forged), status=404, who=None, json=body)
+        rejected = await api.json("POST", good, status=200, who=None, json={"decision": "reject", "comment": "no"})
+        assert rejected["decision"] == "rejected"
+        events = await api.events(run_id)
+    assert events[-1].json()["status"] == "failed"
+
+
+async def test_a_listed_approver_decides_with_a_bearer_token_and_others_are_refused_and_audited(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    from trellis_store.api import AuditEntries, AuditList
+
+    await api.environment("web", gated("lee@example.com"), "gated-stack")
+    api.tokens["lee"] = await api.token("viewer", "Lee@Example.com")
+    path = f"/v1/runs/{{}}/approvals/{GATE}"
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("web")
+        await waiting_approval(api, run_id)
+        refused = await api.json("POST", path.format(run_id), status=403, who="operator", json={"decision": "approve"})
+        assert "oli@example.com is not among the approvers" in refused["detail"]
+        await api.json("POST", path.format(run_id), status=401, who=None, json={"decision": "approve"})
+        await api.json("POST", f"/v1/runs/{run_id}/approvals/resource/nope", status=404, json={"decision": "approve"})
+        decided = await api.json("POST", path.format(run_id), status=200, who="lee", json={"decision": "approve"})
+        assert decided["decided_by"] == "Lee@Example.com"
+        assert decided["decision"] == "approved"
+        events = await api.events(run_id)
+        assert events[-1].json()["status"] == "succeeded"
+        await api.run_when(run_id, "succeeded")
+        again = await api.json("POST", path.format(run_id), status=409, who="lee", json={"decision": "reject"})
+        assert "approved" in again["detail"]
+    audit = await api.gateway.store.ask(AuditList(tenant=api.tenant), AuditEntries)
+    assert isinstance(audit, AuditEntries)
+    refusals = [e for e in audit.entries if e.action == "approval.refused"]
+    assert [(e.actor, e.target, e.detail["activity"]) for e in refusals] == [("oli@example.com", run_id, GATE)]
+    assert any(e.action == "approval.decided" and e.actor == "Lee@Example.com" for e in audit.entries)
+
+
+async def test_an_approval_listing_nobody_is_decided_by_an_operator_not_a_viewer(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    await api.environment("web", gated(""), "gated-stack")
+    path = f"/v1/runs/{{}}/approvals/{GATE}"
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("web")
+        await waiting_approval(api, run_id)
+        refused = await api.json("POST", path.format(run_id), status=403, who="viewer", json={"decision": "approve"})
+        assert "operator or admin" in refused["detail"]
+        body = {"decision": "reject", "comment": "not today"}
+        decided = await api.json("POST", path.format(run_id), status=200, who="operator", json=body)
+        assert decided["decision"] == "rejected"
+        events = await api.events(run_id)
+    assert events[-1].json()["status"] == "failed"
+    run = await api.run_when(run_id, "failed")
+    gate = next(a for a in run["activities"] if a["id"] == GATE)
+    assert "rejected by oli@example.com: not today" in gate["reason"]
+
+
+async def test_the_callback_url_the_scheduler_sends_to_the_approvers_decides_the_approval_once(
+    api: Api, bus: Bus, tmp_path: Path
+) -> None:
+    """End to end: the webhook approval notifies a chat with `$(approval.callback_url)$`, minted by
+    the scheduler on the gateway's public URL; the chat POSTs its decision there, no bearer token."""
+    bodies: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        bodies.append(await request.json())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", chat)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        await api.environment("web", NOTIFIED.replace("NOTIFY_URL", str(server.make_url("/hook"))), "gated-stack")
+        async with running_services(bus, api.settings, api.tenant, tmp_path, egress_allow=("127.0.0.1/32",)):
+            run_id = await api.start("web")
+            await waiting_approval(api, run_id)
+            url = bodies[0]["callbackUrl"]
+            assert url.startswith(f"{api.url}/v1/callbacks/approvals/")
+            async with api.session.post(url, json={"decision": "approve", "comment": "from chat"}) as response:
+                assert response.status == 200, await response.text()
+            events = await api.events(run_id)
+            async with api.session.post(url, json={"decision": "reject"}) as response:
+                assert response.status == 409
+    finally:
+        await server.close()
+    assert events[-1].json()["status"] == "succeeded"
+    decided = next(e.json() for e in events if e.event == "approval.decided")
+    assert (decided["decided_by"], decided["comment"]) == ("callback", "from chat")
