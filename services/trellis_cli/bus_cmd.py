@@ -21,8 +21,9 @@ def bus_settings(tenant: str | None) -> Settings:
     settings = Settings.from_env(None, **({"tenant": tenant} if tenant else {}))
     if not settings.nats_url:
         raise ConfigError(
-            "no bus to reach: set TRELLIS_NATS_URL to the bus the run went on (`trellis dev up` prints it; "
-            "the embedded stack of a plain `trellis run` stops with the run)"
+            "no bus to reach: set TRELLIS_NATS_URL to the bus the run went on, or TRELLIS_GATEWAY_URL and "
+            "TRELLIS_TOKEN to work through the gateway (`trellis dev up` prints them; the embedded stack of "
+            "a plain `trellis run` stops with the run)"
         )
     return settings
 

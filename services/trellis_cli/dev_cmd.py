@@ -28,10 +28,14 @@ async def _up(settings: Settings, port: int | None) -> int:
         print("Trellis is up. Ctrl-C stops everything.")
         print(f"  NATS:        {s.nats_url}")
         print(f"  PostgreSQL:  {s.database_url}")
-        print("  Gateway:     not part of this build yet (runs go on the bus: trellis run ...)")
+        print(f"  Gateway:     {s.gateway_url or 'not part of this build (runs go on the bus: trellis run ...)'}")
         print(f"  Agent:       tenant {s.tenant}, pool default, process executor")
         print(f"  Data:        {s.data_dir.resolve()}")
-        print(f"  Use it:      export TRELLIS_NATS_URL={s.nats_url}", flush=True)
+        if s.gateway_url:
+            print(f"  Secrets:     {s.data_dir.resolve() / 'credentials.json'} (mode 0600, reused on restart)")
+        for line in exports(s):
+            print(line)
+        sys.stdout.flush()
         await stop.wait()
         _hurry_on_signals(stack)
         running = stack.running_activities()
@@ -43,6 +47,19 @@ async def _up(settings: Settings, port: int | None) -> int:
             print("Stopping...", flush=True)
     print("Stopped.")
     return 0
+
+
+def exports(settings: Settings) -> list[str]:
+    """The `export` lines to paste into another shell: the bus, and the gateway with the tenant's
+    admin token and the platform admin token."""
+    pairs = [("TRELLIS_NATS_URL", settings.nats_url)]
+    if settings.gateway_url:
+        pairs += [("TRELLIS_GATEWAY_URL", settings.gateway_url), ("TRELLIS_TOKEN", settings.token),
+                  ("TRELLIS_ADMIN_TOKEN", settings.admin_token)]
+    if settings.tenant != "default":
+        pairs.append(("TRELLIS_TENANT", settings.tenant))
+    labels = ["  Use it:      "] + ["               "] * (len(pairs) - 1)
+    return [f"{label}export {name}={value}" for label, (name, value) in zip(labels, pairs, strict=True)]
 
 
 def _hurry_on_signals(stack: DevStack) -> None:
@@ -97,9 +114,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = dev.add_subparsers(metavar="ACTION")
     up = sub.add_parser(
         "up",
-        help="start NATS, PostgreSQL, every service and a local agent until Ctrl-C",
-        description="Start NATS JetStream, PostgreSQL, every service and a local process agent, until "
-        "Ctrl-C (which lets running activities finish, up to 30 s; a second Ctrl-C cancels them). "
+        help="start NATS, PostgreSQL, every service, the gateway and a local agent until Ctrl-C",
+        description="Start NATS JetStream, PostgreSQL, the state store, the gateway (on a free loopback port), "
+        "the compiler, the scheduler and a local process agent, until Ctrl-C (which lets running "
+        "activities finish, up to 30 s; a second Ctrl-C cancels them). It prints the export lines to "
+        "paste: the bus, the gateway and its tokens (kept in credentials.json, mode 0600, in the data "
+        "directory and reused on the next start). "
         f"{data_dir_help()} While it runs, `trellis run` on the same data directory uses it.",
     )
     up.add_argument(

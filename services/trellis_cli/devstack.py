@@ -1,11 +1,14 @@
-"""The embedded stack: NATS and PostgreSQL (or the ones configured), then every service and one
-local agent, in this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests.
-Its agent may call loopback (services on this machine) unless TRELLIS_AGENT_EGRESS_ALLOW is set."""
+"""The embedded stack: NATS and PostgreSQL (or the ones configured), then every service (the state
+store, the gateway on a free loopback port, the compiler, the scheduler) and one local agent, in
+this process; or a running `trellis dev up`'s, joined. For `dev up`, `run`, tests. Its keys and
+tokens are kept in `<data_dir>/credentials.json` (0600). Its agent may call loopback (services on
+this machine) unless TRELLIS_AGENT_EGRESS_ALLOW is set."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -17,10 +20,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from trellis_cli.bootstrap import tenant_token, wait_for_gateway, wait_for_store
+from trellis_cli.credentials import Credentials
 from trellis_cli.reaper import Reaper
 from trellis_cli.stack_lock import StackLock, StackRecord, claim
 from trellis_core.bus import Bus
-from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres
+from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from trellis_core.errors import ConfigError
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 
@@ -38,8 +44,9 @@ UNTRACKED_DRAIN_SECONDS = 30.0  # the agent default's grace, for services given 
 
 
 def default_services(settings: Settings, agents: list[Agent] | None = None) -> dict[str, Service]:
-    """Every service that has landed, and one local process agent for the settings' tenant
-    (appended to `agents` while it runs, so its running work can be counted)."""
+    """Every service that has landed — the state store, the gateway, the compiler, the scheduler —
+    and one local process agent for the settings' tenant (appended to `agents` while it runs, so
+    its running work can be counted)."""
     from trellis_agent.agent import Agent, executors_for
     from trellis_agent.config import AgentConfig
     from trellis_compiler.service import serve as compiler
@@ -62,7 +69,26 @@ def default_services(settings: Settings, agents: list[Agent] | None = None) -> d
                 if agents is not None:
                     agents.remove(local)
 
-    return {"compiler": lambda bus, _settings, stop: compiler(bus, stop), "scheduler": scheduler, "agent": agent}
+    services: dict[str, Service] = {}
+    for name, module in (("store", "trellis_store.service"), ("gateway", "trellis_gateway.app")):
+        serve = _service_of(module)
+        if serve is not None:
+            services[name] = serve
+    services |= {"compiler": lambda bus, _settings, stop: compiler(bus, stop), "scheduler": scheduler, "agent": agent}
+    return services
+
+
+def _service_of(module: str) -> Service | None:
+    """`module.serve`, imported now (not when the CLI starts); None, logged, while that service
+    is not part of this build."""
+    try:
+        serve: Service = getattr(importlib.import_module(module), "serve")  # noqa: B009
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module.startswith(exc.name):
+            raise
+        log.warning("service_not_built", module=module)
+        return None
+    return serve
 
 
 def _to_stderr(message: str) -> None:
@@ -111,6 +137,7 @@ class DevStack:
         self.agents: list[Agent] = []
         self.joined: StackRecord | None = None  # the running stack this one joined, if any
         self.bus: Bus | None = None
+        self._credentials: Credentials | None = None
 
     async def __aenter__(self) -> DevStack:
         try:
@@ -165,28 +192,89 @@ class DevStack:
             updates["database_url"] = await asyncio.to_thread(self._postgres.start)
             log.info("postgres_started", url=updates["database_url"])
         self.settings = msgspec.structs.replace(self._requested, **updates)
+        services = self._services if self._services is not None else default_services(self.settings, self.agents)
+        if "store" in services and not self.settings.database_url:
+            raise ConfigError(
+                "the state store needs PostgreSQL: set TRELLIS_DATABASE_URL or let the stack start its own"
+            )
+        if "store" in services or "gateway" in services:
+            self.settings = self._with_credentials(self.settings, base, gateway="gateway" in services)
         self.bus = await Bus.connect(self.settings, name="devstack")
         await self.bus.ensure_streams()
-        services = self._services if self._services is not None else default_services(self.settings, self.agents)
         if "agent" in services:
             self._reaper = Reaper(base / "agent")
             self._reaper.start()
         for name, serve in services.items():
             task = asyncio.create_task(self._supervise(name, serve), name=f"service-{name}")
             self._tasks.append(task)
+        if "store" in services:
+            await self._bootstrap_tenant(base)
+        if "gateway" in services:
+            await wait_for_gateway(self.settings.gateway_url)
+            self._publish(self.settings.nats_url, self.settings.gateway_url)
 
-    def _publish(self, nats_url: str) -> None:
-        """Tell later commands on this data dir who owns it and (once up) where its NATS listens."""
+    def _with_credentials(self, settings: Settings, base: Path, *, gateway: bool) -> Settings:
+        """The stack's keys and platform admin token (from credentials.json, made on the first
+        start; values set in TRELLIS_* win) and, with a gateway, a free loopback port for it."""
+        from trellis_cli import credentials
+
+        self._credentials = credentials.load_or_create(credentials.path_in(base))
+        saved = self._credentials
+        updates: dict[str, object] = {
+            "seal_key": settings.seal_key or saved.seal_key,
+            "callback_key": settings.callback_key or saved.callback_key,
+            "admin_token": settings.admin_token or saved.admin_token,
+        }
+        if gateway:
+            host = "127.0.0.1"
+            port = free_port(host)
+            url = f"http://{host}:{port}"
+            updates |= {"gateway_listen": f"{host}:{port}", "gateway_url": url}
+            updates["gateway_public_url"] = settings.gateway_public_url or url
+        return msgspec.structs.replace(settings, **updates)
+
+    async def _bootstrap_tenant(self, base: Path) -> None:
+        """Once the store answers: the tenant's admin token (saved, or made now and saved)."""
+        from trellis_cli import credentials
+
+        assert self.bus is not None
+        assert self._credentials is not None
+        tenant = self.settings.tenant
+        await wait_for_store(self.bus.nc)
+        saved = self._credentials.tenants.get(tenant, "")
+        token = await tenant_token(self.bus.nc, tenant, saved)
+        if token != saved:
+            self._credentials = credentials.with_tenant_token(self._credentials, tenant, token)
+            credentials.save(credentials.path_in(base), self._credentials)
+        self.settings = msgspec.structs.replace(self.settings, token=self._requested.token or token)
+
+    def _publish(self, nats_url: str, gateway_url: str = "") -> None:
+        """Tell later commands on this data dir who owns it and (once up) where its NATS and its
+        gateway listen."""
         if self._lock is not None:
-            record = StackRecord(pid=os.getpid(), command=self._command, nats_url=nats_url, joinable=self._shareable)
+            record = StackRecord(
+                pid=os.getpid(), command=self._command, nats_url=nats_url, joinable=self._shareable,
+                gateway_url=gateway_url,
+            )
             self._lock.publish(record)
 
     async def _join(self, owner: StackRecord) -> None:
-        """Use the running stack's bus; its services serve what this command submits."""
+        """Use the running stack's bus (its services serve what this command submits) and its
+        gateway, with the tenant's token it saved."""
         self._notify(f"using the stack of {owner.command} (pid {owner.pid}) at {owner.nats_url}")
-        self.settings = msgspec.structs.replace(self._requested, nats_url=owner.nats_url)
+        updates: dict[str, object] = {"nats_url": owner.nats_url}
+        if owner.gateway_url and not self._requested.gateway_url:
+            updates["gateway_url"] = owner.gateway_url
+            updates["token"] = self._requested.token or self._saved_token(self._requested.data_dir)
+        self.settings = msgspec.structs.replace(self._requested, **updates)
         self.bus = await Bus.connect(self.settings, name="devstack-joined")
         await self.bus.ensure_streams()
+
+    def _saved_token(self, base: Path) -> str:
+        from trellis_cli import credentials
+
+        saved = credentials.load(credentials.path_in(base))
+        return saved.tenants.get(self._requested.tenant, "") if saved is not None else ""
 
     async def _supervise(self, name: str, serve: Service) -> None:
         """Run one service on its own connection; a crash is logged and the service restarted."""

@@ -1,4 +1,5 @@
-"""`trellis logs RUN [ACTIVITY]`: a run's log lines, oldest first, from the bus's log stream."""
+"""`trellis logs RUN [ACTIVITY] [--follow]`: a run's log lines, oldest first, from the gateway when
+TRELLIS_GATEWAY_URL is set, else from the bus's log stream."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 import msgspec
 
 from trellis_cli.bus_cmd import connected, run_on_bus, stored_count
+from trellis_cli.gateway_client import GatewayClient, gateway_configured, quoted
+from trellis_cli.gateway_common import run_on_gateway
+from trellis_cli.gateway_run import LiveChunk
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import ActivityLogChunk
@@ -26,11 +30,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="print a run's log lines (every activity's, or one's)",
         description="Print the log lines of run RUN (of ACTIVITY only, if given) as the agents stored "
         "them on the bus, masked, oldest first; each line is prefixed with its activity id when no "
-        "ACTIVITY is given. Needs TRELLIS_NATS_URL: the bus the run went on.",
+        "ACTIVITY is given. Through the gateway when TRELLIS_GATEWAY_URL is set (with TRELLIS_TOKEN), "
+        "else from TRELLIS_NATS_URL: the bus the run went on.",
     )
     parser.add_argument("run_id", metavar="RUN", help="the run id `trellis run` printed")
     parser.add_argument("activity", nargs="?", metavar="ACTIVITY", help="one activity id, e.g. resource/app/task/build")
     parser.add_argument("--tenant", default=None, help="the tenant (default: TRELLIS_TENANT)")
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help="go on printing lines as they come until the run ends (gateway only)")
     parser.set_defaults(func=logs_command)
 
 
@@ -81,5 +88,34 @@ async def _print_logs(settings: Settings, run_id: str, activity: str | None) -> 
     return 0
 
 
+async def _gateway_logs(gw: GatewayClient, run_id: str, activity: str | None, follow: bool) -> int:
+    path = f"/v1/runs/{quoted(run_id)}/logs"
+    params = {"activity": activity} if activity else None
+    if not follow:
+        sys.stdout.write(await gw.text(path, params))
+        return 0
+    partial: dict[tuple[str, int], str] = {}
+    async for sse in gw.events(path, params=params):
+        if sse.event == "end":
+            break
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            chunk = msgspec.json.decode(sse.data, type=LiveChunk)
+            key = (chunk.activity_id, chunk.attempt)
+            *lines, partial[key] = (partial.get(key, "") + chunk.data).split("\n")
+            for line in lines:
+                print(f"{chunk.activity_id} | {line}" if activity is None else line, flush=True)
+    for (activity_id, _), rest in partial.items():
+        if rest:
+            print(f"{activity_id} | {rest}" if activity is None else rest)
+    return 0
+
+
 def logs_command(args: argparse.Namespace) -> int:
+    if gateway_configured():
+        work = lambda gw, _s: _gateway_logs(gw, args.run_id, args.activity, args.follow)  # noqa: E731
+        return run_on_gateway("logs", work, tenant=args.tenant)
+    if args.follow:
+        print("trellis logs: --follow works through the gateway: set TRELLIS_GATEWAY_URL and TRELLIS_TOKEN",
+              file=sys.stderr)
+        return 2
     return run_on_bus("logs", args.tenant, args.run_id, lambda s: _print_logs(s, args.run_id, args.activity))

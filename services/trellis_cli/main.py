@@ -22,6 +22,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.run_cmd",
     "trellis_cli.logs_cmd",
     "trellis_cli.cancel_cmd",
+    "trellis_cli.env_cmd",
+    "trellis_cli.runs_cmd",
+    "trellis_cli.approve_cmd",
 )
 
 

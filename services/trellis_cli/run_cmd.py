@@ -1,7 +1,8 @@
 """`trellis run PATH... --environment NAME`: submit a run, follow its DAG live, print its outputs.
 
-With TRELLIS_NATS_URL set the run goes to that bus (services already running there); with
-neither it nor TRELLIS_GATEWAY_URL set, the embedded stack (NATS, every service, a local
+With TRELLIS_GATEWAY_URL set the bundle is published through that gateway and the run started and
+followed there (run_gateway.py); else with TRELLIS_NATS_URL set the run goes to that bus (services
+already running there); with neither, the embedded stack (NATS, PostgreSQL, every service, a local
 agent) starts in this process for the run and stops after it. Exit 0 when the run succeeded.
 Failures are shown with the last lines of their logs; `--follow` streams every log line.
 Ctrl-C once asks to cancel the run (hooks that always run still run); twice stops waiting.
@@ -52,8 +53,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "run",
         help="deploy or destroy an environment from templates, following the run live",
         description="Compile the templates at PATH (files or directories) for ENVIRONMENT, run the "
-        "activity DAG on the agents and show its progress. Without TRELLIS_NATS_URL the embedded "
-        "stack starts for the run (or a running `trellis dev up`'s is used). Exit code 0 when the run "
+        "activity DAG on the agents and show its progress. With TRELLIS_GATEWAY_URL (and TRELLIS_TOKEN) "
+        "the templates are published there and the run goes through the gateway; else without "
+        "TRELLIS_NATS_URL the embedded stack starts for the run (or a running `trellis dev up`'s is "
+        "used). Exit code 0 when the run "
         f"succeeded, 1 otherwise. {data_dir_help()}",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="template files or directories")
@@ -104,13 +107,10 @@ def run_command(args: argparse.Namespace) -> int:
     except TrellisError as exc:
         print(f"trellis run: {exc}", file=sys.stderr)
         return 2
-    if settings.gateway_url and not settings.nats_url:
-        why = (
-            "trellis run: submitting through TRELLIS_GATEWAY_URL is not supported yet; set TRELLIS_NATS_URL "
-            "to a bus with the services running, or unset both to run on the embedded stack"
-        )
-        print(why, file=sys.stderr)
-        return 2
+    if settings.gateway_url:
+        from trellis_cli.run_gateway import run_through_gateway
+
+        return run_through_gateway(args, request.variables)
     quiet = settings if "TRELLIS_LOG_LEVEL" in os.environ else msgspec.structs.replace(settings, log_level="error")
     configure(quiet)
     console = Console(stderr=args.json)
@@ -165,8 +165,8 @@ async def _bus_for(settings: Settings) -> AsyncIterator[Bus]:
         return
     from trellis_cli.devstack import DevStack, default_services
 
-    services = default_services(settings)
-    stack = DevStack(settings, with_postgres="store" in services, services=services)
+    # The compiler asks the store for the environment's last deploy: PostgreSQL always starts.
+    stack = DevStack(settings, with_postgres=True, services=default_services(settings))
     await stack.__aenter__()
     try:
         assert stack.bus is not None

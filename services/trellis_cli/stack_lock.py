@@ -1,5 +1,5 @@
 """One embedded stack per data directory: its owner holds `stack.lock` (flock) and records its NATS
-URL in `stack.json`, so a second command on that directory joins the stack or waits for it."""
+and gateway URLs in `stack.json`, so a second command on that directory joins the stack or waits for it."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class StackRecord(msgspec.Struct, frozen=True, kw_only=True):
     command: str  # "trellis dev up", "trellis run"
     nats_url: str  # empty while its NATS starts
     joinable: bool  # it serves other commands' runs until stopped (`trellis dev up`)
+    gateway_url: str = ""  # its gateway, once it answers (tokens: credentials.json beside the record)
 
 
 _decode = msgspec.json.Decoder(StackRecord).decode
@@ -111,9 +112,11 @@ async def claim(
         if owner is not None and owner.joinable and owner.nats_url:
             if may_join:
                 return owner
+            gateway = f"; export TRELLIS_GATEWAY_URL={owner.gateway_url}" if owner.gateway_url else ""
             raise StackBusy(
                 f"{owner.command} (pid {owner.pid}) already runs the stack on {where}, NATS at {owner.nats_url}: "
-                f"use it (export TRELLIS_NATS_URL={owner.nats_url}) or set TRELLIS_DATA_DIR to another directory"
+                f"use it (export TRELLIS_NATS_URL={owner.nats_url}{gateway}; the tokens are in "
+                f"{where / 'credentials.json'}) or set TRELLIS_DATA_DIR to another directory"
             )
         if not told:
             who = owner.command if owner is not None else "trellis command"

@@ -1,4 +1,5 @@
-"""`trellis template validate|compile`: check templates and print the compiled DAG."""
+"""`trellis template validate|compile|publish`: check templates, print the compiled DAG, or
+publish them to the gateway (TRELLIS_GATEWAY_URL)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     comp.add_argument("--action", choices=("deploy", "destroy"), default="deploy")
     comp.add_argument("--format", choices=("json", "mermaid"), default="json")
     comp.set_defaults(func=run_compile)
+
+    publish = sub.add_parser(
+        "publish",
+        help="publish the templates to the gateway (TRELLIS_GATEWAY_URL, TRELLIS_TOKEN)",
+        description="Validate and store every document at PATH as a published version: a version, once "
+        "published, keeps its content (publish a changed template under a new spec.version).",
+    )
+    publish.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories")
+    publish.set_defaults(func=run_publish)
 
 
 def _print_problems(errors: tuple[Problem, ...], warnings: tuple[Problem, ...]) -> None:
@@ -98,3 +108,16 @@ def run_compile(args: argparse.Namespace) -> int:
     else:
         print(msgspec.json.format(msgspec.json.encode(result.workflow), indent=2).decode())
     return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from trellis_cli.gateway_common import run_on_gateway
+    from trellis_cli.publish import publish
+
+    async def work(gw: Any, settings: Any) -> int:
+        documents = await publish(gw, args.paths, settings)
+        for doc in documents:
+            print(f"published {doc.kind} {doc.name}" + (f" {doc.version}" if doc.version else ""))
+        return 0
+
+    return run_on_gateway("template publish", work)

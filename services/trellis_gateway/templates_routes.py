@@ -146,7 +146,9 @@ async def publish(request: web.Request) -> web.Response:
     request_ = TemplatePublish(
         tenant=who.tenant,
         sources=sources,
-        documents=tuple(describe(doc) for doc in docs),
+        # Only versioned kinds are catalogue entries: an Environment (or ConfigContext, Repository)
+        # document has no version and stays in the bundle's sources (a run's own replaces it).
+        documents=tuple(describe(doc) for doc in docs if doc_version(doc.document)),
         actor=who.user,
         remote=remote(request),
     )

@@ -88,9 +88,9 @@ def trellis_run(cwd: Path, *args: str, **env_vars: str) -> subprocess.CompletedP
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
 
 
-def test_a_script_task_runs_scripts_beside_its_template_and_reads_a_binary_file_byte_exact(tmp_path: Path) -> None:
-    t = template_dir(tmp_path)
-    done = trellis_run(tmp_path, str(t), "--environment", "hello", "--json")
+def test_a_script_task_runs_scripts_beside_its_template_and_reads_a_binary_file_byte_exact(stack_dir: Path) -> None:
+    t = template_dir(stack_dir)
+    done = trellis_run(stack_dir, str(t), "--environment", "hello", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = {k: v["value"] for k, v in json.loads(done.stdout)["outputs"]["hello"].items()}
     assert outputs == {

@@ -105,16 +105,16 @@ async def completion(queue: asyncio.Queue[RunEvent], run_ids: set[str], seen: li
 
 @pytest.mark.timeout(90)
 async def test_the_stack_serves_on_through_deep_messages_and_an_exploding_expression(
-    bus: Bus, settings: Settings, unique: str, tmp_path: Path, events: asyncio.Queue[RunEvent]
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path, events: asyncio.Queue[RunEvent], database_url: str
 ) -> None:
-    ours = msgspec.structs.replace(settings, tenant=unique, data_dir=tmp_path / "stack")
+    ours = msgspec.structs.replace(settings, tenant=unique, data_dir=tmp_path / "stack", database_url=database_url)
     sources = (SourceFile(path="hostile.yaml", text=TEMPLATES),)
 
     def request(environment: str) -> RunRequested:
         return RunRequested(tenant=unique, run_id=new_run_id(), environment=environment, sources=sources)
 
     with structlog.testing.capture_logs() as logs:
-        async with DevStack(ours, with_postgres=False, services=default_services(ours)):
+        async with DevStack(ours, services=default_services(ours)):
             deep_request = with_deep_field(msgspec.json.encode(request("ordinary")))
             await bus.publish(subjects.runs_requested(unique), deep_request, msg_id=f"{unique}/deep-request")
             deep_event = with_deep_field(b'{"type": "activity.completed"}')

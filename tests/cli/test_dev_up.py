@@ -133,6 +133,8 @@ def test_a_second_ctrl_c_cancels_running_activities_and_stops_without_a_tracebac
         proc.send_signal(signal.SIGINT)
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        while "export " in line:  # the rest of the lines to paste, after the one start_dev_up read
+            line = proc.stdout.readline()
         assert line.startswith("Stopping: waiting for 1 running activity (up to 30 s)"), line
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)

@@ -12,7 +12,7 @@ from embedded_stack_support import DEMO, cli_env, trellis
 
 from trellis_compiler.service import no_deploy_note, with_deploy_variables
 from trellis_core.events import RunRequested
-from trellis_scheduler.store import DeployRecord, decode_deploy_record
+from trellis_store.api import DeployRecord
 
 SIZED_TEMPLATE = """\
 apiVersion: trellis.dev/v1
@@ -85,7 +85,7 @@ def test_a_destroy_with_no_recorded_deploy_says_so(stack_dir: Path) -> None:
 
 def test_the_destroy_variables_go_over_the_deploys() -> None:
     destroy = RunRequested(tenant="t", run_id="r", environment="e", action="destroy", variables={"a": "mine"})
-    record = DeployRecord(variables={"a": "deployed", "b": "kept"})
+    record = DeployRecord(deployed=True, variables={"a": "deployed", "b": "kept"})
     assert with_deploy_variables(destroy, record).variables == {"a": "mine", "b": "kept"}
     assert with_deploy_variables(destroy, None) is destroy
     deploy = msgspec.structs.replace(destroy, action="deploy")
@@ -93,10 +93,6 @@ def test_the_destroy_variables_go_over_the_deploys() -> None:
     assert no_deploy_note(destroy, record) == ()
     assert no_deploy_note(deploy, None) == ()
     assert "no deploy of environment 'e' is recorded for tenant 't'" in no_deploy_note(destroy, None)[0]
-
-
-def test_a_deploy_record_written_before_records_held_variables_still_reads() -> None:
-    outputs = {"app": {"url": {"value": "http://x"}}}
-    assert decode_deploy_record(msgspec.json.encode(outputs)) == DeployRecord(outputs=outputs)
-    record = DeployRecord(outputs=outputs, variables={"size": "large"})
-    assert decode_deploy_record(msgspec.json.encode(record)) == record
+    destroyed = DeployRecord(deployed=False)  # destroyed since: nothing to reuse
+    assert with_deploy_variables(destroy, destroyed) is destroy
+    assert "no deploy of environment 'e'" in no_deploy_note(destroy, destroyed)[0]

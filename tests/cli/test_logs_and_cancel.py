@@ -80,10 +80,11 @@ spec:
 
 
 @pytest.fixture
-async def stack(settings: Settings, unique: str, tmp_path: Path) -> AsyncIterator[Settings]:
-    """The compiler, scheduler and a process agent on the test bus, for a tenant of this test."""
-    ours = msgspec.structs.replace(settings, tenant=unique, data_dir=tmp_path / "stack")
-    async with DevStack(ours, with_postgres=False, services=default_services(ours)) as running:
+async def stack(settings: Settings, unique: str, tmp_path: Path, database_url: str) -> AsyncIterator[Settings]:
+    """The store, gateway, compiler, scheduler and a process agent on the test bus, for a tenant of
+    this test (the compiler asks the store, on this test's own database, for the last deploy)."""
+    ours = msgspec.structs.replace(settings, tenant=unique, data_dir=tmp_path / "stack", database_url=database_url)
+    async with DevStack(ours, services=default_services(ours)) as running:
         yield running.settings
 
 

@@ -87,11 +87,11 @@ def test_the_run_view_follows_attempts_and_marks_what_never_ran_as_skipped() -> 
     ]
 
 
-def test_trellis_run_deploys_the_demo_on_the_embedded_stack_and_prints_one_json_document(tmp_path: Path) -> None:
+def test_trellis_run_deploys_the_demo_on_the_embedded_stack_and_prints_one_json_document(stack_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
-    env["TRELLIS_DATA_DIR"] = str(tmp_path / "data")
+    env["TRELLIS_DATA_DIR"] = str(stack_dir / "data")
     cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(EXAMPLES / "demo"), "--environment", "demo", "--json"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=stack_dir, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(done.stdout)
     assert document["status"] == "succeeded"
@@ -133,9 +133,9 @@ def _trellis_run(tmp_path: Path, *args: str, **env_vars: str) -> subprocess.Comp
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
 
 
-def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(tmp_path: Path) -> None:
-    (tmp_path / "failing.yaml").write_text(FAILING)
-    done = _trellis_run(tmp_path, str(tmp_path / "failing.yaml"), "--environment", "failing", "--json")
+def test_trellis_run_exits_non_zero_and_says_why_when_the_run_fails(stack_dir: Path) -> None:
+    (stack_dir / "failing.yaml").write_text(FAILING)
+    done = _trellis_run(stack_dir, str(stack_dir / "failing.yaml"), "--environment", "failing", "--json")
     assert done.returncode == 1, done.stderr[-3000:]
     document = json.loads(done.stdout)
     assert document["status"] == "failed"
@@ -210,9 +210,9 @@ spec:
 """
 
 
-def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every_warning(tmp_path: Path) -> None:
-    (tmp_path / "mixed.yaml").write_text(MIXED)
-    done = _trellis_run(tmp_path, str(tmp_path / "mixed.yaml"), "--environment", "mixed")
+def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every_warning(stack_dir: Path) -> None:
+    (stack_dir / "mixed.yaml").write_text(MIXED)
+    done = _trellis_run(stack_dir, str(stack_dir / "mixed.yaml"), "--environment", "mixed")
     assert done.returncode == 1, done.stderr[-3000:]
     out = done.stdout
     unwrapped = "".join(out.split())  # the console wraps long lines
@@ -225,10 +225,10 @@ def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every
     assert "hello from chatty" not in out  # a succeeded activity's log shows only with --follow
 
 
-def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(tmp_path: Path) -> None:
-    (tmp_path / "mixed.yaml").write_text(MIXED)
-    args = (str(tmp_path / "mixed.yaml"), "--environment", "mixed", "--json", "--follow")
-    done = _trellis_run(tmp_path, *args)
+def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(stack_dir: Path) -> None:
+    (stack_dir / "mixed.yaml").write_text(MIXED)
+    args = (str(stack_dir / "mixed.yaml"), "--environment", "mixed", "--json", "--follow")
+    done = _trellis_run(stack_dir, *args)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "resource/chatty/task/hello | hello from chatty\n" in done.stderr
     assert "resource/broken/task/boom | disk on fire, key ***\n" in done.stderr
@@ -297,16 +297,16 @@ def _nats_server_under(directory: Path) -> int:
     raise AssertionError(f"no nats-server runs under {directory}")
 
 
-def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_run(tmp_path: Path) -> None:
-    (tmp_path / "slow.yaml").write_text(SLOW)
+def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_run(stack_dir: Path) -> None:
+    (stack_dir / "slow.yaml").write_text(SLOW)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")} | {
-        "TRELLIS_DATA_DIR": str(tmp_path / "data")
+        "TRELLIS_DATA_DIR": str(stack_dir / "data")
     }
-    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(stack_dir / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=stack_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
-        os.kill(_nats_server_under(tmp_path / "data"), signal.SIGKILL)
+        os.kill(_nats_server_under(stack_dir / "data"), signal.SIGKILL)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -317,12 +317,12 @@ def test_trellis_run_says_the_bus_is_gone_and_exits_when_nats_server_dies_mid_ru
     assert "Traceback" not in err
 
 
-def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(tmp_path: Path) -> None:
-    (tmp_path / "slow.yaml").write_text(SLOW.replace("echo napping;", "trap '' TERM INT; echo napping;"))
+def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(stack_dir: Path) -> None:
+    (stack_dir / "slow.yaml").write_text(SLOW.replace("echo napping;", "trap '' TERM INT; echo napping;"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
-    env["TRELLIS_DATA_DIR"] = str(tmp_path / "data")
-    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(tmp_path / "slow.yaml"), "-e", "slow", "--follow"]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env["TRELLIS_DATA_DIR"] = str(stack_dir / "data")
+    cmd = [sys.executable, "-m", "trellis_cli.main", "run", str(stack_dir / "slow.yaml"), "-e", "slow", "--follow"]
+    proc = subprocess.Popen(cmd, env=env, cwd=stack_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _read_until(proc, "resource/slow/task/nap | napping", timeout=60)
         proc.send_signal(signal.SIGINT)
@@ -339,12 +339,12 @@ def test_ctrl_c_twice_stops_trellis_run_without_a_traceback(tmp_path: Path) -> N
     assert " cancelled" in out
 
 
-def test_a_run_whose_workflow_travels_by_reference_is_shown_activity_by_activity(tmp_path: Path) -> None:
+def test_a_run_whose_workflow_travels_by_reference_is_shown_activity_by_activity(stack_dir: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from tree_templates import tree_templates
 
-    templates = tree_templates(tmp_path / "tree", 650)  # compiles to about 290 KB: over the inline limit
-    done = _trellis_run(tmp_path, str(templates), "--environment", "tree", "--json")
+    templates = tree_templates(stack_dir / "tree", 650)  # compiles to about 290 KB: over the inline limit
+    done = _trellis_run(stack_dir, str(templates), "--environment", "tree", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     document = json.loads(done.stdout)
     assert len(document["activities"]) == 650
