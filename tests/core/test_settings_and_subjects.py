@@ -96,6 +96,15 @@ def test_uuid7_is_time_ordered_and_version_7() -> None:
     assert first[14] == "7"
 
 
+def test_uuid7s_made_within_one_millisecond_still_increase() -> None:
+    """Run lists page by run id: ids made in the same millisecond must keep their order."""
+    ids = [uuid7() for _ in range(20_000)]  # many share a millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert {i[14] for i in ids} == {"7"}
+    assert {i[19] for i in ids} <= set("89ab")  # the RFC 9562 variant
+
+
 def test_a_message_must_name_the_tenant_and_run_of_its_subject() -> None:
     subject = subjects.run_event("acme", "r1", "activity.completed")
     assert subjects.subject_mismatch(subject, "acme", "r1") == ""
