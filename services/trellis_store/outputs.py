@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from trellis_core.workflow import LastDeploy, Workflow
 from trellis_store.api import MASK
 
 SEALED = "sealed"
@@ -44,6 +45,14 @@ def masked_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
 def masked_resources(outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Run or environment outputs (resource -> name -> entry) with every sensitive value masked."""
     return {resource: masked_outputs(named) for resource, named in outputs.items()}
+
+
+def masked_last_deploy(workflow: Workflow) -> LastDeploy | None:
+    """A workflow's `last_deploy` (a destroy's: deploy.record's outputs, opened) masked."""
+    last = workflow.last_deploy
+    if last is None or not last.outputs:
+        return last
+    return msgspec.structs.replace(last, outputs=masked_resources(last.outputs))
 
 
 def sealed_resources(

@@ -40,7 +40,7 @@ from trellis_core.events import (
     encode,
 )
 from trellis_core.workflow import Workflow
-from trellis_store.outputs import masked_outputs, masked_resources, sealed_resources
+from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, sealed_resources
 
 MASK = "********"
 Seal = Callable[[str], str]
@@ -377,7 +377,9 @@ def _event_row(event: RunEvent, seq: int) -> tuple[Any, ...]:
     if isinstance(event, RunRequested):
         body = msgspec.structs.replace(event, sources=(), files=(), variables={})
     elif isinstance(event, RunCompiled):
-        header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={})
+        last = masked_last_deploy(event.workflow)
+        header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={},
+                                         last_deploy=last)
         body = msgspec.structs.replace(event, workflow=header)
     elif isinstance(event, RunCompleted):  # sensitive outputs: sealed on the run's row, masked here
         body = msgspec.structs.replace(event, outputs=masked_resources(event.outputs))
@@ -410,11 +412,14 @@ def sealed_variables(variables: dict[str, str], seal: Seal | None) -> str:
 
 def masked(workflow: Workflow) -> Workflow:
     """The workflow as `runs.workflow` keeps it: each activity's sensitive inputs and env values
-    masked, checkout credentials masked, no rendering scope and no requested variables."""
+    masked, checkout credentials masked, no rendering scope and no requested variables, and the
+    last deploy's sensitive outputs (a destroy's, from deploy.record) masked."""
     activities = tuple(
         _masked_activity(a) if a.sensitive or _has_credentials(a.spec) else a for a in workflow.activities
     )
-    return msgspec.structs.replace(workflow, activities=activities, scope={}, requested_variables={})
+    return msgspec.structs.replace(
+        workflow, activities=activities, scope={}, requested_variables={}, last_deploy=masked_last_deploy(workflow)
+    )
 
 
 def _has_credentials(spec: Any) -> bool:

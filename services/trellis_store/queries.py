@@ -47,7 +47,7 @@ from trellis_store.api import (
     WebhookTarget,
 )
 from trellis_store.context import Encoded, StoreContext, check_limit, error, etag_of
-from trellis_store.outputs import masked_outputs, masked_resources, opened_resources
+from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, opened_resources
 from trellis_store.sealing import SealError
 
 _activities = msgspec.json.Decoder(tuple[ActivityRow, ...])
@@ -260,9 +260,20 @@ async def run_get(ctx: StoreContext, req: RunGet) -> Encoded | StoreError:
     tail = _RunTail(
         errors=_problems.decode(row["errors"]),
         outputs=masked_resources(_outputs.decode(row["outputs"])),
-        workflow=_workflow.decode(row["workflow"]) if row["workflow"] else None,
+        workflow=_masked_workflow(row["workflow"]),
     )
     return run_detail_json(RunSummary(**summary_fields(row)), activities, tail)
+
+
+def _masked_workflow(text: str | None) -> Workflow | None:
+    """The stored workflow, its last deploy's sensitive outputs masked (as the projection stores
+    them; this keeps rows projected before it did so from answering them)."""
+    if not text:
+        return None
+    workflow = _workflow.decode(text)
+    if workflow.last_deploy is None or not workflow.last_deploy.outputs:
+        return workflow
+    return msgspec.structs.replace(workflow, last_deploy=masked_last_deploy(workflow))
 
 
 def masked(row: ActivityRow) -> ActivityRow:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from store_api_support import RunningStore, running_store
 from test_projection import publish, workflow
@@ -19,6 +20,7 @@ from trellis_core.bus import Bus
 from trellis_core.events import ActivityCompleted, Event, RunCompiled, RunCompleted, RunRequested, RunStarted
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
+from trellis_core.workflow import LastDeploy
 from trellis_store.api import MASK, DeployRecord, DeployRecordGet, Environment, EnvironmentGet, RunDetail, RunGet
 
 
@@ -133,10 +135,13 @@ async def test_rows_holding_sensitive_outputs_in_clear_are_masked_in_answers(
         clear,
     )
     await store.sql(
-        "INSERT INTO runs (tenant, run_id, environment, action, status, outputs) "
-        "VALUES ($1, 'r1', 'dev', 'deploy', 'succeeded', $2::jsonb)",
+        "INSERT INTO runs (tenant, run_id, environment, action, status, outputs, workflow) "
+        "VALUES ($1, 'r1', 'dev', 'deploy', 'succeeded', $2::jsonb, $3::jsonb)",
         unique,
         clear,
+        msgspec.json.encode(
+            msgspec.structs.replace(workflow("dev", 1), last_deploy=LastDeploy(outputs=msgspec.json.decode(clear)))
+        ).decode(),
     )
     await store.sql(
         "INSERT INTO activities (tenant, run_id, activity_id, ordinal, kind, status, outputs) "
@@ -150,6 +155,34 @@ async def test_rows_holding_sensitive_outputs_in_clear_are_masked_in_answers(
     raw = await store.client.ask_raw(RunGet(tenant=unique, run_id="r1"))
     assert isinstance(raw, memoryview), raw
     assert secret.encode() not in bytes(raw)
-    detail = await store.ask(RunGet(tenant=unique, run_id="r1"), RunDetail)
+    detail = await store.ask(RunGet(tenant=unique, run_id="r1", with_workflow=True), RunDetail)
     assert detail.outputs == {"r0": want}
     assert detail.activities[0].outputs == want
+    assert detail.workflow is not None
+    assert detail.workflow.last_deploy == LastDeploy(outputs={"r0": want})
+
+
+async def test_a_destroys_last_deploy_outputs_are_masked_in_its_stored_workflow(
+    projecting_store: RunningStore, bus: Bus, unique: str
+) -> None:
+    """A destroy is compiled with deploy.record's outputs opened (`workflow.lastDeploy`): the run's
+    workflow, as run.get answers it and as the rows keep it, holds them masked."""
+    store, secret = projecting_store, f"secret-value-{unique}"
+    run_id = new_run_id()
+    ids: dict[str, Any] = {"tenant": unique, "run_id": run_id}
+    last = LastDeploy(run_id="r0", outputs={"r0": outputs_of("r0", secret)})
+    wf = msgspec.structs.replace(workflow("dev", 1, action="destroy"), last_deploy=last)
+    await publish(
+        bus,
+        [
+            RunRequested(**ids, environment="dev", action="destroy", requested_by="ana"),
+            RunCompiled(**ids, workflow=wf, requested_by="ana"),
+            RunCompleted(**ids, status="succeeded"),
+        ],
+    )
+    await store.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)  # waits for the projection
+    detail = await store.ask(RunGet(tenant=unique, run_id=run_id, with_workflow=True), RunDetail)
+    assert detail.workflow is not None
+    assert detail.workflow.last_deploy == LastDeploy(run_id="r0", outputs={"r0": masked("r0")})
+    in_clear = await clear_copies(store, unique, secret)
+    assert set(in_clear.values()) == {0}, in_clear
