@@ -74,19 +74,30 @@ async def _issue_token(conn: Any, tenant: str, role: str, user: str) -> IssuedTo
 
 
 async def tenant_create(ctx: StoreContext, req: TenantCreate) -> IssuedToken | StoreError:
-    """A tenant the projection already knows from bus runs (a row but no token) may still be
-    created: what makes it exist for the API is its first token."""
+    """A new tenant and its first (admin) token.
+
+    A tenant the projection already knows from bus runs (its row, written for those runs, but no
+    token) is adopted: created for the API like a new one, keeping the runs and environments the
+    projection holds for it. That is deliberate: the dev stack runs `trellis run` on the bus as
+    tenant `default` before anyone creates it through the API. Only a tenant with a token is
+    taken (`conflict`). The audit entry of an adoption says so (`adopted: true`), so whoever
+    reads it knows the runs already there came before the tenant was created."""
     if not TENANT_NAME.match(req.name):
         return error("invalid", f"tenant name {req.name!r} must be 1-128 of A-Z a-z 0-9 _ -", "name")
     if not req.admin_user.strip():
         return error("invalid", "admin_user must not be empty", "admin_user")
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING", req.name)
+        inserted = await conn.fetchval(
+            "INSERT INTO tenants (name) VALUES ($1) ON CONFLICT DO NOTHING RETURNING name", req.name
+        )
         await conn.execute("SELECT 1 FROM tenants WHERE name = $1 FOR UPDATE", req.name)
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tokens WHERE tenant = $1)", req.name):
             return error("conflict", f"tenant {req.name!r} exists", "name")
         issued = await _issue_token(conn, req.name, "admin", req.admin_user)
-        await audit(conn, req.name, req.actor, "tenant.create", req.name, {"admin_user": req.admin_user}, "")
+        detail: dict[str, Any] = {"admin_user": req.admin_user}
+        if inserted is None:  # the projection's row, from bus runs: adopted
+            detail["adopted"] = True
+        await audit(conn, req.name, req.actor, "tenant.create", req.name, detail, "")
     return issued
 
 

@@ -1,5 +1,6 @@
 """One request in, one Reply out: decode the StoreRequest union, run its op, and turn every
-outcome into a value. PostgreSQL down answers `unavailable`; a bug answers `internal` (logged
+outcome into a value. PostgreSQL down answers `unavailable` (with a generic message: the
+details, naming the database's address, are logged only); a bug answers `internal` (logged
 with its traceback); nothing raises across the bus."""
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
 )
 
+UNAVAILABLE_MESSAGE = "the state store's database is unavailable"
+
 _request = msgspec.json.Decoder(StoreRequest)
 _encoder = msgspec.json.Encoder()
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
 
 
-def decode_error(exc: msgspec.DecodeError) -> StoreError:
+def decode_error(exc: msgspec.MsgspecError) -> StoreError:
     """msgspec's `Expected str, got int - at `$.template.name`` as a message and a field path."""
     text = str(exc)
     match = _AT.search(text)
@@ -89,11 +92,17 @@ def encode_reply(answer: msgspec.Struct | Encoded) -> bytes:
 
 
 async def handle(ctx: StoreContext, payload: bytes) -> bytes:
-    """The encoded Reply to one encoded request; never raises (but for cancellation)."""
+    """The encoded Reply to one encoded request; never raises (but for cancellation).
+
+    A request msgspec cannot decode answers `invalid`: malformed or mistyped (DecodeError,
+    ValidationError among them), and nested too deep for the decoder (RecursionError: an
+    AuditRecord.detail of 100,000 nested lists) - a request the caller must change."""
     try:
         request = _request.decode(payload)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         return encode_reply(decode_error(exc))
+    except RecursionError:
+        return encode_reply(StoreError(code="invalid", message="undecodable store request: nested too deeply"))
     return encode_reply(await answer(ctx, request))
 
 
@@ -102,8 +111,9 @@ async def answer(ctx: StoreContext, request: StoreRequest) -> msgspec.Struct | E
     try:
         return await OPS[type(request)](ctx, request)
     except UNAVAILABLE as exc:
+        # the details (the database's host and port, the driver's words) stay in the log
         log.warning("store_unavailable", op=op, error=f"{type(exc).__name__}: {exc}")
-        return StoreError(code="unavailable", message=f"PostgreSQL is unavailable ({type(exc).__name__}: {exc})")
+        return StoreError(code="unavailable", message=UNAVAILABLE_MESSAGE)
     except Exception as exc:
         log.exception("store_op_failed", op=op, tenant=getattr(request, "tenant", ""))
         return StoreError(code="internal", message=f"{op} failed: {type(exc).__name__} (see the store's log)")

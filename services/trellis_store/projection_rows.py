@@ -40,6 +40,7 @@ from trellis_core.events import (
     encode,
 )
 from trellis_core.workflow import Workflow
+from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, sealed_resources
 
 MASK = "********"
 Seal = Callable[[str], str]
@@ -261,7 +262,7 @@ class Batch:
             case RunCancelRequested():
                 self._run(event, seq, "cancelling", message=event.reason)
             case RunCompleted():
-                outputs = encode_json(event.outputs)
+                outputs = encode_json(sealed_resources(event.outputs, self.seal))  # deploy.record opens them
                 self._run(event, seq, event.status, finished_at=event.occurred_at, message=event.message,
                           outputs=outputs)
                 self.skipped.append((event.tenant, event.run_id))
@@ -359,7 +360,7 @@ def _activity_patch(event: ActivityEvent) -> tuple[Any, ...] | None:
         case ActivityStarted():
             return ("running", event.agent, at)
         case ActivityCompleted():
-            return ("succeeded", "", None, at, encode_json(event.outputs), "", event.exit_code)
+            return ("succeeded", "", None, at, encode_json(masked_outputs(event.outputs)), "", event.exit_code)
         case ActivityFailed():
             return ("timed_out" if event.timed_out else "failed", "", None, at, "{}", event.reason, event.exit_code)
         case ActivityCancelled():
@@ -376,8 +377,14 @@ def _event_row(event: RunEvent, seq: int) -> tuple[Any, ...]:
     if isinstance(event, RunRequested):
         body = msgspec.structs.replace(event, sources=(), files=(), variables={})
     elif isinstance(event, RunCompiled):
-        header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={})
+        last = masked_last_deploy(event.workflow)
+        header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={},
+                                         last_deploy=last)
         body = msgspec.structs.replace(event, workflow=header)
+    elif isinstance(event, RunCompleted):  # sensitive outputs: sealed on the run's row, masked here
+        body = msgspec.structs.replace(event, outputs=masked_resources(event.outputs))
+    elif isinstance(event, ActivityCompleted):
+        body = msgspec.structs.replace(event, outputs=masked_outputs(event.outputs))
     activity_id = event.activity_id if isinstance(event, ActivityEvent) else ""
     attempt = event.attempt if isinstance(event, ActivityEvent) else 0
     return (seq, event.event_id, event.tenant, event.run_id, event.kind, activity_id, attempt, event.occurred_at,
@@ -405,11 +412,14 @@ def sealed_variables(variables: dict[str, str], seal: Seal | None) -> str:
 
 def masked(workflow: Workflow) -> Workflow:
     """The workflow as `runs.workflow` keeps it: each activity's sensitive inputs and env values
-    masked, checkout credentials masked, no rendering scope and no requested variables."""
+    masked, checkout credentials masked, no rendering scope and no requested variables, and the
+    last deploy's sensitive outputs (a destroy's, from deploy.record) masked."""
     activities = tuple(
         _masked_activity(a) if a.sensitive or _has_credentials(a.spec) else a for a in workflow.activities
     )
-    return msgspec.structs.replace(workflow, activities=activities, scope={}, requested_variables={})
+    return msgspec.structs.replace(
+        workflow, activities=activities, scope={}, requested_variables={}, last_deploy=masked_last_deploy(workflow)
+    )
 
 
 def _has_credentials(spec: Any) -> bool:

@@ -47,6 +47,7 @@ from trellis_store.api import (
     WebhookTarget,
 )
 from trellis_store.context import Encoded, StoreContext, check_limit, error, etag_of
+from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, opened_resources
 from trellis_store.sealing import SealError
 
 _activities = msgspec.json.Decoder(tuple[ActivityRow, ...])
@@ -116,7 +117,8 @@ ENV_COLUMNS = (
 
 
 def environment_of(ctx: StoreContext, row: Any, *, reveal: bool) -> Environment:
-    """The API's view of a row: sealed values masked, or opened when `reveal` asks for them."""
+    """The API's view of a row: sealed variables masked, or opened when `reveal` asks for them;
+    sensitive outputs masked always (only deploy.record opens them)."""
     variables = _str_map.decode(row["variables"])
     for name, sealed in _str_map.decode(row["sealed"]).items():
         variables[name] = ctx.sealer.open(sealed) if reveal else MASK
@@ -128,7 +130,7 @@ def environment_of(ctx: StoreContext, row: Any, *, reveal: bool) -> Environment:
         variables=variables,
         sensitive=tuple(row["sensitive"]),
         agents=tuple(row["agents"]),
-        outputs=_outputs.decode(row["outputs"]),
+        outputs=masked_resources(_outputs.decode(row["outputs"])),
         last_run_id=row["last_run_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -248,17 +250,38 @@ async def run_get(ctx: StoreContext, req: RunGet) -> Encoded | StoreError:
         version = row["version"]
         activities = ctx.activities.get(req.tenant, req.run_id, version)
         if activities is None:
-            rows = _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
+            rows = tuple(
+                masked(r) for r in _activities.decode(await conn.fetchval(ACTIVITIES_JSON, req.tenant, req.run_id))
+            )
             activities = _encoder.encode(rows)
             ctx.activities.put(
                 req.tenant, req.run_id, version, activities, count=len(rows), complete=version <= floor
             )
     tail = _RunTail(
         errors=_problems.decode(row["errors"]),
-        outputs=_outputs.decode(row["outputs"]),
-        workflow=_workflow.decode(row["workflow"]) if row["workflow"] else None,
+        outputs=masked_resources(_outputs.decode(row["outputs"])),
+        workflow=_masked_workflow(row["workflow"]),
     )
     return run_detail_json(RunSummary(**summary_fields(row)), activities, tail)
+
+
+def _masked_workflow(text: str | None) -> Workflow | None:
+    """The stored workflow, its last deploy's sensitive outputs masked (as the projection stores
+    them; this keeps rows projected before it did so from answering them)."""
+    if not text:
+        return None
+    workflow = _workflow.decode(text)
+    if workflow.last_deploy is None or not workflow.last_deploy.outputs:
+        return workflow
+    return msgspec.structs.replace(workflow, last_deploy=masked_last_deploy(workflow))
+
+
+def masked(row: ActivityRow) -> ActivityRow:
+    """The row with its sensitive outputs masked (the projection stores them masked already;
+    this keeps rows projected before it did so, or by an older store, from answering them)."""
+    if not row.outputs or (outputs := masked_outputs(row.outputs)) is row.outputs:
+        return row
+    return msgspec.structs.replace(row, outputs=outputs)
 
 
 async def run_list(ctx: StoreContext, req: RunList) -> Runs | StoreError:
@@ -344,9 +367,11 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
         variables = open_deployed_variables(ctx, _any.decode(row["variables"]))
     except (SealError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error("internal", f"environment {req.environment!r}: its deployed variables do not open: {exc}")
-    return DeployRecord(
-        deployed=True, run_id=row["deploy_run_id"], outputs=_outputs.decode(row["outputs"]), variables=variables
-    )
+    try:
+        outputs = opened_resources(_outputs.decode(row["outputs"]), ctx.sealer.open)
+    except (SealError, msgspec.DecodeError) as exc:
+        return error("internal", f"environment {req.environment!r}: its sensitive outputs do not open: {exc}")
+    return DeployRecord(deployed=True, run_id=row["deploy_run_id"], outputs=outputs, variables=variables)
 
 
 def open_deployed_variables(ctx: StoreContext, stored: Any) -> dict[str, str]:

@@ -72,11 +72,13 @@ class RunningStore:
 
 @contextlib.asynccontextmanager
 async def running_store(
-    bus: Bus, settings: Settings, database_url: str, **overrides: Any
+    bus: Bus, settings: Settings, database_url: str, projection: dict[str, Any] | None = None, **overrides: Any
 ) -> AsyncIterator[RunningStore]:
+    """A store serving on its own database; `projection` options go to its Projection (a tenant
+    filter and durables of the test's own, to project the test's bus events)."""
     store_settings = msgspec.structs.replace(settings, database_url=database_url, seal_key=new_key(), **overrides)
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(bus, store_settings, stop, ready))
+    task = asyncio.create_task(serve(bus, store_settings, stop, ready, projection_options=projection))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()

@@ -175,6 +175,14 @@ async def test_a_tenant_the_projection_already_knows_can_still_be_created(store:
     await store.sql("INSERT INTO tenants (name) VALUES ($1)", unique)
     issued = await store.ask(TenantCreate(name=unique), IssuedToken)
     assert issued.tenant == unique
+    entries = (await store.ask(AuditList(tenant=unique), AuditEntries)).entries
+    assert [(e.action, e.detail) for e in entries] == [
+        ("tenant.create", {"admin_user": "admin", "adopted": True})  # taken over, and the audit says so
+    ]
+    fresh = await store.ask(TenantCreate(name=unique + "f"), IssuedToken)
+    assert fresh.tenant == unique + "f"
+    entries = (await store.ask(AuditList(tenant=unique + "f"), AuditEntries)).entries
+    assert [(e.action, e.detail) for e in entries] == [("tenant.create", {"admin_user": "admin"})]
 
 
 async def test_tokens_of_each_role_verify_and_unknown_ones_do_not(store: RunningStore, unique: str) -> None:
@@ -407,3 +415,28 @@ async def test_every_change_is_audited_newest_first_and_records_can_be_added(sto
     assert (bad.code, bad.path) == ("invalid", "actor")
     other = await store.ask(AuditList(tenant=unique + "n"), AuditEntries)
     assert other.entries == ()
+
+
+async def test_an_audit_detail_nested_too_deep_is_refused_as_invalid(
+    store: RunningStore, bus: Bus, unique: str
+) -> None:
+    """100,000 nested lists (200 kB, under the bus's payload limit) exceed the decoder's depth:
+    the caller hears `invalid` rather than nothing (a timeout), and the store serves on."""
+    await store.ask(TenantCreate(name=unique), IssuedToken)
+    depth = 100_000
+    payload = (
+        b'{"op": "audit.record", "tenant": "' + unique.encode() + b'", "actor": "eve", "action": "x", '
+        b'"detail": {"deep": ' + b"[" * depth + b"]" * depth + b"}}"
+    )
+    requester = Requester(bus.nc)
+    try:
+        data = await requester.request("trellis.store.api.audit.record", payload, timeout=10)
+    finally:
+        await requester.close()
+    reply = msgspec.json.decode(data, type=Reply)
+    assert reply.error is not None, reply
+    assert reply.error.code == "invalid"
+    assert "nested too deeply" in reply.error.message
+    entries = (await store.ask(AuditList(tenant=unique), AuditEntries)).entries
+    assert [e.action for e in entries] == ["tenant.create"]  # nothing recorded
+    await store.ask(Ping(), Pong)

@@ -373,12 +373,19 @@ async def test_postgresql_down_answers_unavailable_and_the_store_recovers(
         await running.ask(Ping(), Pong)
         await proxy.cut()
         deadline = time.monotonic() + 20
-        answer: Pong | StoreError = await running.client.ask(Ping(), Pong)
-        while isinstance(answer, Pong) and time.monotonic() < deadline:  # a pooled connection may still look open
-            answer = await running.client.ask(Ping(), Pong)
+        with structlog.testing.capture_logs() as logged:
+            answer: Pong | StoreError = await running.client.ask(Ping(), Pong)
+            while isinstance(answer, Pong) and time.monotonic() < deadline:  # a pooled connection may look open
+                answer = await running.client.ask(Ping(), Pong)
         assert isinstance(answer, StoreError), answer
         assert answer.code == "unavailable"
-        assert "PostgreSQL is unavailable" in answer.message
+        assert answer.message == "the state store's database is unavailable"  # no host, port or driver text
+        assert str(proxy.port) not in answer.message
+        assert "127.0.0.1" not in answer.message
+        details = [e for e in logged if e["event"] == "store_unavailable"]
+        assert details, logged
+        assert details[-1]["op"] == "ping"
+        assert details[-1]["error"]  # the driver's words, for the operator
         refused = await running.client.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)
         assert isinstance(refused, StoreError)
         assert refused.code == "unavailable"
