@@ -23,11 +23,18 @@ from nats.js.client import JetStreamContext
 
 from trellis_core import subjects
 from trellis_core.errors import TrellisError
-from trellis_core.events import ActivityLogChunk, RunCompiled, RunRequested, decode_run_event
+from trellis_core.events import (
+    ActivityCompleted,
+    ActivityLogChunk,
+    RunCompiled,
+    RunCompleted,
+    RunRequested,
+    decode_run_event,
+)
 from trellis_core.logs import get_logger
 from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, ok, principal
 from trellis_gateway.runs_routes import run_of
-from trellis_store.api import LogChunkRow, LogChunks, LogsGet, RunDetail
+from trellis_store.api import MASK, LogChunkRow, LogChunks, LogsGet, RunDetail
 
 routes = web.RouteTableDef()
 log = get_logger("gateway.streams")
@@ -126,10 +133,23 @@ async def close_ordered(js: JetStreamContext, sub: Any) -> None:
 # ---- events -----------------------------------------------------------------------------------
 
 
+def masked_outputs(outputs: Any) -> Any:
+    """`outputs` with the value of every output marked sensitive (OpenTofu's `{"value": ...,
+    "sensitive": true}`, at any depth: an activity's by name, a run's by resource then name)
+    read `********`, as the store shows them."""
+    if not isinstance(outputs, dict):
+        return outputs
+    if outputs.get("sensitive") is True and "value" in outputs:
+        return {**outputs, "value": MASK}
+    return {key: masked_outputs(value) for key, value in outputs.items()}
+
+
 def event_data(event: Any) -> bytes:
     """The event's JSON without what is bulky or sensitive: a request's bundle and variables,
-    a compiled run's workflow (a summary instead)."""
+    a compiled run's workflow (a summary instead), the values of sensitive outputs."""
     data: dict[str, Any] = msgspec.to_builtins(event)
+    if isinstance(event, ActivityCompleted | RunCompleted):
+        data["outputs"] = masked_outputs(data.get("outputs", {}))
     if isinstance(event, RunRequested):
         for key in ("sources", "files", "variables"):
             data.pop(key, None)

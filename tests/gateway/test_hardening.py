@@ -41,7 +41,9 @@ async def test_a_megabyte_of_backslashes_is_answered_and_the_gateway_keeps_servi
 async def test_a_nul_in_a_string_is_refused_and_an_escaped_backslash_before_u0000_is_not(
     api: Api, tenant: Tenant, body: bytes, status: int
 ) -> None:
-    answer = await api.call("POST", DECIDE, token=tenant.viewer, data=body, headers={"Content-Type": "application/json"})
+    answer = await api.call(
+        "POST", DECIDE, token=tenant.viewer, data=body, headers={"Content-Type": "application/json"}
+    )
     problem = answer.problem(status)
     if status == 422:
         assert "NUL" in problem["detail"]

@@ -183,3 +183,35 @@ async def test_streams_end_when_the_gateway_stops(api: Api, bus: Bus, settings: 
         api.gateway.stopping.clear()
         await api.json("POST", f"/v1/runs/{run_id}/cancel", status=202)
         assert (await api.events(run_id))[-1].json()["status"] == "cancelled"
+
+
+async def _requested_run(api: Api) -> str:
+    """A run the store knows (requested; nothing runs it)."""
+    await api.environment("web", HELLO, "hello-stack", {})
+    run_id = await api.start("web")
+    async with asyncio.timeout(15):
+        while True:
+            async with api.call("GET", f"/v1/runs/{run_id}", who="viewer") as response:
+                if response.status == 200:
+                    return run_id
+            await asyncio.sleep(0.05)
+
+
+async def test_sensitive_outputs_are_masked_on_the_event_stream(api: Api, bus: Bus) -> None:
+    from trellis_core.events import ActivityCompleted, RunCompleted
+    from trellis_store.api import MASK
+
+    run_id = await _requested_run(api)
+    secret = "s3cr3t-db-password"
+    outputs = {"password": {"value": secret, "sensitive": True}, "url": {"value": "https://db", "sensitive": False}}
+    await bus.publish_event(
+        ActivityCompleted(tenant=api.tenant, run_id=run_id, activity_id=SAY, attempt=1, outputs=outputs)
+    )
+    await bus.publish_event(RunCompleted(tenant=api.tenant, run_id=run_id, status="succeeded", outputs={"db": outputs}))
+    events = await api.events(run_id, who="viewer")
+    masked = {"password": {"value": MASK, "sensitive": True}, "url": {"value": "https://db", "sensitive": False}}
+    completed = [e.json() for e in events if e.event == "activity.completed"]
+    assert [c["outputs"] for c in completed] == [masked]
+    assert events[-1].event == "run.completed"
+    assert events[-1].json()["outputs"] == {"db": masked}
+    assert all(secret not in e.data for e in events)
