@@ -26,6 +26,7 @@ from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_gateway.auth import TokenCache
 from trellis_gateway.metrics import Metrics
+from trellis_gateway.stream_limits import StreamLimits
 from trellis_store.api import AuditRecord, Ok, Principal, Role, StoreError
 from trellis_store.client import StoreClient
 
@@ -58,6 +59,7 @@ class Gateway:
     callback_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)  # `/metrics`; SSE routes: `with metrics.sse_client():`
     tokens: TokenCache = field(default_factory=TokenCache)  # verified bearer tokens, for a few seconds
+    streams: StreamLimits = field(default_factory=StreamLimits)  # open SSE streams per token and tenant, capped
     # Set when the server starts shutting down: long-lived answers (SSE) end so shutdown is quick.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
