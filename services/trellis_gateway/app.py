@@ -104,7 +104,8 @@ async def _measure(request: web.Request, handler: Handler) -> web.StreamResponse
 @web.middleware
 async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as application/problem+json: ours, aiohttp's own (404, 405, 413) and the
-    unexpected (500, logged, nothing of the internals in the answer)."""
+    unexpected (500, logged, nothing of the internals in the answer). Logs name the route template,
+    never the path: paths hold credentials (webhook secrets, approval callback tokens)."""
     try:
         return await handler(request)
     except ApiProblem as exc:
@@ -120,11 +121,11 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     except asyncio.CancelledError:
         raise
     except (nats.errors.Error, ConnectionError) as exc:
-        log.warning("gateway_bus_unavailable", method=request.method, path=request.path, error=repr(exc))
+        log.warning("gateway_bus_unavailable", method=request.method, route=_route_of(request), error=repr(exc))
         problem = ProblemDetail(title="Service Unavailable", status=503, detail="the bus is not reachable; retry")
         return problem_response(problem)
     except Exception:
-        log.exception("gateway_handler_failed", method=request.method, path=request.path)
+        log.exception("gateway_handler_failed", method=request.method, route=_route_of(request))
         problem = ProblemDetail(title="Internal Server Error", status=500, detail="an unexpected error (logged)")
         return problem_response(problem)
 

@@ -13,7 +13,7 @@ an expired token or one of an earlier attempt is 410 Gone, a token used before i
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
@@ -43,9 +43,12 @@ log = get_logger("gateway.approvals")
 CALLBACK_ACTOR = "callback"
 
 
+MAX_COMMENT_CHARS = 4096  # a decision's comment goes on the bus and into the run's record
+
+
 class DecisionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     decision: Literal["approve", "reject"]
-    comment: str = ""
+    comment: Annotated[str, msgspec.Meta(max_length=MAX_COMMENT_CHARS)] = ""
 
 
 class Decided(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,13 +100,9 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
     if isinstance(claims, str):
         status, title = (410, "Gone") if claims.endswith("expired") else (404, "Not Found")
         raise ApiProblem(status, title, claims)
-    body = await read_body(request, DecisionBody)  # before redeeming: a bad body does not use the token up
-    redeemed = await gateway.store.ask(
-        CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
-    )
-    if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
-        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
-    ok(redeemed)
+    # Everything that can refuse comes before redeeming: a bad body, or an approval decided, expired
+    # or of a later attempt, does not use the token up.
+    body = await read_body(request, DecisionBody)
     approval = await gateway.store.ask(
         ApprovalGet(tenant=claims.tenant, run_id=claims.run_id, activity_id=claims.activity_id), Approval
     )
@@ -111,6 +110,12 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
         _check_open(approval, claims.attempt)
     elif approval.code != "not_found":
         ok(approval)
+    redeemed = await gateway.store.ask(
+        CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
+    )
+    if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
+        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
+    ok(redeemed)
     decided = ApprovalDecided(
         tenant=claims.tenant,
         run_id=claims.run_id,

@@ -26,6 +26,7 @@ from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 from trellis_gateway.auth import TokenCache
 from trellis_gateway.metrics import Metrics
+from trellis_gateway.stream_limits import StreamLimits
 from trellis_store.api import AuditRecord, Ok, Principal, Role, StoreError
 from trellis_store.client import StoreClient
 
@@ -58,6 +59,7 @@ class Gateway:
     callback_key: bytes = b""
     metrics: Metrics = field(default_factory=Metrics)  # `/metrics`; SSE routes: `with metrics.sse_client():`
     tokens: TokenCache = field(default_factory=TokenCache)  # verified bearer tokens, for a few seconds
+    streams: StreamLimits = field(default_factory=StreamLimits)  # open SSE streams per token and tenant, capped
     # Set when the server starts shutting down: long-lived answers (SSE) end so shutdown is quick.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -186,7 +188,9 @@ async def read_body(request: web.Request, type_: type[T]) -> T:
         raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from None
 
 
-_ESCAPED_NUL = re.compile(rb"(\\+)u0000")
+# A whole run of backslashes (never a part of one: the lookbehind) taken possessively, then u0000:
+# linear in the body, where `(\\+)u0000` retried every suffix of a long run (quadratic, a frozen loop).
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(\\++)u0000")
 
 
 def has_nul(data: bytes) -> bool:

@@ -27,6 +27,7 @@ _REASONS = {
     412: "If-Match is missing or stale",
     413: "The body is too large",
     422: "The request is not valid: `path` names the field, `problems` lists template problems",
+    429: "Too many event streams open for the token or the tenant (see Retry-After)",
     500: "Unexpected error",
     503: "The state store or the bus is not reachable",
 }

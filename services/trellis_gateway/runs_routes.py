@@ -6,6 +6,8 @@ Reads come from the store (its projection of the run's events); a start goes thr
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from aiohttp import web
 
@@ -42,8 +44,11 @@ class RunAccepted(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str
 
 
+MAX_REASON_CHARS = 4096  # a cancel reason goes on the bus and into the run's record
+
+
 class CancelBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    reason: str = ""
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS)] = ""
 
 
 class CancelAccepted(msgspec.Struct, frozen=True, kw_only=True):

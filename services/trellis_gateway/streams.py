@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import msgspec
@@ -23,11 +23,19 @@ from nats.js.client import JetStreamContext
 
 from trellis_core import subjects
 from trellis_core.errors import TrellisError
-from trellis_core.events import ActivityLogChunk, RunCompiled, RunRequested, decode_run_event
+from trellis_core.events import (
+    ActivityCompleted,
+    ActivityLogChunk,
+    RunCompiled,
+    RunCompleted,
+    RunRequested,
+    decode_run_event,
+)
 from trellis_core.logs import get_logger
 from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, ok, principal
 from trellis_gateway.runs_routes import run_of
-from trellis_store.api import LogChunkRow, LogChunks, LogsGet, RunDetail
+from trellis_gateway.stream_limits import RETRY_AFTER_SECONDS
+from trellis_store.api import MASK, LogChunkRow, LogChunks, LogsGet, RunDetail
 
 routes = web.RouteTableDef()
 log = get_logger("gateway.streams")
@@ -74,15 +82,32 @@ def _heartbeat(request: web.Request) -> float:
     return request.app.get(SSE_HEARTBEAT, HEARTBEAT_SECONDS)
 
 
+@contextlib.contextmanager
+def stream_slot(request: web.Request) -> Iterator[None]:
+    """One of the caller's capped stream slots, held while the block runs; a 429 problem (with
+    Retry-After) when their token or tenant has as many streams open as allowed. Enter it before
+    the response is prepared: once streaming, no status can be answered."""
+    limits = request.app[GATEWAY].streams
+    who = principal(request)
+    refusal = limits.refusal(who.tenant, who.token_id)
+    if refusal:
+        log.info("sse_stream_refused", tenant=who.tenant, token_id=who.token_id, why=refusal)
+        raise ApiProblem(429, "Too Many Requests", refusal, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    with limits.held(who.tenant, who.token_id):
+        yield
+
+
 async def feed(
-    response: web.StreamResponse, sub: Any, *, heartbeat: float, stopping: asyncio.Event
+    response: web.StreamResponse, sub: Any, *, heartbeat: float, stopping: asyncio.Event, lifetime: float
 ) -> AsyncIterator[Msg | None]:
     """The messages of `sub`, and None after each POLL_SECONDS without one (the caller's moment
     to check on things). After `heartbeat` quiet seconds a comment goes out, which is also how a
-    client that has gone is found. Ends when the gateway stops or the client has gone."""
+    client that has gone is found. Ends when the gateway stops, the client has gone or `lifetime`
+    seconds have passed (the client resumes with Last-Event-ID)."""
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
-    while not stopping.is_set():
+    ends_at = quiet_since + lifetime
+    while not stopping.is_set() and loop.time() < ends_at:
         try:
             msg: Msg = await sub.next_msg(timeout=min(POLL_SECONDS, heartbeat))
         except nats.errors.TimeoutError:
@@ -126,10 +151,23 @@ async def close_ordered(js: JetStreamContext, sub: Any) -> None:
 # ---- events -----------------------------------------------------------------------------------
 
 
+def masked_outputs(outputs: Any) -> Any:
+    """`outputs` with the value of every output marked sensitive (OpenTofu's `{"value": ...,
+    "sensitive": true}`, at any depth: an activity's by name, a run's by resource then name)
+    read `********`, as the store shows them."""
+    if not isinstance(outputs, dict):
+        return outputs
+    if outputs.get("sensitive") is True and "value" in outputs:
+        return {**outputs, "value": MASK}
+    return {key: masked_outputs(value) for key, value in outputs.items()}
+
+
 def event_data(event: Any) -> bytes:
     """The event's JSON without what is bulky or sensitive: a request's bundle and variables,
-    a compiled run's workflow (a summary instead)."""
+    a compiled run's workflow (a summary instead), the values of sensitive outputs."""
     data: dict[str, Any] = msgspec.to_builtins(event)
+    if isinstance(event, ActivityCompleted | RunCompleted):
+        data["outputs"] = masked_outputs(data.get("outputs", {}))
     if isinstance(event, RunRequested):
         for key in ("sources", "files", "variables"):
             data.pop(key, None)
@@ -164,22 +202,34 @@ async def _terminal_seen(js: JetStreamContext, tenant: str, run_id: str, after: 
     "/v1/runs/{run_id}/events",
     summary="The run's events as server-sent events (id: stream sequence; resumable with Last-Event-ID)",
     produces=("text/event-stream",),
-    errors=(400, 404),
+    errors=(400, 404, 429),
     headers=(("Last-Event-ID", "the id (stream sequence) of the last event seen: resume after it"),),
 )
 async def run_events(request: web.Request) -> web.StreamResponse:
     run = await run_of(request, request.match_info["run_id"])
     after = last_event_id(request)
+    with stream_slot(request):
+        return await _send_events(request, run.run_id, after)
+
+
+async def _send_events(request: web.Request, run_id: str, after: int) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     tenant = principal(request).tenant
     js = gateway.bus.js
     response = await _open_sse(request)
-    if after and await _terminal_seen(js, tenant, run.run_id, after):
+    if after and await _terminal_seen(js, tenant, run_id, after):
         return response
-    subject = subjects.run_events(tenant, run.run_id)
+    subject = subjects.run_events(tenant, run_id)
     with gateway.metrics.sse_client():
         async with ordered(js, subjects.STREAM_EVENTS, subject, after) as sub:
-            async for msg in feed(response, sub, heartbeat=_heartbeat(request), stopping=gateway.stopping):
+            messages = feed(
+                response,
+                sub,
+                heartbeat=_heartbeat(request),
+                stopping=gateway.stopping,
+                lifetime=gateway.streams.lifetime,
+            )
+            async for msg in messages:
                 if msg is None:
                     continue
                 kind, frame = _event_frame(msg)
@@ -232,14 +282,15 @@ def _activity(request: web.Request, run: RunDetail) -> str:
     "text/event-stream, live chunks as server-sent events until the run has ended (resumable with Last-Event-ID)",
     query=(("activity", "one activity's logs only (its id as compiled, e.g. resource/vpc/plan)"),),
     produces=("text/plain", "text/event-stream"),
-    errors=(400, 404),
+    errors=(400, 404, 429),
     headers=(("Last-Event-ID", "with text/event-stream: the id (stream sequence) of the last chunk seen"),),
 )
 async def run_logs(request: web.Request) -> web.StreamResponse:
     run = await run_of(request, request.match_info["run_id"])
     activity = _activity(request, run)
     if "text/event-stream" in request.headers.get("Accept", ""):
-        return await _live_logs(request, run, activity)
+        with stream_slot(request):
+            return await _live_logs(request, run, activity)
     return await _text_logs(request, run, activity)
 
 
@@ -333,9 +384,14 @@ async def _live_logs(request: web.Request, run: RunDetail, activity: str) -> web
     try:
         with gateway.metrics.sse_client():
             async with ordered(js, subjects.STREAM_LOGS, subject, after) as sub:
-                await _send_logs(
-                    response, feed(response, sub, heartbeat=_heartbeat(request), stopping=gateway.stopping), sub, ended
+                messages = feed(
+                    response,
+                    sub,
+                    heartbeat=_heartbeat(request),
+                    stopping=gateway.stopping,
+                    lifetime=gateway.streams.lifetime,
                 )
+                await _send_logs(response, messages, sub, ended)
     finally:
         await close_ordered(js, watcher)
     return response

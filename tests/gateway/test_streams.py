@@ -183,3 +183,85 @@ async def test_streams_end_when_the_gateway_stops(api: Api, bus: Bus, settings: 
         api.gateway.stopping.clear()
         await api.json("POST", f"/v1/runs/{run_id}/cancel", status=202)
         assert (await api.events(run_id))[-1].json()["status"] == "cancelled"
+
+
+async def _requested_run(api: Api) -> str:
+    """A run the store knows (requested; nothing runs it)."""
+    await api.environment("web", HELLO, "hello-stack", {})
+    run_id = await api.start("web")
+    async with asyncio.timeout(15):
+        while True:
+            async with api.call("GET", f"/v1/runs/{run_id}", who="viewer") as response:
+                if response.status == 200:
+                    return run_id
+            await asyncio.sleep(0.05)
+
+
+async def test_sensitive_outputs_are_masked_on_the_event_stream(api: Api, bus: Bus) -> None:
+    from trellis_core.events import ActivityCompleted, RunCompleted
+    from trellis_store.api import MASK
+
+    run_id = await _requested_run(api)
+    secret = "s3cr3t-db-password"
+    outputs = {"password": {"value": secret, "sensitive": True}, "url": {"value": "https://db", "sensitive": False}}
+    await bus.publish_event(
+        ActivityCompleted(tenant=api.tenant, run_id=run_id, activity_id=SAY, attempt=1, outputs=outputs)
+    )
+    await bus.publish_event(RunCompleted(tenant=api.tenant, run_id=run_id, status="succeeded", outputs={"db": outputs}))
+    events = await api.events(run_id, who="viewer")
+    masked = {"password": {"value": MASK, "sensitive": True}, "url": {"value": "https://db", "sensitive": False}}
+    completed = [e.json() for e in events if e.event == "activity.completed"]
+    assert [c["outputs"] for c in completed] == [masked]
+    assert events[-1].event == "run.completed"
+    assert events[-1].json()["outputs"] == {"db": masked}
+    assert all(secret not in e.data for e in events)
+
+
+async def _refused(api: Api, path: str, who: str) -> str:
+    """The detail of the 429 problem answering a stream `who` may not open."""
+    headers = {"Accept": "text/event-stream"}
+    async with api.call("GET", path, who=who, headers=headers) as response:
+        body = await response.json(content_type=None)
+        assert response.status == 429, (response.status, body)
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+        assert int(response.headers["Retry-After"]) > 0
+    return str(body["detail"])
+
+
+async def test_a_token_may_hold_only_so_many_streams_and_a_closed_one_frees_its_slot(api: Api) -> None:
+    api.gateway.streams.per_token = 2
+    run_id = await _requested_run(api)
+    events, logs = f"/v1/runs/{run_id}/events", f"/v1/runs/{run_id}/logs"
+    async with api.sse(events, who="viewer"), api.sse(logs, who="viewer") as second:
+        assert "at most 2" in await _refused(api, events, "viewer")
+        assert "at most 2" in await _refused(api, logs, "viewer")  # live logs count as streams too
+        async with api.sse(events, who="operator"):  # another token has its own slots
+            await second.heartbeats(1)
+        async with api.call("GET", logs, who="viewer") as text:  # plain-text logs are no stream
+            assert text.status == 200
+    async with asyncio.timeout(10):  # the server finds a gone client at its next heartbeat
+        while api.gateway.streams.by_token:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    async with api.sse(events, who="viewer") as again:
+        await again.heartbeats(1)
+
+
+async def test_a_tenant_may_hold_only_so_many_streams(api: Api) -> None:
+    api.gateway.streams.per_tenant = 2
+    run_id = await _requested_run(api)
+    events = f"/v1/runs/{run_id}/events"
+    async with api.sse(events, who="viewer"), api.sse(events, who="operator"):
+        assert f"tenant {api.tenant} has 2 event streams open" in await _refused(api, events, "admin")
+
+
+async def test_a_stream_ends_after_its_lifetime_and_resumes_with_last_event_id(api: Api, bus: Bus) -> None:
+    from trellis_core.events import RunCompleted
+
+    api.gateway.streams.lifetime = 1.0
+    run_id = await _requested_run(api)
+    async with api.sse(f"/v1/runs/{run_id}/events") as reader:
+        first = await reader.until_end(timeout=10)  # ended by the server with the run still going
+    assert all(m.event != "run.completed" for m in first)
+    await bus.publish_event(RunCompleted(tenant=api.tenant, run_id=run_id, status="succeeded"))
+    resumed = await api.events(run_id, last_event_id=first[-1].id if first else None)
+    assert [m.event for m in resumed][-1] == "run.completed"

@@ -62,3 +62,25 @@ async def test_a_wrong_secret_or_environment_is_not_found_and_starts_nothing(api
     await api.json("POST", f"/v1/hooks/web/{secret}", status=404, who=None)  # the old secret is gone
     assert (await api.json("GET", "/v1/runs", status=200))["runs"] == []
     await api.json("POST", f"/v1/hooks/web/{rotated}", status=202, who=None)
+
+
+@pytest.mark.parametrize(("error", "status"), [(RuntimeError("boom"), 500), (ConnectionError("gone"), 503)])
+async def test_a_failed_webhook_is_logged_by_its_route_never_its_secret(
+    api: Api, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
+) -> None:
+    import structlog
+
+    await api.environment("web", HELLO, "hello-stack")
+    secret = await secret_of(api, "web")
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(api.gateway.store, "ask", failing)
+    with structlog.testing.capture_logs() as logs:
+        async with api.call("POST", f"/v1/hooks/web/{secret}", who=None, json={}) as response:
+            assert response.status == status
+    failed = [entry for entry in logs if entry["event"] in ("gateway_handler_failed", "gateway_bus_unavailable")]
+    assert len(failed) == 1, logs
+    assert failed[0]["route"] == "/v1/hooks/{environment}/{secret}"
+    assert all(secret not in repr(entry) for entry in logs), logs
