@@ -4,7 +4,7 @@ nats-py's `fetch` awaits every message of a batch through `asyncio.wait_for` (a 
 at thousands of events a second that is most of the projection's own CPU. This speaks the same
 JetStream pull protocol (`$JS.API.CONSUMER.MSG.NEXT`) and is a `consume.Fetcher`, so the one
 `fetch_loop` drives it: ask for what is there now (`no_wait`), and when nothing is, wait up to
-the timeout for the first message (a lingering request whose later messages the next fetch takes).
+the timeout for the first message.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class BatchPull:
         if not self.msgs:
             await self._ask({"batch": batch, "no_wait": True}, batch, timeout)
         if not self.msgs:
-            await self._ask({"batch": batch, "expires": int(timeout * 1e9)}, 1, timeout)
+            # One message, not a batch: a lingering request for more would go on delivering after
+            # a stop, and what it delivered then would sit unacked for the whole ack wait.
+            await self._ask({"batch": 1, "expires": int(timeout * 1e9)}, 1, timeout)
         msgs, self.msgs = self.msgs, []
         if not msgs:
             raise TimeoutError
@@ -65,6 +67,11 @@ class BatchPull:
             await asyncio.wait_for(self._ended.wait(), timeout + 0.5)
 
     async def unsubscribe(self) -> None:
+        """Stop; messages taken but never handed out go back at once (nak), not after the ack wait."""
+        leftover, self.msgs = self.msgs, []
+        for msg in leftover:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()

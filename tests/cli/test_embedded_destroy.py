@@ -96,3 +96,39 @@ def test_the_destroy_variables_go_over_the_deploys() -> None:
     destroyed = DeployRecord(deployed=False)  # destroyed since: nothing to reuse
     assert with_deploy_variables(destroy, destroyed) is destroy
     assert "no deploy of environment 'e'" in no_deploy_note(destroy, destroyed)[0]
+
+
+def test_what_the_store_took_but_did_not_write_is_handed_back_when_the_stack_stops(stack_dir: Path) -> None:
+    """An event the projection fetched but did not write before the stack stopped must reach the
+    next consumer at once, not after the 30 s ack wait: the next run's consistent read (the last
+    deploy) waits for it."""
+    import asyncio
+
+    import nats
+
+    from trellis_core.embedded import EmbeddedNats
+
+    assert _run(stack_dir, DEMO, "demo")["status"] == "succeeded"
+
+    async def unprojected_reach_a_new_consumer() -> tuple[int, int]:
+        server = EmbeddedNats(stack_dir / "data" / "nats")
+        nc = await nats.connect(await asyncio.to_thread(server.start))
+        try:
+            js = nc.jetstream()
+            last = (await js.stream_info("TRELLIS_EVENTS")).state.last_seq
+            info = await js.consumer_info("TRELLIS_EVENTS", "trellis_store_events")
+            reached = info.ack_floor.stream_seq if info.ack_floor else 0
+            sub = await js.pull_subscribe_bind("trellis_store_events", stream="TRELLIS_EVENTS")
+            while reached < last:
+                try:
+                    msgs = await sub.fetch(100, timeout=5)  # far less than the ack wait
+                except nats.errors.TimeoutError:
+                    break
+                reached = max([reached, *(m.metadata.sequence.stream for m in msgs)])
+            return reached, last
+        finally:
+            await nc.close()
+            await asyncio.to_thread(server.stop)
+
+    reached, last = asyncio.run(unprojected_reach_a_new_consumer())
+    assert reached == last
