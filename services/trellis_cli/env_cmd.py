@@ -10,7 +10,7 @@ import msgspec
 from rich.console import Console
 
 from trellis_cli.gateway_client import GatewayClient, GatewayError, quoted
-from trellis_cli.gateway_common import run_on_gateway, table, when
+from trellis_cli.gateway_common import output_lines, run_on_gateway, show, table, when
 from trellis_cli.gateway_run import follow_run
 from trellis_cli.run_progress import RunView, Screen, print_summary
 from trellis_core.errors import ConfigError
@@ -104,25 +104,12 @@ def describe(env: Environment) -> str:
         lines.append("  variables:")
         lines += [f"    {k} = {v}" for k, v in sorted(env.variables.items())]
     if env.outputs:
-        lines.append("  outputs:")
-        for resource, outputs in sorted(env.outputs.items()):
-            for key, output in sorted(outputs.items()):
-                value = output.get("value") if isinstance(output, dict) else output
-                lines.append(f"    {resource}.{key} = {value}")
+        lines += ["  outputs:", *output_lines(env.outputs, "    ")]
     return "\n".join(lines)
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def work(gw: GatewayClient, settings: Settings) -> int:
-        path = f"/v1/environments/{quoted(args.name)}"
-        if args.json:
-            print(msgspec.json.format(await gw.raw(path), indent=2).decode())
-            return 0
-        env, _ = await gw.call("GET", path, Environment)
-        print(describe(env))
-        return 0
-
-    return run_on_gateway("env show", work)
+    return show("env show", f"/v1/environments/{quoted(args.name)}", Environment, describe, args.json)
 
 
 async def current(gw: GatewayClient, name: str) -> tuple[Environment | None, str]:

@@ -8,11 +8,15 @@ import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from trellis_cli.gateway_client import GatewayClient, gateway_settings
 from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.settings import Settings
+
+T = TypeVar("T")
 
 Work = Callable[[GatewayClient, Settings], Coroutine[Any, Any, int]]
 
@@ -51,3 +55,27 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=False)] + [str(row[-1])]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def output_lines(outputs: dict[str, dict[str, Any]], indent: str) -> list[str]:
+    """`resource.name = value` for each output (the API already masks sensitive ones)."""
+    lines = []
+    for resource, named in sorted(outputs.items()):
+        for key, output in sorted(named.items()):
+            value = output.get("value") if isinstance(output, dict) else output
+            lines.append(f"{indent}{resource}.{key} = {value}")
+    return lines
+
+
+def show(command: str, path: str, type_: type[T], describe: Callable[[T], str], as_json: bool) -> int:
+    """`trellis ... show`: the object at `path` described, or its JSON as the API answered it."""
+
+    async def work(gw: GatewayClient, settings: Settings) -> int:
+        if as_json:
+            print(msgspec.json.format(await gw.raw(path), indent=2).decode())
+            return 0
+        value, _ = await gw.call("GET", path, type_)
+        print(describe(value))
+        return 0
+
+    return run_on_gateway(command, work)

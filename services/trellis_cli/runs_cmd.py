@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import msgspec
-
 from trellis_cli.gateway_client import GatewayClient, quoted
-from trellis_cli.gateway_common import run_on_gateway, table, when
+from trellis_cli.gateway_common import output_lines, run_on_gateway, show, table, when
 from trellis_core.settings import Settings
 from trellis_store.api import RunDetail, Runs
 
@@ -57,22 +55,9 @@ def describe(run: RunDetail) -> str:
         body = table(("ACTIVITY", "STATUS", "ATTEMPTS", "AGENT", "STARTED", "FINISHED", "REASON"), rows)
         lines += ["", *body.splitlines()]
     if run.outputs:
-        lines += ["", "outputs:"]
-        for resource, outputs in sorted(run.outputs.items()):
-            for key, output in sorted(outputs.items()):
-                value = output.get("value") if isinstance(output, dict) else output
-                lines.append(f"  {resource}.{key} = {value}")
+        lines += ["", "outputs:", *output_lines(run.outputs, "  ")]
     return "\n".join(lines)
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def work(gw: GatewayClient, settings: Settings) -> int:
-        path = f"/v1/runs/{quoted(args.run_id)}"
-        if args.json:
-            print(msgspec.json.format(await gw.raw(path), indent=2).decode())
-            return 0
-        run, _ = await gw.call("GET", path, RunDetail)
-        print(describe(run))
-        return 0
-
-    return run_on_gateway("runs show", work)
+    return show("runs show", f"/v1/runs/{quoted(args.run_id)}", RunDetail, describe, args.json)
