@@ -45,8 +45,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # that checks them) and how long a callback URL stays valid.
     callback_key: str = ""
     callback_ttl_seconds: float = 7 * 86_400.0
-    # AES-GCM key (base64, 32 bytes) the store seals sensitive variables with at rest.
+    # The master key (base64, 32 bytes) every tenant's data key is derived from (trellis_core.sealed),
+    # and the retired ones (comma-separated) that still open what they sealed until re-sealed.
+    # Control plane only: agents get their own tenant's derived keys over the bus.
     seal_key: str = ""
+    seal_keys_retired: str = ""
+    # nkey authentication: the seed file this process connects with (a tenant's agent, or the
+    # control plane on a secured server), and for the store, the nats-server authorization file it
+    # keeps current from the tenants' agent keys and the pid file of the server it asks to reload.
+    nats_nkey_seed_file: str = ""
+    nats_auth_file: str = ""
+    nats_pid_file: str = ""
     store_logs_retention_days: float = 30.0  # log chunks older than this are deleted from PostgreSQL
     store_pool_size: int = 10
     tenant: str = "default"
@@ -104,6 +113,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             (
                 "nats_creds_file",
                 not self.nats_creds_file or Path(self.nats_creds_file).is_file(),
+                "no such file",
+            ),
+            (
+                "nats_nkey_seed_file",
+                not self.nats_nkey_seed_file or Path(self.nats_nkey_seed_file).is_file(),
                 "no such file",
             ),
             ("stream_replicas", self.stream_replicas in (1, 3, 5), "must be 1, 3 or 5"),

@@ -110,6 +110,38 @@ def deadletter(original_subject: str) -> str:
     return f"{DEADLETTER_PREFIX}.{original_subject}"
 
 
+# ---- per-tenant names, so that a nats-server permission can pin every one to its tenant -------
+# (docs/security.md, "Tenant isolation"): a JetStream API subject names its stream, never a
+# filter a permission could match by prefix, so each tenant gets its own work stream and bundle
+# bucket; the shared events, logs and requests streams are written by subject only.
+
+WORK_STREAM_PREFIX = "TRELLIS_WORK_"
+BUNDLES_BUCKET_PREFIX = "trellis_bundles_"
+
+
+def work_stream(tenant: str) -> str:
+    """The tenant's own work-queue stream, capturing `trellis.<tenant>.work.>`."""
+    return f"{WORK_STREAM_PREFIX}{tenant_token(tenant)}"
+
+
+def bundles_bucket(tenant: str) -> str:
+    """The tenant's own object store of run bundles (the files beside its templates)."""
+    return f"{BUNDLES_BUCKET_PREFIX}{tenant_token(tenant)}"
+
+
+def inbox_prefix(tenant: str) -> str:
+    """The inbox prefix a tenant's agents connect with: replies reach `_INBOX_<tenant>.>` only."""
+    return f"_INBOX_{tenant_token(tenant)}"
+
+
+def keys_request(tenant: str) -> str:
+    """Core NATS request/reply: the tenant's agents ask the control plane for its data keys."""
+    return f"{PREFIX}.{tenant_token(tenant)}.keys.get"
+
+
+ALL_KEYS_REQUESTS = f"{PREFIX}.*.keys.get"
+
+
 def store(query: str) -> str:
     return f"{PREFIX}.store.{query}"
 

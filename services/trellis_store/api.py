@@ -415,6 +415,70 @@ class Ok(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
+# ---- sealing, keys and agent credentials (docs/security.md) -------------------------------------
+
+
+class SealValues(_TenantRequest, frozen=True, kw_only=True, tag="seal"):
+    """Seal `values` (name -> plain text) under the tenant's current data key: how the CLI and
+    the gateway seal a sensitive value where it enters. A value already sealed stays as it is."""
+
+    values: dict[str, str]
+
+
+class Sealed(msgspec.Struct, frozen=True, kw_only=True):
+    values: dict[str, str]  # name -> sealed token
+
+
+class KeysReseal(_Request, frozen=True, kw_only=True, tag="keys.reseal"):
+    """Re-seal every stored token under the current master key (`trellis keys rotate`), for one
+    tenant or (`tenant` empty) all of them; audited."""
+
+    tenant: str = ""
+    actor: str = "platform-admin"
+
+
+class Resealed(msgspec.Struct, frozen=True, kw_only=True):
+    tenants: int  # tenants whose stored values were looked at
+    values: int  # tokens sealed again under the current key
+    current: str  # the current key id
+    still_sealed_with: tuple[str, ...] = ()  # retired key ids some stored value still needs (expect none)
+
+
+class AgentCredentialsCreate(_TenantRequest, frozen=True, kw_only=True, tag="agent.credentials.create"):
+    """A new nkey for the tenant's agents: the store keeps its public key (nats-server's
+    authorization is generated from those), the seed is in the answer only, once."""
+
+    name: str = "agent"  # a label: which cluster or pool these credentials are for
+    actor: str = ""
+
+
+class AgentCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    name: str
+    public_key: str  # U...: the nkey user nats-server knows
+    seed: str  # SU...: shown once, never stored
+    inbox_prefix: str  # what the agent connects with (trellis_core.subjects.inbox_prefix)
+
+
+class AgentCredentialsRevoke(_TenantRequest, frozen=True, kw_only=True, tag="agent.credentials.revoke"):
+    public_key: str
+    actor: str = ""
+
+
+class NatsUser(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    name: str
+    public_key: str
+
+
+class NatsUsersList(_Request, frozen=True, kw_only=True, tag="nats.users"):
+    """Every tenant's agent nkeys not revoked: what nats-server's authorization is made from."""
+
+
+class NatsUsers(msgspec.Struct, frozen=True, kw_only=True):
+    users: tuple[NatsUser, ...]
+
+
 StoreRequest = (
     TenantCreate
     | TokenCreate
@@ -437,6 +501,11 @@ StoreRequest = (
     | AuditList
     | DeployRecordGet
     | Ping
+    | SealValues
+    | KeysReseal
+    | AgentCredentialsCreate
+    | AgentCredentialsRevoke
+    | NatsUsersList
 )
 
 # What each op answers (the `result` of its Reply).
@@ -462,6 +531,11 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     AuditList: AuditEntries,
     DeployRecordGet: DeployRecord,
     Ping: Pong,
+    SealValues: Sealed,
+    KeysReseal: Resealed,
+    AgentCredentialsCreate: AgentCredentials,
+    AgentCredentialsRevoke: Ok,
+    NatsUsersList: NatsUsers,
 }
 
 
