@@ -106,8 +106,11 @@ class Bus:
         self.name = name
 
     @classmethod
-    async def connect(cls, settings: Settings, *, name: str) -> Bus:
-        """Connect, reconnecting for ever once connected; raise BusUnavailable if never reached."""
+    async def connect(cls, settings: Settings, *, name: str, inbox_prefix: str = "") -> Bus:
+        """Connect, reconnecting for ever once connected; raise BusUnavailable if never reached.
+
+        With `settings.nats_nkey_seed_file` it authenticates as that nkey user; a tenant's agent
+        passes its `inbox_prefix` (subjects.inbox_prefix), the only inboxes its permissions allow."""
         if not settings.nats_url:
             raise ConfigError("TRELLIS_NATS_URL is not set: point it at a NATS server (nats://host:4222)")
 
@@ -135,6 +138,8 @@ class Bus:
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
                 user_credentials=settings.nats_creds_file or None,
+                nkeys_seed=settings.nats_nkey_seed_file or None,
+                **({"inbox_prefix": inbox_prefix} if inbox_prefix else {}),
             )
         except (nats.errors.NoServersError, OSError, TimeoutError, nats.errors.TimeoutError) as exc:
             raise BusUnavailable(
@@ -382,14 +387,14 @@ def decoder(type_: Any) -> Callable[[bytes], Any]:
 
 # ---- the bundle object store: the files beside a run's templates, once per digest -----------
 
-BUNDLES_BUCKET = "trellis_bundles"
 BUNDLES_TTL_SECONDS = 30 * _DAY  # as long as the run requests that carried them
 
 
-async def bundle_store(bus: Bus) -> ObjectStore:
-    """The object store holding run bundles by digest, created on first use."""
-    what = "the files beside a run's templates, by digest"
-    return await _object_store(bus, BUNDLES_BUCKET, what, BUNDLES_TTL_SECONDS)
+async def bundle_store(bus: Bus, tenant: str) -> ObjectStore:
+    """The tenant's object store holding its run bundles by digest, created on first use (one
+    bucket a tenant, so that a permission can give a tenant's agents its own and no other)."""
+    what = f"the files beside tenant {tenant}'s run templates, by digest"
+    return await _object_store(bus, subjects.bundles_bucket(tenant), what, BUNDLES_TTL_SECONDS)
 
 
 async def _object_store(bus: Bus, bucket: str, description: str, ttl: float) -> ObjectStore:
@@ -407,9 +412,10 @@ async def _object_store(bus: Bus, bucket: str, description: str, ttl: float) -> 
         return await bus.js.object_store(bucket)
 
 
-async def put_bundle(bus: Bus, digest: str, blob: bytes) -> bool:
-    """Store `blob` under `digest` unless it is there and not half-way to expiry; True if written."""
-    store = await bundle_store(bus)
+async def put_bundle(bus: Bus, tenant: str, digest: str, blob: bytes) -> bool:
+    """Store `blob` under `digest` in the tenant's bucket unless it is there and not half-way to
+    expiry; True if written."""
+    store = await bundle_store(bus, tenant)
     try:
         info = await store.get_info(digest)
     except nats.js.errors.ObjectNotFoundError:
@@ -420,10 +426,10 @@ async def put_bundle(bus: Bus, digest: str, blob: bytes) -> bool:
     return True
 
 
-async def get_bundle(bus: Bus, digest: str) -> bytes | None:
-    """The stored bundle `digest`, or None if there is none (never written, or expired)."""
+async def get_bundle(bus: Bus, tenant: str, digest: str) -> bytes | None:
+    """The tenant's stored bundle `digest`, or None if there is none (never written, or expired)."""
     try:
-        store = await bus.js.object_store(BUNDLES_BUCKET)
+        store = await bus.js.object_store(subjects.bundles_bucket(tenant))
         result = await store.get(digest)
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.ObjectNotFoundError):
         return None

@@ -263,7 +263,7 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
             host = kube if isinstance(kube, FunctionHost) else None
         if bus is not None and config.executor in ("process", "docker"):  # pods get no bundle files yet
             seen_at = config.container_workspace if config.executor == "docker" else ""
-            backend = WithBundles(backend, Bundles(functools.partial(get_bundle, bus)), seen_at=seen_at)
+            backend = WithBundles(backend, Bundles(functools.partial(get_bundle, bus, config.tenant)), seen_at=seen_at)
         yield Router(
             container=backend,
             iac=IacExecutor(backend, git_binary=config.git_binary, image=config.iac_image, git_image=config.git_image),

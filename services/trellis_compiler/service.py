@@ -99,7 +99,7 @@ async def attach_files(bus: Bus, request: RunRequested, result: CompileResult) -
         errors = tuple(Problem(message=f"file beside the templates {why}") for why in problems)
         return CompileResult(None, result.warnings, errors)
     digest, blob = pack_bundle(request.files)
-    written = await put_bundle(bus, digest, blob)
+    written = await put_bundle(bus, request.tenant, digest, blob)
     log.info("bundle_stored" if written else "bundle_known", run=request.run_id, bundle=digest, size=len(blob))
     activities = tuple(msgspec.structs.replace(a, bundle=digest) for a in result.workflow.activities)
     return CompileResult(msgspec.structs.replace(result.workflow, activities=activities), result.warnings, ())

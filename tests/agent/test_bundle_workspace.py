@@ -29,16 +29,20 @@ echo changed-by-the-task > note.txt
 """
 
 
+TENANT_OF_TEST = "bundles"
+
+
 class CountingFetch:
     """The real object-store read, counted."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.tenant = TENANT_OF_TEST
         self.digests: list[str] = []
 
     async def __call__(self, digest: str) -> bytes | None:
         self.digests.append(digest)
-        return await get_bundle(self.bus, digest)
+        return await get_bundle(self.bus, self.tenant, digest)
 
 
 def bundled(work: WorkItem, digest: str) -> WorkItem:
@@ -47,7 +51,7 @@ def bundled(work: WorkItem, digest: str) -> WorkItem:
 
 async def stored(bus: Bus, *files: BundleFile) -> str:
     digest, blob = pack_bundle(files)
-    await put_bundle(bus, digest, blob)
+    await put_bundle(bus, TENANT_OF_TEST, digest, blob)
     return digest
 
 
@@ -142,7 +146,7 @@ async def test_a_symlink_already_in_the_workspace_is_never_written_through(bus: 
 async def test_a_bundle_that_is_missing_or_does_not_match_its_digest_fails_naming_it(bus: Bus, tmp_path: Path) -> None:
     _, blob = pack_bundle([BundleFile(path="a.txt", data=os.urandom(64))])
     forged = bundle_digest(os.urandom(64))
-    await put_bundle(bus, forged, blob)  # stored under a digest that is not its own
+    await put_bundle(bus, TENANT_OF_TEST, forged, blob)  # stored under a digest that is not its own
     missing = bundle_digest(os.urandom(64))
     executor = WithBundles(ProcessExecutor(inherit_env=("PATH",)), Bundles(CountingFetch(bus)))
     mismatch, _, _ = await run(executor, bundled(work_item(shell("true")), forged), tmp_path)

@@ -227,7 +227,7 @@ async def test_the_compiler_stores_the_files_once_and_names_their_digest_on_ever
         assert isinstance(event, RunCompiled), event
         digest, blob = pack_bundle(files)
         assert {a.bundle for a in event.workflow.activities} == {digest}
-        assert await get_bundle(bus, digest) == blob
+        assert await get_bundle(bus, unique, digest) == blob
         assert unpack_bundle(blob) == (files[1], files[0])  # sorted by path
 
 
