@@ -372,6 +372,31 @@ def _fit(letter: DeadLetter, max_payload: int) -> bytes:
     return encode(cut)
 
 
+async def ensure_work_stream(bus: Bus, tenant: str) -> None:
+    """Create the tenant's own work-queue stream (`TRELLIS_WORK_<tenant>`, capturing
+    `trellis.<tenant>.work.>`) unless it exists: the control plane's job, never an agent's."""
+    storage = js_api.StorageType.FILE if bus.settings.stream_storage == "file" else js_api.StorageType.MEMORY
+    name = subjects.work_stream(tenant)
+    config = js_api.StreamConfig(
+        name=name,
+        subjects=[f"{subjects.PREFIX}.{subjects.tenant_token(tenant)}.work.>"],
+        retention=js_api.RetentionPolicy.WORK_QUEUE,
+        storage=storage,
+        num_replicas=bus.settings.stream_replicas,
+        duplicate_window=bus.settings.dedupe_window_seconds,
+    )
+    try:
+        await bus.js.stream_info(name)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    try:
+        await bus.js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != 10058:  # stream name already in use: another service won the race
+            raise ConfigError(f"cannot create stream {name}: {exc.description}") from None
+
+
 def stop_on_signals(stop: asyncio.Event) -> None:
     """Set `stop` on SIGTERM or SIGINT so services drain instead of dying mid-message."""
     loop = asyncio.get_running_loop()
