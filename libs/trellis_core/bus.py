@@ -10,6 +10,7 @@ times — then goes on with the next one.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import signal
@@ -53,7 +54,8 @@ class StreamSpec:
 
 
 def stream_specs(settings: Settings) -> list[StreamSpec]:
-    """The streams of docs/architecture.md ("Subjects and streams"), sized from settings."""
+    """The shared streams of docs/architecture.md ("Subjects and streams"), sized from settings.
+    Work has one stream a tenant instead (`work_stream_spec`, created by `ensure_work_stream`)."""
     limits = js_api.RetentionPolicy.LIMITS
     return [
         StreamSpec(subjects.STREAM_RUNS, subjects.STREAM_SUBJECTS[subjects.STREAM_RUNS], limits, 30 * _DAY),
@@ -62,11 +64,6 @@ def stream_specs(settings: Settings) -> list[StreamSpec]:
             subjects.STREAM_SUBJECTS[subjects.STREAM_EVENTS],
             limits,
             settings.events_max_age_days * _DAY,
-        ),
-        StreamSpec(
-            subjects.STREAM_WORK,
-            subjects.STREAM_SUBJECTS[subjects.STREAM_WORK],
-            js_api.RetentionPolicy.WORK_QUEUE,
         ),
         StreamSpec(
             subjects.STREAM_LOGS,
@@ -79,6 +76,13 @@ def stream_specs(settings: Settings) -> list[StreamSpec]:
             subjects.STREAM_DEADLETTER, subjects.STREAM_SUBJECTS[subjects.STREAM_DEADLETTER], limits, 30 * _DAY
         ),
     ]
+
+
+def work_stream_spec(tenant: str) -> StreamSpec:
+    """The tenant's own work queue: `TRELLIS_WORK_<tenant>` capturing `trellis.<tenant>.work.>`."""
+    return StreamSpec(
+        subjects.work_stream(tenant), [subjects.tenant_work(tenant)], js_api.RetentionPolicy.WORK_QUEUE
+    )
 
 
 @dataclass
@@ -151,40 +155,68 @@ class Bus:
         return cls(nc, settings, name)
 
     async def ensure_streams(self) -> None:
-        """Create every stream, or update it to the configured limits; safe to call from every service."""
-        storage = js_api.StorageType.FILE if self.settings.stream_storage == "file" else js_api.StorageType.MEMORY
+        """Create every shared stream, or update it to the configured limits (the control plane's
+        job: agents never call it). A leftover shared TRELLIS_WORK is deleted when empty; holding
+        messages, it stops this with a ConfigError (its work would be lost, and its subjects
+        overlap every tenant's work stream)."""
+        await self._remove_legacy_work_stream()
         for spec in stream_specs(self.settings):
-            config = js_api.StreamConfig(
-                name=spec.name,
-                subjects=spec.subjects,
-                retention=spec.retention,
-                storage=storage,
-                num_replicas=self.settings.stream_replicas,
-                max_age=spec.max_age_seconds or None,
-                max_bytes=spec.max_bytes,
-                duplicate_window=self.settings.dedupe_window_seconds,
+            await self.ensure_stream(spec)
+
+    async def _remove_legacy_work_stream(self) -> None:
+        name = subjects.LEGACY_STREAM_WORK
+        try:
+            info = await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return
+        held = info.state.messages
+        if held:
+            raise ConfigError(
+                f"stream {name} (the shared work stream of older Trellis) still holds {held} message(s): "
+                f"let the old agents drain it, or delete it yourself (nats stream rm {name}); each tenant's "
+                "work now has its own stream TRELLIS_WORK_<tenant>"
             )
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # another service deleted it first
+            await self.js.delete_stream(name)
+        log.info("legacy_work_stream_deleted", stream=name)
+
+    async def ensure_stream(self, spec: StreamSpec) -> None:
+        """Create the stream of `spec`, or check and update the one there."""
+        storage = js_api.StorageType.FILE if self.settings.stream_storage == "file" else js_api.StorageType.MEMORY
+        config = js_api.StreamConfig(
+            name=spec.name,
+            subjects=spec.subjects,
+            retention=spec.retention,
+            storage=storage,
+            num_replicas=self.settings.stream_replicas,
+            max_age=spec.max_age_seconds or None,
+            max_bytes=spec.max_bytes,
+            duplicate_window=self.settings.dedupe_window_seconds,
+        )
+        try:
+            info = await self.js.stream_info(spec.name)
+        except nats.js.errors.NotFoundError:
             try:
-                info = await self.js.stream_info(spec.name)
-            except nats.js.errors.NotFoundError:
-                try:
-                    await self.js.add_stream(config)
-                    continue
-                except nats.js.errors.BadRequestError as exc:  # another service won the race
-                    if exc.err_code != 10058:  # stream name already in use
-                        raise ConfigError(f"cannot create stream {spec.name}: {exc.description}") from None
-                info = await self.js.stream_info(spec.name)
-            if info.config.retention != spec.retention:
-                raise ConfigError(
-                    f"stream {spec.name} exists with retention {info.config.retention}, "
-                    f"Trellis needs {spec.retention}: delete it or point TRELLIS_NATS_URL elsewhere"
-                )
-            if info.config.storage != storage:
-                raise ConfigError(
-                    f"stream {spec.name} exists with {info.config.storage} storage but "
-                    f"TRELLIS_STREAM_STORAGE={self.settings.stream_storage}: JetStream cannot change it in place"
-                )
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.BadRequestError as exc:  # another service won the race
+                if exc.err_code != 10058:  # stream name already in use
+                    raise ConfigError(f"cannot create stream {spec.name}: {exc.description}") from None
+            info = await self.js.stream_info(spec.name)
+        if info.config.retention != spec.retention:
+            raise ConfigError(
+                f"stream {spec.name} exists with retention {info.config.retention}, "
+                f"Trellis needs {spec.retention}: delete it or point TRELLIS_NATS_URL elsewhere"
+            )
+        if info.config.storage != storage:
+            raise ConfigError(
+                f"stream {spec.name} exists with {info.config.storage} storage but "
+                f"TRELLIS_STREAM_STORAGE={self.settings.stream_storage}: JetStream cannot change it in place"
+            )
+        try:
             await self.js.update_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            raise ConfigError(f"cannot update stream {spec.name}: {exc.description}") from None
 
     async def publish(
         self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None
@@ -201,7 +233,7 @@ class Bus:
         )
 
     async def dead_letter(self, msg: Msg, *, stream: str, consumer: str, reason: str, terminate: bool = True) -> None:
-        """Park `msg` on `trellis_deadletter.<subject>` with why, then terminate its delivery
+        """Park `msg` on `trellis.<tenant>.deadletter.<subject>` with why, then terminate its delivery
         (`terminate=False`: a consumer acking all before a sequence settles it with its batch).
 
         Every dead letter has the same shape and dedupe id, whoever writes it. A payload too
@@ -374,27 +406,9 @@ def _fit(letter: DeadLetter, max_payload: int) -> bytes:
 
 async def ensure_work_stream(bus: Bus, tenant: str) -> None:
     """Create the tenant's own work-queue stream (`TRELLIS_WORK_<tenant>`, capturing
-    `trellis.<tenant>.work.>`) unless it exists: the control plane's job, never an agent's."""
-    storage = js_api.StorageType.FILE if bus.settings.stream_storage == "file" else js_api.StorageType.MEMORY
-    name = subjects.work_stream(tenant)
-    config = js_api.StreamConfig(
-        name=name,
-        subjects=[f"{subjects.PREFIX}.{subjects.tenant_token(tenant)}.work.>"],
-        retention=js_api.RetentionPolicy.WORK_QUEUE,
-        storage=storage,
-        num_replicas=bus.settings.stream_replicas,
-        duplicate_window=bus.settings.dedupe_window_seconds,
-    )
-    try:
-        await bus.js.stream_info(name)
-        return
-    except nats.js.errors.NotFoundError:
-        pass
-    try:
-        await bus.js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:  # stream name already in use: another service won the race
-            raise ConfigError(f"cannot create stream {name}: {exc.description}") from None
+    `trellis.<tenant>.work.>`), or check the one there: the control plane's job, never an agent's
+    (its permissions name the stream, not create it)."""
+    await bus.ensure_stream(work_stream_spec(tenant))
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -452,13 +466,35 @@ async def put_bundle(bus: Bus, tenant: str, digest: str, blob: bytes) -> bool:
 
 
 async def get_bundle(bus: Bus, tenant: str, digest: str) -> bytes | None:
-    """The tenant's stored bundle `digest`, or None if there is none (never written, or expired)."""
+    """The tenant's stored bundle `digest`, or None if there is none (never written, or expired).
+
+    Read with message gets on the bucket's own stream only (`$JS.API.STREAM.INFO.OBJ_<bucket>`,
+    `$JS.API.STREAM.MSG.GET.OBJ_<bucket>`): nats-py's `ObjectStore.get` subscribes by subject,
+    which looks streams up with `$JS.API.STREAM.NAMES`, an API a tenant's agent may not call."""
+    bucket = subjects.bundles_bucket(tenant)
+    stream = f"OBJ_{bucket}"
     try:
-        store = await bus.js.object_store(subjects.bundles_bucket(tenant))
-        result = await store.get(digest)
+        store = await bus.js.object_store(bucket)
+        info = await store.get_info(digest)
     except (nats.js.errors.BucketNotFoundError, nats.js.errors.ObjectNotFoundError):
         return None
-    return bytes(result.data or b"")
+    if info.is_link() or not info.nuid:
+        raise ConfigError(f"bundle {digest} in {bucket} is a link or has no chunks: Trellis never writes those")
+    chunks_subject = f"$O.{bucket}.C.{info.nuid}"
+    data = bytearray()
+    seq = 1
+    for _ in range(info.chunks or 0):
+        try:
+            raw = await bus.js.get_msg(stream, seq=seq, subject=chunks_subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return None  # expired (or replaced) while we read it
+        data += raw.data or b""
+        seq = (raw.seq or seq) + 1
+    expected = (info.digest or "").partition("=")[2]
+    actual = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+    if len(data) != (info.size or 0) or expected.rstrip("=") != actual.rstrip("="):
+        return None  # replaced while we read it: as good as absent, the caller retries or fails
+    return bytes(data)
 
 
 def _age_seconds(mtime: str) -> float:

@@ -10,7 +10,8 @@ PREFIX = "trellis"
 
 STREAM_RUNS = "TRELLIS_RUNS"
 STREAM_EVENTS = "TRELLIS_EVENTS"
-STREAM_WORK = "TRELLIS_WORK"
+# The shared work stream of old: replaced by one a tenant (work_stream); ensure_streams removes it.
+LEGACY_STREAM_WORK = "TRELLIS_WORK"
 STREAM_LOGS = "TRELLIS_LOGS"
 STREAM_DEADLETTER = "TRELLIS_DEADLETTER"
 
@@ -94,9 +95,6 @@ def control(tenant: str, pool: str) -> str:
     return f"{PREFIX}.{tenant_token(tenant)}.control.{token(pool, 'pool')}"
 
 
-# Not `trellis.deadletter.>`: JetStream refuses a stream whose subjects overlap another's, and
-# that pattern overlaps `trellis.*.run.>` (a tenant named "deadletter"). Its own root avoids it.
-DEADLETTER_PREFIX = "trellis_deadletter"
 RESERVED_TENANTS = frozenset({"store", "deadletter", "control"})
 
 
@@ -107,7 +105,22 @@ def tenant_token(tenant: str) -> str:
 
 
 def deadletter(original_subject: str) -> str:
-    return f"{DEADLETTER_PREFIX}.{original_subject}"
+    """`trellis.<t>.deadletter.<original subject>`, t the original subject's tenant token: under
+    the tenant's prefix, so that an agent may be allowed to park its own tenant's letters only.
+
+    A subject that names no tenant (not a Trellis subject, or a malformed one) files under the
+    reserved tenant token `deadletter` itself, which no tenant can be given."""
+    parts = original_subject.split(".")
+    tenant = parts[1] if len(parts) >= 3 and parts[0] == PREFIX and _TOKEN.match(parts[1]) else "deadletter"
+    if tenant in ("store", "control"):
+        tenant = "deadletter"
+    return f"{PREFIX}.{tenant}.deadletter.{original_subject}"
+
+
+def tenant_deadletters(tenant: str = "*") -> str:
+    """Every dead letter of one tenant (or of all with "*")."""
+    t = tenant if tenant == "*" else tenant_token(tenant)
+    return f"{PREFIX}.{t}.deadletter.>"
 
 
 # ---- per-tenant names, so that a nats-server permission can pin every one to its tenant -------
@@ -120,8 +133,13 @@ BUNDLES_BUCKET_PREFIX = "trellis_bundles_"
 
 
 def work_stream(tenant: str) -> str:
-    """The tenant's own work-queue stream, capturing `trellis.<tenant>.work.>`."""
+    """The tenant's own work-queue stream, capturing `tenant_work(tenant)`."""
     return f"{WORK_STREAM_PREFIX}{tenant_token(tenant)}"
+
+
+def tenant_work(tenant: str) -> str:
+    """Every work subject of one tenant: what its work stream captures."""
+    return f"{PREFIX}.{tenant_token(tenant)}.work.>"
 
 
 def bundles_bucket(tenant: str) -> str:
@@ -146,11 +164,10 @@ def store(query: str) -> str:
     return f"{PREFIX}.store.{query}"
 
 
-# Stream name -> subjects it captures.
+# Shared stream name -> subjects it captures (each tenant's work stream: work_stream, tenant_work).
 STREAM_SUBJECTS: dict[str, list[str]] = {
     STREAM_RUNS: [f"{PREFIX}.*.runs.>"],
     STREAM_EVENTS: [f"{PREFIX}.*.run.>"],
-    STREAM_WORK: [f"{PREFIX}.*.work.>"],
     STREAM_LOGS: [f"{PREFIX}.*.logs.>"],
-    STREAM_DEADLETTER: [f"{DEADLETTER_PREFIX}.>"],
+    STREAM_DEADLETTER: [f"{PREFIX}.*.deadletter.>"],
 }

@@ -10,6 +10,27 @@ a started item would re-run the same attempt under the same event identities, wh
 dedupe window would partly drop. On stop the agent claims nothing more, lets running work
 finish within the grace period, ends what is left as a retryable failure, and hands back
 (naks) anything claimed but not yet started.
+
+Both consumers live on the tenant's own work stream `TRELLIS_WORK_<tenant>`, which the control
+plane creates (the scheduler before its first dispatch, `trellis tenant create`, the dev stack):
+an agent never creates streams, and waits for its stream if it is not there yet.
+
+What an agent asks of nats-server, end to end (`AGENT_JETSTREAM_API`; the nats-auth helper
+builds a tenant agent's permissions from it, <t> the tenant): every request's reply comes back
+under its inbox prefix `_INBOX_<t>` (Bus.connect(inbox_prefix=...)).
+  publish, request/reply:
+    $JS.API.STREAM.INFO.TRELLIS_WORK_<t>                  wait for its work stream
+    $JS.API.CONSUMER.DURABLE.CREATE.TRELLIS_WORK_<t>.*    its pool's and its pinned durables
+    $JS.API.CONSUMER.MSG.NEXT.TRELLIS_WORK_<t>.*          pull fetches
+    $JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.*.trellis.<t>.>  approval wait (ephemeral, named)
+    $JS.API.STREAM.INFO.OBJ_trellis_bundles_<t>           bundle store
+    $JS.API.STREAM.MSG.GET.OBJ_trellis_bundles_<t>        bundle meta and chunks
+    trellis.<t>.>                                         events, logs, dead letters (publish
+                                                          acks come back on _INBOX_<t>.>), keys
+  publish only (no reply): $JS.ACK.TRELLIS_WORK_<t>.>   ack / nak / in-progress / term of work
+                           $JS.ACK.TRELLIS_EVENTS.>     (flow control of the approval consumer:
+                                                          nothing is acked there, AckPolicy NONE)
+  subscribe: _INBOX_<t>.>, trellis.<t>.control.>        replies and deliveries; cancels
 """
 
 from __future__ import annotations
@@ -23,6 +44,7 @@ from pathlib import Path
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -53,6 +75,26 @@ FETCH_WAIT_SECONDS = 0.5
 CONTENDED_FETCH_SECONDS = 0.1
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
 JANITOR_INTERVAL_SECONDS = 3600.0
+
+STREAM_WAIT_LOG_SECONDS = 30.0
+
+# The JetStream API subjects a tenant's agent calls (see the module docstring), "<t>" its tenant.
+AGENT_JETSTREAM_API = (
+    "$JS.API.STREAM.INFO.TRELLIS_WORK_<t>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.TRELLIS_WORK_<t>.*",
+    "$JS.API.CONSUMER.MSG.NEXT.TRELLIS_WORK_<t>.*",
+    "$JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.*.trellis.<t>.>",
+    "$JS.API.STREAM.INFO.OBJ_trellis_bundles_<t>",
+    "$JS.API.STREAM.MSG.GET.OBJ_trellis_bundles_<t>",
+)
+AGENT_ACKS = ("$JS.ACK.TRELLIS_WORK_<t>.>", "$JS.ACK.TRELLIS_EVENTS.>")
+
+
+def agent_jetstream_api(tenant: str) -> list[str]:
+    """AGENT_JETSTREAM_API for one tenant (the tenant checked as a subject token)."""
+    t = subjects.tenant_token(tenant)
+    return [subject.replace("<t>", t) for subject in AGENT_JETSTREAM_API]
+
 
 _decode_work = msgspec.json.Decoder(WorkItem).decode
 _decode_control = msgspec.json.Decoder(CancelActivity).decode
@@ -89,12 +131,43 @@ class Agent:
             filter_subject=subject,
             inactive_threshold=PINNED_INACTIVE_SECONDS if pinned else None,
         )
-        await self.bus.js.add_consumer(subjects.STREAM_WORK, config)
-        return await self.bus.js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)
+        await self.bus.js.add_consumer(self.stream, config)
+        return await self.bus.js.pull_subscribe_bind(durable=durable, stream=self.stream)
+
+    @property
+    def stream(self) -> str:
+        return subjects.work_stream(self.config.tenant)
+
+    async def _wait_for_stream(self, stop: asyncio.Event) -> bool:
+        """Wait until the tenant's work stream exists (the control plane creates it: an agent
+        started first waits rather than fail, saying so); False if stopped first."""
+        delay, waited, said = 0.2, 0.0, -STREAM_WAIT_LOG_SECONDS
+        while not stop.is_set():
+            try:
+                await self.bus.js.stream_info(self.stream)
+                return True
+            except nats.js.errors.NotFoundError:
+                pass
+            if waited - said >= STREAM_WAIT_LOG_SECONDS:
+                said = waited
+                self.log.warning(
+                    "work_stream_missing",
+                    stream=self.stream,
+                    waited_seconds=round(waited),
+                    hint="the control plane creates it (the scheduler on the tenant's first dispatch, "
+                    "or `trellis tenant create`): is the scheduler running against this NATS?",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+        return False
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set, then drain (see the module docstring)."""
         cfg = self.config
+        if not await self._wait_for_stream(stop):
+            return
         pool_sub = await self._subscribe(self.pool_durable, subjects.work(cfg.tenant, cfg.pool), pinned=False)
         pinned_sub = await self._subscribe(
             self.pinned_durable, subjects.work(cfg.tenant, cfg.pool, cfg.agent_id), pinned=True
@@ -219,7 +292,7 @@ class Agent:
             del self.running[run.key]
 
     async def _park(self, msg: Msg, reason: str) -> None:
-        await self.bus.dead_letter(msg, stream=subjects.STREAM_WORK, consumer=self.pool_durable, reason=reason)
+        await self.bus.dead_letter(msg, stream=self.stream, consumer=self.pool_durable, reason=reason)
 
     async def _on_control(self, msg: Msg) -> None:
         try:
@@ -279,10 +352,9 @@ async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, config: Agent
     cfg = cfg.with_defaults_from(heartbeat_seconds=settings.heartbeat_seconds)
     if cfg.executor == "process":  # commands run beside the agent, as its user; it is connected
         guard_agent_process()
-    await bus.ensure_streams()
     async with executors_for(cfg, bus) as router:
         agent = Agent(bus, cfg, router, cfg.workspaces(settings.data_dir))
         await agent.run(stop)
 
 
-__all__ = ["Agent", "executors_for", "serve"]
+__all__ = ["AGENT_ACKS", "AGENT_JETSTREAM_API", "Agent", "agent_jetstream_api", "executors_for", "serve"]

@@ -2,12 +2,21 @@
 
 The wait reads the run's `approval.decided` events from JetStream from the start of the
 stream, so a decision made while the agent was restarting is still seen.
+
+It does so through an ephemeral push consumer created with the named-consumer API,
+`$JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.<name>.trellis.<t>.run.<run>.approval.decided`: the filter
+is in the subject, so a tenant's agent permission `$JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.*.trellis.<t>.>`
+lets it read its own tenant's decisions and no other. Its deliveries come to a plain subscription
+on an inbox under the agent's inbox prefix (no `js.subscribe`, which would look the stream up
+with `$JS.API.STREAM.NAMES`), unacked (AckPolicy NONE); once unsubscribed, the server removes the
+consumer after `INACTIVE_SECONDS` (an agent may not delete consumers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import msgspec
 import nats.errors
@@ -19,6 +28,7 @@ from trellis_core.bus import Bus
 from trellis_core.events import ApprovalDecided, ApprovalRequested
 
 _decode = msgspec.json.Decoder(ApprovalDecided).decode
+INACTIVE_SECONDS = 30.0
 
 
 class BusApprovals:
@@ -38,9 +48,23 @@ class BusApprovals:
                 decided.set_result(decision)
 
         subject = subjects.run_event(request.tenant, request.run_id, "approval.decided")
-        sub = await self._bus.js.subscribe(
-            subject, cb=on_message, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL
+        nc = self._bus.nc
+        deliver = nc.new_inbox()  # under the agent's inbox prefix
+        sub = await nc.subscribe(deliver, cb=on_message)
+        config = js_api.ConsumerConfig(
+            name=f"approval-{uuid.uuid4().hex}",
+            deliver_subject=deliver,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_policy=js_api.AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=INACTIVE_SECONDS,
         )
+        try:
+            await self._bus.js.add_consumer(subjects.STREAM_EVENTS, config)
+        except BaseException:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+            raise
         try:
             await self._bus.publish_event(request)
             return await decided

@@ -53,4 +53,5 @@ def run_agent(args: argparse.Namespace) -> int:
         settings,
         lambda bus, stop: serve(bus, settings, stop, config),
         connection_name=f"agent-{config.agent_id}",
+        agent_tenant=config.tenant,
     )

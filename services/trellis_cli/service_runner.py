@@ -7,6 +7,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from trellis_core import subjects
 from trellis_core.bus import Bus, stop_on_signals
 from trellis_core.errors import TrellisError
 from trellis_core.logs import configure
@@ -15,16 +16,28 @@ from trellis_core.settings import Settings
 Serve = Callable[[Bus, asyncio.Event], Awaitable[None]]
 
 
-def run_service(name: str, settings: Settings, serve: Serve, *, connection_name: str | None = None) -> int:
-    """Connect, declare the streams, serve until SIGTERM/SIGINT, drain. 0 when stopped, 1 on error."""
+def run_service(
+    name: str,
+    settings: Settings,
+    serve: Serve,
+    *,
+    connection_name: str | None = None,
+    agent_tenant: str | None = None,
+) -> int:
+    """Connect, declare the streams, serve until SIGTERM/SIGINT, drain. 0 when stopped, 1 on error.
+
+    A tenant's agent (`agent_tenant`) connects with its tenant's inbox prefix, the only inboxes its
+    permissions allow, and declares no streams: that is the control plane's job."""
     configure(settings)
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        bus = await Bus.connect(settings, name=connection_name or name)
+        prefix = subjects.inbox_prefix(agent_tenant) if agent_tenant is not None else ""
+        bus = await Bus.connect(settings, name=connection_name or name, inbox_prefix=prefix)
         try:
-            await bus.ensure_streams()
+            if agent_tenant is None:
+                await bus.ensure_streams()
             await serve(bus, stop)
         finally:
             await bus.close()

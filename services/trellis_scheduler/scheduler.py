@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from trellis_core import subjects
-from trellis_core.bus import Bus, stored_workflow
+from trellis_core.bus import Bus, ensure_work_stream, stored_workflow
 from trellis_core.consume import (
     Choice,
     Handled,
@@ -40,6 +40,7 @@ from trellis_core.consume import (
     fetch_loop,
     raise_if_cancelled,
 )
+from trellis_core.errors import ConfigError
 from trellis_core.events import (
     ActivityCancelled,
     ActivityFailed,
@@ -127,6 +128,7 @@ class Scheduler:
         self.wake_at: float | None = None
         self.wake_changed = asyncio.Event()
         self.store: SnapshotStore | None = None
+        self.work_streams: set[str] = set()  # tenants whose work stream this process has ensured
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         kv = await run_state_bucket(self.bus.js, self.settings)
@@ -298,6 +300,8 @@ class Scheduler:
         """Send the work item; False if it is too large for the bus (its activity failed instead)."""
         self.unsaved.add(cmd.run_id)
         subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
+        if cmd.tenant not in self.work_streams and not await self._ensure_work_stream(cmd):
+            return False
         item = cmd.work_item()
         payload = encode(item)
         limit = self.bus.nc.max_payload - HEADER_ROOM
@@ -306,6 +310,19 @@ class Scheduler:
             return False
         await self.publisher.publish(subject, payload, item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt))
         log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
+        return True
+
+    async def _ensure_work_stream(self, cmd: Dispatch) -> bool:
+        """Create the tenant's work stream before its first dispatch from this process (once a
+        tenant, not once an item); False if it cannot be had (then the activity failed, saying why:
+        a work item on a subject no stream captures would be lost)."""
+        try:
+            await ensure_work_stream(self.bus, cmd.tenant)
+        except (ConfigError, nats.errors.Error, nats.js.errors.Error) as exc:
+            stream = subjects.work_stream(cmd.tenant)
+            await self._fail(cmd, f"cannot create tenant {cmd.tenant}'s work stream {stream}: {exc}")
+            return False
+        self.work_streams.add(cmd.tenant)
         return True
 
     async def _fail(self, cmd: Dispatch, reason: str) -> None:
@@ -332,7 +349,7 @@ class Scheduler:
         if seq is None:
             return False
         try:
-            withdrawn = await self.bus.js.delete_msg(subjects.STREAM_WORK, seq)
+            withdrawn = await self.bus.js.delete_msg(subjects.work_stream(cmd.tenant), seq)
         except (nats.js.errors.Error, nats.errors.Error):
             return False  # an agent took it: its answer to the cancel decides
         if not withdrawn:

@@ -11,7 +11,7 @@ from agent_support import shell, work_item
 from test_agent_on_the_bus import dispatch, recording, running_agent
 
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, ensure_work_stream
 from trellis_core.embedded import EmbeddedNats
 from trellis_core.events import ActivityCompleted, ActivityLogChunk
 from trellis_core.settings import Settings
@@ -46,6 +46,7 @@ async def test_an_activity_outlives_a_nats_restart_with_its_logs_whole_and_its_e
     bus = await Bus.connect(settings, name="faults")
     try:
         await bus.ensure_streams()
+        await ensure_work_stream(bus, "faulty")
         work = work_item(shell("for i in $(seq 1 30); do echo line-$i; sleep 0.1; done"), tenant="faulty")
         async with recording(bus, "faulty") as rec, running_agent(bus, tmp_path, tenant="faulty"):
             await dispatch(bus, work)

@@ -19,7 +19,7 @@ from running_agent import running_agent
 from trellis_agent.agent import Agent, executors_for
 from trellis_agent.config import AgentConfig
 from trellis_core import subjects
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, ensure_work_stream
 from trellis_core.events import (
     ActivityCancelled,
     ActivityCompleted,
@@ -305,6 +305,7 @@ async def test_sigterm_makes_the_agent_process_hand_back_its_work_and_exit(
         "TRELLIS_AGENT_KILL_GRACE_SECONDS": "0.5",
     }
     work = work_item(shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws")
+    await ensure_work_stream(bus, unique)  # what the scheduler does before its first dispatch
     async with recording(bus, unique) as rec:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", AGENT_MAIN, "agent", "--tenant", unique, "--pool", "default", env=env
@@ -350,6 +351,7 @@ async def test_cancelling_the_agent_cancels_its_work_and_kills_its_processes(
     config = AgentConfig.from_env({}, tenant=unique, heartbeat_seconds=0.2, kill_grace_seconds=0.5)
     work = work_item(shell("sleep 300 & echo $! > child.pid; echo started; wait"), tenant=unique, workspace="ws")
     async with recording(bus, unique) as rec, executors_for(config, bus) as router:
+        await ensure_work_stream(bus, unique)
         agent = Agent(bus, config, router, tmp_path)
         ready = asyncio.Event()
         task = asyncio.create_task(agent.run(asyncio.Event(), ready=ready))

@@ -19,7 +19,7 @@ from trellis_agent.agent import Agent
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_core import subjects
-from trellis_core.bus import Bus, stop_on_signals
+from trellis_core.bus import Bus, ensure_work_stream, stop_on_signals
 from trellis_core.events import ActivityCompleted, ActivityStarted, WorkItem
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
@@ -37,8 +37,8 @@ async def lean(bus: Bus, tenant: str, stop: asyncio.Event) -> None:
         durable_name=f"lean-{tenant}", ack_policy=js_api.AckPolicy.EXPLICIT, max_ack_pending=4096,
         filter_subject=subjects.work(tenant, "default"),
     )  # fmt: skip
-    await bus.js.add_consumer(subjects.STREAM_WORK, config)
-    sub = await bus.js.pull_subscribe_bind(durable=f"lean-{tenant}", stream=subjects.STREAM_WORK)
+    await bus.js.add_consumer(subjects.work_stream(tenant), config)
+    sub = await bus.js.pull_subscribe_bind(durable=f"lean-{tenant}", stream=subjects.work_stream(tenant))
     decode = msgspec.json.Decoder(WorkItem).decode
     while not stop.is_set():
         try:
@@ -61,8 +61,9 @@ async def main(url: str, tenant: str, concurrency: int) -> None:
     configure(settings)  # as the real services do: otherwise every activity prints two lines
     stop = asyncio.Event()
     stop_on_signals(stop)
-    bus = await Bus.connect(settings, name="bench-agent")
+    bus = await Bus.connect(settings, name="bench-agent", inbox_prefix=subjects.inbox_prefix(tenant))
     try:
+        await ensure_work_stream(bus, tenant)  # the scheduler would, on its first dispatch: not yet here
         if concurrency == 0:
             await lean(bus, tenant, stop)
             return

@@ -11,10 +11,11 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 
 from trellis_core import subjects
-from trellis_core.bus import Bus, Delivery, PermanentError, decoder
+from trellis_core.bus import Bus, Delivery, PermanentError, decoder, ensure_work_stream
 from trellis_core.embedded import free_port
 from trellis_core.errors import BusUnavailable, ConfigError
 from trellis_core.events import DeadLetter, RunEvent, RunStarted
@@ -193,8 +194,73 @@ async def test_a_consumer_killed_before_ack_gets_the_message_redelivered(
 async def test_ensure_streams_is_idempotent(bus: Bus) -> None:
     await bus.ensure_streams()
     await bus.ensure_streams()
-    info = await bus.js.stream_info(subjects.STREAM_WORK)
+    info = await bus.js.stream_info(subjects.STREAM_DEADLETTER)
+    assert info.config.subjects == ["trellis.*.deadletter.>"]
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await bus.js.stream_info(subjects.LEGACY_STREAM_WORK)
+
+
+async def test_each_tenant_gets_its_own_work_queue_stream_capturing_its_work_only(bus: Bus, unique: str) -> None:
+    await ensure_work_stream(bus, unique)
+    await ensure_work_stream(bus, unique)  # idempotent
+    await ensure_work_stream(bus, f"{unique}b")
+    info = await bus.js.stream_info(f"TRELLIS_WORK_{unique}")
     assert info.config.retention == nats.js.api.RetentionPolicy.WORK_QUEUE
+    assert info.config.subjects == [f"trellis.{unique}.work.>"]
+    ack = await bus.publish(subjects.work(unique, "default"), b"{}")
+    assert ack.stream == subjects.work_stream(unique)
+    other = await bus.publish(subjects.work(f"{unique}b", "default", "agent1"), b"{}")
+    assert other.stream == subjects.work_stream(f"{unique}b")
+
+
+async def test_a_dead_letter_is_filed_under_its_tenant_in_the_deadletter_stream(bus: Bus, unique: str) -> None:
+    subject = subjects.work(unique, "default")
+    assert subjects.deadletter(subject) == f"trellis.{unique}.deadletter.{subject}"
+    assert subjects.deadletter("elsewhere.x") == "trellis.deadletter.deadletter.elsewhere.x"
+    ack = await bus.publish(subjects.deadletter(subject), b"{}")
+    assert ack.stream == subjects.STREAM_DEADLETTER
+
+
+@pytest.fixture
+async def own_server(tmp_path: Any) -> Any:
+    """A nats-server of this test's own: the shared one must never hold the legacy stream (its
+    subjects overlap every tenant's work stream)."""
+    from trellis_core.embedded import EmbeddedNats
+
+    server = EmbeddedNats(tmp_path / "nats")
+    server.start()
+    settings = Settings.from_env({}, nats_url=server.url, stream_storage="memory")
+    bus = await Bus.connect(settings, name="legacy")
+    yield bus
+    await bus.close()
+    server.stop()
+
+
+async def _legacy_streams(bus: Bus) -> None:
+    memory = nats.js.api.StorageType.MEMORY
+    await bus.js.add_stream(name="TRELLIS_WORK", subjects=["trellis.*.work.>"], storage=memory,
+                            retention=nats.js.api.RetentionPolicy.WORK_QUEUE)  # fmt: skip
+    await bus.js.add_stream(name="TRELLIS_DEADLETTER", subjects=["trellis_deadletter.>"], storage=memory)
+
+
+async def test_an_empty_legacy_work_stream_is_deleted_and_dead_letters_move_under_tenants(own_server: Bus) -> None:
+    await _legacy_streams(own_server)
+    await own_server.ensure_streams()
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await own_server.js.stream_info("TRELLIS_WORK")
+    info = await own_server.js.stream_info(subjects.STREAM_DEADLETTER)
+    assert info.config.subjects == ["trellis.*.deadletter.>"]
+    await ensure_work_stream(own_server, "acme")  # no overlap left
+
+
+async def test_a_legacy_work_stream_holding_work_is_refused_naming_it_and_its_count(own_server: Bus) -> None:
+    await _legacy_streams(own_server)
+    await own_server.publish("trellis.acme.work.default", b"{}")
+    await own_server.publish("trellis.acme.work.default", b"{}")
+    with pytest.raises(ConfigError, match=r"stream TRELLIS_WORK .*holds 2 message\(s\)"):
+        await own_server.ensure_streams()
+    info = await own_server.js.stream_info("TRELLIS_WORK")
+    assert info.state.messages == 2
 
 
 async def test_a_storage_change_is_refused_naming_the_setting(bus: Bus) -> None:

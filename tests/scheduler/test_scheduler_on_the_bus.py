@@ -234,7 +234,7 @@ async def test_cancelling_a_run_withdraws_work_no_agent_has_taken_yet(
     cancelled = rec.of(ActivityCancelled, run_id)
     assert [(c.activity_id, c.attempt) for c in cancelled] == [("apply", 1)]
     assert "withdrawn" in cancelled[0].reason
-    info = await bus.js.stream_info(subjects.STREAM_WORK, subjects_filter=subjects.work(unique, "default"))
+    info = await bus.js.stream_info(subjects.work_stream(unique), subjects_filter=subjects.work(unique, "default"))
     assert not info.state.subjects
 
 

@@ -20,7 +20,7 @@ from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Sink, Workspace
 from trellis_compiler.service import serve as serve_compiler
 from trellis_core import subjects
-from trellis_core.bus import Bus, put_workflow, stored_workflow
+from trellis_core.bus import Bus, ensure_work_stream, put_workflow, stored_workflow
 from trellis_core.events import (
     ActivityCompleted,
     ActivityFailed,
@@ -80,6 +80,7 @@ class Noop:
 async def noop_agent(bus: Bus, tmp_path: Path, tenant: str) -> AsyncIterator[None]:
     config = AgentConfig.from_env({}, tenant=tenant, concurrency=64, heartbeat_seconds=5.0, log_flush_seconds=0.05)
     stop, ready = asyncio.Event(), asyncio.Event()
+    await ensure_work_stream(bus, tenant)  # the control plane's job: here the test is the control plane
     task = asyncio.create_task(Agent(bus, config, Noop(), tmp_path / "noop").run(stop, ready=ready))
     async with asyncio.timeout(10):
         await ready.wait()
