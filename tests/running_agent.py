@@ -10,7 +10,7 @@ from typing import Any
 
 from trellis_agent.agent import Agent, executors_for
 from trellis_agent.config import AgentConfig
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, ensure_work_stream
 
 FAST = {"heartbeat_seconds": 0.2, "log_flush_seconds": 0.05, "kill_grace_seconds": 0.5}
 
@@ -20,6 +20,7 @@ async def running_agent(bus: Bus, data_dir: Path, **overrides: Any) -> AsyncIter
     """An agent serving until the `async with` ends; it has drained when this returns."""
     config = AgentConfig.from_env({}, **(FAST | overrides))
     stop, ready = asyncio.Event(), asyncio.Event()
+    await ensure_work_stream(bus, config.tenant)  # the control plane's job: the tests are that here
     async with executors_for(config, bus) as router:
         agent = Agent(bus, config, router, data_dir / config.agent_id)
         task = asyncio.create_task(agent.run(stop, ready=ready))
