@@ -16,10 +16,10 @@ import pytest
 from agent_support import read_pid, shell, wait_for_file, wait_until_gone, work_item
 
 from running_agent import running_agent
-from trellis_agent.agent import Agent, executors_for
+from trellis_agent.agent import AGENT_ACKS, Agent, agent_jetstream_api, executors_for
 from trellis_agent.config import AgentConfig
 from trellis_core import subjects
-from trellis_core.bus import Bus, ensure_work_stream
+from trellis_core.bus import Bus, ensure_work_stream, get_bundle, put_bundle
 from trellis_core.events import (
     ActivityCancelled,
     ActivityCompleted,
@@ -363,3 +363,72 @@ async def test_cancelling_the_agent_cancels_its_work_and_kills_its_processes(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert await wait_until_gone(read_pid(tmp_path / unique / work.run_id / "ws" / "child.pid"))
+
+
+def _matches(subject: str, pattern: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    got, want = subject.split("."), pattern.split(".")
+    for n, token in enumerate(want):
+        if token == ">":
+            return len(got) > n
+        if n >= len(got) or (token != "*" and token != got[n]):
+            return False
+    return len(got) == len(want)
+
+
+async def test_an_agent_calls_only_its_listed_jetstream_api_with_replies_under_its_inbox_prefix(
+    bus: Bus, settings: Any, unique: str, tmp_path: Path
+) -> None:
+    """Work fetch and ack, an approval wait, a bundle read and publish acks, spied on from a second
+    connection: every JetStream API request is in agent_jetstream_api(tenant) and every reply
+    comes back under `_INBOX_<tenant>` — what the nats-auth permissions are built from."""
+    await ensure_work_stream(bus, unique)
+    blob = os.urandom(300_000)  # three chunks
+    await put_bundle(bus, unique, "sha256:" + "0" * 64, blob)
+    seen: list[tuple[str, str]] = []
+
+    async def spy_on(msg: Any) -> None:
+        seen.append((msg.subject, msg.reply))
+
+    spied = ("$JS.API.>", "$JS.ACK.>", f"trellis.{unique}.run.*.activity.>")
+    spies = [await bus.nc.subscribe(s, cb=spy_on) for s in spied]
+    await bus.nc.flush()
+    agent_bus = await Bus.connect(settings, name="spied-agent", inbox_prefix=subjects.inbox_prefix(unique))
+    shell_work = work_item(shell("echo hello"), tenant=unique)
+    gate = work_item(ApprovalSpec(), kind="approval", tenant=unique, timeout_seconds=3600)
+    config = AgentConfig.from_env({}, tenant=unique, heartbeat_seconds=0.2, log_flush_seconds=0.05)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    try:
+        async with recording(bus, unique) as rec, executors_for(config, agent_bus) as router:
+            task = asyncio.create_task(Agent(agent_bus, config, router, tmp_path).run(stop, ready=ready))
+            async with asyncio.timeout(10):
+                await ready.wait()
+            await dispatch(bus, shell_work)
+            await dispatch(bus, gate)
+            await rec.first(ActivityCompleted, shell_work.run_id)
+            await rec.first(ApprovalRequested, gate.run_id)
+            decided = ApprovalDecided(tenant=unique, run_id=gate.run_id, activity_id=gate.activity.id,
+                                      attempt=gate.attempt, decision="approved")  # fmt: skip
+            await bus.publish_event(decided)
+            await rec.first(ActivityCompleted, gate.run_id)
+            stop.set()
+            async with asyncio.timeout(30):
+                await task
+        assert await get_bundle(agent_bus, unique, "sha256:" + "0" * 64) == blob
+        await bus.nc.flush()
+    finally:
+        await agent_bus.close()
+        for spy in spies:
+            await spy.unsubscribe()
+    allowed = agent_jetstream_api(unique)
+    api = [(s, r) for s, r in seen if s.startswith("$JS.API.")]
+    assert {s.split(".")[2] for s, _ in api} >= {"STREAM", "CONSUMER"}
+    assert [s for s, _ in api if not any(_matches(s, p) for p in allowed)] == []
+    assert [r for _, r in api if not r.startswith(f"_INBOX_{unique}.")] == []
+    acks = [s for s, _ in seen if s.startswith("$JS.ACK.")]
+    assert acks
+    assert all(any(_matches(s, p.replace("<t>", unique)) for p in AGENT_ACKS) for s in acks)
+    published = [r for s, r in seen if s.startswith(f"trellis.{unique}.run.")]
+    assert published
+    assert all(r.startswith(f"_INBOX_{unique}.") for r in published)
+    assert any(s.startswith("$JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.approval-") for s, _ in api)
