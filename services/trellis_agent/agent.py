@@ -160,7 +160,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             waited += delay
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, 1.0)  # one cheap request a second: work starts soon after it exists
         return False
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:

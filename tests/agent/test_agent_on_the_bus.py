@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import pytest
 from agent_support import read_pid, shell, wait_for_file, wait_until_gone, work_item
 
@@ -432,3 +433,25 @@ async def test_an_agent_calls_only_its_listed_jetstream_api_with_replies_under_i
     assert published
     assert all(r.startswith(f"_INBOX_{unique}.") for r in published)
     assert any(s.startswith("$JS.API.CONSUMER.CREATE.TRELLIS_EVENTS.approval-") for s, _ in api)
+
+
+async def test_an_agent_started_before_its_work_stream_waits_for_the_control_plane_to_create_it(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    config = AgentConfig.from_env({}, tenant=unique, heartbeat_seconds=0.2)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    async with recording(bus, unique) as rec, executors_for(config, bus) as router:
+        task = asyncio.create_task(Agent(bus, config, router, tmp_path).run(stop, ready=ready))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(ready.wait()), 0.5)
+        with pytest.raises(nats.js.errors.NotFoundError):  # the agent created nothing
+            await bus.js.stream_info(subjects.work_stream(unique))
+        await ensure_work_stream(bus, unique)
+        async with asyncio.timeout(10):
+            await ready.wait()
+        work = work_item(shell("echo late"), tenant=unique)
+        await dispatch(bus, work)
+        await rec.first(ActivityCompleted, work.run_id)
+        stop.set()
+        async with asyncio.timeout(30):
+            await task

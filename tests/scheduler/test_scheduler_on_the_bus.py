@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from pathlib import Path
+from typing import Any
 
 from scheduler_support import (
     Process,
@@ -286,3 +287,25 @@ async def test_an_undecodable_event_is_dead_lettered_and_the_scheduler_goes_on(
     await letters.unsubscribe()
     assert letter.reason.startswith("undecodable")
     assert done.status == "succeeded"
+
+
+async def test_the_scheduler_creates_a_tenants_work_stream_once_before_its_first_dispatch(
+    bus: Bus, settings: Settings, unique: str
+) -> None:
+    from trellis_core import subjects
+
+    stream = subjects.work_stream(unique)
+    calls: list[str] = []
+
+    async def spy(msg: Any) -> None:
+        calls.append(msg.subject)
+
+    sub = await bus.nc.subscribe(f"$JS.API.STREAM.*.{stream}", cb=spy)
+    async with recording(bus, unique) as rec, running_scheduler(bus, settings, unique):  # no agent at all
+        first = await submit(bus, unique, workflow(sh("a", "true"), sh("b", "true"), sh("c", "true")))
+        second = await submit(bus, unique, workflow(sh("d", "true"), env="other"))  # its own environment lock
+        await rec.wait(lambda: len(rec.of(ActivityDispatched, first)) + len(rec.of(ActivityDispatched, second)) == 4)
+    await sub.unsubscribe()
+    info = await bus.js.stream_info(stream)
+    assert info.state.messages == 4
+    assert calls == [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
