@@ -69,8 +69,10 @@ async def serve(
     *,
     projection_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve the store until `stop` is set; `ready` is set once the projection runs and every op
-    is answered. `projection_options` go to Projection (tests: a tenant filter, own durables)."""
+    """Serve the store until `stop` is set: the tenants' keys on `trellis.*.keys.get` from the
+    start, then (PostgreSQL reached, migrated, old sealed values converted) the projection and
+    every op; `ready` is set once the projection runs and every op is answered.
+    `projection_options` go to Projection (tests: a tenant filter, own durables)."""
     if not settings.database_url:
         raise ConfigError("TRELLIS_DATABASE_URL is not set: the state store keeps its data in PostgreSQL")
     keyring = MasterKeyring.from_settings(settings)  # once: a bad or missing key stops the start here
