@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from trellis_core.events import Problem
+from trellis_core.sealed import SealError, TenantKeys, is_token
 from trellis_store.api import (
     MASK,
     AuditRecord,
@@ -226,20 +227,36 @@ class _Rollback(Exception):
 
 def _seal_variables(
     ctx: StoreContext, req: EnvironmentPut, previous_sealed: dict[str, str]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Split the variables into plain ones and sealed ones. A sensitive value sent back as the
-    mask (`********`, as a GET showed it) keeps the value sealed before."""
+) -> tuple[dict[str, str], dict[str, str]] | StoreError:
+    """Split the variables into plain ones and sealed ones (tokens). A sensitive value given in
+    clear is sealed under the tenant's current key; a token given stays as it is, once checked
+    to open for this tenant (a token of another tenant, or altered, would only fail later, in the
+    agent); the mask sent back (`********`, as a display showed it) keeps the token stored before."""
     plain: dict[str, str] = {}
     sealed: dict[str, str] = {}
     sensitive = set(req.sensitive)
+    keys = ctx.keys(req.tenant)
     for name, value in req.variables.items():
         if name not in sensitive:
             plain[name] = value
         elif value == MASK and name in previous_sealed:
             sealed[name] = previous_sealed[name]
+        elif (bad := check_token(keys, value, f"variables.{name}")) is not None:
+            return bad
         else:
-            sealed[name] = ctx.sealer.seal(value)
+            sealed[name] = keys.seal(value)
     return plain, sealed
+
+
+def check_token(keys: TenantKeys, value: str, path: str) -> StoreError | None:
+    """A whole token must open for the tenant (its text is never put in the message)."""
+    if not is_token(value):
+        return None
+    try:
+        keys.open(value)
+    except SealError as exc:
+        return error("invalid", f"{path}: the sealed value given does not open: {exc}", path)
+    return None
 
 
 def _check_environment(req: EnvironmentPut) -> StoreError | None:
@@ -277,7 +294,10 @@ async def environment_put(ctx: StoreContext, req: EnvironmentPut) -> Environment
         )
         if (refused := _precondition(req, current)) is not None:
             return refused
-        plain, sealed = _seal_variables(ctx, req, _str_map.decode(current["sealed"]) if current else {})
+        split = _seal_variables(ctx, req, _str_map.decode(current["sealed"]) if current else {})
+        if isinstance(split, StoreError):
+            return split
+        plain, sealed = split
         args = (req.tenant, req.name, req.template.name, req.template.version, to_json(plain), to_json(sealed),
                 list(req.sensitive), list(req.agents))  # fmt: skip
         if current is None:
@@ -301,7 +321,7 @@ async def environment_put(ctx: StoreContext, req: EnvironmentPut) -> Environment
         detail = {"revision": row["revision"], "template": f"{req.template.name}@{req.template.version}",
                   "variables": sorted(req.variables), "created": current is None}  # fmt: skip
         await audit(conn, req.tenant, req.actor, "environment.put", req.name, detail, req.remote)
-        return environment_of(ctx, row, reveal=False)
+        return environment_of(row)
 
 
 def _precondition(req: EnvironmentPut, current: Any) -> StoreError | None:

@@ -1,4 +1,4 @@
-"""What every store op works with: the pool, the sealer, the projection's progress, and the
+"""What every store op works with: the pool, the master keyring, the projection's progress, and the
 small helpers that turn rows into answers and refusals into StoreErrors."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_store.api import ErrorCode, StoreError
-from trellis_store.sealing import Sealer
 
 # Tenant names are NATS subject tokens (`trellis.<tenant>.runs.requested`).
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -82,11 +82,15 @@ class Encoded:
 @dataclass(frozen=True)
 class StoreContext:
     pool: Any  # asyncpg.Pool (untyped library)
-    sealer: Sealer
+    keyring: MasterKeyring  # built once at start from TRELLIS_SEAL_KEY and TRELLIS_SEAL_KEYS_RETIRED
     projection: ProjectionView
     schema_version: int
     barrier_timeout: float = 5.0  # under StoreClient's default 10 s: the caller hears why, not a timeout
     activities: ActivityCache = field(default_factory=ActivityCache)
+
+    def keys(self, tenant: str) -> TenantKeys:
+        """The tenant's data keys (derived on each call: HKDF costs microseconds)."""
+        return self.keyring.for_tenant(tenant)
 
 
 def error(code: ErrorCode, message: str, path: str = "") -> StoreError:

@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from trellis_core.logs import get_logger
-from trellis_store import api, commands, queries
+from trellis_store import api, commands, keys, queries
 from trellis_store.api import Reply, StoreError, StoreRequest
 from trellis_store.client import RESULT_FRAME
 from trellis_store.context import Encoded, StoreContext
@@ -45,6 +45,8 @@ OPS: dict[type[msgspec.Struct], Op] = {
     api.AuditList: queries.audit_list,
     api.DeployRecordGet: queries.deploy_record,
     api.Ping: queries.ping,
+    api.SealValues: keys.seal_values,
+    api.KeysReseal: keys.keys_reseal,
 }
 
 # What "PostgreSQL is not there" looks like from asyncpg: refused or lost connections, a server

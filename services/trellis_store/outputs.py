@@ -1,13 +1,12 @@
-"""Sensitive IaC outputs: sealed at rest, masked in every answer, opened only for deploy.record.
+"""Sensitive IaC outputs: sealed tokens at rest and in answers, never in clear.
 
-OpenTofu's `output -json` gives each output as `{"value", "type", "sensitive"}`. An output whose
-`sensitive` is true is a secret (a database password, a private key): the projection keeps the
-run's outputs (and so the environment's deploy outputs, copied from them) with the value sealed
-under the store's seal key as `{"type", "sensitive": true, "sealed": "v1:..."}`, and activity
-outputs and event bodies with the value masked, since nothing reads them back. Every API
-answer masks the value, whatever is stored (rows written before sealing, or by a projection
-without a seal key, hold it in clear, like that projection's requested variables); only
-deploy.record, read by the compiler for the next run's expressions, opens it.
+OpenTofu's `output -json` gives each output as `{"value", "type", "sensitive"}`. The agent seals
+the value of an output the tool marked sensitive (`{"value": "<token>", "sensitive": true}`), so
+what the projection stores and every answer carries is the token (ciphertext is not a secret:
+the gateway and the CLI mask tokens for display). An old agent may still send a sensitive value
+in clear: the projection seals it (`seal_outputs`) before anything is stored. Answers keep
+tokens and mask any sensitive value still in clear (rows written before sealing): defence in
+depth, so a clear secret never leaves the store.
 """
 
 from __future__ import annotations
@@ -17,75 +16,64 @@ from typing import Any
 
 import msgspec
 
+from trellis_core.sealed import is_token
 from trellis_core.workflow import LastDeploy, Workflow
 from trellis_store.api import MASK
 
-SEALED = "sealed"
+Seal = Callable[[str], str]  # plain text -> token, under one tenant's current key
 _json = msgspec.json.Encoder()
-_any = msgspec.json.Decoder()
 
 
 def is_sensitive(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("sensitive") is True
 
 
-def _masked(entry: dict[str, Any]) -> dict[str, Any]:
-    kept = {k: v for k, v in entry.items() if k != SEALED}
-    kept["value"] = MASK
-    return kept
+def _clear(entry: Any) -> bool:
+    """A sensitive entry whose value is not (only) a token."""
+    if not is_sensitive(entry):
+        return False
+    value = entry.get("value")
+    return not (isinstance(value, str) and is_token(value))
+
+
+def plain_text(value: Any) -> str:
+    """What a sensitive value is sealed as: a string as it is, anything else as its JSON (as the
+    agent seals it, so the opened token reads the same either way)."""
+    return value if isinstance(value, str) else _json.encode(value).decode()
+
+
+def seal_outputs(outputs: dict[str, Any], seal: Seal | None) -> dict[str, Any]:
+    """One activity's outputs (name -> entry) with every sensitive value still in clear sealed;
+    tokens stay. Without a way to seal (a projection built without keys: tests), masked."""
+    if not any(_clear(e) for e in outputs.values()):
+        return outputs
+
+    def one(entry: dict[str, Any]) -> dict[str, Any]:
+        value = MASK if seal is None else seal(plain_text(entry.get("value")))
+        return {**{k: v for k, v in entry.items() if k != "sealed"}, "value": value}
+
+    return {name: one(e) if _clear(e) else e for name, e in outputs.items()}
+
+
+def seal_resources(outputs: dict[str, dict[str, Any]], seal: Seal | None) -> dict[str, dict[str, Any]]:
+    """Run outputs (resource -> name -> entry) as `seal_outputs` keeps one activity's."""
+    return {resource: seal_outputs(named, seal) for resource, named in outputs.items()}
 
 
 def masked_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """One activity's outputs (name -> entry) with every sensitive value masked."""
-    if not any(is_sensitive(e) for e in outputs.values()):
-        return outputs
-    return {name: _masked(e) if is_sensitive(e) else e for name, e in outputs.items()}
+    """One activity's outputs with every sensitive value still in clear masked (tokens stay)."""
+    return seal_outputs(outputs, None)
 
 
 def masked_resources(outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Run or environment outputs (resource -> name -> entry) with every sensitive value masked."""
+    """Run or environment outputs (resource -> name -> entry), as `masked_outputs`."""
     return {resource: masked_outputs(named) for resource, named in outputs.items()}
 
 
 def masked_last_deploy(workflow: Workflow) -> LastDeploy | None:
-    """A workflow's `last_deploy` (a destroy's: deploy.record's outputs, opened) masked."""
+    """A workflow's `last_deploy` (a destroy's: deploy.record's outputs) with any sensitive value
+    in clear masked; tokens stay."""
     last = workflow.last_deploy
     if last is None or not last.outputs:
         return last
     return msgspec.structs.replace(last, outputs=masked_resources(last.outputs))
-
-
-def sealed_resources(
-    outputs: dict[str, dict[str, Any]], seal: Callable[[str], str] | None
-) -> dict[str, dict[str, Any]]:
-    """Run outputs as `runs.outputs` keeps them: sensitive values sealed (the JSON of the value);
-    in clear only with no seal key, as `sealed_variables` keeps requested variables."""
-    if seal is None:
-        return outputs
-
-    def one(entry: dict[str, Any]) -> dict[str, Any]:
-        kept = {k: v for k, v in entry.items() if k != "value"}
-        kept[SEALED] = seal(_json.encode(entry.get("value")).decode())
-        return kept
-
-    return {
-        resource: {name: one(e) if is_sensitive(e) else e for name, e in named.items()}
-        for resource, named in outputs.items()
-    }
-
-
-def opened_resources(outputs: dict[str, dict[str, Any]], open_: Callable[[str], str]) -> dict[str, dict[str, Any]]:
-    """Stored outputs with sealed values opened back to `{"value", "type", "sensitive"}`; raises
-    SealError (from `open_`) or msgspec.DecodeError if one does not open."""
-
-    def one(entry: dict[str, Any]) -> dict[str, Any]:
-        kept = {k: v for k, v in entry.items() if k != SEALED}
-        kept["value"] = _any.decode(open_(entry[SEALED]))
-        return kept
-
-    return {
-        resource: {
-            name: one(e) if isinstance(e, dict) and isinstance(e.get(SEALED), str) else e for name, e in named.items()
-        }
-        for resource, named in outputs.items()
-    }

@@ -22,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -39,6 +38,7 @@ from trellis_core.bus import Bus, stored_workflow
 from trellis_core.consume import admit, decode_error, fetch_loop
 from trellis_core.events import ActivityLogChunk, RunCompiled, RunEvent, decode_run_event
 from trellis_core.logs import get_logger
+from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
 from trellis_store import projection_rows as rows
@@ -81,13 +81,6 @@ _decode_log = msgspec.json.Decoder(ActivityLogChunk).decode
 log = get_logger("projection")
 
 
-@runtime_checkable
-class Sealer(Protocol):
-    """Anything that seals text (trellis_store.sealing's sealer): its `seal` is used."""
-
-    def seal(self, plain: str, /) -> str: ...
-
-
 @dataclass(frozen=True)
 class _Stream:
     name: str  # the JetStream stream
@@ -111,7 +104,7 @@ class Projection:
         bus: Bus,
         pool: asyncpg.Pool,
         settings: Settings,
-        sealer: Sealer | Callable[[str], str] | None = None,
+        sealer: MasterKeyring | rows.TenantSeal | None = None,
         *,
         events_durable: str = EVENTS_DURABLE,
         logs_durable: str = LOGS_DURABLE,
@@ -123,7 +116,9 @@ class Projection:
         self.bus = bus
         self.pool = pool
         self.settings = settings
-        self.seal: Callable[[str], str] | None = sealer.seal if isinstance(sealer, Sealer) else sealer
+        # How a sensitive output an old agent sent in clear is sealed: with the tenant's current
+        # key (a keyring), by a given function (tests), or masked (None).
+        self.seal: rows.TenantSeal | None = self._keyring_seal(sealer) if isinstance(sealer, MasterKeyring) else sealer
         self.batch = batch
         self.retry = retry
         self.retention_interval = retention_interval
@@ -198,6 +193,18 @@ class Projection:
             self._progress.notify_all()
 
     # ---- the loops ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _keyring_seal(keyring: MasterKeyring) -> rows.TenantSeal:
+        tenants: dict[str, TenantKeys] = {}
+
+        def seal(tenant: str, plain: str) -> str:
+            keys = tenants.get(tenant)
+            if keys is None:
+                keys = tenants[tenant] = keyring.for_tenant(tenant)
+            return keys.seal(plain)
+
+        return seal
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Project both streams (and delete expired log chunks) until `stop` is set."""

@@ -39,11 +39,14 @@ from trellis_core.events import (
     RunStarted,
     encode,
 )
+from trellis_core.sealed import mask_tokens
 from trellis_core.workflow import Workflow
-from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, sealed_resources
+from trellis_store.outputs import Seal, masked_last_deploy, seal_outputs, seal_resources
 
 MASK = "********"
-Seal = Callable[[str], str]
+# (tenant, plain text) -> that tenant's token: how the projection seals a sensitive output an old
+# agent sent in clear. None (a projection without keys: tests) masks it instead.
+TenantSeal = Callable[[str, str], str]
 _json = msgspec.json.Encoder()
 
 # ---- SQL ----------------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ ON CONFLICT (stream) DO UPDATE SET seq = GREATEST(projection_progress.seq, exclu
 class Batch:
     """The rows one batch writes, gathered per statement."""
 
-    seal: Seal | None = None
+    seal: TenantSeal | None = None
     tenants: set[str] = field(default_factory=set)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     logs: list[tuple[Any, ...]] = field(default_factory=list)
@@ -238,7 +241,8 @@ class Batch:
         if isinstance(event, ActivityHeartbeat):
             return  # liveness only: kept neither in the events table nor on the rows
         self.tenants.add(event.tenant)
-        self.events.append(_event_row(event, seq))
+        seal = self.sealer(event.tenant)
+        self.events.append(_event_row(event, seq, seal))
         match event:
             case RunRequested():
                 self._run(event, seq, "requested", environment=event.environment, action=event.action,
@@ -251,7 +255,7 @@ class Batch:
             case RunCompiled():
                 self._compiled(event, seq, workflow or event.workflow)
             case RunRejected():
-                message = "; ".join(str(p) for p in event.errors)[:4000]
+                message = mask_tokens("; ".join(str(p) for p in event.errors))[:4000]  # display only
                 self._run(event, seq, "rejected", finished_at=event.occurred_at, message=message,
                           errors=encode_json(event.errors))
                 self.env_finished.add((event.tenant, event.run_id))
@@ -262,7 +266,7 @@ class Batch:
             case RunCancelRequested():
                 self._run(event, seq, "cancelling", message=event.reason)
             case RunCompleted():
-                outputs = encode_json(sealed_resources(event.outputs, self.seal))  # deploy.record opens them
+                outputs = encode_json(seal_resources(event.outputs, seal))  # tokens, as deploy.record returns them
                 self._run(event, seq, event.status, finished_at=event.occurred_at, message=event.message,
                           outputs=outputs)
                 self.skipped.append((event.tenant, event.run_id))
@@ -279,8 +283,15 @@ class Batch:
                      event.comment, event.occurred_at, seq)
                 )
             case ActivityEvent():
-                if (patch := _activity_patch(event)) is not None:
+                if (patch := _activity_patch(event, seal)) is not None:
                     self._activity(event, seq, *patch)
+
+    def sealer(self, tenant: str) -> Seal | None:
+        """How this batch seals one tenant's values (None: it masks them)."""
+        if self.seal is None:
+            return None
+        seal = self.seal
+        return lambda plain: seal(tenant, plain)
 
     def _run(self, event: RunEvent, seq: int, status: str, **fields: Any) -> None:
         self.runs.append(
@@ -293,7 +304,7 @@ class Batch:
     def _compiled(self, event: RunCompiled, seq: int, workflow: Workflow) -> None:
         self._run(event, seq, "requested", environment=workflow.environment, action=workflow.action,
                   requested_by=event.requested_by)
-        variables = sealed_variables(workflow.requested_variables, self.seal)
+        variables = encode_json(workflow.requested_variables)  # sensitive ones: tokens (the compiler sealed them)
         self.workflows.append((event.tenant, event.run_id, encode_json(masked(workflow)), variables))
         acts = workflow.activities
         self.compiled.append(
@@ -351,7 +362,7 @@ class Patch:
                 self.reason, self.exit_code)
 
 
-def _activity_patch(event: ActivityEvent) -> tuple[Any, ...] | None:
+def _activity_patch(event: ActivityEvent, seal: Seal | None) -> tuple[Any, ...] | None:
     """(status, agent, started_at, finished_at, outputs, reason, exit_code) an activity event sets."""
     at = event.occurred_at
     match event:
@@ -360,7 +371,7 @@ def _activity_patch(event: ActivityEvent) -> tuple[Any, ...] | None:
         case ActivityStarted():
             return ("running", event.agent, at)
         case ActivityCompleted():
-            return ("succeeded", "", None, at, encode_json(masked_outputs(event.outputs)), "", event.exit_code)
+            return ("succeeded", "", None, at, encode_json(seal_outputs(event.outputs, seal)), "", event.exit_code)
         case ActivityFailed():
             return ("timed_out" if event.timed_out else "failed", "", None, at, "{}", event.reason, event.exit_code)
         case ActivityCancelled():
@@ -372,7 +383,7 @@ def _activity_patch(event: ActivityEvent) -> tuple[Any, ...] | None:
     return None  # a log chunk on the events stream: kept as an event only
 
 
-def _event_row(event: RunEvent, seq: int) -> tuple[Any, ...]:
+def _event_row(event: RunEvent, seq: int, seal: Seal | None) -> tuple[Any, ...]:
     body = event
     if isinstance(event, RunRequested):
         body = msgspec.structs.replace(event, sources=(), files=(), variables={})
@@ -381,10 +392,10 @@ def _event_row(event: RunEvent, seq: int) -> tuple[Any, ...]:
         header = msgspec.structs.replace(event.workflow, activities=(), scope={}, requested_variables={},
                                          last_deploy=last)
         body = msgspec.structs.replace(event, workflow=header)
-    elif isinstance(event, RunCompleted):  # sensitive outputs: sealed on the run's row, masked here
-        body = msgspec.structs.replace(event, outputs=masked_resources(event.outputs))
+    elif isinstance(event, RunCompleted):  # sensitive outputs: tokens, as on the run's row
+        body = msgspec.structs.replace(event, outputs=seal_resources(event.outputs, seal))
     elif isinstance(event, ActivityCompleted):
-        body = msgspec.structs.replace(event, outputs=masked_outputs(event.outputs))
+        body = msgspec.structs.replace(event, outputs=seal_outputs(event.outputs, seal))
     activity_id = event.activity_id if isinstance(event, ActivityEvent) else ""
     attempt = event.attempt if isinstance(event, ActivityEvent) else 0
     return (seq, event.event_id, event.tenant, event.run_id, event.kind, activity_id, attempt, event.occurred_at,
@@ -398,16 +409,6 @@ def encode_json(value: Any) -> str:
 def _pg_json(text: str) -> str:
     """PostgreSQL's jsonb refuses the NUL character: it reads as the replacement character."""
     return text.replace("\\u0000", "\\ufffd") if "\\u0000" in text else text
-
-
-def sealed_variables(variables: dict[str, str], seal: Seal | None) -> str:
-    """A run's requested variables as stored: one sealed blob, or in clear only with no seal key."""
-    if not variables:
-        return "{}"
-    plain = _json.encode(variables).decode()
-    if seal is None:
-        return _pg_json(f'{{"plain": {plain}}}')
-    return _json.encode({"sealed": seal(plain)}).decode()
 
 
 def masked(workflow: Workflow) -> Workflow:

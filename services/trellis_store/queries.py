@@ -11,7 +11,6 @@ import msgspec
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Workflow
 from trellis_store.api import (
-    MASK,
     ActivityRow,
     Approval,
     ApprovalGet,
@@ -47,8 +46,7 @@ from trellis_store.api import (
     WebhookTarget,
 )
 from trellis_store.context import Encoded, StoreContext, check_limit, error, etag_of
-from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, opened_resources
-from trellis_store.sealing import SealError
+from trellis_store.outputs import masked_last_deploy, masked_outputs, masked_resources, seal_resources
 
 _activities = msgspec.json.Decoder(tuple[ActivityRow, ...])
 _sources = msgspec.json.Decoder(tuple[SourceFile, ...])
@@ -116,12 +114,13 @@ ENV_COLUMNS = (
 )
 
 
-def environment_of(ctx: StoreContext, row: Any, *, reveal: bool) -> Environment:
-    """The API's view of a row: sealed variables masked, or opened when `reveal` asks for them;
-    sensitive outputs masked always (only deploy.record opens them)."""
+def environment_of(row: Any) -> Environment:
+    """The API's view of a row: sensitive variables and outputs as the tokens stored (the
+    gateway and the CLI mask tokens for display; only an agent opens them). Nothing here is in
+    clear but what was given in clear: a sensitive output stored in clear before sealing reads
+    `********`."""
     variables = _str_map.decode(row["variables"])
-    for name, sealed in _str_map.decode(row["sealed"]).items():
-        variables[name] = ctx.sealer.open(sealed) if reveal else MASK
+    variables.update(_str_map.decode(row["sealed"]))
     return Environment(
         name=row["name"],
         template=TemplateRef(name=row["template_name"], version=row["template_version"]),
@@ -138,15 +137,14 @@ def environment_of(ctx: StoreContext, row: Any, *, reveal: bool) -> Environment:
 
 
 async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment | StoreError:
+    """`reveal` changes nothing any more: sensitive values are tokens either way, and the gateway
+    starts a run with the tokens (the agent opens them)."""
     row = await ctx.pool.fetchrow(
         f"SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 AND name = $2", req.tenant, req.name
     )
     if row is None:
         return error("not_found", f"no environment {req.name!r}", "name")
-    try:
-        return environment_of(ctx, row, reveal=req.reveal)
-    except SealError as exc:
-        return error("internal", f"environment {req.name!r}: {exc}")
+    return environment_of(row)
 
 
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:
@@ -158,7 +156,7 @@ async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environme
         req.after,
         req.limit,
     )
-    return Environments(environments=tuple(environment_of(ctx, r, reveal=False) for r in rows))
+    return Environments(environments=tuple(environment_of(r) for r in rows))
 
 
 async def webhook_resolve(ctx: StoreContext, req: WebhookResolve) -> WebhookTarget | StoreError:
@@ -364,26 +362,13 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
     if row is None or not row["deployed"]:
         return DeployRecord(deployed=False)
     try:
-        variables = open_deployed_variables(ctx, _any.decode(row["variables"]))
-    except (SealError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return error("internal", f"environment {req.environment!r}: its deployed variables do not open: {exc}")
-    try:
-        outputs = opened_resources(_outputs.decode(row["outputs"]), ctx.sealer.open)
-    except (SealError, msgspec.DecodeError) as exc:
-        return error("internal", f"environment {req.environment!r}: its sensitive outputs do not open: {exc}")
+        variables = _str_map.decode(row["variables"])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return error("internal", f"environment {req.environment!r}: its deployed variables are unreadable: {exc}")
+    # Tokens as stored: the compiler passes them on, the agent opens them. A sensitive output
+    # stored in clear (before outputs were sealed) is sealed on the way out, never sent in clear.
+    outputs = seal_resources(_outputs.decode(row["outputs"]), ctx.keys(req.tenant).seal)
     return DeployRecord(deployed=True, run_id=row["deploy_run_id"], outputs=outputs, variables=variables)
-
-
-def open_deployed_variables(ctx: StoreContext, stored: Any) -> dict[str, str]:
-    """`deployed_variables` as the projection writes it: `{"sealed": "<seal of the JSON object>"}`,
-    `{"plain": {...}}` (a projection run without a seal key), or `{}` for none."""
-    if isinstance(stored, dict) and set(stored) == {"sealed"}:
-        return _str_map.decode(ctx.sealer.open(stored["sealed"]))
-    if isinstance(stored, dict) and set(stored) == {"plain"}:
-        return msgspec.convert(stored["plain"], dict[str, str])
-    if isinstance(stored, str):  # a bare sealed string
-        return _str_map.decode(ctx.sealer.open(stored))
-    return msgspec.convert(stored, dict[str, str])
 
 
 async def ping(ctx: StoreContext, req: Ping) -> Pong:

@@ -16,13 +16,15 @@ from trellis_core import rpc
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
 from trellis_core.logs import get_logger
+from trellis_core.sealed import MasterKeyring
 from trellis_core.settings import Settings
 from trellis_store.api import SUBJECT_PREFIX
 from trellis_store.context import StoreContext
 from trellis_store.handlers import UNAVAILABLE, handle
+from trellis_store.keys import serve_keys
+from trellis_store.legacy_sealing import LegacyOpener, convert
 from trellis_store.migrate import migrate
 from trellis_store.projection import Projection
-from trellis_store.sealing import Sealer
 
 log = get_logger("store")
 
@@ -30,9 +32,10 @@ QUEUE = "trellis-store"
 CONNECT_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
-async def connect(settings: Settings, stop: asyncio.Event) -> tuple[Any, int] | None:
-    """A pool on `database_url` and the schema migrated, retried while PostgreSQL is not up yet
-    (the store waits for it rather than dying); None if `stop` came first."""
+async def connect(settings: Settings, stop: asyncio.Event, keyring: MasterKeyring) -> tuple[Any, int] | None:
+    """A pool on `database_url`, the schema migrated and values the old store sealing left
+    converted to tokens, retried while PostgreSQL is not up yet (the store waits for it rather
+    than dying); None if `stop` came first."""
     attempt = 0
     while not stop.is_set():
         pool = None
@@ -44,7 +47,9 @@ async def connect(settings: Settings, stop: asyncio.Event) -> tuple[Any, int] | 
                 command_timeout=60,
                 timeout=settings.connect_timeout_seconds,
             )
-            return pool, await migrate(pool)
+            version = await migrate(pool)
+            await convert(pool, keyring, LegacyOpener.from_settings(settings))
+            return pool, version
         except UNAVAILABLE as exc:
             if pool is not None:
                 pool.terminate()
@@ -64,18 +69,37 @@ async def serve(
     *,
     projection_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve the store until `stop` is set; `ready` is set once the projection runs and every op
-    is answered. `projection_options` go to Projection (tests: a tenant filter, own durables)."""
+    """Serve the store until `stop` is set: the tenants' keys on `trellis.*.keys.get` from the
+    start, then (PostgreSQL reached, migrated, old sealed values converted) the projection and
+    every op; `ready` is set once the projection runs and every op is answered.
+    `projection_options` go to Projection (tests: a tenant filter, own durables)."""
     if not settings.database_url:
         raise ConfigError("TRELLIS_DATABASE_URL is not set: the state store keeps its data in PostgreSQL")
-    sealer = Sealer(settings.seal_key)
-    connected = await connect(settings, stop)
+    keyring = MasterKeyring.from_settings(settings)  # once: a bad or missing key stops the start here
+    # Agents get their keys even while PostgreSQL is not up: the keyring is all it takes.
+    keys_subscription = await serve_keys(bus.nc, keyring)
+    try:
+        await _serve(bus, settings, stop, ready, keyring, projection_options)
+    finally:
+        with contextlib.suppress(Exception):
+            await keys_subscription.unsubscribe()
+
+
+async def _serve(
+    bus: Bus,
+    settings: Settings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    keyring: MasterKeyring,
+    projection_options: Mapping[str, Any] | None,
+) -> None:
+    connected = await connect(settings, stop, keyring)
     if connected is None:
         return
     pool, schema_version = connected
     try:
-        projection = Projection(bus, pool, settings, sealer, **(projection_options or {}))
-        ctx = StoreContext(pool=pool, sealer=sealer, projection=projection, schema_version=schema_version)
+        projection = Projection(bus, pool, settings, keyring, **(projection_options or {}))
+        ctx = StoreContext(pool=pool, keyring=keyring, projection=projection, schema_version=schema_version)
         async with asyncio.TaskGroup() as tasks:
             projecting = asyncio.Event()
             tasks.create_task(projection.run(stop, ready=projecting))

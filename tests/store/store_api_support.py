@@ -19,6 +19,7 @@ import pytest
 
 from trellis_core.bus import Bus
 from trellis_core.events import SourceFile
+from trellis_core.sealed import new_master_key
 from trellis_core.settings import Settings
 from trellis_store.api import (
     Documents,
@@ -32,7 +33,6 @@ from trellis_store.api import (
     TenantCreate,
 )
 from trellis_store.client import StoreClient
-from trellis_store.sealing import new_key
 from trellis_store.service import serve
 
 T = TypeVar("T")
@@ -76,7 +76,8 @@ async def running_store(
 ) -> AsyncIterator[RunningStore]:
     """A store serving on its own database; `projection` options go to its Projection (a tenant
     filter and durables of the test's own, to project the test's bus events)."""
-    store_settings = msgspec.structs.replace(settings, database_url=database_url, seal_key=new_key(), **overrides)
+    overrides = {"seal_key": new_master_key(), **overrides}
+    store_settings = msgspec.structs.replace(settings, database_url=database_url, **overrides)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(bus, store_settings, stop, ready, projection_options=projection))
     waiter = asyncio.create_task(ready.wait())

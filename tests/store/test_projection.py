@@ -49,8 +49,12 @@ from trellis_store.projection import Projection
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def fake_seal(plain: str) -> str:
-    return "sealed:" + base64.b64encode(plain.encode()[::-1]).decode()
+def fake_seal(tenant: str, plain: str) -> str:
+    return f"sealed:{tenant}:" + base64.b64encode(plain.encode()[::-1]).decode()
+
+
+# A request variable declared sensitive, as the compiler passes it on: a token (opaque to the store).
+DB_PASSWORD_TOKEN = "[[trellis-sealed:v1:0123abcd:" + "A" * 48 + "]]"
 
 
 # ---- shared helpers --------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def workflow(environment: str, n: int, *, action: str = "deploy") -> Workflow:
         action=action,  # type: ignore[arg-type]
         activities=tuple(acts),
         scope={"environment": {"variables": {"db_password": "hunter2"}}},
-        requested_variables={"db_password": "hunter2", "region": "eu"},
+        requested_variables={"db_password": DB_PASSWORD_TOKEN, "region": "eu"},
     )
 
 
@@ -224,8 +228,8 @@ async def test_a_deploy_run_becomes_run_activity_environment_and_event_rows(
     assert (env["status"], env["deployed"], env["template_name"], env["template_version"]) == ("deployed", True,
                                                                                                 "stack", "v1")
     assert (env["last_run_id"], env["deploy_run_id"]) == (run_id, run_id)
-    sealed = msgspec.json.decode(env["deployed_variables"])
-    assert sealed == {"sealed": fake_seal('{"db_password":"hunter2","region":"eu"}')}
+    deployed = msgspec.json.decode(env["deployed_variables"])
+    assert deployed == {"db_password": DB_PASSWORD_TOKEN, "region": "eu"}  # the token, as the compiler sent it
     assert await pool.fetchval("SELECT name FROM tenants WHERE name = $1", unique) == unique
 
     kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM events WHERE run_id = $1 ORDER BY seq", run_id)]
@@ -434,13 +438,31 @@ async def test_events_last_seq_is_the_streams_and_wait_projected_times_out_below
     assert progress == last
 
 
-async def test_without_a_seal_key_deployed_variables_are_kept_plain_and_marked_so(
+async def test_a_sensitive_output_in_clear_is_sealed_by_the_projection_or_masked_without_keys(
     bus: Bus, pool: asyncpg.Pool, settings: Settings, unique: str
 ) -> None:
-    async with projecting(bus, pool, settings, unique, sealer=None) as projection:
-        assert await projection.wait_projected(await publish(bus, deploy_run(unique, "f", 1)), 10)
-    stored = await pool.fetchval("SELECT deployed_variables FROM environments WHERE tenant = $1", unique)
-    assert msgspec.json.decode(stored) == {"plain": {"db_password": "hunter2", "region": "eu"}}
+    """An old agent's sensitive output arrives in clear: the projection seals it with the tenant's
+    key before anything is stored; a projection built without keys masks it. Never in clear."""
+    secret = f"clear-{unique}"
+    for sealer, name, want in ((fake_seal, f"{unique}a", fake_seal), (None, f"{unique}b", None)):
+        events = deploy_run(name, "g", 1)
+        outputs = {"pw": {"value": secret, "type": "string", "sensitive": True}}
+        events = [
+            msgspec.structs.replace(e, outputs={"r0": outputs} if isinstance(e, RunCompleted) else outputs)
+            if isinstance(e, ActivityCompleted | RunCompleted)
+            else e
+            for e in events
+        ]
+        async with projecting(bus, pool, settings, name, sealer=sealer) as projection:
+            assert await projection.wait_projected(await publish(bus, events), 10)
+        value = "********" if want is None else want(name, secret)
+        stored = await pool.fetchval("SELECT outputs::text FROM runs WHERE tenant = $1", name)
+        assert msgspec.json.decode(stored) == {"r0": {"pw": {**outputs["pw"], "value": value}}}
+        for table, column in (("runs", "outputs"), ("activities", "outputs"), ("events", "body"),
+                              ("environments", "outputs")):  # fmt: skip
+            rows = await pool.fetch(f"SELECT {column}::text AS c FROM {table} WHERE tenant = $1", name)
+            assert rows, table
+            assert not any(secret in r["c"] for r in rows), table
 
 
 async def test_retention_deletes_only_log_chunks_older_than_the_setting(pool: asyncpg.Pool, unique: str) -> None:

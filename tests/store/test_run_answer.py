@@ -23,6 +23,7 @@ from store_api_support import RunningStore, env_put, seed_run, store, tenant_wit
 from trellis_core import rpc
 from trellis_core.bus import Bus
 from trellis_core.events import Problem
+from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
 from trellis_store.api import ActivityRow, Environment, Ping, RunDetail, RunGet, RunSummary, StoreError, subject_of
 from trellis_store.client import StoreClient
@@ -30,7 +31,6 @@ from trellis_store.context import ActivityCache, Encoded, StoreContext
 from trellis_store.handlers import encode_reply
 from trellis_store.migrate import migrate
 from trellis_store.queries import _RunTail, run_detail_json, run_get
-from trellis_store.sealing import Sealer, new_key
 
 __all__ = ["store"]  # the fixture, imported for pytest
 
@@ -162,7 +162,7 @@ def statuses(answer: Encoded | StoreError) -> list[str]:
 
 async def test_a_big_run_is_read_again_after_a_new_event_and_cached_only_when_complete(pool: asyncpg.Pool) -> None:
     progress = Progress(projected_events=10)
-    ctx = StoreContext(pool=pool, sealer=Sealer(new_key()), projection=progress, schema_version=1)
+    ctx = StoreContext(pool=pool, keyring=MasterKeyring(new_master_key()), projection=progress, schema_version=1)
     await seed(pool, 600)
     await add_event(pool, 5)
     first = await run_get(ctx, RunGet(tenant="t", run_id="r"))
@@ -187,7 +187,7 @@ async def test_a_big_run_is_read_again_after_a_new_event_and_cached_only_when_co
 
 
 async def test_a_missing_run_is_not_found(pool: asyncpg.Pool) -> None:
-    ctx = StoreContext(pool=pool, sealer=Sealer(new_key()), projection=Progress(), schema_version=1)
+    ctx = StoreContext(pool=pool, keyring=MasterKeyring(new_master_key()), projection=Progress(), schema_version=1)
     missing = await run_get(ctx, RunGet(tenant="t", run_id="nope"))
     assert isinstance(missing, StoreError)
     assert (missing.code, missing.path) == ("not_found", "run_id")

@@ -1,10 +1,12 @@
 """Sensitive IaC outputs (`{"value", "type", "sensitive": true}` from OpenTofu's `output -json`)
 through the real store: a run's events projected from the bus, then asked for over the bus.
 
-What must hold: every answer to an API caller (environment.get, run.get, small or cached big run)
-shows the value masked; deploy.record (for the compiler) answers the real value; no table keeps it
-in clear (the run's and the environment's outputs hold it sealed, activity outputs and event
-bodies hold it masked)."""
+What must hold: a sensitive value is a sealed token wherever the store keeps or answers it. The
+agent seals it (`{"value": "<token>", "sensitive": true}`) and the store keeps the token as it is;
+an old agent's value in clear is sealed by the projection before it is stored. Every answer
+(environment.get, run.get, small or cached big run, deploy.record) carries the token, which opens
+to the value with the tenant's key; no table keeps the value in clear; a row stored in clear before
+sealing answers `********`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from test_projection import publish, workflow
 from trellis_core.bus import Bus
 from trellis_core.events import ActivityCompleted, Event, RunCompiled, RunCompleted, RunRequested, RunStarted
 from trellis_core.ids import new_run_id
+from trellis_core.sealed import MasterKeyring, TenantKeys, is_token
 from trellis_core.settings import Settings
 from trellis_core.workflow import LastDeploy
 from trellis_store.api import MASK, DeployRecord, DeployRecordGet, Environment, EnvironmentGet, RunDetail, RunGet
@@ -59,6 +62,27 @@ def run_events(tenant: str, environment: str, n: int, secret: str) -> list[Event
     return events
 
 
+def keys_of(store: RunningStore, tenant: str) -> TenantKeys:
+    return MasterKeyring.from_settings(store.settings).for_tenant(tenant)
+
+
+def opened(keys: TenantKeys, outputs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Run outputs with every sensitive value checked to be a token, and opened."""
+    for named in outputs.values():
+        for entry in named.values():
+            if entry["sensitive"]:
+                assert is_token(entry["value"]), entry
+    result: dict[str, dict[str, Any]] = keys.open_value(outputs)
+    return result
+
+
+def as_opened(resource: str, secret: str) -> dict[str, Any]:
+    """outputs_of as its tokens open: a non-string value was sealed as its JSON."""
+    entries = outputs_of(resource, secret)
+    entries["keys"] = {**entries["keys"], "value": msgspec.json.encode({"k": secret}).decode()}
+    return entries
+
+
 def masked(resource: str) -> dict[str, Any]:
     return {
         "id": {"value": f"{resource}-id", "type": "string", "sensitive": False},
@@ -86,24 +110,23 @@ async def clear_copies(store: RunningStore, tenant: str, secret: str) -> dict[st
 
 
 @pytest.mark.parametrize("activities", [2, 500])
-async def test_sensitive_outputs_are_masked_in_answers_sealed_at_rest_and_opened_for_deploy_record(
+async def test_sensitive_outputs_in_clear_from_an_old_agent_are_stored_and_answered_as_tokens(
     projecting_store: RunningStore, bus: Bus, unique: str, activities: int
 ) -> None:
     store, secret = projecting_store, f"secret-value-{unique}"
+    keys = keys_of(store, unique)
     events = run_events(unique, "dev", activities, secret)
     run_id = events[0].run_id
     await publish(bus, events)
 
-    # deploy.record waits for the projection to catch up: the compiler gets the real values
+    # deploy.record waits for the projection to catch up: the compiler gets the tokens, as stored
     record = await store.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)
     assert record.deployed
     assert record.run_id == run_id
-    assert record.outputs == {"r0": outputs_of("r0", secret), "r1": outputs_of("r1", secret)}
-
-    for reveal in (False, True):  # reveal opens sealed variables, never outputs
-        env = await store.ask(EnvironmentGet(tenant=unique, name="dev", reveal=reveal), Environment)
-        assert env.status == "deployed"
-        assert env.outputs == {"r0": masked("r0"), "r1": masked("r1")}
+    assert opened(keys, record.outputs) == {"r0": as_opened("r0", secret), "r1": as_opened("r1", secret)}
+    env = await store.ask(EnvironmentGet(tenant=unique, name="dev"), Environment)
+    assert env.status == "deployed"
+    assert env.outputs == record.outputs  # the same tokens, nothing opened
 
     for _ in range(2):  # a big run's second answer comes from the activity cache
         raw = await store.client.ask_raw(RunGet(tenant=unique, run_id=run_id))
@@ -111,20 +134,46 @@ async def test_sensitive_outputs_are_masked_in_answers_sealed_at_rest_and_opened
         assert secret.encode() not in bytes(raw)
         detail = await store.ask(RunGet(tenant=unique, run_id=run_id), RunDetail)
         assert detail.status == "succeeded"
-        assert detail.outputs == {"r0": masked("r0"), "r1": masked("r1")}
+        assert opened(keys, detail.outputs) == {"r0": as_opened("r0", secret), "r1": as_opened("r1", secret)}
         assert len(detail.activities) == activities
-        assert [a.outputs for a in detail.activities] == [masked(f"r{i}") for i in range(activities)]
+        assert [opened(keys, {"a": a.outputs})["a"] for a in detail.activities] == [
+            as_opened(f"r{i}", secret) for i in range(activities)
+        ]
 
     in_clear = await clear_copies(store, unique, secret)
     assert set(in_clear.values()) == {0}, in_clear
-    sealed = await store.sql("SELECT outputs->'r0'->'password' AS p FROM runs WHERE tenant = $1", unique)
-    assert '"sealed": "v1:' in sealed[0]["p"]  # kept sealed under the store's key, for deploy.record
+
+
+async def test_sensitive_outputs_sealed_by_the_agent_are_kept_as_the_tokens_they_are(
+    projecting_store: RunningStore, bus: Bus, unique: str
+) -> None:
+    store, secret = projecting_store, f"secret-value-{unique}"
+    keys = keys_of(store, unique)
+    token = keys.seal(secret)
+    events = run_events(unique, "dev", 1, secret)
+    sealed = {"password": {"value": token, "type": "string", "sensitive": True}}
+    events = [
+        msgspec.structs.replace(e, outputs={"r0": sealed} if isinstance(e, RunCompleted) else sealed)
+        if isinstance(e, ActivityCompleted | RunCompleted)
+        else e
+        for e in events
+    ]
+    await publish(bus, events)
+    record = await store.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)
+    assert record.outputs == {"r0": sealed}  # the very token the agent sealed
+    detail = await store.ask(RunGet(tenant=unique, run_id=events[0].run_id), RunDetail)
+    assert detail.outputs == {"r0": sealed}
+    assert detail.activities[0].outputs == sealed
+    bodies = await store.sql("SELECT body::text AS b FROM events WHERE tenant = $1 AND kind = 'run.completed'", unique)
+    assert token in bodies[0]["b"]
+    assert set((await clear_copies(store, unique, secret)).values()) == {0}
 
 
 async def test_rows_holding_sensitive_outputs_in_clear_are_masked_in_answers(
     projecting_store: RunningStore, unique: str
 ) -> None:
-    """Rows projected before outputs were sealed (or without a seal key) answer masked too."""
+    """Rows projected before outputs were sealed (or without a seal key) answer masked, never in
+    clear."""
     store, secret = projecting_store, f"secret-value-{unique}"
     clear = '{"r0": ' + '{"password": {"value": "' + secret + '", "type": "string", "sensitive": true}}}'
     await store.sql("INSERT INTO tenants (name) VALUES ($1)", unique)
@@ -165,8 +214,9 @@ async def test_rows_holding_sensitive_outputs_in_clear_are_masked_in_answers(
 async def test_a_destroys_last_deploy_outputs_are_masked_in_its_stored_workflow(
     projecting_store: RunningStore, bus: Bus, unique: str
 ) -> None:
-    """A destroy is compiled with deploy.record's outputs opened (`workflow.lastDeploy`): the run's
-    workflow, as run.get answers it and as the rows keep it, holds them masked."""
+    """A destroy's workflow carries deploy.record's outputs (`workflow.lastDeploy`): a sensitive
+    one in clear (an old compiler) is masked in the run's workflow, as run.get answers it and as
+    the rows keep it."""
     store, secret = projecting_store, f"secret-value-{unique}"
     run_id = new_run_id()
     ids: dict[str, Any] = {"tenant": unique, "run_id": run_id}

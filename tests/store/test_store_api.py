@@ -22,6 +22,7 @@ from store_api_support import (
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
 from trellis_core.rpc import Requester
+from trellis_core.sealed import MasterKeyring, is_token
 from trellis_core.settings import Settings
 from trellis_core.subjects import STREAM_SUBJECTS
 from trellis_store.api import (
@@ -289,26 +290,45 @@ async def test_a_template_bundle_answers_the_sources_published_with_it_and_only_
 # ---- environments ---------------------------------------------------------------------------------------
 
 
-async def test_sensitive_variables_are_sealed_at_rest_masked_and_revealed_on_request(
-    store: RunningStore, unique: str
-) -> None:
+async def test_sensitive_variables_are_sealed_at_rest_and_answered_as_tokens(store: RunningStore, unique: str) -> None:
     await tenant_with_template(store, unique)
     secret = "hunter2-very-secret"
     put = await store.ask(
         env_put(unique, variables={"region": "eu", "password": secret}, sensitive=("password",), agents=("pool-a",)),
         Environment,
     )
-    assert put.variables == {"region": "eu", "password": MASK}
+    keys = MasterKeyring.from_settings(store.settings).for_tenant(unique)
+    token = put.variables["password"]
+    assert is_token(token)
+    assert keys.open(token) == secret
+    assert put.variables["region"] == "eu"
     assert (put.etag, put.status, put.agents, put.sensitive) == ('"1"', "new", ("pool-a",), ("password",))
     rows = await store.sql(
         "SELECT e::text AS row, sealed::text AS sealed FROM environments e WHERE tenant = $1", unique
     )
     assert secret not in rows[0]["row"], "a sensitive value is never stored in clear"
-    assert '"v1:' in rows[0]["sealed"]
-    masked = await store.ask(EnvironmentGet(tenant=unique, name="dev"), Environment)
-    assert masked.variables["password"] == MASK
-    revealed = await store.ask(EnvironmentGet(tenant=unique, name="dev", reveal=True), Environment)
-    assert revealed.variables == {"region": "eu", "password": secret}
+    assert token in rows[0]["sealed"]
+    audit = await store.sql("SELECT detail::text AS d FROM audit WHERE tenant = $1", unique)
+    assert not any(secret in r["d"] for r in audit)
+    for reveal in (False, True):  # reveal changes nothing: tokens either way, never plain text
+        got = await store.ask(EnvironmentGet(tenant=unique, name="dev", reveal=reveal), Environment)
+        assert got.variables == {"region": "eu", "password": token}
+    listed = await store.ask(EnvironmentList(tenant=unique), Environments)
+    assert listed.environments[0].variables == {"region": "eu", "password": token}
+
+
+async def test_a_token_given_for_a_sensitive_variable_stays_and_one_that_does_not_open_is_refused(
+    store: RunningStore, unique: str
+) -> None:
+    await tenant_with_template(store, unique)
+    keys = MasterKeyring.from_settings(store.settings).for_tenant(unique)
+    token = keys.seal("given")
+    put = await store.ask(env_put(unique, variables={"pw": token}, sensitive=("pw",)), Environment)
+    assert put.variables == {"pw": token}
+    others = MasterKeyring.from_settings(store.settings).for_tenant(unique + "x").seal("theirs")
+    refused = await store.refused(env_put(unique, variables={"pw": others}, sensitive=("pw",), force=True))
+    assert (refused.code, refused.path) == ("invalid", "variables.pw")
+    assert "theirs" not in refused.message
 
 
 async def test_an_update_needs_the_current_etag(store: RunningStore, unique: str) -> None:
@@ -332,9 +352,10 @@ async def test_an_update_needs_the_current_etag(store: RunningStore, unique: str
 async def test_the_mask_sent_back_keeps_the_sealed_value(store: RunningStore, unique: str) -> None:
     await tenant_with_template(store, unique)
     put = await store.ask(env_put(unique, variables={"pw": "s3cret"}, sensitive=("pw",)), Environment)
-    await store.ask(env_put(unique, variables=put.variables, sensitive=("pw",), if_match=put.etag), Environment)
-    revealed = await store.ask(EnvironmentGet(tenant=unique, name="dev", reveal=True), Environment)
-    assert revealed.variables == {"pw": "s3cret"}
+    shown = {"pw": MASK}  # as the gateway displayed it
+    await store.ask(env_put(unique, variables=shown, sensitive=("pw",), if_match=put.etag), Environment)
+    again = await store.ask(EnvironmentGet(tenant=unique, name="dev"), Environment)
+    assert again.variables == put.variables
 
 
 async def test_bad_environments_are_refused_naming_the_field(store: RunningStore, unique: str) -> None:
@@ -358,7 +379,7 @@ async def test_environments_list_by_name_in_pages_and_never_across_tenants(store
         await store.ask(env_put(unique, name=name, variables={"k": name, "s": "x"}, sensitive=("s",)), Environment)
     first = await store.ask(EnvironmentList(tenant=unique, limit=3), Environments)
     assert [e.name for e in first.environments] == ["a", "b", "c"]
-    assert all(e.variables["s"] == MASK for e in first.environments)
+    assert all(is_token(e.variables["s"]) for e in first.environments)  # tokens, never plain text
     rest = await store.ask(EnvironmentList(tenant=unique, limit=3, after="c"), Environments)
     assert [e.name for e in rest.environments] == ["d"]
     bad = await store.refused(EnvironmentList(tenant=unique, limit=0))

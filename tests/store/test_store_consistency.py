@@ -4,7 +4,7 @@ record is a consistent read (asked right after a run's last event is published, 
 from __future__ import annotations
 
 from store_api_support import RunningStore, store
-from test_projection import deploy_run, publish
+from test_projection import DB_PASSWORD_TOKEN, deploy_run, publish
 
 from trellis_core.bus import Bus
 from trellis_store.api import (
@@ -32,7 +32,7 @@ async def test_a_deploy_just_published_is_the_deploy_record_and_the_run_the_api_
     record = await store.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)
     assert record.deployed, "the barrier waited for the run's last event"
     assert record.run_id == run_id
-    assert record.variables == {"db_password": "hunter2", "region": "eu"}
+    assert record.variables == {"db_password": DB_PASSWORD_TOKEN, "region": "eu"}  # tokens as stored
     assert record.outputs == {"r0": {"id": {"value": "r0"}}}
     pong = await store.ask(Ping(), Pong)
     assert pong.projected_events >= last

@@ -22,6 +22,7 @@ from store_api_support import (
 )
 
 from trellis_core.bus import Bus
+from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ContainerSpec, Workflow
 from trellis_core.workflow import TemplateRef as WorkflowTemplate
@@ -48,7 +49,6 @@ from trellis_store.api import (
     StoreError,
 )
 from trellis_store.client import StoreClient
-from trellis_store.sealing import new_key
 from trellis_store.service import serve
 
 __all__ = ["store"]
@@ -329,7 +329,7 @@ async def test_a_callback_token_redeems_once(store: RunningStore, unique: str) -
 # ---- the deploy record --------------------------------------------------------------------------------------------
 
 
-async def test_the_deploy_record_answers_the_last_good_deploy_with_its_variables_opened(
+async def test_the_deploy_record_answers_the_last_good_deploy_with_its_variables_as_stored(
     store: RunningStore, unique: str
 ) -> None:
     await env_ready(store, unique)
@@ -337,26 +337,20 @@ async def test_the_deploy_record_answers_the_last_good_deploy_with_its_variables
     assert never == DeployRecord(deployed=False)
     unknown = await store.ask(DeployRecordGet(tenant=unique, environment="nowhere"), DeployRecord)
     assert unknown.deployed is False
-    sealed = await _seal_in_store(store, '{"region": "eu", "password": "pw"}')
+    token = MasterKeyring.from_settings(store.settings).for_tenant(unique).seal("pw")
     await store.sql(
         "UPDATE environments SET deployed = true, deploy_run_id = 'r9', status = 'deployed', "
-        'outputs = \'{"vpc": {"id": "vpc-1"}}\', deployed_variables = jsonb_build_object(\'sealed\', $2::text) '
-        "WHERE tenant = $1",
+        'outputs = \'{"vpc": {"id": "vpc-1"}}\', deployed_variables = jsonb_build_object(\'region\', \'eu\', '
+        "'password', $2::text) WHERE tenant = $1",
         unique,
-        sealed,
+        token,
     )
     record = await store.ask(DeployRecordGet(tenant=unique, environment="dev"), DeployRecord)
-    assert record == DeployRecord(
-        deployed=True, run_id="r9", outputs={"vpc": {"id": "vpc-1"}}, variables={"region": "eu", "password": "pw"}
+    assert record == DeployRecord(  # the token as stored: the compiler passes it on, the agent opens it
+        deployed=True, run_id="r9", outputs={"vpc": {"id": "vpc-1"}}, variables={"region": "eu", "password": token}
     )
     stranger = await store.ask(DeployRecordGet(tenant=unique + "s", environment="dev"), DeployRecord)
     assert stranger.deployed is False
-
-
-async def _seal_in_store(store: RunningStore, text: str) -> str:
-    from trellis_store.sealing import Sealer
-
-    return Sealer(store.settings.seal_key).seal(text)
 
 
 # ---- PostgreSQL going away ------------------------------------------------------------------------------------------
@@ -405,7 +399,7 @@ async def test_a_store_started_while_postgresql_is_down_waits_for_it(
     proxy = TcpProxy(host, int(port))
     await proxy.start()
     proxy.refusing = True
-    store_settings = msgspec.structs.replace(settings, database_url=proxy.url(database_url), seal_key=new_key())
+    store_settings = msgspec.structs.replace(settings, database_url=proxy.url(database_url), seal_key=new_master_key())
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(bus, store_settings, stop, ready))
     try:
