@@ -6,7 +6,7 @@ Pure: no I/O, no clock, no randomness; the same input gives byte-identical outpu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +56,14 @@ def compile_bundle(
     require_inputs: bool = True,
     strict_inputs: bool = False,
     unreadable: Unreadable = frozenset(),
+    seal: Callable[[str], str] | None = None,
 ) -> CompileResult:
     """Compile the named Environment of the bundle for `action`.
 
     `strict_inputs`: a run variable no template declares is an error (a run request), not a
-    warning (`trellis template compile --var`); `unreadable`: see `validate.read_leniently`.
+    warning (`trellis template compile --var`); `unreadable`: see `validate.read_leniently`;
+    `seal`: seals every sensitive value still in clear where it enters (sealing.py), e.g.
+    `TenantKeys.seal`; without it values stay as they are (previews, `trellis template compile`).
     """
     problems = Problems()
     with gc_paused():
@@ -75,6 +78,7 @@ def compile_bundle(
             trigger=trigger,
             require_inputs=require_inputs,
             strict_inputs=strict_inputs,
+            seal=seal,
         )
         found = bundle.environment(environment_name, problems)
         workflow = None

@@ -136,6 +136,7 @@ def environment_hooks_context(planned: Plans, *, info: RunInfo, problems: Proble
         env=env,
         action=info.action,
         email_relay_url=info.email_relay_url,
+        sealer=variables.sealer,
     )
 
 
