@@ -40,6 +40,7 @@ class Variables:
     resource_names: frozenset[str]  # of the EnvironmentTemplate: the outputs strings may read
     sealer: Sealer  # seals sensitive values where they enter (a no-op without a sealer)
     sealed_names: frozenset[str]  # declared sensitive anywhere: their values are sealed at every level
+    inputs: dict[str, str]  # the run request's variables, those declared sensitive sealed
 
 
 def context_layers(contexts: tuple[Attached, ...]) -> list[Layer]:
@@ -97,6 +98,7 @@ def resolve_variables(
         resource_names=resources,
         sealer=sealer,
         sealed_names=secret_names,
+        inputs=inputs,
     )
 
 

@@ -83,13 +83,13 @@ def _inline(refs: Iterable[ContextRef]) -> set[str]:
     return {name for ref in refs if ref.data is not None for name in _sensitive(ref.data.variables)}
 
 
-def sensitive_names(bundle: Bundle, template_variables: Iterable[Variable] = (), *more: Iterable[Variable]) -> frozenset[str]:
+def sensitive_names(bundle: Bundle, *variable_lists: Iterable[Variable]) -> frozenset[str]:
     """Every variable name declared sensitive anywhere a run's value could reach: the given
     variable lists (the EnvironmentTemplate's, the Environment's, its resources'), every
     ResourceTemplate and ConfigContext of the bundle and the contexts written inline in them.
     A value given for such a name is sealed wherever it enters."""
-    names = _sensitive(template_variables)
-    for variables in more:
+    names: set[str] = set()
+    for variables in variable_lists:
         names |= _sensitive(variables)
     for template, _ in bundle.all(ResourceTemplate):
         names |= _sensitive(template.spec.variables) | _inline(template.spec.contexts)
