@@ -20,7 +20,7 @@ from jinja2.parser import Parser
 
 from trellis_templates.budget import LIMITS, BudgetExceeded, check_nesting, metered
 from trellis_templates.errors import ExpressionError
-from trellis_templates.expression_ast import chain, depth_of, explain_undefined, resource_refs
+from trellis_templates.expression_ast import chain, context_refs, depth_of, explain_undefined, resource_refs
 from trellis_templates.sandbox import MeteredSandbox, thaw, tojson, view
 
 START, END = "$(", ")$"
@@ -90,6 +90,7 @@ class Expression:
     names: frozenset[str]
     resources: frozenset[str]
     path: tuple[str, ...] | None = None  # `a.b["c"]` as ("a", "b", "c"): a plain path
+    contexts: frozenset[str] = frozenset()  # the contexts `context.C` it reads
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """The expression's value in `scope`, within the render's budget; raises ExpressionError.
@@ -256,7 +257,8 @@ def _compile(source: str) -> Expression:
     subscripts += list(ast.find_all(nodes.Getitem))
     numbered = any(not isinstance(getattr(n.arg, "value", None), str) for n in subscripts)
     plain = tuple(path) if path is not None and not numbered else None  # `a[0]` is left to jinja2
-    return Expression(source, ast, call, names, frozenset(resource_refs(ast)), plain)
+    contexts = frozenset(context_refs(ast)) if "context" in names else frozenset()
+    return Expression(source, ast, call, names, frozenset(resource_refs(ast)), plain, contexts)
 
 
 def parse(text: str) -> Parsed:
@@ -311,6 +313,13 @@ def output_references(text: str) -> set[str]:
     if START not in text:
         return set()
     return {r for e in parse(text).expressions for r in e.resources}
+
+
+def context_references(text: str) -> set[str]:
+    """Names of the contexts `text`'s expressions read (`context.C…`)."""
+    if START not in text:
+        return set()
+    return {c for e in parse(text).expressions for c in e.contexts}
 
 
 def names(text: str) -> set[str]:

@@ -23,10 +23,10 @@ from trellis_templates.variables import Layer, env_encoding, merge, required_mis
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plans:
-    """The resources that could be planned, in declaration order, and the final scope.
+    """The resources that could be planned, in declaration order, and the workflow's scope.
 
-    `scope["context"]` holds the contexts of the environment and of every planned resource's
-    template; a resource's variables were rendered seeing those of the resources up to its own.
+    `scope["context"]` holds the environment's contexts only: a resource template's own contexts
+    are in that resource's scope (its plan's renderer), never in another's.
     """
 
     variables: Variables
@@ -48,8 +48,7 @@ class _Found:
 def plan_resources(variables: Variables, *, info: RunInfo, problems: Problems) -> Plans:
     """A plan for every resource whose template is found; duplicates and missing templates reported."""
     documents = variables.documents
-    context: dict[str, Any] = dict(variables.scope["context"])
-    scope = {**variables.scope, "context": context}  # grows with each template's own contexts
+    scope = variables.scope
     plans: list[ResourcePlan] = []
     seen: set[str] = set()
     for index, entry in enumerate(documents.template.spec.resources):
@@ -60,8 +59,9 @@ def plan_resources(variables: Variables, *, info: RunInfo, problems: Problems) -
         seen.add(entry.name)
         found = find_template(documents, index, entry, problems)
         if found is not None:
-            context.update(context_scope(found.contexts))
-            plans.append(_plan(found, variables, scope, info=info, problems=problems))
+            own = context_scope(found.contexts, variables.sealer)
+            resource_scope = {**scope, "context": {**scope["context"], **own}} if own else scope
+            plans.append(_plan(found, variables, resource_scope, info=info, problems=problems))
     return Plans(variables=variables, plans=tuple(plans), scope=scope)
 
 
@@ -87,10 +87,24 @@ def _plan(
     merged = merge(resource_layers(found, variables, problems), problems)
     required_missing(merged, documents.environment.metadata.name, problems, strict=info.require_inputs)
     names, late_environment = variables.resource_names, variables.late
-    variable_renderer = Renderer(problems, scope, names, late_environment=late_environment)
+    visible = frozenset(scope["context"])
+    variable_renderer = Renderer(
+        problems,
+        scope,
+        names,
+        late_environment=late_environment,
+        contexts=visible,
+        late_contexts=variables.visible_contexts,
+    )
     values, late, sensitive = rendered_values(merged, variable_renderer, problems, variables.sealer)
     renderer = Renderer(
-        problems, {**scope, "variables": values}, names, late_variables=late, late_environment=late_environment
+        problems,
+        {**scope, "variables": values},
+        names,
+        late_variables=late,
+        late_environment=late_environment,
+        contexts=visible,
+        late_contexts=variables.visible_contexts,
     )
     renderer.refs.update(variable_renderer.refs)
     encoded = {name: env_encoding(value, merged[name].value_type) for name, value in values.items()}

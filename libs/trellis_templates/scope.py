@@ -41,6 +41,7 @@ class Variables:
     sealer: Sealer  # seals sensitive values where they enter (a no-op without a sealer)
     sealed_names: frozenset[str]  # declared sensitive anywhere: their values are sealed at every level
     inputs: dict[str, str]  # the run request's variables, those declared sensitive sealed
+    visible_contexts: frozenset[str]  # the environment's contexts: what every string may read
 
 
 def context_layers(contexts: tuple[Attached, ...]) -> list[Layer]:
@@ -82,7 +83,8 @@ def resolve_variables(
     required_missing(merged, environment.metadata.name, problems, strict=info.require_inputs)
     scope = base_scope(documents, info, sealer)
     resources = frozenset(resource.name for resource in template.spec.resources)
-    renderer = Renderer(problems, scope, resources)
+    visible = frozenset(scope["context"])
+    renderer = Renderer(problems, scope, resources, contexts=visible, late_contexts=visible)
     values, late, sensitive = rendered_values(merged, renderer, problems, sealer, secret_names)
     scope["environment"]["variables"] = values
     return Variables(
@@ -99,6 +101,7 @@ def resolve_variables(
         sealer=sealer,
         sealed_names=secret_names,
         inputs=inputs,
+        visible_contexts=visible,
     )
 
 
