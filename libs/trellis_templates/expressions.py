@@ -18,6 +18,7 @@ from jinja2 import TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 
+from trellis_core.sealed import MASK, TOKEN_PATTERN
 from trellis_templates.budget import LIMITS, BudgetExceeded, check_nesting, metered
 from trellis_templates.errors import ExpressionError
 from trellis_templates.expression_ast import chain, context_refs, depth_of, explain_undefined, resource_refs
@@ -48,6 +49,10 @@ KNOWN_NAMES = frozenset(
 )
 _QUOTED_SEGMENT = re.compile(r'(?<=[\w\]\)])\s*\.\s*"([^"\\]*)"')
 _CUE = re.compile(r"\\\(\s*([A-Za-z_][\w.\"\[\]-]*)\s*\)")
+_QUOTED = re.compile(r"""(['"])(.*?)\1""")
+_TYPE_NAMES = frozenset(
+    {"str", "int", "float", "bool", "dict", "list", "tuple", "NoneType", "mappingproxy", "utf-8", "ascii", "bytes"}
+)
 _CACHED = 8192  # compiled expressions and parsed strings kept (least recently used dropped)
 
 
@@ -109,11 +114,11 @@ class Expression:
                 return thaw(value)
         except UndefinedError as exc:
             message, hint = explain_undefined(self.ast, scope, str(exc.message))
-            raise ExpressionError(f"{where}: {message}", self.source, hint) from None
+            raise ExpressionError(f"{where}: {self._redacted(message)}", self.source, hint) from None
         except BudgetExceeded as exc:
             raise ExpressionError(f"{where}: {exc}", self.source) from None
         except SecurityError as exc:
-            raise ExpressionError(f"{where}: not allowed: {exc}", self.source) from None
+            raise ExpressionError(f"{where}: not allowed: {self._redacted(str(exc))}", self.source) from None
         except RecursionError:
             raise ExpressionError(f"{where}: nesting budget exceeded: values nested too deep", self.source) from None
         except MemoryError:
@@ -121,7 +126,21 @@ class Expression:
         except OverflowError as exc:
             raise ExpressionError(f"{where}: number too large: {exc}", self.source) from None
         except Exception as exc:
-            raise ExpressionError(f"{where}: {type(exc).__name__}: {exc}", self.source) from None
+            raise ExpressionError(f"{where}: {type(exc).__name__}: {self._redacted(str(exc))}", self.source) from None
+
+    def _redacted(self, message: str) -> str:
+        """An error message without the values it quotes: a quoted text that is neither written
+        in the expression nor a type's name came from a value (a secret, or its token) and is
+        replaced; tokens are masked. What stays names the expression and the path it read."""
+        message = TOKEN_PATTERN.sub(MASK, message) if "[[trellis-sealed:" in message else message
+
+        def one(match: re.Match[str]) -> str:
+            quoted = match[2]
+            if quoted.removesuffix(" object") in _TYPE_NAMES or (quoted and quoted in self.source):
+                return match[0]
+            return f"{match[1]}(a value, not shown){match[1]}"
+
+        return _QUOTED.sub(one, message)
 
 
     def _plain(self, value: Any) -> Any:
