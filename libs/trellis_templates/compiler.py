@@ -27,6 +27,8 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.loader import Budget, gc_paused, load_paths, load_text
+from trellis_templates.resolved import resolve_documents
+from trellis_templates.scope import declared_sensitive
 from trellis_templates.validate import SourceDocument, Unreadable, parse_documents, read_leniently
 
 
@@ -268,3 +270,22 @@ def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_strings(item, source, (*path, index), problems)
+
+
+def sensitive_variables(
+    sources: Sequence[SourceFile], environment_name: str, variables: Mapping[str, str]
+) -> frozenset[str]:
+    """Which of `variables` the bundle's templates declare sensitive for the named Environment
+    (what a client seals before a run request leaves it). A bundle whose Environment cannot be
+    resolved names all of them: the run is rejected anyway, and nothing goes out in clear."""
+    problems = Problems()
+    with gc_paused():
+        budget = Budget()
+        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems, budget=budget)]
+        docs, unreadable = read_leniently(raws, problems)
+        bundle = Bundle.index(docs, problems, unreadable)
+        found = bundle.environment(environment_name, problems)
+        documents = resolve_documents(bundle, found[0], found[1], problems) if found is not None else None
+    if documents is None:
+        return frozenset(variables)
+    return declared_sensitive(documents) & frozenset(variables)
