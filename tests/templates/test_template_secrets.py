@@ -126,3 +126,16 @@ def test_a_restricted_sensitive_value_refused_is_not_echoed() -> None:
     [error] = result.errors
     assert error.message.startswith("its value (sensitive, not shown) of variable 'pw'")
     assert SECRET not in str(error)
+
+
+def test_a_sealed_json_value_is_passed_on_as_its_token() -> None:
+    keys = MasterKeyring(new_master_key()).for_tenant("acme")
+    token = keys.seal('{"user": "app", "pw": "x"}')
+    text = BUNDLE.replace(
+        "    - {name: pw, options: {sensitive: true}}", "    - {name: pw, valueType: json, options: {sensitive: true}}"
+    )
+    result = compile_sources(
+        [SourceFile(path="s.yaml", text=text.replace("SCRIPT", "echo"))], "prod", {"pw": token}, seal=keys.seal
+    )
+    assert result.workflow is not None, result.errors
+    assert result.workflow.scope["environment"]["variables"]["pw"] == token
