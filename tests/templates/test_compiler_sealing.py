@@ -4,6 +4,7 @@ and deletes a request that held one from TRELLIS_RUNS once the run is compiled o
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -18,6 +19,7 @@ from trellis_core.sealed import MasterKeyring, contains_token, new_master_key
 from trellis_core.settings import Settings
 
 TIMEOUT = 10.0
+_barriers = itertools.count()
 SECRET = "hunter2-very-secret"
 
 BUNDLE = """\
@@ -121,6 +123,17 @@ async def _stored(bus: Bus, seq: int) -> bool:
     return True
 
 
+async def _handled(bus: Bus, tenant: str, events: asyncio.Queue[tuple[bytes, RunEvent]]) -> None:
+    """Wait until the compiler is done with every request before: it handles one at a time, so
+    once a request published now has its outcome, the ones before are handled to the end (the
+    deleting after their outcome included)."""
+    await _request(bus, tenant, f"{tenant}-barrier-{next(_barriers)}", pw="")
+    while True:
+        _, event = await asyncio.wait_for(events.get(), TIMEOUT)
+        if "barrier" in event.run_id:
+            return
+
+
 async def test_a_clear_sensitive_variable_is_sealed_everywhere_and_its_request_deleted(
     bus: Bus, keyed_compiler: None, run_events: asyncio.Queue[tuple[bytes, RunEvent]], unique: str, seal_key: str
 ) -> None:
@@ -137,6 +150,7 @@ async def test_a_clear_sensitive_variable_is_sealed_everywhere_and_its_request_d
     assert task.spec.command[-1] == f"psql postgres://app:{token}@db"  # type: ignore[union-attr]
     assert keys.open_text(task.spec.command[-1]) == f"psql postgres://app:{SECRET}@db"  # type: ignore[union-attr]
     assert "pw" in task.sensitive
+    await _handled(bus, unique, run_events)
     assert not await _stored(bus, seq), "the request holding the secret in clear is still in TRELLIS_RUNS"
 
 
@@ -149,6 +163,7 @@ async def test_a_sealed_variable_passes_as_it_is_and_its_request_is_kept(
     assert isinstance(event, RunCompiled), event
     assert event.workflow.requested_variables["pw"] == token
     assert contains_token(event.workflow.activities[0].spec.command)  # type: ignore[union-attr]
+    await _handled(bus, unique, run_events)
     assert await _stored(bus, seq), "a request with nothing in clear needs no deleting"
 
 
@@ -163,6 +178,7 @@ async def test_without_a_seal_key_a_clear_sensitive_value_rejects_the_run_naming
     [error] = event.errors
     assert error.message.startswith("sensitive variable 'pw' cannot be sealed: TRELLIS_SEAL_KEY is not set")
     assert error.path == "--var pw"
+    await _handled(bus, unique, run_events)
     assert not await _stored(bus, seq), "the rejected request holding the secret in clear is still in TRELLIS_RUNS"
 
     # nothing in clear: the same compiler compiles it
