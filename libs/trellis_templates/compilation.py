@@ -49,4 +49,6 @@ def compile_environment(
         action=info.action,
         activities=activities,
         scope=planned.scope,
+        # with a sealer, the request's variables as a later destroy may reuse them: sealed
+        requested_variables=variables.inputs if info.seal is not None else {},
     )

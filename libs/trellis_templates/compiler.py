@@ -6,7 +6,7 @@ Pure: no I/O, no clock, no randomness; the same input gives byte-identical outpu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.loader import Budget, gc_paused, load_paths, load_text
+from trellis_templates.resolved import resolve_documents
+from trellis_templates.scope import declared_sensitive
 from trellis_templates.validate import SourceDocument, Unreadable, parse_documents, read_leniently
 
 
@@ -56,11 +58,14 @@ def compile_bundle(
     require_inputs: bool = True,
     strict_inputs: bool = False,
     unreadable: Unreadable = frozenset(),
+    seal: Callable[[str], str] | None = None,
 ) -> CompileResult:
     """Compile the named Environment of the bundle for `action`.
 
     `strict_inputs`: a run variable no template declares is an error (a run request), not a
-    warning (`trellis template compile --var`); `unreadable`: see `validate.read_leniently`.
+    warning (`trellis template compile --var`); `unreadable`: see `validate.read_leniently`;
+    `seal`: seals every sensitive value still in clear where it enters (sealing.py), e.g.
+    `TenantKeys.seal`; without it values stay as they are (previews, `trellis template compile`).
     """
     problems = Problems()
     with gc_paused():
@@ -75,6 +80,7 @@ def compile_bundle(
             trigger=trigger,
             require_inputs=require_inputs,
             strict_inputs=strict_inputs,
+            seal=seal,
         )
         found = bundle.environment(environment_name, problems)
         workflow = None
@@ -264,3 +270,22 @@ def _check_strings(value: Any, source: Source, path: Path, problems: Problems) -
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_strings(item, source, (*path, index), problems)
+
+
+def sensitive_variables(
+    sources: Sequence[SourceFile], environment_name: str, variables: Mapping[str, str]
+) -> frozenset[str]:
+    """Which of `variables` the bundle's templates declare sensitive for the named Environment
+    (what a client seals before a run request leaves it). A bundle whose Environment cannot be
+    resolved names all of them: the run is rejected anyway, and nothing goes out in clear."""
+    problems = Problems()
+    with gc_paused():
+        budget = Budget()
+        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems, budget=budget)]
+        docs, unreadable = read_leniently(raws, problems)
+        bundle = Bundle.index(docs, problems, unreadable)
+        found = bundle.environment(environment_name, problems)
+        documents = resolve_documents(bundle, found[0], found[1], problems) if found is not None else None
+    if documents is None:
+        return frozenset(variables)
+    return declared_sensitive(documents) & frozenset(variables)

@@ -9,6 +9,7 @@ from typing import Any
 from trellis_templates.bundle import Bundle
 from trellis_templates.documents import ConfigContext, ConfigContextSpec, ContextRef
 from trellis_templates.errors import Path, Problems, Source
+from trellis_templates.sealing import Sealer
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,18 @@ def attach(
     return out
 
 
-def context_scope(contexts: Sequence[Attached]) -> dict[str, Any]:
-    """`context.C.variables.X` for the named contexts."""
-    return {c.name: {"variables": {v.name: v.value for v in c.spec.variables}} for c in contexts if c.name}
+def context_scope(contexts: Sequence[Attached], sealer: Sealer | None = None) -> dict[str, Any]:
+    """`context.C.variables.X` for the named contexts; sensitive values sealed."""
+    out: dict[str, Any] = {}
+    for c in contexts:
+        if not c.name:
+            continue
+        values: dict[str, Any] = {}
+        for index, v in enumerate(c.spec.variables):
+            value = v.value
+            if sealer is not None and v.options.sensitive:
+                path = (*c.base, "variables", index, "value")
+                value = sealer.value(value, f"variable {v.name!r} of {c.label}", c.source, path)
+            values[v.name] = value
+        out[c.name] = {"variables": values}
+    return out

@@ -41,6 +41,26 @@ def resource_refs(ast: nodes.Node) -> set[str]:
     return found
 
 
+def _is_context(node: nodes.Node) -> bool:
+    return isinstance(node, nodes.Name) and node.name == "context"
+
+
+def context_refs(ast: nodes.Node) -> set[str]:
+    """The contexts `context.C…` (or `context["C"]…`) reads."""
+    found: set[str] = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr) and _is_context(node.node):
+            found.add(node.attr)
+        elif (
+            isinstance(node, nodes.Getitem)
+            and _is_context(node.node)
+            and isinstance(node.arg, nodes.Const)
+            and isinstance(node.arg.value, str)
+        ):
+            found.add(node.arg.value)
+    return found
+
+
 def chain(node: nodes.Node) -> list[str] | None:
     """`a.b["c"].d` -> ["a", "b", "c", "d"]; None when not a plain path."""
     if isinstance(node, nodes.Name):

@@ -18,9 +18,10 @@ from jinja2 import TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 
+from trellis_core.sealed import MASK, TOKEN_PATTERN
 from trellis_templates.budget import LIMITS, BudgetExceeded, check_nesting, metered
 from trellis_templates.errors import ExpressionError
-from trellis_templates.expression_ast import chain, depth_of, explain_undefined, resource_refs
+from trellis_templates.expression_ast import chain, context_refs, depth_of, explain_undefined, resource_refs
 from trellis_templates.sandbox import MeteredSandbox, thaw, tojson, view
 
 START, END = "$(", ")$"
@@ -48,6 +49,10 @@ KNOWN_NAMES = frozenset(
 )
 _QUOTED_SEGMENT = re.compile(r'(?<=[\w\]\)])\s*\.\s*"([^"\\]*)"')
 _CUE = re.compile(r"\\\(\s*([A-Za-z_][\w.\"\[\]-]*)\s*\)")
+_QUOTED = re.compile(r"""(['"])(.*?)\1""")
+_TYPE_NAMES = frozenset(
+    {"str", "int", "float", "bool", "dict", "list", "tuple", "NoneType", "mappingproxy", "utf-8", "ascii", "bytes"}
+)
 _CACHED = 8192  # compiled expressions and parsed strings kept (least recently used dropped)
 
 
@@ -90,6 +95,7 @@ class Expression:
     names: frozenset[str]
     resources: frozenset[str]
     path: tuple[str, ...] | None = None  # `a.b["c"]` as ("a", "b", "c"): a plain path
+    contexts: frozenset[str] = frozenset()  # the contexts `context.C` it reads
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """The expression's value in `scope`, within the render's budget; raises ExpressionError.
@@ -108,11 +114,11 @@ class Expression:
                 return thaw(value)
         except UndefinedError as exc:
             message, hint = explain_undefined(self.ast, scope, str(exc.message))
-            raise ExpressionError(f"{where}: {message}", self.source, hint) from None
+            raise ExpressionError(f"{where}: {self._redacted(message)}", self.source, hint) from None
         except BudgetExceeded as exc:
             raise ExpressionError(f"{where}: {exc}", self.source) from None
         except SecurityError as exc:
-            raise ExpressionError(f"{where}: not allowed: {exc}", self.source) from None
+            raise ExpressionError(f"{where}: not allowed: {self._redacted(str(exc))}", self.source) from None
         except RecursionError:
             raise ExpressionError(f"{where}: nesting budget exceeded: values nested too deep", self.source) from None
         except MemoryError:
@@ -120,7 +126,21 @@ class Expression:
         except OverflowError as exc:
             raise ExpressionError(f"{where}: number too large: {exc}", self.source) from None
         except Exception as exc:
-            raise ExpressionError(f"{where}: {type(exc).__name__}: {exc}", self.source) from None
+            raise ExpressionError(f"{where}: {type(exc).__name__}: {self._redacted(str(exc))}", self.source) from None
+
+    def _redacted(self, message: str) -> str:
+        """An error message without the values it quotes: a quoted text that is neither written
+        in the expression nor a type's name came from a value (a secret, or its token) and is
+        replaced; tokens are masked. What stays names the expression and the path it read."""
+        message = TOKEN_PATTERN.sub(MASK, message) if "[[trellis-sealed:" in message else message
+
+        def one(match: re.Match[str]) -> str:
+            quoted = match[2]
+            if quoted.removesuffix(" object") in _TYPE_NAMES or (quoted and quoted in self.source):
+                return match[0]
+            return f"{match[1]}(a value, not shown){match[1]}"
+
+        return _QUOTED.sub(one, message)
 
 
     def _plain(self, value: Any) -> Any:
@@ -256,7 +276,8 @@ def _compile(source: str) -> Expression:
     subscripts += list(ast.find_all(nodes.Getitem))
     numbered = any(not isinstance(getattr(n.arg, "value", None), str) for n in subscripts)
     plain = tuple(path) if path is not None and not numbered else None  # `a[0]` is left to jinja2
-    return Expression(source, ast, call, names, frozenset(resource_refs(ast)), plain)
+    contexts = frozenset(context_refs(ast)) if "context" in names else frozenset()
+    return Expression(source, ast, call, names, frozenset(resource_refs(ast)), plain, contexts)
 
 
 def parse(text: str) -> Parsed:
@@ -311,6 +332,13 @@ def output_references(text: str) -> set[str]:
     if START not in text:
         return set()
     return {r for e in parse(text).expressions for r in e.resources}
+
+
+def context_references(text: str) -> set[str]:
+    """Names of the contexts `text`'s expressions read (`context.C…`)."""
+    if START not in text:
+        return set()
+    return {c for e in parse(text).expressions for c in e.contexts}
 
 
 def names(text: str) -> set[str]:

@@ -123,6 +123,8 @@ def environment_hooks_context(planned: Plans, *, info: RunInfo, problems: Proble
         variables.resource_names,
         late_variables=variables.late,
         late_environment=variables.late,
+        contexts=variables.visible_contexts,
+        late_contexts=variables.visible_contexts,
     )
     return HookContext(
         bundle=documents.bundle,
@@ -136,6 +138,7 @@ def environment_hooks_context(planned: Plans, *, info: RunInfo, problems: Proble
         env=env,
         action=info.action,
         email_relay_url=info.email_relay_url,
+        sealer=variables.sealer,
     )
 
 

@@ -16,16 +16,17 @@ from trellis_templates.rendering import Renderer
 from trellis_templates.resolved import Documents, RunInfo, attach_contexts
 from trellis_templates.resources import ResourcePlan
 from trellis_templates.scope import Variables, context_layers, rendered_values
+from trellis_templates.sealing import Sealer
 from trellis_templates.selectors import selector_layer
 from trellis_templates.variables import Layer, env_encoding, merge, required_missing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plans:
-    """The resources that could be planned, in declaration order, and the final scope.
+    """The resources that could be planned, in declaration order, and the workflow's scope.
 
-    `scope["context"]` holds the contexts of the environment and of every planned resource's
-    template; a resource's variables were rendered seeing those of the resources up to its own.
+    `scope["context"]` holds the environment's contexts only: a resource template's own contexts
+    are in that resource's scope (its plan's renderer), never in another's.
     """
 
     variables: Variables
@@ -47,8 +48,7 @@ class _Found:
 def plan_resources(variables: Variables, *, info: RunInfo, problems: Problems) -> Plans:
     """A plan for every resource whose template is found; duplicates and missing templates reported."""
     documents = variables.documents
-    context: dict[str, Any] = dict(variables.scope["context"])
-    scope = {**variables.scope, "context": context}  # grows with each template's own contexts
+    scope = variables.scope
     plans: list[ResourcePlan] = []
     seen: set[str] = set()
     for index, entry in enumerate(documents.template.spec.resources):
@@ -59,8 +59,9 @@ def plan_resources(variables: Variables, *, info: RunInfo, problems: Problems) -
         seen.add(entry.name)
         found = find_template(documents, index, entry, problems)
         if found is not None:
-            context.update(context_scope(found.contexts))
-            plans.append(_plan(found, variables, scope, info=info, problems=problems))
+            own = context_scope(found.contexts, variables.sealer)
+            resource_scope = {**scope, "context": {**scope["context"], **own}} if own else scope
+            plans.append(_plan(found, variables, resource_scope, info=info, problems=problems))
     return Plans(variables=variables, plans=tuple(plans), scope=scope)
 
 
@@ -86,15 +87,31 @@ def _plan(
     merged = merge(resource_layers(found, variables, problems), problems)
     required_missing(merged, documents.environment.metadata.name, problems, strict=info.require_inputs)
     names, late_environment = variables.resource_names, variables.late
-    variable_renderer = Renderer(problems, scope, names, late_environment=late_environment)
-    values, late, sensitive = rendered_values(merged, variable_renderer, problems)
+    visible = frozenset(scope["context"])
+    variable_renderer = Renderer(
+        problems,
+        scope,
+        names,
+        late_environment=late_environment,
+        contexts=visible,
+        late_contexts=variables.visible_contexts,
+    )
+    values, late, sensitive = rendered_values(merged, variable_renderer, problems, variables.sealer)
     renderer = Renderer(
-        problems, {**scope, "variables": values}, names, late_variables=late, late_environment=late_environment
+        problems,
+        {**scope, "variables": values},
+        names,
+        late_variables=late,
+        late_environment=late_environment,
+        contexts=visible,
+        late_contexts=variables.visible_contexts,
     )
     renderer.refs.update(variable_renderer.refs)
     encoded = {name: env_encoding(value, merged[name].value_type) for name, value in values.items()}
     attached = (found.contexts, documents.template_contexts, documents.environment_contexts)
-    env, secret_env, files = context_env(attached, documents, renderer, info=info, problems=problems)
+    env, secret_env, files = context_env(
+        attached, documents, renderer, variables.sealer, info=info, problems=problems
+    )
     env |= env_for(encoded, tf=False)
     secret = sensitive | (variables.sensitive & set(values))
     masked = secret | {f"TRELLIS_VAR_{name}" for name in secret} | {f"TF_VAR_{name}" for name in secret}
@@ -112,6 +129,7 @@ def _plan(
         action=info.action,
         email_relay_url=info.email_relay_url,
         files=files,
+        sealer=variables.sealer,
     )
     return ResourcePlan(
         name=entry.name,
@@ -165,11 +183,13 @@ def context_env(
     attached: Sequence[tuple[Attached, ...]],
     documents: Documents,
     renderer: Renderer,
+    sealer: Sealer,
     *,
     info: RunInfo,
     problems: Problems,
 ) -> tuple[dict[str, str], set[str], dict[str, str]]:
-    """The environment variables and files every activity of a resource gets, and the secret ones."""
+    """The environment variables and files every activity of a resource gets, and the secret
+    ones (their values sealed)."""
     env: dict[str, str] = {"TRELLIS_ACTION": info.action}
     secret: set[str] = set()
     files: dict[str, str] = {}
@@ -180,18 +200,25 @@ def context_env(
                 env[variable.key] = renderer.text(variable.value, context.source, value_path)
                 if variable.options.sensitive:
                     secret.add(variable.key)
+                    what = f"env {variable.key!r} of {context.label}"
+                    env[variable.key] = sealer.text(env[variable.key], what, context.source, value_path)
                 if variable.options.required and not variable.value:
                     message = f"required environment variable {variable.key!r} has no value"
                     problems.error(context.source, value_path, message)
-            for file in context.spec.files:
+            for index, file in enumerate(context.spec.files):
                 files[file.mount_path or file.name] = file.data
                 if file.options.sensitive:
                     secret.add(file.mount_path or file.name)
+                    what = f"file {file.name!r} of {context.label}"
+                    data_path = (*context.base, "files", index, "data")
+                    files[file.mount_path or file.name] = sealer.text(file.data, what, context.source, data_path)
     for index, variable in enumerate(documents.environment.spec.envs):
         value_path = ("spec", "envs", index, "value")
         env[variable.key] = renderer.text(variable.value, documents.environment_source, value_path)
         if variable.options.sensitive:
             secret.add(variable.key)
+            what = f"env {variable.key!r} of the Environment"
+            env[variable.key] = sealer.text(env[variable.key], what, documents.environment_source, value_path)
     return env, secret, files
 
 

@@ -27,6 +27,11 @@ class Renderer:
     late_variables: bool = False
     late_environment: bool = False
     refs: dict[str, tuple[Source | None, Path]] = field(default_factory=dict)
+    # the contexts a string may read (`context.C`): the environment's and, for a resource, its
+    # template's own; `late_contexts` those a string rendered at dispatch may read (the
+    # environment's: the workflow's scope holds no resource's own). None: not checked.
+    contexts: frozenset[str] | None = None
+    late_contexts: frozenset[str] | None = None
 
     def late(self, text: str) -> bool:
         if ex.START not in text:
@@ -62,6 +67,36 @@ class Renderer:
                 ok = False
             else:
                 self.refs.setdefault(ref, (source, path))
+        if self.contexts is not None and "context" in ex.names(text):
+            ok = self._contexts_visible(text, source, path) and ok
+        return ok
+
+    def _contexts_visible(self, text: str, source: Source | None, path: Path) -> bool:
+        """A context is visible only where it is attached: a reference to another is an error."""
+        assert self.contexts is not None
+        ok = True
+        late = self.late(text)
+        for name in sorted(ex.context_references(text)):
+            if name not in self.contexts:
+                self.problems.error(
+                    source,
+                    path,
+                    f"context {name!r} is not attached here: a context is visible only to the documents "
+                    "that attach it (the EnvironmentTemplate's and Environment's to every resource, a "
+                    "ResourceTemplate's own to that resource's activities)",
+                    closest(name, self.contexts) or "attach it in this document's spec.contexts",
+                )
+                ok = False
+            elif late and self.late_contexts is not None and name not in self.late_contexts:
+                self.problems.error(
+                    source,
+                    path,
+                    f"context {name!r} of this resource's template is read by a string rendered at dispatch "
+                    "(it reads outputs), where only the environment's contexts are in scope",
+                    f"give the value to a variable of the resource (value: $(context.{name}.variables.…)$) "
+                    "and read $(variables.…)$ here",
+                )
+                ok = False
         return ok
 
     def value(self, value: Any, source: Source | None, path: Path) -> Any:

@@ -3,7 +3,7 @@ and what the run request adds (`RunInfo`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ class RunInfo:
     trigger: Mapping[str, Any] | None = None
     require_inputs: bool = True
     strict_inputs: bool = False  # a run variable no template declares is an error
+    seal: Callable[[str], str] | None = None  # seals a sensitive value in clear (sealing.py); None: kept
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -166,6 +166,10 @@ def _checkout(plan: ResourcePlan, deps: tuple[str, ...]) -> Activity | None:
         url = renderer.text(repo.spec.endpoint, repository_source, ("spec", "endpoint"))
         creds = repo.spec.credentials
         username, password, ssh_key = creds.username, creds.password, creds.ssh_key
+        if ctx.sealer is not None:
+            at = ("spec", "credentials")
+            password = ctx.sealer.text(password, "password", repository_source, (*at, "password"))
+            ssh_key = ctx.sealer.text(ssh_key, "sshKey", repository_source, (*at, "sshKey"))
     elif not url:
         ctx.problems.error(ctx.source, path, "repositoryOptions needs a Repository name or a url")
         return None

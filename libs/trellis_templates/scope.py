@@ -12,6 +12,7 @@ from trellis_templates.documents import ResourceTemplate
 from trellis_templates.errors import Problems, closest
 from trellis_templates.rendering import Renderer
 from trellis_templates.resolved import Documents, RunInfo
+from trellis_templates.sealing import Sealer, sealed_inputs, sensitive_names
 from trellis_templates.selectors import Selection, selections
 from trellis_templates.variables import (
     Layer,
@@ -37,6 +38,10 @@ class Variables:
     selected: frozenset[str]  # the variables that set resources' variables through selectors
     scope: dict[str, Any]  # `environment.variables` set to `values`
     resource_names: frozenset[str]  # of the EnvironmentTemplate: the outputs strings may read
+    sealer: Sealer  # seals sensitive values where they enter (a no-op without a sealer)
+    sealed_names: frozenset[str]  # declared sensitive anywhere: their values are sealed at every level
+    inputs: dict[str, str]  # the run request's variables, those declared sensitive sealed
+    visible_contexts: frozenset[str]  # the environment's contexts: what every string may read
 
 
 def context_layers(contexts: tuple[Attached, ...]) -> list[Layer]:
@@ -52,6 +57,9 @@ def resolve_variables(
     """Layer, type and render the environment's variables; the scope holds them."""
     template, environment = documents.template, documents.environment
     undeclared_environment_variables(documents, declared_names(documents, environment=False), problems)
+    sealer = Sealer(info.seal, problems)
+    secret_names = declared_sensitive(documents) if sealer.active else frozenset()
+    inputs = sealed_inputs(inputs, secret_names, sealer)
     input_layer = inputs_layer(inputs, declared_names(documents), problems, strict=info.strict_inputs)
     layers = (
         *context_layers(documents.template_contexts),
@@ -73,9 +81,11 @@ def resolve_variables(
     merged = merge(layers, problems)
     chosen = selections(template, documents.template_source, problems)
     required_missing(merged, environment.metadata.name, problems, strict=info.require_inputs)
-    scope = base_scope(documents, info)
+    scope = base_scope(documents, info, sealer)
     resources = frozenset(resource.name for resource in template.spec.resources)
-    values, late, sensitive = rendered_values(merged, Renderer(problems, scope, resources), problems)
+    visible = frozenset(scope["context"])
+    renderer = Renderer(problems, scope, resources, contexts=visible, late_contexts=visible)
+    values, late, sensitive = rendered_values(merged, renderer, problems, sealer, secret_names)
     scope["environment"]["variables"] = values
     return Variables(
         documents=documents,
@@ -88,6 +98,21 @@ def resolve_variables(
         selected=frozenset(selection.variable for selection in chosen),
         scope=scope,
         resource_names=resources,
+        sealer=sealer,
+        sealed_names=secret_names,
+        inputs=inputs,
+        visible_contexts=visible,
+    )
+
+
+def declared_sensitive(documents: Documents) -> frozenset[str]:
+    """Every variable name a document of the run declares sensitive (sealing.sensitive_names)."""
+    return sensitive_names(
+        documents.bundle,
+        documents.template.spec.variables,
+        documents.environment.spec.variables,
+        *(resource.variables for resource in documents.template.spec.resources),
+        *(context.spec.variables for context in documents.contexts),
     )
 
 
@@ -118,7 +143,7 @@ def declared_names(documents: Documents, *, environment: bool = True) -> set[str
     return names
 
 
-def base_scope(documents: Documents, info: RunInfo) -> dict[str, Any]:
+def base_scope(documents: Documents, info: RunInfo, sealer: Sealer | None = None) -> dict[str, Any]:
     """The scope before any variable is rendered: `environment.variables` still empty."""
     environment = documents.environment
     scope: dict[str, Any] = {
@@ -129,7 +154,7 @@ def base_scope(documents: Documents, info: RunInfo) -> dict[str, Any]:
         },
         "run": {"id": info.run_id, "action": info.action, "requested_by": info.requested_by},
         "tenant": info.tenant,
-        "context": context_scope(documents.contexts),
+        "context": context_scope(documents.contexts, sealer),
     }
     if info.trigger is not None:
         scope["trigger"] = dict(info.trigger)
@@ -137,15 +162,25 @@ def base_scope(documents: Documents, info: RunInfo) -> dict[str, Any]:
 
 
 def rendered_values(
-    merged: Mapping[str, Merged], renderer: Renderer, problems: Problems
+    merged: Mapping[str, Merged],
+    renderer: Renderer,
+    problems: Problems,
+    sealer: Sealer | None = None,
+    sealed_names: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], bool, frozenset[str]]:
-    """Typed, rendered values; whether any stays late; the names that are sensitive."""
+    """Typed, rendered values; whether any stays late; the names that are sensitive.
+
+    A sensitive value is sealed once rendered (what it reads of other sensitive values is
+    already sealed), before anything else reads it; one that stays late is left to the scheduler."""
     values: dict[str, Any] = {}
     late = False
     for name, variable in merged.items():
         source, path = variable.set_at
         value = renderer.value(typed_value(variable, problems), source, path)
-        late = late or has_late(value, renderer)
+        value_late = has_late(value, renderer)
+        late = late or value_late
+        if sealer is not None and sealer.active and not value_late and (variable.sensitive or name in sealed_names):
+            value = sealer.value(value, f"variable {name!r}", source, path)
         values[name] = value
     return values, late, frozenset(name for name, variable in merged.items() if variable.sensitive)
 

@@ -22,6 +22,7 @@ from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContainerOptions, Driver, DriverConfig, DriverRef, HttpOptions
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.rendering import Renderer
+from trellis_templates.sealing import Sealer
 
 NO_RETRY = Activity(id="", kind="http", spec=HttpSpec(url="")).retry  # the default: omitted in JSON
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -45,6 +46,7 @@ class HookContext:
     action: Action
     email_relay_url: str = ""
     files: dict[str, str] = field(default_factory=dict)  # the contexts' files: path -> base64
+    sealer: Sealer | None = None  # seals the sensitive values of a driver's input contexts
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,13 +227,20 @@ def input_contexts(ctx: HookContext, inputs: list[Attached]) -> tuple[dict[str, 
     secret: set[str] = set()
     for c in inputs:
         for j, e in enumerate(c.spec.envs):
-            env[e.key] = ctx.renderer.text(e.value, c.source, (*c.base, "envs", j, "value"))
+            env_path = (*c.base, "envs", j, "value")
+            env[e.key] = ctx.renderer.text(e.value, c.source, env_path)
             if e.options.sensitive:
                 secret.add(e.key)
+                if ctx.sealer is not None:
+                    env[e.key] = ctx.sealer.text(env[e.key], f"env {e.key!r} of {c.label}", c.source, env_path)
         for j, v in enumerate(c.spec.variables):
-            values[v.name] = ctx.renderer.value(v.value, c.source, (*c.base, "variables", j, "value"))
+            value_path = (*c.base, "variables", j, "value")
+            values[v.name] = ctx.renderer.value(v.value, c.source, value_path)
             if v.options.sensitive:
                 secret.add(v.name)
+                if ctx.sealer is not None:
+                    what = f"variable {v.name!r} of {c.label}"
+                    values[v.name] = ctx.sealer.value(values[v.name], what, c.source, value_path)
     return env, values, secret
 
 

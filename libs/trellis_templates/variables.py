@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trellis_core.sealed import contains_token
 from trellis_templates.documents import Override, ValueType, Variable
 from trellis_templates.errors import Path, Problems, Source, closest
 
@@ -124,10 +125,12 @@ def _check_restricted(current: Merged, value: Any, layer: Layer, path: Path, pro
     if _comparable(value) in {_comparable(v) for v in allowed}:
         return True
     guard_label, guard_source, guard_path = current.guard or current.declared
+    hidden = current.sensitive or (isinstance(value, str) and contains_token(value))
+    shown = "its value (sensitive, not shown)" if hidden else f"value {value!r}"
     problems.error(
         layer.source,
         path,
-        f"value {value!r} of variable {current.name!r} ({layer.label}) is not one of the restrictedValues "
+        f"{shown} of variable {current.name!r} ({layer.label}) is not one of the restrictedValues "
         f"of {guard_label}{_where(guard_source, guard_path)}",
         "allowed: " + ", ".join(str(v) for v in allowed),
     )
@@ -180,6 +183,8 @@ def typed_value(var: Merged, problems: Problems) -> Any:
     if value is None:
         return None
     if var.value_type == "json" and isinstance(value, str):
+        if contains_token(value):  # sealed where it entered: the agent opens it to the JSON text
+            return value
         try:
             return json.loads(value)
         except ValueError as exc:

@@ -6,7 +6,8 @@ already running there); with neither, the embedded stack (NATS, PostgreSQL, ever
 agent) starts in this process for the run and stops after it. Exit 0 when the run succeeded.
 Failures are shown with the last lines of their logs; `--follow` streams every log line.
 Ctrl-C once asks to cancel the run (hooks that always run still run); twice stops waiting.
-A bus gone for BUS_LOST_SECONDS ends the wait with an error.
+A bus gone for BUS_LOST_SECONDS ends the wait with an error. The `--var` values the templates
+declare sensitive are sealed by the state store before the request is published (run_sealing.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.console import Console
 
 from trellis_cli.bus_cmd import current_user
 from trellis_cli.run_progress import REFRESH_SECONDS, RunView, Screen, as_json, print_summary
+from trellis_cli.run_sealing import sealed_request
 from trellis_cli.sources import read_files, read_sources
 from trellis_core import subjects
 from trellis_core.bus import Bus, stored_workflow
@@ -194,6 +196,7 @@ async def _run(
             if interrupts.count:
                 view.status, view.message = "cancelled", "interrupted before the run was submitted"
                 return view
+            request = await sealed_request(bus, request)  # no sensitive value leaves in clear
             screen = Screen(console, view, follow=follow, as_document=as_document)
             payload = _fitting(request, bus.nc.max_payload)
             async with _subscribed(bus, request, screen) as (events, logs):

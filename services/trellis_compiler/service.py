@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass, field
 
 import msgspec
+import nats.errors
 
 from trellis_compiler.last_deploy import as_last_deploy, last_deploy, needs_last_deploy, store_refusal
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
+from trellis_core.errors import ConfigError
 from trellis_core.events import Problem, RunCompiled, RunRejected, RunRequested, encode, pack_bundle
 from trellis_core.logs import get_logger
+from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_core.settings import WORKFLOW_INLINE_MAX_BYTES
 from trellis_store.api import DeployRecord, StoreError
 from trellis_store.client import StoreClient
@@ -34,8 +38,56 @@ REQUESTS = f"{subjects.PREFIX}.*.runs.requested"
 log = get_logger("compiler")
 
 
-def compile_request(request: RunRequested, *, email_relay_url: str = "") -> CompileResult:
-    """Compile a run request's bundle; a bug in the compiler becomes an error, not an exception."""
+NO_SEAL_KEY = (
+    "TRELLIS_SEAL_KEY is not set on the compiler, and the run gives this value in clear: "
+    "seal it first (`trellis run` and the gateway do, asking the state store) or give the compiler the key"
+)
+
+
+@dataclass
+class Sealing:
+    """The compiler's sealer: tenant keys derived from the master key (cached per tenant), or
+    none (no TRELLIS_SEAL_KEY: a sensitive value in clear then rejects its run)."""
+
+    keyring: MasterKeyring | None
+    _tenants: dict[str, TenantKeys] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: object) -> Sealing:
+        """Raises ConfigError when TRELLIS_SEAL_KEY is set but unreadable: better not to start."""
+        if not getattr(settings, "seal_key", ""):
+            return cls(None)
+        return cls(MasterKeyring.from_settings(settings))
+
+    def for_request(self, tenant: str) -> RequestSealer:
+        if self.keyring is None:
+            return RequestSealer(None)
+        keys = self._tenants.get(tenant)
+        if keys is None:
+            keys = self._tenants[tenant] = self.keyring.for_tenant(tenant)
+        return RequestSealer(keys)
+
+
+@dataclass
+class RequestSealer:
+    """The sealer of one request: remembers whether anything was in clear (the request message
+    then holds a secret and is deleted once the run is compiled or rejected)."""
+
+    keys: TenantKeys | None
+    used: bool = False
+
+    def __call__(self, plain: str) -> str:
+        self.used = True
+        if self.keys is None:
+            raise ConfigError(NO_SEAL_KEY)
+        return self.keys.seal(plain)
+
+
+def compile_request(
+    request: RunRequested, *, email_relay_url: str = "", seal: RequestSealer | None = None
+) -> CompileResult:
+    """Compile a run request's bundle; a bug in the compiler becomes an error, not an exception.
+    `seal`: seals each sensitive value given in clear (none: values are kept as they are)."""
     try:
         return compile_sources(
             request.sources,
@@ -47,6 +99,7 @@ def compile_request(request: RunRequested, *, email_relay_url: str = "") -> Comp
             requested_by=request.requested_by,
             email_relay_url=email_relay_url,
             strict_inputs=True,  # a misspelt variable must not be dropped silently from a run
+            seal=seal,
         )
     except Exception as exc:  # the compiler is pure: this is a bug, reported on the run
         log.exception("compiler_crashed", tenant=request.tenant, run=request.run_id)
@@ -77,7 +130,8 @@ def outcome(
     if result.workflow is not None and not result.errors:
         workflow = msgspec.structs.replace(
             result.workflow,
-            requested_variables=dict(request.variables),
+            # the request's variables (a later destroy reuses them), sensitive ones as sealed
+            requested_variables=result.workflow.requested_variables or dict(request.variables),
             warnings=(*result.workflow.warnings, *notes),
             last_deploy=as_last_deploy(request, record),
         )
@@ -113,9 +167,11 @@ async def handle(
     store: StoreClient,
     stop: asyncio.Event | None = None,
     email_relay_url: str = "",
+    sealing: Sealing | None = None,
 ) -> None:
     """Compile one request and publish its outcome; ack follows (the bus acks after we return).
-    The store is asked for the environment's last deploy only when the run needs it."""
+    The store is asked for the environment's last deploy only when the run needs it. A request
+    that held a sensitive value in clear is deleted from its stream once its outcome is out."""
     try:
         subjects.run_event(request.tenant, request.run_id, "run.compiled")
     except subjects.InvalidSubjectToken as exc:
@@ -126,7 +182,8 @@ async def handle(
     if needs_last_deploy(request):
         record = await last_deploy(store, request, delivery, stop)
         request = with_deploy_variables(request, record) if isinstance(record, DeployRecord) else request
-    result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url)
+    sealer = (sealing or Sealing.from_settings(bus.settings)).for_request(request.tenant)
+    result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url, seal=sealer)
     if record is None and result.workflow is not None and needs_last_deploy(request, result.workflow.activities):
         record = await last_deploy(store, request, delivery, stop)
     if isinstance(record, StoreError):
@@ -139,6 +196,8 @@ async def handle(
         event = await by_reference(bus, event)
     await delivery.in_progress()
     await bus.publish_event(event)  # its msg id dedupes a republish after a redelivery
+    if sealer.used:
+        await forget_request(bus, request, delivery)
     if isinstance(event, RunCompiled):
         log.info(
             "run_compiled",
@@ -150,6 +209,18 @@ async def handle(
         )
     else:
         log.info("run_rejected", tenant=request.tenant, run=request.run_id, errors=len(event.errors))
+
+
+async def forget_request(bus: Bus, request: RunRequested, delivery: Delivery) -> None:
+    """Delete the request message: it held a sensitive value in clear, which must not rest in
+    TRELLIS_RUNS for its 30 days. Its outcome is published (a redelivery would only publish the
+    same event again), so a failure here is logged, not raised."""
+    try:
+        await bus.js.delete_msg(subjects.STREAM_RUNS, delivery.stream_sequence)
+    except (nats.errors.Error, ValueError) as exc:
+        log.error("request_not_deleted", tenant=request.tenant, run=request.run_id, error=str(exc))
+        return
+    log.info("request_deleted", tenant=request.tenant, run=request.run_id, why="it held a sensitive value in clear")
 
 
 async def by_reference(bus: Bus, event: RunCompiled) -> RunCompiled | RunRejected:
@@ -177,9 +248,14 @@ async def serve(
 ) -> None:
     """Consume `runs.requested` of every tenant until `stop` is set."""
     store = StoreClient(bus.nc)
+    sealing = Sealing.from_settings(bus.settings)
+    if sealing.keyring is None:
+        log.warning("no_seal_key", effect="runs giving a sensitive value in clear are rejected")
 
     async def handler(request: RunRequested, delivery: Delivery) -> None:
-        await handle(bus, request, delivery, store=store, stop=stop, email_relay_url=email_relay_url)
+        await handle(
+            bus, request, delivery, store=store, stop=stop, email_relay_url=email_relay_url, sealing=sealing
+        )
 
     consumer = bus.consumer(
         stream=subjects.STREAM_RUNS,

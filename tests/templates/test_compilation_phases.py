@@ -95,7 +95,10 @@ def test_planning_resources_leaves_the_variables_it_was_given_as_they_were() -> 
     assert not problems.errors, problems.errors
     assert variables.scope == scope_before  # the template's own context is not written back
     assert set(variables.scope["context"]) == {"aws-creds"}
-    assert set(planned.scope["context"]) == {"aws-creds", "vpc-only"}
+    # vpc's own context is in vpc's scope only, not in the workflow's every resource shares
+    assert set(planned.scope["context"]) == {"aws-creds"}
+    assert set(planned.plans[0].ctx.renderer.scope["context"]) == {"aws-creds", "vpc-only"}
+    assert set(planned.plans[1].ctx.renderer.scope["context"]) == {"aws-creds"}
     assert [plan.name for plan in planned.plans] == ["vpc", "app"]
     assert planned.plans[0].ctx.inputs["region"] == "eu-west-1"
 
