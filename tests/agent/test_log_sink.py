@@ -77,8 +77,8 @@ async def test_a_failed_publish_keeps_the_chunk_and_its_sequence_for_the_next_fl
 def test_the_masker_hides_every_line_of_a_multi_line_secret_and_ignores_tiny_values() -> None:
     key = "-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----"
     masker = Masker([key, "ab"])
-    assert masker.mask(f"got {key}") == "got ***"
-    assert masker.mask("line AAAABBBBCCCC here, ab stays") == "line *** here, ab stays"
+    assert masker.mask(f"got {key}") == "got ********"
+    assert masker.mask("line AAAABBBBCCCC here, ab stays") == "line ******** here, ab stays"
 
 
 async def test_git_credentials_are_masked_without_being_named_sensitive() -> None:
@@ -86,7 +86,7 @@ async def test_git_credentials_are_masked_without_being_named_sensitive() -> Non
     work = work_item(CheckoutSpec(url="https://git.example/x.git", password="hunter22"))
     async with LogSink.for_work(work, collector) as sink:
         await sink.write("stderr", "fatal: https://user:hunter22@git.example\n")
-    assert collector.text() == "fatal: https://user:***@git.example\n"
+    assert collector.text() == "fatal: https://user:********@git.example\n"
 
 
 def test_long_text_is_split_at_line_ends_and_between_characters() -> None:

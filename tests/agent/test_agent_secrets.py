@@ -1,0 +1,207 @@
+"""The agent opens sealed tokens right before the executor runs, and nothing it sends holds them in clear.
+
+Keys come from a real nats-server: a small responder built from a MasterKeyring answers
+`trellis.<tenant>.keys.get` the way the state store does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from agent_support import environ_path, shell, work_item
+from nats.aio.msg import Msg
+
+from trellis_agent.config import AgentConfig
+from trellis_agent.executors.base import Outcome, Workspace
+from trellis_agent.executors.process import ProcessExecutor
+from trellis_agent.runner import ActivityRun
+from trellis_agent.secrets import AgentKeys, KeysUnavailable, nats_request
+from trellis_core import sealed, subjects
+from trellis_core.bus import Bus
+from trellis_core.events import ActivityCompleted, ActivityFailed, ActivityLogChunk, Event, WorkItem
+from trellis_core.workflow import ContainerSpec
+
+SECRET = "hunter2-Sup3r/Secret+pw"
+
+
+class Responder:
+    """Answers keys requests from `ring`, the tenant taken from the subject (as the state store does)."""
+
+    def __init__(self, ring: sealed.MasterKeyring) -> None:
+        self.ring = ring
+        self.asked = 0
+
+    async def answer(self, msg: Msg) -> None:
+        self.asked += 1
+        tenant = msg.subject.split(".")[1]
+        answer = sealed.KeysAnswer(material=self.ring.for_tenant(tenant).material())
+        await msg.respond(msgspec.json.encode(answer))
+
+
+@pytest.fixture
+async def responder(bus: Bus, unique: str) -> AsyncIterator[Responder]:
+    """Answers this test's tenant only (a state store of another test may answer the others)."""
+    serving = Responder(sealed.MasterKeyring(sealed.new_master_key()))
+    sub = await bus.nc.subscribe(subjects.keys_request(unique), cb=serving.answer)
+    await bus.nc.flush()
+    yield serving
+    await sub.unsubscribe()
+
+
+class Recorder:
+    """The runner's publisher: keeps log chunks and events."""
+
+    def __init__(self) -> None:
+        self.chunks: list[ActivityLogChunk] = []
+        self.events: list[Event] = []
+
+    async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
+        self.chunks.append(message)
+
+    async def publish_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def logs(self) -> str:
+        return "".join(c.data for c in self.chunks)
+
+    def everything(self) -> str:
+        return self.logs() + "".join(msgspec.json.encode(e).decode() for e in self.events)
+
+
+async def run_activity(work: WorkItem, keys: AgentKeys, tmp_path: Path, executor: Any = None) -> tuple[Any, Recorder]:
+    recorder = Recorder()
+    config = AgentConfig.from_env({}, tenant=work.tenant, heartbeat_seconds=30.0)
+    run = ActivityRun(
+        work,
+        executor=executor or ProcessExecutor(environ=environ_path()),
+        publisher=recorder,
+        config=config,
+        data_dir=tmp_path,
+        keys=keys,
+    )
+    async with asyncio.timeout(30):
+        end = await run.run()
+    return end, recorder
+
+
+async def test_keys_are_fetched_lazily_cached_and_fetched_again_for_an_unknown_kid(
+    bus: Bus, responder: Responder, unique: str
+) -> None:
+    keys = AgentKeys(unique, nats_request(bus.nc))
+    assert keys.fetches == 0
+    first = await keys.keys()
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+    assert first.open(token) == SECRET
+    assert (await keys.keys(sealed.token_kids(token))) is first and keys.fetches == 1
+    # A rotation: the control plane seals under a new master; the agent asks again once.
+    old = base64.b64encode(b"x" * 32).decode()
+    responder.ring = sealed.MasterKeyring(sealed.new_master_key(), [old])
+    rotated = responder.ring.for_tenant(unique).seal(SECRET)
+    again = await keys.keys(sealed.token_kids(rotated))
+    assert keys.fetches == 2 and again.open(rotated) == SECRET
+
+
+async def test_no_control_plane_is_a_clear_error(bus: Bus, unique: str) -> None:
+    keys = AgentKeys(unique, nats_request(bus.nc), timeout=1.0)
+    with pytest.raises(KeysUnavailable, match=rf"no control plane answered trellis\.{unique}\.keys\.get.*state store"):
+        await keys.keys()
+
+
+async def test_a_work_item_without_tokens_fetches_no_keys(tmp_path: Path, bus: Bus, unique: str) -> None:
+    keys = AgentKeys(unique, nats_request(bus.nc), timeout=1.0)  # nobody answers: asking would fail
+    end, _ = await run_activity(work_item(shell("echo plain"), tenant=unique), keys, tmp_path)
+    assert isinstance(end, ActivityCompleted) and keys.fetches == 0
+
+
+async def test_tokens_are_opened_for_the_command_and_masked_in_every_form_it_prints(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+    b64 = base64.b64encode(f"user:{SECRET}".encode()).decode()
+    script = (
+        'printf "%s\\n" "$PW"; printf "url %s\\n" "$URL"; '
+        f'printf "b64 {b64}\\n"; printf "q {urllib.parse.quote(SECRET, safe="")}\\n"; '
+        'cat "$TRELLIS_INPUTS"; echo; '
+        'printf \'{"conn": "%s", "plain": "ok"}\' "$URL" > "$TRELLIS_OUTPUTS"; '
+        'echo "$PW" >&2; exit 0'
+    )
+    spec = shell(script, PW=token, URL=f"postgres://app:{token}@db/app")
+    work = work_item(spec, tenant=unique, inputs={"password": token, "nested": [{"x": token}]})
+    end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path)
+    assert isinstance(end, ActivityCompleted), end
+    logs = recorder.logs()
+    assert "url postgres://app:********@db/app" in logs
+    assert "b64" in logs and b64 not in logs
+    assert SECRET not in recorder.everything()
+    assert urllib.parse.quote(SECRET, safe="") not in logs
+    assert token not in logs  # the command saw the plain text, not the token
+    # An output that passes the secret on leaves sealed; the others as they are.
+    assert end.outputs["plain"] == "ok"
+    conn = end.outputs["conn"]
+    assert sealed.is_token(conn)
+    assert responder.ring.for_tenant(unique).open(conn) == f"postgres://app:{SECRET}@db/app"
+
+
+async def test_a_secret_in_a_failure_reason_is_masked(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+
+    class Leaky:
+        async def run(self, work: WorkItem, workspace: Workspace, sink: Any) -> Outcome:
+            assert isinstance(work.activity.spec, ContainerSpec)
+            return Outcome.failed(f"login refused for {json.dumps(work.activity.spec.env)}")
+
+    work = work_item(shell("true", PW=token), tenant=unique)
+    end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path, Leaky())
+    assert isinstance(end, ActivityFailed)
+    assert "********" in end.reason and SECRET not in recorder.everything()
+
+
+async def test_a_token_that_does_not_open_fails_naming_the_field_and_the_key_never_a_value(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    other = responder.ring.for_tenant(unique + "x").seal(SECRET)  # another tenant's token
+    work = work_item(shell("echo never", PW=other), tenant=unique)
+    end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path)
+    assert isinstance(end, ActivityFailed) and not end.retryable
+    kid = sealed.token_kids(other).pop()
+    assert "spec.env.PW" in end.reason and kid in end.reason
+    assert "never" not in recorder.logs() and SECRET not in recorder.everything()
+
+
+async def test_keys_unavailable_fails_the_activity_retryably(tmp_path: Path, bus: Bus, unique: str) -> None:
+    token = sealed.MasterKeyring(sealed.new_master_key()).for_tenant(unique).seal(SECRET)
+    work = work_item(shell("echo never", PW=token), tenant=unique)
+    end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc), timeout=1.0), tmp_path)
+    assert isinstance(end, ActivityFailed) and end.retryable
+    assert "no control plane answered" in end.reason and "never" not in recorder.logs()
+
+
+async def test_an_output_the_tool_marked_sensitive_leaves_sealed(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    outputs = {
+        "db_password": {"value": "tool-made-secret", "sensitive": True, "type": "string"},
+        "port": {"value": 5432, "sensitive": False, "type": "number"},
+        "keys": {"value": ["a1", "b2"], "sensitive": True},
+    }
+    script = f"printf '%s' '{json.dumps(outputs)}' > \"$TRELLIS_OUTPUTS\""
+    end, recorder = await run_activity(
+        work_item(shell(script), tenant=unique), AgentKeys(unique, nats_request(bus.nc)), tmp_path
+    )
+    assert isinstance(end, ActivityCompleted), end
+    keys = responder.ring.for_tenant(unique)
+    assert end.outputs["port"] == outputs["port"]
+    assert end.outputs["db_password"]["sensitive"] is True
+    assert keys.open(end.outputs["db_password"]["value"]) == "tool-made-secret"
+    assert json.loads(keys.open(end.outputs["keys"]["value"])) == ["a1", "b2"]
+    assert "tool-made-secret" not in recorder.everything()
