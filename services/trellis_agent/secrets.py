@@ -127,15 +127,26 @@ def _opens(keys: sealed.TenantKeys, token: str) -> bool:
 
 
 def open_activity(keys: sealed.TenantKeys, activity: Activity, opened: set[str]) -> Activity:
-    """`activity` with every token in its spec and inputs opened; the plain texts go to `opened`."""
+    """`activity` with every token in its spec and inputs opened; the plain texts go to `opened`.
+    The names of env entries, headers and inputs that held a token join `activity.sensitive`, so
+    the executors treat them as they treat a value named sensitive (a Kubernetes Secret, a
+    file instead of a container variable, masking by name)."""
     spec_type = type(activity.spec)
-    spec = _open_field(keys, msgspec.to_builtins(activity.spec), "spec", opened)
-    inputs = _open_field(keys, msgspec.to_builtins(activity.inputs), "inputs", opened)
+    raw_spec = msgspec.to_builtins(activity.spec)
+    raw_inputs = msgspec.to_builtins(activity.inputs)
+    held = {k for k, v in raw_inputs.items() if sealed.contains_token(v)}
+    for field in ("env", "headers"):
+        entries = raw_spec.get(field) if isinstance(raw_spec, dict) else None
+        if isinstance(entries, dict):
+            held |= {k for k, v in entries.items() if sealed.contains_token(v)}
+    spec = _open_field(keys, raw_spec, "spec", opened)
+    inputs = _open_field(keys, raw_inputs, "inputs", opened)
     try:
         new_spec = msgspec.convert(spec, spec_type)
     except msgspec.ValidationError as exc:  # a secret that breaks the spec's own typing
         raise OpenFailed(f"the spec does not hold its shape once opened: {sealed.MASK}: {exc}") from None
-    return msgspec.structs.replace(activity, spec=new_spec, inputs=inputs)
+    sensitive = (*activity.sensitive, *sorted(held - set(activity.sensitive)))
+    return msgspec.structs.replace(activity, spec=new_spec, inputs=inputs, sensitive=sensitive)
 
 
 async def open_work(agent_keys: AgentKeys, work: WorkItem, opened: set[str]) -> WorkItem:

@@ -100,13 +100,15 @@ async def test_keys_are_fetched_lazily_cached_and_fetched_again_for_an_unknown_k
     first = await keys.keys()
     token = responder.ring.for_tenant(unique).seal(SECRET)
     assert first.open(token) == SECRET
-    assert (await keys.keys(sealed.token_kids(token))) is first and keys.fetches == 1
+    assert (await keys.keys(sealed.token_kids(token))) is first
+    assert keys.fetches == 1
     # A rotation: the control plane seals under a new master; the agent asks again once.
     old = base64.b64encode(b"x" * 32).decode()
     responder.ring = sealed.MasterKeyring(sealed.new_master_key(), [old])
     rotated = responder.ring.for_tenant(unique).seal(SECRET)
     again = await keys.keys(sealed.token_kids(rotated))
-    assert keys.fetches == 2 and again.open(rotated) == SECRET
+    assert keys.fetches == 2
+    assert again.open(rotated) == SECRET
 
 
 async def test_no_control_plane_is_a_clear_error(bus: Bus, unique: str) -> None:
@@ -118,7 +120,8 @@ async def test_no_control_plane_is_a_clear_error(bus: Bus, unique: str) -> None:
 async def test_a_work_item_without_tokens_fetches_no_keys(tmp_path: Path, bus: Bus, unique: str) -> None:
     keys = AgentKeys(unique, nats_request(bus.nc), timeout=1.0)  # nobody answers: asking would fail
     end, _ = await run_activity(work_item(shell("echo plain"), tenant=unique), keys, tmp_path)
-    assert isinstance(end, ActivityCompleted) and keys.fetches == 0
+    assert isinstance(end, ActivityCompleted)
+    assert keys.fetches == 0
 
 
 async def test_tokens_are_opened_for_the_command_and_masked_in_every_form_it_prints(
@@ -139,7 +142,8 @@ async def test_tokens_are_opened_for_the_command_and_masked_in_every_form_it_pri
     assert isinstance(end, ActivityCompleted), end
     logs = recorder.logs()
     assert "url postgres://app:********@db/app" in logs
-    assert "b64" in logs and b64 not in logs
+    assert "b64" in logs
+    assert b64 not in logs
     assert SECRET not in recorder.everything()
     assert urllib.parse.quote(SECRET, safe="") not in logs
     assert token not in logs  # the command saw the plain text, not the token
@@ -163,7 +167,8 @@ async def test_a_secret_in_a_failure_reason_is_masked(
     work = work_item(shell("true", PW=token), tenant=unique)
     end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path, Leaky())
     assert isinstance(end, ActivityFailed)
-    assert "********" in end.reason and SECRET not in recorder.everything()
+    assert "********" in end.reason
+    assert SECRET not in recorder.everything()
 
 
 async def test_a_token_that_does_not_open_fails_naming_the_field_and_the_key_never_a_value(
@@ -172,18 +177,23 @@ async def test_a_token_that_does_not_open_fails_naming_the_field_and_the_key_nev
     other = responder.ring.for_tenant(unique + "x").seal(SECRET)  # another tenant's token
     work = work_item(shell("echo never", PW=other), tenant=unique)
     end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path)
-    assert isinstance(end, ActivityFailed) and not end.retryable
+    assert isinstance(end, ActivityFailed)
+    assert not end.retryable
     kid = sealed.token_kids(other).pop()
-    assert "spec.env.PW" in end.reason and kid in end.reason
-    assert "never" not in recorder.logs() and SECRET not in recorder.everything()
+    assert "spec.env.PW" in end.reason
+    assert kid in end.reason
+    assert "never" not in recorder.logs()
+    assert SECRET not in recorder.everything()
 
 
 async def test_keys_unavailable_fails_the_activity_retryably(tmp_path: Path, bus: Bus, unique: str) -> None:
     token = sealed.MasterKeyring(sealed.new_master_key()).for_tenant(unique).seal(SECRET)
     work = work_item(shell("echo never", PW=token), tenant=unique)
     end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc), timeout=1.0), tmp_path)
-    assert isinstance(end, ActivityFailed) and end.retryable
-    assert "no control plane answered" in end.reason and "never" not in recorder.logs()
+    assert isinstance(end, ActivityFailed)
+    assert end.retryable
+    assert "no control plane answered" in end.reason
+    assert "never" not in recorder.logs()
 
 
 async def test_an_output_the_tool_marked_sensitive_leaves_sealed(

@@ -131,7 +131,8 @@ async def test_an_opened_secret_cut_between_two_writes_is_still_masked() -> None
             await sink.write("stdout", f"pw={SECRET[:cut]}")
             await sink.write("stdout", f"{SECRET[cut:]} end\n")
     text = collector.text()
-    assert SECRET not in text and "s3cr3t" not in text
+    assert SECRET not in text
+    assert "s3cr3t" not in text
     assert text == "pw=******** end\n" * (len(SECRET) - 1)
     assert all(len(c.data.encode()) <= 64 for c in collector.chunks)
 
@@ -161,7 +162,8 @@ async def test_a_secret_straddling_two_16k_line_pieces_of_a_command_is_masked() 
     async with opened_sink(collector, flush_seconds=3600, chunk_bytes=8 * 1024) as sink:
         await pump_lines(read, "stdout", sink)
     text = collector.text()
-    assert SECRET not in text and "********" in text
+    assert SECRET not in text
+    assert "********" in text
     assert text == "x" * (MAX_PARTIAL_LINE - 5) + "********" + "y" * 40000 + "\n"
     assert len(collector.chunks) > 2
 
@@ -195,8 +197,9 @@ async def test_sink_throughput_with_and_without_masking() -> None:
 
     plain = await measure(LogSink.for_work(work_item(), drop, flush_seconds=3600))
     masked = await measure(
-        LogSink.for_work(work_item(inputs={"k": "named-value-1"}, sensitive=("k",)), drop, opened={SECRET},
-                         flush_seconds=3600)  # fmt: skip
+        LogSink.for_work(
+            work_item(inputs={"k": "named-value-1"}, sensitive=("k",)), drop, opened={SECRET}, flush_seconds=3600
+        )
     )
     print(f"\nsink throughput: plain {plain:.0f} MiB/s, masking {masked:.0f} MiB/s")
     assert masked > 20, "masking must keep the sink far ahead of any command's output"
