@@ -21,13 +21,14 @@ from nats.aio.msg import Msg
 
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Outcome, Workspace
+from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.runner import ActivityRun
 from trellis_agent.secrets import AgentKeys, KeysUnavailable, nats_request
 from trellis_core import sealed, subjects
 from trellis_core.bus import Bus
 from trellis_core.events import ActivityCompleted, ActivityFailed, ActivityLogChunk, Event, WorkItem
-from trellis_core.workflow import ContainerSpec
+from trellis_core.workflow import ContainerSpec, IacSpec
 
 SECRET = "hunter2-Sup3r/Secret+pw"
 
@@ -215,3 +216,39 @@ async def test_an_output_the_tool_marked_sensitive_leaves_sealed(
     assert keys.open(end.outputs["db_password"]["value"]) == "tool-made-secret"
     assert json.loads(keys.open(end.outputs["keys"]["value"])) == ["a1", "b2"]
     assert "tool-made-secret" not in recorder.everything()
+
+
+FAKE_TOFU = """#!/bin/sh
+case "$1" in
+  plan) echo "var.db_password = $TF_VAR_db_password" ;;
+  output) printf '{"password": {"value": "%s", "type": "string", "sensitive": true}, ' "$TF_VAR_db_password"
+          printf '"endpoint": {"value": "db.internal", "type": "string", "sensitive": false}}' ;;
+esac
+"""
+
+
+async def test_an_iac_stage_sees_the_opened_variable_and_its_sensitive_output_leaves_sealed(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    fake = tmp_path / "bin" / "tofu"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_TOFU)
+    fake.chmod(0o755)
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+    iac = IacExecutor(ProcessExecutor(environ=environ_path()))
+    keys = AgentKeys(unique, nats_request(bus.nc))
+    ends = {}
+    for stage in ("plan", "output"):
+        spec = IacSpec(tool="opentofu", stage=stage, binary=str(fake), env={"TF_VAR_db_password": token})  # type: ignore[arg-type]
+        work = work_item(spec, kind="iac", tenant=unique, workspace="resource/db", activity_id=f"resource/db/{stage}")
+        ends[stage] = await run_activity(work, keys, tmp_path / "data", executor=iac)
+    plan, plan_log = ends["plan"]
+    assert isinstance(plan, ActivityCompleted)
+    assert "var.db_password = ********" in plan_log.logs()
+    output, output_log = ends["output"]
+    assert isinstance(output, ActivityCompleted), output
+    assert output.outputs["endpoint"] == {"value": "db.internal", "type": "string", "sensitive": False}
+    password = output.outputs["password"]
+    assert password["sensitive"] is True
+    assert responder.ring.for_tenant(unique).open(password["value"]) == SECRET
+    assert SECRET not in plan_log.everything() + output_log.everything()
