@@ -17,10 +17,13 @@ from typing import Any
 import msgspec
 import pytest
 from agent_support import environ_path, shell, work_item
+from aiohttp import web
 from nats.aio.msg import Msg
 
 from trellis_agent.config import AgentConfig
+from trellis_agent.egress import EgressPolicy
 from trellis_agent.executors.base import Outcome, Workspace
+from trellis_agent.executors.http import HttpExecutor
 from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.runner import ActivityRun
@@ -28,7 +31,7 @@ from trellis_agent.secrets import AgentKeys, KeysUnavailable, nats_request
 from trellis_core import sealed, subjects
 from trellis_core.bus import Bus
 from trellis_core.events import ActivityCompleted, ActivityFailed, ActivityLogChunk, Event, WorkItem
-from trellis_core.workflow import ContainerSpec, IacSpec
+from trellis_core.workflow import ContainerSpec, HttpSpec, IacSpec
 
 SECRET = "hunter2-Sup3r/Secret+pw"
 
@@ -252,3 +255,46 @@ async def test_an_iac_stage_sees_the_opened_variable_and_its_sensitive_output_le
     assert password["sensitive"] is True
     assert responder.ring.for_tenant(unique).open(password["value"]) == SECRET
     assert SECRET not in plan_log.everything() + output_log.everything()
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[str]:
+    """Answers with the Authorization header it got, in the body: a service that leaks it back."""
+
+    async def echo(request: web.Request) -> web.Response:
+        status = int(request.query.get("status", "200"))
+        return web.json_response({"auth": request.headers.get("Authorization", ""), "ok": True}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    await runner.cleanup()
+
+
+async def test_an_http_response_that_echoes_the_secret_is_masked_in_logs_and_sealed_in_outputs(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str, echo_server: str
+) -> None:
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+    http = HttpExecutor(EgressPolicy.parse(["127.0.0.1/32"]))
+    keys = AgentKeys(unique, nats_request(bus.nc))
+    try:
+        spec = HttpSpec(url=echo_server, headers={"Authorization": f"Bearer {token}"})
+        done, done_log = await run_activity(work_item(spec, kind="http", tenant=unique), keys, tmp_path, http)
+        failing = HttpSpec(url=echo_server + "?status=418", headers={"Authorization": f"Bearer {token}"})
+        failed, failed_log = await run_activity(work_item(failing, kind="http", tenant=unique), keys, tmp_path, http)
+    finally:
+        await http.close()
+    assert isinstance(done, ActivityCompleted), done
+    assert '"auth": "Bearer ********"' in done_log.logs()
+    response = done.outputs
+    assert response["json"]["ok"] is True
+    assert responder.ring.for_tenant(unique).open(response["json"]["auth"]) == f"Bearer {SECRET}"
+    assert sealed.is_token(response["body"])
+    assert isinstance(failed, ActivityFailed)
+    assert failed.reason == "HTTP 418"
+    assert "Bearer ********" in failed_log.logs()
+    assert SECRET not in done_log.everything() + failed_log.everything()
