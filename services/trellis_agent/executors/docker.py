@@ -39,6 +39,7 @@ from trellis_agent.executors.base import (
     Sink,
     Workspace,
     attempt_files,
+    forget_sensitive_inputs,
     function_container,
     read_outputs,
     trellis_env,
@@ -229,6 +230,8 @@ class DockerExecutor:
             reason = f"cannot reach the container engine at {self._config.docker_socket}: {exc}"
             await sink.system(reason)
             return Outcome.failed(reason)
+        finally:
+            forget_sensitive_inputs(work, workspace, files)
 
     async def _run_container(
         self,
