@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from agent_support import environ_path, shell, work_item
 from aiohttp import web
 from nats.aio.msg import Msg
@@ -298,3 +299,23 @@ async def test_an_http_response_that_echoes_the_secret_is_masked_in_logs_and_sea
     assert failed.reason == "HTTP 418"
     assert "Bearer ********" in failed_log.logs()
     assert SECRET not in done_log.everything() + failed_log.everything()
+
+
+async def test_an_executor_crash_is_logged_by_the_agent_with_the_secret_masked(
+    tmp_path: Path, bus: Bus, responder: Responder, unique: str
+) -> None:
+    token = responder.ring.for_tenant(unique).seal(SECRET)
+
+    class Crashing:
+        async def run(self, work: WorkItem, workspace: Workspace, sink: Any) -> Outcome:
+            assert isinstance(work.activity.spec, ContainerSpec)
+            raise RuntimeError(f"cannot use {work.activity.spec.env['PW']}")
+
+    work = work_item(shell("true", PW=token), tenant=unique)
+    with structlog.testing.capture_logs() as logged:
+        end, recorder = await run_activity(work, AgentKeys(unique, nats_request(bus.nc)), tmp_path, Crashing())
+    assert isinstance(end, ActivityFailed)
+    assert end.reason == "the agent's executor crashed: RuntimeError: cannot use ********"
+    crash = next(line for line in logged if line["event"] == "executor_crashed")
+    assert "cannot use ********" in crash["traceback"]
+    assert SECRET not in json.dumps(logged, default=str) + recorder.everything()
