@@ -28,7 +28,7 @@ from trellis_agent.executors.http import HttpExecutor
 from trellis_agent.executors.iac import IacExecutor
 from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.runner import ActivityRun
-from trellis_agent.secrets import AgentKeys, KeysUnavailable, nats_request
+from trellis_agent.secrets import AgentKeys, KeysUnavailable, nats_request, open_activity
 from trellis_core import sealed, subjects
 from trellis_core.bus import Bus
 from trellis_core.events import ActivityCompleted, ActivityFailed, ActivityLogChunk, Event, WorkItem
@@ -319,3 +319,19 @@ async def test_an_executor_crash_is_logged_by_the_agent_with_the_secret_masked(
     crash = next(line for line in logged if line["event"] == "executor_crashed")
     assert "cannot use ********" in crash["traceback"]
     assert SECRET not in json.dumps(logged, default=str) + recorder.everything()
+
+
+def test_opening_keeps_the_spec_type_and_names_what_held_a_token_sensitive() -> None:
+    keys = sealed.MasterKeyring(sealed.new_master_key()).for_tenant("acme")
+    token = keys.seal(SECRET)
+    spec = ContainerSpec(command=("sh", "-c", f"echo {token}"), env={"PW": token, "REGION": "eu"})
+    work = work_item(spec, inputs={"db": {"url": f"pg://u:{token}@h"}, "size": 3}, sensitive=("REGION",))
+    opened: set[str] = set()
+    activity = open_activity(keys, work.activity, opened)
+    assert isinstance(activity.spec, ContainerSpec)
+    assert activity.spec.command == ("sh", "-c", f"echo {SECRET}")
+    assert activity.spec.env == {"PW": SECRET, "REGION": "eu"}
+    assert activity.inputs == {"db": {"url": f"pg://u:{SECRET}@h"}, "size": 3}
+    assert activity.sensitive == ("REGION", "PW", "db")
+    assert opened == {SECRET}
+    assert work.activity.spec.env["PW"] == token  # the work item itself stays sealed
