@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ import msgspec
 
 from trellis_agent.config import AgentConfig
 from trellis_agent.executors.base import Executor, Outcome, Workspace, execute, with_default_timeout
+from trellis_agent.secrets import AgentKeys, KeysUnavailable, OpenFailed, open_work, seal_outputs
 from trellis_agent.sink import LogSink, Masker
 from trellis_core import subjects
 from trellis_core.events import (
@@ -76,13 +78,17 @@ class ActivityRun:
         config: AgentConfig,
         data_dir: Any,
         on_started: Callable[[], Awaitable[None]] | None = None,
+        keys: AgentKeys | None = None,
     ) -> None:
+        """`keys`: the tenant's data keys, to open the item's sealed tokens right before the
+        executor runs and seal sensitive outputs (None: tokens reach the executor as they are)."""
         self.work = with_default_timeout(work, config.default_timeout_seconds)
         self._executor = executor
         self._publisher = publisher
         self._config = config
         self._workspace = Workspace.for_work(data_dir, work)
         self._on_started = on_started
+        self._keys = keys
         self._cancel_reason: str | None = None
         self._retry_after_cancel = False
         self._task: asyncio.Task[Outcome] | None = None
@@ -133,10 +139,22 @@ class ActivityRun:
             self.cancel("activity.started could not be published")
 
     async def _attempt(self) -> ActivityEvent:
-        """Run the executor with its log sink and heartbeats; the terminal event (not yet sent)."""
+        """Open the item's tokens, run the executor with its log sink and heartbeats, seal what
+        must leave sealed; the terminal event (not yet sent)."""
+        opened: set[str] = set()
+        work = self.work
+        unopened = ""
+        retry_unopened = True  # no control plane answered: another attempt may; a bad token: never
+        if self._keys is not None:
+            try:
+                work = await open_work(self._keys, self.work, opened)
+            except (KeysUnavailable, OpenFailed) as exc:
+                unopened = f"the activity's sealed values could not be opened: {exc}"
+                retry_unopened = isinstance(exc, KeysUnavailable)
         sink = LogSink.for_work(
             self.work,
             self._publish_log,
+            opened=opened,
             flush_seconds=self._config.log_flush_seconds,
             chunk_bytes=self._config.log_chunk_bytes,
         )
@@ -144,20 +162,41 @@ class ActivityRun:
         async with sink:
             beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
             try:
-                outcome = await self._execute(sink)
+                if unopened:
+                    await sink.system(unopened)
+                    outcome = Outcome.failed(unopened, retryable=retry_unopened)
+                else:
+                    outcome = await self._execute(work, sink)
             finally:
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
             if outcome is None:
                 await sink.system(f"cancelled: {self._cancel_reason}")
+            if outcome is not None and outcome.ok:
+                outcome = await self._sealed(outcome, sink.masker)
         return self._terminal(outcome, sink.masker)
 
-    async def _execute(self, sink: LogSink) -> Outcome | None:
-        """The executor's Outcome, or None when a cancel command stopped it."""
+    async def _sealed(self, outcome: Outcome, masker: Masker) -> Outcome:
+        """The outcome with its sensitive outputs sealed (see `secrets.seal_outputs`); a failure
+        when they must be sealed and the keys cannot be had (they never leave in clear)."""
+        if self._keys is None or not outcome.outputs:
+            return outcome
+        marked = any(isinstance(v, dict) and v.get("sensitive") is True for v in outcome.outputs.values())
+        if not marked and not masker.holds_opened(msgspec.json.encode(outcome.outputs).decode()):
+            return outcome
+        try:
+            keys = await self._keys.keys()
+        except KeysUnavailable as exc:
+            return Outcome.failed(f"the activity's sensitive outputs could not be sealed: {exc}")
+        outputs = seal_outputs(keys, outcome.outputs, masker.holds_opened)
+        return msgspec.structs.replace(outcome, outputs=outputs)
+
+    async def _execute(self, work: WorkItem, sink: LogSink) -> Outcome | None:
+        """The executor's Outcome on `work` (opened), or None when a cancel command stopped it."""
         if self._cancel_reason is not None:
             return None
-        self._task = asyncio.create_task(execute(self._executor, self.work, self._workspace, sink))
+        self._task = asyncio.create_task(execute(self._executor, work, self._workspace, sink))
         try:
             return await self._task
         except asyncio.CancelledError:
@@ -166,7 +205,9 @@ class ActivityRun:
                 return None
             raise
         except Exception as exc:  # a bug in an executor must not take the agent down
-            log.exception("executor_crashed", activity=self.work.activity.id)
+            # The traceback's values may hold opened secrets: it is logged masked.
+            trace = sink.masker.mask(traceback.format_exc())
+            log.error("executor_crashed", activity=self.work.activity.id, traceback=trace)
             return Outcome.failed(f"the agent's executor crashed: {type(exc).__name__}: {exc}")
 
     def _terminal(self, outcome: Outcome | None, masker: Masker) -> ActivityEvent:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
 
+from trellis_core import sealed
 from trellis_core.events import ActivityLogChunk, WorkItem
 from trellis_core.logs import get_logger
 from trellis_core.workflow import Activity, CheckoutSpec
@@ -23,28 +24,80 @@ from trellis_core.workflow import Activity, CheckoutSpec
 LogStream = Literal["stdout", "stderr", "system"]
 Publish = Callable[[ActivityLogChunk], Awaitable[None]]
 
-MASK = "***"
+MASK = sealed.MASK
 MAX_PENDING_CHUNKS = 1024  # while the bus is away; older chunks are dropped (a visible gap)
 EXIT_FLUSH_ATTEMPTS = 3
 log = get_logger("agent.sink")
 _MIN_SECRET_LEN = 3  # masking "a" or "1" everywhere would destroy the log and reveal nothing
 
 
-class Masker:
-    """Replaces every occurrence of any secret value (and of each line of a multi-line one)."""
+def _forms_of(secret: str, encoded: bool) -> set[str]:
+    """What to mask for one secret: itself (and its encoded forms when `encoded`), and each
+    line of a multi-line one."""
+    values: set[str] = set()
+    if len(secret) >= _MIN_SECRET_LEN:
+        values |= sealed.encoded_forms(secret) if encoded else {secret}
+    if "\n" in secret:
+        values.update(ln.strip() for ln in secret.splitlines() if len(ln.strip()) >= 4)
+    return {v for v in values if len(v) >= _MIN_SECRET_LEN}
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+
+def _alternation(values: Iterable[str]) -> re.Pattern[str] | None:
+    ordered = sorted(set(values), key=lambda v: (-len(v), v))  # longest first: no partial leftovers
+    return re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+
+
+class Masker:
+    """Replaces every occurrence of any secret value (and of each line of a multi-line one).
+
+    `secrets` are the values named sensitive (masked as they are); `opened` are the plain texts
+    of the tokens the agent opened, masked with their encoded forms too (JSON-escaped,
+    URL-encoded, base64 at every alignment: `sealed.encoded_forms`). One compiled alternation,
+    longest form first, does the work; `longest` tells a streaming caller how much text to hold
+    back so that a secret cut between two writes is still found (`mask_stream`).
+    """
+
+    def __init__(self, secrets: Iterable[str], opened: Iterable[str] = ()) -> None:
         values: set[str] = set()
         for secret in secrets:
-            if len(secret) >= _MIN_SECRET_LEN:
-                values.add(secret)
-            if "\n" in secret:
-                values.update(ln.strip() for ln in secret.splitlines() if len(ln.strip()) >= 4)
-        ordered = sorted(values, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(v) for v in ordered)) if ordered else None
+            values |= _forms_of(secret, encoded=False)
+        opened_forms: set[str] = set()
+        for secret in opened:
+            opened_forms |= _forms_of(secret, encoded=True)
+        self._pattern = _alternation(values | opened_forms)
+        self._opened = _alternation(opened_forms)
+        self.longest = max((len(v) for v in values | opened_forms), default=0)
+
+    @property
+    def active(self) -> bool:
+        return self._pattern is not None
 
     def mask(self, text: str) -> str:
         return self._pattern.sub(MASK, text) if self._pattern is not None else text
+
+    def holds_opened(self, text: str) -> bool:
+        """Whether `text` holds an opened secret (or one of its encoded forms)."""
+        return self._opened is not None and self._opened.search(text) is not None
+
+    def mask_stream(self, text: str) -> tuple[str, str]:
+        """(masked text safe to publish now, raw tail to hold for the next write): the tail is
+        short of the longest form, so any secret that ends beyond `text` starts in it."""
+        if self._pattern is None:
+            return text, ""
+        cut = len(text) - (self.longest - 1)
+        if cut <= 0:
+            return "", text
+        out: list[str] = []
+        pos = 0
+        for match in self._pattern.finditer(text):
+            if match.start() >= cut:
+                break
+            out.append(text[pos : match.start()])
+            out.append(MASK)
+            pos = match.end()
+        cut = max(cut, pos)
+        out.append(text[pos:cut])
+        return "".join(out), text[cut:]
 
     def mask_value(self, value: Any) -> Any:
         """Mask strings inside JSON-like values (outputs, reasons)."""
@@ -132,17 +185,23 @@ class LogSink:
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._open = False  # inside `async with`: a write starts the flusher
+        # Raw text held back (not yet masked) so a secret cut between two writes is still found:
+        # shorter than the longest form to mask; released by a full flush, a write to another
+        # stream, or a timer tick with no write since the last one.
+        self._tail: tuple[LogStream, str] | None = None
+        self._writes = 0
         self.dropped = 0
 
     @classmethod
-    def for_work(cls, work: WorkItem, publish: Publish, **kwargs: Any) -> LogSink:
+    def for_work(cls, work: WorkItem, publish: Publish, *, opened: Iterable[str] = (), **kwargs: Any) -> LogSink:
+        """The sink of `work`'s attempt, masking its sensitive values and the `opened` plain texts."""
         return cls(
             tenant=work.tenant,
             run_id=work.run_id,
             activity_id=work.activity.id,
             attempt=work.attempt,
             publish=publish,
-            masker=Masker(sensitive_values(work.activity)),
+            masker=Masker(sensitive_values(work.activity), opened),
             **kwargs,
         )
 
@@ -179,16 +238,40 @@ class LogSink:
             return
         if self._flusher is None and self._open:
             self._flusher = asyncio.create_task(self._flush_periodically(), name="log-sink-flusher")
-        for piece in split_utf8(self._masker.mask(text), self._chunk_bytes):
+        self._writes += 1
+        if not self._masker.active:
+            await self._queue(stream, text)
+            return
+        if self._tail is not None and self._tail[0] != stream:
+            self._release_tail()
+        held = self._tail[1] if self._tail is not None else ""
+        masked, rest = self._masker.mask_stream(held + text)
+        self._tail = (stream, rest) if rest else None
+        await self._queue(stream, masked)
+
+    async def _queue(self, stream: LogStream, masked: str) -> None:
+        if not masked:
+            return
+        for piece in split_utf8(masked, self._chunk_bytes):
             self._buffer.append((stream, piece))
             self._buffered += len(piece.encode())
             if self._buffered >= self._chunk_bytes:
-                await self._try_flush()
+                await self._try_flush(release=False)
 
-    async def _try_flush(self) -> bool:
+    def _release_tail(self) -> None:
+        """Mask and buffer the held tail as it is (nothing more of it is coming)."""
+        if self._tail is None:
+            return
+        stream, text = self._tail
+        self._tail = None
+        for piece in split_utf8(self._masker.mask(text), self._chunk_bytes):
+            self._buffer.append((stream, piece))
+            self._buffered += len(piece.encode())
+
+    async def _try_flush(self, *, release: bool = True) -> bool:
         """Flush; on failure keep (a bounded number of) chunks for later and report False."""
         try:
-            await self.flush()
+            await self.flush(release=release)
             return True
         except Exception as exc:
             excess = len(self._pending) - MAX_PENDING_CHUNKS
@@ -202,8 +285,11 @@ class LogSink:
         """A line from the agent itself (pulling an image, pod scheduled, attempt 2 …)."""
         await self.write("system", text if text.endswith("\n") else text + "\n")
 
-    async def flush(self) -> None:
+    async def flush(self, *, release: bool = True) -> None:
+        """Publish what is buffered; `release`: the held tail too (nothing can straddle it then)."""
         async with self._lock:
+            if release:
+                self._release_tail()
             self._pending.extend(self._chunks(self._take_buffer()))
             while self._pending:
                 await self._publish(self._pending[0])
@@ -250,6 +336,11 @@ class LogSink:
         return chunk
 
     async def _flush_periodically(self) -> None:
+        seen = -1
         while True:
             await asyncio.sleep(self._flush_seconds)
-            await self._try_flush()
+            # A tail held through a whole tick with no write after it is released: the command
+            # paused, and its last line should not wait for the next one.
+            stale = self._writes == seen
+            seen = self._writes
+            await self._try_flush(release=stale)

@@ -308,3 +308,38 @@ async def test_an_unreachable_api_server_fails_the_activity_retryably(tmp_path: 
     assert outcome.status == "failed"
     assert outcome.retryable
     assert "cannot reach the Kubernetes API" in outcome.reason
+
+
+async def test_the_pods_secret_is_deleted_when_the_pod_fails_times_out_or_is_cancelled(
+    cluster: tuple[Kubelet, KubernetesExecutor], tmp_path: Path
+) -> None:
+    """The Secret holds the opened sensitive values: it lives only as long as the pod runs."""
+    kubelet, executor = cluster
+    kubelet.serve_logs(b"")
+    seen: set[str] = set()
+
+    async def started(work: WorkItem) -> tuple[asyncio.Task[Outcome], str]:
+        task = await _start(executor, work, tmp_path, RecordingSink())
+        pod = await kubelet.next_pod(ignore=frozenset(seen))
+        name = pod.metadata.name
+        seen.add(name)
+        secret = await kubelet.core.read_namespaced_secret(f"{name}-env", NS)  # there while the pod runs
+        assert base64.b64decode(secret.data["env.DB_PASSWORD"]) == b"pa55word"
+        await kubelet.run(name)
+        return task, name
+
+    failing, name = await started(_work())
+    await kubelet.terminate(name, 3)
+    assert (await asyncio.wait_for(failing, 10)).exit_code == 3
+    assert not await kubelet.exists(kubelet.core.read_namespaced_secret, f"{name}-env")
+
+    timing_out, name = await started(_work(timeout_seconds=0.3))
+    outcome = await asyncio.wait_for(timing_out, 10)
+    assert outcome.timed_out
+    assert not await kubelet.exists(kubelet.core.read_namespaced_secret, f"{name}-env")
+
+    cancelled, name = await started(_work())
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert not await kubelet.exists(kubelet.core.read_namespaced_secret, f"{name}-env")

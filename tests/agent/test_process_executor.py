@@ -122,3 +122,18 @@ async def test_each_attempt_writes_its_own_inputs_file_in_the_control_dir(
     assert (await execute(executor, work, workspace, RecordingSink())).ok
     inputs = workspace.control_dir / "resource~vpc~plan.2.inputs.json"
     assert json.loads(inputs.read_text()) == {"cidr": "10.0.0.0/16"}
+
+
+async def test_an_inputs_file_holding_a_sensitive_input_is_removed_once_the_command_is_done(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    work = work_item(
+        shell('cat "$TRELLIS_INPUTS"; cp "$TRELLIS_INPUTS" "$TRELLIS_WORKSPACE/seen.json"'),
+        inputs={"password": "pa55word", "region": "eu"},
+        sensitive=("password",),
+    )
+    workspace = Workspace.for_work(tmp_path, work)
+    sink = RecordingSink()
+    assert (await execute(executor, work, workspace, sink)).ok
+    assert json.loads((workspace.root / "seen.json").read_text())["password"] == "pa55word"  # the command saw it
+    assert not list(workspace.control_dir.glob("*.inputs.json"))

@@ -158,6 +158,15 @@ def attempt_files(work: WorkItem, workspace: Workspace) -> AttemptFiles | Outcom
     return files
 
 
+def forget_sensitive_inputs(work: WorkItem, workspace: Workspace, files: AttemptFiles) -> None:
+    """Remove the attempt's inputs file once the command is done when it holds a sensitive input
+    (one named sensitive, or one that held a sealed token: the agent names those too), so the
+    opened value does not rest in the workspace until the janitor prunes it."""
+    if any(name in work.activity.inputs for name in work.activity.sensitive):
+        with contextlib.suppress(workspace_files.UnsafePath, OSError):
+            workspace_files.remove_file(workspace.root, files.inputs_rel)
+
+
 def trellis_env(work: WorkItem, inputs: str, outputs: str) -> dict[str, str]:
     """The variables every command gets, with the paths as the command sees them."""
     return {

@@ -5,6 +5,15 @@ bind-mounted at the container workspace, attach to it, start it, stream its (mul
 output, wait for its exit code, read `$TRELLIS_OUTPUTS` from the workspace, remove it. On cancel or timeout
 the container is stopped (SIGTERM, then SIGKILL after the grace period) and removed.
 A function image is served the same way, for as long as the function is polled.
+
+Sensitive variables (named in `Activity.sensitive`, or whose value held a sealed token: the
+agent adds those names when it opens the tokens) are not passed as container Env, which
+`docker inspect` shows to anyone who may inspect: each goes to a file of its own (0600) in a
+private directory (0700) of the agent, bind-mounted read-only at SECRETS_MOUNT, and a small
+`/bin/sh` wrapper exports them and then execs the command (the image's own entrypoint and
+command when the spec names none). Limitations: the image must have `/bin/sh`; a name that is
+not a shell identifier is not exported (its file is there to read); the directory is removed
+with the container.
 """
 
 from __future__ import annotations
@@ -13,8 +22,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import struct
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +39,7 @@ from trellis_agent.executors.base import (
     Sink,
     Workspace,
     attempt_files,
+    forget_sensitive_inputs,
     function_container,
     read_outputs,
     trellis_env,
@@ -41,6 +55,47 @@ from trellis_core.workflow import ContainerSpec
 API_VERSION = "v1.41"
 API_TIMEOUT_SECONDS = 60.0  # any one short API call
 _STREAMS: dict[int, LogStream] = {1: "stdout", 2: "stderr"}
+SECRETS_MOUNT = "/run/trellis/secrets"
+# $0 is a label; "$@" the command. `$(cat; printf x)` then `${v%x}` keeps trailing newlines.
+SECRETS_WRAPPER = (
+    f'for f in {SECRETS_MOUNT}/*; do [ -f "$f" ] || continue; n="${{f##*/}}"; '
+    'case "$n" in *[!A-Za-z0-9_]*|[0-9]*) continue;; esac; '
+    'v="$(cat "$f"; printf x)"; export "$n=${v%x}"; done; unset f n v; exec "$@"'
+)
+
+
+def split_sensitive_env(env: dict[str, str], sensitive: set[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(the variables passed as Env, the sensitive ones that go to files)."""
+    plain = {k: v for k, v in env.items() if k not in sensitive}
+    hidden = {k: v for k, v in env.items() if k in sensitive}
+    return plain, hidden
+
+
+@contextlib.contextmanager
+def secret_files(values: dict[str, str]) -> Iterator[Path | None]:
+    """A private directory (0700) holding one file (0600) a value, removed on the way out;
+    None when there is nothing to hide."""
+    if not values:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="trellis-secrets-"))  # 0700
+    try:
+        for name, value in values.items():
+            if "/" in name or name in ("", ".", ".."):
+                continue  # not a file name; it is not a variable name a shell could export either
+            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(value)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def wrap_with_secrets(body: dict[str, Any], directory: Path, argv: list[str]) -> None:
+    """Mount `directory` read-only at SECRETS_MOUNT and run `argv` through SECRETS_WRAPPER."""
+    body["HostConfig"]["Binds"].append(f"{directory}:{SECRETS_MOUNT}:ro")
+    body["Entrypoint"] = ["/bin/sh", "-c", SECRETS_WRAPPER, "trellis-secrets"]
+    body["Cmd"] = argv
 
 
 class DockerError(TrellisError):
@@ -70,6 +125,7 @@ def split_image(image: str) -> tuple[str, str]:
 def create_body(
     work: WorkItem, spec: ContainerSpec, workspace: Workspace, config: AgentConfig, env: dict[str, str]
 ) -> dict[str, Any]:
+    """`env` is what the container gets as Env: the caller has taken the sensitive ones out."""
     """The container-create request of one activity attempt (a pure function of its inputs)."""
     root = config.container_workspace
     host: dict[str, Any] = {
@@ -160,16 +216,13 @@ class DockerExecutor:
             await sink.system(problem.reason)
             return problem
         root = self._config.container_workspace
-        env = {
-            **spec.env,
-            **trellis_env(work, f"{root}/{files.inputs_rel}", f"{root}/{files.outputs_rel}"),
-            "TRELLIS_WORKSPACE": root,
-        }
+        env, hidden = split_sensitive_env(dict(spec.env), set(work.activity.sensitive))
+        env.update(trellis_env(work, f"{root}/{files.inputs_rel}", f"{root}/{files.outputs_rel}"))
+        env["TRELLIS_WORKSPACE"] = root
         try:
             body = create_body(work, spec, workspace, self._config, env)
-            async with self._container(work, body, sink) as cid:
-                await self._attach_and_start(cid, container_name(work), body, sink)
-                exit_code = await self._exit_code(cid)
+            with secret_files(hidden) as directory:
+                return await self._run_container(work, spec, workspace, files, body, directory, sink)
         except DockerError as exc:
             await sink.system(f"docker: {exc.message}")
             return Outcome.failed(f"docker refused: {exc}", retryable=exc.status >= 500 and exc.status != 501)
@@ -177,7 +230,38 @@ class DockerExecutor:
             reason = f"cannot reach the container engine at {self._config.docker_socket}: {exc}"
             await sink.system(reason)
             return Outcome.failed(reason)
+        finally:
+            forget_sensitive_inputs(work, workspace, files)
+
+    async def _run_container(
+        self,
+        work: WorkItem,
+        spec: ContainerSpec,
+        workspace: Workspace,
+        files: Any,
+        body: dict[str, Any],
+        secrets: Path | None,
+        sink: Sink,
+    ) -> Outcome:
+        if secrets is not None:
+            argv = await self._argv(body["Image"], spec, sink)
+            if not argv:
+                return Outcome.failed("the container has sensitive variables but no command to run", retryable=False)
+            wrap_with_secrets(body, secrets, argv)
+        async with self._container(work, body, sink) as cid:
+            await self._attach_and_start(cid, container_name(work), body, sink)
+            exit_code = await self._exit_code(cid)
         return finish(exit_code, spec.success_condition, read_outputs(workspace, files))
+
+    async def _argv(self, image: str, spec: ContainerSpec, sink: Sink) -> list[str]:
+        """What the container would run: the spec's command and args, the image's entrypoint
+        and command filling in what the spec leaves out (Docker's own rules)."""
+        if spec.command:
+            return [*spec.command, *spec.args]
+        await self._ensure_image(image, sink)
+        config = (await self._call("GET", f"/images/{image}/json")).get("Config") or {}
+        entrypoint = list(config.get("Entrypoint") or [])
+        return [*entrypoint, *(spec.args or config.get("Cmd") or [])]
 
     @contextlib.asynccontextmanager
     async def _container(
@@ -250,18 +334,25 @@ class DockerExecutor:
         port = self._config.function_port
         container = function_container(work, port)
         workspace.prepare()
-        body = create_body(work, container, workspace, self._config, container.env)
+        env, hidden = split_sensitive_env(dict(container.env), set(work.activity.sensitive))
+        body = create_body(work, container, workspace, self._config, env)
         body["ExposedPorts"] = {f"{port}/tcp": {}}
         published = self._config.docker_function_address == "published"
         if published:
             body["HostConfig"]["PortBindings"] = {f"{port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
-        async with self._container(work, body, sink, suffix="-fn") as cid:
-            await self._start(cid, container_name(work, "-fn"), body, sink)
-            info = await self._call("GET", f"/containers/{cid}/json")
-            host, host_port = _published_address(info, port) if published else (_container_address(info), port)
-            await wait_until_listening(host, host_port, self._config.function_ready_seconds)
-            await sink.system(f"function {container.image} listening on {host}:{host_port}")
-            yield f"http://{host}:{host_port}/"
+        with secret_files(hidden) as directory:
+            if directory is not None:
+                argv = await self._argv(body["Image"], container, sink)
+                if not argv:
+                    raise DockerError(400, "the function image has sensitive variables but no command to run")
+                wrap_with_secrets(body, directory, argv)
+            async with self._container(work, body, sink, suffix="-fn") as cid:
+                await self._start(cid, container_name(work, "-fn"), body, sink)
+                info = await self._call("GET", f"/containers/{cid}/json")
+                host, host_port = _published_address(info, port) if published else (_container_address(info), port)
+                await wait_until_listening(host, host_port, self._config.function_ready_seconds)
+                await sink.system(f"function {container.image} listening on {host}:{host_port}")
+                yield f"http://{host}:{host_port}/"
 
 
 def _container_address(info: dict[str, Any]) -> str:

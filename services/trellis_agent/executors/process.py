@@ -20,6 +20,7 @@ from trellis_agent.executors.base import (
     Sink,
     Workspace,
     attempt_files,
+    forget_sensitive_inputs,
     pump_lines,
     read_outputs,
     trellis_env,
@@ -68,7 +69,10 @@ class ProcessExecutor:
             **trellis_env(work, str(files.inputs), str(files.outputs)),
             "TRELLIS_WORKSPACE": str(workspace.root),
         }
-        exit_code = await run_command(argv, cwd=cwd, env=env, sink=sink, kill_grace_seconds=self._grace)
+        try:
+            exit_code = await run_command(argv, cwd=cwd, env=env, sink=sink, kill_grace_seconds=self._grace)
+        finally:
+            forget_sensitive_inputs(work, workspace, files)
         if isinstance(exit_code, Outcome):
             return exit_code
         return finish(exit_code, spec.success_condition, read_outputs(workspace, files))
