@@ -31,7 +31,8 @@ async def test_a_tenant_admin_makes_more_for_its_own_tenant_only(api: Api, tenan
     assert made["name"] == "cluster-2"
     assert nats_auth.public_key_of(made["seed"]) == made["public_key"]
     (await api.call("POST", path, token=tenant.operator, json={})).problem(403)
-    other = (await api.call("POST", f"/v1/tenants/{unique}x/agent-credentials", token=tenant.admin, json={})).problem(403)
+    elsewhere = f"/v1/tenants/{unique}x/agent-credentials"
+    other = (await api.call("POST", elsewhere, token=tenant.admin, json={})).problem(403)
     assert tenant.name in other["detail"]
     (await api.call("POST", path, token=tenant.admin, json={"name": ""})).problem(422)
 
