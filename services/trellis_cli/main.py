@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.env_cmd",
     "trellis_cli.runs_cmd",
     "trellis_cli.approve_cmd",
+    "trellis_cli.tenant_cmd",
 )
 
 
