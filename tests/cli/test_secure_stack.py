@@ -58,8 +58,9 @@ async def secure_stack(
         yield running
 
 
-async def test_the_secure_stack_runs_every_service_on_nkeys_only(secure_stack: DevStack) -> None:
-    s = secure_stack.settings
+def check_private_files(s: Settings) -> Path:
+    """The control plane's and the agent's seeds and the authorization are 0600 and name both
+    keys; the agent's seed file."""
     control = Path(s.nats_nkey_seed_file)
     agent_seed = control.with_name(f"agent-{s.tenant}.nk")
     for private in (control, agent_seed, Path(s.nats_auth_file)):
@@ -67,6 +68,12 @@ async def test_the_secure_stack_runs_every_service_on_nkeys_only(secure_stack: D
     auth = Path(s.nats_auth_file).read_text()
     assert nats_auth.public_key_of(agent_seed.read_text()) in auth
     assert nats_auth.public_key_of(control.read_text()) in auth
+    return agent_seed
+
+
+async def test_the_secure_stack_runs_every_service_on_nkeys_only(secure_stack: DevStack) -> None:
+    s = secure_stack.settings
+    agent_seed = check_private_files(s)
     with pytest.raises((nats.errors.Error, OSError)):
         await nats.connect(servers=[s.nats_url], allow_reconnect=False, connect_timeout=3)
     # the local agent's key is its tenant's: another tenant's work is refused by the server
@@ -91,7 +98,7 @@ async def test_the_secure_stack_runs_every_service_on_nkeys_only(secure_stack: D
 
 async def test_a_whole_trellis_run_works_in_secure_mode(secure_stack: DevStack, tmp_path: Path) -> None:
     s = secure_stack.settings
-    (tmp_path / "hello.yaml").write_text(HELLO)
+    await asyncio.to_thread((tmp_path / "hello.yaml").write_text, HELLO)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
     env |= {
         "TRELLIS_DATA_DIR": str(tmp_path / "cli"), "TRELLIS_STREAM_STORAGE": "memory",
