@@ -50,15 +50,14 @@ def agent_permissions(tenant: str) -> Permissions:
         f"$JS.API.CONSUMER.INFO.{work}.*",
         f"$JS.API.CONSUMER.MSG.NEXT.{work}.*",
         f"$JS.ACK.{work}.>",
-        # its bundle bucket: object store reads only
+        # its bundle bucket: object store reads by message get only (bus.get_bundle), no consumer
         f"$JS.API.STREAM.INFO.{bundles}",
         f"$JS.API.STREAM.MSG.GET.{bundles}",
         f"$JS.API.DIRECT.GET.{bundles}",
         f"$JS.API.DIRECT.GET.{bundles}.>",
-        f"$JS.API.CONSUMER.CREATE.{bundles}",
-        f"$JS.API.CONSUMER.CREATE.{bundles}.>",
-        f"$JS.FC.{bundles}.>",
-        # approvals: a consumer on the shared events stream whose filter is its tenant's
+        # approvals: a consumer on the shared events stream whose filter is its tenant's (its ack
+        # policy is none and it delivers to the agent's inbox: no `$JS.ACK.TRELLIS_EVENTS`, which
+        # would name no tenant)
         f"$JS.API.CONSUMER.CREATE.{events}.*.{subjects.PREFIX}.{t}.>",
     ]
     return {

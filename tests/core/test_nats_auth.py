@@ -206,6 +206,7 @@ async def test_a_cannot_read_b_streams_consumers_or_kv(tenants: tuple[str, str, 
         f"$JS.API.DIRECT.GET.KV_{subjects.KV_RUN_STATE}.$KV.{subjects.KV_RUN_STATE}.{b}.x",
         f"$JS.API.STREAM.INFO.OBJ_{subjects.bundles_bucket(b)}",
         "$JS.API.STREAM.NAMES",
+        f"$JS.API.CONSUMER.CREATE.OBJ_{subjects.bundles_bucket(b)}",
     ):
         await agent.refused_request(subject, b"{}")
 
@@ -287,19 +288,16 @@ async def test_a_runs_its_own_work_reads_its_bundles_and_publishes_its_events(
 
 
 async def read_object(js: JetStreamContext, bucket: str, name: str) -> bytes:
-    """An object's bytes as an agent must read them: nats-py's ObjectStore.get finds the chunks'
-    stream by subject (`$JS.API.STREAM.NAMES`, which would list every tenant's streams, so agents
-    may not call it); naming the stream reads the same chunks with the agent's permissions."""
+    """An object's bytes as an agent reads them (bus.get_bundle): message gets on the bucket's own
+    stream. nats-py's ObjectStore.get subscribes by subject, which looks streams up with
+    `$JS.API.STREAM.NAMES` (every tenant's stream names), an API agents may not call."""
     store = await js.object_store(bucket)
     info = await store.get_info(name)
-    stream = f"OBJ_{bucket}"
-    sub = await js.subscribe(f"$O.{bucket}.C.{info.nuid}", stream=stream, ordered_consumer=True)
-    data = b""
-    try:
-        while len(data) < (info.size or 0):
-            data += (await sub.next_msg(timeout=5)).data
-    finally:
-        await sub.unsubscribe()
+    data, seq = b"", 1
+    for _ in range(info.chunks or 0):
+        raw = await js.get_msg(f"OBJ_{bucket}", seq=seq, subject=f"$O.{bucket}.C.{info.nuid}", next=True)
+        data += raw.data or b""
+        seq = (raw.seq or seq) + 1
     return data
 
 
