@@ -111,3 +111,12 @@ async def test_a_whole_trellis_run_works_in_secure_mode(secure_stack: DevStack, 
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"succeeded"' in run.stdout
+
+
+def test_dev_up_secure_refuses_a_nats_it_does_not_run(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRELLIS_")}
+    env |= {"TRELLIS_DATA_DIR": str(tmp_path), "TRELLIS_NATS_URL": "nats://127.0.0.1:1"}
+    cmd = [sys.executable, "-m", "trellis_cli.main", "dev", "up", "--secure"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "--secure runs the embedded nats-server: unset TRELLIS_NATS_URL" in done.stderr
