@@ -73,6 +73,13 @@ def configure(settings: Settings) -> AuthFile | None:
     return _auth
 
 
+async def start(settings: Settings, pool: Any) -> None:
+    """At the store's start: remember where the include is and write it from the table now (a
+    server restarted from an old file, or keys changed while no store ran, get the current set)."""
+    if configure(settings) is not None:
+        await sync(pool)
+
+
 async def live_keys(conn: Any) -> list[tuple[str, str, str]]:
     rows = await conn.fetch(
         "SELECT tenant, name, public_key FROM agent_keys WHERE revoked_at IS NULL ORDER BY tenant, created_at"

@@ -83,13 +83,13 @@ async def test_credentials_are_made_listed_revoked_audited_and_reach_nats_server
 ) -> None:
     tenant = f"t{unique}"[:60]
     await ctx.pool.execute("INSERT INTO tenants (name) VALUES ($1)", tenant)
-    auth = agent_keys.configure(
-        Settings.from_env(
-            {}, nats_auth_file=str(secure_server.auth_file),
-            nats_nkey_seed_file=str(secure_server.control_seed_file), nats_pid_file=str(secure_server.pid_file),
-        )
+    settings = Settings.from_env(
+        {}, nats_auth_file=str(secure_server.auth_file),
+        nats_nkey_seed_file=str(secure_server.control_seed_file), nats_pid_file=str(secure_server.pid_file),
     )
-    assert auth is not None
+    secure_server.auth_file.unlink()
+    await agent_keys.start(settings, ctx.pool)  # the store's start writes the include from the table
+    assert secure_server.control_public_key() in secure_server.auth_file.read_text()
     try:
         made = await agent_keys.agent_credentials_create(
             ctx, AgentCredentialsCreate(tenant=tenant, name="cluster-1", actor="alice")
