@@ -204,6 +204,8 @@ async def test_a_cannot_read_b_streams_consumers_or_kv(tenants: tuple[str, str, 
         "$JS.API.STREAM.MSG.GET.TRELLIS_EVENTS",
         f"$JS.API.STREAM.INFO.KV_{subjects.KV_RUN_STATE}",
         f"$JS.API.DIRECT.GET.KV_{subjects.KV_RUN_STATE}.$KV.{subjects.KV_RUN_STATE}.{b}.x",
+        f"$JS.API.STREAM.MSG.GET.KV_{subjects.KV_RUN_STATE}",
+        f"$JS.API.CONSUMER.CREATE.KV_{subjects.KV_RUN_STATE}",
         f"$JS.API.STREAM.INFO.OBJ_{subjects.bundles_bucket(b)}",
         "$JS.API.STREAM.NAMES",
         f"$JS.API.CONSUMER.CREATE.OBJ_{subjects.bundles_bucket(b)}",
@@ -246,6 +248,9 @@ async def test_a_forged_event_on_b_subject_is_refused_by_the_server(
         await control.js.get_last_msg(subjects.STREAM_EVENTS, forged)
     with pytest.raises(nats.errors.TimeoutError):
         await agent.nc.jetstream(timeout=0.5).publish(subjects.logs(b, "r1", "x"), b"forged")
+    for subject in (f"$KV.{subjects.KV_RUN_STATE}.{b}.r1", "$JS.ACK.TRELLIS_EVENTS.c.1.1.1.1.1.0"):
+        await agent.nc.publish(subject, b"forged")  # a KV write, an ack on someone's consumer
+        await agent.violation(f'Publish to "{subject}"')
 
 
 async def test_a_runs_its_own_work_reads_its_bundles_and_publishes_its_events(
