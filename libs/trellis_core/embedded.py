@@ -103,6 +103,19 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float, sig: int = signal.SI
         proc.wait(5)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` readable by its owner only (0600), atomically: a reader (nats-server reloading)
+    sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def nats_server_binary() -> str:
     beside = Path(sys.executable).parent / "nats-server"
     if beside.exists():
@@ -116,10 +129,70 @@ def nats_server_binary() -> str:
 class EmbeddedNats:
     """A nats-server with JetStream on, listening on a free loopback port."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, secure: bool = False) -> None:
+        """`secure`: run from a generated config whose authorization (nkey users, per-user
+        permissions: trellis_core.nats_auth) lives in `auth_file`, rewritten and reloaded as
+        tenants' agents come and go; the control plane's own nkey seed is `control_seed_file`."""
         self.data_dir = Path(data_dir)
         self.port = port
+        self.secure = secure
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "nats-server.conf"
+
+    @property
+    def auth_file(self) -> Path:
+        """The authorization include (TRELLIS_NATS_AUTH_FILE for the store)."""
+        return self.data_dir / "nats-auth.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where nats-server writes its pid (TRELLIS_NATS_PID_FILE: the store signals it to reload)."""
+        return self.data_dir / "nats-server.pid"
+
+    @property
+    def control_seed_file(self) -> Path:
+        """The control plane's nkey seed (TRELLIS_NATS_NKEY_SEED_FILE of every service), 0600."""
+        return self.data_dir / "control.nk"
+
+    def control_public_key(self) -> str:
+        """The control plane's public key, its seed made (0600) the first time."""
+        from trellis_core import nats_auth
+
+        if not self.control_seed_file.exists():
+            seed, _ = nats_auth.new_user_seed()
+            write_private(self.control_seed_file, seed + "\n")
+        return nats_auth.public_key_of(self.control_seed_file.read_text())
+
+    def write_authorization(self, agents: list[tuple[str, str]] | None = None) -> None:
+        """Write the authorization include: the control plane plus (tenant, agent public key)s."""
+        from trellis_core import nats_auth
+
+        text = nats_auth.render_authorization(nats_auth.users(self.control_public_key(), agents or []))
+        write_private(self.auth_file, text)
+
+    def reload(self) -> None:
+        """Ask the running server to re-read its config (SIGHUP): new or revoked agent users."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise EmbeddedServerError("nats-server is not running: nothing to reload")
+        self.proc.send_signal(signal.SIGHUP)
+
+    def _command(self, port: int, log: Path) -> list[str]:
+        if not self.secure:
+            return [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
+                    "-sd", str(self.data_dir / "jetstream"), "-l", str(log)]
+        from trellis_core import nats_auth
+
+        if not self.auth_file.exists():
+            self.write_authorization()
+        config = nats_auth.render_config(
+            port, str((self.data_dir / "jetstream").absolute()), self.auth_file.name,
+            pid_file=str(self.pid_file.absolute()),
+        )
+        write_private(self.config_file, config)
+        return [nats_server_binary(), "-c", str(self.config_file), "-l", str(log)]
 
     @property
     def url(self) -> str:
@@ -135,8 +208,7 @@ class EmbeddedNats:
         for attempt in range(3):
             port = self.port or free_port()
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port),
-                 "-sd", str(self.data_dir / "jetstream"), "-l", str(log)],
+                self._command(port, log),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import TypeVar
 
 import aiohttp
 from nats.aio.client import Client as NATS
@@ -17,6 +18,16 @@ POLL_SECONDS = 0.1
 STARTUP_SECONDS = 90.0  # migrations on a cold PostgreSQL, on a busy 2-core machine
 BOOTSTRAP_USER = "admin"
 ACTOR = "trellis dev stack"
+
+
+T = TypeVar("T")
+
+
+def ok_answer(answer: T | StoreError, doing: str) -> T:
+    """The store's answer, or a TrellisError saying what could not be done and why."""
+    if isinstance(answer, StoreError):
+        raise TrellisError(f"could not {doing}: {answer.code}: {answer.message}")
+    return answer
 
 
 async def wait_for_store(nc: NATS, within: float = STARTUP_SECONDS) -> None:

@@ -16,13 +16,15 @@ if TYPE_CHECKING:  # the bus and the servers load when the command runs, not whe
 DEFAULT_NATS_PORT = 4222  # NATS's own: an exported TRELLIS_NATS_URL survives a restart
 
 
-async def _up(settings: Settings, port: int | None) -> int:
+async def _up(settings: Settings, port: int | None, secure: bool = False) -> int:
     from trellis_cli.devstack import DevStack
     from trellis_core.bus import stop_on_signals
 
     stop = asyncio.Event()
     stop_on_signals(stop)
-    stack = DevStack(settings, nats_port=port, shareable=True, may_join=False, command="trellis dev up")
+    stack = DevStack(
+        settings, nats_port=port, shareable=True, may_join=False, command="trellis dev up", secure=secure
+    )
     async with stack:
         s = stack.settings
         print("Trellis is up. Ctrl-C stops everything.")
@@ -31,6 +33,9 @@ async def _up(settings: Settings, port: int | None) -> int:
         print(f"  Gateway:     {s.gateway_url or 'not part of this build (runs go on the bus: trellis run ...)'}")
         print(f"  Agent:       tenant {s.tenant}, pool default, process executor")
         print(f"  Data:        {s.data_dir.resolve()}")
+        if secure:
+            print(f"  Secure:      nkey users only; control plane's nkey {s.nats_nkey_seed_file} (0600), "
+                  f"authorization {s.nats_auth_file}")
         if s.gateway_url:
             print(f"  Secrets:     {s.data_dir.resolve() / 'credentials.json'} (mode 0600, reused on restart)")
         for line in exports(s):
@@ -56,6 +61,8 @@ def exports(settings: Settings) -> list[str]:
     if settings.gateway_url:
         pairs += [("TRELLIS_GATEWAY_URL", settings.gateway_url), ("TRELLIS_TOKEN", settings.token),
                   ("TRELLIS_ADMIN_TOKEN", settings.admin_token)]
+    if settings.nats_nkey_seed_file:  # secure mode: the control plane's nkey (this machine's, 0600)
+        pairs.append(("TRELLIS_NATS_NKEY_SEED_FILE", settings.nats_nkey_seed_file))
     if settings.tenant != "default":
         pairs.append(("TRELLIS_TENANT", settings.tenant))
     labels = ["  Use it:      "] + ["               "] * (len(pairs) - 1)
@@ -94,7 +101,11 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     configure(settings)
-    return asyncio.run(_up(settings, _nats_port(args.port, settings.nats_url)))
+    if args.secure and settings.nats_url:
+        from trellis_core.errors import ConfigError
+
+        raise ConfigError("--secure runs the embedded nats-server: unset TRELLIS_NATS_URL")
+    return asyncio.run(_up(settings, _nats_port(args.port, settings.nats_url), args.secure))
 
 
 def _port(text: str) -> int:
@@ -125,5 +136,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     up.add_argument(
         "--port", type=_port, default=None, metavar="N",
         help=f"the embedded NATS's port (default: {DEFAULT_NATS_PORT} when free, else any free port)",
+    )
+    up.add_argument(
+        "--secure", action="store_true",
+        help="run nats-server with nkey users and per-tenant permissions (docs/running.md, \"Secure mode\"): "
+        "services connect with the control plane's nkey, the local agent with its tenant's agent credentials",
     )
     up.set_defaults(func=_run)

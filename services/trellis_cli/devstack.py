@@ -19,16 +19,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import msgspec
+import nats.errors
 
-from trellis_cli.bootstrap import tenant_token, wait_for_gateway, wait_for_store
+from trellis_cli.bootstrap import ok_answer, tenant_token, wait_for_gateway, wait_for_store
 from trellis_cli.credentials import Credentials
 from trellis_cli.reaper import Reaper
 from trellis_cli.stack_lock import StackLock, StackRecord, claim
-from trellis_core.bus import Bus
-from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from trellis_core.errors import ConfigError
+from trellis_core import nats_auth, subjects
+from trellis_core.bus import Bus, ensure_work_stream
+from trellis_core.embedded import EmbeddedNats, EmbeddedPostgres, free_port, write_private
+from trellis_core.errors import BusUnavailable, ConfigError
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
+from trellis_store.api import AgentCredentials, AgentCredentialsCreate, NatsUsers, NatsUsersList
+from trellis_store.client import StoreClient
 
 if TYPE_CHECKING:
     from trellis_agent.agent import Agent
@@ -116,8 +120,13 @@ class DevStack:
         may_join: bool = True,
         command: str = "trellis run",
         notify: Callable[[str], None] = _to_stderr,
+        secure: bool = False,
     ) -> None:
+        """`secure`: the embedded nats-server runs from a generated config (nkey users, per-user
+        permissions: trellis_core.nats_auth); every service connects with the control plane's nkey
+        and the local agent with its tenant's agent credentials, as a deployed cluster would."""
         self._requested = settings
+        self.secure = secure
         self.settings = settings
         self.ephemeral = ephemeral
         self.with_postgres = with_postgres
@@ -183,8 +192,14 @@ class DevStack:
                 await self._join(self.joined)
                 return
             self._publish("")
-            self._nats = EmbeddedNats(base / "nats", port=self._nats_port)
+            self._nats = EmbeddedNats(base / "nats", port=self._nats_port, secure=self.secure)
             updates["nats_url"] = await asyncio.to_thread(self._nats.start)
+            if self.secure:
+                updates |= {
+                    "nats_nkey_seed_file": str(self._nats.control_seed_file),
+                    "nats_auth_file": str(self._nats.auth_file),
+                    "nats_pid_file": str(self._nats.pid_file),
+                }
             log.info("nats_started", url=updates["nats_url"], data=str(base / "nats"))
             self._publish(str(updates["nats_url"]))
         if self.with_postgres and not self._requested.database_url:
@@ -204,11 +219,19 @@ class DevStack:
         if "agent" in services:
             self._reaper = Reaper(base / "agent")
             self._reaper.start()
+        # In secure mode the agent waits for its tenant's credentials, which the store makes.
+        later = {"agent"} if self.secure and "store" in services else set()
         for name, serve in services.items():
-            task = asyncio.create_task(self._supervise(name, serve), name=f"service-{name}")
-            self._tasks.append(task)
+            if name not in later:
+                self._start_service(name, serve, self.settings)
         if "store" in services:
             await self._bootstrap_tenant(base)
+        if self.secure:
+            await ensure_work_stream(self.bus, self.settings.tenant)
+            if "agent" in services and "store" in services:
+                agent_settings = await self._agent_credentials(base)
+                prefix = subjects.inbox_prefix(self.settings.tenant)
+                self._start_service("agent", services["agent"], agent_settings, prefix)
         if "gateway" in services:
             await wait_for_gateway(self.settings.gateway_url)
             self._publish(self.settings.nats_url, self.settings.gateway_url)
@@ -263,6 +286,9 @@ class DevStack:
         gateway, with the tenant's token it saved."""
         self._notify(f"using the stack of {owner.command} (pid {owner.pid}) at {owner.nats_url}")
         updates: dict[str, object] = {"nats_url": owner.nats_url}
+        control_seed = self._requested.data_dir / "nats" / "control.nk"
+        if control_seed.exists() and not self._requested.nats_nkey_seed_file:  # a secure stack: its nkey
+            updates["nats_nkey_seed_file"] = str(control_seed)
         if owner.gateway_url and not self._requested.gateway_url:
             updates["gateway_url"] = owner.gateway_url
             updates["token"] = self._requested.token or self._saved_token(self._requested.data_dir)
@@ -276,13 +302,63 @@ class DevStack:
         saved = credentials.load(credentials.path_in(base))
         return saved.tenants.get(self._requested.tenant, "") if saved is not None else ""
 
-    async def _supervise(self, name: str, serve: Service) -> None:
+    def _start_service(self, name: str, serve: Service, settings: Settings, inbox_prefix: str = "") -> None:
+        task = asyncio.create_task(self._supervise(name, serve, settings, inbox_prefix), name=f"service-{name}")
+        self._tasks.append(task)
+
+    async def _agent_credentials(self, base: Path) -> Settings:
+        """Secure mode: the local agent's settings with its tenant's agent nkey (kept, 0600, in the
+        nats folder while the store still knows its public key; else made now by the store), and
+        the server's authorization rewritten and reloaded so it knows that key."""
+        assert self.bus is not None
+        assert self._nats is not None
+        tenant = self.settings.tenant
+        seed_file = self._nats.data_dir / f"agent-{tenant}.nk"
+        store = StoreClient(self.bus.nc, timeout=10.0)
+        try:
+            users = ok_answer(await store.ask(NatsUsersList(), NatsUsers), "list the agent keys")
+            known = {u.public_key for u in users.users if u.tenant == tenant}
+            if not (seed_file.exists() and nats_auth.public_key_of(seed_file.read_text()) in known):
+                made = ok_answer(
+                    await store.ask(
+                        AgentCredentialsCreate(tenant=tenant, name="dev-stack", actor="trellis dev stack"),
+                        AgentCredentials,
+                    ),
+                    f"make tenant {tenant}'s agent credentials",
+                )
+                write_private(seed_file, made.seed + "\n")
+                users = ok_answer(await store.ask(NatsUsersList(), NatsUsers), "list the agent keys")
+        finally:
+            await store.close()
+        self._nats.write_authorization([(u.tenant, u.public_key) for u in users.users])
+        self._nats.reload()
+        agent_settings = msgspec.structs.replace(self.settings, nats_nkey_seed_file=str(seed_file))
+        await self._wait_known(agent_settings, subjects.inbox_prefix(tenant))
+        return agent_settings
+
+    @staticmethod
+    async def _wait_known(settings: Settings, inbox_prefix: str, within: float = 15.0) -> None:
+        """nats-server reloads on its own time: wait until the agent's key connects."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                bus = await Bus.connect(settings, name="agent-probe", inbox_prefix=inbox_prefix)
+            except (BusUnavailable, nats.errors.Error):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            await bus.close()
+            return
+
+    async def _supervise(self, name: str, serve: Service, settings: Settings, inbox_prefix: str = "") -> None:
         """Run one service on its own connection; a crash is logged and the service restarted."""
         assert self.bus is not None
         while not self._stop.is_set():
-            bus = await Bus.connect(self.settings, name=name)
+            bus = await Bus.connect(settings, name=name, inbox_prefix=inbox_prefix)
             try:
-                await serve(bus, self.settings, self._stop)
+                await serve(bus, settings, self._stop)
             except Exception:
                 log.exception("service_crashed", service=name)
                 with contextlib.suppress(TimeoutError):

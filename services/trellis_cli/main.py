@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.runs_cmd",
     "trellis_cli.approve_cmd",
     "trellis_cli.keys_cmd",
+    "trellis_cli.tenant_cmd",
 )
 
 

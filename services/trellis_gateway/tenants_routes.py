@@ -9,6 +9,7 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from trellis_core.bus import ensure_work_stream
 from trellis_core.subjects import RESERVED_TENANTS
 from trellis_gateway.auth import bearer_token
 from trellis_gateway.context import (
@@ -23,6 +24,8 @@ from trellis_gateway.context import (
     sha256_hex,
 )
 from trellis_store.api import (
+    AgentCredentials,
+    AgentCredentialsCreate,
     AuditEntries,
     AuditList,
     IssuedToken,
@@ -50,12 +53,18 @@ class TenantBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class TenantCreated(msgspec.Struct, frozen=True, kw_only=True):
-    """The tenant and its first admin token: shown once, stored only as its SHA-256."""
+    """The tenant, its first admin token (shown once, stored only as its SHA-256) and its first
+    agent credentials (the nkey seed shown once, only its public key stored)."""
 
     name: str
     token: str
     user: str
     role: Role
+    agent: AgentCredentials
+
+
+class AgentCredentialsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, description="which cluster or pool")] = "agent"
 
 
 class TokenBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -100,8 +109,39 @@ async def create_tenant(request: web.Request) -> web.Response:
         raise ApiProblem(422, "Unprocessable Content", f"tenant name {body.name!r} is reserved", path="name")
     gateway = request.app[GATEWAY]
     issued = ok(await gateway.store.ask(TenantCreate(name=body.name, admin_user=body.admin_user), IssuedToken))
-    created = TenantCreated(name=body.name, token=issued.token, user=issued.user, role=issued.role)
+    # Its agents bind consumers on its own work stream and may not create one: the control plane does.
+    await ensure_work_stream(gateway.bus, body.name)
+    agent = ok(
+        await gateway.store.ask(
+            AgentCredentialsCreate(tenant=body.name, name="agent", actor="platform-admin"), AgentCredentials
+        )
+    )
+    created = TenantCreated(name=body.name, token=issued.token, user=issued.user, role=issued.role, agent=agent)
     return json_response(created, status=201, headers={"Location": f"/v1/tenants/{body.name}"})
+
+
+@endpoint(
+    routes,
+    "POST",
+    "/v1/tenants/{tenant}/agent-credentials",
+    summary="New agent credentials for the tenant's agents (its admin); the nkey seed is shown once",
+    body=AgentCredentialsBody,
+    response=AgentCredentials,
+    status=201,
+    role="admin",
+)
+async def create_agent_credentials(request: web.Request) -> web.Response:
+    who = require(request, "admin")
+    tenant = request.match_info["tenant"]
+    if tenant != who.tenant:
+        raise ApiProblem(403, "Forbidden", f"this token is tenant {who.tenant!r}'s, not {tenant!r}'s")
+    body = await read_body(request, AgentCredentialsBody)
+    gateway = request.app[GATEWAY]
+    await ensure_work_stream(gateway.bus, tenant)
+    made = ok(
+        await gateway.store.ask(AgentCredentialsCreate(tenant=tenant, name=body.name, actor=who.user), AgentCredentials)
+    )
+    return json_response(made, status=201)
 
 
 @endpoint(

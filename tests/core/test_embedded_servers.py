@@ -100,3 +100,49 @@ def test_stop_sends_no_signal_to_a_server_already_gone(tmp_path: Path) -> None:
     server.proc.wait(10)
     server.stop()
     assert server.proc is None
+
+
+def test_secure_mode_runs_from_a_generated_config_that_reloads(tmp_path: Path) -> None:
+    """Secure mode: nats-server reads the generated config (its authorization in an include, the
+    control plane's seed 0600 beside it); no credentials, no connection; a new user after a
+    reload connects, and reloading a stopped server is an error saying so."""
+    import asyncio
+
+    import nats
+    import nats.errors
+
+    from trellis_core import nats_auth
+
+    server = EmbeddedNats(tmp_path / "nats", secure=True)
+    server.start()
+    try:
+        for private in (server.control_seed_file, server.auth_file, server.config_file):
+            assert private.stat().st_mode & 0o777 == 0o600, private
+        assert server.pid_file.read_text().strip() == str(server.proc.pid if server.proc else "")
+
+        async def connect(seed_file: Path | None) -> bool:
+            try:
+                nc = await nats.connect(
+                    servers=[server.url], nkeys_seed=str(seed_file) if seed_file else None,
+                    allow_reconnect=False, connect_timeout=3,
+                )
+            except (nats.errors.Error, OSError):
+                return False
+            await nc.close()
+            return True
+
+        seed, public = nats_auth.new_user_seed()
+        (tmp_path / "agent.nk").write_text(seed)
+        assert asyncio.run(connect(None)) is False
+        assert asyncio.run(connect(server.control_seed_file)) is True
+        assert asyncio.run(connect(tmp_path / "agent.nk")) is False
+        server.write_authorization([("acme", public)])
+        server.reload()
+        deadline = time.monotonic() + 10
+        while not asyncio.run(connect(tmp_path / "agent.nk")):
+            assert time.monotonic() < deadline, "the reloaded server never knew the new user"
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    with pytest.raises(EmbeddedServerError, match="not running: nothing to reload"):
+        server.reload()
