@@ -32,7 +32,7 @@ from trellis_core.events import (
     decode_run_event,
 )
 from trellis_core.logs import get_logger
-from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, ok, principal
+from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, masked, ok, principal
 from trellis_gateway.runs_routes import run_of
 from trellis_gateway.stream_limits import RETRY_AFTER_SECONDS
 from trellis_store.api import MASK, LogChunkRow, LogChunks, LogsGet, RunDetail
@@ -65,9 +65,10 @@ def last_event_id(request: web.Request) -> int:
 
 
 def sse_frame(data: bytes, *, event: str = "", id_: int | None = None) -> bytes:
-    """One SSE message; `data` is one line of JSON (it holds no raw newline)."""
+    """One SSE message; `data` is one line of JSON (it holds no raw newline). Every frame is made
+    here, so this is where its sealed tokens are masked (`context.masked`)."""
     head = (f"id: {id_}\n" if id_ is not None else "") + (f"event: {event}\n" if event else "")
-    return head.encode() + b"data: " + data + b"\n\n"
+    return head.encode() + b"data: " + masked(data) + b"\n\n"
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
@@ -310,13 +311,13 @@ async def _text_logs(request: web.Request, run: RunDetail, activity: str) -> web
             )
         )
         text = "".join(lines.add(chunk) for chunk in page.chunks)
-        if text and not await _write(response, text.encode()):
+        if text and not await _write(response, masked(text.encode())):
             return response
         if len(page.chunks) < LOG_PAGE:
             break
         after = page.chunks[-1].position
     if rest := lines.flush():
-        await _write(response, rest.encode())
+        await _write(response, masked(rest.encode()))
     with contextlib.suppress(ConnectionError, RuntimeError):
         await response.write_eof()
     return response
@@ -324,15 +325,21 @@ async def _text_logs(request: web.Request, run: RunDetail, activity: str) -> web
 
 class LineJoiner:
     """Log chunks in, whole lines out: `id | line` when prefixed (`id#N` for attempts after the
-    first), as `trellis logs` prints them."""
+    first), as `trellis logs` prints them; unprefixed, the text as it is, held back to its last
+    line end. Whole lines only, because a chunk may end inside a sealed token (which holds no
+    newline) and only a whole token is masked."""
 
     def __init__(self, *, prefixed: bool) -> None:
         self.prefixed = prefixed
         self._partial: dict[tuple[str, int], str] = {}
+        self._tail = ""
 
     def add(self, chunk: LogChunkRow) -> str:
         if not self.prefixed:
-            return chunk.data
+            text = self._tail + chunk.data
+            cut = text.rfind("\n") + 1
+            self._tail = text[cut:]
+            return text[:cut]
         key = (chunk.activity_id, chunk.attempt)
         *whole, partial = (self._partial.pop(key, "") + chunk.data).split("\n")
         if partial:
@@ -340,8 +347,9 @@ class LineJoiner:
         return "".join(f"{self._label(key)} | {line}\n" for line in whole)
 
     def flush(self) -> str:
-        rest = "".join(f"{self._label(key)} | {line}\n" for key, line in self._partial.items())
+        rest = self._tail + "".join(f"{self._label(key)} | {line}\n" for key, line in self._partial.items())
         self._partial.clear()
+        self._tail = ""
         return rest
 
     @staticmethod
