@@ -5,6 +5,7 @@ masked, and a run request never goes out with a sensitive variable the store ans
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from trellis_core.settings import Settings
 from trellis_gateway.context import ApiProblem, json_response, masked
 from trellis_gateway.environments_routes import clear_in_answer, clear_sensitive
 from trellis_gateway.launch import require_sealed
-from trellis_gateway.streams import LineJoiner, sse_frame
+from trellis_gateway.streams import CutTokens, LineJoiner, sse_frame
 from trellis_store.api import AuditRecord, Environment, LogChunkRow, Ok, TemplateBundle, TemplateRef
 
 SAY = "resource/hello/task/say"
@@ -88,6 +89,26 @@ def test_unprefixed_logs_hold_a_token_cut_between_chunks_until_its_line_ends() -
         assert_clean("the joined log", shown)
 
 
+def test_a_token_cut_between_live_chunks_is_masked_wherever_the_cut_falls() -> None:
+    token = sealed.MasterKeyring(sealed.new_master_key()).for_tenant("acme").seal(SECRET)
+    payload = token.rsplit(":", 1)[1].removesuffix("]]")
+    text = f"dsn postgres://app:{token}@db [[not a token]] end"
+    for first in range(1, len(text) - 1):
+        for second in (first + 1, first + 7, first + 30):
+            cut = CutTokens()
+            pieces = [text[:first], text[first:second], text[second:]]
+            shown = "".join(cut.data(("a", 1), piece) for piece in pieces)
+            # A cut inside `[[trellis-sealed:` shows the marker's start, which went out before its end came.
+            shown_marker = re.fullmatch(r"dsn postgres://app:(\[\[?[a-z-]*)?\*{8}@db \[\[not a token\]\] end", shown)
+            assert shown_marker is not None, (first, second, pieces, shown)
+            assert "trellis-sealed:" not in shown
+            assert payload[:8] not in shown
+    other = CutTokens()  # attempts are apart: one's cut token is not another's
+    assert other.data(("a", 1), token[:40]) == "********"
+    assert other.data(("a", 2), "]] x") == "]] x"
+    assert other.data(("a", 1), token[40:] + " y") == " y"
+
+
 # ---- every answer of a real gateway -------------------------------------------------------------
 
 
@@ -112,7 +133,7 @@ async def test_no_answer_or_frame_holds_a_token_or_a_sensitive_value(api: Api, b
     outputs = {"password": {"value": token, "sensitive": True}, "url": {"value": dsn, "sensitive": False}}
     now = datetime.now(UTC)
     line = f"connecting to {dsn} as app\n"
-    chunks = [line[:30], line[30:60], line[60:]]  # the token is cut between chunks
+    chunks = [line[:35], line[35:60], line[60:]]  # the token is cut between chunks
     for n, data in enumerate(chunks):
         chunk = ActivityLogChunk(
             tenant=api.tenant, run_id=run_id, activity_id=SAY, attempt=1, sequence=n, data=data, occurred_at=now
