@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from trellis_cli.gateway_client import GatewayClient, gateway_settings
+from trellis_cli.run_progress import for_display
 from trellis_core.errors import ConfigError, TrellisError
 from trellis_core.settings import Settings
 
@@ -58,9 +59,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def output_lines(outputs: dict[str, dict[str, Any]], indent: str) -> list[str]:
-    """`resource.name = value` for each output (the API already masks sensitive ones)."""
+    """`resource.name = value` for each output, sensitive ones and sealed tokens `********` (the
+    gateway masks them already; what is printed does not depend on it)."""
     lines = []
-    for resource, named in sorted(outputs.items()):
+    for resource, named in sorted(for_display(outputs).items()):
         for key, output in sorted(named.items()):
             value = output.get("value") if isinstance(output, dict) else output
             lines.append(f"{indent}{resource}.{key} = {value}")
@@ -68,14 +70,17 @@ def output_lines(outputs: dict[str, dict[str, Any]], indent: str) -> list[str]:
 
 
 def show(command: str, path: str, type_: type[T], describe: Callable[[T], str], as_json: bool) -> int:
-    """`trellis ... show`: the object at `path` described, or its JSON as the API answered it."""
+    """`trellis ... show`: the object at `path` described, or its JSON as the API answered it;
+    either way with sensitive outputs and sealed tokens `********` (`for_display`)."""
 
     async def work(gw: GatewayClient, settings: Settings) -> int:
         if as_json:
-            print(msgspec.json.format(await gw.raw(path), indent=2).decode())
+            document = for_display(msgspec.json.decode(await gw.raw(path)))
+            print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
             return 0
         value, _ = await gw.call("GET", path, type_)
-        print(describe(value))
+        shown = msgspec.json.decode(msgspec.json.encode(for_display(msgspec.to_builtins(value))), type=type_)
+        print(describe(shown))
         return 0
 
     return run_on_gateway(command, work)

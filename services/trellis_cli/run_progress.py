@@ -1,5 +1,9 @@
 """What `trellis run` shows: a run's events folded into a per-activity view at O(1) an event,
-drawn as at most a screenful of rows a refresh, and one JSON document or a summary at the end."""
+drawn as at most a screenful of rows a refresh, and one JSON document or a summary at the end.
+
+Nothing secret is shown: what is folded in is masked as it comes (`for_display`): the value of
+every output marked sensitive, and every sealed token anywhere (outputs, reasons, log lines, a
+log line's unfinished end), read `********`, in the live view, the summary and `--json` alike."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from trellis_core import sealed
 from trellis_core.events import (
     ActivityCancelled,
     ActivityCompleted,
@@ -51,7 +56,8 @@ STYLES = {
 ACTIVE = frozenset({"dispatched", "running", "waiting", "retrying"})
 FAILED = frozenset({"failed", "timed_out"})
 ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "skipped"})
-MASK = "********"
+MASK = sealed.MASK
+_TOKEN_START = "[[trellis-sealed:"
 LOG_TAIL_LINES = 20
 REFRESH_SECONDS = 0.25  # the live table is redrawn at most this often, whatever the event rate
 MIN_ROWS = 10
@@ -77,8 +83,8 @@ class ActivityView(msgspec.Struct, kw_only=True):
         return f"{self.status} (tolerated)" if tolerated else self.status
 
     def log_lines(self) -> list[str]:
-        """The last lines of the newest attempt's log (already masked by the agent)."""
-        lines = list(self.log_tail) + ([self.log_partial] if self.log_partial else [])
+        """The last lines of the newest attempt's log (secrets masked by the agent, tokens here)."""
+        lines = list(self.log_tail) + ([unfinished_line(self.log_partial)] if self.log_partial else [])
         return lines[-LOG_TAIL_LINES:]
 
     def add_log(self, chunk: ActivityLogChunk) -> list[str]:
@@ -89,6 +95,7 @@ class ActivityView(msgspec.Struct, kw_only=True):
             self.log_attempt, self.log_partial = chunk.attempt, ""
             self.log_tail.clear()
         *lines, self.log_partial = (self.log_partial + chunk.data).split("\n")
+        lines = [sealed.mask_tokens(line) for line in lines]
         self.log_tail.extend(lines)
         return lines
 
@@ -119,7 +126,7 @@ class RunView(msgspec.Struct, kw_only=True):
     def apply(self, event: Event) -> None:
         if isinstance(event, RunCompiled):
             self.status = "compiled"
-            self.warnings = list(event.workflow.warnings)
+            self.warnings = [sealed.mask_tokens(w) for w in event.workflow.warnings]
             self.activities = [
                 ActivityView(id=a.id, tolerated=a.on_failure == "continue") for a in event.workflow.activities
             ]
@@ -127,15 +134,16 @@ class RunView(msgspec.Struct, kw_only=True):
             self.counts = {"pending": len(self.activities)}
         elif isinstance(event, RunRejected):
             self.status = "rejected"
-            self.errors = [str(p) for p in event.errors]
-            self.warnings = [str(p) for p in event.warnings]
+            self.errors = [sealed.mask_tokens(str(p)) for p in event.errors]
+            self.warnings = [sealed.mask_tokens(str(p)) for p in event.warnings]
         elif isinstance(event, RunQueued):
-            self.status, self.queued_reason = "queued", event.reason
+            self.status, self.queued_reason = "queued", sealed.mask_tokens(event.reason)
         elif isinstance(event, RunStarted):
             self.status, self.started_at = "running", event.occurred_at
         elif isinstance(event, RunCompleted):
-            self.status, self.message, self.finished_at = event.status, event.message, event.occurred_at
-            self.outputs = event.outputs
+            self.status, self.finished_at = event.status, event.occurred_at
+            self.message = sealed.mask_tokens(event.message)
+            self.outputs = for_display(event.outputs)
             for a in self.activities:
                 if a.status in ("pending", "dispatched"):
                     self._set(a, "skipped" if a.status == "pending" else "cancelled")
@@ -173,19 +181,44 @@ class RunView(msgspec.Struct, kw_only=True):
             return  # the attempt has its verdict: a cancel confirmed after a timeout stays timed_out
         elif isinstance(event, ActivityCompleted):
             self._set(view, "succeeded")
-            view.finished_at, view.outputs = event.occurred_at, event.outputs
+            view.finished_at, view.outputs = event.occurred_at, for_display(event.outputs)
         elif isinstance(event, ActivityFailed | ActivityTimedOut | ActivityLost):
             self._set(view, _failure_status(event))
             view.finished_at = event.occurred_at
-            view.message = _failure_message(event)
+            view.message = sealed.mask_tokens(_failure_message(event))
         elif isinstance(event, ActivityCancelled):
             self._set(view, "cancelled")
-            view.finished_at, view.message = event.occurred_at, event.reason
+            view.finished_at, view.message = event.occurred_at, sealed.mask_tokens(event.reason)
         elif isinstance(event, ApprovalRequested):
             self._set(view, "waiting")
         elif isinstance(event, ApprovalDecided):
             self._set(view, "succeeded" if event.decision == "approved" else "failed")
             view.finished_at = event.occurred_at
+
+
+def for_display(value: Any) -> Any:
+    """`value` (JSON-like: outputs, a run, an environment) as people may see it: the value of
+    every output marked sensitive (`{"value": ..., "sensitive": true}`, at any depth) and every
+    sealed token anywhere read `********`."""
+    if isinstance(value, dict):
+        if value.get("sensitive") is True and "value" in value:
+            value = {**value, "value": MASK}
+        return {sealed.mask_tokens(k): for_display(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [for_display(v) for v in value]
+    return sealed.mask_tokens(value)
+
+
+def unfinished_line(text: str) -> str:
+    """A line whose end has not come yet, tokens masked, and a token it ends inside (the rest of
+    it still to come) masked too: a piece of one is not shown either."""
+    text = sealed.mask_tokens(text)
+    start = text.rfind(_TOKEN_START[:2])
+    if start != -1 and _TOKEN_START.startswith(text[start:][: len(_TOKEN_START)]) and "]]" not in text[start:]:
+        return text[:start] + MASK
+    if text.endswith("["):
+        return text[:-1]
+    return text
 
 
 def _failure_status(event: ActivityFailed | ActivityTimedOut | ActivityLost) -> str:
@@ -258,10 +291,10 @@ def progress_text(view: RunView, now: datetime, max_rows: int = 40) -> Text:
 
 
 def shown(output: Any) -> Any:
-    """An output's value for people: masked when the tool marked it sensitive."""
+    """An output's value for people: masked when the tool marked it sensitive, tokens masked."""
     if isinstance(output, dict) and "value" in output:
-        return MASK if output.get("sensitive") else output["value"]
-    return output
+        return MASK if output.get("sensitive") else for_display(output["value"])
+    return for_display(output)
 
 
 def outputs_table(view: RunView) -> Table:
@@ -295,8 +328,7 @@ def failures_text(view: RunView) -> Text:
 def as_json(view: RunView) -> bytes:
     """The `--json` document: run status, warnings, and per activity status, times, attempts,
     outputs and the last lines of its log."""
-    masked = {r: {k: {**o, "value": MASK} if isinstance(o, dict) and o.get("sensitive") else o
-                  for k, o in outs.items()} for r, outs in view.outputs.items()}  # fmt: skip
+    masked = for_display(view.outputs)  # folded in masked already; the document is the last line of defence
     document = {
         "run_id": view.run_id,
         "environment": view.environment,
@@ -316,7 +348,7 @@ def as_json(view: RunView) -> bytes:
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
                 "message": a.message,
-                "outputs": a.outputs,
+                "outputs": for_display(a.outputs),
                 "log_tail": a.log_lines(),
             }
             for a in view.activities

@@ -6,8 +6,17 @@ Either way the decision is an `ApprovalDecided` on the run's subject for the app
 decided_by "callback" or the user. Its dedupe id is per activity attempt, so of two racing
 decisions JetStream keeps the first and the second is answered 409.
 
+Who decides with a bearer token: when the hook lists approvers (`ApprovalSpec.approvers`, kept on
+the approval row), only a token whose user is listed (compared case-insensitively, any role: a
+listed viewer may decide; an operator or admin not listed may not, 403). When it lists none, any
+operator or admin of the run's tenant (a viewer: 403). Another tenant's run or approval is 404.
+
 Callback refusals: a malformed token or a bad signature is 404 (nothing says a token exists),
 an expired token or one of an earlier attempt is 410 Gone, a token used before is 409.
+
+Every refusal of a caller who is known (a bearer token's user, or a callback whose signature
+holds: actor "callback") is kept in the audit trail of the caller's tenant as `approval.refused`
+with the run, the activity and why; a callback that proves nothing is only logged.
 """
 
 from __future__ import annotations
@@ -99,22 +108,25 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
     claims = callbacks.verify(gateway.callback_key, request.match_info["token"], datetime.now(UTC))
     if isinstance(claims, str):
         status, title = (410, "Gone") if claims.endswith("expired") else (404, "Not Found")
+        log.info("approval_callback_refused", why=claims, remote=remote(request))
         raise ApiProblem(status, title, claims)
     # Everything that can refuse comes before redeeming: a bad body, or an approval decided, expired
     # or of a later attempt, does not use the token up.
     body = await read_body(request, DecisionBody)
+    refused = Refusal(gateway, request, claims.tenant, CALLBACK_ACTOR, claims.run_id, claims.activity_id, body)
     approval = await gateway.store.ask(
         ApprovalGet(tenant=claims.tenant, run_id=claims.run_id, activity_id=claims.activity_id), Approval
     )
     if isinstance(approval, Approval):  # not found yet: the token is signed proof; the store may lag
-        _check_open(approval, claims.attempt)
+        if problem := _not_open(approval, claims.attempt):
+            raise await refused(problem)
     elif approval.code != "not_found":
         ok(approval)
     redeemed = await gateway.store.ask(
         CallbackRedeem(tenant=claims.tenant, token_id=claims.token_id, expires_at=claims.expires_at), Redeemed
     )
     if isinstance(redeemed, StoreError) and redeemed.code == "conflict":
-        raise ApiProblem(409, "Conflict", "this callback URL has been used already")
+        raise await refused(ApiProblem(409, "Conflict", "this callback URL has been used already"))
     ok(redeemed)
     decided = ApprovalDecided(
         tenant=claims.tenant,
@@ -131,18 +143,50 @@ async def callback_decision(request: web.Request) -> web.StreamResponse:
     return _answer(decided)
 
 
-def _check_open(approval: Approval, attempt: int | None = None) -> None:
+class Refusal:
+    """Refusing one decision: `await refused(problem)` keeps it in the audit trail (actor, run,
+    activity, the decision asked for and why) and answers the problem to raise."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: web.Request,
+        tenant: str,
+        actor: str,
+        run_id: str,
+        activity: str,
+        body: DecisionBody,
+    ) -> None:
+        self.gateway, self.request, self.tenant, self.actor = gateway, request, tenant, actor
+        self.run_id, self.activity, self.body = run_id, activity, body
+
+    async def __call__(self, problem: ApiProblem, attempt: int | None = None) -> ApiProblem:
+        why = problem.problem.detail
+        detail: dict[str, object] = {"activity": self.activity, "decision": _decision(self.body), "why": why}
+        if attempt is not None:
+            detail["attempt"] = attempt
+        detail["status"] = problem.problem.status
+        where = remote(self.request)
+        await audit(self.gateway, self.tenant, self.actor, "approval.refused", self.run_id, detail, where)
+        log.info(
+            "approval_refused", tenant=self.tenant, run=self.run_id, activity=self.activity, actor=self.actor, why=why
+        )
+        return problem
+
+
+def _not_open(approval: Approval, attempt: int | None = None) -> ApiProblem | None:
     """409 if decided or expired, 410 if the token is of an earlier attempt than the one waiting."""
     if approval.decision:
-        raise ApiProblem(
+        return ApiProblem(
             409, "Conflict", f"approval {approval.activity_id} was {approval.decision} by {approval.decided_by or '?'}"
         )
     if approval.expires_at is not None and approval.expires_at <= datetime.now(UTC):
-        raise ApiProblem(
+        return ApiProblem(
             409, "Conflict", f"approval {approval.activity_id} expired at {approval.expires_at.isoformat()}"
         )
     if attempt is not None and attempt < approval.attempt:
-        raise ApiProblem(410, "Gone", f"this callback is for attempt {attempt}; attempt {approval.attempt} waits now")
+        return ApiProblem(410, "Gone", f"this callback is for attempt {attempt}; attempt {approval.attempt} waits now")
+    return None
 
 
 def may_decide(who: Principal, approval: Approval) -> str:
@@ -177,16 +221,18 @@ async def bearer_decision(request: web.Request) -> web.StreamResponse:
     except TrellisError:
         raise ApiProblem(404, "Not Found", f"run {run_id} has no approval {activity!r}", path="activity") from None
     body = await read_body(request, DecisionBody)
-    approval = ok(
-        await gateway.store.ask(ApprovalGet(tenant=who.tenant, run_id=run_id, activity_id=activity), Approval)
-    )
-    refusal = may_decide(who, approval)
-    if refusal:
-        detail = {"activity": activity, "attempt": approval.attempt, "decision": _decision(body), "why": refusal}
-        await audit(gateway, who.tenant, who.user, "approval.refused", run_id, detail, remote(request))
-        log.info("approval_refused", tenant=who.tenant, run=run_id, activity=activity, user=who.user)
-        raise ApiProblem(403, "Forbidden", refusal)
-    _check_open(approval)
+    refused = Refusal(gateway, request, who.tenant, who.user, run_id, activity, body)
+    approval = await gateway.store.ask(ApprovalGet(tenant=who.tenant, run_id=run_id, activity_id=activity), Approval)
+    if isinstance(approval, StoreError):
+        if approval.code != "not_found":
+            ok(approval)
+        # Another tenant's run is absent: the refusal is kept in the caller's own tenant's trail.
+        raise await refused(ApiProblem(404, "Not Found", f"run {run_id} has no approval {activity!r} waiting"))
+    why = may_decide(who, approval)
+    if why:
+        raise await refused(ApiProblem(403, "Forbidden", why), approval.attempt)
+    if problem := _not_open(approval):
+        raise await refused(problem, approval.attempt)
     decided = ApprovalDecided(
         tenant=who.tenant,
         run_id=run_id,

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from trellis_core import sealed
 from trellis_core.bus import Bus
 from trellis_core.callbacks import key_bytes
 from trellis_core.events import Problem
@@ -116,9 +117,23 @@ class ApiProblem(web.HTTPException):
         self.problem_headers = dict(headers or {})
 
 
+# `sealed.TOKEN_PATTERN` over the encoded bytes: a token is ASCII that JSON never escapes, so its
+# JSON form is the token itself and one substitution over the body masks every one, wherever it is
+# (a variable, an output, a rendered string, an audit detail, a store answer passed on as is).
+_TOKEN_BYTES = re.compile(sealed.TOKEN_PATTERN.pattern.encode())
+_TOKEN_START = b"[[trellis-sealed:"
+_MASK_BYTES = sealed.MASK.encode()
+
+
+def masked(body: bytes) -> bytes:
+    """`body` with every sealed token read `********`: what every answer and SSE frame goes through.
+    Tokens are ciphertext, not secrets, but no display needs them and none shows them."""
+    return _TOKEN_BYTES.sub(_MASK_BYTES, body) if _TOKEN_START in body else body
+
+
 def problem_response(problem: ProblemDetail, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=problem.status, body=msgspec.json.encode(problem), content_type=PROBLEM_JSON, headers=headers
+        status=problem.status, body=masked(msgspec.json.encode(problem)), content_type=PROBLEM_JSON, headers=headers
     )
 
 
@@ -239,9 +254,15 @@ async def record(request: web.Request, entry: AuditRecord) -> None:
 
 
 def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=msgspec.json.encode(value), content_type="application/json", headers=headers
-    )
+    """`value` as JSON, every sealed token in it masked (the one place answers are encoded)."""
+    return json_body_response(msgspec.json.encode(value), status=status, headers=headers)
+
+
+def json_body_response(
+    body: bytes | memoryview, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """JSON already encoded (a store answer passed on as is), every sealed token in it masked."""
+    return web.Response(status=status, body=masked(bytes(body)), content_type="application/json", headers=headers)
 
 
 # ---- the endpoint registry (OpenAPI) ----------------------------------------------------------

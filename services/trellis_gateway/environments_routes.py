@@ -5,13 +5,15 @@ secret of an environment's webhook trigger."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, NamedTuple
 
 import msgspec
 from aiohttp import web
 
+from trellis_core import sealed
 from trellis_core.events import Problem, SourceFile
+from trellis_core.logs import get_logger
 from trellis_gateway.context import (
     GATEWAY,
     ApiProblem,
@@ -59,6 +61,7 @@ from trellis_templates.scope import resolve_variables
 from trellis_templates.validate import SourceDocument, read_leniently
 
 routes = web.RouteTableDef()
+log = get_logger("gateway.environments")
 
 NAME_PATH = "/v1/environments/{name}"
 _IF_MATCH = (("If-Match", "the ETag of the environment being updated (required to update; `*`: any)"),)
@@ -145,6 +148,30 @@ def check_environment(
     return Checked((), _sensitive(bundle, document, variables))
 
 
+def declared_sensitive(
+    sources: Sequence[SourceFile],
+    name: str,
+    template: TemplateRef,
+    variables: Mapping[str, str],
+    agents: Sequence[str] = (),
+) -> tuple[str, ...]:
+    """The names among `variables` that the bundle's templates declare sensitive, for environment
+    `name` as `check_environment` reads it (its published Environment document, else one made),
+    without compiling: what a launch checks is sealed before anything is published. Problems are
+    not reported here (the bundle was checked when published, the variables when PUT)."""
+    problems = Problems()
+    with gc_paused():
+        raws = [raw for f in sources for raw in load_text(f.text, f.path, problems, budget=Budget())]
+        docs, _ = read_leniently(raws, problems)
+    bundle: list[SourceDocument | EnvironmentDocument] = list(docs)
+    published = [d.document for d in docs if isinstance(d.document, EnvironmentDocument)]
+    document = next((d for d in published if d.metadata.name == name), None)
+    if document is None:
+        document = environment_document(name, template, agents)
+        bundle.append(document)
+    return _sensitive(bundle, document, variables)
+
+
 def _at_field(problem: Problem, variables: Mapping[str, str]) -> Problem:
     """The problem with `path` naming the request's field it is about."""
     named = _VARIABLE_NAMED.search(problem.message)
@@ -167,6 +194,29 @@ def _sensitive(
         return ()
     layered = resolve_variables(resolved, inputs=variables, info=RunInfo(action="deploy"), problems=problems)
     return tuple(sorted(name for name in variables if name in layered.sensitive))
+
+
+def clear_in_answer(answered: Mapping[str, str], given: Mapping[str, str], sensitive: Sequence[str]) -> str:
+    """Why the store's answer to a PUT is refused ("" if it is not): it holds a sensitive value
+    given in clear as it was given, where the store must have sealed it (a token, or masked)."""
+    leaked = sorted(
+        name
+        for name in sensitive
+        if given.get(name) and not sealed.is_token(given[name]) and answered.get(name) == given[name]
+    )
+    if not leaked:
+        return ""
+    return (
+        f"the state store answered the sensitive variable(s) {', '.join(leaked)} in clear instead of sealed: "
+        "it must seal every variable a template declares sensitive (is it a version from before sealed "
+        "tokens, or is TRELLIS_SEAL_KEY missing?); nothing was published"
+    )
+
+
+def clear_sensitive(variables: Mapping[str, str], sensitive: Iterable[str]) -> list[str]:
+    """The names among `sensitive` whose value in `variables` is not a sealed token (an empty
+    value holds nothing to seal): what must never go out in a run request."""
+    return sorted(name for name in set(sensitive) if variables.get(name, "") and not sealed.is_token(variables[name]))
 
 
 # ---- routes -------------------------------------------------------------------------------------
@@ -283,6 +333,10 @@ async def put_environment(request: web.Request) -> web.Response:
         remote=remote(request),
     )
     stored = ok(await gateway.store.ask(put, Environment))
+    refusal = clear_in_answer(stored.variables, body.variables, checked.sensitive)
+    if refusal:
+        log.error("sensitive_variable_stored_in_clear", tenant=who.tenant, environment=name, why=refusal)
+        raise ApiProblem(500, "Internal Server Error", f"environment {name}: {refusal}")
     status = 201 if existing is None else 200
     headers = {**etag_header(stored), "Location": f"/v1/environments/{name}"}
     return json_response(stored, status=status, headers=headers)

@@ -20,6 +20,7 @@ from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
 from trellis_core.workflow import Action
 from trellis_gateway.context import ApiProblem, Gateway, ok
+from trellis_gateway.environments_routes import clear_sensitive, declared_sensitive
 from trellis_store.api import (
     AuditRecord,
     Environment,
@@ -74,12 +75,13 @@ async def start_run(
         subjects.runs_requested(tenant)
     except TrellisError as exc:
         raise ApiProblem(422, "Unprocessable Content", str(exc), path="tenant") from None
-    env = ok(await gateway.store.ask(EnvironmentGet(tenant=tenant, name=environment, reveal=True), Environment))
+    env = ok(await gateway.store.ask(EnvironmentGet(tenant=tenant, name=environment), Environment))
     bundle = ok(
         await gateway.store.ask(
             TemplateBundleGet(tenant=tenant, name=env.template.name, version=env.template.version), TemplateBundle
         )
     )
+    require_sealed(tenant, env, bundle)
     created = ok(
         await gateway.store.ask(
             RunCreate(
@@ -108,6 +110,24 @@ async def start_run(
         await publish_request(gateway, request)
     log.info("run_started", tenant=tenant, run=created.run_id, environment=environment, created=created.created)
     return created
+
+
+def require_sealed(tenant: str, env: Environment, bundle: TemplateBundle) -> None:
+    """Refuse (500, before the run is recorded) an environment whose store answer holds a
+    sensitive variable in clear: the request would carry it onto the bus. Sensitive are the names
+    the store marks and those the templates declare, so a store that forgot to mark one is caught
+    too; their values must be the sealed tokens the store keeps (published as they are)."""
+    declared = declared_sensitive(bundle.sources, env.name, env.template, env.variables, env.agents)
+    clear = clear_sensitive(env.variables, {*env.sensitive, *declared})
+    if clear:
+        log.error("sensitive_variable_not_sealed", tenant=tenant, environment=env.name, variables=clear)
+        raise ApiProblem(
+            500,
+            "Internal Server Error",
+            f"environment {env.name}: the state store answered the sensitive variable(s) {', '.join(clear)} "
+            "not sealed (a sealed token is expected): no run request is published with a sensitive value in "
+            "clear. PUT the environment again once the store seals sensitive values (TRELLIS_SEAL_KEY).",
+        )
 
 
 async def _still_requested(gateway: Gateway, tenant: str, run_id: str) -> bool:

@@ -19,6 +19,7 @@ from trellis_gateway.context import (
     GATEWAY,
     ApiProblem,
     endpoint,
+    json_body_response,
     json_response,
     ok,
     query_int,
@@ -140,7 +141,7 @@ async def get_run(request: web.Request) -> web.StreamResponse:
     tenant = require(request, "viewer").tenant
     asked = RunGet(tenant=tenant, run_id=valid_run_id(request.match_info["run_id"]))
     body = ok(await request.app[GATEWAY].store.ask_raw(asked))
-    return web.Response(body=body, content_type="application/json")
+    return json_body_response(body)
 
 
 @endpoint(

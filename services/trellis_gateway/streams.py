@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.client import JetStreamContext
 
-from trellis_core import subjects
+from trellis_core import sealed, subjects
 from trellis_core.errors import TrellisError
 from trellis_core.events import (
     ActivityCompleted,
@@ -32,7 +32,7 @@ from trellis_core.events import (
     decode_run_event,
 )
 from trellis_core.logs import get_logger
-from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, ok, principal
+from trellis_gateway.context import GATEWAY, ApiProblem, endpoint, masked, ok, principal
 from trellis_gateway.runs_routes import run_of
 from trellis_gateway.stream_limits import RETRY_AFTER_SECONDS
 from trellis_store.api import MASK, LogChunkRow, LogChunks, LogsGet, RunDetail
@@ -65,9 +65,10 @@ def last_event_id(request: web.Request) -> int:
 
 
 def sse_frame(data: bytes, *, event: str = "", id_: int | None = None) -> bytes:
-    """One SSE message; `data` is one line of JSON (it holds no raw newline)."""
+    """One SSE message; `data` is one line of JSON (it holds no raw newline). Every frame is made
+    here, so this is where its sealed tokens are masked (`context.masked`)."""
     head = (f"id: {id_}\n" if id_ is not None else "") + (f"event: {event}\n" if event else "")
-    return head.encode() + b"data: " + data + b"\n\n"
+    return head.encode() + b"data: " + masked(data) + b"\n\n"
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
@@ -310,13 +311,13 @@ async def _text_logs(request: web.Request, run: RunDetail, activity: str) -> web
             )
         )
         text = "".join(lines.add(chunk) for chunk in page.chunks)
-        if text and not await _write(response, text.encode()):
+        if text and not await _write(response, masked(text.encode())):
             return response
         if len(page.chunks) < LOG_PAGE:
             break
         after = page.chunks[-1].position
     if rest := lines.flush():
-        await _write(response, rest.encode())
+        await _write(response, masked(rest.encode()))
     with contextlib.suppress(ConnectionError, RuntimeError):
         await response.write_eof()
     return response
@@ -324,15 +325,21 @@ async def _text_logs(request: web.Request, run: RunDetail, activity: str) -> web
 
 class LineJoiner:
     """Log chunks in, whole lines out: `id | line` when prefixed (`id#N` for attempts after the
-    first), as `trellis logs` prints them."""
+    first), as `trellis logs` prints them; unprefixed, the text as it is, held back to its last
+    line end. Whole lines only, because a chunk may end inside a sealed token (which holds no
+    newline) and only a whole token is masked."""
 
     def __init__(self, *, prefixed: bool) -> None:
         self.prefixed = prefixed
         self._partial: dict[tuple[str, int], str] = {}
+        self._tail = ""
 
     def add(self, chunk: LogChunkRow) -> str:
         if not self.prefixed:
-            return chunk.data
+            text = self._tail + chunk.data
+            cut = text.rfind("\n") + 1
+            self._tail = text[cut:]
+            return text[:cut]
         key = (chunk.activity_id, chunk.attempt)
         *whole, partial = (self._partial.pop(key, "") + chunk.data).split("\n")
         if partial:
@@ -340,8 +347,9 @@ class LineJoiner:
         return "".join(f"{self._label(key)} | {line}\n" for line in whole)
 
     def flush(self) -> str:
-        rest = "".join(f"{self._label(key)} | {line}\n" for key, line in self._partial.items())
+        rest = self._tail + "".join(f"{self._label(key)} | {line}\n" for key, line in self._partial.items())
         self._partial.clear()
+        self._tail = ""
         return rest
 
     @staticmethod
@@ -349,9 +357,57 @@ class LineJoiner:
         return key[0] + (f"#{key[1]}" if key[1] > 1 else "")
 
 
-def log_data(chunk: ActivityLogChunk) -> bytes:
+def log_data(chunk: ActivityLogChunk, data: str | None = None) -> bytes:
+    """The chunk's SSE data: its fields, with `data` as given (its tokens masked) if it is."""
     fields = ("activity_id", "attempt", "sequence", "stream", "data", "occurred_at")
-    return msgspec.json.encode({name: getattr(chunk, name) for name in fields})
+    document: dict[str, Any] = {name: getattr(chunk, name) for name in fields}
+    if data is not None:
+        document["data"] = data
+    return msgspec.json.encode(document)
+
+
+class CutTokens:
+    """Masks a sealed token that live log chunks cut in two, which `masked` cannot see whole:
+    the head of one at a chunk's end reads `********` and its rest at the start of the next chunk
+    of the same activity attempt is dropped (through its `]]`), also when the cut falls inside
+    `[[trellis-sealed:` itself. Chunks of an attempt come in order on one stream; a client that
+    resumes in the middle of a token sees the rest of its ciphertext, which opens nothing."""
+
+    MARKER = "[[trellis-sealed:"
+
+    def __init__(self) -> None:
+        self._inside: dict[tuple[str, int], bool] = {}  # the last chunk ended inside a token
+        self._prefix: dict[tuple[str, int], int] = {}  # ... or with this many characters of MARKER
+        self._half_closed: dict[tuple[str, int], bool] = {}  # ... inside one, with its first `]`
+
+    def data(self, key: tuple[str, int], text: str) -> str:
+        inside, prefix = self._inside.pop(key, False), self._prefix.pop(key, 0)
+        head = ""
+        if prefix and not inside and self.MARKER[prefix:].startswith(text[: len(self.MARKER) - prefix]):
+            inside = len(text) >= len(self.MARKER) - prefix or "]]" in text
+            if not inside:  # still only a longer piece of the marker
+                self._prefix[key] = prefix + len(text)
+                return text
+            head = sealed.MASK  # the marker's start went out as text: the token reads ******** here
+        if inside:
+            half_closed = self._half_closed.pop(key, False)  # the last chunk ended with the first `]`
+            end = -1 if half_closed and text.startswith("]") else text.find("]]")
+            if end == -1 and not (half_closed and text.startswith("]")):
+                self._inside[key] = True
+                self._half_closed[key] = text.endswith("]") or (half_closed and not text)
+                return head
+            text = head + text[end + 2 :]
+        text = sealed.mask_tokens(text)
+        start = text.rfind(self.MARKER)
+        if start != -1 and "]]" not in text[start:]:
+            self._inside[key] = True
+            self._half_closed[key] = text.endswith("]")
+            return text[:start] + sealed.MASK
+        for length in range(min(len(self.MARKER) - 1, len(text)), 0, -1):
+            if text.endswith(self.MARKER[:length]):
+                self._prefix[key] = length
+                break
+        return text
 
 
 async def _live_logs(request: web.Request, run: RunDetail, activity: str) -> web.StreamResponse:
@@ -400,6 +456,7 @@ async def _live_logs(request: web.Request, run: RunDetail, activity: str) -> web
 async def _send_logs(
     response: web.StreamResponse, messages: AsyncIterator[Msg | None], sub: Any, ended: asyncio.Future[str]
 ) -> None:
+    cut = CutTokens()
     async for msg in messages:
         if msg is None:
             if ended.done() and await _drained(sub):
@@ -408,7 +465,9 @@ async def _send_logs(
             continue
         seq = msg.metadata.sequence.stream
         try:
-            frame = sse_frame(log_data(_decode_log(msg.data)), event="log", id_=seq)
+            chunk = _decode_log(msg.data)
+            data = cut.data((chunk.activity_id, chunk.attempt), chunk.data)
+            frame = sse_frame(log_data(chunk, data), event="log", id_=seq)
         except (msgspec.DecodeError, msgspec.ValidationError):
             frame = f"id: {seq}\n\n".encode()
         if not await _write(response, frame):

@@ -156,3 +156,70 @@ def test_on_a_terminal_the_screen_redraws_at_most_once_a_refresh_interval_whatev
     last = console.file.getvalue().split("deploy dev — run r1")[-1]
     assert "1000/1000 done: 1000 succeeded" in last
     assert last.count("task/make") <= 30
+
+
+# ---- nothing secret is shown --------------------------------------------------------------------
+
+SECRET = "hunter2-the-db-password"
+
+
+def _token(secret: str = SECRET) -> str:
+    from trellis_core import sealed
+
+    return sealed.MasterKeyring(sealed.new_master_key()).for_tenant("acme").seal(secret)
+
+
+def test_tokens_and_sensitive_outputs_show_masked_in_the_view_the_summary_and_the_json_document() -> None:
+    from trellis_cli.run_progress import print_summary
+    from trellis_core.events import RunCompleted
+
+    token = _token()
+    dsn = f"postgres://app:{token}@db"
+    outputs = {"password": {"value": SECRET, "sensitive": True}, "url": {"value": dsn, "sensitive": False},
+               "raw": token, "nested": {"inner": {"value": SECRET, "sensitive": True}}}  # fmt: skip
+    view = _view("a", "b", warnings=(f"variable dsn is {dsn}",))
+    for a in ("a", "b"):
+        view.apply(ActivityDispatched(activity_id=a, attempt=1, pool="default", **IDS))
+        view.apply(ActivityStarted(activity_id=a, attempt=1, agent="ag", **IDS))
+    lines = view.add_log(_log("a", 1, 0, f"connect {dsn[:25]}")) + view.add_log(_log("a", 1, 1, f"{dsn[25:]} ok\n"))
+    assert lines == ["connect postgres://app:********@db ok"]
+    view.add_log(_log("b", 1, 0, f"ends inside {token[:30]}"))  # the rest of the token has not come
+    assert view.by_id["b"].log_lines() == ["ends inside ********"]
+    view.apply(ActivityCompleted(activity_id="a", attempt=1, outputs=outputs, **IDS))
+    view.apply(ActivityFailed(activity_id="b", attempt=1, reason=f"could not reach {dsn}", **IDS))
+    view.apply(RunCompleted(status="failed", message=f"b failed on {dsn}", outputs={"db": outputs}, **IDS))
+
+    document = as_json(view).decode()
+    out = io.StringIO()
+    console = Console(file=out, width=300, force_terminal=False)
+    print_summary(console, view)
+    screen = io.StringIO()
+    Console(file=screen, width=300).print(progress_text(view, datetime.now(UTC)))
+    for what, text in (("--json", document), ("summary", out.getvalue()), ("view", screen.getvalue())):
+        assert SECRET not in text, (what, text)
+        assert "[[trellis-sealed:" not in text, (what, text)
+        assert "trellis-sealed" not in text, (what, text)
+    parsed = json.loads(document)
+    shown = {
+        "password": {"value": "********", "sensitive": True},
+        "url": {"value": "postgres://app:********@db", "sensitive": False},
+        "raw": "********",
+        "nested": {"inner": {"value": "********", "sensitive": True}},
+    }
+    assert parsed["outputs"] == {"db": shown}
+    assert next(a for a in parsed["activities"] if a["id"] == "a")["outputs"] == shown
+    assert parsed["message"] == "b failed on postgres://app:********@db"
+    assert parsed["warnings"] == ["variable dsn is postgres://app:********@db"]
+    assert "could not reach postgres://app:********@db" in out.getvalue()
+    assert "postgres://app:********@db" in out.getvalue()  # the outputs table
+
+
+def test_follow_prints_log_lines_with_tokens_masked() -> None:
+    token = _token()
+    view = _view("a")
+    out = io.StringIO()
+    screen = Screen(Console(file=out, width=300), view, follow=True, as_document=False)
+    screen.log(_log("a", 1, 0, f"token {token[:10]}"))
+    screen.log(_log("a", 1, 1, f"{token[10:]} done\n"))
+    assert "a | token ******** done" in out.getvalue()
+    assert "trellis-sealed" not in out.getvalue()

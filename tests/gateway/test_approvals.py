@@ -133,8 +133,13 @@ async def test_a_listed_approver_decides_with_a_bearer_token_and_others_are_refu
         assert "approved" in again["detail"]
     audit = await api.gateway.store.ask(AuditList(tenant=api.tenant), AuditEntries)
     assert isinstance(audit, AuditEntries)
-    refusals = [e for e in audit.entries if e.action == "approval.refused"]
-    assert [(e.actor, e.target, e.detail["activity"]) for e in refusals] == [("oli@example.com", run_id, GATE)]
+    refusals = [(e.actor, e.target, e.detail["activity"], e.detail["status"]) for e in audit.entries
+                if e.action == "approval.refused"]  # fmt: skip
+    assert sorted(refusals) == [
+        ("Lee@Example.com", run_id, GATE, 409),  # decided already
+        ("ada@example.com", run_id, "resource/nope", 404),
+        ("oli@example.com", run_id, GATE, 403),
+    ]
     assert any(e.action == "approval.decided" and e.actor == "Lee@Example.com" for e in audit.entries)
 
 
@@ -227,3 +232,42 @@ async def test_a_refused_decision_does_not_use_the_callback_token_up(
         assert not isinstance(claims, str), claims
         redeem = CallbackRedeem(tenant=api.tenant, token_id=claims.token_id, expires_at=claims.expires_at)
         assert isinstance(await api.gateway.store.ask(redeem, Redeemed), Redeemed)
+
+
+async def test_only_a_listed_approver_decides_whatever_the_role_of_others_and_every_refusal_is_audited(
+    api: Api, bus: Bus, settings: Settings, tmp_path: Path
+) -> None:
+    """An admin not listed is refused (403, naming why), as is a token of another tenant (404:
+    the run is absent there); each refusal is in the refused caller's own tenant's audit trail,
+    with the run, the activity and why. A listed viewer decides."""
+    from trellis_store.api import AuditEntries, AuditList, IssuedToken, TenantCreate
+
+    await api.environment("web", gated("lee@example.com, ada@elsewhere.example"), "gated-stack")
+    stranger_tenant = f"{api.tenant}-x"
+    stranger = await api.gateway.store.ask(
+        TenantCreate(name=stranger_tenant, admin_user="lee@example.com"), IssuedToken
+    )
+    assert isinstance(stranger, IssuedToken), stranger
+    api.tokens["stranger"] = stranger.token  # listed user's name, another tenant's token
+    api.tokens["lee"] = await api.token("viewer", "lee@example.com")
+    path = f"/v1/runs/{{}}/approvals/{GATE}"
+    async with running_services(bus, settings, api.tenant, tmp_path):
+        run_id = await api.start("web")
+        await waiting_approval(api, run_id)
+        body = {"decision": "approve"}
+        admin = await api.json("POST", path.format(run_id), status=403, who="admin", json=body)
+        assert admin["detail"] == f"ada@example.com is not among the approvers of {GATE}"
+        absent = await api.json("POST", path.format(run_id), status=404, who="stranger", json=body)
+        assert run_id in absent["detail"]
+        decided = await api.json("POST", path.format(run_id), status=200, who="lee", json=body)
+        assert decided["decided_by"] == "lee@example.com"
+        events = await api.events(run_id)
+    assert events[-1].json()["status"] == "succeeded"
+    for tenant, actor, status in ((api.tenant, "ada@example.com", 403), (stranger_tenant, "lee@example.com", 404)):
+        audit = await api.gateway.store.ask(AuditList(tenant=tenant), AuditEntries)
+        assert isinstance(audit, AuditEntries)
+        [refusal] = [e for e in audit.entries if e.action == "approval.refused"]
+        assert (refusal.actor, refusal.target, refusal.detail["activity"]) == (actor, run_id, GATE)
+        assert refusal.detail["status"] == status
+        assert refusal.detail["why"]
+        assert refusal.detail["decision"] == "approved"
