@@ -295,6 +295,13 @@ def test_no_sensitive_value_is_kept_or_shown_in_clear_anywhere(stack: Stack) -> 
     scan.text("trellis dev up stdout (the services' log output)", stack.out.read_text())
     scan.text("trellis dev up stderr (the services' log output)", stack.err.read_text())
     assert "postgres_started" in stack.err.read_text() + stack.out.read_text()  # the services' logs were there
+    # What the stack left on disk besides the servers' own data (read above through their APIs):
+    # the agent's workspaces (an attempt's inputs file holding a secret is removed after it).
+    data = stack.root / "data"
+    kept = [f for f in data.rglob("*") if f.is_file() and f.relative_to(data).parts[0] not in ("nats", "postgres")]
+    assert any("agent" in f.relative_to(data).parts[0] for f in kept), kept
+    for file in kept:
+        scan.data(f"file {file.relative_to(stack.root)}", file.read_bytes())
 
     if scan.findings:  # pytest.fail: no assertion rewriting that could print a secret's value
         pytest.fail(scan.report(), pytrace=False)
