@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nkeys  # type: ignore[import-untyped]  # no stubs; pyproject's list would be the better home
+import nkeys
 
 from trellis_core import subjects
 from trellis_core.errors import TrellisError
@@ -40,7 +40,6 @@ def agent_permissions(tenant: str) -> Permissions:
     events = subjects.STREAM_EVENTS
     publish = [
         f"{subjects.PREFIX}.{t}.>",  # events, logs, work replies, key requests, dead letters
-        f"{subjects.DEADLETTER_PREFIX}.{subjects.PREFIX}.{t}.>",
         "$JS.API.INFO",
         # its work stream: bind / create its durable consumers, pull, acknowledge
         f"$JS.API.STREAM.INFO.{work}",

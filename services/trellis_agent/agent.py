@@ -62,6 +62,7 @@ from trellis_agent.executors.router import Router
 from trellis_agent.guard import guard_agent_process
 from trellis_agent.janitor import prune
 from trellis_agent.runner import ActivityRun
+from trellis_agent.secrets import AgentKeys, nats_request
 from trellis_core import subjects
 from trellis_core.bus import Bus, get_bundle
 from trellis_core.consume import PermanentError, Settling, Slots, decode_error, fetch_loop, settle
@@ -111,6 +112,7 @@ class Agent:
         self._slots = Slots(config.concurrency)  # a slot freed twice raises
         self._settling = Settling(max_deliver=MAX_DELIVER, backoff=(2.0,), park=self._park, log=self.log)
         self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
+        self.keys = AgentKeys(config.tenant, nats_request(bus.nc))  # asked only when work holds a token
 
     @property
     def pool_durable(self) -> str:
@@ -280,6 +282,7 @@ class Agent:
             config=self.config,
             data_dir=self.data_dir,
             on_started=on_started,
+            keys=self.keys,
         )
         if run.key in self.running:  # a redelivery of what we already run
             with contextlib.suppress(nats.errors.Error):

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 
 from trellis_core.errors import ConfigError
-from trellis_store.sealing import new_key
+from trellis_core.sealed import new_master_key
 
 FILE_NAME = "credentials.json"
 
@@ -30,7 +30,7 @@ _decode = msgspec.json.Decoder(Credentials).decode
 
 def generate() -> Credentials:
     return Credentials(
-        seal_key=new_key(),
+        seal_key=new_master_key(),
         callback_key=secrets.token_urlsafe(48),
         admin_token="trellis-admin-" + secrets.token_urlsafe(32),
     )

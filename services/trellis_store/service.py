@@ -18,6 +18,7 @@ from trellis_core.errors import ConfigError
 from trellis_core.logs import get_logger
 from trellis_core.sealed import MasterKeyring
 from trellis_core.settings import Settings
+from trellis_store import agent_keys
 from trellis_store.api import SUBJECT_PREFIX
 from trellis_store.context import StoreContext
 from trellis_store.handlers import UNAVAILABLE, handle
@@ -100,6 +101,7 @@ async def _serve(
     try:
         projection = Projection(bus, pool, settings, keyring, **(projection_options or {}))
         ctx = StoreContext(pool=pool, keyring=keyring, projection=projection, schema_version=schema_version)
+        await agent_keys.start(settings, pool)  # the nats-server authorization include, when configured
         async with asyncio.TaskGroup() as tasks:
             projecting = asyncio.Event()
             tasks.create_task(projection.run(stop, ready=projecting))

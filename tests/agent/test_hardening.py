@@ -20,7 +20,7 @@ from trellis_agent.executors.base import Workspace, execute, with_default_timeou
 from trellis_agent.executors.docker import DockerExecutor, create_body
 from trellis_agent.executors.kubernetes_manifests import PodNames, build_pod
 from trellis_agent.guard import credentials_in_environment
-from trellis_core.bus import Bus
+from trellis_core.bus import Bus, ensure_work_stream
 from trellis_core.errors import ConfigError
 from trellis_core.events import ActivityCompleted, ActivityFailed
 from trellis_core.workflow import ApprovalSpec, ContainerSpec, FunctionSpec
@@ -156,6 +156,7 @@ async def test_a_process_activity_cannot_read_the_agents_credentials_from_its_pa
         'for p in $PPID $grand; do echo "== $p"; tr "\\0" "\\n" < /proc/$p/environ; done; env'
     )
     work = work_item(shell(script), tenant=unique)
+    await ensure_work_stream(bus, unique)
     async with recording(bus, unique) as rec:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", AGENT_MAIN, "agent", "--tenant", unique, "--pool", "default", env=env

@@ -219,7 +219,8 @@ def test_trellis_run_prints_each_failure_with_its_log_tail_the_timeout_and_every
     assert "warning:" in out
     assert "mixed.yaml:47:22:spec.variables[0].name:variable'colour'isnotdeclaredbyanytemplate" in unwrapped
     failure = out.index("resource/broken/task/boom failed (tolerated): exited with code 3\n")
-    assert out.index("  | disk on fire, key ***\n", failure) < out.index("resource/slow/task/nap timed_out", failure)
+    masked_line = out.index("  | disk on fire, key ********\n", failure)
+    assert masked_line < out.index("resource/slow/task/nap timed_out", failure)
     assert "s3cr3t-value" not in out
     assert "resource/slow/task/nap timed_out: timed out after 1s\n" in out
     assert "hello from chatty" not in out  # a succeeded activity's log shows only with --follow
@@ -231,14 +232,14 @@ def test_trellis_run_follow_streams_prefixed_lines_and_json_carries_log_tails(st
     done = _trellis_run(stack_dir, *args)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "resource/chatty/task/hello | hello from chatty\n" in done.stderr
-    assert "resource/broken/task/boom | disk on fire, key ***\n" in done.stderr
+    assert "resource/broken/task/boom | disk on fire, key ********\n" in done.stderr
     document = json.loads(done.stdout)
     [warning] = document["warnings"]
     assert warning.endswith(
         "mixed.yaml:47:22: spec.variables[0].name: variable 'colour' is not declared by any template"
     )
     activities = {a["id"]: a for a in document["activities"]}
-    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire, key ***"]
+    assert activities["resource/broken/task/boom"]["log_tail"] == ["step one", "disk on fire, key ********"]
     assert activities["resource/chatty/task/hello"]["log_tail"] == ["hello from chatty", "bye"]
     assert "s3cr3t-value" not in done.stdout + done.stderr
     assert activities["resource/slow/task/nap"]["status"] == "timed_out"

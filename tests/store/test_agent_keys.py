@@ -15,6 +15,7 @@ import pytest
 
 from trellis_core import nats_auth, subjects
 from trellis_core.embedded import EmbeddedNats
+from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.settings import Settings
 from trellis_store import agent_keys
 from trellis_store.api import (
@@ -27,7 +28,6 @@ from trellis_store.api import (
 )
 from trellis_store.context import StoreContext
 from trellis_store.migrate import migrate
-from trellis_store.sealing import Sealer, new_key
 
 
 class Progress:
@@ -45,7 +45,7 @@ class Progress:
 async def ctx(database_url: str) -> AsyncIterator[StoreContext]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     await migrate(pool)
-    yield StoreContext(pool=pool, sealer=Sealer(new_key()), projection=Progress(), schema_version=4)
+    yield StoreContext(pool=pool, keyring=MasterKeyring(new_master_key()), projection=Progress(), schema_version=4)
     await pool.close()
 
 
