@@ -59,8 +59,20 @@ def agent_permissions(tenant: str) -> Permissions:
         # would name no tenant)
         f"$JS.API.CONSUMER.CREATE.{events}.*.{subjects.PREFIX}.{t}.>",
     ]
+    # What only the control plane says about a tenant's runs, never its agents (which run the
+    # tenant's own code): decisions on approvals, run requests and lifecycle, dispatches, work
+    # items and cancel commands. An agent publishes activity ends, heartbeats, approval requests,
+    # logs, its dead letters and its key requests.
+    control_only = [
+        f"{subjects.PREFIX}.{t}.run.*.approval.decided",
+        f"{subjects.PREFIX}.{t}.run.*.run.>",
+        f"{subjects.PREFIX}.{t}.run.*.activity.dispatched",
+        f"{subjects.PREFIX}.{t}.runs.>",
+        f"{subjects.PREFIX}.{t}.work.>",
+        f"{subjects.PREFIX}.{t}.control.>",
+    ]
     return {
-        "publish": {"allow": publish},
+        "publish": {"allow": publish, "deny": control_only},
         "subscribe": {
             "allow": [f"{subjects.PREFIX}.{t}.>", f"{inbox}.>"],
             # an agent asks for its keys; it must never be the one answering

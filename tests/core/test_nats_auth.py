@@ -6,7 +6,6 @@ asserts on the permissions violation it reports."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -118,10 +117,6 @@ async def control(secure_nats: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Bu
         await bus.js.stream_info(subjects.STREAM_EVENTS)
     except nats.js.errors.NotFoundError:  # the first test on this server: make the shared streams
         await bus.ensure_streams()
-        # The shared work stream predates per-tenant ones; where ensure_streams still makes it, it
-        # overlaps every TRELLIS_WORK_<t> (the bus-topology change drops it there).
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await bus.js.delete_stream(subjects.STREAM_WORK)
     yield bus
     await bus.close()
 
@@ -249,6 +244,24 @@ async def test_a_forged_event_on_b_subject_is_refused_by_the_server(
     with pytest.raises(nats.errors.TimeoutError):
         await agent.nc.jetstream(timeout=0.5).publish(subjects.logs(b, "r1", "x"), b"forged")
     for subject in (f"$KV.{subjects.KV_RUN_STATE}.{b}.r1", "$JS.ACK.TRELLIS_EVENTS.c.1.1.1.1.1.0"):
+        await agent.nc.publish(subject, b"forged")  # a KV write, an ack on someone's consumer
+        await agent.violation(f'Publish to "{subject}"')
+
+
+async def test_a_cannot_decide_its_own_approvals_or_speak_for_the_control_plane(
+    tenants: tuple[str, str, Agent], control: Bus
+) -> None:
+    """The agent runs the tenant's own code: a script holding its credentials may not approve
+    its run, request or complete runs, dispatch work or cancel activities."""
+    a, _, agent = tenants
+    for subject in (
+        subjects.run_event(a, "r1", "approval.decided"),
+        subjects.run_event(a, "r1", "run.completed"),
+        subjects.run_event(a, "r1", "activity.dispatched"),
+        subjects.runs_requested(a),
+        subjects.work(a, "default"),
+        subjects.control(a, "default"),
+    ):
         await agent.nc.publish(subject, b"forged")  # a KV write, an ack on someone's consumer
         await agent.violation(f'Publish to "{subject}"')
 

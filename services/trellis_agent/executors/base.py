@@ -183,7 +183,8 @@ def trellis_env(work: WorkItem, inputs: str, outputs: str) -> dict[str, str]:
 
 def read_outputs(workspace: Workspace, files: AttemptFiles) -> dict[str, Any] | Outcome:
     """The JSON object a command wrote to `$TRELLIS_OUTPUTS` ({} if none), or a failed Outcome
-    (also when that file is a symlink or lies beyond one: it is not read)."""
+    (also when that file is a symlink or lies beyond one: it is not read). The file is removed
+    once read."""
     limit = workspace_files.MAX_READ_BYTES
     try:
         data = workspace_files.read_file(workspace.root, files.outputs_rel, limit + 1)
@@ -191,6 +192,10 @@ def read_outputs(workspace: Workspace, files: AttemptFiles) -> dict[str, Any] | 
         return Outcome.failed(f"$TRELLIS_OUTPUTS: {exc}", retryable=False)
     if data is None:
         return {}
+    # Consumed: the outputs travel on in the activity's end event (sensitive ones sealed), and the
+    # file would keep a sensitive output in clear in the workspace until the janitor prunes it.
+    with contextlib.suppress(workspace_files.UnsafePath, OSError):
+        workspace_files.remove_file(workspace.root, files.outputs_rel)
     if len(data) > limit:
         return Outcome.failed(f"$TRELLIS_OUTPUTS is larger than {limit} bytes", retryable=False)
     return parse_outputs(data.decode(errors="replace"), where="$TRELLIS_OUTPUTS")
