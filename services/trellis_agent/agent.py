@@ -112,7 +112,11 @@ class Agent:
         self._slots = Slots(config.concurrency)  # a slot freed twice raises
         self._settling = Settling(max_deliver=MAX_DELIVER, backoff=(2.0,), park=self._park, log=self.log)
         self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
-        self.keys = AgentKeys(config.tenant, nats_request(bus.nc))  # asked only when work holds a token
+        self.keys = AgentKeys(config.tenant, self._keys_request)  # asked only when work holds a token
+
+    async def _keys_request(self, subject: str, payload: bytes, wait: float) -> bytes:
+        """The keys request over this agent's connection, looked up when first asked."""
+        return await nats_request(self.bus.nc)(subject, payload, wait)
 
     @property
     def pool_durable(self) -> str:
