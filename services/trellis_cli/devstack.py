@@ -216,6 +216,7 @@ class DevStack:
             self.settings = self._with_credentials(self.settings, base, gateway="gateway" in services)
         self.bus = await Bus.connect(self.settings, name="devstack")
         await self.bus.ensure_streams()
+        await ensure_work_stream(self.bus, self.settings.tenant)  # its agent binds at once
         if "agent" in services:
             self._reaper = Reaper(base / "agent")
             self._reaper.start()
@@ -226,12 +227,10 @@ class DevStack:
                 self._start_service(name, serve, self.settings)
         if "store" in services:
             await self._bootstrap_tenant(base)
-        if self.secure:
-            await ensure_work_stream(self.bus, self.settings.tenant)
-            if "agent" in services and "store" in services:
-                agent_settings = await self._agent_credentials(base)
-                prefix = subjects.inbox_prefix(self.settings.tenant)
-                self._start_service("agent", services["agent"], agent_settings, prefix)
+        if self.secure and "agent" in services and "store" in services:
+            agent_settings = await self._agent_credentials(base)
+            prefix = subjects.inbox_prefix(self.settings.tenant)
+            self._start_service("agent", services["agent"], agent_settings, prefix)
         if "gateway" in services:
             await wait_for_gateway(self.settings.gateway_url)
             self._publish(self.settings.nats_url, self.settings.gateway_url)

@@ -34,7 +34,7 @@ async def test_dev_up_starts_every_service_serves_a_run_and_stops_cleanly_on_ctr
         nc = await nats.connect(nats_url)
         streams = {s.config.name for s in await nc.jetstream().streams_info()}
         await nc.close()
-        assert {"TRELLIS_RUNS", "TRELLIS_EVENTS", "TRELLIS_WORK", "TRELLIS_LOGS"} <= streams
+        assert {"TRELLIS_RUNS", "TRELLIS_EVENTS", "TRELLIS_WORK_default", "TRELLIS_LOGS"} <= streams
         # Its compiler, scheduler and agent serve a run submitted from another process.
         run = subprocess.run(
             trellis("run", str(DEMO), "--environment", "demo", "--json"),
