@@ -206,7 +206,7 @@ async def test_an_output_the_tool_marked_sensitive_leaves_sealed(
 ) -> None:
     outputs = {
         "db_password": {"value": "tool-made-secret", "sensitive": True, "type": "string"},
-        "port": {"value": 5432, "sensitive": False, "type": "number"},
+        "port": {"value": 6543, "sensitive": False, "type": "number"},
         "keys": {"value": ["a1", "b2"], "sensitive": True},
     }
     script = f"printf '%s' '{json.dumps(outputs)}' > \"$TRELLIS_OUTPUTS\""

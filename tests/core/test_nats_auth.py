@@ -64,11 +64,11 @@ def test_the_rendered_authorization_holds_every_user_and_its_permissions() -> No
     assert f'nkey: "{control}"' in text
     assert f'nkey: "{agent}"' in text
     assert '"$JS.ACK.TRELLIS_WORK_acme.>"' in text
-    config = nats_auth.render_config(4222, "/data/js", "auth.conf", pid_file="/data/pid")
-    assert 'listen: "127.0.0.1:4222"' in config
+    config = nats_auth.render_config(14222, "/data/js", "auth.conf", pid_file="/data/pid")
+    assert 'listen: "127.0.0.1:14222"' in config
     assert 'include "auth.conf"' in config
     with pytest.raises(nats_auth.NatsAuthError, match="inside the config file's folder"):
-        nats_auth.render_config(4222, "/data/js", "/etc/auth.conf")
+        nats_auth.render_config(14222, "/data/js", "/etc/auth.conf")
 
 
 # ---- on a real nats-server in secure mode ----------------------------------------------------
