@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from trellis_core.ids import uuid7
-from trellis_core.workflow import Action, Activity, Workflow
+from trellis_core.workflow import NO_PURPOSE, Action, Activity, RunPurpose, Workflow
 
 SCHEMA_VERSION = 1
 
@@ -106,6 +106,10 @@ class RunRequested(Event, frozen=True, kw_only=True, tag="run.requested"):
     variables: dict[str, str] = {}
     requested_by: str = ""
     files: tuple[BundleFile, ...] = ()  # the non-template files beside the templates
+    purpose: RunPurpose = NO_PURPOSE  # a day-2 action, a force-destroy or a drift check
+    # What started it, as templates read `trigger.*`: {"type": "api" | "webhook" | "schedule" | "cli",
+    # "payload": <the webhook's or API call's JSON body>, "schedule": <name>}; empty: not given.
+    trigger: dict[str, Any] = {}
 
 
 class RunCompiled(Event, frozen=True, kw_only=True, tag="run.compiled"):

@@ -162,6 +162,49 @@ class LastDeploy(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit
     outputs: dict[str, dict[str, Any]] = {}  # resource -> output -> {"value": ...}; a deploy's is left empty
 
 
+class RunPurpose(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """What a run is for beyond its action; empty: an ordinary deploy or destroy.
+
+    `day2_action`: a day-2 action of the template, run on the deployed environment (action
+    `deploy`) without redeploying it. `force`: a destroy that skips every hook and goes on past
+    failures. `drift`: a plan-only run (action `deploy`) that records whether the live
+    infrastructure differs from the state and changes nothing. At most one is set.
+    """
+
+    day2_action: str = ""
+    force: bool = False
+    drift: bool = False
+
+    @property
+    def label(self) -> str:
+        """As the state store keeps it (`runs.purpose`): "", "action:<name>", "force-destroy", "drift"."""
+        if self.day2_action:
+            return f"action:{self.day2_action}"
+        if self.force:
+            return "force-destroy"
+        return "drift" if self.drift else ""
+
+    @property
+    def ordinary(self) -> bool:
+        """An ordinary deploy or destroy (a force-destroy counts: it ends the environment too)."""
+        return not (self.day2_action or self.drift)
+
+    def problem(self, action: Action) -> str:
+        """Why this purpose cannot go with `action` ("" when it can)."""
+        chosen = [n for n, on in (("a day-2 action", bool(self.day2_action)), ("force", self.force),
+                                  ("drift", self.drift)) if on]
+        if len(chosen) > 1:
+            return f"a run is one of {' and '.join(chosen)}, not several"
+        if self.force and action != "destroy":
+            return "force applies to a destroy only"
+        if (self.day2_action or self.drift) and action != "deploy":
+            return f"{chosen[0]} runs with action deploy, not {action}"
+        return ""
+
+
+NO_PURPOSE = RunPurpose()
+
+
 class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     """The compiled DAG of one run, activities in a stable topological order."""
 
@@ -179,6 +222,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     # Set by the compiler service from the state store (None: no deploy recorded, or not asked);
     # the scheduler prefers what it saw itself since it started (see trellis_engine.transitions).
     last_deploy: LastDeploy | None = None
+    purpose: RunPurpose = NO_PURPOSE  # as the run request gave it
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

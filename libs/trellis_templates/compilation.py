@@ -51,4 +51,5 @@ def compile_environment(
         scope=planned.scope,
         # with a sealer, the request's variables as a later destroy may reuse them: sealed
         requested_variables=variables.inputs if info.seal is not None else {},
+        purpose=info.purpose,
     )

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from trellis_core.events import Problem, SourceFile
-from trellis_core.workflow import Action, Workflow
+from trellis_core.workflow import NO_PURPOSE, Action, RunPurpose, Workflow
 from trellis_templates import expressions
 from trellis_templates.bundle import Bundle
 from trellis_templates.compilation import RunInfo, compile_environment
@@ -59,6 +59,7 @@ def compile_bundle(
     strict_inputs: bool = False,
     unreadable: Unreadable = frozenset(),
     seal: Callable[[str], str] | None = None,
+    purpose: RunPurpose = NO_PURPOSE,
 ) -> CompileResult:
     """Compile the named Environment of the bundle for `action`.
 
@@ -81,7 +82,11 @@ def compile_bundle(
             require_inputs=require_inputs,
             strict_inputs=strict_inputs,
             seal=seal,
+            purpose=purpose,
         )
+        if why := purpose.problem(action):
+            problems.error(None, (), f"run request: {why}")
+            return _result(None, problems)
         found = bundle.environment(environment_name, problems)
         workflow = None
         if found is not None:

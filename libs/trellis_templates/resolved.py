@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trellis_core.workflow import Action
+from trellis_core.workflow import NO_PURPOSE, Action, RunPurpose
 from trellis_templates.bundle import Bundle
 from trellis_templates.checks import check_schedules, unique_names
 from trellis_templates.contexts import Attached, attach
@@ -29,6 +29,7 @@ class RunInfo:
     require_inputs: bool = True
     strict_inputs: bool = False  # a run variable no template declares is an error
     seal: Callable[[str], str] | None = None  # seals a sensitive value in clear (sealing.py); None: kept
+    purpose: RunPurpose = NO_PURPOSE  # a day-2 action, a force-destroy or a drift check
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import uuid
 from typing import Any
 
@@ -16,6 +17,10 @@ from trellis_cli.run_progress import RunView, Screen, print_summary
 from trellis_core.errors import ConfigError
 from trellis_core.settings import Settings
 from trellis_store.api import Environment, Environments, TemplateRef
+
+# Modules adding `trellis env` subcommands of their own: each has `register_env(sub)`, given the
+# `env` command's subparsers (day-2 actions, schedules and TTL, drift...).
+ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 NEEDS = "Works through the gateway: TRELLIS_GATEWAY_URL and TRELLIS_TOKEN (`trellis dev up` prints them)."
 
@@ -59,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         cmd.add_argument("--no-wait", action="store_true", help="print the run id and return at once")
         cmd.add_argument("--follow", "-f", action="store_true", help="stream every activity's log lines")
         cmd.set_defaults(func=_start, action=action)
+    for name in ENV_SUBCOMMAND_MODULES:
+        importlib.import_module(name).register_env(sub)
 
 
 def parse_template(text: str) -> TemplateRef:

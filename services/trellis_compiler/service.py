@@ -100,6 +100,8 @@ def compile_request(
             email_relay_url=email_relay_url,
             strict_inputs=True,  # a misspelt variable must not be dropped silently from a run
             seal=seal,
+            purpose=request.purpose,
+            trigger=request.trigger or None,
         )
     except Exception as exc:  # the compiler is pure: this is a bug, reported on the run
         log.exception("compiler_crashed", tenant=request.tenant, run=request.run_id)

@@ -10,6 +10,8 @@ first publish did land), so the bus stays the only way work reaches the compiler
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -18,7 +20,7 @@ from trellis_core.errors import TrellisError
 from trellis_core.events import RunRequested, SourceFile
 from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
-from trellis_core.workflow import Action
+from trellis_core.workflow import NO_PURPOSE, Action, RunPurpose
 from trellis_gateway.context import ApiProblem, Gateway, ok
 from trellis_gateway.environments_routes import clear_sensitive, declared_sensitive
 from trellis_store.api import (
@@ -42,15 +44,20 @@ log = get_logger("gateway.launch")
 GENERATED_ENVIRONMENT_PATH = "trellis-gateway/environment.yaml"  # the synthesized Environment document
 
 
-class _RequestDigest(msgspec.Struct, frozen=True, kw_only=True):
+class _RequestDigest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What makes two POSTs the same request (an idempotency key reused for another is refused)."""
 
     environment: str
     action: Action
+    purpose: RunPurpose = NO_PURPOSE
+    variables: dict[str, str] = {}
 
 
-def request_digest(environment: str, action: Action) -> str:
-    return hashlib.sha256(msgspec.json.encode(_RequestDigest(environment=environment, action=action))).hexdigest()
+def request_digest(
+    environment: str, action: Action, purpose: RunPurpose = NO_PURPOSE, variables: Mapping[str, str] | None = None
+) -> str:
+    digest = _RequestDigest(environment=environment, action=action, purpose=purpose, variables=dict(variables or {}))
+    return hashlib.sha256(msgspec.json.encode(digest)).hexdigest()
 
 
 def _actor(who: Principal | str) -> str:
@@ -66,10 +73,19 @@ async def start_run(
     *,
     idempotency_key: str = "",
     remote: str = "",
+    purpose: RunPurpose = NO_PURPOSE,
+    variables: Mapping[str, str] | None = None,
+    trigger: Mapping[str, Any] | None = None,
 ) -> RunCreated:
     """Record and publish a run of `environment` (the store audits `run.create`). Raises ApiProblem:
     404 unknown environment or template, 409 an idempotency key reused for another request, 413 a
-    bundle too large for the bus."""
+    bundle too large for the bus, 422 a purpose that does not go with the action.
+
+    `purpose`: a day-2 action, a force-destroy or a drift check (RunPurpose). `variables`: this
+    run's own values over the environment's stored ones (sensitive ones must be sealed tokens
+    already). `trigger`: what templates read as `trigger.*` (`{"type": ..., "payload": ...}`)."""
+    if why := purpose.problem(action):
+        raise ApiProblem(422, "Unprocessable Content", why, path="action")
     actor = _actor(principal_or_actor)
     try:
         subjects.runs_requested(tenant)
@@ -91,7 +107,8 @@ async def start_run(
                 action=action,
                 requested_by=actor,
                 idempotency_key=idempotency_key,
-                request_digest=request_digest(environment, action),
+                request_digest=request_digest(environment, action, purpose, variables),
+                purpose=purpose.label,
                 remote=remote,
             ),
             RunCreated,
@@ -103,8 +120,10 @@ async def start_run(
         environment=environment,
         action=action,
         sources=run_sources(env, bundle),
-        variables=env.variables,
+        variables={**env.variables, **(variables or {})},
         requested_by=actor,
+        purpose=purpose,
+        trigger=dict(trigger or {}),
     )
     if created.created or await _still_requested(gateway, tenant, created.run_id):
         await publish_request(gateway, request)

@@ -238,6 +238,7 @@ class RunCreate(_TenantRequest, frozen=True, kw_only=True, tag="run.create"):
     requested_by: str = ""
     idempotency_key: str = ""
     request_digest: str = ""  # sha256 of the request's body, to tell a retry from a different request
+    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift"
     remote: str = ""
 
 
@@ -283,6 +284,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str = ""
+    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift"
 
 
 class RunDetail(RunSummary, frozen=True, kw_only=True, omit_defaults=True):

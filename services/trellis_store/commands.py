@@ -380,7 +380,8 @@ async def run_create(ctx: StoreContext, req: RunCreate) -> RunCreated | StoreErr
                     return earlier
                 await conn.execute(
                     "INSERT INTO runs (tenant, run_id, environment, action, status, requested_by, requested_at, "
-                    "idempotency_key, request_digest) VALUES ($1, $2, $3, $4, 'requested', $5, now(), $6, $7)",
+                    "idempotency_key, request_digest, purpose) "
+                    "VALUES ($1, $2, $3, $4, 'requested', $5, now(), $6, $7, $8)",
                     req.tenant,
                     req.run_id,
                     req.environment,
@@ -388,8 +389,11 @@ async def run_create(ctx: StoreContext, req: RunCreate) -> RunCreated | StoreErr
                     req.requested_by,
                     req.idempotency_key or None,
                     req.request_digest,
+                    req.purpose,
                 )
                 detail = {"action": req.action, "run_id": req.run_id}
+                if req.purpose:
+                    detail["purpose"] = req.purpose
                 await audit(conn, req.tenant, req.requested_by, "run.create", req.environment, detail, req.remote)
         except asyncpg.UniqueViolationError as exc:
             if req.idempotency_key and exc.constraint_name == "runs_idempotency":

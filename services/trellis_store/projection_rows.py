@@ -71,10 +71,11 @@ ON CONFLICT DO NOTHING
 _NEWER = "r.status_seq < excluded.status_seq AND r.status NOT IN ('succeeded', 'failed', 'cancelled', 'rejected')"
 RUNS = f"""
 INSERT INTO runs AS r (tenant, run_id, environment, action, status, status_seq, requested_by, requested_at,
-                       started_at, finished_at, message, errors, outputs)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb)
+                       started_at, finished_at, message, errors, outputs, purpose)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13::jsonb, $14)
 ON CONFLICT (tenant, run_id) DO UPDATE SET
     environment  = CASE WHEN r.environment = '' THEN excluded.environment ELSE r.environment END,
+    purpose      = CASE WHEN r.purpose = '' THEN excluded.purpose ELSE r.purpose END,
     action       = CASE WHEN r.action = '' THEN excluded.action ELSE r.action END,
     requested_by = CASE WHEN r.requested_by = '' THEN excluded.requested_by ELSE r.requested_by END,
     requested_at = COALESCE(r.requested_at, excluded.requested_at),
@@ -198,6 +199,7 @@ UPDATE environments AS e SET
     deploy_seq = CASE WHEN {_D_NEWER} THEN r.status_seq ELSE e.deploy_seq END
 FROM runs AS r
 WHERE r.tenant = $1 AND r.run_id = $2 AND r.status IN ('succeeded', 'failed', 'cancelled', 'rejected')
+  AND r.purpose IN ('', 'force-destroy')
   AND e.tenant = r.tenant AND e.name = r.environment AND ({_E_NEWER} OR ({_D_NEWER}))
 """
 
@@ -246,11 +248,13 @@ class Batch:
         match event:
             case RunRequested():
                 self._run(event, seq, "requested", environment=event.environment, action=event.action,
-                          requested_by=event.requested_by, requested_at=event.occurred_at)
-                status = "deploying" if event.action == "deploy" else "destroying"
-                self.env_requested.append(
-                    (event.tenant, event.environment, status, seq, event.run_id, event.occurred_at)
-                )
+                          requested_by=event.requested_by, requested_at=event.occurred_at,
+                          purpose=event.purpose.label)
+                if event.purpose.ordinary:  # a day-2 action or a drift check leaves the status as it is
+                    status = "deploying" if event.action == "deploy" else "destroying"
+                    self.env_requested.append(
+                        (event.tenant, event.environment, status, seq, event.run_id, event.occurred_at)
+                    )
                 self.env_finished.add((event.tenant, event.run_id))
             case RunCompiled():
                 self._compiled(event, seq, workflow or event.workflow)
@@ -298,12 +302,12 @@ class Batch:
             (event.tenant, event.run_id, fields.get("environment", ""), fields.get("action", ""), status, seq,
              fields.get("requested_by", ""), fields.get("requested_at"), fields.get("started_at"),
              fields.get("finished_at"), fields.get("message", ""), fields.get("errors", "[]"),
-             fields.get("outputs", "{}"))
+             fields.get("outputs", "{}"), fields.get("purpose", ""))
         )
 
     def _compiled(self, event: RunCompiled, seq: int, workflow: Workflow) -> None:
         self._run(event, seq, "requested", environment=workflow.environment, action=workflow.action,
-                  requested_by=event.requested_by)
+                  requested_by=event.requested_by, purpose=workflow.purpose.label)
         variables = encode_json(workflow.requested_variables)  # sensitive ones: tokens (the compiler sealed them)
         self.workflows.append((event.tenant, event.run_id, encode_json(masked(workflow)), variables))
         acts = workflow.activities

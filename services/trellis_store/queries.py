@@ -170,7 +170,9 @@ async def webhook_resolve(ctx: StoreContext, req: WebhookResolve) -> WebhookTarg
     return WebhookTarget(tenant=row["tenant"], environment=row["name"])
 
 
-RUN_COLUMNS = "run_id, environment, action, status, requested_by, requested_at, started_at, finished_at, message"
+RUN_COLUMNS = (
+    "run_id, environment, action, status, requested_by, requested_at, started_at, finished_at, message, purpose"
+)
 
 # The whole activity list built by PostgreSQL as one JSON array in workflow order: one round
 # trip and one msgspec decode, however many activities (a 7,000-activity run stays fast).
@@ -195,6 +197,7 @@ def summary_fields(row: Any) -> dict[str, Any]:
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
         "message": row["message"],
+        "purpose": row["purpose"],
     }
 
 
