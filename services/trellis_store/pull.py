@@ -31,6 +31,8 @@ class BatchPull:
         self.msgs: list[Msg] = []
         self._want = 0
         self._ended = asyncio.Event()
+        self._ended.set()  # no request open yet
+        self._open_for = 0.0  # how long the last request may stay open at the server
         self._sub: Subscription | None = None
 
     async def start(self) -> BatchPull:
@@ -62,12 +64,21 @@ class BatchPull:
     async def _ask(self, request: dict[str, object], want: int, timeout: float) -> None:  # noqa: ASYNC109
         self._want = want
         self._ended = asyncio.Event()
+        self._open_for = timeout
         await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ended.wait(), timeout + 0.5)
 
     async def unsubscribe(self) -> None:
-        """Stop; messages taken but never handed out go back at once (nak), not after the ack wait."""
+        """Stop; messages taken but never handed out go back at once (nak), not after the ack wait.
+
+        A request still open at the server is waited out first (at most its expiry): on a loaded
+        machine its publish can leave the client after `fetch` gave up on it, and what it delivered
+        after the unsubscribe would reach no one and sit unacked for the whole ack wait."""
+        if not self._ended.is_set():
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.flush(timeout=2)  # the request has reached the server: its expiry runs
+                await asyncio.wait_for(self._ended.wait(), self._open_for + 0.5)
         leftover, self.msgs = self.msgs, []
         for msg in leftover:
             with contextlib.suppress(nats.errors.Error):
