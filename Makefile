@@ -38,9 +38,12 @@ demo: $(STAMP)
 	$(BIN)/trellis run examples/demo --environment demo
 	$(BIN)/trellis run examples/demo --environment demo --action destroy
 
-## test: the whole suite except the long fault-injection tests and benchmarks
+## test: the whole suite except the long fault-injection tests and benchmarks, in parallel workers
+# (pytest-xdist; each worker starts its own nats-server and PostgreSQL). The suite mostly waits on
+# servers and child processes, so more workers than CPUs still shortens it; TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PYTEST) -m "not slow and not bench" -q
+	$(PYTEST) -m "not slow and not bench" -q -n $(TEST_WORKERS)
 
 ## test-slow: the long fault-injection tests (CI runs them too)
 test-slow: $(STAMP)

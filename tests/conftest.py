@@ -32,9 +32,12 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _quiet_logs() -> None:
-    """Warnings and errors only, as JSON on stderr: what services print when configured."""
+def quiet_logs() -> Settings:
+    """Warnings and errors only, as JSON on stderr: what services print when configured. A test
+    that reconfigures logging restores these (tests import no conftest by name: with several
+    conftest modules, which one `import conftest` finds depends on what ran first)."""
     configure(QUIET_LOGS)
+    return QUIET_LOGS
 
 _names = itertools.count()
 

@@ -8,15 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import QUIET_LOGS
 from trellis_core.logs import configure, get_logger
 from trellis_core.settings import Settings
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
+def _restore_structlog(quiet_logs: Settings) -> Iterator[None]:
     yield
-    configure(QUIET_LOGS)
+    configure(quiet_logs)
 
 
 class _Tty(io.StringIO):

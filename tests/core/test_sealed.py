@@ -89,6 +89,7 @@ def test_key_material_travels_to_agents() -> None:
         (base64.b64encode(b"short").decode(), [], "32 bytes"),
         (new_master_key(), ["bad!"], "RETIRED \\(key 1\\)"),
     ],
+    ids=["unset", "not-base64", "too-short", "bad-retired"],  # stable ids: parallel workers must agree
 )
 def test_bad_master_keys_are_named(current: str, retired: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
