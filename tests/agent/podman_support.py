@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,30 +116,40 @@ def _busybox_tar(path: Path) -> None:
 @contextmanager
 def podman_service(workdir: Path) -> Iterator[str]:
     """Start the service; yield its socket path; stop it and remove its containers."""
+    # Podman refuses a runroot over 50 characters, and a pytest worker's temp dir is longer.
+    short = Path(tempfile.mkdtemp(prefix="trellis-podman-"))
+    try:
+        with _podman_service(workdir, short) as sock:
+            yield sock
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+@contextmanager
+def _podman_service(workdir: Path, short: Path) -> Iterator[str]:
     conf = workdir / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     env = {**os.environ, "CONTAINERS_CONF": str(conf)}
     base = [
         "podman",
         "--root", str(workdir / "storage"),
-        "--runroot", str(workdir / "run"),
+        "--runroot", str(short / "run"),
         "--storage-driver", "vfs",
     ]  # fmt: skip
     tar = workdir / "busybox.tar"
     _busybox_tar(tar)
-    subprocess.run([*base, "import", str(tar), IMAGE], env=env, check=True, capture_output=True, timeout=120)
     serve = 'CMD ["sh", "-c", "exec httpd -f -p ${PORT} -h /www"]'
-    subprocess.run(
-        [*base, "import", "--change", serve, str(tar), FUNCTION_IMAGE],
-        env=env, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+    for image, changes in ((IMAGE, []), (FUNCTION_IMAGE, ["--change", serve])):
+        imported = subprocess.run([*base, "import", *changes, str(tar), image], env=env, capture_output=True, timeout=120)
+        if imported.returncode != 0:
+            raise RuntimeError(f"podman import of {image} failed: {imported.stderr.decode(errors='replace')[-500:]}")
     smoke = subprocess.run([*base, "run", "--rm", IMAGE, "true"], env=env, capture_output=True, timeout=120)
     if smoke.returncode != 0:
         raise PodmanUnusable(
             "podman is installed but cannot run a container here (its network backend needs netavark, "
             f"aardvark-dns and iptables): {smoke.stderr.decode(errors='replace').strip()[-300:]}"
         )
-    sock = workdir / "podman.sock"
+    sock = short / "podman.sock"
     log = (workdir / "service.log").open("wb")
     service = subprocess.Popen(
         [*base, "system", "service", "--time=0", f"unix://{sock}"], env=env, stdout=log, stderr=log
