@@ -140,7 +140,8 @@ def _podman_service(workdir: Path, short: Path) -> Iterator[str]:
     _busybox_tar(tar)
     serve = 'CMD ["sh", "-c", "exec httpd -f -p ${PORT} -h /www"]'
     for image, changes in ((IMAGE, []), (FUNCTION_IMAGE, ["--change", serve])):
-        imported = subprocess.run([*base, "import", *changes, str(tar), image], env=env, capture_output=True, timeout=120)
+        command = [*base, "import", *changes, str(tar), image]
+        imported = subprocess.run(command, env=env, capture_output=True, timeout=120)
         if imported.returncode != 0:
             raise RuntimeError(f"podman import of {image} failed: {imported.stderr.decode(errors='replace')[-500:]}")
     smoke = subprocess.run([*base, "run", "--rm", IMAGE, "true"], env=env, capture_output=True, timeout=120)
