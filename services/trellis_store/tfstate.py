@@ -67,7 +67,9 @@ async def _run_refusal(conn: Any, tenant: str, environment: str, run_id: str) ->
         return error("forbidden", f"the state credential of run {run_id} is not for environment {environment!r}")
     if row["status"] in ENDED:
         at = row["finished_at"].isoformat() if row["finished_at"] else "an unknown time"
-        return error("forbidden", f"the state credential of run {run_id} is revoked: the run ended {row['status']} at {at}")
+        return error(
+            "forbidden", f"the state credential of run {run_id} is revoked: the run ended {row['status']} at {at}"
+        )
     return None
 
 
@@ -126,7 +128,9 @@ async def tfstate_get(ctx: StoreContext, req: TfStateGet) -> TfStateData | Store
     )
 
 
-async def _write(ctx: StoreContext, req: TfStatePut | TfStateDelete, state: bytes | None) -> TfStateWritten | StoreError:
+async def _write(
+    ctx: StoreContext, req: TfStatePut | TfStateDelete, state: bytes | None
+) -> TfStateWritten | StoreError:
     head = _StateHead()
     if state is not None:
         try:
@@ -248,8 +252,9 @@ async def tfstate_unlock(ctx: StoreContext, req: TfStateUnlock) -> TfStateWritte
 async def tfstate_show(ctx: StoreContext, req: TfStateShow) -> TfStateSummary | StoreError:
     async with ctx.pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT resource, serial, lineage, created_at, run_id, actor, deleted, coalesce(octet_length(state), 0) AS size "
-            "FROM tf_state WHERE tenant = $1 AND environment = $2 AND ($3 = '' OR resource = $3) "
+            "SELECT resource, serial, lineage, created_at, run_id, actor, deleted, "
+            "coalesce(octet_length(state), 0) AS size FROM tf_state "
+            "WHERE tenant = $1 AND environment = $2 AND ($3 = '' OR resource = $3) "
             "ORDER BY resource, id DESC",
             req.tenant,
             req.environment,
