@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from trellis_gateway.context import (
     GATEWAY,
     ApiProblem,
     endpoint,
+    has_nul,
     json_response,
     ok,
     read_body,
@@ -39,6 +41,7 @@ from trellis_store.api import (
     TfStateUnlock,
     TfStateWritten,
 )
+from trellis_store.context import ENVIRONMENT_NAME, TENANT_NAME
 
 log = get_logger("gateway.tfstate")
 routes = web.RouteTableDef()
@@ -48,6 +51,7 @@ routes = web.RouteTableDef()
 MAX_STATE_BYTES = 700 * 1024
 PROTOCOL_PATH = "/v1/tfstate/{tenant}/{environment}/{resource}"
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="trellis-state"'}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a resource's (DNS label) name, and more
 _info_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -86,6 +90,15 @@ def _scope(request: web.Request) -> tuple[str, str, str, str]:
     except ConfigError as exc:
         raise ApiProblem(503, "Service Unavailable", str(exc)) from None
     tenant, environment = request.match_info["tenant"], request.match_info["environment"]
+    resource = request.match_info["resource"]
+    named = (
+        ("tenant", tenant, TENANT_NAME),
+        ("environment", environment, ENVIRONMENT_NAME),
+        ("resource", resource, _NAME),
+    )
+    for what, name, pattern in named:
+        if not pattern.fullmatch(name):
+            raise ApiProblem(404, "Not Found", f"{what} {name!r} is not a name Trellis gives", path=what)
     claims = state_credentials.verify(key, _credential(request), datetime.now(UTC))
     if isinstance(claims, str):
         raise ApiProblem(403, "Forbidden", claims)
@@ -93,7 +106,7 @@ def _scope(request: web.Request) -> tuple[str, str, str, str]:
         raise ApiProblem(403, "Forbidden", f"the state credential is not for tenant {tenant!r}")
     if claims.environment != environment:
         raise ApiProblem(403, "Forbidden", f"the state credential is not for environment {environment!r}")
-    return tenant, environment, request.match_info["resource"], claims.run_id
+    return tenant, environment, resource, claims.run_id
 
 
 def _refused(answer: StoreError) -> ApiProblem:
@@ -170,6 +183,8 @@ async def _lock_info(request: web.Request) -> dict[str, Any]:
     body = await request.read()
     if not body:
         return {}
+    if has_nul(body):
+        raise ApiProblem(400, "Bad Request", "the lock info has a NUL character (\\u0000) in a string")
     try:
         return _info_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

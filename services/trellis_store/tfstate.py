@@ -74,7 +74,7 @@ async def _run_refusal(conn: Any, tenant: str, environment: str, run_id: str) ->
 
 
 async def _serialise(conn: Any, req: TfStateGet | TfStatePut | TfStateDelete | TfStateLock | TfStateUnlock) -> None:
-    key = f"tfstate\x00{req.tenant}\x00{req.environment}\x00{req.resource}"
+    key = f"tfstate/{req.tenant}/{req.environment}/{req.resource}"
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
 
 
