@@ -3,9 +3,13 @@ client, tfstate_support.py) against the real gateway and state store, and an ope
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -211,3 +215,43 @@ async def test_bad_bodies_are_refused_naming_what_is_wrong(
     async with session.request("UNLOCK", tofu.address, data=b"", headers=auth) as resp:
         assert resp.status == 409
         assert "--unlock" in (await resp.json(content_type=None))["detail"]
+
+
+async def trellis_cli(server: GatewayServer, token: str, *args: str) -> tuple[int, str]:
+    """The `trellis` command of this environment, run against the test's gateway."""
+    env = {**os.environ, "TRELLIS_GATEWAY_URL": server.url, "TRELLIS_TOKEN": token}
+    binary = str(Path(sys.executable).with_name("trellis"))
+    process = await asyncio.create_subprocess_exec(
+        binary, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    async with asyncio.timeout(60):
+        out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+async def test_the_cli_shows_a_crashed_runs_lock_and_an_admin_releases_it(
+    session: aiohttp.ClientSession, gateway_server: GatewayServer, tenant: Tenant, database_url: str
+) -> None:
+    crashed = await client_of(session, gateway_server, database_url, tenant.name, "run-crashed")
+    assert (await crashed.put(state_document(4))).status == 200
+    assert (await crashed.lock()).status == 200
+    await end_run(database_url, tenant.name, "run-crashed", "cancelled")
+
+    code, out = await trellis_cli(gateway_server, tenant.operator, "env", "state", ENV)
+    assert code == 0, out
+    assert f"locked: {crashed.lock_id} by run run-crashed" in out
+    assert "ended cancelled" in out
+    assert f"trellis env state {ENV} {RESOURCE} --unlock {crashed.lock_id}" in out
+    code, out = await trellis_cli(gateway_server, tenant.operator, "env", "state", ENV, RESOURCE, "--unlock", "x")
+    assert code == 1
+    assert "admin" in out
+    code, out = await trellis_cli(gateway_server, tenant.admin, "env", "state", ENV, "--unlock", crashed.lock_id)
+    assert code == 2
+    assert "needs the RESOURCE" in out
+    code, out = await trellis_cli(
+        gateway_server, tenant.admin, "env", "state", ENV, RESOURCE, "--unlock", crashed.lock_id
+    )
+    assert code == 0, out
+    code, out = await trellis_cli(gateway_server, tenant.operator, "env", "state", ENV, RESOURCE)
+    assert "locked:" not in out
+    assert "4" in out.split("SERIAL", 1)[1]
