@@ -79,7 +79,7 @@ def checkout_container(spec: CheckoutSpec, *, git_binary: str, image: str) -> Co
 
 def iac_arguments(spec: IacSpec, binary: str) -> tuple[str, ...]:
     """The command line of one stage (docs/templates.md, "Compilation": init, plan -out, apply plan, output -json)."""
-    common = ("-input=false", "-no-color")
+    common: tuple[str, ...] = ("-input=false", "-no-color")
     lock = () if spec.lock else ("-lock=false",)
     if spec.stage == "init":
         backend = spec.backend_configs
