@@ -3,13 +3,18 @@ managed state, and the compiler service gives them its address and a sealed per-
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 from template_support import BASE, mutate, only, run
 
+from trellis_compiler.service import serve
 from trellis_compiler.state_backend import attach_state_backend, backend_base_url
-from trellis_core import state_credentials
+from trellis_core import state_credentials, subjects
+from trellis_core.bus import Bus
+from trellis_core.events import RunCompiled, RunEvent, RunRejected, RunRequested, SourceFile, decode_run_event
 from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.settings import Settings
 from trellis_core.workflow import IacSpec, StateBackend, Workflow
@@ -93,3 +98,64 @@ def test_without_a_callback_or_seal_key_a_system_backend_run_is_rejected_naming_
         attach_state_backend(plain, tenant="acme", run_id="r", settings=_settings(callback_key=""), keys=None, now=NOW)
         is plain
     )
+
+
+async def _compile_on_the_bus(bus: Bus, tenant: str, run_id: str) -> RunEvent:
+    """Publish a request of the SYSTEM bundle to a compiler service on `bus`; its outcome."""
+    queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+
+    async def collect(msg: Any) -> None:
+        await queue.put(decode_run_event(msg.data))
+
+    sub = await bus.nc.subscribe(subjects.all_run_events(tenant), cb=collect)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(bus, stop, ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        event = RunRequested(
+            tenant=tenant, run_id=run_id, environment="dev", sources=(SourceFile(path="bundle.yaml", text=SYSTEM),)
+        )
+        await bus.publish(subjects.runs_requested(tenant), event, msg_id=f"{run_id}/request")
+        return await asyncio.wait_for(queue.get(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sub.unsubscribe()
+
+
+async def test_the_compiler_service_gives_a_system_backend_run_its_sealed_credential(
+    settings: Settings, unique: str
+) -> None:
+    master = new_master_key()
+    keyed = msgspec.structs.replace(
+        settings, callback_key=CALLBACK_KEY, seal_key=master, state_backend_url="http://gw.internal:8080"
+    )
+    bus = await Bus.connect(keyed, name="state-backend-test")
+    await bus.ensure_streams()
+    try:
+        compiled = await _compile_on_the_bus(bus, unique, "run-1")
+    finally:
+        await bus.close()
+    assert isinstance(compiled, RunCompiled), compiled
+    backends = {s.state_backend for s in iac_specs(compiled.workflow, "vpc")}
+    (backend,) = backends
+    assert backend is not None
+    assert backend.address == f"http://gw.internal:8080/v1/tfstate/{unique}/dev/vpc"
+    plain = MasterKeyring(master).for_tenant(unique).open(backend.credential)
+    claims = state_credentials.verify(state_credentials.state_key(CALLBACK_KEY), plain, datetime.now(UTC))
+    assert isinstance(claims, state_credentials.StateClaims)
+    assert claims.run_id == "run-1"
+
+
+async def test_the_compiler_service_without_a_callback_key_rejects_a_system_backend_run(
+    settings: Settings, unique: str
+) -> None:
+    keyed = msgspec.structs.replace(settings, callback_key="", seal_key=new_master_key())
+    bus = await Bus.connect(keyed, name="state-backend-test")
+    await bus.ensure_streams()
+    try:
+        rejected = await _compile_on_the_bus(bus, unique, "run-2")
+    finally:
+        await bus.close()
+    assert isinstance(rejected, RunRejected), rejected
+    assert "TRELLIS_CALLBACK_KEY" in rejected.errors[0].message
