@@ -102,6 +102,8 @@ def _scope(request: web.Request) -> tuple[str, str, str, str]:
     claims = state_credentials.verify(key, _credential(request), datetime.now(UTC))
     if isinstance(claims, str):
         raise ApiProblem(403, "Forbidden", claims)
+    if not claims.run_id:  # the store skips the run check for an empty one (an operator's request)
+        raise ApiProblem(403, "Forbidden", "the state credential names no run")
     if claims.tenant != tenant:
         raise ApiProblem(403, "Forbidden", f"the state credential is not for tenant {tenant!r}")
     if claims.environment != environment:
