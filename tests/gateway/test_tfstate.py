@@ -186,6 +186,10 @@ async def test_an_expired_altered_or_missing_credential_is_refused(
     reply = await StandInClient(session, tofu.address, expired).get()
     assert reply.status == 403
     assert b"expired" in reply.body
+    no_run = credential(gateway_server, tenant.name, "")
+    reply = await StandInClient(session, tofu.address, no_run).get()
+    assert reply.status == 403
+    assert b"names no run" in reply.body
     altered = tofu.password[:-2] + ("AA" if not tofu.password.endswith("AA") else "BB")
     assert (await StandInClient(session, tofu.address, altered).get()).status == 403
     async with session.get(tofu.address) as resp:
