@@ -52,6 +52,7 @@ MAX_STATE_BYTES = 700 * 1024
 PROTOCOL_PATH = "/v1/tfstate/{tenant}/{environment}/{resource}"
 _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="trellis-state"'}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a resource's (DNS label) name, and more
+_TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}
 _info_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -100,20 +101,29 @@ def _scope(request: web.Request) -> tuple[str, str, str, str]:
         if not pattern.fullmatch(name):
             raise ApiProblem(404, "Not Found", f"{what} {name!r} is not a name Trellis gives", path=what)
     claims = state_credentials.verify(key, _credential(request), datetime.now(UTC))
-    if isinstance(claims, str):
-        raise ApiProblem(403, "Forbidden", claims)
-    if not claims.run_id:  # the store skips the run check for an empty one (an operator's request)
-        raise ApiProblem(403, "Forbidden", "the state credential names no run")
-    if claims.tenant != tenant:
-        raise ApiProblem(403, "Forbidden", f"the state credential is not for tenant {tenant!r}")
-    if claims.environment != environment:
-        raise ApiProblem(403, "Forbidden", f"the state credential is not for environment {environment!r}")
+    why = _refusal(claims, tenant, environment)
+    if why or isinstance(claims, str):
+        log.warning("tfstate_credential_refused", tenant=tenant, environment=environment, resource=resource, why=why)
+        raise ApiProblem(403, "Forbidden", why)
     return tenant, environment, resource, claims.run_id
+
+
+def _refusal(claims: state_credentials.StateClaims | str, tenant: str, environment: str) -> str:
+    """Why a verified (or refused: the reason) credential may not touch this URL, or ""."""
+    if isinstance(claims, str):
+        return claims
+    if not claims.run_id:  # the store skips its run check for an empty one (an operator's request)
+        return "the state credential names no run"
+    if claims.tenant != tenant:
+        return f"the state credential is not for tenant {tenant!r}"
+    if claims.environment != environment:
+        return f"the state credential is not for environment {environment!r}"
+    return ""
 
 
 def _refused(answer: StoreError) -> ApiProblem:
     status = {"forbidden": 403, "invalid": 400, "not_found": 404, "unavailable": 503}.get(answer.code, 500)
-    return ApiProblem(status, "Refused", answer.message, path=answer.path)
+    return ApiProblem(status, _TITLES.get(status, "Internal Server Error"), answer.message, path=answer.path)
 
 
 def _holder_body(holder: TfLockHolder | None) -> bytes:
