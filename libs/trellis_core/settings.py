@@ -45,6 +45,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # that checks them) and how long a callback URL stays valid.
     callback_key: str = ""
     callback_ttl_seconds: float = 7 * 86_400.0
+    # Managed OpenTofu/Terraform state (docs/state-backend.md): the gateway URL agents reach the
+    # state backend by (default: TRELLIS_GATEWAY_PUBLIC_URL, else the listen address) and how long
+    # a run's state credential is good for at most (it is revoked sooner, when its run ends).
+    state_backend_url: str = ""
+    state_credential_ttl_seconds: float = 7 * 86_400.0
     # The master key (base64, 32 bytes) every tenant's data key is derived from (trellis_core.sealed),
     # and the retired ones (comma-separated) that still open what they sealed until re-sealed.
     # Control plane only: agents get their own tenant's derived keys over the bus.
@@ -148,6 +153,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
             ("gateway_public_url", _is_url(self.gateway_public_url, ("http", "https")), "must be an http(s):// URL"),
             ("callback_ttl_seconds", self.callback_ttl_seconds > 0, "must be greater than 0"),
+            ("state_backend_url", _is_url(self.state_backend_url, ("http", "https")), "must be an http(s):// URL"),
+            ("state_credential_ttl_seconds", self.state_credential_ttl_seconds > 0, "must be greater than 0"),
             ("store_logs_retention_days", self.store_logs_retention_days > 0, "must be greater than 0"),
             ("store_pool_size", self.store_pool_size > 0, "must be at least 1"),
         ]

@@ -50,6 +50,14 @@ class CheckoutSpec(_Spec, frozen=True, tag="checkout"):
     env: dict[str, str] = {}
 
 
+class StateBackend(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """`backendType: system`: the resource's state lives in Trellis (docs/state-backend.md). The
+    compiler service fills both fields: the backend's address and the run's sealed credential."""
+
+    address: str = ""
+    credential: str = ""  # a sealed token: TF_HTTP_PASSWORD once the agent opens it
+
+
 class IacSpec(_Spec, frozen=True, tag="iac"):
     """One OpenTofu/Terraform stage in the resource's workspace."""
 
@@ -63,6 +71,7 @@ class IacSpec(_Spec, frozen=True, tag="iac"):
     refresh: bool = True
     lock: bool = True
     env: dict[str, str] = {}  # TF_VAR_*, TRELLIS_VAR_*, the contexts' envs
+    state_backend: StateBackend | None = None  # `backendType: system`
 
 
 class HttpSpec(_Spec, frozen=True, tag="http"):

@@ -315,6 +315,7 @@ class IacOptions(_Doc, kw_only=True, frozen=True):
     refresh: bool = True
     lock: bool = True
     backend_type: Literal["custom", "system"] = "custom"
+    use_system_state_store: bool = False  # Rafay's switch for `backendType: system`
     backend_configs: list[str] = []
     var_files: list[str] = []
     timeout_seconds: Annotated[int, Meta(ge=0)] | None = None
@@ -506,7 +507,6 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     RepositorySpec: frozenset({"sharing", "agents", "options", "secret"}),
     IacOptions: frozenset(
         {
-            "useSystemStateStore",
             "volumes",
             "withTerraformCloud",
             "lockTimeoutSeconds",

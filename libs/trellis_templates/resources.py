@@ -6,7 +6,7 @@ import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen
+from trellis_core.workflow import Action, Activity, CheckoutSpec, IacSpec, IacStage, IacTool, RunWhen, StateBackend
 from trellis_templates.documents import (
     DeployStages,
     DestroyStages,
@@ -237,6 +237,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
         for index, var_file in enumerate(iac.var_files)
     )
     timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
+    state_backend = _system_backend(plan, iac, options_path)
     hooks_path = ("spec", "hooks", "provider", key, action)
     for stage in DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES:
         hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
@@ -256,12 +257,28 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
             refresh=iac.refresh,
             lock=iac.lock,
             env=dict(ctx.env) | plan.tf_env | env,
+            state_backend=state_backend,
         )
         tails = add([_stage_activity(plan, stage, iac_spec, deps=tails, timeout=timeout)]) or tails
         after_path = (*hooks_path, stage, "after")
         after = hook_chain(ctx, hooks.after, path=after_path, prefix=f"{prefix}/after", stage=stage, first_deps=tails)
         tails = add(after) or tails
     return tails
+
+
+def _system_backend(plan: ResourcePlan, iac: IacOptions, options_path: Path) -> StateBackend | None:
+    """`backendType: system`: Trellis keeps the state (the compiler service fills in the address
+    and the run's credential); the template's own backend settings would fight it."""
+    if iac.backend_type != "system" and not iac.use_system_state_store:
+        return None
+    if iac.backend_configs:
+        plan.ctx.problems.error(
+            plan.ctx.source,
+            (*options_path, "backendConfigs"),
+            "backendConfigs cannot be combined with backendType: system (Trellis configures the http backend)",
+            "remove backendConfigs, or use backendType: custom to keep your own backend",
+        )
+    return StateBackend()
 
 
 def _provider_stage_hooks(plan: ResourcePlan, action: Action, key: str) -> DeployStages | DestroyStages | None:

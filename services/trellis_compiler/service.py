@@ -21,6 +21,7 @@ import msgspec
 import nats.errors
 
 from trellis_compiler.last_deploy import as_last_deploy, last_deploy, needs_last_deploy, store_refusal
+from trellis_compiler.state_backend import attach_state_backend, utc_now
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
 from trellis_core.errors import ConfigError
@@ -193,6 +194,9 @@ async def handle(
         result = CompileResult(None, result.warnings, (Problem(message=store_refusal(request, record)),))
         record = None
     result = await attach_files(bus, request, result)
+    result = attach_state_backend(
+        result, tenant=request.tenant, run_id=request.run_id, settings=bus.settings, keys=sealer.keys, now=utc_now()
+    )
     event = outcome(request, result, no_deploy_note(request, record), record)
     if isinstance(event, RunCompiled):
         event = await by_reference(bus, event)

@@ -481,6 +481,114 @@ class NatsUsers(msgspec.Struct, frozen=True, kw_only=True):
     users: tuple[NatsUser, ...]
 
 
+# ---- managed OpenTofu/Terraform state (docs/state-backend.md) ------------------------------------
+
+
+class _TfStateRequest(_TenantRequest, frozen=True, kw_only=True):
+    """One resource's state. `run_id`: the run whose credential the gateway verified (the store
+    refuses it unless that run of this environment is still going); empty for an operator's bearer
+    token, which the gateway has checked itself."""
+
+    environment: str
+    resource: str
+    run_id: str = ""
+
+
+class TfStateGet(_TfStateRequest, frozen=True, kw_only=True, tag="tfstate.get"):
+    pass
+
+
+class TfStateData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The newest state of a resource; `found` false when none was saved (or it was deleted)."""
+
+    found: bool
+    state: bytes = b""
+    serial: int = 0
+    lineage: str = ""
+    saved_at: datetime | None = None
+    run_id: str = ""
+
+
+class TfStatePut(_TfStateRequest, frozen=True, kw_only=True, tag="tfstate.put"):
+    """Save a new state (a new history row). `lock_id`: the `?ID=` the client sent; while a lock is
+    held the write needs its id."""
+
+    state: bytes
+    lock_id: str = ""
+
+
+class TfStateDelete(_TfStateRequest, frozen=True, kw_only=True, tag="tfstate.delete"):
+    lock_id: str = ""
+
+
+class TfStateLock(_TfStateRequest, frozen=True, kw_only=True, tag="tfstate.lock"):
+    """Take the resource's lock with the client's lock info (its `ID` is the lock id)."""
+
+    lock_id: str
+    info: dict[str, Any] = {}
+
+
+class TfStateUnlock(_TfStateRequest, frozen=True, kw_only=True, tag="tfstate.unlock"):
+    """Release the lock `lock_id`. `force` (an admin's `trellis env state --unlock`): release it
+    whoever holds it, if its id is `lock_id`; audited."""
+
+    lock_id: str
+    force: bool = False
+    actor: str = ""
+    remote: str = ""
+
+
+class TfLockHolder(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A held lock, with what became of the run holding it: `ended` when that run is over (it
+    crashed or was cancelled holding the lock, which stays until someone unlocks it)."""
+
+    lock_id: str
+    info: dict[str, Any] = {}
+    locked_at: datetime | None = None
+    run_id: str = ""
+    run_status: str = ""
+    run_finished_at: datetime | None = None
+    ended: bool = False
+    hint: str = ""  # how to release a lock its ended run left behind
+
+
+class TfStateWritten(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Whether a write, lock or unlock was done; when refused, the lock in the way (`holder`), or
+    none (`missing`: unlocking a lock that is not held)."""
+
+    done: bool
+    holder: TfLockHolder | None = None
+
+
+class TfStateShow(_TenantRequest, frozen=True, kw_only=True, tag="tfstate.show"):
+    """What an operator sees of an environment's managed state: each resource (or `resource`)
+    with its newest save, history and lock."""
+
+    environment: str
+    resource: str = ""
+
+
+class TfStateVersion(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    serial: int
+    lineage: str = ""
+    saved_at: datetime | None = None
+    run_id: str = ""
+    actor: str = ""
+    deleted: bool = False
+    size: int = 0
+
+
+class TfStateResource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    resource: str
+    history: tuple[TfStateVersion, ...] = ()  # newest first
+    lock: TfLockHolder | None = None
+
+
+class TfStateSummary(msgspec.Struct, frozen=True, kw_only=True):
+    environment: str
+    resources: tuple[TfStateResource, ...]
+
+
 StoreRequest = (
     TenantCreate
     | TokenCreate
@@ -508,6 +616,12 @@ StoreRequest = (
     | AgentCredentialsCreate
     | AgentCredentialsRevoke
     | NatsUsersList
+    | TfStateGet
+    | TfStatePut
+    | TfStateDelete
+    | TfStateLock
+    | TfStateUnlock
+    | TfStateShow
 )
 
 # What each op answers (the `result` of its Reply).
@@ -538,6 +652,12 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     AgentCredentialsCreate: AgentCredentials,
     AgentCredentialsRevoke: Ok,
     NatsUsersList: NatsUsers,
+    TfStateGet: TfStateData,
+    TfStatePut: TfStateWritten,
+    TfStateDelete: TfStateWritten,
+    TfStateLock: TfStateWritten,
+    TfStateUnlock: TfStateWritten,
+    TfStateShow: TfStateSummary,
 }
 
 

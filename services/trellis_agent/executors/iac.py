@@ -8,13 +8,22 @@ is there for `apply`. `output -json` goes to `$TRELLIS_OUTPUTS`, so each output 
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 
 from trellis_agent.executors.base import Executor, Outcome, Sink, Workspace
 from trellis_core.events import WorkItem
+from trellis_core.state_credentials import USERNAME
 from trellis_core.workflow import CheckoutSpec, ContainerSpec, IacSpec
 
 PLAN_FILE = "trellis.tfplan"
+# `backendType: system`: an override file makes the configuration's backend Trellis' http one
+# (replacing any backend block of its own); the address goes on init's command line, the
+# credential only in the environment (TF_HTTP_PASSWORD), never in an argument or a file.
+BACKEND_OVERRIDE_FILE = "trellis_backend_override.tf"
+BACKEND_OVERRIDE = 'terraform {\n  backend "http" {}\n}\n'
+
 _BINARIES = {"opentofu": "tofu", "terraform": "terraform"}
 
 # Clone url@revision into .trellis/src, keep only `path`, record the commit as an output.
@@ -70,10 +79,15 @@ def checkout_container(spec: CheckoutSpec, *, git_binary: str, image: str) -> Co
 
 def iac_arguments(spec: IacSpec, binary: str) -> tuple[str, ...]:
     """The command line of one stage (docs/templates.md, "Compilation": init, plan -out, apply plan, output -json)."""
-    common = ("-input=false", "-no-color")
+    common: tuple[str, ...] = ("-input=false", "-no-color")
     lock = () if spec.lock else ("-lock=false",)
     if spec.stage == "init":
-        return (binary, "init", *common, *(f"-backend-config={c}" for c in spec.backend_configs))
+        backend = spec.backend_configs
+        if spec.state_backend is not None:  # -reconfigure: a reused workspace knows an older credential
+            address = spec.state_backend.address
+            backend = (f"address={address}", f"lock_address={address}", f"unlock_address={address}")
+            common = (*common, "-reconfigure")
+        return (binary, "init", *common, *(f"-backend-config={c}" for c in backend))
     if spec.stage == "plan":
         return (
             binary,
@@ -93,7 +107,11 @@ def iac_arguments(spec: IacSpec, binary: str) -> tuple[str, ...]:
 def iac_container(spec: IacSpec, *, image: str) -> ContainerSpec:
     binary = spec.binary or _BINARIES[spec.tool]
     env = {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", **spec.env}
-    return ContainerSpec(image=spec.image or image, command=iac_arguments(spec, binary), env=env)
+    files: dict[str, str] = {}
+    if spec.state_backend is not None:
+        env |= {"TF_HTTP_USERNAME": USERNAME, "TF_HTTP_PASSWORD": spec.state_backend.credential}
+        files[BACKEND_OVERRIDE_FILE] = base64.b64encode(BACKEND_OVERRIDE.encode()).decode()
+    return ContainerSpec(image=spec.image or image, command=iac_arguments(spec, binary), env=env, files=files)
 
 
 class IacExecutor:
@@ -113,6 +131,8 @@ class IacExecutor:
             sensitive = (*sensitive, "TRELLIS_GIT_PASSWORD", "TRELLIS_GIT_SSH_KEY")
         elif isinstance(spec, IacSpec):
             container = iac_container(spec, image=self._image)
+            if spec.state_backend is not None:
+                sensitive = (*sensitive, "TF_HTTP_PASSWORD")
             await sink.system(f"{spec.tool} {spec.stage}")
         else:
             return Outcome.failed(f"not an IaC spec: {spec.__struct_config__.tag}", retryable=False)
