@@ -47,7 +47,8 @@ spec:
     - name: restart
       type: workflows
       workflows:
-        tasks: [{name: bounce, type: script, options: {script: {script: "echo bounce $(resource.app.output.url.value)$"}}}]
+        tasks:
+          - {name: bounce, type: script, options: {script: {script: "echo bounce $(resource.app.output.url.value)$"}}}
     - name: rotate
       type: workflows
       workflows:
@@ -130,13 +131,17 @@ def test_an_action_of_type_workflows_compiles_to_only_its_tasks_between_its_hook
         "action/rotate/on-success/tell",
     ]
     read, write, tell = workflow.activities
-    assert read.depends_on == () and write.depends_on == (read.id,) and tell.depends_on == (write.id,)
+    assert read.depends_on == ()
+    assert write.depends_on == (read.id,)
+    assert tell.depends_on == (write.id,)
     assert {a.resource for a in workflow.activities} == {"rotate"}  # its outputs are kept under its name
-    assert workflow.purpose == RunPurpose(day2_action="rotate") and workflow.action == "deploy"
+    assert workflow.purpose == RunPurpose(day2_action="rotate")
+    assert workflow.action == "deploy"
     assert isinstance(read.spec, ContainerSpec)
     # the deployed output is read at dispatch (late), with the action's variable among the inputs
     assert read.spec.command[-1] == "echo $(resource.db.output.host.value)$ $(variables.reason)$"
-    assert read.inputs["reason"] == "routine" and read.spec.env["TRELLIS_VAR_reason"] == "routine"
+    assert read.inputs["reason"] == "routine"
+    assert read.spec.env["TRELLIS_VAR_reason"] == "routine"
     scope = {**workflow.scope, "variables": read.inputs, "resource": {"db": {"output": {"host": {"value": "h1"}}}}}
     assert LATE.render(read.spec.command[-1], scope) == "echo h1 routine"
 
@@ -144,7 +149,8 @@ def test_an_action_of_type_workflows_compiles_to_only_its_tasks_between_its_hook
 def test_a_run_variable_sets_an_action_variable() -> None:
     read = action_workflow("rotate", reason="leak").activities[0]
     assert isinstance(read.spec, ContainerSpec)
-    assert read.inputs["reason"] == "leak" and read.spec.env["TRELLIS_VAR_reason"] == "leak"
+    assert read.inputs["reason"] == "leak"
+    assert read.spec.env["TRELLIS_VAR_reason"] == "leak"
 
 
 def test_an_action_of_type_deploy_deploys_only_its_resources_in_dependency_order() -> None:
@@ -155,7 +161,8 @@ def test_an_action_of_type_deploy_deploys_only_its_resources_in_dependency_order
     assert ids[4:] == ["resource/app/task/start"]
     assert workflow.activities[0].depends_on == ()  # vpc is not deployed again: its outputs stay
     assert workflow.activities[4].depends_on == ("resource/db/output",)
-    assert isinstance(workflow.activities[2].spec, IacSpec) and workflow.activities[2].spec.stage == "apply"
+    assert isinstance(workflow.activities[2].spec, IacSpec)
+    assert workflow.activities[2].spec.stage == "apply"
 
 
 def test_a_resource_templates_action_runs_as_that_resource_by_its_name_or_resource_dot_name() -> None:
@@ -215,7 +222,9 @@ def test_bad_action_definitions_are_errors_at_their_paths_in_every_compile() -> 
     assert "spec.actions[3].reconcileResources: action 'empty' of type deploy names no reconcileResources" in found
     assert "spec.actions[4].reconcileResources: action 'mixed' of type workflows deploys no resources" in found
     dbb = next(e for e in result.errors if "'dbb'" in e.message)
-    assert dbb.file == FILE and dbb.line > 0 and 'did you mean "db"' in dbb.hint
+    assert dbb.file == FILE
+    assert dbb.line > 0
+    assert 'did you mean "db"' in dbb.hint
     # a task's dependsOn is checked when the action is compiled for a run
     run = compile_run(
         bad.replace(
@@ -273,9 +282,11 @@ def test_a_force_destroy_drops_every_hook_and_goes_on_past_failures() -> None:
     assert by_id["resource/vpc/destroy"].depends_on == ("resource/vpc/plan",)  # was after the `drain` hook
     assert by_id["resource/vpc/init"].depends_on == ("resource/db/destroy",)  # was after vpc's onInit hook
     assert by_id["resource/app/task/start"].depends_on == ()  # was after the environment's onInit
-    assert workflow.continue_past_failure and workflow.purpose.label == "force-destroy"
+    assert workflow.continue_past_failure
+    assert workflow.purpose.label == "force-destroy"
     ordinary = compile_run(action="destroy").workflow
-    assert ordinary is not None and not ordinary.continue_past_failure
+    assert ordinary is not None
+    assert not ordinary.continue_past_failure
     assert any("/on-init/" in a.id or "/before/" in a.id for a in ordinary.activities)
 
 
