@@ -18,6 +18,8 @@ from trellis_templates.actions import (
     find_action,
     with_action_variables,
 )
+from trellis_templates.bundle import Bundle
+from trellis_templates.documents import Document
 from trellis_templates.errors import Problems, Source
 from trellis_templates.graph import (
     BuiltResources,
@@ -28,9 +30,10 @@ from trellis_templates.graph import (
     swap_entry,
 )
 from trellis_templates.hooks import HookContext
-from trellis_templates.planning import Plans
-from trellis_templates.resolved import RunInfo
+from trellis_templates.planning import Plans, find_template
+from trellis_templates.resolved import RunInfo, resolve_documents
 from trellis_templates.resources import build_resource
+from trellis_templates.validate import SourceDocument
 
 HOOK_STAGES = frozenset({"on-init", "on-success", "on-failure", "on-completion"})
 
@@ -120,6 +123,24 @@ def _reconcile(
         out.extend(resolve_entry(activity, entry) for activity in built[name].activities)
         exits[name] = swap_entry(built[name].exits, entry)
     return out, tuple(dict.fromkeys(exit_id for name in order.names for exit_id in exits[name])) or start
+
+
+def environment_actions(
+    documents: Sequence[SourceDocument | Document], environment_name: str
+) -> tuple[list[FoundAction], Problems]:
+    """Every action a run of the environment may name (see `actions.action_names`), without
+    compiling; the problems that kept some from being found (a missing template...)."""
+    problems = Problems()
+    bundle = Bundle.index(documents, problems)
+    found = bundle.environment(environment_name, problems)
+    resolved = resolve_documents(bundle, found[0], found[1], problems) if found is not None else None
+    if resolved is None:
+        return [], problems
+    resources = []
+    for index, entry in enumerate(resolved.template.spec.resources):
+        if (template := find_template(resolved, index, entry, problems)) is not None:
+            resources.append((entry.name, template.template, template.source))
+    return declared_actions(resolved.template, resolved.template_source, resources), problems
 
 
 def is_hook(activity: Activity) -> bool:

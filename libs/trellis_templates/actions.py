@@ -140,6 +140,19 @@ def action_names(found: Sequence[FoundAction]) -> list[str]:
     return names
 
 
+def action_labels(found: Sequence[FoundAction]) -> list[tuple[str, FoundAction]]:
+    """Each action once, under the shortest name a run may give it (see `action_names`)."""
+    counts: dict[str, int] = {}
+    for entry in found:
+        counts[entry.action.name] = counts.get(entry.action.name, 0) + 1
+    own = {entry.action.name for entry in found if not entry.resource}
+    return [
+        (entry.action.name if not entry.resource or (counts[entry.action.name] == 1 and entry.action.name not in own)
+         else entry.label, entry)
+        for entry in found
+    ]  # fmt: skip
+
+
 def find_action(found: Sequence[FoundAction], name: str, environment: str, problems: Problems) -> FoundAction | None:
     """The action `name` names (see `action_names`), else None with the problem reported."""
     resource, dot, action = name.rpartition(".")

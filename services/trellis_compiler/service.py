@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import msgspec
 import nats.errors
 
-from trellis_compiler.last_deploy import as_last_deploy, last_deploy, needs_last_deploy, store_refusal
+from trellis_compiler.last_deploy import (
+    as_last_deploy,
+    last_deploy,
+    needs_last_deploy,
+    never_deployed,
+    store_refusal,
+)
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
 from trellis_core.errors import ConfigError
@@ -192,6 +198,8 @@ async def handle(
         log.error("store_refused_last_deploy", tenant=request.tenant, run=request.run_id, code=record.code)
         result = CompileResult(None, result.warnings, (Problem(message=store_refusal(request, record)),))
         record = None
+    if isinstance(record, DeployRecord | None) and (why := never_deployed(request, record)):
+        result = CompileResult(None, result.warnings, (Problem(message=why),))
     result = await attach_files(bus, request, result)
     event = outcome(request, result, no_deploy_note(request, record), record)
     if isinstance(event, RunCompiled):
