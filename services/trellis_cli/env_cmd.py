@@ -165,8 +165,8 @@ async def start_run(gw: GatewayClient, name: str, action: str, *, force: bool = 
     `force`: a force-destroy (docs/day2-actions.md)."""
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     if force:
-        accepted, _ = await gw.call("POST", f"/v1/environments/{quoted(name)}/force-destroy", RunAccepted,
-                                    headers=headers)
+        path = f"/v1/environments/{quoted(name)}/force-destroy"
+        accepted, _ = await gw.call("POST", path, RunAccepted, headers=headers)
         return accepted.run_id
     accepted, _ = await gw.call("POST", f"/v1/environments/{quoted(name)}/runs", RunAccepted,
                                 body=RunBody(action=action), headers=headers)
