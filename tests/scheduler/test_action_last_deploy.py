@@ -4,7 +4,6 @@ action compiles with that deploy's outputs, and is rejected when there is no dep
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from scheduler_support import (
