@@ -126,5 +126,7 @@ def test_an_action_runs_on_the_deployed_environment_and_a_force_destroy_goes_pas
     forced_run = _run_id(forced.stdout)
     assert "force-destroy of environment hi started" in forced.stdout
     document = _ok(up.cli("runs", "show", forced_run))
+    assert f"run {forced_run}: force-destroy of hi, failed: resource/greeter/task/say" in document
+    assert f"run {action_run}: action:repeat of hi, succeeded" in _ok(up.cli("runs", "show", action_run))
     assert re.search(r"resource/greeter/task/say\s+failed", document), document
     assert re.search(r"resource/base/task/lay\s+succeeded", document), document  # destroyed all the same
