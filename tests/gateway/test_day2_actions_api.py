@@ -94,6 +94,11 @@ async def test_an_action_reads_the_deployed_outputs_writes_its_own_and_leaves_th
     unknown = await api.json("POST", "/v1/environments/shop/actions/reprot", status=404, who="operator")
     assert unknown["detail"] == "environment 'shop' has no action 'reprot' (its actions: report)"
     await api.json("POST", "/v1/environments/nope/actions/report", status=404, who="operator")
+    await api.json("GET", "/v1/environments/nope/actions", status=404, who="viewer")
+    never = await api.json("GET", "/v1/environments/shop/actions", status=200, who="viewer")
+    assert never["actions"] == [
+        {"name": "report", "type": "workflows", "description": "read the database host and say it"}
+    ]
     await api.json("POST", "/v1/environments/shop/actions/report", status=403, who="viewer")
     bad = await api.json("POST", "/v1/environments/shop/actions/report", status=422, json={"vars": {}})
     assert "vars" in bad["detail"]
