@@ -298,3 +298,40 @@ def test_rafay_actions_with_workflows_and_reconcile_resources_are_read_without_a
     result = compile_run(rafay, purpose=RunPurpose(day2_action="resize"))
     assert result.workflow is not None, messages(result)
     assert not [w for w in result.warnings if "not implemented" in w.message or "reconcile" in w.message]
+
+
+def test_an_actions_hooks_wrap_its_tasks_as_an_environments_hooks_wrap_a_deploy() -> None:
+    hooks = (
+        "      hooks:\n"
+        "        onInit: [{name: start, type: http, options: {http: {endpoint: 'https://h'}}}]\n"
+        "        onSuccess: [{name: tell, type: http, options: {http: {endpoint: 'https://chat'}}}]\n"
+        "        onFailure: [{name: page, type: http, options: {http: {endpoint: 'https://pager'}}}]\n"
+        "        onCompletion: [{name: done, type: http, options: {http: {endpoint: 'https://h'}}}]\n"
+    )
+    text = BUNDLE.replace(
+        '      hooks:\n        onSuccess: [{name: tell, type: http, options: {http: {endpoint: "https://chat"}}}]\n',
+        hooks,
+    )
+    result = compile_run(text, purpose=RunPurpose(day2_action="rotate"))
+    assert result.workflow is not None, messages(result)
+    wiring = {a.id: (a.depends_on, a.when) for a in result.workflow.activities}
+    assert wiring == {
+        "action/rotate/on-init/start": ((), "success"),
+        "action/rotate/task/read": (("action/rotate/on-init/start",), "success"),
+        "action/rotate/task/write": (("action/rotate/task/read",), "success"),
+        "action/rotate/on-success/tell": (("action/rotate/task/write",), "success"),
+        "action/rotate/on-failure/page": (("action/rotate/task/read", "action/rotate/task/write"), "failure"),
+        "action/rotate/on-completion/done": (("action/rotate/on-success/tell", "action/rotate/on-failure/page"),
+                                             "always"),
+    }  # fmt: skip
+
+
+def test_a_resource_templates_deploy_action_deploys_its_own_resource_again() -> None:
+    text = BUNDLE.replace(
+        "    - name: rotate\n      type: workflows\n      workflows:\n        tasks: [{name: again",
+        "    - name: redo\n      type: deploy\n    - name: rotate\n      type: workflows\n      workflows:\n"
+        "        tasks: [{name: again",
+    )
+    result = compile_run(text, purpose=RunPurpose(day2_action="app.redo"))
+    assert result.workflow is not None, messages(result)
+    assert [a.id for a in result.workflow.activities] == ["resource/app/task/start"]
