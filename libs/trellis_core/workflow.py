@@ -232,6 +232,9 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     # the scheduler prefers what it saw itself since it started (see trellis_engine.transitions).
     last_deploy: LastDeploy | None = None
     purpose: RunPurpose = NO_PURPOSE  # as the run request gave it
+    # A failed activity neither blocks nor skips its dependents: the walk goes on, the run still
+    # fails (a force-destroy; see trellis_engine.transitions).
+    continue_past_failure: bool = False
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

@@ -65,15 +65,25 @@ class _Approval(Mapping[str, str]):
         return 1
 
 
-def late_scope(run: RunState, activity: Activity, callback: Callable[[], str] | None = None) -> dict[str, Any]:
+def late_scope(
+    run: RunState,
+    activity: Activity,
+    callback: Callable[[], str] | None = None,
+    deployed: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The names a late-bound expression sees: the workflow's scope, the activity's own inputs
     as `variables`, every output recorded so far as `resource.R.output.K.value` (read-only
     views: the recorded outputs belong to the run, never to an expression), and for an approval
-    attempt being dispatched `approval.callback_url` from `callback`."""
+    attempt being dispatched `approval.callback_url` from `callback`. `deployed`: outputs under
+    the run's own (a day-2 action reads the environment's last deploy's)."""
     scope = dict(run.workflow.scope)
     scope["variables"] = activity.inputs
+    outputs: Mapping[str, Mapping[str, Any]] = run.outputs
+    if deployed:
+        names = dict.fromkeys([*deployed, *run.outputs])
+        outputs = {name: {**deployed.get(name, {}), **run.outputs.get(name, {})} for name in names}
     scope["resource"] = MappingProxyType(
-        {name: {"output": MappingProxyType(outputs)} for name, outputs in run.outputs.items()}
+        {name: {"output": MappingProxyType(dict(recorded))} for name, recorded in outputs.items()}
     )
     if callback is not None:
         scope["approval"] = _Approval(callback)

@@ -32,7 +32,14 @@ from trellis_engine.binding import (
 )
 from trellis_engine.commands import Cancel, Command, Dispatch, PublishEvent
 from trellis_engine.state import IN_FLIGHT, TERMINAL_RUN, RunState, SchedulerState
-from trellis_engine.transitions import close_run, deployed_before, finish, set_status, start_run
+from trellis_engine.transitions import (
+    close_run,
+    deployed_before,
+    finish,
+    last_deploy_outputs,
+    set_status,
+    start_run,
+)
 
 
 def stamp(now: float, key: str) -> dict[str, Any]:
@@ -139,9 +146,15 @@ def _skip_reason(st: SchedulerState, run: RunState, i: int, render: Renderer | N
     if activity.execute_once and run.action == "deploy" and deployed_before(st, run):
         return "execute_once", "executeOnce: the environment was deployed before"
     condition = activity.skip.condition if activity.skip is not None else ""
-    if condition and skip_condition_holds(condition, late_scope(run, activity), render):
+    if condition and skip_condition_holds(condition, late_scope(run, activity, deployed=_deployed(st, run)), render):
         return "condition", f"skip condition holds: {condition}"
     return None
+
+
+def _deployed(st: SchedulerState, run: RunState) -> dict[str, dict[str, Any]] | None:
+    """What a day-2 action reads under its own outputs: the environment's last deploy's (the run
+    holds the environment, so no other run of it can change them meanwhile)."""
+    return last_deploy_outputs(st, run) if run.workflow.purpose.day2_action else None
 
 
 def _dispatch_one(
@@ -161,7 +174,8 @@ def _dispatch_one(
             return
         if run.needs_render[i]:
             callback = _callback(run, activity, a.attempt + 1, now, mint)
-            activity = render_activity(activity, late_scope(run, activity, callback), render)
+            scope = late_scope(run, activity, callback, deployed=_deployed(st, run))
+            activity = render_activity(activity, scope, render)
     except RenderError as exc:
         a.attempt += 1  # the failure is an event of its own attempt, so a replay sees it too
         reason = f"cannot render: {exc}"

@@ -55,6 +55,8 @@ def _effect(run: RunState, d: int) -> tuple[bool, bool]:
         # A failure its template chose to tolerate is not the run failing: it neither blocks
         # `success` dependents nor fires `failure` ones (else on-success and on-failure both run).
         return False, False
+    if a.status in ("failed", "timed_out") and run.workflow.continue_past_failure:
+        return False, True  # a force-destroy goes on past it; the run still fails
     return True, True
 
 
@@ -214,7 +216,9 @@ def close_run(
     run.status = status
     run.finished_at = now
     limits.release(st, run)
-    if status == "succeeded" and run.action == "deploy":
+    if status == "succeeded" and not run.workflow.purpose.ordinary:
+        pass  # a day-2 action or a drift check: the environment's deploy stays what it was
+    elif status == "succeeded" and run.action == "deploy":
         st.env_outputs[run.env_key] = run.outputs
     elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
         st.env_outputs[run.env_key] = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trellis_core.workflow import TemplateRef, Workflow
+from trellis_templates.action_compile import action_activities, check_all_actions, without_hooks
 from trellis_templates.bundle import Bundle
 from trellis_templates.documents import Environment
 from trellis_templates.errors import Problems, Source
@@ -36,13 +37,21 @@ def compile_environment(
     template_documents = [(documents.template, documents.template_source)]
     check_plans(planned.plans, [*template_documents, (environment, environment_source)], bundle, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
-    built = build_resources(planned, info.action)
-    order = order_resources(dependencies, planned, built, problems)
-    if order is None or problems.errors:
-        return None
-    activities = assemble(planned, built, order, info=info, problems=problems)
-    if problems.errors:
-        return None
+    check_all_actions(planned, problems)
+    if info.purpose.day2_action:
+        activities = action_activities(planned, dependencies, info=info, problems=problems)
+        if activities is None or problems.errors:
+            return None
+    else:
+        built = build_resources(planned, info.action)
+        order = order_resources(dependencies, planned, built, problems)
+        if order is None or problems.errors:
+            return None
+        activities = assemble(planned, built, order, info=info, problems=problems)
+        if problems.errors:
+            return None
+    if info.purpose.force:  # skips every hook and goes on past failures
+        activities = without_hooks(activities)
     return Workflow(
         environment=environment.metadata.name,
         template=TemplateRef(name=documents.template.metadata.name, version=documents.template.spec.version),
@@ -52,4 +61,5 @@ def compile_environment(
         # with a sealer, the request's variables as a later destroy may reuse them: sealed
         requested_variables=variables.inputs if info.seal is not None else {},
         purpose=info.purpose,
+        continue_past_failure=info.purpose.force,
     )

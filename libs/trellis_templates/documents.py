@@ -356,6 +356,7 @@ class ResourceTemplateSpec(_Doc, kw_only=True, frozen=True):
     agents: list[NameRef] = []
     variables: list[Variable] = []
     hooks: ResourceHooks = ResourceHooks()
+    actions: list[EnvironmentAction] = []  # day-2 actions on this resource (docs/day2-actions.md)
 
 
 # ---- environment templates and environments -------------------------------------------------
@@ -392,12 +393,23 @@ class Schedule(_Doc, kw_only=True, frozen=True):
     variables: list[Variable] = []
 
 
+class ActionWorkflows(_Doc, kw_only=True, frozen=True):
+    """What an action of type `workflows` runs: tasks, as a custom resource's."""
+
+    tasks: list[Task] = []
+
+
 class EnvironmentAction(_Doc, kw_only=True, frozen=True):
+    """A day-2 action run on the deployed environment (see docs/day2-actions.md): type `workflows`
+    runs its tasks, type `deploy` deploys again only `reconcileResources`."""
+
     name: DnsName
     type: Literal["deploy", "destroy", "workflows"]
     description: str = ""
     variables: list[Variable] = []
     hooks: EnvironmentHooks = EnvironmentHooks()
+    workflows: ActionWorkflows | None = None
+    reconcile_resources: list[NameRef] = []
 
 
 class EnvironmentTemplateSpec(_Doc, kw_only=True, frozen=True):
@@ -498,7 +510,7 @@ KINDS: dict[str, type[msgspec.Struct]] = {t.__struct_config__.tag: t for t in DO
 RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     Metadata: frozenset({"displayName", "id", "createdAt", "modifiedAt"}),
     ResourceTemplateSpec: frozenset(
-        {"sharing", "iconURL", "readme", "secret", "artifact", "artifactWorkflowHandler", "actions"}
+        {"sharing", "iconURL", "readme", "secret", "artifact", "artifactWorkflowHandler"}
     ),
     EnvironmentTemplateSpec: frozenset({"sharing", "iconURL", "readme", "variableOverrides", "agentOverride"}),
     EnvironmentSpec: frozenset({"sharing", "iconURL", "files"}),
@@ -524,6 +536,6 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     VariableOptions: frozenset({"schema", "displayMetadata"}),
     Override: frozenset({"displayOverridden", "restrictedKeyValues"}),
     Schedule: frozenset({"optOutOptions", "context", "workflows"}),
-    EnvironmentAction: frozenset({"context", "workflows", "reconcileResources"}),
+    EnvironmentAction: frozenset({"context"}),
     FunctionOptions: frozenset({"languageVersion", "maxConcurrency", "numReplicas", "memoryLimitMi"}),
 }

@@ -9,7 +9,7 @@ from typing import Any
 
 from trellis_core.workflow import NO_PURPOSE, Action, RunPurpose
 from trellis_templates.bundle import Bundle
-from trellis_templates.checks import check_schedules, unique_names
+from trellis_templates.checks import check_schedules
 from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContextRef, Environment, EnvironmentTemplate
 from trellis_templates.errors import Path, Problems, Source
@@ -75,8 +75,6 @@ def resolve_documents(
     template, template_source = found
     check_schedules(template.spec.schedules, template_source, problems)
     check_schedules(environment.spec.schedules, environment_source, problems)
-    actions = [action.name for action in template.spec.actions]
-    unique_names(actions, template_source, ("spec", "actions"), "action", problems)
     return Documents(
         bundle=bundle,
         environment=environment,

@@ -140,6 +140,8 @@ def declared_names(documents: Documents, *, environment: bool = True) -> set[str
         names |= {variable.name for variable in resource.variables}
     for resource_template, _ in documents.bundle.all(ResourceTemplate):
         names |= {variable.name for variable in resource_template.spec.variables}
+        names |= {variable.name for action in resource_template.spec.actions for variable in action.variables}
+    names |= {variable.name for action in template.spec.actions for variable in action.variables}  # day-2 actions'
     return names
 
 

@@ -20,7 +20,7 @@ from trellis_store.api import Environment, Environments, TemplateRef
 
 # Modules adding `trellis env` subcommands of their own: each has `register_env(sub)`, given the
 # `env` command's subparsers (day-2 actions, schedules and TTL, drift...).
-ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ("trellis_cli.state_cmd",)
+ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ("trellis_cli.state_cmd", "trellis_cli.env_action_cmd")
 
 NEEDS = "Works through the gateway: TRELLIS_GATEWAY_URL and TRELLIS_TOKEN (`trellis dev up` prints them)."
 
@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         cmd.add_argument("name", metavar="NAME")
         cmd.add_argument("--no-wait", action="store_true", help="print the run id and return at once")
         cmd.add_argument("--follow", "-f", action="store_true", help="stream every activity's log lines")
+        if action == "destroy":
+            cmd.add_argument("--force", action="store_true", help="skip every hook and go on past failures")
         cmd.set_defaults(func=_start, action=action)
     for name in ENV_SUBCOMMAND_MODULES:
         importlib.import_module(name).register_env(sub)
@@ -158,9 +160,14 @@ def _apply(args: argparse.Namespace) -> int:
     return run_on_gateway("env apply", work)
 
 
-async def start_run(gw: GatewayClient, name: str, action: str) -> str:
-    """Start a run of the environment; a retried POST (same Idempotency-Key) starts one run."""
+async def start_run(gw: GatewayClient, name: str, action: str, *, force: bool = False) -> str:
+    """Start a run of the environment; a retried POST (same Idempotency-Key) starts one run.
+    `force`: a force-destroy (docs/day2-actions.md)."""
     headers = {"Idempotency-Key": str(uuid.uuid4())}
+    if force:
+        path = f"/v1/environments/{quoted(name)}/force-destroy"
+        accepted, _ = await gw.call("POST", path, RunAccepted, headers=headers)
+        return accepted.run_id
     accepted, _ = await gw.call("POST", f"/v1/environments/{quoted(name)}/runs", RunAccepted,
                                 body=RunBody(action=action), headers=headers)
     return accepted.run_id
@@ -179,8 +186,10 @@ async def watch(gw: GatewayClient, view: RunView, *, follow: bool, console: Cons
 
 def _start(args: argparse.Namespace) -> int:
     async def work(gw: GatewayClient, settings: Settings) -> int:
-        run_id = await start_run(gw, args.name, args.action)
-        print(f"run {run_id}: {args.action} of environment {args.name} started", flush=True)
+        force = getattr(args, "force", False)
+        run_id = await start_run(gw, args.name, args.action, force=force)
+        what = "force-destroy" if force else args.action
+        print(f"run {run_id}: {what} of environment {args.name} started", flush=True)
         if args.no_wait:
             return 0
         return await watch(gw, RunView(run_id=run_id, environment=args.name, action=args.action), follow=args.follow)

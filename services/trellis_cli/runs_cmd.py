@@ -32,7 +32,7 @@ def _list(args: argparse.Namespace) -> int:
         if not found.runs:
             print("no runs" + (f" of environment {args.environment}" if args.environment else ""))
             return 0
-        rows = [(r.run_id, r.environment, r.action, r.status, when(r.requested_at), r.requested_by or "-")
+        rows = [(r.run_id, r.environment, r.purpose or r.action, r.status, when(r.requested_at), r.requested_by or "-")
                 for r in found.runs]
         print(table(("RUN", "ENVIRONMENT", "ACTION", "STATUS", "REQUESTED", "BY"), rows))
         return 0
@@ -43,7 +43,7 @@ def _list(args: argparse.Namespace) -> int:
 def describe(run: RunDetail) -> str:
     message = f": {run.message}" if run.message else ""
     lines = [
-        f"run {run.run_id}: {run.action} of {run.environment}, {run.status}{message}",
+        f"run {run.run_id}: {run.purpose or run.action} of {run.environment}, {run.status}{message}",
         f"  requested: {when(run.requested_at)} by {run.requested_by or '-'}",
         f"  started:   {when(run.started_at)}",
         f"  finished:  {when(run.finished_at)}",

@@ -30,17 +30,19 @@ class StoreUnavailable(Exception):
 
 
 def needs_last_deploy(request: RunRequested, activities: tuple[Activity, ...] | None = None) -> bool:
-    """A destroy always does; a deploy when it has an `executeOnce` activity (pass its activities)."""
-    if request.action == "destroy":
+    """A destroy and a day-2 action always do; a deploy when it has an `executeOnce` activity
+    (pass its activities)."""
+    if request.action == "destroy" or request.purpose.day2_action:
         return True
     return activities is not None and any(a.execute_once for a in activities)
 
 
 def as_last_deploy(request: RunRequested, record: DeployRecord | None) -> LastDeploy | None:
-    """What the compiled workflow carries of the record; the outputs only for a destroy."""
+    """What the compiled workflow carries of the record; the outputs only for a destroy and a
+    day-2 action (which read them)."""
     if record is None or not record.deployed:
         return None
-    outputs = record.outputs if request.action == "destroy" else {}
+    outputs = record.outputs if request.action == "destroy" or request.purpose.day2_action else {}
     return LastDeploy(run_id=record.run_id, outputs=outputs)
 
 
@@ -77,6 +79,16 @@ async def _stopped(stop: asyncio.Event | None, delay: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=delay)
     return stop.is_set()
+
+
+def never_deployed(request: RunRequested, record: DeployRecord | None) -> str:
+    """Why a day-2 action cannot run: its environment has no deploy to act on ("" when it has)."""
+    if not request.purpose.day2_action or (record is not None and record.deployed):
+        return ""
+    return (
+        f"environment {request.environment!r} has no successful deploy that no destroy undid: "
+        f"action {request.purpose.day2_action!r} runs on a deployed environment (deploy it first)"
+    )
 
 
 def store_refusal(request: RunRequested, error: StoreError) -> str:

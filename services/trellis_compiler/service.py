@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import msgspec
 import nats.errors
 
-from trellis_compiler.last_deploy import as_last_deploy, last_deploy, needs_last_deploy, store_refusal
+from trellis_compiler.last_deploy import (
+    as_last_deploy,
+    last_deploy,
+    needs_last_deploy,
+    never_deployed,
+    store_refusal,
+)
 from trellis_compiler.state_backend import attach_state_backend, utc_now
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
@@ -193,6 +199,8 @@ async def handle(
         log.error("store_refused_last_deploy", tenant=request.tenant, run=request.run_id, code=record.code)
         result = CompileResult(None, result.warnings, (Problem(message=store_refusal(request, record)),))
         record = None
+    if isinstance(record, DeployRecord | None) and (why := never_deployed(request, record)):
+        result = CompileResult(None, result.warnings, (Problem(message=why),))
     result = await attach_files(bus, request, result)
     result = attach_state_backend(
         result, tenant=request.tenant, run_id=request.run_id, settings=bus.settings, keys=sealer.keys, now=utc_now()
