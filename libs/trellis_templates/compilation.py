@@ -14,6 +14,7 @@ from trellis_templates.outputs import check_plans
 from trellis_templates.planning import plan_resources
 from trellis_templates.resolved import RunInfo, resolve_documents
 from trellis_templates.scope import resolve_variables
+from trellis_templates.static import check_static_reads, resolve_statics
 
 __all__ = ["RunInfo", "compile_environment"]
 
@@ -33,8 +34,12 @@ def compile_environment(
         return None
     variables = resolve_variables(documents, inputs=inputs, info=info, problems=problems)
     planned = plan_resources(variables, info=info, problems=problems)
+    statics = resolve_statics(variables, info=info, problems=problems)
     template_documents = [(documents.template, documents.template_source)]
     check_plans(planned.plans, [*template_documents, (environment, environment_source)], bundle, problems)
+    resource_templates = {id(plan.template): (plan.template, plan.source) for plan in planned.plans}
+    reading = [*template_documents, (environment, environment_source), *resource_templates.values()]
+    check_static_reads(statics, reading, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
     built = build_resources(planned, info.action)
     order = order_resources(dependencies, planned, built, problems)
@@ -52,4 +57,5 @@ def compile_environment(
         # with a sealer, the request's variables as a later destroy may reuse them: sealed
         requested_variables=variables.inputs if info.seal is not None else {},
         purpose=info.purpose,
+        static=statics.outputs,
     )
