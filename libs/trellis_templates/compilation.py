@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from trellis_core.workflow import TemplateRef, Workflow
 from trellis_templates.bundle import Bundle
-from trellis_templates.documents import Environment
+from trellis_templates.documents import Document, Environment
 from trellis_templates.errors import Problems, Source
 from trellis_templates.graph import assemble, build_resources, declared_dependencies, order_resources
 from trellis_templates.outputs import check_plans
@@ -38,7 +38,11 @@ def compile_environment(
     template_documents = [(documents.template, documents.template_source)]
     check_plans(planned.plans, [*template_documents, (environment, environment_source)], bundle, problems)
     resource_templates = {id(plan.template): (plan.template, plan.source) for plan in planned.plans}
-    reading = [*template_documents, (environment, environment_source), *resource_templates.values()]
+    reading: list[tuple[Document, Source | None]] = [
+        *template_documents,
+        (environment, environment_source),
+        *resource_templates.values(),
+    ]
     check_static_reads(statics, reading, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
     built = build_resources(planned, info.action)
