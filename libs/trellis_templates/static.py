@@ -62,8 +62,9 @@ def resolve_statics(variables: Variables, *, info: RunInfo, problems: Problems) 
     return statics
 
 
-def _entry_ok(entry: EnvironmentResource, documents: Documents, path: Path, *, info: RunInfo,
-              problems: Problems) -> bool:
+def _entry_ok(
+    entry: EnvironmentResource, documents: Documents, path: Path, *, info: RunInfo, problems: Problems
+) -> bool:
     """What a static resource cannot have, reported at the field that has it."""
     source, ok = documents.template_source, True
     if entry.kind == "resourcetemplate":
@@ -83,9 +84,7 @@ def _entry_ok(entry: EnvironmentResource, documents: Documents, path: Path, *, i
     )
     for key, present, why in unusable:
         if present:
-            problems.error(
-                source, (*path, key), f"static resource {entry.name!r}: {key} cannot apply: {why}", key=True
-            )
+            problems.error(source, (*path, key), f"static resource {entry.name!r}: {key} cannot apply: {why}", key=True)
             ok = False
     if entry.kind == "environment" and entry.name == documents.environment.metadata.name:
         problems.error(
@@ -127,7 +126,12 @@ def _static_resource(
 
 
 def _linked_environment(
-    entry: EnvironmentResource, documents: Documents, path: Path, statics: Statics, *, info: RunInfo,
+    entry: EnvironmentResource,
+    documents: Documents,
+    path: Path,
+    statics: Statics,
+    *,
+    info: RunInfo,
     problems: Problems,
 ) -> None:
     """`kind: environment`: the named environment's outputs, every resource's together."""
@@ -169,9 +173,7 @@ def flatten_outputs(
     for resource in sorted(by_resource):
         for key in by_resource[resource]:
             owners.setdefault(key, []).append(resource)
-    outputs = {
-        key: dict(by_resource[names[0]][key]) for key, names in sorted(owners.items()) if len(names) == 1
-    }
+    outputs = {key: dict(by_resource[names[0]][key]) for key, names in sorted(owners.items()) if len(names) == 1}
     ambiguous = {key: tuple(names) for key, names in owners.items() if len(names) > 1}
     return outputs, ambiguous
 

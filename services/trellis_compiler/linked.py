@@ -43,8 +43,15 @@ async def linked_outputs(
         if answer.code != "unavailable":
             return answer
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
-        log.warning("store_unavailable_run_waits", tenant=request.tenant, run=request.run_id, attempt=attempt,
-                    retry_in=delay, error=answer.message, asked="linked.outputs")
+        log.warning(
+            "store_unavailable_run_waits",
+            tenant=request.tenant,
+            run=request.run_id,
+            attempt=attempt,
+            retry_in=delay,
+            error=answer.message,
+            asked="linked.outputs",
+        )
         await delivery.in_progress()
         if await _stopped(stop, delay):
             raise StoreUnavailable(f"the state store did not answer for run {request.run_id}: {answer.message}")

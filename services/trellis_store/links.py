@@ -81,8 +81,9 @@ async def refuse_destroy(conn: Any, tenant: str, environment: str) -> StoreError
 async def linked_outputs(ctx: StoreContext, req: LinkedOutputsGet) -> LinkedOutputs | StoreError:
     """The outputs of the environments a run reads: a consistent read, like deploy.record."""
     if len(req.environments) > MAX_LINKED:
-        return error("invalid", f"at most {MAX_LINKED} environments at once, got {len(req.environments)}",
-                     "environments")
+        return error(
+            "invalid", f"at most {MAX_LINKED} environments at once, got {len(req.environments)}", "environments"
+        )
     last = await ctx.projection.events_last_seq()
     if not await ctx.projection.wait_projected(last, ctx.barrier_timeout):
         return error(
