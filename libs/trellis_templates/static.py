@@ -141,27 +141,27 @@ def _linked_environment(
         return
     linked = info.linked.get(name, LinkedEnvironment(exists=False))
     tenant = f" of tenant {info.tenant!r}" if info.tenant else ""
-    if not linked.exists:
-        problems.error(
-            source,
-            (*path, "name"),
-            f"static resource {name!r}: no environment {name!r}{tenant} (a static resource of kind environment "
-            "reads the outputs of another environment of the same tenant)",
-            closest(name, sorted(info.linked)) or "create and deploy that environment first",
-        )
+    if linked.exists and linked.deployed:
+        outputs, ambiguous = flatten_outputs(linked.outputs)
+        statics.outputs[name] = StaticOutputs(kind="environment", environment=name, outputs=outputs)
+        statics.keys[name] = set(outputs)
+        statics.ambiguous[name] = ambiguous
         return
-    if not linked.deployed:
+    if linked.exists:
         message = f"static resource {name!r}: environment {name!r}{tenant} is not deployed, so it has no outputs"
-        if info.action == "deploy":
-            problems.error(source, (*path, "name"), message, "deploy it first")
-            return
-        problems.warn(source, (*path, "name"), message + ": the destroy reads those of this environment's last deploy")
-        statics.outputs[name] = StaticOutputs(kind="environment", environment=name)
+        hint = "deploy it first"
+    else:
+        message = (
+            f"static resource {name!r}: no environment {name!r}{tenant} (a static resource of kind environment "
+            "reads the outputs of another environment of the same tenant)"
+        )
+        hint = closest(name, sorted(info.linked)) or "create and deploy that environment first"
+    if info.action == "deploy":
+        problems.error(source, (*path, "name"), message, hint)
         return
-    outputs, ambiguous = flatten_outputs(linked.outputs)
-    statics.outputs[name] = StaticOutputs(kind="environment", environment=name, outputs=outputs)
-    statics.keys[name] = set(outputs)
-    statics.ambiguous[name] = ambiguous
+    # A destroy goes on: the run reads the outputs this environment's last deploy recorded.
+    problems.warn(source, (*path, "name"), message + ": the destroy reads those of this environment's last deploy")
+    statics.outputs[name] = StaticOutputs(kind="environment", environment=name)
 
 
 def flatten_outputs(

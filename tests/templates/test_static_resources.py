@@ -108,6 +108,9 @@ def test_an_unknown_environment_is_an_error_at_the_resource_name() -> None:
     assert "no environment 'network' of tenant 'acme'" in problem.message
     assert "netwrk" in problem.hint
     assert (problem.line, problem.column) == position(BUNDLE, "network, kind: environment")
+    destroy = compile_text(linked={}, action="destroy")  # a destroy goes on with its last deploy's outputs
+    assert destroy.ok, [str(p) for p in destroy.errors]
+    assert any("no environment 'network'" in w.message for w in destroy.warnings)
 
 
 def test_an_environment_never_deployed_is_an_error_for_a_deploy_and_a_warning_for_a_destroy() -> None:
