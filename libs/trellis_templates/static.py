@@ -53,7 +53,7 @@ def resolve_statics(variables: Variables, *, info: RunInfo, problems: Problems) 
         if not is_static(entry) or entry.name in statics.outputs:
             continue
         path: Path = ("spec", "resources", index)
-        if not _entry_ok(entry, documents, path, info=info, problems=problems):
+        if not _entry_ok(entry, documents, path, problems):
             continue
         if entry.kind == "resource":
             _static_resource(entry, variables, path, statics, problems)
@@ -62,9 +62,7 @@ def resolve_statics(variables: Variables, *, info: RunInfo, problems: Problems) 
     return statics
 
 
-def _entry_ok(
-    entry: EnvironmentResource, documents: Documents, path: Path, *, info: RunInfo, problems: Problems
-) -> bool:
+def _entry_ok(entry: EnvironmentResource, documents: Documents, path: Path, problems: Problems) -> bool:
     """What a static resource cannot have, reported at the field that has it."""
     source, ok = documents.template_source, True
     if entry.kind == "resourcetemplate":
