@@ -214,6 +214,16 @@ class RunPurpose(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit
 NO_PURPOSE = RunPurpose()
 
 
+class StaticOutputs(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """A static resource of the run (docs/static-resources.md): nothing runs for it, its outputs
+    are given. `kind: resource`: a StaticResource's variables; `kind: environment`: the outputs
+    of `environment` (another environment of the tenant) when the run was compiled."""
+
+    kind: Literal["resource", "environment"]
+    environment: str = ""
+    outputs: dict[str, dict[str, Any]] = {}  # output -> {"value": ...} (and "sensitive": true)
+
+
 class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     """The compiled DAG of one run, activities in a stable topological order."""
 
@@ -235,6 +245,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     # A failed activity neither blocks nor skips its dependents: the walk goes on, the run still
     # fails (a force-destroy; see trellis_engine.transitions).
     continue_past_failure: bool = False
+    # Static resources by name: their outputs, which late-bound expressions read as any other's.
+    static: dict[str, StaticOutputs] = {}
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

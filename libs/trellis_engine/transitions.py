@@ -193,6 +193,9 @@ def start_run(st: SchedulerState, run: RunState, now: float) -> None:
     if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
         previous = last_deploy_outputs(st, run) or {}
         run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
+    for name, given in run.workflow.static.items():  # static resources: outputs given, not produced
+        if given.outputs:
+            run.outputs[name] = dict(given.outputs)
     for i, a in enumerate(run.acts):
         if a.status == "pending" and a.unfinished == 0:
             promote_if_unblocked(st, run, i, now)

@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from trellis_core.workflow import TemplateRef, Workflow
 from trellis_templates.action_compile import action_activities, check_all_actions, without_hooks
 from trellis_templates.bundle import Bundle
-from trellis_templates.documents import Environment
+from trellis_templates.documents import Document, Environment
 from trellis_templates.errors import Problems, Source
 from trellis_templates.graph import assemble, build_resources, declared_dependencies, order_resources
 from trellis_templates.outputs import check_plans
 from trellis_templates.planning import plan_resources
 from trellis_templates.resolved import RunInfo, resolve_documents
 from trellis_templates.scope import resolve_variables
+from trellis_templates.static import check_static_reads, resolve_statics
 
 __all__ = ["RunInfo", "compile_environment"]
 
@@ -34,8 +35,16 @@ def compile_environment(
         return None
     variables = resolve_variables(documents, inputs=inputs, info=info, problems=problems)
     planned = plan_resources(variables, info=info, problems=problems)
+    statics = resolve_statics(variables, info=info, problems=problems)
     template_documents = [(documents.template, documents.template_source)]
     check_plans(planned.plans, [*template_documents, (environment, environment_source)], bundle, problems)
+    resource_templates = {id(plan.template): (plan.template, plan.source) for plan in planned.plans}
+    reading: list[tuple[Document, Source | None]] = [
+        *template_documents,
+        (environment, environment_source),
+        *resource_templates.values(),
+    ]
+    check_static_reads(statics, reading, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
     check_all_actions(planned, problems)
     if info.purpose.day2_action:
@@ -62,4 +71,5 @@ def compile_environment(
         requested_variables=variables.inputs if info.seal is not None else {},
         purpose=info.purpose,
         continue_past_failure=info.purpose.force,
+        static=statics.outputs,
     )

@@ -27,7 +27,7 @@ from trellis_templates.documents import (
 )
 from trellis_templates.errors import Path, Problems, Source
 from trellis_templates.loader import Budget, gc_paused, load_paths, load_text
-from trellis_templates.resolved import resolve_documents
+from trellis_templates.resolved import LinkedEnvironment, resolve_documents
 from trellis_templates.scope import declared_sensitive
 from trellis_templates.validate import SourceDocument, Unreadable, parse_documents, read_leniently
 
@@ -60,13 +60,15 @@ def compile_bundle(
     unreadable: Unreadable = frozenset(),
     seal: Callable[[str], str] | None = None,
     purpose: RunPurpose = NO_PURPOSE,
+    linked: Mapping[str, LinkedEnvironment] | None = None,
 ) -> CompileResult:
     """Compile the named Environment of the bundle for `action`.
 
     `strict_inputs`: a run variable no template declares is an error (a run request), not a
     warning (`trellis template compile --var`); `unreadable`: see `validate.read_leniently`;
     `seal`: seals every sensitive value still in clear where it enters (sealing.py), e.g.
-    `TenantKeys.seal`; without it values stay as they are (previews, `trellis template compile`).
+    `TenantKeys.seal`; without it values stay as they are (previews, `trellis template compile`);
+    `linked`: the environments static resources of kind environment read (static.py).
     """
     problems = Problems()
     with gc_paused():
@@ -83,6 +85,7 @@ def compile_bundle(
             strict_inputs=strict_inputs,
             seal=seal,
             purpose=purpose,
+            linked=linked,
         )
         if why := purpose.problem(action):
             problems.error(None, (), f"run request: {why}")

@@ -366,10 +366,18 @@ class ResourceOptions(_Doc, kw_only=True, frozen=True):
     version: str = ""
 
 
+ResourceKind = Literal["resourcetemplate", "resource", "environment"]
+
+
 class EnvironmentResource(_Doc, kw_only=True, frozen=True):
+    """A resource of an EnvironmentTemplate. `kind: resourcetemplate` (`type: dynamic`): a
+    ResourceTemplate deployed by the run. `type: static` (static-resources.md): nothing runs, the
+    outputs are given: `kind: resource` names a StaticResource (its variables are the outputs),
+    `kind: environment` names another environment of the tenant (its outputs are read)."""
+
     name: DnsName
-    kind: Literal["resourcetemplate"] = "resourcetemplate"
-    type: Literal["dynamic"] = "dynamic"
+    kind: ResourceKind = "resourcetemplate"
+    type: Literal["dynamic", "static"] = "dynamic"
     resource_options: ResourceOptions = ResourceOptions()
     template: VersionedRef | None = None  # Trellis: another template than the one named `name`
     depends_on: list[NameRef] = []
@@ -448,6 +456,14 @@ class DriverSpec(_Doc, kw_only=True, frozen=True):
     outputs: Outputs = None  # the keys a task running this driver writes (see Task)
 
 
+class StaticResourceSpec(_Doc, kw_only=True, frozen=True):
+    """An existing thing described by values: each variable is an output of the resource
+    (`resource.R.output.<variable>.value`); nothing is deployed or destroyed."""
+
+    description: str = ""
+    variables: list[Variable] = []
+
+
 class Credentials(_Doc, kw_only=True, frozen=True):
     username: str = ""
     password: str = ""
@@ -494,7 +510,11 @@ class Repository(_Document, kw_only=True, frozen=True, tag="Repository"):
     spec: RepositorySpec
 
 
-Document = ResourceTemplate | EnvironmentTemplate | Environment | ConfigContext | Driver | Repository
+class StaticResource(_Document, kw_only=True, frozen=True, tag="StaticResource"):
+    spec: StaticResourceSpec = StaticResourceSpec()
+
+
+Document = ResourceTemplate | EnvironmentTemplate | Environment | ConfigContext | Driver | Repository | StaticResource
 DOCUMENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ResourceTemplate,
     EnvironmentTemplate,
@@ -502,6 +522,7 @@ DOCUMENT_TYPES: tuple[type[msgspec.Struct], ...] = (
     ConfigContext,
     Driver,
     Repository,
+    StaticResource,
 )
 KINDS: dict[str, type[msgspec.Struct]] = {t.__struct_config__.tag: t for t in DOCUMENT_TYPES}  # type: ignore[misc]
 
@@ -517,6 +538,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     ConfigContextSpec: frozenset({"sharing"}),
     DriverSpec: frozenset({"sharing"}),
     RepositorySpec: frozenset({"sharing", "agents", "options", "secret"}),
+    StaticResourceSpec: frozenset({"sharing"}),
     IacOptions: frozenset(
         {
             "volumes",

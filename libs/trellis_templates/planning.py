@@ -18,6 +18,7 @@ from trellis_templates.resources import ResourcePlan
 from trellis_templates.scope import Variables, context_layers, rendered_values
 from trellis_templates.sealing import Sealer
 from trellis_templates.selectors import selector_layer
+from trellis_templates.static import is_static
 from trellis_templates.variables import Layer, env_encoding, merge, required_missing
 
 
@@ -57,6 +58,8 @@ def plan_resources(variables: Variables, *, info: RunInfo, problems: Problems) -
             problems.error(documents.template_source, name_path, f"duplicate resource name {entry.name!r}")
             continue
         seen.add(entry.name)
+        if is_static(entry):
+            continue  # runs nothing: static.py gives its outputs
         found = find_template(documents, index, entry, problems)
         if found is not None:
             own = context_scope(found.contexts, variables.sealer)

@@ -4,7 +4,7 @@ and what the run request adds (`RunInfo`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trellis_core.workflow import NO_PURPOSE, Action, RunPurpose
@@ -13,6 +13,15 @@ from trellis_templates.checks import check_schedules
 from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContextRef, Environment, EnvironmentTemplate
 from trellis_templates.errors import Path, Problems, Source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkedEnvironment:
+    """Another environment of the tenant as the state store knew it (static-resources.md)."""
+
+    exists: bool
+    deployed: bool = False
+    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # resource -> output -> entry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,6 +39,9 @@ class RunInfo:
     strict_inputs: bool = False  # a run variable no template declares is an error
     seal: Callable[[str], str] | None = None  # seals a sensitive value in clear (sealing.py); None: kept
     purpose: RunPurpose = NO_PURPOSE  # a day-2 action, a force-destroy or a drift check
+    # The environments `kind: environment` static resources read, by name (a name missing: no
+    # such environment); None: not asked (compiled without a state store, outputs unknown).
+    linked: Mapping[str, LinkedEnvironment] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,6 +22,13 @@ _MISPLACED: dict[tuple[str, str], tuple[str, str]] = {
         "run hooks of a custom resource from spec.hooks.onInit, onSuccess, onFailure, onCompletion, "
         "or as tasks in spec.providerOptions.custom.tasks",
     ),
+    **{
+        ("StaticResourceSpec", key): (
+            f"a StaticResource runs nothing, so {key!r} cannot apply: its variables are its outputs",
+            "to run something, write a ResourceTemplate and list it with kind: resourcetemplate",
+        )
+        for key in ("provider", "providerOptions", "repositoryOptions", "hooks", "agents", "contexts")
+    },
 }
 # Read leniently, a bad hook or task `type` is kept as written rather than dropping the task
 # (and with it every `dependsOn` that names it): the compiler leaves out a hook it cannot run.

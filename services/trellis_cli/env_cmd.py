@@ -114,6 +114,10 @@ def describe(env: Environment) -> str:
         lines += [f"    {k} = {v}" for k, v in sorted(env.variables.items())]
     if env.outputs:
         lines += ["  outputs:", *output_lines(env.outputs, "    ")]
+    if env.depends_on:  # static resources of kind environment (static-resources.md)
+        lines += ["  depends on:", *(f"    {link.environment} (resource {link.resource})" for link in env.depends_on)]
+    if env.dependents:
+        lines += ["  dependents:", *(f"    {link.environment} (resource {link.resource})" for link in env.dependents)]
     return "\n".join(lines)
 
 

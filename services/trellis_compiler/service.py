@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -27,6 +28,7 @@ from trellis_compiler.last_deploy import (
     never_deployed,
     store_refusal,
 )
+from trellis_compiler.linked import destroy_refused, linked_outputs, linked_refusal
 from trellis_compiler.state_backend import attach_state_backend, utc_now
 from trellis_core import subjects
 from trellis_core.bus import Bus, Delivery, PermanentError, decoder, put_bundle, put_workflow
@@ -39,6 +41,7 @@ from trellis_store.api import DeployRecord, StoreError
 from trellis_store.client import StoreClient
 from trellis_templates.bundle import file_problems
 from trellis_templates.compiler import CompileResult, compile_sources
+from trellis_templates.resolved import LinkedEnvironment
 
 DURABLE = "trellis-compiler"
 REQUESTS = f"{subjects.PREFIX}.*.runs.requested"
@@ -91,10 +94,15 @@ class RequestSealer:
 
 
 def compile_request(
-    request: RunRequested, *, email_relay_url: str = "", seal: RequestSealer | None = None
+    request: RunRequested,
+    *,
+    email_relay_url: str = "",
+    seal: RequestSealer | None = None,
+    linked: Mapping[str, LinkedEnvironment] | None = None,
 ) -> CompileResult:
     """Compile a run request's bundle; a bug in the compiler becomes an error, not an exception.
-    `seal`: seals each sensitive value given in clear (none: values are kept as they are)."""
+    `seal`: seals each sensitive value given in clear (none: values are kept as they are);
+    `linked`: the environments its static resources read (linked.py; None: it reads none)."""
     try:
         return compile_sources(
             request.sources,
@@ -109,6 +117,7 @@ def compile_request(
             seal=seal,
             purpose=request.purpose,
             trigger=request.trigger or None,
+            linked=linked if linked is not None else {},
         )
     except Exception as exc:  # the compiler is pure: this is a bug, reported on the run
         log.exception("compiler_crashed", tenant=request.tenant, run=request.run_id)
@@ -191,8 +200,16 @@ async def handle(
     if needs_last_deploy(request):
         record = await last_deploy(store, request, delivery, stop)
         request = with_deploy_variables(request, record) if isinstance(record, DeployRecord) else request
+    linked = await linked_outputs(store, request, delivery, stop)
     sealer = (sealing or Sealing.from_settings(bus.settings)).for_request(request.tenant)
-    result = await asyncio.to_thread(compile_request, request, email_relay_url=email_relay_url, seal=sealer)
+    if isinstance(linked, StoreError):
+        result = CompileResult(None, (), (linked_refusal(request, linked),))
+    elif (refused := destroy_refused(request, record)) is not None:
+        result = CompileResult(None, (), (refused,))
+    else:
+        result = await asyncio.to_thread(
+            compile_request, request, email_relay_url=email_relay_url, seal=sealer, linked=linked
+        )
     if record is None and result.workflow is not None and needs_last_deploy(request, result.workflow.activities):
         record = await last_deploy(store, request, delivery, stop)
     if isinstance(record, StoreError):

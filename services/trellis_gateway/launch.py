@@ -37,6 +37,7 @@ from trellis_store.api import (
     TemplateBundle,
     TemplateBundleGet,
 )
+from trellis_store.links import destroy_refusal
 from trellis_templates.errors import Problems
 from trellis_templates.loader import load_text
 
@@ -79,7 +80,8 @@ async def start_run(
 ) -> RunCreated:
     """Record and publish a run of `environment` (the store audits `run.create`). Raises ApiProblem:
     404 unknown environment or template, 409 an idempotency key reused for another request, 413 a
-    bundle too large for the bus, 422 a purpose that does not go with the action.
+    bundle too large for the bus, 422 a purpose that does not go with the action, 409 a destroy
+    (force too) of an environment others read through static resources (static-resources.md).
 
     `purpose`: a day-2 action, a force-destroy or a drift check (RunPurpose). `variables`: this
     run's own values over the environment's stored ones (sensitive ones must be sealed tokens
@@ -92,6 +94,8 @@ async def start_run(
     except TrellisError as exc:
         raise ApiProblem(422, "Unprocessable Content", str(exc), path="tenant") from None
     env = ok(await gateway.store.ask(EnvironmentGet(tenant=tenant, name=environment), Environment))
+    if action == "destroy" and (why := destroy_refusal(environment, env.dependents or ())):
+        raise ApiProblem(409, "Conflict", why, path="environment")  # the store refuses it too (run.create)
     bundle = ok(
         await gateway.store.ask(
             TemplateBundleGet(tenant=tenant, name=env.template.name, version=env.template.version), TemplateBundle

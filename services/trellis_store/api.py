@@ -179,9 +179,17 @@ class EnvironmentList(_TenantRequest, frozen=True, kw_only=True, tag="environmen
     after: str = ""  # the last name of the previous page
 
 
+class EnvironmentLink(msgspec.Struct, frozen=True, kw_only=True):
+    """One environment reading another's outputs through a static resource (static-resources.md)."""
+
+    environment: str  # the other environment: the one read (dependsOn) or the reader (dependents)
+    resource: str  # the static resource of kind environment, in the reader's template
+
+
 class Environment(msgspec.Struct, frozen=True, kw_only=True):
     """An environment as the API shows it: sensitive variables and outputs read `********`
-    unless the request asked to `reveal` them."""
+    unless the request asked to `reveal` them. `depends_on`/`dependents` (omitted when empty):
+    the environments it reads through static resources, and those reading it."""
 
     name: str
     template: TemplateRef
@@ -194,6 +202,8 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True):
     last_run_id: str = ""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    depends_on: tuple[EnvironmentLink, ...] | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="dependsOn")
+    dependents: tuple[EnvironmentLink, ...] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Environments(msgspec.Struct, frozen=True, kw_only=True):
@@ -401,6 +411,23 @@ class DeployRecord(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     outputs: dict[str, dict[str, Any]] = {}
     variables: dict[str, str] = {}
+    dependents: tuple[str, ...] = ()  # environments reading this one's outputs: a destroy is refused
+
+
+class LinkedOutputsGet(_TenantRequest, frozen=True, kw_only=True, tag="linked.outputs"):
+    """The outputs of `environments` (static resources of kind environment read them), after the
+    projection has caught up with every run event published before the request."""
+
+    environments: tuple[str, ...]
+
+
+class LinkedState(msgspec.Struct, frozen=True, kw_only=True):
+    deployed: bool
+    outputs: dict[str, dict[str, Any]] = {}  # resource -> output -> entry (sensitive ones: tokens)
+
+
+class LinkedOutputs(msgspec.Struct, frozen=True, kw_only=True):
+    environments: dict[str, LinkedState]  # an environment of the tenant that does not exist is absent
 
 
 class Ping(_Request, frozen=True, kw_only=True, tag="ping"):
@@ -622,6 +649,7 @@ StoreRequest = (
     | TfStateLock
     | TfStateUnlock
     | TfStateShow
+    | LinkedOutputsGet
 )
 
 # What each op answers (the `result` of its Reply).
@@ -658,6 +686,7 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     TfStateLock: TfStateWritten,
     TfStateUnlock: TfStateWritten,
     TfStateShow: TfStateSummary,
+    LinkedOutputsGet: LinkedOutputs,
 }
 
 

@@ -11,6 +11,7 @@ import msgspec
 
 from trellis_core.events import Problem
 from trellis_core.sealed import SealError, TenantKeys, is_token
+from trellis_store import links
 from trellis_store.api import (
     MASK,
     AuditRecord,
@@ -378,6 +379,9 @@ async def run_create(ctx: StoreContext, req: RunCreate) -> RunCreated | StoreErr
                     return error("not_found", f"no environment {req.environment!r}", "environment")
                 if req.idempotency_key and (earlier := await _idempotent(conn, req)) is not None:
                     return earlier
+                if req.action == "destroy" and (refused := await links.refuse_destroy(conn, req.tenant,
+                                                                                       req.environment)):
+                    return refused
                 await conn.execute(
                     "INSERT INTO runs (tenant, run_id, environment, action, status, requested_by, requested_at, "
                     "idempotency_key, request_digest, purpose) "

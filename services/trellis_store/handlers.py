@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from trellis_core.logs import get_logger
-from trellis_store import agent_keys, api, commands, keys, queries, tfstate
+from trellis_store import agent_keys, api, commands, keys, links, queries, tfstate
 from trellis_store.api import Reply, StoreError, StoreRequest
 from trellis_store.client import RESULT_FRAME
 from trellis_store.context import Encoded, StoreContext
@@ -56,6 +56,7 @@ OPS: dict[type[msgspec.Struct], Op] = {
     api.TfStateLock: tfstate.tfstate_lock,
     api.TfStateUnlock: tfstate.tfstate_unlock,
     api.TfStateShow: tfstate.tfstate_show,
+    api.LinkedOutputsGet: links.linked_outputs,
 }
 
 # What "PostgreSQL is not there" looks like from asyncpg: refused or lost connections, a server

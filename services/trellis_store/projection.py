@@ -41,8 +41,8 @@ from trellis_core.logs import get_logger
 from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
+from trellis_store import links, retention
 from trellis_store import projection_rows as rows
-from trellis_store import retention
 from trellis_store.pull import BatchPull
 
 EVENTS_DURABLE = "trellis_store_events"
@@ -406,6 +406,8 @@ async def _execute(conn: asyncpg.Connection, b: rows.Batch) -> None:
         (rows.ENV_REQUESTED, b.env_requested),
         (rows.ENV_TEMPLATE, b.env_template),
         (rows.ENV_FINISHED, sorted(b.env_finished)),
+        (links.LINKS_DROP, sorted(b.env_finished)),  # follow the deploy record ENV_FINISHED just set
+        (links.LINKS_ADD, sorted(b.env_finished)),
     ):
         if args:
             await conn.executemany(sql, args)

@@ -41,7 +41,7 @@ from trellis_core.events import (
 )
 from trellis_core.sealed import mask_tokens
 from trellis_core.workflow import Workflow
-from trellis_store.outputs import Seal, masked_last_deploy, seal_outputs, seal_resources
+from trellis_store.outputs import Seal, masked_last_deploy, masked_outputs, seal_outputs, seal_resources
 
 MASK = "********"
 # (tenant, plain text) -> that tenant's token: how the projection seals a sensitive output an old
@@ -422,8 +422,17 @@ def masked(workflow: Workflow) -> Workflow:
     activities = tuple(
         _masked_activity(a) if a.sensitive or _has_credentials(a.spec) else a for a in workflow.activities
     )
+    static = {
+        name: msgspec.structs.replace(given, outputs=masked_outputs(given.outputs))
+        for name, given in workflow.static.items()
+    }
     return msgspec.structs.replace(
-        workflow, activities=activities, scope={}, requested_variables={}, last_deploy=masked_last_deploy(workflow)
+        workflow,
+        activities=activities,
+        scope={},
+        requested_variables={},
+        last_deploy=masked_last_deploy(workflow),
+        static=static,
     )
 
 

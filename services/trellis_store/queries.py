@@ -10,6 +10,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Workflow
+from trellis_store import links
 from trellis_store.api import (
     ActivityRow,
     Approval,
@@ -144,7 +145,11 @@ async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment
     )
     if row is None:
         return error("not_found", f"no environment {req.name!r}", "name")
-    return environment_of(row)
+    async with ctx.pool.acquire() as conn:
+        reads = await links.depends_on(conn, req.tenant, req.name)
+        readers = await links.dependents(conn, req.tenant, req.name)
+    return msgspec.structs.replace(environment_of(row), depends_on=reads or msgspec.UNSET,
+                                   dependents=readers or msgspec.UNSET)
 
 
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:
@@ -362,8 +367,10 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
         req.tenant,
         req.environment,
     )
+    readers = tuple(dict.fromkeys(link.environment for link in await links.dependents(ctx.pool, req.tenant,
+                                                                                      req.environment)))
     if row is None or not row["deployed"]:
-        return DeployRecord(deployed=False)
+        return DeployRecord(deployed=False, dependents=readers)
     try:
         variables = _str_map.decode(row["variables"])
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -371,7 +378,9 @@ async def deploy_record(ctx: StoreContext, req: DeployRecordGet) -> DeployRecord
     # Tokens as stored: the compiler passes them on, the agent opens them. A sensitive output
     # stored in clear (before outputs were sealed) is sealed on the way out, never sent in clear.
     outputs = seal_resources(_outputs.decode(row["outputs"]), ctx.keys(req.tenant).seal)
-    return DeployRecord(deployed=True, run_id=row["deploy_run_id"], outputs=outputs, variables=variables)
+    return DeployRecord(
+        deployed=True, run_id=row["deploy_run_id"], outputs=outputs, variables=variables, dependents=readers
+    )
 
 
 async def ping(ctx: StoreContext, req: Ping) -> Pong:
