@@ -13,6 +13,7 @@ from trellis_templates.checks import check_schedules, unique_names
 from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContextRef, Environment, EnvironmentTemplate
 from trellis_templates.errors import Path, Problems, Source
+from trellis_templates.schedules import check_environment_optouts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +76,7 @@ def resolve_documents(
     template, template_source = found
     check_schedules(template.spec.schedules, template_source, problems)
     check_schedules(environment.spec.schedules, environment_source, problems)
+    check_environment_optouts(template, environment, environment_source, problems)
     actions = [action.name for action in template.spec.actions]
     unique_names(actions, template_source, ("spec", "actions"), "action", problems)
     return Documents(
