@@ -141,9 +141,7 @@ def _check_cadence(schedule: Schedule, source: Source | None, path: Path, proble
             )
     if cadence.time_to_live:
         if parse_duration(cadence.time_to_live) is None:
-            problems.error(
-                source, (*path, "timeToLive"), f"{cadence.time_to_live!r} is not a duration", DURATION_HINT
-            )
+            problems.error(source, (*path, "timeToLive"), f"{cadence.time_to_live!r} is not a duration", DURATION_HINT)
         if schedule.type != "destroy":
             problems.error(source, (*path, "timeToLive"), "a timeToLive schedule must be of type destroy")
 
@@ -313,9 +311,9 @@ def stagger_offset(key: str, schedule: str) -> timedelta:
     return timedelta(seconds=int.from_bytes(digest[:8], "big") % int(STAGGER_WINDOW.total_seconds()))
 
 
-def next_due(schedule: EffectiveSchedule, after: datetime, *, key: str = "", not_before: datetime | None = None) -> (
-    datetime | None
-):
+def next_due(
+    schedule: EffectiveSchedule, after: datetime, *, key: str = "", not_before: datetime | None = None
+) -> datetime | None:
     """The first firing of a cron schedule strictly after `after` (and at or after `not_before`: an
     opt-out's end), in UTC; a staggered one shifted by its offset for `key`. None for a time to live
     (its expiry follows the deploy, not a clock)."""
