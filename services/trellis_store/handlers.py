@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from trellis_core.logs import get_logger
-from trellis_store import agent_keys, api, commands, keys, queries
+from trellis_store import agent_keys, api, commands, keys, queries, schedules
 from trellis_store.api import Reply, StoreError, StoreRequest
 from trellis_store.client import RESULT_FRAME
 from trellis_store.context import Encoded, StoreContext
@@ -50,6 +50,13 @@ OPS: dict[type[msgspec.Struct], Op] = {
     api.AgentCredentialsCreate: agent_keys.agent_credentials_create,
     api.AgentCredentialsRevoke: agent_keys.agent_credentials_revoke,
     api.NatsUsersList: agent_keys.nats_users_list,
+    api.ScheduleStale: schedules.schedule_stale,
+    api.ScheduleSync: schedules.schedule_sync,
+    api.ScheduleDue: schedules.schedule_due,
+    api.ScheduleClaim: schedules.schedule_claim,
+    api.ScheduleMark: schedules.schedule_mark,
+    api.ScheduleList: schedules.schedule_list,
+    api.ScheduleExtend: schedules.schedule_extend,
 }
 
 # What "PostgreSQL is not there" looks like from asyncpg: refused or lost connections, a server
