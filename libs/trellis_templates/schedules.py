@@ -50,6 +50,7 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     max_opt_outs: int = 0  # opt-outs in all; 0: no limit
     approval: bool = False
     optouts: tuple[int, ...] = ()  # the Environment's opt-outs of it, in seconds, in order
+    variables: dict[str, str] = {}  # the schedule's `variables`: its runs' values over the environment's
 
     @property
     def kind(self) -> Literal["cron", "ttl"]:
@@ -227,8 +228,18 @@ def _effective(schedule: Schedule, limits: OptOutOptions, optouts: tuple[int, ..
         ttl_seconds=int(ttl.total_seconds()) if ttl is not None else 0,
         staggered=_flag(cadence.staggered),
         optouts=optouts,
+        variables=run_variables(schedule),
         **_limits(limits),
     )
+
+
+def run_variables(schedule: Schedule) -> dict[str, str]:
+    """A schedule's variables as a run request carries them: text as it is, other values as JSON."""
+    return {
+        v.name: v.value if isinstance(v.value, str) else msgspec.json.encode(v.value).decode()
+        for v in schedule.variables
+        if v.value is not None
+    }
 
 
 def _cron_ok(expression: str) -> bool:

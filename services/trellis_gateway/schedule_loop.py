@@ -176,7 +176,7 @@ class ScheduleRunner:
                 action=schedule.type,
                 requested_by=actor_of(schedule.name),
                 idempotency_key=idempotency_key(run_id),
-                request_digest=request_digest(item.environment, schedule.type),
+                request_digest=request_digest(item.environment, schedule.type, variables=schedule.variables),
             )
         claim = ScheduleClaim(
             tenant=item.tenant,
@@ -216,6 +216,7 @@ class ScheduleRunner:
                 item.environment,
                 schedule.type,
                 idempotency_key=idempotency_key(run_id),
+                variables=schedule.variables,
                 trigger=trigger,
             )
         except ApiProblem as exc:

@@ -229,3 +229,16 @@ def test_the_definition_changes_with_the_cadence_and_not_with_optouts() -> None:
     base = EffectiveSchedule(name="n", type="deploy", cron="0 7 * * *")
     assert base.definition == msgspec.structs.replace(base, optouts=(60,)).definition
     assert base.definition != msgspec.structs.replace(base, cron="0 8 * * *").definition
+
+
+def test_a_schedules_variables_travel_as_text_to_its_runs() -> None:
+    text = with_schedules(
+        (
+            "{name: nightly, type: destroy, cadence:",
+            "{name: nightly, type: destroy, variables: [{name: team, value: night-crew}, {name: size, value: 3}], "
+            "cadence:",
+        )
+    )
+    template, environment = documents(text)
+    [nightly] = [s for s in effective_schedules(template, environment, Problems()) if s.name == "nightly"]
+    assert nightly.variables == {"team": "night-crew", "size": "3"}
