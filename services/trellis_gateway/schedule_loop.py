@@ -39,6 +39,7 @@ from trellis_templates.schedules import next_due
 
 LEASE_KEY = "schedules"
 MAX_SLEEP_SECONDS = 30.0
+PAGE = 100  # stale environments, and due schedules, read a pass
 Clock = Callable[[], datetime]
 log = get_logger("gateway.schedules")
 
@@ -142,8 +143,8 @@ class ScheduleRunner:
 
     async def tick(self) -> datetime | None:
         """Sync stale environments, then fire, publish or announce what is due; the next due time."""
-        await sync_stale(self.gateway, self.clock())
-        due = await self.gateway.store.ask(ScheduleDue(now=self.clock()), DueSchedules)
+        synced = await sync_stale(self.gateway, self.clock(), limit=PAGE)
+        due = await self.gateway.store.ask(ScheduleDue(now=self.clock(), limit=PAGE), DueSchedules)
         if isinstance(due, StoreError):
             log.warning("schedule_due_failed", error=due.message)
             return None
@@ -155,6 +156,8 @@ class ScheduleRunner:
                     await self.publish(item, item.last_run_id, item.last_due_at)
                 case "expiring":
                     await self.announce(item)
+        if synced >= PAGE or len(due.due) >= PAGE:  # more than a page: go on at once
+            return self.clock()
         return due.next_due_at
 
     async def fire(self, item: DueSchedule) -> None:
