@@ -31,7 +31,8 @@ STAGGER_WINDOW = timedelta(minutes=10)  # a staggered schedule fires this much a
 _DURATION = re.compile(r"^(\d+[smhd])+$")
 _PART = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DURATION_HINT = "a number and a unit (s, m, h, d), e.g. 30m, 8h, 2d, 1d12h"
+MAX_DURATION = timedelta(days=3660)  # ten years: longer is a mistake (and beyond what a timestamp holds)
+DURATION_HINT = "a number and a unit (s, m, h, d), e.g. 30m, 8h, 2d, 1d12h; at most 3660d"
 CRON_HINT = "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5"
 ScheduleType = Literal["deploy", "destroy"]
 
@@ -64,11 +65,12 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
 
 
 def parse_duration(text: str) -> timedelta | None:
-    """`8h`, `2d`, `1d12h`, `30m` as a timedelta; None when it is not a positive duration."""
-    if not isinstance(text, str) or not _DURATION.match(text):
+    """`8h`, `2d`, `1d12h`, `30m` as a timedelta; None when it is not a positive duration of at
+    most MAX_DURATION."""
+    if not isinstance(text, str) or len(text) > 64 or not _DURATION.match(text):
         return None
     seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
-    return timedelta(seconds=seconds) if seconds > 0 else None
+    return timedelta(seconds=seconds) if 0 < seconds <= MAX_DURATION.total_seconds() else None
 
 
 def format_duration(seconds: int) -> str:
