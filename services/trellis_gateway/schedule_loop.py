@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 
@@ -40,6 +40,7 @@ from trellis_templates.schedules import next_due
 LEASE_KEY = "schedules"
 MAX_SLEEP_SECONDS = 30.0
 PAGE = 100  # stale environments, and due schedules, read a pass
+STORE_RETRY = timedelta(seconds=1)
 Clock = Callable[[], datetime]
 log = get_logger("gateway.schedules")
 
@@ -146,6 +147,9 @@ class ScheduleRunner:
         synced = await sync_stale(self.gateway, self.clock(), limit=PAGE)
         due = await self.gateway.store.ask(ScheduleDue(now=self.clock(), limit=PAGE), DueSchedules)
         if isinstance(due, StoreError):
+            if due.code == "unavailable":  # not up yet (the dev stack starts it beside the gateway)
+                log.info("schedule_store_unavailable", error=due.message)
+                return self.clock() + STORE_RETRY
             log.warning("schedule_due_failed", error=due.message)
             return None
         for item in due.due:

@@ -75,8 +75,8 @@ def key_of(tenant: str, environment: str) -> str:
 async def sync_stale(gateway: Gateway, now: datetime, *, limit: int = 100) -> int:
     """Sync every environment whose revision the store has not synced; how many were."""
     stale = await gateway.store.ask(ScheduleStale(limit=limit), StaleEnvironments)
-    if isinstance(stale, StoreError):
-        log.warning("schedule_stale_failed", error=stale.message)
+    if isinstance(stale, StoreError):  # the store starting (with the dev stack) is not worth a warning
+        (log.info if stale.code == "unavailable" else log.warning)("schedule_stale_failed", error=stale.message)
         return 0
     synced = 0
     for item in stale.environments:
