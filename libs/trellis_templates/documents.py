@@ -400,6 +400,7 @@ class Cadence(_Doc, kw_only=True, frozen=True):
     cron_timezone: str = "UTC"
     time_to_live: str = ""
     staggered: bool | BoolValue = False  # each environment fires at its own offset within a window
+    extend_on_deploy: bool = False  # Trellis's: a later successful deploy restarts the time to live
 
 
 class OptOutOptions(_Doc, kw_only=True, frozen=True):

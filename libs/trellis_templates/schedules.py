@@ -46,6 +46,7 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     timezone: str = "UTC"
     ttl_seconds: int = 0
     staggered: bool = False
+    extend_on_deploy: bool = False  # ttl: a later successful deploy restarts it
     allow_opt_out: bool = False
     max_opt_out_seconds: int = 0  # one opt-out's longest postponement; 0: no limit
     max_opt_outs: int = 0  # opt-outs in all; 0: no limit
@@ -60,7 +61,7 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     @property
     def definition(self) -> str:
         """A digest of what decides its due times (not its opt-outs): a change re-arms it."""
-        fields = (self.type, self.cron, self.timezone, self.ttl_seconds, self.staggered)
+        fields = (self.type, self.cron, self.timezone, self.ttl_seconds, self.staggered, self.extend_on_deploy)
         return hashlib.sha256(msgspec.json.encode(fields)).hexdigest()[:32]
 
 
@@ -142,6 +143,8 @@ def _check_cadence(schedule: Schedule, source: Source | None, path: Path, proble
                 f"unknown time zone {cadence.cron_timezone!r}",
                 "an IANA name such as UTC, Europe/Berlin, America/New_York",
             )
+    if cadence.extend_on_deploy and not cadence.time_to_live:
+        problems.error(source, (*path, "extendOnDeploy"), "extendOnDeploy applies to a timeToLive only")
     if cadence.time_to_live:
         if parse_duration(cadence.time_to_live) is None:
             problems.error(source, (*path, "timeToLive"), f"{cadence.time_to_live!r} is not a duration", DURATION_HINT)
@@ -229,6 +232,7 @@ def _effective(schedule: Schedule, limits: OptOutOptions, optouts: tuple[int, ..
         timezone=cadence.cron_timezone if cadence.cron_expression else "UTC",
         ttl_seconds=int(ttl.total_seconds()) if ttl is not None else 0,
         staggered=_flag(cadence.staggered),
+        extend_on_deploy=cadence.extend_on_deploy and ttl is not None,
         optouts=optouts,
         variables=run_variables(schedule),
         **_limits(limits),

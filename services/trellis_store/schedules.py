@@ -51,14 +51,16 @@ ORDER BY e.tenant, e.name LIMIT $1
 
 _OPTOUT_SUM = "(SELECT coalesce(sum(x::bigint), 0) FROM jsonb_array_elements_text(s.spec->'optouts') x)"
 
-# A time to live starts when the environment's deploy succeeds (not before the schedule existed).
+# A time to live starts when the environment's deploy succeeds (not before the schedule existed);
+# with extend_on_deploy, each later successful deploy starts it again.
 _ARM = f"""
 UPDATE schedules AS s SET
     next_due_at = greatest(r.finished_at, s.synced_at)
                   + make_interval(secs => (s.spec->>'ttl_seconds')::bigint + {_OPTOUT_SUM} + s.optout_seconds),
     armed_by_run = e.deploy_run_id
 FROM environments AS e JOIN runs AS r ON r.tenant = e.tenant AND r.run_id = e.deploy_run_id
-WHERE s.kind = 'ttl' AND s.next_due_at IS NULL AND r.finished_at IS NOT NULL
+WHERE s.kind = 'ttl' AND r.finished_at IS NOT NULL
+  AND (s.next_due_at IS NULL OR coalesce((s.spec->>'extend_on_deploy')::boolean, false))
   AND e.tenant = s.tenant AND e.name = s.environment AND e.deployed
   AND e.deploy_run_id <> '' AND e.deploy_run_id <> s.armed_by_run
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from store_api_support import (
     RunningStore,
     env_put,
@@ -162,13 +163,14 @@ async def test_a_fired_run_not_marked_published_is_listed_again(store: RunningSt
     assert [d for d in after.due if d.tenant == unique] == []
 
 
-async def deployed(store: RunningStore, tenant: str, finished: datetime) -> None:
+async def deployed(store: RunningStore, tenant: str, finished: datetime, run_id: str = "deploy-1") -> None:
     """The environment as the projection leaves it after a successful deploy run."""
-    await seed_run(store, tenant, "deploy-1", status="succeeded")
-    await store.sql("UPDATE runs SET finished_at = $2 WHERE tenant = $1 AND run_id = 'deploy-1'", tenant, finished)
+    await seed_run(store, tenant, run_id, status="succeeded")
+    await store.sql("UPDATE runs SET finished_at = $2 WHERE tenant = $1 AND run_id = $3", tenant, finished, run_id)
     await store.sql(
-        "UPDATE environments SET deployed = true, status = 'deployed', deploy_run_id = 'deploy-1' WHERE tenant = $1",
+        "UPDATE environments SET deployed = true, status = 'deployed', deploy_run_id = $2 WHERE tenant = $1",
         tenant,
+        run_id,
     )
 
 
@@ -241,3 +243,25 @@ async def test_a_run_recorded_by_a_claim_is_an_ordinary_requested_run(store: Run
     await store.ask(claim(unique, due, None, "run-1", due), ScheduleClaimed)
     run = await store.ask(RunGet(tenant=unique, run_id="run-1"), RunDetail)
     assert (run.status, run.action, run.requested_by) == ("requested", "deploy", "schedule/hourly")
+
+
+async def test_a_redeploy_restarts_a_time_to_live_only_when_the_template_says_so(
+    store: RunningStore, unique: str
+) -> None:
+    await environment(store, unique)
+    await sync(store, unique, SyncedSchedule(schedule=TTL))
+    await deployed(store, unique, T0)
+    await store.ask(ScheduleDue(now=T0), DueSchedules)
+    await deployed(store, unique, T0 + timedelta(hours=3), run_id="deploy-2")
+    await store.ask(ScheduleDue(now=T0 + timedelta(hours=3)), DueSchedules)
+    [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
+    assert state.expires_at == T0 + timedelta(hours=8)  # the first deploy's lifetime stands
+    renewing = msgspec.structs.replace(TTL, extend_on_deploy=True)
+    await sync(store, unique, SyncedSchedule(schedule=renewing), now=T0 - timedelta(hours=1))
+    await store.ask(ScheduleDue(now=T0 + timedelta(hours=3)), DueSchedules)
+    [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
+    assert state.expires_at == T0 + timedelta(hours=11)  # from deploy-2's finish
+    await deployed(store, unique, T0 + timedelta(hours=5), run_id="deploy-3")
+    await store.ask(ScheduleDue(now=T0 + timedelta(hours=5)), DueSchedules)
+    [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
+    assert state.expires_at == T0 + timedelta(hours=13)

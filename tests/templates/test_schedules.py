@@ -193,6 +193,11 @@ def test_an_unknown_schedule_in_an_optout_gets_the_closest_name() -> None:
             "spec.schedules[1].cadence.timeToLive",
             "must be of type destroy",
         ),
+        (
+            ("cronTimezone: Europe/Berlin}", "cronTimezone: Europe/Berlin, extendOnDeploy: true}"),
+            "spec.schedules[0].cadence.extendOnDeploy",
+            "applies to a timeToLive only",
+        ),
     ],
 )
 def test_a_bad_schedule_is_an_error_at_its_path(edit: tuple[str, str], path: str, message: str) -> None:
