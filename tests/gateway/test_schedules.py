@@ -21,7 +21,7 @@ from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import RunRequested, decode_run_event
 from trellis_core.settings import Settings
-from trellis_gateway.schedule_loop import run_schedules
+from trellis_gateway.schedule_loop import ScheduleRunner, run_schedules
 from trellis_gateway.schedule_sync import sync_stale
 
 SCHEDULED = (
@@ -136,6 +136,25 @@ async def test_the_loop_fires_a_due_deploy_once_as_a_run_requested_by_the_schedu
         "type": "schedule",
         "payload": {"schedule": "nightly-deploy", "due": (start + timedelta(days=1, hours=1)).isoformat()},
     }
+
+
+async def test_two_replicas_ticking_at_once_fire_a_due_slot_once(api: Api) -> None:
+    from trellis_gateway.context import Gateway
+
+    await api.environment("web", SCHEDULED, "hello-stack")
+    start = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    await sync_stale(api.gateway, start)
+    clock = Clock(start + timedelta(hours=1, seconds=1))
+    other = Gateway.create(api.bus, api.gateway.settings)  # another replica, its own store client
+    try:
+        for _ in range(3):
+            await asyncio.gather(ScheduleRunner(api.gateway, clock).tick(), ScheduleRunner(other, clock).tick())
+    finally:
+        await other.store.close()
+    [run] = await runs_by(api, "schedule/nightly-deploy")
+    assert run["status"] == "requested"  # recorded and published; no compiler runs in this test
+    state = (await schedules(api, "web"))["schedules"][0]
+    assert state["last_run_id"] == run["run_id"]
 
 
 async def test_a_time_to_live_starts_at_the_deploy_is_extended_announced_and_ends_in_a_destroy(
