@@ -195,7 +195,16 @@ class ScheduleRunner:
             now=now,
         )
         claimed = await self.gateway.store.ask(claim, ScheduleClaimed)
-        if isinstance(claimed, StoreError) or not claimed.claimed:
+        if isinstance(claimed, StoreError):
+            log.warning(
+                "schedule_claim_failed",
+                tenant=item.tenant,
+                environment=item.environment,
+                schedule=schedule.name,
+                error=claimed.message,
+            )
+            return
+        if not claimed.claimed:  # another replica took it, or the schedule changed meanwhile
             log.info("schedule_not_claimed", tenant=item.tenant, environment=item.environment, schedule=schedule.name)
             return
         if run is None:
