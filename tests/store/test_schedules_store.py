@@ -265,3 +265,15 @@ async def test_a_redeploy_restarts_a_time_to_live_only_when_the_template_says_so
     await store.ask(ScheduleDue(now=T0 + timedelta(hours=5)), DueSchedules)
     [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
     assert state.expires_at == T0 + timedelta(hours=13)
+
+
+async def test_a_schedule_asking_for_approval_is_postponed_by_an_admin_only(store: RunningStore, unique: str) -> None:
+    await environment(store, unique)
+    await sync(store, unique, SyncedSchedule(schedule=msgspec.structs.replace(TTL, approval=True)))
+    refused = await store.refused(ScheduleExtend(tenant=unique, environment="dev", seconds=60, now=T0))
+    assert (refused.code, refused.path) == ("forbidden", "name")
+    assert "optOutOptions.approval" in refused.message
+    state = await store.ask(
+        ScheduleExtend(tenant=unique, environment="dev", seconds=60, admin=True, now=T0), ScheduleState
+    )
+    assert state.optouts == 1
