@@ -157,6 +157,33 @@ async def test_two_replicas_ticking_at_once_fire_a_due_slot_once(api: Api) -> No
     assert state["last_run_id"] == run["run_id"]
 
 
+async def test_a_cron_schedule_opted_out_of_skips_its_slots_until_the_opt_out_ends(api: Api) -> None:
+    optional = SCHEDULED.replace(
+        "cadence: {cronExpression: '0 2 * * *'}}",
+        "cadence: {cronExpression: '0 2 * * *'}, optOutOptions: {allowOptOut: true, maxAllowedDuration: 1d}}",
+    )
+    await api.environment("web", optional, "hello-stack")
+    now = datetime.now(UTC)
+    await sync_stale(api.gateway, now)
+    body = {"duration": "1d", "schedule": "nightly-deploy"}
+    postponed = await api.json("POST", "/v1/environments/web/extend", status=200, who="operator", json=body)
+    until_at = datetime.fromisoformat(postponed["opted_out_until"])
+    assert now + timedelta(days=1) <= until_at <= datetime.now(UTC) + timedelta(days=1)
+    first = datetime.fromisoformat(postponed["next_due_at"])  # the next 02:00, inside the opt-out
+    assert first < until_at
+    clock = Clock(first + timedelta(seconds=5))
+    runner = ScheduleRunner(api.gateway, clock)
+    await runner.tick()
+    assert await runs_by(api, "schedule/nightly-deploy") == []  # skipped
+    state = (await schedules(api, "web"))["schedules"][0]
+    after = datetime.fromisoformat(state["next_due_at"])
+    assert after >= until_at
+    assert (after.hour, after.minute) == (2, 0)
+    clock.now = after + timedelta(seconds=5)
+    await runner.tick()
+    assert len(await runs_by(api, "schedule/nightly-deploy")) == 1
+
+
 async def test_a_time_to_live_starts_at_the_deploy_is_extended_announced_and_ends_in_a_destroy(
     api: Api, bus: Bus, settings: Settings, tmp_path: Path
 ) -> None:
