@@ -92,13 +92,16 @@ async def sync_environment(gateway: Gateway, item: StaleEnvironment, now: dateti
     bundle = await gateway.store.ask(
         TemplateBundleGet(tenant=item.tenant, name=env.template.name, version=env.template.version), TemplateBundle
     )
-    if isinstance(bundle, StoreError):
+    if isinstance(bundle, StoreError):  # an environment a bus run made (`trellis run`): no published template
         schedules: tuple[EffectiveSchedule, ...] = ()
         problems: tuple[Problem, ...] = (Problem(message=bundle.message, path="template"),)
+        log.info("schedules_without_template", tenant=item.tenant, environment=item.name, error=bundle.message)
     else:
         schedules, problems = environment_schedules(env, bundle)
-    if problems:
-        log.warning("schedule_problems", tenant=item.tenant, environment=item.name, problems=[str(p) for p in problems])
+        if problems:
+            log.warning(
+                "schedule_problems", tenant=item.tenant, environment=item.name, problems=[str(p) for p in problems]
+            )
     key = key_of(item.tenant, item.name)
     request = ScheduleSync(
         tenant=item.tenant,
