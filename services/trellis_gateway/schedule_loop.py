@@ -223,7 +223,8 @@ class ScheduleRunner:
         """Publish the claimed run through start_run (it finds the run by its idempotency key). A
         refusal (4xx, the template gone) is given up on and audited; the bus down is retried."""
         schedule = item.schedule
-        trigger = {"type": "schedule", "payload": {"schedule": schedule.name, "due": _iso(due_at)}}
+        payload = {"schedule": schedule.name, "due": _iso(due_at)}
+        trigger = {"type": "schedule", "schedule": schedule.name, "payload": payload}  # as RunRequested.trigger says
         try:
             await start_run(
                 self.gateway,

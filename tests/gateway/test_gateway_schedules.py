@@ -134,6 +134,7 @@ async def test_the_loop_fires_a_due_deploy_once_as_a_run_requested_by_the_schedu
     assert request.requested_by == "schedule/nightly-deploy"
     assert request.trigger == {
         "type": "schedule",
+        "schedule": "nightly-deploy",
         "payload": {"schedule": "nightly-deploy", "due": (start + timedelta(days=1, hours=1)).isoformat()},
     }
 
