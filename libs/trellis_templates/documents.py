@@ -385,12 +385,41 @@ class EnvironmentResource(_Doc, kw_only=True, frozen=True):
     agents: list[NameRef] = []
 
 
+class BoolValue(_Doc, kw_only=True, frozen=True):
+    """Rafay's wrapped boolean: `{value: true}`."""
+
+    value: bool = False
+
+
+class TextValue(_Doc, kw_only=True, frozen=True):
+    """Rafay's wrapped string: `{value: "2h"}`."""
+
+    value: str = ""
+
+
+class IntValue(_Doc, kw_only=True, frozen=True):
+    """Rafay's wrapped integer: `{value: 3}`."""
+
+    value: int = 0
+
+
 class Cadence(_Doc, kw_only=True, frozen=True):
     """When a schedule runs (`cronExpression`), or how long the environment lives (`timeToLive`)."""
 
     cron_expression: str = ""
     cron_timezone: str = "UTC"
     time_to_live: str = ""
+    staggered: bool | BoolValue = False  # each environment fires at its own offset within a window
+    extend_on_deploy: bool = False  # Trellis's: a later successful deploy restarts the time to live
+
+
+class OptOutOptions(_Doc, kw_only=True, frozen=True):
+    """How far an Environment may postpone this schedule (`scheduleOptouts`, `trellis env extend`)."""
+
+    allow_opt_out: bool | BoolValue = False
+    max_allowed_duration: str | TextValue = ""  # one opt-out's longest postponement ("": no limit)
+    max_allowed_times: int | IntValue = 0  # opt-outs in all (0: no limit)
+    approval: bool | BoolValue = False  # opt-outs through the API need the admin role
 
 
 class Schedule(_Doc, kw_only=True, frozen=True):
@@ -399,6 +428,14 @@ class Schedule(_Doc, kw_only=True, frozen=True):
     description: str = ""
     cadence: Cadence
     variables: list[Variable] = []
+    opt_out_options: OptOutOptions | None = None
+
+
+class ScheduleOptout(_Doc, kw_only=True, frozen=True):
+    """An Environment's postponement of one schedule by `duration` (`8h`, `2d`)."""
+
+    name: DnsName
+    duration: str
 
 
 class ActionWorkflows(_Doc, kw_only=True, frozen=True):
@@ -440,6 +477,7 @@ class EnvironmentSpec(_Doc, kw_only=True, frozen=True):
     agents: list[NameRef] = []
     contexts: list[ContextRef] = []
     schedules: list[Schedule] = []
+    schedule_optouts: list[ScheduleOptout] = []
 
 
 class ConfigContextSpec(_Doc, kw_only=True, frozen=True):
@@ -557,7 +595,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     ResourceOptions: frozenset({"dedicated"}),
     VariableOptions: frozenset({"schema", "displayMetadata"}),
     Override: frozenset({"displayOverridden", "restrictedKeyValues"}),
-    Schedule: frozenset({"optOutOptions", "context", "workflows"}),
+    Schedule: frozenset({"context", "workflows"}),
     EnvironmentAction: frozenset({"context"}),
     FunctionOptions: frozenset({"languageVersion", "maxConcurrency", "numReplicas", "memoryLimitMi"}),
 }

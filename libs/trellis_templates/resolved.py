@@ -13,6 +13,7 @@ from trellis_templates.checks import check_schedules
 from trellis_templates.contexts import Attached, attach
 from trellis_templates.documents import ContextRef, Environment, EnvironmentTemplate
 from trellis_templates.errors import Path, Problems, Source
+from trellis_templates.schedules import check_environment_optouts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +88,7 @@ def resolve_documents(
     template, template_source = found
     check_schedules(template.spec.schedules, template_source, problems)
     check_schedules(environment.spec.schedules, environment_source, problems)
+    check_environment_optouts(template, environment, environment_source, problems)
     return Documents(
         bundle=bundle,
         environment=environment,

@@ -20,7 +20,11 @@ from trellis_store.api import Environment, Environments, TemplateRef
 
 # Modules adding `trellis env` subcommands of their own: each has `register_env(sub)`, given the
 # `env` command's subparsers (day-2 actions, schedules and TTL, drift...).
-ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ("trellis_cli.state_cmd", "trellis_cli.env_action_cmd")
+ENV_SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "trellis_cli.state_cmd",
+    "trellis_cli.env_action_cmd",
+    "trellis_cli.env_schedule_cmd",
+)
 
 NEEDS = "Works through the gateway: TRELLIS_GATEWAY_URL and TRELLIS_TOKEN (`trellis dev up` prints them)."
 

@@ -36,6 +36,7 @@ from trellis_gateway.context import (
     require,
     store_problem,
 )
+from trellis_gateway.schedule_loop import run_schedules
 from trellis_store.api import StoreError
 
 log = get_logger("gateway")
@@ -52,6 +53,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.webhooks",
     "trellis_gateway.tfstate_routes",
     "trellis_gateway.actions_routes",
+    "trellis_gateway.schedules_routes",
 )
 _DOCS = web.AppKey("endpoint_docs", dict[tuple[str, str], EndpointDoc])  # (method, route) -> its doc
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
@@ -202,7 +204,9 @@ async def serve(
             bound(url)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        async with asyncio.TaskGroup() as tasks:  # the schedule loop leads on one replica (docs/schedules.md)
+            tasks.create_task(run_schedules(gateway, stop))
+            await stop.wait()
     finally:
         gateway.stopping.set()
         await runner.cleanup()

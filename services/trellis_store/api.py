@@ -19,6 +19,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Action, Workflow
+from trellis_templates.schedules import EffectiveSchedule
 
 Role = Literal["viewer", "operator", "admin"]
 EnvironmentStatus = Literal["new", "deploying", "deployed", "failed", "destroying", "destroyed"]
@@ -614,6 +615,140 @@ class TfStateResource(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
 class TfStateSummary(msgspec.Struct, frozen=True, kw_only=True):
     environment: str
     resources: tuple[TfStateResource, ...]
+# ---- schedules (trellis_store.schedules, docs/schedules.md) -------------------------------------
+
+
+class ScheduleStale(_Request, frozen=True, kw_only=True, tag="schedule.stale"):
+    """Environments, of every tenant, whose schedules were not synced at their current revision."""
+
+    limit: int = 100
+
+
+class StaleEnvironment(msgspec.Struct, frozen=True, kw_only=True):
+    tenant: str
+    name: str
+    revision: int
+
+
+class StaleEnvironments(msgspec.Struct, frozen=True, kw_only=True):
+    environments: tuple[StaleEnvironment, ...]
+
+
+class SyncedSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    schedule: EffectiveSchedule
+    next_due_at: datetime | None = None  # cron: the next slot after `now`; ttl: None (armed by a deploy)
+
+
+class ScheduleSync(_TenantRequest, frozen=True, kw_only=True, tag="schedule.sync"):
+    """The environment's schedules at `revision`: new ones armed, changed ones re-armed, the same
+    ones kept (with the Environment's new opt-outs applied), the others removed."""
+
+    environment: str
+    revision: int
+    schedules: tuple[SyncedSchedule, ...] = ()
+    problems: tuple[Problem, ...] = ()  # why some of its schedules do not run
+    now: datetime
+
+
+class ScheduleDue(_Request, frozen=True, kw_only=True, tag="schedule.due"):
+    """What the schedule loop has to do at `now`, every tenant: slots due, fired runs not yet
+    published, expiries within their warning time. Time to live schedules of environments
+    deployed since are armed first."""
+
+    now: datetime
+    limit: int = 100
+
+
+DueReason = Literal["due", "unpublished", "expiring"]
+
+
+class DueSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    tenant: str
+    environment: str
+    reason: DueReason
+    schedule: EffectiveSchedule
+    next_due_at: datetime | None = None
+    optout_until: datetime | None = None
+    last_due_at: datetime | None = None
+    last_run_id: str = ""
+
+
+class DueSchedules(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    due: tuple[DueSchedule, ...]
+    next_due_at: datetime | None = None  # the earliest slot or expiry after `now`: when to look again
+
+
+class ScheduleClaim(_TenantRequest, frozen=True, kw_only=True, tag="schedule.claim"):
+    """Take the firing due at `due_at` (moving next_due_at to `next_due_at`) only if next_due_at
+    still is `due_at`; with `run`, record that run in the same transaction. `claimed` false: another
+    replica took it, or the schedule changed."""
+
+    environment: str
+    name: str
+    due_at: datetime
+    next_due_at: datetime | None = None
+    run: RunCreate | None = None  # None: the slot is skipped (an opt-out)
+    now: datetime
+
+
+class ScheduleClaimed(msgspec.Struct, frozen=True, kw_only=True):
+    claimed: bool
+    run_id: str = ""
+
+
+class ScheduleMark(_TenantRequest, frozen=True, kw_only=True, tag="schedule.mark"):
+    """`published`: `run_id` is on the bus (or given up on); `warned`: the expiry at `due_at` was announced."""
+
+    environment: str
+    name: str
+    mark: Literal["published", "warned"]
+    run_id: str = ""
+    due_at: datetime | None = None
+
+
+class ScheduleList(_TenantRequest, frozen=True, kw_only=True, tag="schedule.list"):
+    environment: str
+
+
+class ScheduleState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One schedule of an environment as the API shows it."""
+
+    name: str
+    type: str
+    kind: Literal["cron", "ttl"]
+    cron: str = ""
+    timezone: str = ""
+    time_to_live: str = ""
+    staggered: bool = False
+    next_due_at: datetime | None = None  # cron: the next firing (before opt-outs); ttl: see expires_at
+    expires_at: datetime | None = None  # ttl: when the destroy starts (None: not deployed yet)
+    opted_out_until: datetime | None = None
+    last_fired_at: datetime | None = None
+    last_run_id: str = ""
+    optouts: int = 0  # opt-outs used: the Environment's and the API's
+    allow_opt_out: bool = False
+    max_allowed_duration: str = ""
+    max_allowed_times: int = 0
+
+
+class ScheduleStates(msgspec.Struct, frozen=True, kw_only=True):
+    environment: str
+    schedules: tuple[ScheduleState, ...]
+    problems: tuple[Problem, ...] = ()
+    synced: bool = False  # false: the schedule loop has not read this revision of the environment yet
+
+
+class ScheduleExtend(_TenantRequest, frozen=True, kw_only=True, tag="schedule.extend"):
+    """Postpone schedule `name` (empty: the environment's time to live) by `seconds`, within its
+    optOutOptions (`invalid` naming the limit otherwise); audited."""
+
+    environment: str
+    name: str = ""
+    seconds: int
+    admin: bool = False  # the caller is an admin (optOutOptions.approval asks for one)
+    actor: str = ""
+    remote: str = ""
+    now: datetime
 
 
 StoreRequest = (
@@ -650,6 +785,13 @@ StoreRequest = (
     | TfStateUnlock
     | TfStateShow
     | LinkedOutputsGet
+    | ScheduleStale
+    | ScheduleSync
+    | ScheduleDue
+    | ScheduleClaim
+    | ScheduleMark
+    | ScheduleList
+    | ScheduleExtend
 )
 
 # What each op answers (the `result` of its Reply).
@@ -687,6 +829,13 @@ RESULT_TYPES: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     TfStateUnlock: TfStateWritten,
     TfStateShow: TfStateSummary,
     LinkedOutputsGet: LinkedOutputs,
+    ScheduleStale: StaleEnvironments,
+    ScheduleSync: Ok,
+    ScheduleDue: DueSchedules,
+    ScheduleClaim: ScheduleClaimed,
+    ScheduleMark: Ok,
+    ScheduleList: ScheduleStates,
+    ScheduleExtend: ScheduleState,
 }
 
 

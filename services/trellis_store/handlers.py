@@ -13,7 +13,7 @@ import asyncpg
 import msgspec
 
 from trellis_core.logs import get_logger
-from trellis_store import agent_keys, api, commands, keys, links, queries, tfstate
+from trellis_store import agent_keys, api, commands, keys, links, queries, schedules, tfstate
 from trellis_store.api import Reply, StoreError, StoreRequest
 from trellis_store.client import RESULT_FRAME
 from trellis_store.context import Encoded, StoreContext
@@ -57,6 +57,13 @@ OPS: dict[type[msgspec.Struct], Op] = {
     api.TfStateUnlock: tfstate.tfstate_unlock,
     api.TfStateShow: tfstate.tfstate_show,
     api.LinkedOutputsGet: links.linked_outputs,
+    api.ScheduleStale: schedules.schedule_stale,
+    api.ScheduleSync: schedules.schedule_sync,
+    api.ScheduleDue: schedules.schedule_due,
+    api.ScheduleClaim: schedules.schedule_claim,
+    api.ScheduleMark: schedules.schedule_mark,
+    api.ScheduleList: schedules.schedule_list,
+    api.ScheduleExtend: schedules.schedule_extend,
 }
 
 # What "PostgreSQL is not there" looks like from asyncpg: refused or lost connections, a server

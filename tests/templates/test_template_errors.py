@@ -348,7 +348,7 @@ def test_a_schedule_with_a_bad_cron_expression_is_an_error_with_an_example() -> 
         text,
         "spec.schedules[0].cadence.cronExpression",
         "'0 2 * *'",
-        "'0 2 * *' is not a cron expression",
+        "'0 2 * *' is not a cron expression: wrong number of fields",
         "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5",
     )
 

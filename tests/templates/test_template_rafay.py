@@ -109,10 +109,7 @@ def test_a_selector_sets_the_named_variable_of_the_named_resource() -> None:
 
 def test_rafay_fields_trellis_does_not_implement_are_named_in_warnings() -> None:
     result = run(RAFAY, environment="dev-eks")
-    assert {w.path for w in result.warnings} == {
-        "spec.resources[0].resourceOptions.dedicated",
-        "spec.schedules[0].optOutOptions",
-    }
+    assert {w.path for w in result.warnings} == {"spec.resources[0].resourceOptions.dedicated"}
 
 
 def test_a_workflow_handler_hook_runs_its_driver() -> None:

@@ -1,3 +1,0 @@
--- Reserved: another issue-18 branch owns migration 0006. This placeholder only keeps the numbers
--- gapless on the i18-tfstate branch; drop it when merging that branch's own 0006 file.
-SELECT 1;
