@@ -63,6 +63,7 @@ class IacSpec(_Spec, frozen=True, tag="iac"):
     refresh: bool = True
     lock: bool = True
     env: dict[str, str] = {}  # TF_VAR_*, TRELLIS_VAR_*, the contexts' envs
+    drift: bool = False  # plan stage of a drift check: `-detailed-exitcode`, reports what would change
 
 
 class HttpSpec(_Spec, frozen=True, tag="http"):

@@ -188,7 +188,8 @@ def start_run(st: SchedulerState, run: RunState, now: float) -> None:
     """The run holds its environment: its root activities become ready."""
     run.status = "running"
     run.started_at = now
-    if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
+    # a destroy and a drift check render with what the last deploy produced
+    if (run.action == "destroy" or run.workflow.purpose.drift) and not run.outputs:
         previous = last_deploy_outputs(st, run) or {}
         run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
     for i, a in enumerate(run.acts):
@@ -214,7 +215,9 @@ def close_run(
     run.status = status
     run.finished_at = now
     limits.release(st, run)
-    if status == "succeeded" and run.action == "deploy":
+    if not run.workflow.purpose.ordinary:  # a day-2 action or a drift check deploys nothing
+        pass
+    elif status == "succeeded" and run.action == "deploy":
         st.env_outputs[run.env_key] = run.outputs
     elif status == "succeeded" and run.action == "destroy":  # gone: a new deploy starts afresh
         st.env_outputs[run.env_key] = None

@@ -36,7 +36,7 @@ def compile_environment(
     template_documents = [(documents.template, documents.template_source)]
     check_plans(planned.plans, [*template_documents, (environment, environment_source)], bundle, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
-    built = build_resources(planned, info.action)
+    built = build_resources(planned, info.action, drift=info.purpose.drift)
     order = order_resources(dependencies, planned, built, problems)
     if order is None or problems.errors:
         return None

@@ -10,6 +10,7 @@ import msgspec
 
 from trellis_core.workflow import Action, Activity, RunWhen
 from trellis_templates.documents import EnvironmentResource, EnvironmentTemplate, Hook
+from trellis_templates.drift_checks import build_drift_resource, checked_resources, drift_hooks
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
 from trellis_templates.planning import Plans, environment_agents
@@ -66,12 +67,13 @@ def declared_dependencies(template: EnvironmentTemplate, source: Source, problem
     )
 
 
-def build_resources(planned: Plans, action: Action) -> BuiltResources:
-    """Every planned resource's activities: its hooks, checkout and stages or tasks."""
+def build_resources(planned: Plans, action: Action, *, drift: bool = False) -> BuiltResources:
+    """Every planned resource's activities: its hooks, checkout and stages or tasks (a drift
+    check's: `drift_checks`)."""
     built: dict[str, Built] = {}
     reads: dict[str, tuple[str, ...]] = {}
     for plan in planned.plans:
-        built[plan.name] = build_resource(plan, action)
+        built[plan.name] = build_drift_resource(plan) if drift else build_resource(plan, action)
         reads[plan.name] = tuple(plan.ctx.renderer.refs)  # complete once every string is rendered
     return BuiltResources(built=built, reads=reads)
 
@@ -149,6 +151,8 @@ def assemble(
     waits for (destroy: after those that wait for it), then onSuccess, onFailure, onCompletion."""
     context = environment_hooks_context(planned, info=info, problems=problems)
     hooks = planned.variables.documents.template.spec.hooks
+    if info.purpose.drift:  # no hook but onDrift, after every check
+        return _drift_assembled(context, built, order, hooks.on_drift)
     out = _environment_hooks(context, hooks.on_init, "onInit", "on-init", first_deps=())
     start = (out[-1].id,) if out else ()
     names, preds = _in_action_order(order, info.action)
@@ -172,6 +176,19 @@ def assemble(
         context, hooks.on_completion, "onCompletion", "on-completion", first_deps=every, first_when="always"
     )
     return tuple(out)
+
+
+def _drift_assembled(
+    context: HookContext, built: BuiltResources, order: Order, on_drift: list[Hook]
+) -> tuple[Activity, ...]:
+    out: list[Activity] = []
+    exits: dict[str, tuple[str, ...]] = {}
+    for name in order.names:
+        entry = tuple(dict.fromkeys(exit_id for pred in order.after[name] for exit_id in exits[pred]))
+        out.extend(resolve_entry(activity, entry) for activity in built.built[name].activities)
+        exits[name] = swap_entry(built.built[name].exits, entry)
+    ends = tuple(dict.fromkeys(exit_id for name in order.names for exit_id in exits[name]))
+    return (*out, *drift_hooks(context, on_drift, checked_resources(out), first_deps=ends))
 
 
 def _environment_hooks(

@@ -30,17 +30,19 @@ class StoreUnavailable(Exception):
 
 
 def needs_last_deploy(request: RunRequested, activities: tuple[Activity, ...] | None = None) -> bool:
-    """A destroy always does; a deploy when it has an `executeOnce` activity (pass its activities)."""
-    if request.action == "destroy":
+    """A destroy and a drift check always do; a deploy when it has an `executeOnce` activity (pass
+    its activities)."""
+    if request.action == "destroy" or request.purpose.drift:
         return True
     return activities is not None and any(a.execute_once for a in activities)
 
 
 def as_last_deploy(request: RunRequested, record: DeployRecord | None) -> LastDeploy | None:
-    """What the compiled workflow carries of the record; the outputs only for a destroy."""
+    """What the compiled workflow carries of the record; the outputs only for a destroy and a drift
+    check (both render with the deployed outputs)."""
     if record is None or not record.deployed:
         return None
-    outputs = record.outputs if request.action == "destroy" else {}
+    outputs = record.outputs if request.action == "destroy" or request.purpose.drift else {}
     return LastDeploy(run_id=record.run_id, outputs=outputs)
 
 
