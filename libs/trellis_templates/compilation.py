@@ -52,4 +52,5 @@ def compile_environment(
         # with a sealer, the request's variables as a later destroy may reuse them: sealed
         requested_variables=variables.inputs if info.seal is not None else {},
         purpose=info.purpose,
+        output_readers=built.readers,
     )

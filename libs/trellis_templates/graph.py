@@ -4,13 +4,14 @@ activities, the resources in order, and the DAG assembled between the environmen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from trellis_core.workflow import Action, Activity, RunWhen
 from trellis_templates.documents import EnvironmentResource, EnvironmentTemplate, Hook
 from trellis_templates.drift_checks import build_drift_resource, checked_resources, drift_hooks
+from trellis_templates.drift_impact import Readers, output_readers
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
 from trellis_templates.planning import Plans, environment_agents
@@ -35,6 +36,7 @@ class BuiltResources:
 
     built: Mapping[str, Built]
     reads: Mapping[str, tuple[str, ...]]
+    readers: Readers = field(default_factory=dict)  # a drift check's: who reads which outputs when deployed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +74,17 @@ def build_resources(planned: Plans, action: Action, *, drift: bool = False) -> B
     check's: `drift_checks`)."""
     built: dict[str, Built] = {}
     reads: dict[str, tuple[str, ...]] = {}
+    deployed: list[Activity] = []
     for plan in planned.plans:
+        if drift:  # the deploy's activities say who reads which outputs; the check runs its own
+            deployed.extend(build_resource(plan, "deploy").activities)
         built[plan.name] = build_drift_resource(plan) if drift else build_resource(plan, action)
         reads[plan.name] = tuple(plan.ctx.renderer.refs)  # complete once every string is rendered
-    return BuiltResources(built=built, reads=reads)
+    if drift and planned.plans:  # both builds rendered the same strings: each problem once
+        problems = planned.plans[0].ctx.problems
+        problems.errors[:] = list(dict.fromkeys(problems.errors))
+        problems.warnings[:] = list(dict.fromkeys(problems.warnings))
+    return BuiltResources(built=built, reads=reads, readers=output_readers(deployed))
 
 
 def order_resources(
