@@ -19,6 +19,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Action, Workflow
+from trellis_store.drift_view import EnvironmentDrift
 
 Role = Literal["viewer", "operator", "admin"]
 EnvironmentStatus = Literal["new", "deploying", "deployed", "failed", "destroying", "destroyed"]
@@ -194,6 +195,7 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True):
     last_run_id: str = ""
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    drift: EnvironmentDrift | msgspec.UnsetType = msgspec.UNSET  # the last drift check; omitted: none
 
 
 class Environments(msgspec.Struct, frozen=True, kw_only=True):

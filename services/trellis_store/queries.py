@@ -10,6 +10,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Workflow
+from trellis_store import drift_rows
 from trellis_store.api import (
     ActivityRow,
     Approval,
@@ -144,7 +145,9 @@ async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment
     )
     if row is None:
         return error("not_found", f"no environment {req.name!r}", "name")
-    return environment_of(row)
+    drift = await drift_rows.last_check(ctx.pool, req.tenant, req.name)
+    environment = environment_of(row)
+    return environment if drift is None else msgspec.structs.replace(environment, drift=drift)
 
 
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:
