@@ -224,7 +224,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     # the scheduler prefers what it saw itself since it started (see trellis_engine.transitions).
     last_deploy: LastDeploy | None = None
     purpose: RunPurpose = NO_PURPOSE  # as the run request gave it
-    # A drift check's: resource -> output ("*": read whole) -> the resources whose deploy reads it
+    # A drift check's: every resource -> output ("*": read whole) -> the resources whose deploy reads it
     output_readers: dict[str, dict[str, tuple[str, ...]]] = {}
 
     def by_id(self) -> dict[str, Activity]:

@@ -36,7 +36,8 @@ class BuiltResources:
 
     built: Mapping[str, Built]
     reads: Mapping[str, tuple[str, ...]]
-    readers: Readers = field(default_factory=dict)  # a drift check's: who reads which outputs when deployed
+    # a drift check's: every resource -> output -> the resources that read it when deployed
+    readers: Readers = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +85,8 @@ def build_resources(planned: Plans, action: Action, *, drift: bool = False) -> B
         problems = planned.plans[0].ctx.problems
         problems.errors[:] = list(dict.fromkeys(problems.errors))
         problems.warnings[:] = list(dict.fromkeys(problems.warnings))
-    return BuiltResources(built=built, reads=reads, readers=output_readers(deployed))
+    readers: Readers = {plan.name: {} for plan in planned.plans} | output_readers(deployed) if drift else {}
+    return BuiltResources(built=built, reads=reads, readers=readers)
 
 
 def order_resources(

@@ -50,6 +50,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.streams",
     "trellis_gateway.approvals",
     "trellis_gateway.webhooks",
+    "trellis_gateway.drift_routes",
 )
 _DOCS = web.AppKey("endpoint_docs", dict[tuple[str, str], EndpointDoc])  # (method, route) -> its doc
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched

@@ -156,7 +156,9 @@ def test_on_drift_hooks_wait_for_every_check_and_run_only_when_one_found_drift()
 def test_the_workflow_says_who_reads_which_outputs_in_a_deploy() -> None:
     readers = workflow().output_readers
     assert readers == {
+        "app": {},
         "database": {"dsn": ("app",)},
+        "dns": {},
         "network": {"subnet_id": ("database",), "vpc_id": ("dns",)},
     }
 
