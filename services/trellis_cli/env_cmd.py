@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
+from trellis_cli.drift_display import drift_lines
 from trellis_cli.gateway_client import GatewayClient, GatewayError, quoted
 from trellis_cli.gateway_common import output_lines, run_on_gateway, show, table, when
 from trellis_cli.gateway_run import follow_run
@@ -20,7 +21,7 @@ from trellis_store.api import Environment, Environments, TemplateRef
 
 # Modules adding `trellis env` subcommands of their own: each has `register_env(sub)`, given the
 # `env` command's subparsers (day-2 actions, schedules and TTL, drift...).
-ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ()
+ENV_SUBCOMMAND_MODULES: tuple[str, ...] = ("trellis_cli.env_drift_cmd",)
 
 NEEDS = "Works through the gateway: TRELLIS_GATEWAY_URL and TRELLIS_TOKEN (`trellis dev up` prints them)."
 
@@ -112,6 +113,7 @@ def describe(env: Environment) -> str:
         lines += [f"    {k} = {v}" for k, v in sorted(env.variables.items())]
     if env.outputs:
         lines += ["  outputs:", *output_lines(env.outputs, "    ")]
+    lines += drift_lines(env.drift)
     return "\n".join(lines)
 
 
