@@ -110,7 +110,13 @@ def drift_hooks(
     out: list[Activity] = []
     deps: tuple[str, ...] = first_deps
     when: RunWhen = "always"  # every check has ended, drifted or failed
+    seen: set[str] = set()
     for index, hook in enumerate(hooks):
+        if hook.name in seen:
+            context.problems.error(context.source, (*path, index, "name"),
+                                   f"duplicate hook name {hook.name!r} in this list")
+            continue
+        seen.add(hook.name)
         activity = hook_activity(context, hook, (*path, index), f"environment/{DRIFT_HOOKS_STAGE}/{hook.name}",
                                  stage=DRIFT_HOOKS_STAGE, depends_on=deps, when=when)
         if activity is not None:

@@ -216,3 +216,10 @@ def test_problems_of_a_drift_check_are_reported_once() -> None:
     result = compile_drift(text)
     messages = [str(p) for p in result.errors]
     assert len(messages) == len(set(messages)) == 2, messages
+
+
+def test_on_drift_hooks_of_one_name_are_an_error() -> None:
+    text = mutate(("{name: note, type: script,", "{name: page, type: script,"), text=STACK)
+    result = compile_drift(text)
+    problem = only(result.errors, "spec.hooks.onDrift[1].name")
+    assert "duplicate hook name 'page'" in problem.message
