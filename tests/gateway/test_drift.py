@@ -115,7 +115,18 @@ def stand_in_tofu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return bindir
 
 
-async def drift_of(api: Api, name: str, run_id: str, within: float = 20.0) -> dict[str, Any]:
+async def finished(api: Api, run_id: str, within: float = 60.0) -> dict[str, Any]:
+    """`GET /v1/runs/{id}` once the run has ended, asserted successful (else its document is shown)."""
+    async with asyncio.timeout(within):
+        while True:
+            run: dict[str, Any] = await api.json("GET", f"/v1/runs/{run_id}", status=200)
+            if run["status"] in ("succeeded", "failed", "cancelled", "rejected"):
+                assert run["status"] == "succeeded", json.dumps(run, indent=1)
+                return run
+            await asyncio.sleep(0.05)
+
+
+async def drift_of(api: Api, name: str, run_id: str, within: float = 30.0) -> dict[str, Any]:
     """GET the environment once it shows the drift check `run_id`."""
     async with asyncio.timeout(within):
         while True:
@@ -132,18 +143,18 @@ async def test_a_drift_check_records_drift_lists_downstream_resources_and_notifi
     await api.environment("web", STACK.replace("NOTIFY_FILE", str(notified)), "drift-stack")
     async with running_services(bus, settings, api.tenant, tmp_path / "agent"):
         deploy = await api.start("web")
-        await api.run_when(deploy, "succeeded")
+        await finished(api, deploy)
         deployed = await api.json("GET", "/v1/environments/web", status=200)
 
         drift = await api.json("POST", "/v1/environments/web/drift", status=202, who="operator")
-        run = await api.run_when(drift["run_id"], "succeeded")
+        run = await finished(api, drift["run_id"])
         env = await drift_of(api, "web", drift["run_id"])
         assert notified.read_text() == "drift in web\n"
 
         (stand_in_tofu / "in-sync").touch()
         notified.unlink()
         again = await api.json("POST", "/v1/environments/web/drift", status=202, who="operator")
-        second = await api.run_when(again["run_id"], "succeeded")
+        second = await finished(api, again["run_id"])
         in_sync = await drift_of(api, "web", again["run_id"])
 
     stages = {a["id"]: a["status"] for a in run["activities"]}
