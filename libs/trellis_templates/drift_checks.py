@@ -49,6 +49,26 @@ def build_drift_resource(plan: ResourcePlan) -> Built:
     return built
 
 
+def check_drift_definition(plan: ResourcePlan) -> None:
+    """Report a misplaced or ill-formed `driftCheck` in any compilation, not only in a drift check's."""
+    custom = plan.template.spec.provider_options.custom
+    if custom is None or custom.drift_check is None:
+        return
+    if plan.template.spec.provider != "custom":
+        _no_check_task(plan)
+    elif custom.drift_check.depends_on:
+        _refuse_depends_on(plan)
+
+
+def _refuse_depends_on(plan: ResourcePlan) -> None:
+    plan.ctx.problems.error(
+        plan.ctx.source,
+        ("spec", "providerOptions", "custom", "driftCheck", "dependsOn"),
+        "a driftCheck task runs alone: it cannot depend on the resource's tasks",
+        "remove dependsOn; the check runs on the deployed resource, after the resources it comes after",
+    )
+
+
 def _check_task(plan: ResourcePlan, deps: tuple[str, ...]) -> list[Activity]:
     """The custom resource's `driftCheck` task, alone (it depends on no other task)."""
     ctx, custom = plan.ctx, plan.template.spec.provider_options.custom
@@ -57,12 +77,7 @@ def _check_task(plan: ResourcePlan, deps: tuple[str, ...]) -> list[Activity]:
         return []
     path = ("spec", "providerOptions", "custom", "driftCheck")
     if task.depends_on:
-        ctx.problems.error(
-            ctx.source,
-            (*path, "dependsOn"),
-            "a driftCheck task runs alone: it cannot depend on the resource's tasks",
-            "remove dependsOn; the check runs on the deployed resource, after the resources it comes after",
-        )
+        _refuse_depends_on(plan)
         return []
     activity = hook_activity(ctx, task, path, f"resource/{plan.name}/{CHECK_STAGE}", stage=CHECK_STAGE,
                              depends_on=deps)

@@ -10,7 +10,12 @@ import msgspec
 
 from trellis_core.workflow import Action, Activity, RunWhen
 from trellis_templates.documents import EnvironmentResource, EnvironmentTemplate, Hook
-from trellis_templates.drift_checks import build_drift_resource, checked_resources, drift_hooks
+from trellis_templates.drift_checks import (
+    build_drift_resource,
+    check_drift_definition,
+    checked_resources,
+    drift_hooks,
+)
 from trellis_templates.drift_impact import Readers, output_readers
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
@@ -79,6 +84,8 @@ def build_resources(planned: Plans, action: Action, *, drift: bool = False) -> B
     for plan in planned.plans:
         if drift:  # the deploy's activities say who reads which outputs; the check runs its own
             deployed.extend(build_resource(plan, "deploy").activities)
+        else:
+            check_drift_definition(plan)
         built[plan.name] = build_drift_resource(plan) if drift else build_resource(plan, action)
         reads[plan.name] = tuple(plan.ctx.renderer.refs)  # complete once every string is rendered
     if drift and planned.plans:  # both builds rendered the same strings: each problem once

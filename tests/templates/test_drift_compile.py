@@ -223,3 +223,12 @@ def test_on_drift_hooks_of_one_name_are_an_error() -> None:
     result = compile_drift(text)
     problem = only(result.errors, "spec.hooks.onDrift[1].name")
     assert "duplicate hook name 'page'" in problem.message
+
+
+def test_a_misplaced_drift_check_is_reported_by_an_ordinary_deploy_too() -> None:
+    text = mutate(("driftCheck: {name: compare,", "driftCheck: {name: compare, dependsOn: [release],"), text=STACK)
+    problems = Problems()
+    docs = parse_documents(load_text(text, FILE, problems), problems)
+    result = compile_bundle(docs, "dev", {}, "deploy")
+    assert result.workflow is None
+    assert "runs alone" in only(result.errors, "spec.providerOptions.custom.driftCheck.dependsOn").message
