@@ -171,6 +171,7 @@ def assemble(
     hooks = planned.variables.documents.template.spec.hooks
     if info.purpose.drift:  # no hook but onDrift, after every check
         return _drift_assembled(context, built, order, hooks.on_drift)
+    drift_hooks(context, hooks.on_drift, {"": ""}, first_deps=())  # checked here too, run by drift checks only
     out = _environment_hooks(context, hooks.on_init, "onInit", "on-init", first_deps=())
     start = (out[-1].id,) if out else ()
     names, preds = _in_action_order(order, info.action)

@@ -232,3 +232,12 @@ def test_a_misplaced_drift_check_is_reported_by_an_ordinary_deploy_too() -> None
     result = compile_bundle(docs, "dev", {}, "deploy")
     assert result.workflow is None
     assert "runs alone" in only(result.errors, "spec.providerOptions.custom.driftCheck.dependsOn").message
+
+
+def test_a_bad_on_drift_hook_is_reported_by_an_ordinary_deploy_too() -> None:
+    text = mutate(('endpoint: "https://hooks.example/drift"', 'endpoint: "$(nope.x)$"'), text=STACK)
+    problems = Problems()
+    docs = parse_documents(load_text(text, FILE, problems), problems)
+    result = compile_bundle(docs, "dev", {}, "deploy")
+    assert result.workflow is None
+    assert "unknown name 'nope'" in only(result.errors, "spec.hooks.onDrift[0].options.http.endpoint").message
