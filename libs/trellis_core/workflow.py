@@ -72,6 +72,7 @@ class IacSpec(_Spec, frozen=True, tag="iac"):
     lock: bool = True
     env: dict[str, str] = {}  # TF_VAR_*, TRELLIS_VAR_*, the contexts' envs
     state_backend: StateBackend | None = None  # `backendType: system`
+    drift: bool = False  # plan stage of a drift check: `-detailed-exitcode`, reports what would change
 
 
 class HttpSpec(_Spec, frozen=True, tag="http"):
@@ -247,6 +248,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_d
     continue_past_failure: bool = False
     # Static resources by name: their outputs, which late-bound expressions read as any other's.
     static: dict[str, StaticOutputs] = {}
+    # A drift check's: every resource -> output ("*": read whole) -> the resources whose deploy reads it
+    output_readers: dict[str, dict[str, tuple[str, ...]]] = {}
 
     def by_id(self) -> dict[str, Activity]:
         return {a.id: a for a in self.activities}

@@ -190,7 +190,8 @@ def start_run(st: SchedulerState, run: RunState, now: float) -> None:
     """The run holds its environment: its root activities become ready."""
     run.status = "running"
     run.started_at = now
-    if run.action == "destroy" and not run.outputs:  # destroy with what the last deploy produced
+    # a destroy and a drift check render with what the last deploy produced
+    if (run.action == "destroy" or run.workflow.purpose.drift) and not run.outputs:
         previous = last_deploy_outputs(st, run) or {}
         run.outputs = {resource: dict(outputs) for resource, outputs in previous.items()}
     for name, given in run.workflow.static.items():  # static resources: outputs given, not produced

@@ -47,18 +47,20 @@ def compile_environment(
     check_static_reads(statics, reading, problems)
     dependencies = declared_dependencies(documents.template, documents.template_source, problems)
     check_all_actions(planned, problems)
+    readers: dict[str, dict[str, tuple[str, ...]]] = {}
     if info.purpose.day2_action:
         activities = action_activities(planned, dependencies, info=info, problems=problems)
         if activities is None or problems.errors:
             return None
     else:
-        built = build_resources(planned, info.action)
+        built = build_resources(planned, info.action, drift=info.purpose.drift)
         order = order_resources(dependencies, planned, built, problems)
         if order is None or problems.errors:
             return None
         activities = assemble(planned, built, order, info=info, problems=problems)
         if problems.errors:
             return None
+        readers = built.readers
     if info.purpose.force:  # skips every hook and goes on past failures
         activities = without_hooks(activities)
     return Workflow(
@@ -72,4 +74,5 @@ def compile_environment(
         purpose=info.purpose,
         continue_past_failure=info.purpose.force,
         static=statics.outputs,
+        output_readers=readers,
     )

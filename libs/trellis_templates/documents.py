@@ -268,6 +268,10 @@ class EnvironmentHooks(_Doc, kw_only=True, frozen=True):
     on_completion: list[Hook] = []
 
 
+class EnvironmentTemplateHooks(EnvironmentHooks, kw_only=True, frozen=True):
+    on_drift: list[Hook] = []  # Trellis: run by a drift check that found drift (docs/drift.md)
+
+
 class ResourceHooks(EnvironmentHooks, kw_only=True, frozen=True):
     provider: ProviderHooks = ProviderHooks()
 
@@ -324,6 +328,7 @@ class IacOptions(_Doc, kw_only=True, frozen=True):
 class CustomOptions(_Doc, kw_only=True, frozen=True):
     reverse_on_destroy: bool = False
     tasks: list[Task] = []
+    drift_check: Task | None = None  # Trellis: what a drift check runs for this resource (docs/drift.md)
 
 
 class ProviderOptions(_Doc, kw_only=True, frozen=True):
@@ -465,7 +470,7 @@ class EnvironmentTemplateSpec(_Doc, kw_only=True, frozen=True):
     contexts: list[ContextRef] = []
     resources: list[EnvironmentResource] = []
     variables: list[Variable] = []
-    hooks: EnvironmentHooks = EnvironmentHooks()
+    hooks: EnvironmentTemplateHooks = EnvironmentTemplateHooks()
     schedules: list[Schedule] = []
     actions: list[EnvironmentAction] = []
 

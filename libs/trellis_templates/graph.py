@@ -4,12 +4,19 @@ activities, the resources in order, and the DAG assembled between the environmen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from trellis_core.workflow import Action, Activity, RunWhen
 from trellis_templates.documents import EnvironmentResource, EnvironmentTemplate, Hook
+from trellis_templates.drift_checks import (
+    build_drift_resource,
+    check_drift_definition,
+    checked_resources,
+    drift_hooks,
+)
+from trellis_templates.drift_impact import Readers, output_readers
 from trellis_templates.errors import Path, Problems, Source, closest
 from trellis_templates.hooks import HookContext, env_for
 from trellis_templates.planning import Plans, environment_agents
@@ -34,6 +41,8 @@ class BuiltResources:
 
     built: Mapping[str, Built]
     reads: Mapping[str, tuple[str, ...]]
+    # a drift check's: every resource -> output -> the resources that read it when deployed
+    readers: Readers = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,14 +75,25 @@ def declared_dependencies(template: EnvironmentTemplate, source: Source, problem
     )
 
 
-def build_resources(planned: Plans, action: Action) -> BuiltResources:
-    """Every planned resource's activities: its hooks, checkout and stages or tasks."""
+def build_resources(planned: Plans, action: Action, *, drift: bool = False) -> BuiltResources:
+    """Every planned resource's activities: its hooks, checkout and stages or tasks (a drift
+    check's: `drift_checks`)."""
     built: dict[str, Built] = {}
     reads: dict[str, tuple[str, ...]] = {}
+    deployed: list[Activity] = []
     for plan in planned.plans:
-        built[plan.name] = build_resource(plan, action)
+        if drift:  # the deploy's activities say who reads which outputs; the check runs its own
+            deployed.extend(build_resource(plan, "deploy").activities)
+        else:
+            check_drift_definition(plan)
+        built[plan.name] = build_drift_resource(plan) if drift else build_resource(plan, action)
         reads[plan.name] = tuple(plan.ctx.renderer.refs)  # complete once every string is rendered
-    return BuiltResources(built=built, reads=reads)
+    if drift and planned.plans:  # both builds rendered the same strings: each problem once
+        problems = planned.plans[0].ctx.problems
+        problems.errors[:] = list(dict.fromkeys(problems.errors))
+        problems.warnings[:] = list(dict.fromkeys(problems.warnings))
+    readers: Readers = {plan.name: {} for plan in planned.plans} | output_readers(deployed) if drift else {}
+    return BuiltResources(built=built, reads=reads, readers=readers)
 
 
 def order_resources(
@@ -149,6 +169,9 @@ def assemble(
     waits for (destroy: after those that wait for it), then onSuccess, onFailure, onCompletion."""
     context = environment_hooks_context(planned, info=info, problems=problems)
     hooks = planned.variables.documents.template.spec.hooks
+    if info.purpose.drift:  # no hook but onDrift, after every check
+        return _drift_assembled(context, built, order, hooks.on_drift)
+    drift_hooks(context, hooks.on_drift, {"": ""}, first_deps=())  # checked here too, run by drift checks only
     out = _environment_hooks(context, hooks.on_init, "onInit", "on-init", first_deps=())
     start = (out[-1].id,) if out else ()
     names, preds = _in_action_order(order, info.action)
@@ -172,6 +195,19 @@ def assemble(
         context, hooks.on_completion, "onCompletion", "on-completion", first_deps=every, first_when="always"
     )
     return tuple(out)
+
+
+def _drift_assembled(
+    context: HookContext, built: BuiltResources, order: Order, on_drift: list[Hook]
+) -> tuple[Activity, ...]:
+    out: list[Activity] = []
+    exits: dict[str, tuple[str, ...]] = {}
+    for name in order.names:
+        entry = tuple(dict.fromkeys(exit_id for pred in order.after[name] for exit_id in exits[pred]))
+        out.extend(resolve_entry(activity, entry) for activity in built.built[name].activities)
+        exits[name] = swap_entry(built.built[name].exits, entry)
+    ends = tuple(dict.fromkeys(exit_id for name in order.names for exit_id in exits[name]))
+    return (*out, *drift_hooks(context, on_drift, checked_resources(out), first_deps=ends))
 
 
 def _environment_hooks(

@@ -26,6 +26,7 @@ from trellis_templates.specs import input_contexts
 ENTRY = "@entry"  # stands for the last activities of the resources this one comes after
 DEPLOY_STAGES: tuple[IacStage, ...] = ("init", "plan", "apply", "output")
 DESTROY_STAGES: tuple[IacStage, ...] = ("init", "plan", "destroy")
+DRIFT_STAGES: tuple[IacStage, ...] = ("init", "plan")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -215,8 +216,11 @@ def _stage_activity(
 Extend = Callable[[list[Activity]], tuple[str, ...] | None]
 
 
-def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Extend) -> tuple[str, ...]:
-    """The OpenTofu/Terraform stages in order, each between its provider `before` and `after` hooks."""
+def _stages(
+    plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Extend, *, drift: bool = False
+) -> tuple[str, ...]:
+    """The OpenTofu/Terraform stages in order, each between its provider `before` and `after` hooks;
+    a drift check's are init and a plan that reports what would change, without hooks."""
     ctx, spec = plan.ctx, plan.template.spec
     tool: IacTool = "opentofu" if spec.provider == "opentofu" else "terraform"
     key = "openTofu" if tool == "opentofu" else "terraform"
@@ -226,7 +230,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
     written = key if getattr(provider_options, _attr(key)) is not None else _other(key)
     options_path = ("spec", "providerOptions", written)
     image, env = _iac_driver(plan)
-    stage_hooks = _provider_stage_hooks(plan, action, key)
+    stage_hooks = None if drift else _provider_stage_hooks(plan, action, key)
     renderer = ctx.renderer
     backend = tuple(
         renderer.text(backend_config, ctx.source, (*options_path, "backendConfigs", index))
@@ -239,7 +243,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
     timeout = float(iac.timeout_seconds) if iac.timeout_seconds is not None else None
     state_backend = _system_backend(plan, iac, options_path)
     hooks_path = ("spec", "hooks", "provider", key, action)
-    for stage in DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES:
+    for stage in DRIFT_STAGES if drift else DEPLOY_STAGES if action == "deploy" else DESTROY_STAGES:
         hooks: StageHooks = getattr(stage_hooks, stage) if stage_hooks else StageHooks()
         prefix = f"resource/{plan.name}/{stage}"
         before_path = (*hooks_path, stage, "before")
@@ -258,6 +262,7 @@ def _stages(plan: ResourcePlan, action: Action, tails: tuple[str, ...], add: Ext
             lock=iac.lock,
             env=dict(ctx.env) | plan.tf_env | env,
             state_backend=state_backend,
+            drift=drift and stage == "plan",
         )
         tails = add([_stage_activity(plan, stage, iac_spec, deps=tails, timeout=timeout)]) or tails
         after_path = (*hooks_path, stage, "after")

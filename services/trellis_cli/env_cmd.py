@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
+from trellis_cli.drift_display import drift_lines
 from trellis_cli.gateway_client import GatewayClient, GatewayError, quoted
 from trellis_cli.gateway_common import output_lines, run_on_gateway, show, table, when
 from trellis_cli.gateway_run import follow_run
@@ -24,6 +25,7 @@ ENV_SUBCOMMAND_MODULES: tuple[str, ...] = (
     "trellis_cli.state_cmd",
     "trellis_cli.env_action_cmd",
     "trellis_cli.env_schedule_cmd",
+    "trellis_cli.env_drift_cmd",
 )
 
 NEEDS = "Works through the gateway: TRELLIS_GATEWAY_URL and TRELLIS_TOKEN (`trellis dev up` prints them)."
@@ -122,6 +124,7 @@ def describe(env: Environment) -> str:
         lines += ["  depends on:", *(f"    {link.environment} (resource {link.resource})" for link in env.depends_on)]
     if env.dependents:
         lines += ["  dependents:", *(f"    {link.environment} (resource {link.resource})" for link in env.dependents)]
+    lines += drift_lines(env.drift)
     return "\n".join(lines)
 
 

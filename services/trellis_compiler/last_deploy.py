@@ -30,19 +30,20 @@ class StoreUnavailable(Exception):
 
 
 def needs_last_deploy(request: RunRequested, activities: tuple[Activity, ...] | None = None) -> bool:
-    """A destroy and a day-2 action always do; a deploy when it has an `executeOnce` activity
-    (pass its activities)."""
-    if request.action == "destroy" or request.purpose.day2_action:
+    """A destroy, a day-2 action and a drift check always do; a deploy when it has an
+    `executeOnce` activity (pass its activities)."""
+    if request.action == "destroy" or request.purpose.day2_action or request.purpose.drift:
         return True
     return activities is not None and any(a.execute_once for a in activities)
 
 
 def as_last_deploy(request: RunRequested, record: DeployRecord | None) -> LastDeploy | None:
-    """What the compiled workflow carries of the record; the outputs only for a destroy and a
-    day-2 action (which read them)."""
+    """What the compiled workflow carries of the record; the outputs only for a destroy, a day-2
+    action and a drift check (which read or render with them)."""
     if record is None or not record.deployed:
         return None
-    outputs = record.outputs if request.action == "destroy" or request.purpose.day2_action else {}
+    purpose = request.purpose
+    outputs = record.outputs if request.action == "destroy" or purpose.day2_action or purpose.drift else {}
     return LastDeploy(run_id=record.run_id, outputs=outputs)
 
 

@@ -125,8 +125,13 @@ def compile_request(
 
 
 def with_deploy_variables(request: RunRequested, record: DeployRecord | None) -> RunRequested:
-    """A destroy request with its environment's last deploy's variables under its own."""
-    if request.action != "destroy" or record is None or not record.deployed or not record.variables:
+    """A destroy request with its environment's last deploy's variables under its own; a drift
+    check with them over its own (it checks what was deployed)."""
+    if record is None or not record.deployed or not record.variables:
+        return request
+    if request.purpose.drift:
+        return msgspec.structs.replace(request, variables={**request.variables, **record.variables})
+    if request.action != "destroy":
         return request
     return msgspec.structs.replace(request, variables={**record.variables, **request.variables})
 

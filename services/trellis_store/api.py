@@ -19,6 +19,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Action, Workflow
+from trellis_store.drift_view import EnvironmentDrift
 from trellis_templates.schedules import EffectiveSchedule
 
 Role = Literal["viewer", "operator", "admin"]
@@ -205,6 +206,7 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
     depends_on: tuple[EnvironmentLink, ...] | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="dependsOn")
     dependents: tuple[EnvironmentLink, ...] | msgspec.UnsetType = msgspec.UNSET
+    drift: EnvironmentDrift | msgspec.UnsetType = msgspec.UNSET  # the last drift check; omitted: none
 
 
 class Environments(msgspec.Struct, frozen=True, kw_only=True):

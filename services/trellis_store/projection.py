@@ -41,7 +41,7 @@ from trellis_core.logs import get_logger
 from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
-from trellis_store import links, retention
+from trellis_store import drift_rows, links, retention
 from trellis_store import projection_rows as rows
 from trellis_store.pull import BatchPull
 
@@ -411,6 +411,10 @@ async def _execute(conn: asyncpg.Connection, b: rows.Batch) -> None:
     ):
         if args:
             await conn.executemany(sql, args)
+    if b.drift_compiled:
+        await conn.executemany(drift_rows.DRIFT_COMPILED, b.drift_compiled)
+    for tenant, run_id in sorted(b.drift_finished):  # after the runs and activities it reads
+        await drift_rows.write_finished(conn, tenant, run_id)
 
 
 def _columns(records: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

@@ -41,6 +41,7 @@ from trellis_core.events import (
 )
 from trellis_core.sealed import mask_tokens
 from trellis_core.workflow import Workflow
+from trellis_store import drift_rows
 from trellis_store.outputs import Seal, masked_last_deploy, masked_outputs, seal_outputs, seal_resources
 
 MASK = "********"
@@ -230,6 +231,8 @@ class Batch:
     env_requested: list[tuple[Any, ...]] = field(default_factory=list)
     env_template: list[tuple[Any, ...]] = field(default_factory=list)
     env_finished: set[tuple[str, str]] = field(default_factory=set)
+    drift_compiled: list[tuple[Any, ...]] = field(default_factory=list)  # drift checks' plans (drift_rows)
+    drift_finished: set[tuple[str, str]] = field(default_factory=set)  # runs whose drift results to write
 
     def add_log(self, chunk: ActivityLogChunk, seq: int) -> None:
         self.tenants.add(chunk.tenant)
@@ -275,6 +278,7 @@ class Batch:
                           outputs=outputs)
                 self.skipped.append((event.tenant, event.run_id))
                 self.env_finished.add((event.tenant, event.run_id))
+                self.drift_finished.add((event.tenant, event.run_id))
             case ApprovalRequested():
                 self._activity(event, seq, "waiting")
                 self.approvals_requested.append(
@@ -319,6 +323,9 @@ class Batch:
             (event.tenant, workflow.environment, workflow.template.name, workflow.template.version, event.occurred_at)
         )
         self.env_finished.add((event.tenant, event.run_id))
+        if workflow.purpose.drift:
+            self.drift_compiled.append(drift_rows.compiled_row(event.tenant, event.run_id, workflow))
+            self.drift_finished.add((event.tenant, event.run_id))
 
     def _activity(
         self, event: ActivityEvent, seq: int, status: str, agent: str = "", started: datetime | None = None,

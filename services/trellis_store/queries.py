@@ -10,7 +10,7 @@ import msgspec
 
 from trellis_core.events import Problem, SourceFile
 from trellis_core.workflow import Workflow
-from trellis_store import links
+from trellis_store import drift_rows, links
 from trellis_store.api import (
     ActivityRow,
     Approval,
@@ -148,8 +148,9 @@ async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment
     async with ctx.pool.acquire() as conn:
         reads = await links.depends_on(conn, req.tenant, req.name)
         readers = await links.dependents(conn, req.tenant, req.name)
+    drift = await drift_rows.last_check(ctx.pool, req.tenant, req.name)
     return msgspec.structs.replace(environment_of(row), depends_on=reads or msgspec.UNSET,
-                                   dependents=readers or msgspec.UNSET)
+                                   dependents=readers or msgspec.UNSET, drift=drift or msgspec.UNSET)
 
 
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:

@@ -18,10 +18,10 @@ from trellis_templates.compiler import compile_bundle, compile_sources
 from trellis_templates.documents import (
     Document,
     Environment,
-    EnvironmentHooks,
     EnvironmentResource,
     EnvironmentSpec,
     EnvironmentTemplate,
+    EnvironmentTemplateHooks,
     EnvironmentTemplateSpec,
     Hook,
     HookOptions,
@@ -87,7 +87,7 @@ def generated(count: int = RESOURCES, seed: int = 7) -> list[Any]:
             api_version=API,
             metadata=Metadata(name="big"),
             spec=EnvironmentTemplateSpec(
-                resources=entries, hooks=EnvironmentHooks(on_init=[hook], on_completion=[hook])
+                resources=entries, hooks=EnvironmentTemplateHooks(on_init=[hook], on_completion=[hook])
             ),
         )
     )

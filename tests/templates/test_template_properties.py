@@ -14,10 +14,10 @@ from trellis_templates.compiler import compile_bundle
 from trellis_templates.documents import (
     CustomOptions,
     Environment,
-    EnvironmentHooks,
     EnvironmentResource,
     EnvironmentSpec,
     EnvironmentTemplate,
+    EnvironmentTemplateHooks,
     EnvironmentTemplateSpec,
     Hook,
     HookOptions,
@@ -100,7 +100,7 @@ def environments(draw: st.DrawFn) -> tuple[list[Any], dict[str, set[str]]]:
         docs.append(ResourceTemplate(api_version=API, metadata=Metadata(name=name), spec=spec))
         entries.append(EnvironmentResource(name=name, depends_on=[NameRef(name=f"r{d}") for d in depends]))
         after[name] = {f"r{d}" for d in [*depends, *reads]}
-    hooks = EnvironmentHooks(
+    hooks = EnvironmentTemplateHooks(
         on_init=draw(hook_lists),
         on_success=draw(hook_lists),
         on_failure=draw(hook_lists),

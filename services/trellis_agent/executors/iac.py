@@ -13,6 +13,7 @@ import base64
 import msgspec
 
 from trellis_agent.executors.base import Executor, Outcome, Sink, Workspace
+from trellis_agent.executors.drift_plan import DRIFT_PLAN_SCRIPT, drift_report
 from trellis_core.events import WorkItem
 from trellis_core.state_credentials import USERNAME
 from trellis_core.workflow import CheckoutSpec, ContainerSpec, IacSpec
@@ -89,7 +90,7 @@ def iac_arguments(spec: IacSpec, binary: str) -> tuple[str, ...]:
             common = (*common, "-reconfigure")
         return (binary, "init", *common, *(f"-backend-config={c}" for c in backend))
     if spec.stage == "plan":
-        return (
+        plan = (
             binary,
             "plan",
             *common,
@@ -99,6 +100,9 @@ def iac_arguments(spec: IacSpec, binary: str) -> tuple[str, ...]:
             *(f"-var-file={f}" for f in spec.var_files),
             f"-out={PLAN_FILE}",
         )
+        if spec.drift:  # exit code 2: changes; then `show -json` of the plan file to $TRELLIS_OUTPUTS
+            return ("sh", "-c", DRIFT_PLAN_SCRIPT, binary, PLAN_FILE, *plan[1:], "-detailed-exitcode")
+        return plan
     if spec.stage in ("apply", "destroy"):  # destroy applies the `plan -destroy` file
         return (binary, "apply", *common, *lock, PLAN_FILE)
     return ("sh", "-c", OUTPUT_SCRIPT, binary)
@@ -137,4 +141,7 @@ class IacExecutor:
         else:
             return Outcome.failed(f"not an IaC spec: {spec.__struct_config__.tag}", retryable=False)
         activity = msgspec.structs.replace(work.activity, spec=container, sensitive=sensitive)
-        return await self._backend.run(msgspec.structs.replace(work, activity=activity), workspace, sink)
+        outcome = await self._backend.run(msgspec.structs.replace(work, activity=activity), workspace, sink)
+        if isinstance(spec, IacSpec) and spec.drift and outcome.ok:
+            return drift_report(outcome.outputs)
+        return outcome
