@@ -8,14 +8,12 @@ run, activity, attempt, expiry and a random token id that the store marks used o
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 from datetime import UTC, datetime
 
 import msgspec
 
+from trellis_core import signed
 from trellis_core.errors import ConfigError
 
 CALLBACK_PATH = "/v1/callbacks/approvals/"
@@ -35,27 +33,11 @@ class CallbackClaims(msgspec.Struct, frozen=True, kw_only=True):
         return datetime.fromtimestamp(self.expires, UTC)
 
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(CallbackClaims).decode
-
-
 def key_bytes(key: str) -> bytes:
     """The HMAC key from its setting (TRELLIS_CALLBACK_KEY, any string of at least 32 characters)."""
     if len(key) < 32:
         raise ConfigError("TRELLIS_CALLBACK_KEY must be set to at least 32 characters (e.g. `openssl rand -hex 32`)")
     return key.encode()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(key: bytes, body: str) -> str:
-    return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
 
 
 def mint(key: bytes, *, tenant: str, run_id: str, activity_id: str, attempt: int, expires_at: datetime) -> str:
@@ -67,8 +49,7 @@ def mint(key: bytes, *, tenant: str, run_id: str, activity_id: str, attempt: int
         expires=int(expires_at.timestamp()),
         token_id=secrets.token_urlsafe(16),
     )
-    body = _b64(_encode(claims))
-    return f"{body}.{_sign(key, body)}"
+    return signed.sign(key, claims)
 
 
 def callback_url(base_url: str, token: str) -> str:
@@ -77,15 +58,9 @@ def callback_url(base_url: str, token: str) -> str:
 
 def verify(key: bytes, token: str, now: datetime) -> CallbackClaims | str:
     """The token's claims, or why it is refused (never which part of the signature was wrong)."""
-    if len(token) > _MAX_TOKEN or token.count(".") != 1 or not token.isascii():
-        return "malformed callback token"
-    body, signature = token.split(".")
-    if not hmac.compare_digest(_sign(key, body).encode(), signature.encode()):
-        return "callback token signature does not match"
-    try:
-        claims = _decode(_unb64(body))
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        return "malformed callback token"
+    claims = signed.open_signed(key, token, CallbackClaims, what="callback token", max_length=_MAX_TOKEN)
+    if isinstance(claims, str):
+        return claims
     if claims.expires <= now.timestamp():
         return "callback token expired"
     return claims

@@ -10,13 +10,13 @@ claims'; the state store then refuses it once its run has ended (the revocation)
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from datetime import UTC, datetime
 
 import msgspec
 
+from trellis_core import signed
 from trellis_core.callbacks import key_bytes
 
 PREFIX = "tfs1."
@@ -37,47 +37,25 @@ class StateClaims(msgspec.Struct, frozen=True, kw_only=True):
         return datetime.fromtimestamp(self.expires, UTC)
 
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(StateClaims).decode
-
-
 def state_key(callback_key: str) -> bytes:
     """The signing key, derived from TRELLIS_CALLBACK_KEY (ConfigError when it is too short)."""
     return hmac.new(key_bytes(callback_key), _LABEL, hashlib.sha256).digest()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(key: bytes, body: str) -> str:
-    return _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
-
-
 def mint(key: bytes, *, tenant: str, environment: str, run_id: str, expires_at: datetime) -> str:
     claims = StateClaims(tenant=tenant, environment=environment, run_id=run_id, expires=int(expires_at.timestamp()))
-    body = _b64(_encode(claims))
-    return f"{PREFIX}{body}.{_sign(key, body)}"
+    return PREFIX + signed.sign(key, claims)
 
 
 def verify(key: bytes, credential: str, now: datetime) -> StateClaims | str:
     """The credential's claims, or why it is refused (never which part of the signature was wrong)."""
     if len(credential) > _MAX_CREDENTIAL or not credential.isascii() or not credential.startswith(PREFIX):
         return "malformed state credential"
-    parts = credential[len(PREFIX) :].split(".")
-    if len(parts) != 2:
-        return "malformed state credential"
-    body, signature = parts
-    if not hmac.compare_digest(_sign(key, body).encode(), signature.encode()):
-        return "state credential signature does not match"
-    try:
-        claims = _decode(_unb64(body))
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        return "malformed state credential"
+    claims = signed.open_signed(
+        key, credential[len(PREFIX) :], StateClaims, what="state credential", max_length=_MAX_CREDENTIAL
+    )
+    if isinstance(claims, str):
+        return claims
     if claims.expires <= now.timestamp():
         return f"state credential of run {claims.run_id} expired at {claims.expires_at.isoformat()}"
     return claims
