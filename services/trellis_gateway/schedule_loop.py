@@ -1,6 +1,7 @@
 """The schedule loop (docs/schedules.md): one gateway replica at a time (a lease on JetStream KV)
 syncs environments' schedules, claims each due firing once in the store and starts its run as an
-ordinary run requested by `schedule/<name>`; it announces expiries before they come.
+ordinary run requested by `schedule/<name>` (a detectDrift slot: a drift check, schedule_slots.py);
+it announces expiries before they come.
 
 It wakes at the earliest due time, at most every `max_sleep` seconds. A slot due while every
 replica was down is found on return and fired once: the next slot is the first after now.
