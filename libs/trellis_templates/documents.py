@@ -429,7 +429,7 @@ class OptOutOptions(_Doc, kw_only=True, frozen=True):
 
 class Schedule(_Doc, kw_only=True, frozen=True):
     name: DnsName
-    type: Literal["deploy", "destroy", "workflows"]
+    type: Literal["deploy", "destroy", "workflows", "detectDrift"]  # detectDrift: Trellis's (docs/drift.md)
     description: str = ""
     cadence: Cadence
     variables: list[Variable] = []

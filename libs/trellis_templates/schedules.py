@@ -9,7 +9,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -34,7 +34,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=3660)  # ten years: longer is a mistake (and beyond what a timestamp holds)
 DURATION_HINT = "a number and a unit (s, m, h, d), e.g. 30m, 8h, 2d, 1d12h; at most 3660d"
 CRON_HINT = "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5"
-ScheduleType = Literal["deploy", "destroy"]
+ScheduleType = Literal["deploy", "destroy", "detectDrift"]
+DETECT_DRIFT: Final = "detectDrift"  # a drift check of the deployed environment on a cron (docs/drift.md)
 
 
 class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -112,9 +113,16 @@ def check_schedule_list(schedules: Sequence[Schedule], source: Source | None, pr
                 source,
                 (*path, "type"),
                 f"schedules[{index}].type workflows is not supported yet",
-                "a schedule of type deploy or destroy runs; arbitrary workflows on a schedule do not yet",
+                "a schedule of type deploy, destroy or detectDrift runs; arbitrary workflows on a schedule do not yet",
             )
         _check_cadence(schedule, source, (*path, "cadence"), problems)
+        if schedule.type == DETECT_DRIFT and schedule.variables:
+            problems.error(
+                source,
+                (*path, "variables"),
+                f"schedule {schedule.name!r} is a detectDrift schedule: it takes no variables",
+                "a drift check plans with the variables of the environment's last deploy; leave variables out",
+            )
         if schedule.opt_out_options is not None:
             _check_limits(schedule.opt_out_options, source, (*path, "optOutOptions"), problems)
 
@@ -148,7 +156,14 @@ def _check_cadence(schedule: Schedule, source: Source | None, path: Path, proble
     if cadence.time_to_live:
         if parse_duration(cadence.time_to_live) is None:
             problems.error(source, (*path, "timeToLive"), f"{cadence.time_to_live!r} is not a duration", DURATION_HINT)
-        if schedule.type != "destroy":
+        if schedule.type == DETECT_DRIFT:
+            problems.error(
+                source,
+                (*path, "timeToLive"),
+                f"schedule {schedule.name!r} is a detectDrift schedule: it runs on a cronExpression, not a timeToLive",
+                f"a drift check recurs, e.g. cadence: {{cronExpression: '0 6 * * *'}}; {CRON_HINT}",
+            )
+        elif schedule.type != "destroy":
             problems.error(source, (*path, "timeToLive"), "a timeToLive schedule must be of type destroy")
 
 
@@ -216,7 +231,7 @@ def check_environment_optouts(
 
 
 def _effective(schedule: Schedule, limits: OptOutOptions, optouts: tuple[int, ...]) -> EffectiveSchedule | None:
-    if schedule.type == "workflows":
+    if schedule.type == "workflows" or (schedule.type == DETECT_DRIFT and schedule.variables):
         return None
     cadence = schedule.cadence
     ttl = parse_duration(cadence.time_to_live) if cadence.time_to_live else None

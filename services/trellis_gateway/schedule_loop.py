@@ -1,6 +1,7 @@
 """The schedule loop (docs/schedules.md): one gateway replica at a time (a lease on JetStream KV)
 syncs environments' schedules, claims each due firing once in the store and starts its run as an
-ordinary run requested by `schedule/<name>`; it announces expiries before they come.
+ordinary run requested by `schedule/<name>` (a detectDrift slot: a drift check, schedule_slots.py);
+it announces expiries before they come.
 
 It wakes at the earliest due time, at most every `max_sleep` seconds. A slot due while every
 replica was down is found on return and fired once: the next slot is the first after now.
@@ -20,7 +21,15 @@ import nats.errors
 from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
 from trellis_gateway.context import ApiProblem, Gateway
-from trellis_gateway.launch import audit, request_digest, start_run
+from trellis_gateway.launch import audit
+from trellis_gateway.schedule_slots import (
+    NotDeployed,
+    actor_of,
+    deployed_for,
+    skip_not_deployed,
+    slot_run,
+    start_slot_run,
+)
 from trellis_gateway.schedule_sync import key_of, sync_stale
 from trellis_scheduler.kv import leases_bucket
 from trellis_scheduler.lease import Lease
@@ -28,7 +37,6 @@ from trellis_store.api import (
     DueSchedule,
     DueSchedules,
     Ok,
-    RunCreate,
     ScheduleClaim,
     ScheduleClaimed,
     ScheduleDue,
@@ -51,11 +59,6 @@ def replica_id() -> str:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def actor_of(schedule: str) -> str:
-    """Who a fired run is requested by, in its history and the audit trail."""
-    return f"schedule/{schedule}"
 
 
 def idempotency_key(run_id: str) -> str:
@@ -173,18 +176,11 @@ class ScheduleRunner:
         now = self.clock()
         following = next_due(schedule, now, key=key_of(item.tenant, item.environment), not_before=item.optout_until)
         skipped = item.optout_until is not None and due_at < item.optout_until
+        undeployed = not skipped and not await deployed_for(self.gateway, item)
         run = None
-        if not skipped:
+        if not skipped and not undeployed:
             run_id = uuid7()
-            run = RunCreate(
-                tenant=item.tenant,
-                run_id=run_id,
-                environment=item.environment,
-                action=schedule.type,
-                requested_by=actor_of(schedule.name),
-                idempotency_key=idempotency_key(run_id),
-                request_digest=request_digest(item.environment, schedule.type, variables=schedule.variables),
-            )
+            run = slot_run(item, run_id, idempotency_key(run_id))
         claim = ScheduleClaim(
             tenant=item.tenant,
             environment=item.environment,
@@ -207,6 +203,9 @@ class ScheduleRunner:
         if not claimed.claimed:  # another replica took it, or the schedule changed meanwhile
             log.info("schedule_not_claimed", tenant=item.tenant, environment=item.environment, schedule=schedule.name)
             return
+        if undeployed:
+            await skip_not_deployed(self.gateway, item, due_at)
+            return
         if run is None:
             log.info(
                 "schedule_skipped",
@@ -226,16 +225,9 @@ class ScheduleRunner:
         payload = {"schedule": schedule.name, "due": _iso(due_at)}
         trigger = {"type": "schedule", "schedule": schedule.name, "payload": payload}  # as RunRequested.trigger says
         try:
-            await start_run(
-                self.gateway,
-                actor_of(schedule.name),
-                item.tenant,
-                item.environment,
-                schedule.type,
-                idempotency_key=idempotency_key(run_id),
-                variables=schedule.variables,
-                trigger=trigger,
-            )
+            await start_slot_run(self.gateway, item, idempotency_key(run_id), trigger)
+        except NotDeployed:  # a detectDrift slot: the environment was destroyed since the claim
+            await skip_not_deployed(self.gateway, item, due_at, run_id)
         except ApiProblem as exc:
             if exc.problem.status >= 500 and exc.problem.status != 500:
                 log.warning("schedule_publish_retry", tenant=item.tenant, run=run_id, error=exc.problem.detail)

@@ -1,101 +1,22 @@
 """Drift checks end to end: POST /v1/environments/{name}/drift on the real gateway, store, compiler,
 scheduler and a process agent. OpenTofu is not installed here: a shell script named `tofu` stands
-in for it (a deploy's plan, apply and outputs; a drift plan that exits 2 and shows a plan document
-in which the VPC drifted and its `vpc_id` output would change)."""
+in for it (drift_support.py: a deploy's plan, apply and outputs; a drift plan that exits 2 and
+shows a plan document in which the VPC drifted and its `vpc_id` output would change)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from drift_support import STACK, install_stand_in_tofu
 from runs_support import Api, gateway_stack, running_services
 
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
-
-STAND_IN_TOFU = """#!/bin/sh
-case "$1" in
-  output) echo '{"vpc_id": {"value": "vpc-1", "type": "string", "sensitive": false}}' ;;
-  plan)
-    case "$*" in *-detailed-exitcode*) [ -f "$(dirname "$0")/in-sync" ] && exit 0; exit 2 ;; esac ;;
-  show)
-    if [ -f "$(dirname "$0")/in-sync" ]; then echo '{"resource_changes": []}'; exit 0; fi
-    echo '{"resource_drift": [{"address": "aws_vpc.main", "change": {"actions": ["update"]}}],
-           "resource_changes": [{"address": "aws_vpc.main", "change": {"actions": ["update"]}}],
-           "output_changes": {"vpc_id": {"actions": ["update"]}}}' ;;
-esac
-"""
-
-STACK = """\
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: network}
-spec:
-  provider: opentofu
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: database}
-spec:
-  provider: custom
-  variables:
-    - {name: vpc, value: "$(resource.network.output.vpc_id.value)$"}
-  providerOptions:
-    custom:
-      tasks:
-        - name: create
-          type: script
-          options:
-            script:
-              script: |
-                printf '{"dsn": "db-in-%s"}' "$TRELLIS_VAR_vpc" > "$TRELLIS_OUTPUTS"
-      driftCheck:
-        name: compare
-        type: script
-        options:
-          script:
-            script: |
-              echo "checking $TRELLIS_VAR_vpc"
-              printf '{"driftChanges": "no"}' > "$TRELLIS_OUTPUTS"
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: app}
-spec:
-  provider: custom
-  variables:
-    - {name: dsn, value: "$(resource.database.output.dsn.value)$"}
-  providerOptions:
-    custom:
-      tasks: [{name: release, type: script, options: {script: {script: "echo release $TRELLIS_VAR_dsn"}}}]
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: cache}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks: [{name: up, type: script, options: {script: {script: "echo up"}}}]
----
-apiVersion: trellis.dev/v1
-kind: EnvironmentTemplate
-metadata: {name: drift-stack}
-spec:
-  version: v1
-  agents: [{name: default}]
-  resources: [{name: network}, {name: database}, {name: app}, {name: cache}]
-  hooks:
-    onDrift:
-      - name: notify
-        type: script
-        options: {script: {script: 'echo "drift in $(environment.name)$" > NOTIFY_FILE'}}
-"""
 
 
 @pytest.fixture
@@ -107,12 +28,7 @@ async def api(bus: Bus, store_settings: Settings, unique: str) -> AsyncIterator[
 @pytest.fixture
 def stand_in_tofu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The directory of the `tofu` stand-in, first on the PATH the process agent passes on."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "tofu").write_text(STAND_IN_TOFU)
-    (bindir / "tofu").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    return bindir
+    return install_stand_in_tofu(tmp_path, monkeypatch)
 
 
 async def finished(api: Api, run_id: str, within: float = 60.0) -> dict[str, Any]:

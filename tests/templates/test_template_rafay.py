@@ -191,3 +191,13 @@ def test_a_drivers_input_contexts_reach_its_activity() -> None:
     assert register.inputs["eks_cluster_name"] == "team-a-eks"  # the resource's own variables win
     assert "jira_api_token" in register.sensitive
     assert register.spec.env["JIRA_FQDN"] == "jira.example.com"  # type: ignore[union-attr]
+
+
+def test_a_detect_drift_schedule_reads_in_a_rafay_document_too() -> None:
+    text = RAFAY.replace(
+        "type: destroy\n      cadence: {timeToLive: 8h}",
+        "type: detectDrift\n      cadence: {cronExpression: '0 6 * * *'}",
+    )
+    result = run(text, environment="dev-eks")
+    assert result.errors == ()
+    assert {w.path for w in result.warnings} == {"spec.resources[0].resourceOptions.dedicated"}

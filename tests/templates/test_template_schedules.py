@@ -248,3 +248,51 @@ def test_a_schedules_variables_travel_as_text_to_its_runs() -> None:
     template, environment = documents(text)
     [nightly] = [s for s in effective_schedules(template, environment, Problems()) if s.name == "nightly"]
     assert nightly.variables == {"team": "night-crew", "size": "3"}
+
+
+def test_a_detect_drift_schedule_runs_on_a_cron_like_the_others() -> None:
+    text = with_schedules(("{name: nightly, type: destroy,", "{name: nightly, type: detectDrift,"))
+    assert run(text).errors == ()
+    template, environment = documents(text)
+    problems = Problems()
+    [nightly] = [s for s in effective_schedules(template, environment, problems) if s.name == "nightly"]
+    assert not problems.errors
+    assert (nightly.type, nightly.kind, nightly.cron, nightly.timezone) == (
+        "detectDrift",
+        "cron",
+        "0 20 * * 1-5",
+        "Europe/Berlin",
+    )
+
+
+def test_a_detect_drift_schedule_with_a_time_to_live_is_an_error_at_its_path_and_left_out() -> None:
+    text = with_schedules(("name: ttl\n      type: destroy", "name: ttl\n      type: detectDrift"))
+    problem = only(run(text).errors, "spec.schedules[1].cadence.timeToLive")
+    assert problem.message == "schedule 'ttl' is a detectDrift schedule: it runs on a cronExpression, not a timeToLive"
+    assert "cronExpression: '0 6 * * *'" in (problem.hint or "")
+    template, environment = documents(text)
+    problems = Problems()
+    assert {s.name for s in effective_schedules(template, environment, problems)} == {"nightly"}
+    assert [p.path for p in problems.errors] == ["spec.schedules[1].cadence.timeToLive"]
+
+
+def test_a_detect_drift_schedule_takes_no_variables() -> None:
+    text = with_schedules(
+        (
+            "{name: nightly, type: destroy, cadence:",
+            "{name: nightly, type: detectDrift, variables: [{name: team, value: x}], cadence:",
+        )
+    )
+    problem = only(run(text).errors, "spec.schedules[0].variables")
+    assert problem.message == "schedule 'nightly' is a detectDrift schedule: it takes no variables"
+    assert "last deploy" in (problem.hint or "")
+    template, environment = documents(text)
+    assert {s.name for s in effective_schedules(template, environment, Problems())} == {"ttl"}
+
+
+def test_an_unknown_schedule_type_names_the_allowed_ones() -> None:
+    problem = only(
+        run(with_schedules(("{name: nightly, type: destroy,", "{name: nightly, type: detect-drift,"))).errors,
+        "spec.schedules[0].type",
+    )
+    assert "detectDrift" in f"{problem.message} {problem.hint}", str(problem)
