@@ -257,10 +257,10 @@ def test_a_template_that_is_not_utf8_is_named_not_a_traceback(tmp_path: Path) ->
     assert done.stderr == f"trellis run: {t / 'broken.yaml'}: not UTF-8 text (invalid start byte at byte 0)\n"
 
 
-def test_templates_too_big_for_one_bus_message_are_refused_naming_the_sizes(tmp_path: Path) -> None:
-    t = template_dir(tmp_path)
+def test_templates_too_big_for_one_bus_message_are_refused_naming_the_sizes(stack_dir: Path) -> None:
+    t = template_dir(stack_dir)  # the stack starts before the bus refuses: outside pytest's basetemp
     (t / "huge.yaml").write_text("# padding\n" * 120_000)  # 1.2 MB of comments: past the 1 MiB max_payload
-    done = trellis_run(tmp_path, str(t), "--environment", "hello")
+    done = trellis_run(stack_dir, str(t), "--environment", "hello")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     message = " ".join(done.stderr.split())

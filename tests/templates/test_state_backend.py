@@ -4,16 +4,19 @@ managed state, and the compiler service gives them its address and a sealed per-
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import pytest
 from template_support import BASE, mutate, only, run
 
 from trellis_compiler.service import serve
 from trellis_compiler.state_backend import attach_state_backend, backend_base_url
 from trellis_core import state_credentials, subjects
 from trellis_core.bus import Bus
+from trellis_core.embedded import EmbeddedNats
 from trellis_core.events import RunCompiled, RunEvent, RunRejected, RunRequested, SourceFile, decode_run_event
 from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.settings import Settings
@@ -100,6 +103,19 @@ def test_without_a_callback_or_seal_key_a_system_backend_run_is_rejected_naming_
     )
 
 
+@pytest.fixture(scope="module")
+def own_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A nats-server of this module's own. On the session's, the compiler's durable may still hold
+    other tests' requests (a destroy asking for a store that no longer runs), which a compiler
+    started here would take first, past these tests' timeouts."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("state-backend-nats"))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
 async def _compile_on_the_bus(bus: Bus, tenant: str, run_id: str) -> RunEvent:
     """Publish a request of the SYSTEM bundle to a compiler service on `bus`; its outcome."""
     queue: asyncio.Queue[RunEvent] = asyncio.Queue()
@@ -124,12 +140,13 @@ async def _compile_on_the_bus(bus: Bus, tenant: str, run_id: str) -> RunEvent:
 
 
 async def test_the_compiler_service_gives_a_system_backend_run_its_sealed_credential(
-    settings: Settings, unique: str
+    settings: Settings, own_nats: str, unique: str
 ) -> None:
     master = new_master_key()
     keyed = msgspec.structs.replace(
-        settings, callback_key=CALLBACK_KEY, seal_key=master, state_backend_url="http://gw.internal:8080"
-    )
+        settings, nats_url=own_nats, callback_key=CALLBACK_KEY, seal_key=master,
+        state_backend_url="http://gw.internal:8080",
+    )  # fmt: skip
     bus = await Bus.connect(keyed, name="state-backend-test")
     await bus.ensure_streams()
     try:
@@ -148,9 +165,9 @@ async def test_the_compiler_service_gives_a_system_backend_run_its_sealed_creden
 
 
 async def test_the_compiler_service_without_a_callback_key_rejects_a_system_backend_run(
-    settings: Settings, unique: str
+    settings: Settings, own_nats: str, unique: str
 ) -> None:
-    keyed = msgspec.structs.replace(settings, callback_key="", seal_key=new_master_key())
+    keyed = msgspec.structs.replace(settings, nats_url=own_nats, callback_key="", seal_key=new_master_key())
     bus = await Bus.connect(keyed, name="state-backend-test")
     await bus.ensure_streams()
     try:
