@@ -14,6 +14,7 @@ from trellis_templates.graph import assemble, build_resources, declared_dependen
 from trellis_templates.outputs import check_plans
 from trellis_templates.planning import plan_resources
 from trellis_templates.resolved import RunInfo, resolve_documents
+from trellis_templates.schedule_tasks import scheduled_task_activities
 from trellis_templates.scope import resolve_variables
 from trellis_templates.static import check_static_reads, resolve_statics
 
@@ -50,6 +51,10 @@ def compile_environment(
     readers: dict[str, dict[str, tuple[str, ...]]] = {}
     if info.purpose.day2_action:
         activities = action_activities(planned, dependencies, info=info, problems=problems)
+        if activities is None or problems.errors:
+            return None
+    elif info.purpose.scheduled_tasks:
+        activities = scheduled_task_activities(planned, dependencies, info=info, problems=problems)
         if activities is None or problems.errors:
             return None
     else:
