@@ -270,6 +270,7 @@ class EnvironmentHooks(_Doc, kw_only=True, frozen=True):
 
 class EnvironmentTemplateHooks(EnvironmentHooks, kw_only=True, frozen=True):
     on_drift: list[Hook] = []  # Trellis: run by a drift check that found drift (docs/drift.md)
+    on_expiring: list[Hook] = []  # Trellis: run when a time to live's expiry is announced (docs/schedules.md)
 
 
 class ResourceHooks(EnvironmentHooks, kw_only=True, frozen=True):

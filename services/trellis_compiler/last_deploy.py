@@ -32,7 +32,7 @@ class StoreUnavailable(Exception):
 def needs_last_deploy(request: RunRequested, activities: tuple[Activity, ...] | None = None) -> bool:
     """A destroy, a day-2 action and a drift check always do; a deploy when it has an
     `executeOnce` activity (pass its activities)."""
-    if request.action == "destroy" or request.purpose.on_deployed or request.purpose.drift:
+    if request.action == "destroy" or request.purpose.reads_deploy or request.purpose.drift:
         return True
     return activities is not None and any(a.execute_once for a in activities)
 
@@ -43,7 +43,7 @@ def as_last_deploy(request: RunRequested, record: DeployRecord | None) -> LastDe
     if record is None or not record.deployed:
         return None
     purpose = request.purpose
-    outputs = record.outputs if request.action == "destroy" or purpose.on_deployed or purpose.drift else {}
+    outputs = record.outputs if request.action == "destroy" or purpose.reads_deploy or purpose.drift else {}
     return LastDeploy(run_id=record.run_id, outputs=outputs)
 
 
