@@ -56,6 +56,7 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     approval: bool = False
     optouts: tuple[int, ...] = ()  # the Environment's opt-outs of it, in seconds, in order
     variables: dict[str, str] = {}  # the schedule's `variables`: its runs' values over the environment's
+    expiry_hooks: bool = False  # ttl: the template has onExpiring hooks, run when the expiry is announced
 
     @property
     def kind(self) -> Literal["cron", "ttl"]:
@@ -212,6 +213,8 @@ def effective_schedules(
     out = []
     for name, (schedule, limits) in merged.items():
         made = _effective(schedule, limits, optouts.get(name, ()))
+        if made is not None and made.ttl_seconds and template.spec.hooks.on_expiring:
+            made = msgspec.structs.replace(made, expiry_hooks=True)
         if made is not None:
             out.append(made)
     return tuple(out)
