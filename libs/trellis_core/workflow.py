@@ -178,36 +178,59 @@ class RunPurpose(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit
     `day2_action`: a day-2 action of the template, run on the deployed environment (action
     `deploy`) without redeploying it. `force`: a destroy that skips every hook and goes on past
     failures. `drift`: a plan-only run (action `deploy`) that records whether the live
-    infrastructure differs from the state and changes nothing. At most one is set.
+    infrastructure differs from the state and changes nothing. `scheduled_tasks`: the tasks of
+    the `workflows` schedule it names, run on the deployed environment as a day-2 action's (action
+    `deploy`). `expiring`: the template's `onExpiring` hooks, run when a time to live's expiry is
+    announced (action `deploy`). At most one is set.
     """
 
     day2_action: str = ""
     force: bool = False
     drift: bool = False
+    scheduled_tasks: str = ""
+    expiring: bool = False
 
     @property
     def label(self) -> str:
-        """As the state store keeps it (`runs.purpose`): "", "action:<name>", "force-destroy", "drift"."""
+        """As the state store keeps it (`runs.purpose`): "", "action:<name>", "force-destroy", "drift",
+        "schedule:<name>", "expiring"."""
         if self.day2_action:
             return f"action:{self.day2_action}"
+        if self.scheduled_tasks:
+            return f"schedule:{self.scheduled_tasks}"
         if self.force:
             return "force-destroy"
+        if self.expiring:
+            return "expiring"
         return "drift" if self.drift else ""
 
     @property
     def ordinary(self) -> bool:
         """An ordinary deploy or destroy (a force-destroy counts: it ends the environment too)."""
-        return not (self.day2_action or self.drift)
+        return not (self.day2_action or self.drift or self.scheduled_tasks or self.expiring)
+
+    @property
+    def on_deployed(self) -> str:
+        """The action or schedule whose tasks run on the deployed environment, reading its last
+        deploy's outputs ("" for any other run)."""
+        return self.day2_action or self.scheduled_tasks
+
+    @property
+    def reads_deploy(self) -> bool:
+        """Whether it renders with the last deploy's outputs as its own (`resource.<r>.output`):
+        tasks on the deployed environment and the expiry notice's hooks."""
+        return bool(self.on_deployed or self.expiring)
 
     def problem(self, action: Action) -> str:
         """Why this purpose cannot go with `action` ("" when it can)."""
         chosen = [n for n, on in (("a day-2 action", bool(self.day2_action)), ("force", self.force),
-                                  ("drift", self.drift)) if on]
+                                  ("drift", self.drift), ("scheduled tasks", bool(self.scheduled_tasks)),
+                                  ("an expiry notice", self.expiring)) if on]
         if len(chosen) > 1:
             return f"a run is one of {' and '.join(chosen)}, not several"
         if self.force and action != "destroy":
             return "force applies to a destroy only"
-        if (self.day2_action or self.drift) and action != "deploy":
+        if not self.ordinary and action != "deploy":
             return f"{chosen[0]} runs with action deploy, not {action}"
         return ""
 

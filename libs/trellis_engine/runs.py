@@ -152,9 +152,10 @@ def _skip_reason(st: SchedulerState, run: RunState, i: int, render: Renderer | N
 
 
 def _deployed(st: SchedulerState, run: RunState) -> dict[str, dict[str, Any]] | None:
-    """What a day-2 action reads under its own outputs: the environment's last deploy's (the run
-    holds the environment, so no other run of it can change them meanwhile)."""
-    return last_deploy_outputs(st, run) if run.workflow.purpose.day2_action else None
+    """What a day-2 action (a workflows schedule's tasks, an expiry notice's hooks) reads under
+    its own outputs: the environment's last deploy's (the run holds the environment, so no other
+    run of it can change them meanwhile)."""
+    return last_deploy_outputs(st, run) if run.workflow.purpose.reads_deploy else None
 
 
 def _dispatch_one(

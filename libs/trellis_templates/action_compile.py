@@ -59,10 +59,18 @@ def action_activities(
     documents = planned.variables.documents
     resources = [(plan.name, plan.template, plan.source) for plan in planned.plans]
     found_actions = declared_actions(documents.template, documents.template_source, resources)
-    name, environment = info.purpose.day2_action, documents.environment.metadata.name
-    found = find_action(found_actions, name, environment, problems)
+    found = find_action(found_actions, info.purpose.day2_action, documents.environment.metadata.name, problems)
     if found is None:
         return None
+    return found_action_activities(planned, dependencies, found, info=info, problems=problems)
+
+
+def found_action_activities(
+    planned: Plans, dependencies: Dependencies, found: FoundAction, *, info: RunInfo, problems: Problems
+) -> tuple[Activity, ...] | None:
+    """The activities of `found` (an action, or a `workflows` schedule's tasks as one); None with
+    the problems reported."""
+    environment = planned.variables.documents.environment.metadata.name
     if found.action.type == "destroy":
         problems.error(
             found.source,

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trellis_core.workflow import TemplateRef, Workflow
+from trellis_core.workflow import Activity, TemplateRef, Workflow
 from trellis_templates.action_compile import action_activities, check_all_actions, without_hooks
 from trellis_templates.bundle import Bundle
 from trellis_templates.documents import Document, Environment
 from trellis_templates.errors import Problems, Source
-from trellis_templates.graph import assemble, build_resources, declared_dependencies, order_resources
+from trellis_templates.expiring_hooks import expiring_hooks
+from trellis_templates.graph import (
+    assemble,
+    build_resources,
+    declared_dependencies,
+    environment_hooks_context,
+    order_resources,
+)
 from trellis_templates.outputs import check_plans
-from trellis_templates.planning import plan_resources
+from trellis_templates.planning import Plans, plan_resources
 from trellis_templates.resolved import RunInfo, resolve_documents
+from trellis_templates.schedule_tasks import scheduled_task_activities
 from trellis_templates.scope import resolve_variables
 from trellis_templates.static import check_static_reads, resolve_statics
 
@@ -52,6 +60,14 @@ def compile_environment(
         activities = action_activities(planned, dependencies, info=info, problems=problems)
         if activities is None or problems.errors:
             return None
+    elif info.purpose.expiring:
+        activities = expiring_activities(planned, info=info, problems=problems)
+        if activities is None or problems.errors:
+            return None
+    elif info.purpose.scheduled_tasks:
+        activities = scheduled_task_activities(planned, dependencies, info=info, problems=problems)
+        if activities is None or problems.errors:
+            return None
     else:
         built = build_resources(planned, info.action, drift=info.purpose.drift)
         order = order_resources(dependencies, planned, built, problems)
@@ -76,3 +92,20 @@ def compile_environment(
         static=statics.outputs,
         output_readers=readers,
     )
+
+
+def expiring_activities(planned: Plans, *, info: RunInfo, problems: Problems) -> tuple[Activity, ...] | None:
+    """An expiry notice's run: only the `onExpiring` hooks (no resource, no other hook); None with
+    the problems reported (a template without any is one: nothing would run)."""
+    documents = planned.variables.documents
+    hooks = documents.template.spec.hooks.on_expiring
+    if not hooks:
+        problems.error(
+            documents.template_source,
+            ("spec", "hooks"),
+            f"template {documents.template.metadata.name!r} has no onExpiring hooks: an expiry notice runs nothing",
+            "add spec.hooks.onExpiring: [{name, type, options}]",
+        )
+        return None
+    activities = expiring_hooks(environment_hooks_context(planned, info=info, problems=problems), hooks)
+    return None if problems.errors else tuple(activities)

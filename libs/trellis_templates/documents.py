@@ -270,6 +270,7 @@ class EnvironmentHooks(_Doc, kw_only=True, frozen=True):
 
 class EnvironmentTemplateHooks(EnvironmentHooks, kw_only=True, frozen=True):
     on_drift: list[Hook] = []  # Trellis: run by a drift check that found drift (docs/drift.md)
+    on_expiring: list[Hook] = []  # Trellis: run when a time to live's expiry is announced (docs/schedules.md)
 
 
 class ResourceHooks(EnvironmentHooks, kw_only=True, frozen=True):
@@ -427,6 +428,12 @@ class OptOutOptions(_Doc, kw_only=True, frozen=True):
     approval: bool | BoolValue = False  # opt-outs through the API need the admin role
 
 
+class ActionWorkflows(_Doc, kw_only=True, frozen=True):
+    """What an action of type `workflows` runs: tasks, as a custom resource's."""
+
+    tasks: list[Task] = []
+
+
 class Schedule(_Doc, kw_only=True, frozen=True):
     name: DnsName
     type: Literal["deploy", "destroy", "workflows", "detectDrift"]  # detectDrift: Trellis's (docs/drift.md)
@@ -434,6 +441,7 @@ class Schedule(_Doc, kw_only=True, frozen=True):
     cadence: Cadence
     variables: list[Variable] = []
     opt_out_options: OptOutOptions | None = None
+    workflows: ActionWorkflows | None = None  # type workflows: the tasks each slot runs (docs/schedules.md)
 
 
 class ScheduleOptout(_Doc, kw_only=True, frozen=True):
@@ -441,12 +449,6 @@ class ScheduleOptout(_Doc, kw_only=True, frozen=True):
 
     name: DnsName
     duration: str
-
-
-class ActionWorkflows(_Doc, kw_only=True, frozen=True):
-    """What an action of type `workflows` runs: tasks, as a custom resource's."""
-
-    tasks: list[Task] = []
 
 
 class EnvironmentAction(_Doc, kw_only=True, frozen=True):
@@ -600,7 +602,7 @@ RAFAY_UNIMPLEMENTED: dict[type[msgspec.Struct], frozenset[str]] = {
     ResourceOptions: frozenset({"dedicated"}),
     VariableOptions: frozenset({"schema", "displayMetadata"}),
     Override: frozenset({"displayOverridden", "restrictedKeyValues"}),
-    Schedule: frozenset({"context", "workflows"}),
+    Schedule: frozenset({"context"}),
     EnvironmentAction: frozenset({"context"}),
     FunctionOptions: frozenset({"languageVersion", "maxConcurrency", "numReplicas", "memoryLimitMi"}),
 }

@@ -18,6 +18,7 @@ from trellis_templates.drift_checks import (
 )
 from trellis_templates.drift_impact import Readers, output_readers
 from trellis_templates.errors import Path, Problems, Source, closest
+from trellis_templates.expiring_hooks import expiring_hooks
 from trellis_templates.hooks import HookContext, env_for
 from trellis_templates.planning import Plans, environment_agents
 from trellis_templates.rendering import Renderer
@@ -172,6 +173,7 @@ def assemble(
     if info.purpose.drift:  # no hook but onDrift, after every check
         return _drift_assembled(context, built, order, hooks.on_drift)
     drift_hooks(context, hooks.on_drift, {"": ""}, first_deps=())  # checked here too, run by drift checks only
+    expiring_hooks(context, hooks.on_expiring)  # checked here too, run by expiry notices only
     out = _environment_hooks(context, hooks.on_init, "onInit", "on-init", first_deps=())
     start = (out[-1].id,) if out else ()
     names, preds = _in_action_order(order, info.action)

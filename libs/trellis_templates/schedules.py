@@ -34,8 +34,10 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_DURATION = timedelta(days=3660)  # ten years: longer is a mistake (and beyond what a timestamp holds)
 DURATION_HINT = "a number and a unit (s, m, h, d), e.g. 30m, 8h, 2d, 1d12h; at most 3660d"
 CRON_HINT = "five fields: minute hour day-of-month month day-of-week, e.g. 0 2 * * 1-5"
-ScheduleType = Literal["deploy", "destroy", "detectDrift"]
+ScheduleType = Literal["deploy", "destroy", "detectDrift", "workflows"]
 DETECT_DRIFT: Final = "detectDrift"  # a drift check of the deployed environment on a cron (docs/drift.md)
+WORKFLOWS: Final = "workflows"  # tasks run on the deployed environment on a cron (RunPurpose.scheduled_tasks)
+ON_DEPLOYED: Final = frozenset({DETECT_DRIFT, WORKFLOWS})  # a slot while not deployed is skipped
 
 
 class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -54,6 +56,7 @@ class EffectiveSchedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     approval: bool = False
     optouts: tuple[int, ...] = ()  # the Environment's opt-outs of it, in seconds, in order
     variables: dict[str, str] = {}  # the schedule's `variables`: its runs' values over the environment's
+    expiry_hooks: bool = False  # ttl: the template has onExpiring hooks, run when the expiry is announced
 
     @property
     def kind(self) -> Literal["cron", "ttl"]:
@@ -108,13 +111,7 @@ def check_schedule_list(schedules: Sequence[Schedule], source: Source | None, pr
     """Every problem of one document's `spec.schedules`, each at its path."""
     for index, schedule in enumerate(schedules):
         path: Path = ("spec", "schedules", index)
-        if schedule.type == "workflows":
-            problems.error(
-                source,
-                (*path, "type"),
-                f"schedules[{index}].type workflows is not supported yet",
-                "a schedule of type deploy, destroy or detectDrift runs; arbitrary workflows on a schedule do not yet",
-            )
+        _check_tasks(schedule, source, path, problems)
         _check_cadence(schedule, source, (*path, "cadence"), problems)
         if schedule.type == DETECT_DRIFT and schedule.variables:
             problems.error(
@@ -125,6 +122,26 @@ def check_schedule_list(schedules: Sequence[Schedule], source: Source | None, pr
             )
         if schedule.opt_out_options is not None:
             _check_limits(schedule.opt_out_options, source, (*path, "optOutOptions"), problems)
+
+
+def _check_tasks(schedule: Schedule, source: Source | None, path: Path, problems: Problems) -> None:
+    """A `workflows` schedule has tasks (their own problems are the compiler's, as an action's);
+    no other schedule has any."""
+    tasks = schedule.workflows.tasks if schedule.workflows is not None else []
+    if schedule.type == WORKFLOWS and not tasks:
+        problems.error(
+            source,
+            (*path, "workflows"),
+            f"schedule {schedule.name!r} of type workflows has no tasks",
+            "give workflows.tasks: [{name, type, options}] (as a custom resource's tasks)",
+        )
+    elif schedule.type != WORKFLOWS and schedule.workflows is not None:
+        problems.error(
+            source,
+            (*path, "workflows"),
+            f"schedule {schedule.name!r} of type {schedule.type} runs no tasks",
+            "tasks belong to a schedule of type workflows",
+        )
 
 
 def _check_cadence(schedule: Schedule, source: Source | None, path: Path, problems: Problems) -> None:
@@ -156,12 +173,13 @@ def _check_cadence(schedule: Schedule, source: Source | None, path: Path, proble
     if cadence.time_to_live:
         if parse_duration(cadence.time_to_live) is None:
             problems.error(source, (*path, "timeToLive"), f"{cadence.time_to_live!r} is not a duration", DURATION_HINT)
-        if schedule.type == DETECT_DRIFT:
+        if schedule.type in ON_DEPLOYED:
             problems.error(
                 source,
                 (*path, "timeToLive"),
-                f"schedule {schedule.name!r} is a detectDrift schedule: it runs on a cronExpression, not a timeToLive",
-                f"a drift check recurs, e.g. cadence: {{cronExpression: '0 6 * * *'}}; {CRON_HINT}",
+                f"schedule {schedule.name!r} is a {schedule.type} schedule: it runs on a cronExpression, "
+                "not a timeToLive",
+                f"it recurs, e.g. cadence: {{cronExpression: '0 6 * * *'}}; {CRON_HINT}",
             )
         elif schedule.type != "destroy":
             problems.error(source, (*path, "timeToLive"), "a timeToLive schedule must be of type destroy")
@@ -195,6 +213,8 @@ def effective_schedules(
     out = []
     for name, (schedule, limits) in merged.items():
         made = _effective(schedule, limits, optouts.get(name, ()))
+        if made is not None and made.ttl_seconds and template.spec.hooks.on_expiring:
+            made = msgspec.structs.replace(made, expiry_hooks=True)
         if made is not None:
             out.append(made)
     return tuple(out)
@@ -231,7 +251,9 @@ def check_environment_optouts(
 
 
 def _effective(schedule: Schedule, limits: OptOutOptions, optouts: tuple[int, ...]) -> EffectiveSchedule | None:
-    if schedule.type == "workflows" or (schedule.type == DETECT_DRIFT and schedule.variables):
+    if schedule.type == DETECT_DRIFT and schedule.variables:
+        return None
+    if schedule.type == WORKFLOWS and (schedule.workflows is None or not schedule.workflows.tasks):
         return None
     cadence = schedule.cadence
     ttl = parse_duration(cadence.time_to_live) if cadence.time_to_live else None

@@ -32,7 +32,7 @@ class StoreUnavailable(Exception):
 def needs_last_deploy(request: RunRequested, activities: tuple[Activity, ...] | None = None) -> bool:
     """A destroy, a day-2 action and a drift check always do; a deploy when it has an
     `executeOnce` activity (pass its activities)."""
-    if request.action == "destroy" or request.purpose.day2_action or request.purpose.drift:
+    if request.action == "destroy" or request.purpose.reads_deploy or request.purpose.drift:
         return True
     return activities is not None and any(a.execute_once for a in activities)
 
@@ -43,7 +43,7 @@ def as_last_deploy(request: RunRequested, record: DeployRecord | None) -> LastDe
     if record is None or not record.deployed:
         return None
     purpose = request.purpose
-    outputs = record.outputs if request.action == "destroy" or purpose.day2_action or purpose.drift else {}
+    outputs = record.outputs if request.action == "destroy" or purpose.reads_deploy or purpose.drift else {}
     return LastDeploy(run_id=record.run_id, outputs=outputs)
 
 
@@ -84,11 +84,13 @@ async def _stopped(stop: asyncio.Event | None, delay: float) -> bool:
 
 def never_deployed(request: RunRequested, record: DeployRecord | None) -> str:
     """Why a day-2 action cannot run: its environment has no deploy to act on ("" when it has)."""
-    if not request.purpose.day2_action or (record is not None and record.deployed):
+    purpose = request.purpose
+    if not purpose.on_deployed or (record is not None and record.deployed):
         return ""
+    what = f"action {purpose.day2_action!r}" if purpose.day2_action else f"schedule {purpose.scheduled_tasks!r}"
     return (
         f"environment {request.environment!r} has no successful deploy that no destroy undid: "
-        f"action {request.purpose.day2_action!r} runs on a deployed environment (deploy it first)"
+        f"{what} runs on a deployed environment (deploy it first)"
     )
 
 

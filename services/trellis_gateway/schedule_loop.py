@@ -1,7 +1,7 @@
 """The schedule loop (docs/schedules.md): one gateway replica at a time (a lease on JetStream KV)
 syncs environments' schedules, claims each due firing once in the store and starts its run as an
 ordinary run requested by `schedule/<name>` (a detectDrift slot: a drift check, schedule_slots.py);
-it announces expiries before they come.
+it announces expiries before they come (running the template's onExpiring hooks, expiry_notice.py).
 
 It wakes at the earliest due time, at most every `max_sleep` seconds. A slot due while every
 replica was down is found on return and fired once: the next slot is the first after now.
@@ -21,6 +21,7 @@ import nats.errors
 from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
 from trellis_gateway.context import ApiProblem, Gateway
+from trellis_gateway.expiry_notice import start_expiry_notice
 from trellis_gateway.launch import audit
 from trellis_gateway.schedule_slots import (
     NotDeployed,
@@ -269,16 +270,21 @@ class ScheduleRunner:
         )
 
     async def announce(self, item: DueSchedule) -> None:
-        """The expiry warning: an audit entry `schedule.expiring` and a log line, once per expiry."""
+        """The expiry warning, once per expiry: a run of the template's `onExpiring` hooks (when it
+        has any; expiry_notice.py), an audit entry `schedule.expiring` and a log line."""
         schedule, expires_at = item.schedule, item.next_due_at
+        run_id = await start_expiry_notice(self.gateway, item, actor_of(schedule.name))
         log.warning(
             "environment_expiring",
             tenant=item.tenant,
             environment=item.environment,
             schedule=schedule.name,
             expires_at=_iso(expires_at),
+            run=run_id,
         )
         detail: dict[str, object] = {"schedule": schedule.name, "expires_at": _iso(expires_at)}
+        if run_id:
+            detail["run_id"] = run_id
         await audit(
             self.gateway, item.tenant, actor_of(schedule.name), "schedule.expiring", item.environment, detail, ""
         )

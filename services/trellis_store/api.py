@@ -251,7 +251,7 @@ class RunCreate(_TenantRequest, frozen=True, kw_only=True, tag="run.create"):
     requested_by: str = ""
     idempotency_key: str = ""
     request_digest: str = ""  # sha256 of the request's body, to tell a retry from a different request
-    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift"
+    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift", "schedule:<name>", "expiring"
     remote: str = ""
 
 
@@ -297,7 +297,7 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str = ""
-    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift"
+    purpose: str = ""  # RunPurpose.label: "", "action:<name>", "force-destroy", "drift", "schedule:<name>", "expiring"
 
 
 class RunDetail(RunSummary, frozen=True, kw_only=True, omit_defaults=True):

@@ -205,10 +205,10 @@ def test_a_bad_schedule_is_an_error_at_its_path(edit: tuple[str, str], path: str
     assert message in problem.message, str(problem)
 
 
-def test_a_workflows_schedule_is_refused_as_not_supported_yet() -> None:
+def test_a_workflows_schedule_without_tasks_is_an_error_at_its_workflows() -> None:
     text = with_schedules(("{name: nightly, type: destroy,", "{name: nightly, type: workflows,"))
-    problem = only(run(text).errors, "spec.schedules[0].type")
-    assert problem.message == "schedules[0].type workflows is not supported yet"
+    problem = only(run(text).errors, "spec.schedules[0].workflows")
+    assert problem.message == "schedule 'nightly' of type workflows has no tasks"
 
 
 def test_an_environment_cannot_loosen_a_template_schedules_limits() -> None:
