@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from typing import TypeVar
 
 from trellis_core.bus import Delivery
 from trellis_core.events import RunRequested
 from trellis_core.logs import get_logger
 from trellis_core.workflow import Activity, LastDeploy
-from trellis_store.api import DeployRecord, DeployRecordGet, StoreError
+from trellis_store.api import DeployRecord, DeployRecordGet, StoreError, StoreRequest, op_of
 from trellis_store.client import StoreClient
 
 log = get_logger("compiler.last_deploy")
+T = TypeVar("T")
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)  # then every 10 s until the store answers
 
 
@@ -53,8 +55,22 @@ async def last_deploy(
     """The store's record of the request's environment, or the store's refusal (never
     `unavailable`: that is waited out; raises StoreUnavailable if `stop` is set meanwhile)."""
     asked = DeployRecordGet(tenant=request.tenant, environment=request.environment)
+    return await ask_waiting(store, asked, DeployRecord, request, delivery, stop)
+
+
+async def ask_waiting(
+    store: StoreClient,
+    asked: StoreRequest,
+    into: type[T],
+    request: RunRequested,
+    delivery: Delivery,
+    stop: asyncio.Event | None = None,
+) -> T | StoreError:
+    """The store's answer to `asked` for the run being compiled, or its refusal; while it answers
+    `unavailable` the run waits (backoff, logged, its message kept in progress). Raises
+    StoreUnavailable if `stop` is set meanwhile."""
     for attempt in itertools.count(1):
-        answer = await store.ask(asked, DeployRecord)
+        answer = await store.ask(asked, into)
         if not isinstance(answer, StoreError) or answer.code != "unavailable":
             return answer
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
@@ -66,6 +82,7 @@ async def last_deploy(
             attempt=attempt,
             retry_in=delay,
             error=answer.message,
+            asked=op_of(asked),
         )
         await delivery.in_progress()  # keep the message: the run waits, it is not redelivered
         if await _stopped(stop, delay):

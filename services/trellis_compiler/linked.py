@@ -10,18 +10,14 @@ waits; any other store error rejects it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 
-from trellis_compiler.last_deploy import RETRY_SECONDS, StoreUnavailable, _stopped
+from trellis_compiler.last_deploy import ask_waiting
 from trellis_core.bus import Delivery
 from trellis_core.events import Problem, RunRequested
-from trellis_core.logs import get_logger
 from trellis_store.api import DeployRecord, LinkedOutputs, LinkedOutputsGet, StoreError
 from trellis_store.client import StoreClient
 from trellis_templates.resolved import LinkedEnvironment
 from trellis_templates.static import linked_environments
-
-log = get_logger("compiler.linked")
 
 
 async def linked_outputs(
@@ -33,29 +29,13 @@ async def linked_outputs(
     if not names:
         return None
     asked = LinkedOutputsGet(tenant=request.tenant, environments=names)
-    for attempt in itertools.count(1):
-        answer = await store.ask(asked, LinkedOutputs)
-        if isinstance(answer, LinkedOutputs):
-            return {
-                name: LinkedEnvironment(exists=True, deployed=state.deployed, outputs=state.outputs)
-                for name, state in answer.environments.items()
-            }
-        if answer.code != "unavailable":
-            return answer
-        delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
-        log.warning(
-            "store_unavailable_run_waits",
-            tenant=request.tenant,
-            run=request.run_id,
-            attempt=attempt,
-            retry_in=delay,
-            error=answer.message,
-            asked="linked.outputs",
-        )
-        await delivery.in_progress()
-        if await _stopped(stop, delay):
-            raise StoreUnavailable(f"the state store did not answer for run {request.run_id}: {answer.message}")
-    raise AssertionError("unreachable")  # pragma: no cover
+    answer = await ask_waiting(store, asked, LinkedOutputs, request, delivery, stop)
+    if isinstance(answer, StoreError):
+        return answer
+    return {
+        name: LinkedEnvironment(exists=True, deployed=state.deployed, outputs=state.outputs)
+        for name, state in answer.environments.items()
+    }
 
 
 def linked_refusal(request: RunRequested, error: StoreError) -> Problem:
