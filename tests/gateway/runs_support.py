@@ -17,6 +17,7 @@ import aiohttp
 from running_agent import running_agent
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
+from trellis_engine.state import TERMINAL_RUN
 from trellis_store.api import Role
 
 HELLO = """\
@@ -278,13 +279,20 @@ class Api:
         return msgspec.structs.replace(settings, gateway_public_url=self.url)
 
     async def run_when(self, run_id: str, status: str, within: float = 30.0) -> dict[str, Any]:
-        """`GET /v1/runs/{id}` once the store shows the run `status` (its projection follows the bus)."""
-        async with asyncio.timeout(within):
-            while True:
-                run: dict[str, Any] = await self.json("GET", f"/v1/runs/{run_id}", status=200)
-                if run["status"] == status:
-                    return run
-                await asyncio.sleep(0.05)
+        """`GET /v1/runs/{id}` once the store shows the run `status` (its projection follows the bus).
+        A run that ends otherwise fails the test at once, showing the run."""
+        run: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    run = await self.json("GET", f"/v1/runs/{run_id}", status=200)
+                    if run["status"] == status:
+                        return run
+                    if run["status"] in TERMINAL_RUN and status in TERMINAL_RUN:
+                        raise AssertionError(f"run {run_id} ended {run['status']}, not {status}: {run}")
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"run {run_id} not {status} within {within:g} s: {run}") from None
 
 
 @asynccontextmanager
