@@ -424,8 +424,8 @@ def _pg_json(text: str) -> str:
 
 def masked(workflow: Workflow) -> Workflow:
     """The workflow as `runs.workflow` keeps it: each activity's sensitive inputs and env values
-    masked, checkout credentials masked, no rendering scope and no requested variables, and the
-    last deploy's sensitive outputs (a destroy's, from deploy.record) masked."""
+    masked, checkout and state-backend credentials masked, no rendering scope and no requested
+    variables, and the last deploy's sensitive outputs (a destroy's, from deploy.record) masked."""
     activities = tuple(
         _masked_activity(a) if a.sensitive or _has_credentials(a.spec) else a for a in workflow.activities
     )
@@ -444,7 +444,8 @@ def masked(workflow: Workflow) -> Workflow:
 
 
 def _has_credentials(spec: Any) -> bool:
-    return bool(getattr(spec, "password", "") or getattr(spec, "ssh_key", ""))
+    backend = getattr(spec, "state_backend", None)  # a managed-state stage's sealed run credential
+    return bool(getattr(spec, "password", "") or getattr(spec, "ssh_key", "") or (backend and backend.credential))
 
 
 def _masked_activity(activity: Any) -> Any:
@@ -458,6 +459,9 @@ def _masked_activity(activity: Any) -> Any:
     for secret in ("password", "ssh_key"):
         if getattr(spec, secret, ""):
             changes[secret] = MASK
+    backend = getattr(spec, "state_backend", None)
+    if backend is not None and backend.credential:
+        changes["state_backend"] = msgspec.structs.replace(backend, credential=MASK)
     if changes:
         spec = msgspec.structs.replace(spec, **changes)
     return msgspec.structs.replace(activity, inputs=inputs, spec=spec)

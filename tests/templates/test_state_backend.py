@@ -21,6 +21,7 @@ from trellis_core.events import RunCompiled, RunEvent, RunRejected, RunRequested
 from trellis_core.sealed import MasterKeyring, new_master_key
 from trellis_core.settings import Settings
 from trellis_core.workflow import IacSpec, StateBackend, Workflow
+from trellis_store.projection_rows import MASK, masked
 
 SYSTEM = mutate(("openTofu: {refresh: true}", "openTofu: {refresh: true, backendType: system}"))
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -77,6 +78,17 @@ def test_the_service_fills_in_the_address_and_one_sealed_credential_for_the_run(
     assert (claims.tenant, claims.environment, claims.run_id) == ("acme", "dev", "run-7")
     assert claims.expires_at == NOW + timedelta(days=7)
     assert "tfs1." not in msgspec.json.encode(result.workflow).decode()  # only ever sealed
+
+
+def test_the_run_as_the_store_keeps_and_shows_it_has_the_credential_masked() -> None:
+    """`runs.workflow` (what GET /v1/runs/{id} shows any viewer) keeps the address, never the
+    sealed credential: an agent opens sealed tokens wherever it finds them."""
+    keys = MasterKeyring(new_master_key()).for_tenant("acme")
+    result = attach_state_backend(run(SYSTEM), tenant="acme", run_id="run-7", settings=_settings(), keys=keys, now=NOW)
+    kept = masked(result.workflow)  # type: ignore[arg-type]
+    backends = {s.state_backend for s in iac_specs(kept, "vpc")}
+    assert backends == {StateBackend(address="https://trellis.example/v1/tfstate/acme/dev/vpc", credential=MASK)}
+    assert "[[trellis-sealed:" not in msgspec.json.encode(kept).decode()
 
 
 def test_the_agents_url_setting_wins_over_the_public_url() -> None:
