@@ -378,6 +378,10 @@ def next_due(
     if not_before is not None and not_before - offset - timedelta(seconds=1) > start:
         start = not_before - offset - timedelta(seconds=1)
     zone = ZoneInfo(schedule.timezone)
-    local = start.astimezone(zone)
-    slot = next(iter(CronSim(schedule.cron, local)))
-    return slot.astimezone(UTC) + offset
+    # When clocks fall back, cronsim gives a fixed-time slot of the repeated hour as its first pass
+    # even when `start` is in the second: that slot is already past, and firing it would move
+    # next_due_at nowhere (the loop would claim it again every tick). Take the first slot after.
+    for slot in CronSim(schedule.cron, start.astimezone(zone)):
+        if slot.astimezone(UTC) > start:
+            return slot.astimezone(UTC) + offset
+    return None  # cronsim's iteration ends only for expressions with no future date

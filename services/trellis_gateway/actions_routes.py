@@ -33,6 +33,7 @@ from trellis_store.api import (
 )
 from trellis_templates.action_compile import environment_actions
 from trellis_templates.actions import FoundAction, action_labels, action_names
+from trellis_templates.documents import VariableName
 from trellis_templates.errors import Problems
 from trellis_templates.loader import Budget, gc_paused, load_text
 from trellis_templates.validate import read_leniently
@@ -47,7 +48,7 @@ HISTORY = 500  # the environment's newest runs looked through for each action's 
 class ActionRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`POST /v1/environments/{name}/actions/{action}`: this run's variables over the environment's."""
 
-    variables: dict[str, str] = {}
+    variables: dict[VariableName, str] = {}
 
 
 class ActionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

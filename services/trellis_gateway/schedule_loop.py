@@ -157,16 +157,25 @@ class ScheduleRunner:
             log.warning("schedule_due_failed", error=due.message)
             return None
         for item in due.due:
-            match item.reason:
-                case "due":
-                    await self.fire(item)
-                case "unpublished":
-                    await self.publish(item, item.last_run_id, item.last_due_at)
-                case "expiring":
-                    await self.announce(item)
+            try:
+                await self.act(item)
+            except (nats.errors.Error, OSError, TimeoutError):
+                raise  # the bus or the store is away: the whole tick waits
+            except Exception:  # one item's bug must not stop the others' slots
+                log.exception("schedule_item_failed", tenant=item.tenant, environment=item.environment,
+                              schedule=item.schedule.name, reason=item.reason)
         if synced >= PAGE or len(due.due) >= PAGE:  # more than a page: go on at once
             return self.clock()
         return due.next_due_at
+
+    async def act(self, item: DueSchedule) -> None:
+        match item.reason:
+            case "due":
+                await self.fire(item)
+            case "unpublished":
+                await self.publish(item, item.last_run_id, item.last_due_at)
+            case "expiring":
+                await self.announce(item)
 
     async def fire(self, item: DueSchedule) -> None:
         """Claim the slot due at `next_due_at`, moving it to the next one after now (skipped when

@@ -92,6 +92,9 @@ async def sync_environment(gateway: Gateway, item: StaleEnvironment, now: dateti
     bundle = await gateway.store.ask(
         TemplateBundleGet(tenant=item.tenant, name=env.template.name, version=env.template.version), TemplateBundle
     )
+    if isinstance(bundle, StoreError) and bundle.code != "not_found":  # the store away: try at the next tick
+        log.warning("schedule_sync_failed", tenant=item.tenant, environment=item.name, error=bundle.message)
+        return 0
     if isinstance(bundle, StoreError):  # an environment a bus run made (`trellis run`): no published template
         schedules: tuple[EffectiveSchedule, ...] = ()
         problems: tuple[Problem, ...] = (Problem(message=bundle.message, path="template"),)

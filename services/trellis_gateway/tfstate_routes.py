@@ -28,6 +28,7 @@ from trellis_gateway.context import (
     remote,
     require,
 )
+from trellis_gateway.environments_routes import environment_name
 from trellis_store.api import (
     StoreError,
     TfLockHolder,
@@ -54,6 +55,7 @@ _BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="trellis-state"'}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # a resource's (DNS label) name, and more
 _TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 503: "Service Unavailable"}
 _info_decoder = msgspec.json.Decoder(dict[str, Any])
+MAX_LOCK_INFO_BYTES = 16 * 1024  # tofu's lock info is a few hundred bytes
 
 
 # ---- the HTTP backend protocol (a run's credential) ------------------------------------------
@@ -191,10 +193,21 @@ async def state_delete(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200) if answer.done else _locked(409, answer.holder)
 
 
+def _resource(request: web.Request) -> str:
+    resource = request.match_info["resource"]
+    if not _NAME.fullmatch(resource):
+        why = f"resource {resource[:80]!r} is not a resource name"
+        raise ApiProblem(422, "Unprocessable Content", why, path="resource")
+    return resource
+
+
 async def _lock_info(request: web.Request) -> dict[str, Any]:
     body = await request.read()
     if not body:
         return {}
+    if len(body) > MAX_LOCK_INFO_BYTES:
+        why = f"the lock info is {len(body):,} bytes; at most {MAX_LOCK_INFO_BYTES:,}"
+        raise ApiProblem(413, "Content Too Large", why)
     if has_nul(body):
         raise ApiProblem(400, "Bad Request", "the lock info has a NUL character (\\u0000) in a string")
     try:
@@ -260,7 +273,7 @@ class UnlockBody(msgspec.Struct, frozen=True, kw_only=True):
 )
 async def environment_state(request: web.Request) -> web.Response:
     who = require(request, "operator")
-    req = TfStateShow(tenant=who.tenant, environment=request.match_info["name"])
+    req = TfStateShow(tenant=who.tenant, environment=environment_name(request))
     return json_response(ok(await request.app[GATEWAY].store.ask(req, TfStateSummary)))
 
 
@@ -274,9 +287,7 @@ async def environment_state(request: web.Request) -> web.Response:
 )
 async def resource_state(request: web.Request) -> web.Response:
     who = require(request, "operator")
-    req = TfStateShow(
-        tenant=who.tenant, environment=request.match_info["name"], resource=request.match_info["resource"]
-    )
+    req = TfStateShow(tenant=who.tenant, environment=environment_name(request), resource=_resource(request))
     return json_response(ok(await request.app[GATEWAY].store.ask(req, TfStateSummary)))
 
 
@@ -289,7 +300,7 @@ async def resource_state(request: web.Request) -> web.Response:
 )
 async def resource_state_content(request: web.Request) -> web.Response:
     who = require(request, "admin")
-    environment, resource = request.match_info["name"], request.match_info["resource"]
+    environment, resource = environment_name(request), _resource(request)
     req = TfStateGet(tenant=who.tenant, environment=environment, resource=resource)
     answer = ok(await request.app[GATEWAY].store.ask(req, TfStateData))
     if not answer.found:
@@ -310,7 +321,7 @@ async def resource_state_content(request: web.Request) -> web.Response:
 async def resource_state_unlock(request: web.Request) -> web.Response:
     who = require(request, "admin")
     body = await read_body(request, UnlockBody)
-    environment, resource = request.match_info["name"], request.match_info["resource"]
+    environment, resource = environment_name(request), _resource(request)
     req = TfStateUnlock(
         tenant=who.tenant,
         environment=environment,

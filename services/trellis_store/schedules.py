@@ -65,6 +65,15 @@ WHERE s.kind = 'ttl' AND r.finished_at IS NOT NULL
   AND e.deploy_run_id <> '' AND e.deploy_run_id <> s.armed_by_run
 """
 
+# A time to live whose environment was destroyed meanwhile (by hand, not by the expiry) is
+# disarmed: its old expiry must not destroy the next deploy early, nor the destroyed environment.
+_DISARM = """
+UPDATE schedules AS s SET next_due_at = NULL, warned_due_at = NULL
+FROM environments AS e
+WHERE s.kind = 'ttl' AND s.next_due_at IS NOT NULL
+  AND e.tenant = s.tenant AND e.name = s.environment AND NOT e.deployed
+"""
+
 _UNPUBLISHED = "(last_run_id <> '' AND published_run_id <> last_run_id AND last_fired_at <= $2)"
 _EXPIRING = (
     "(kind = 'ttl' AND next_due_at IS NOT NULL AND warned_due_at IS DISTINCT FROM next_due_at "
@@ -173,6 +182,7 @@ async def _keep(conn: Any, req: ScheduleSync, schedule: EffectiveSchedule, appli
 
 async def schedule_due(ctx: StoreContext, req: ScheduleDue) -> DueSchedules:
     async with ctx.pool.acquire() as conn:
+        await conn.execute(_DISARM)
         await conn.execute(_ARM)
         rows = await conn.fetch(
             _DUE, req.now, req.now - UNPUBLISHED_AFTER, WARN_BEFORE, max(1, min(req.limit, MAX_PAGE))

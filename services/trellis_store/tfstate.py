@@ -10,7 +10,7 @@ lock left by an ended run is reported as such, never broken silently.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -43,8 +43,8 @@ _info = msgspec.json.Decoder(dict[str, Any])
 class _StateHead(msgspec.Struct):
     """What the store reads of a state document: its serial and lineage."""
 
-    serial: int = 0
-    lineage: str = ""
+    serial: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0  # PostgreSQL's bigint
+    lineage: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
 
 _head = msgspec.json.Decoder(_StateHead)

@@ -267,6 +267,24 @@ async def test_a_redeploy_restarts_a_time_to_live_only_when_the_template_says_so
     assert state.expires_at == T0 + timedelta(hours=13)
 
 
+async def test_a_destroy_by_hand_disarms_a_time_to_live_and_the_next_deploy_starts_a_new_one(
+    store: RunningStore, unique: str
+) -> None:
+    await environment(store, unique)
+    await sync(store, unique, SyncedSchedule(schedule=TTL))
+    await deployed(store, unique, T0)
+    await store.ask(ScheduleDue(now=T0), DueSchedules)
+    await store.sql("UPDATE environments SET deployed = false, status = 'destroyed' WHERE tenant = $1", unique)
+    later = T0 + timedelta(hours=9)  # past the first deploy's expiry: nothing to destroy any more
+    assert [d for d in (await store.ask(ScheduleDue(now=later), DueSchedules)).due if d.tenant == unique] == []
+    [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
+    assert state.expires_at is None
+    await deployed(store, unique, later, run_id="deploy-2")
+    await store.ask(ScheduleDue(now=later), DueSchedules)
+    [state] = (await store.ask(ScheduleList(tenant=unique, environment="dev"), ScheduleStates)).schedules
+    assert state.expires_at == later + timedelta(hours=8)
+
+
 async def test_a_schedule_asking_for_approval_is_postponed_by_an_admin_only(store: RunningStore, unique: str) -> None:
     await environment(store, unique)
     await sync(store, unique, SyncedSchedule(schedule=msgspec.structs.replace(TTL, approval=True)))

@@ -97,6 +97,23 @@ def test_a_time_to_live_has_no_clock_slot() -> None:
     assert next_due(EffectiveSchedule(name="ttl", type="destroy", ttl_seconds=3600), datetime.now(UTC)) is None
 
 
+def test_a_slot_in_the_hour_repeated_when_clocks_fall_back_fires_once_then_moves_on() -> None:
+    """01:45 New York on 1 November 2026 happens at 05:45 UTC (EDT) and again at 06:45 (EST):
+    it fires at the first; asked during the second pass, the next slot is the next day's, never
+    one already past (which would fire on every tick of the loop)."""
+    early = EffectiveSchedule(name="early", type="deploy", cron="45 1 * * *", timezone="America/New_York")
+    first_pass = datetime(2026, 11, 1, 5, 10, tzinfo=UTC)
+    assert next_due(early, first_pass) == datetime(2026, 11, 1, 5, 45, tzinfo=UTC)
+    second_pass = datetime(2026, 11, 1, 6, 10, tzinfo=UTC)  # 01:10 EST, after 01:45 EDT has fired
+    assert next_due(early, second_pass) == datetime(2026, 11, 2, 6, 45, tzinfo=UTC)
+    assert next_due(early, first_pass, not_before=second_pass) == datetime(2026, 11, 2, 6, 45, tzinfo=UTC)
+    for minute in range(0, 24 * 60, 7):  # whatever the moment, the next slot is after it
+        after = datetime(2026, 11, 1, 3, 0, tzinfo=UTC) + timedelta(minutes=minute)
+        due = next_due(early, after)
+        assert due is not None
+        assert due > after, (after, due)
+
+
 def test_staggering_is_a_stable_offset_per_environment_within_the_window() -> None:
     offsets = {stagger_offset(f"acme/env-{i}", "nightly") for i in range(50)}
     assert all(timedelta(0) <= o < STAGGER_WINDOW for o in offsets)
