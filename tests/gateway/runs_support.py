@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,59 @@ spec:
   version: v1
   agents: [{name: default}]
   resources: [{name: slow}]
+"""
+
+# net -> db -> app of script tasks (db writes a `host` output and refuses to be destroyed) and an
+# onInit hook; tests append the EnvironmentTemplate's actions or schedules.
+THREE_TIER = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: net}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks: [{name: make, type: script, options: {script: {script: "echo net $TRELLIS_ACTION"}}}]
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: db}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - name: make
+          type: script
+          options:
+            script:
+              script: |
+                if [ "$TRELLIS_ACTION" = destroy ]; then echo "cannot drop the database" >&2; exit 3; fi
+                echo '{"host": "db-'"$TRELLIS_ACTION"'"}' > "$TRELLIS_OUTPUTS"
+---
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: app}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks: [{name: make, type: script, options: {script: {script: "echo app $TRELLIS_ACTION"}}}]
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: stack}
+spec:
+  version: v1
+  agents: [{name: default}]
+  resources:
+    - name: net
+    - name: db
+      dependsOn: [{name: net}]
+    - name: app
+      dependsOn: [{name: db}]
+  hooks:
+    onInit: [{name: hello, type: script, options: {script: {script: "echo hello"}}}]
 """
 
 GATED = """\
@@ -293,6 +347,16 @@ class Api:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError(f"run {run_id} not {status} within {within:g} s: {run}") from None
+
+
+class Clock:
+    """A schedule loop's clock (ScheduleRunner's), moved by the test."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
 
 
 @asynccontextmanager

@@ -8,60 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from runs_support import Api, gateway_stack, running_services
+from runs_support import THREE_TIER, Api, gateway_stack, running_services
 
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
 
-STACK = """\
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: net}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks: [{name: make, type: script, options: {script: {script: "echo net $TRELLIS_ACTION"}}}]
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: db}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks:
-        - name: make
-          type: script
-          options:
-            script:
-              script: |
-                if [ "$TRELLIS_ACTION" = destroy ]; then echo "cannot drop the database" >&2; exit 3; fi
-                echo '{"host": "db-'"$TRELLIS_ACTION"'"}' > "$TRELLIS_OUTPUTS"
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: app}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks: [{name: make, type: script, options: {script: {script: "echo app $TRELLIS_ACTION"}}}]
----
-apiVersion: trellis.dev/v1
-kind: EnvironmentTemplate
-metadata: {name: stack}
-spec:
-  version: v1
-  agents: [{name: default}]
-  resources:
-    - name: net
-    - name: db
-      dependsOn: [{name: net}]
-    - name: app
-      dependsOn: [{name: db}]
-  hooks:
-    onInit: [{name: hello, type: script, options: {script: {script: "echo hello"}}}]
+STACK = THREE_TIER + """\
   actions:
     - name: report
       type: workflows

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from drift_support import STACK, install_stand_in_tofu
-from runs_support import Api, gateway_stack, running_services
+from runs_support import Api, Clock, gateway_stack, running_services
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -31,16 +31,6 @@ WATCHED = (
 """
 )
 ACTOR = "schedule/drift-watch"
-
-
-class Clock:
-    """The loop's clock, moved by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runs_support import HELLO, Api, gateway_stack, running_services
+from runs_support import HELLO, Api, Clock, gateway_stack, running_services
 
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
@@ -51,16 +51,6 @@ spec:
     - {name: ttl, type: destroy, cadence: {timeToLive: 8h}}
 """
 ACTOR = "schedule/ttl"
-
-
-class Clock:
-    """The loop's clock, moved by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runs_support import HELLO, Api, gateway_stack, running_services
+from runs_support import HELLO, Api, Clock, gateway_stack, running_services
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -41,16 +41,6 @@ TTL_ONLY = (
       optOutOptions: {allowOptOut: true, maxAllowedDuration: 4h, maxAllowedTimes: 2}
 """
 )
-
-
-class Clock:
-    """The loop's clock, moved by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runs_support import Api, gateway_stack, running_services
+from runs_support import THREE_TIER, Api, Clock, gateway_stack, running_services
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -20,55 +20,7 @@ from trellis_core.settings import Settings
 from trellis_core.workflow import RunPurpose
 from trellis_gateway.schedule_loop import ScheduleRunner
 
-STACK = """\
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: net}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks: [{name: make, type: script, options: {script: {script: "echo net $TRELLIS_ACTION"}}}]
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: db}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks:
-        - name: make
-          type: script
-          options:
-            script:
-              script: |
-                if [ "$TRELLIS_ACTION" = destroy ]; then echo "cannot drop the database" >&2; exit 3; fi
-                echo '{"host": "db-'"$TRELLIS_ACTION"'"}' > "$TRELLIS_OUTPUTS"
----
-apiVersion: trellis.dev/v1
-kind: ResourceTemplate
-metadata: {name: app}
-spec:
-  provider: custom
-  providerOptions:
-    custom:
-      tasks: [{name: make, type: script, options: {script: {script: "echo app $TRELLIS_ACTION"}}}]
----
-apiVersion: trellis.dev/v1
-kind: EnvironmentTemplate
-metadata: {name: stack}
-spec:
-  version: v1
-  agents: [{name: default}]
-  resources:
-    - name: net
-    - name: db
-      dependsOn: [{name: net}]
-    - name: app
-      dependsOn: [{name: db}]
-  hooks:
-    onInit: [{name: hello, type: script, options: {script: {script: "echo hello"}}}]
+STACK = THREE_TIER + """\
   schedules:
     - name: report
       type: workflows
@@ -84,16 +36,6 @@ spec:
                   echo '{"seen": "$(resource.db.output.host.value)$ $(trigger.payload.due)$"}' > "$TRELLIS_OUTPUTS"
 """
 ACTOR = "schedule/report"
-
-
-class Clock:
-    """The loop's clock, moved by the test."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
