@@ -21,6 +21,8 @@ import asyncio
 import base64
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
@@ -29,6 +31,9 @@ from gateway_support import SOURCES, START_SECONDS, Api, GatewayServer, Tenant, 
 
 from trellis_core.bus import Bus
 from trellis_core.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 
 async def _started(task: asyncio.Task[None], ready: asyncio.Event, what: str) -> None:
@@ -102,3 +107,30 @@ async def published(api: Api, tenant: Tenant) -> Tenant:
     """`tenant` with the `TEMPLATES` bundle published."""
     (await api.call("POST", "/v1/templates", token=tenant.operator, json={"sources": SOURCES})).ok(201)
     return tenant
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Remember whether the test's call failed (the console fixture takes a screenshot then)."""
+    report = yield
+    if call.when == "call":
+        item.stash[_CALL_FAILED] = report.failed  # type: ignore[attr-defined]
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+async def console_page(
+    gateway_server: GatewayServer, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Page]:
+    """A fresh chromium page at the gateway (console_support.py); `failure.png` in tmp_path on failure."""
+    from console_support import browser_page
+
+    failed: list[bool] = []
+    async with browser_page(gateway_server.url, tmp_path, failed) as page:
+        try:
+            yield page  # type: ignore[misc]
+        finally:
+            failed.append(request.node.stash.get(_CALL_FAILED, True))
