@@ -73,3 +73,19 @@ async def sign_in(page: object, token: str) -> None:
     await page.get_by_label("API token").fill(token)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#who")).to_contain_text("·")
+
+
+SERIOUS = ("serious", "critical")
+
+
+async def assert_accessible(page: object, what: str) -> None:
+    """axe-core (bundled by axe-playwright-python) finds no serious or critical violation on the
+    page as it is now; the failure names each rule and the elements it found."""
+    from axe_playwright_python.async_playwright import Axe
+
+    results = await Axe().run(page)
+    serious = [v for v in results.response["violations"] if v.get("impact") in SERIOUS]
+    found = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:5]}" for v in serious
+    ]
+    assert not found, f"accessibility of {what}:\n" + "\n".join(found)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from console_support import assert_accessible
 from gateway_support import Api, Tenant
 from playwright.async_api import Page, expect
 
@@ -42,6 +43,7 @@ async def test_sign_in_shows_tenant_and_role_and_a_bad_token_is_refused(console_
     page = console_page
     await page.goto("/console/")
     await expect(page.get_by_role("heading", name="Sign in to Trellis")).to_be_visible()
+    await assert_accessible(page, "the sign-in page")
     await page.get_by_label("API token").fill("tr_not-a-real-token-0000000000000000")
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("alert")).to_contain_text("not known")
