@@ -31,6 +31,8 @@ async def _up(settings: Settings, port: int | None, secure: bool = False) -> int
         print(f"  NATS:        {s.nats_url}")
         print(f"  PostgreSQL:  {s.database_url}")
         print(f"  Gateway:     {s.gateway_url or 'not part of this build (runs go on the bus: trellis run ...)'}")
+        if s.gateway_url:
+            print(f"  Console:     {s.gateway_url}/console/ (sign in with TRELLIS_TOKEN below)")
         print(f"  Agent:       tenant {s.tenant}, pool default, process executor")
         print(f"  Data:        {s.data_dir.resolve()}")
         if secure:

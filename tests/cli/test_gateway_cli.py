@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def test_dev_up_prints_exports_that_work_in_another_shell(up: DevUp) -> None:
     assert set(up.exports) >= {"TRELLIS_NATS_URL", "TRELLIS_GATEWAY_URL", "TRELLIS_TOKEN", "TRELLIS_ADMIN_TOKEN"}
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", up.exports["TRELLIS_GATEWAY_URL"])
     assert up.exports["TRELLIS_TOKEN"] != up.exports["TRELLIS_ADMIN_TOKEN"]
+    console = f"{up.exports['TRELLIS_GATEWAY_URL']}/console/"
+    assert any(line.split() == ["Console:", console, "(sign", "in", "with", "TRELLIS_TOKEN", "below)"]
+               for line in up.lines), up.lines
+    with urllib.request.urlopen(console, timeout=10) as page:
+        assert b"<title>Trellis</title>" in page.read()
     assert all(line.strip().startswith(("export ", "Use it:")) for line in up.lines if "export " in line)
     listed = up.cli("env", "list")
     assert listed.returncode == 0, listed.stderr
