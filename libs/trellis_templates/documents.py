@@ -72,6 +72,8 @@ OverrideType = Literal["allowed", "notallowed", "restricted"]
 class Override(_Doc, kw_only=True, frozen=True):
     type: OverrideType = "allowed"
     restricted_values: list[Any] = []
+    # Rafay: with `restricted`, the value is a list of restrictedValues (several chosen), not one.
+    multi_select: bool = False
     # Rafay: an EnvironmentTemplate variable that sets resource R's variable V instead of the
     # variables of its own name: `resources.R.V` (one, or a list).
     selector: str = ""

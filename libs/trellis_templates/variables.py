@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def merge(layers: Iterable[Layer], problems: Problems) -> dict[str, Merged]:
                 continue
             where = layer.value_path(index, var.name)
             if _allowed(current, var, layer, where, problems):
-                current.value = var.value
+                current.value = _chosen(current, var.value)
                 current.set_by = layer.label
                 current.set_at = (layer.source, where)
                 if var.value_type != "text":  # a bare value keeps the type declared below it
@@ -100,7 +101,8 @@ def _declare(layer: Layer, var: Variable, path: Path, problems: Problems) -> Mer
         set_at=(layer.source, (*path, "value")),
     )
     if var.value is not None and var.options.override.type == "restricted":
-        _check_restricted(merged, var.value, layer, (*path, "value"), problems)
+        if _check_restricted(merged, var.value, layer, (*path, "value"), problems):
+            merged.value = _chosen(merged, var.value)
     return merged
 
 
@@ -122,19 +124,51 @@ def _allowed(current: Merged, var: Variable, layer: Layer, path: Path, problems:
 
 def _check_restricted(current: Merged, value: Any, layer: Layer, path: Path, problems: Problems) -> bool:
     allowed = current.override.restricted_values
-    if _comparable(value) in {_comparable(v) for v in allowed}:
+    permitted = {_comparable(v) for v in allowed}
+    multi = current.override.multi_select
+    outside = [v for v in (_selection(value) if multi else [value]) if _comparable(v) not in permitted]
+    if not outside:
         return True
     guard_label, guard_source, guard_path = current.guard or current.declared
     hidden = current.sensitive or (isinstance(value, str) and contains_token(value))
-    shown = "its value (sensitive, not shown)" if hidden else f"value {value!r}"
+    if hidden:
+        shown = "its value (sensitive, not shown)"
+    elif multi:
+        shown = f"{', '.join(repr(v) for v in outside)} in value {value!r}"
+    else:
+        shown = f"value {value!r}"
+    several = " (multiSelect: each chosen value must be one)" if multi else ""
     problems.error(
         layer.source,
         path,
         f"{shown} of variable {current.name!r} ({layer.label}) is not one of the restrictedValues "
-        f"of {guard_label}{_where(guard_source, guard_path)}",
+        f"of {guard_label}{_where(guard_source, guard_path)}{several}",
         "allowed: " + ", ".join(str(v) for v in allowed),
     )
     return False
+
+
+def _selection(value: Any) -> list[Any]:
+    """The values chosen for a multiSelect variable: a list, a JSON array given as text
+    (`--var zones='["a","b"]'`, the API), comma-separated text (`a,b`), or one value."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(text)
+                if isinstance(parsed, list):
+                    return parsed
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return [value]
+
+
+def _chosen(current: Merged, value: Any) -> Any:
+    """A multiSelect variable's value as the list chosen (resources get it JSON-encoded)."""
+    if current.override.type == "restricted" and current.override.multi_select:
+        return _selection(value)
+    return value
 
 
 def _comparable(value: Any) -> str:
@@ -182,6 +216,8 @@ def typed_value(var: Merged, problems: Problems) -> Any:
     value = var.value
     if value is None:
         return None
+    if isinstance(value, list) and var.override.type == "restricted" and var.override.multi_select:
+        return value  # the values chosen, whatever the valueType: a list (JSON-encoded in TF_VAR_x)
     if var.value_type == "json" and isinstance(value, str):
         if contains_token(value):  # sealed where it entered: the agent opens it to the JSON text
             return value
