@@ -100,9 +100,9 @@ def _declare(layer: Layer, var: Variable, path: Path, problems: Problems) -> Mer
         layers=[layer.label],
         set_at=(layer.source, (*path, "value")),
     )
-    if var.value is not None and var.options.override.type == "restricted":
-        if _check_restricted(merged, var.value, layer, (*path, "value"), problems):
-            merged.value = _chosen(merged, var.value)
+    restricted = var.value is not None and var.options.override.type == "restricted"
+    if restricted and _check_restricted(merged, var.value, layer, (*path, "value"), problems):
+        merged.value = _chosen(merged, var.value)
     return merged
 
 
