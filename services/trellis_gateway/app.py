@@ -56,6 +56,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "trellis_gateway.schedules_routes",
     "trellis_gateway.drift_routes",
     "trellis_gateway.console_routes",
+    "trellis_gateway.catalog_routes",
 )
 _DOCS = web.AppKey("endpoint_docs", dict[tuple[str, str], EndpointDoc])  # (method, route) -> its doc
 UNMATCHED = "unmatched"  # the metrics' route label of a request no route matched
