@@ -43,6 +43,7 @@ class TemplateVariable(msgspec.Struct, frozen=True, kw_only=True):
     sensitive: bool = False
     override: OverrideType = "allowed"
     restricted_values: tuple[str, ...] = ()
+    multi_select: bool = False  # restricted: several of restricted_values may be chosen (a JSON array)
     default: str | None = None  # the template's value; never given for a sensitive variable
     has_default: bool = False  # whether the template gives a value (a sensitive one's too)
 
@@ -89,6 +90,7 @@ def variable_view(variable: Variable) -> TemplateVariable:
         sensitive=options.sensitive,
         override=options.override.type,
         restricted_values=tuple(as_text(v) for v in options.override.restricted_values),
+        multi_select=options.override.type == "restricted" and options.override.multi_select,
         default=as_text(variable.value) if has_default and not options.sensitive else None,
         has_default=has_default,
     )

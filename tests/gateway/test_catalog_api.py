@@ -74,7 +74,7 @@ async def test_a_version_answers_its_variables_actions_and_schedules(api: Api, t
     assert list(variables) == ["team", "size", "owner", "token", "tags"]  # as the template declares them
     assert variables["team"] == {
         "name": "team", "value_type": "text", "description": "Who owns it", "required": True, "sensitive": False,
-        "override": "allowed", "restricted_values": [], "default": None, "has_default": False,
+        "override": "allowed", "restricted_values": [], "multi_select": False, "default": None, "has_default": False,
     }  # fmt: skip
     # Restricted values and defaults as text, the form the compiler compares an environment's value in.
     assert variables["size"]["override"] == "restricted"

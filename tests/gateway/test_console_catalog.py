@@ -179,3 +179,40 @@ async def test_a_name_taken_is_updated_with_if_match_only_when_asked(
     assert updated["variables"] == {"team": "new", "password": "********"}  # the sealed one kept
     run = (await api.call("GET", f"/v1/runs/{run_id_of(page)}", token=published.viewer)).ok()
     assert (run["environment"], run["action"]) == ("taken", "deploy")
+
+
+ZONED = """\
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: zoned, description: Several zones chosen}
+spec:
+  version: v1
+  agents: [{name: default}]
+  resources: [{name: box}]
+  variables:
+    - name: zones
+      value: [a]
+      options: {override: {type: restricted, restrictedValues: [a, b, c], multiSelect: true}}
+"""
+
+
+async def test_a_multi_select_variable_is_a_multiple_select_sent_as_a_json_array(
+    console_page: Page, api: Api, tenant: Tenant
+) -> None:
+    sources = [*SOURCES, {"path": "zoned.yaml", "text": ZONED}]
+    (await api.call("POST", "/v1/templates", token=tenant.operator, json={"sources": sources})).ok(201)
+    form = (await api.call("GET", "/v1/environment-templates/zoned/v1", token=tenant.viewer)).ok()
+    assert form["variables"][0]["multi_select"] is True
+    assert form["variables"][0]["default"] == '["a"]'
+    page = console_page
+    await sign_in(page, tenant.operator)
+    await page.goto("/console/#/catalog/zoned/v1")
+    zones = page.get_by_label("zones")
+    await expect(zones).to_have_attribute("multiple", "")
+    await expect(zones).to_have_values(["a"])  # the template's choice, preselected
+    await page.get_by_label("Environment name").fill("multi")
+    await zones.select_option(["a", "c"])
+    await page.get_by_role("button", name="Launch").click()
+    await expect(page).to_have_url(RUN_URL)
+    env = (await api.call("GET", "/v1/environments/multi", token=tenant.viewer)).ok()
+    assert env["variables"] == {"zones": '["a","c"]'}

@@ -55,6 +55,11 @@ function variableControl(variable) {
       placeholder: variable.sensitive ? "(sensitive, not shown)" : "",
     });
   }
+  if (variable.override === "restricted" && variable.multi_select) {
+    const chosen = new Set(chosenList(variable.default));
+    return h("select", { multiple: true, required: variable.required, size: Math.min(6, variable.restricted_values.length) },
+      variable.restricted_values.map((value) => h("option", { value, selected: chosen.has(value) }, value)));
+  }
   if (variable.override === "restricted") {
     const options = variable.restricted_values.map((value) =>
       h("option", { value, selected: !variable.sensitive && value === variable.default }, value));
@@ -73,11 +78,30 @@ function variableControl(variable) {
   });
 }
 
+// A multiSelect variable's values: the template gives a JSON array (or one value).
+function chosenList(text) {
+  if (text === null || text === undefined || text === "") return [];
+  try {
+    const parsed = JSON.parse(text);
+    return Array.isArray(parsed) ? parsed.map(String) : [String(parsed)];
+  } catch {
+    return [text];
+  }
+}
+
+// What a control holds, as the API takes it (several chosen: a JSON array).
+function controlValue(variable, control) {
+  if (!variable.multi_select) return control.value;
+  const chosen = [...control.selectedOptions].map((option) => option.value);
+  return chosen.length ? JSON.stringify(chosen) : "";
+}
+
 function variableHint(variable) {
   const parts = [];
   if (variable.description) parts.push(variable.description);
   if (variable.value_type === "json") parts.push("A JSON value.");
   if (variable.value_type === "hcl") parts.push("An HCL value.");
+  if (variable.multi_select) parts.push("Choose one or more.");
   if (variable.override === "notallowed") parts.push("Set by the template: it cannot be changed.");
   else if (variable.sensitive) {
     parts.push(variable.has_default
@@ -153,12 +177,13 @@ function launchForm(ctx, template, signal) {
     const values = {};
     for (const { variable, editable, control } of variableFields) {
       if (!editable) continue;
-      const value = control.value;
+      const value = controlValue(variable, control);
       if (value === "") {
         if (variable.sensitive && existing?.variables?.[variable.name] === MASK) values[variable.name] = MASK;
         continue;
       }
       if (!variable.sensitive && value === variable.default) continue; // the template's own value
+      if (variable.multi_select && value === JSON.stringify(chosenList(variable.default))) continue;
       values[variable.name] = value;
     }
     return values;
