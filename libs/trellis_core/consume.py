@@ -191,38 +191,45 @@ class Fetcher(Protocol):
     async def fetch(self, batch: int, timeout: float) -> list[Msg]: ...  # noqa: ASYNC109 - nats-py's
 
 
-class Slots(asyncio.BoundedSemaphore):
-    """`size` work slots that fetch loops share: a loop fetches only as many messages as it
-    holds slots, and each message gives its slot back when it is done (a slot freed twice raises)."""
+class Slots:
+    """`size` work slots that fetch loops share: a loop fetches only while a slot is free, as many
+    messages as are free, and each message it keeps holds a slot until its work is done (a slot
+    freed twice raises). A loop waiting on an empty fetch holds no slot, so two loops sharing one
+    (an agent's pool and pinned subjects) never keep each other waiting."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(size)
+        if size < 1:
+            raise ValueError(f"slots: size must be at least 1, not {size}")
         self.size = size
-        self.held = 0  # by running work and by fetches in flight
+        self.held = 0  # by running work
+        self._freed = asyncio.Event()
 
-    async def take(self, most: int, wait: float) -> int:
-        """Wait up to `wait` for one slot, then take up to `most` - 1 more that are free now
-        (none that another loop waits for); 0 if no slot came in time."""
+    @property
+    def free(self) -> int:
+        return self.size - self.held
+
+    async def wait_free(self, wait: float) -> int:
+        """Wait up to `wait` until a slot is free, without taking it: how many are (0: none came)."""
         try:
             async with asyncio.timeout(wait):
-                await self.acquire()
+                while not self.free:
+                    self._freed.clear()
+                    await self._freed.wait()
         except TimeoutError:
             return 0
-        taken = 1
-        while taken < most and not self.locked():
-            await self.acquire()  # free: returns at once, without yielding
-            taken += 1
+        return self.free
+
+    def take_free(self, most: int) -> int:
+        """Take up to `most` of the slots free now (never waits)."""
+        taken = max(0, min(most, self.free))
         self.held += taken
         return taken
 
     def give_back(self, count: int = 1) -> None:
-        for _ in range(count):
-            self.held -= 1
-            self.release()
-
-    @property
-    def contended(self) -> bool:
-        return self.held >= self.size
+        if count > self.held:
+            raise ValueError(f"slots released too many times: {count} given back, {self.held} held")
+        self.held -= count
+        self._freed.set()
 
 
 Deliver = Callable[[list[Msg], int], Awaitable[None]]
@@ -237,29 +244,28 @@ async def fetch_loop(
     log: Any,
     slots: Slots | None = None,
     wait: float = 0.5,
-    contended_wait: float = 0.1,
 ) -> None:
     """Fetch until `stop` is set (or the connection closes), handing each batch to
     `deliver(msgs, owned)`: the first `owned` messages hold a slot each, to give back when done.
 
-    Without `slots` every fetch asks for `batch`. With them, a loop asks for twice what its last
-    fetch brought (one after an empty fetch), up to `batch` and the free slots: a busy loop
-    soon fetches for every free slot, an idle one holds a single slot while it waits, so it
-    never keeps another loop sharing the slots from the rest (and it waits less when it holds
-    the last one). More messages than asked for (left in the client's queue by an earlier pull)
-    are delivered too, owning no slot."""
+    Without `slots` every fetch asks for `batch`. With them, a loop fetches only while a slot is
+    free and asks for twice what its last fetch brought (one after an empty fetch), up to `batch`
+    and the free slots: a busy loop soon fetches for every free slot, an idle one asks for one.
+    What arrives takes the slots free then; a message for which none is left (another loop
+    sharing the slots filled the last one meanwhile) is handed back at once (nak), so another
+    consumer of its durable, or this loop once a slot frees, runs it."""
     want = 1
     while not stop.is_set():
         raise_if_cancelled()
-        asked, timeout = batch, wait
+        asked = batch
         if slots is not None:
-            asked = await slots.take(min(batch, want), wait)
-            if not asked:
+            free = await slots.wait_free(wait)
+            if not free:
                 continue
-            timeout = contended_wait if slots.contended else wait
+            asked = min(batch, want, free)
         msgs: list[Msg] = []
         try:
-            msgs = await sub.fetch(asked, timeout=timeout)
+            msgs = await sub.fetch(asked, timeout=wait)
         except (TimeoutError, nats.errors.TimeoutError):  # a batch fetch raises the builtin one
             pass
         except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -267,25 +273,26 @@ async def fetch_loop(
         except nats.errors.Error as exc:
             log.warning("fetch_failed", error=str(exc))
             await asyncio.sleep(wait)
-        finally:
-            if slots is not None and asked > len(msgs):
-                slots.give_back(asked - len(msgs))
         if msgs and stop.is_set():  # the loop's term ended while it waited: not ours to handle
-            await _hand_back(msgs, slots, asked)
+            await _hand_back(msgs)
             return
+        owned = len(msgs)
+        if slots is not None and msgs:
+            owned = slots.take_free(len(msgs))
+            await _hand_back(msgs[owned:])
+            msgs = msgs[:owned]
         if msgs:
-            await deliver(msgs, asked if slots is not None else len(msgs))
-        want = 2 * len(msgs) or 1
+            await deliver(msgs, owned)
+        want = 2 * owned or 1
 
 
-async def _hand_back(msgs: list[Msg], slots: Slots | None, asked: int) -> None:
-    """Nak a batch that arrived after `stop` (a scheduler that lost its lease, an agent told to
-    drain), so whoever consumes next gets it at once instead of after the ack wait."""
+async def _hand_back(msgs: list[Msg]) -> None:
+    """Nak messages not to be handled here: a batch that arrived after `stop` (a scheduler that
+    lost its lease, an agent told to drain), or one with no slot left for it, so whoever fetches
+    next gets it at once instead of after the ack wait."""
     for msg in msgs:
         with contextlib.suppress(nats.errors.Error):
             await msg.nak()
-    if slots is not None:
-        slots.give_back(min(asked, len(msgs)))
 
 
 def raise_if_cancelled() -> None:

@@ -73,7 +73,6 @@ from trellis_core.settings import Settings
 MAX_DELIVER = 5
 FETCH_WAIT_SECONDS = 0.5
 # A loop holding the last free slot while it waits starves the other subscription: wait less.
-CONTENDED_FETCH_SECONDS = 0.1
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
 JANITOR_INTERVAL_SECONDS = 3600.0
 
@@ -217,7 +216,6 @@ class Agent:
             batch=self.config.concurrency,
             slots=self._slots,
             wait=FETCH_WAIT_SECONDS,
-            contended_wait=CONTENDED_FETCH_SECONDS,
             log=self.log,
         )
 

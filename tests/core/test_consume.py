@@ -160,16 +160,27 @@ async def test_a_cancelled_handler_hands_its_message_back() -> None:
     assert msg.did == [("nak", None)]
 
 
-async def test_slots_are_taken_up_to_what_is_free_and_none_after_the_wait() -> None:
+async def test_slots_are_taken_up_to_what_is_free_and_waiting_takes_none() -> None:
     slots = Slots(3)
-    assert await slots.take(2, wait=0.1) == 2
-    assert await slots.take(5, wait=0.1) == 1
-    assert slots.contended
-    assert await slots.take(1, wait=0.01) == 0
+    assert await slots.wait_free(0.1) == 3
+    assert slots.held == 0  # looking takes nothing
+    assert slots.take_free(2) == 2
+    assert slots.take_free(5) == 1
+    assert await slots.wait_free(0.01) == 0
     slots.give_back(3)
-    assert (slots.held, slots.contended) == (0, False)
+    assert (slots.held, slots.free) == (0, 3)
     with pytest.raises(ValueError, match="released too many times"):
         slots.give_back()  # a slot freed twice is a bug, and says so
+
+
+async def test_a_loop_waiting_for_a_slot_wakes_when_one_is_given_back() -> None:
+    slots = Slots(1)
+    assert slots.take_free(1) == 1
+    waiting = asyncio.create_task(slots.wait_free(5))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    slots.give_back()
+    assert await asyncio.wait_for(waiting, 1) == 1
 
 
 class Script:
@@ -200,7 +211,7 @@ async def test_without_slots_every_fetch_asks_for_the_batch_and_a_closed_connect
     assert batches == [(3, 3), (2, 2)]
 
 
-async def test_with_slots_a_fetch_failure_gives_every_slot_back() -> None:
+async def test_with_slots_a_loop_asks_for_what_is_free_and_a_failed_fetch_holds_none() -> None:
     slots = Slots(4)
     sub = Script(nats.errors.NoRespondersError(), 1)
     delivered: list[int] = []
@@ -213,4 +224,38 @@ async def test_with_slots_a_fetch_failure_gives_every_slot_back() -> None:
     await asyncio.wait_for(fetch_loop(sub, asyncio.Event(), deliver, batch=4, slots=slots, wait=0.01, log=log), 5)  # type: ignore[arg-type]
     assert sub.asked == [1, 1, 2]  # twice what the last fetch brought, one after an empty one
     assert delivered == [1]
-    assert (slots.held, slots._value) == (0, 4)
+    assert slots.held == 0
+
+
+class Shared(Script):
+    """A fetch that, while it waits, lets another loop sharing the slots fill the last one."""
+
+    def __init__(self, slots: Slots, *answers: int | Exception) -> None:
+        super().__init__(*answers)
+        self.slots = slots
+        self.messages: list[Message] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - as nats-py's
+        msgs = await super().fetch(batch, timeout)
+        self.slots.take_free(self.slots.free)  # the other loop's message arrived first
+        self.messages += msgs
+        return msgs
+
+
+async def test_a_message_with_no_slot_left_is_handed_back_at_once() -> None:
+    slots = Slots(1)
+    sub = Shared(slots, 1)
+    delivered: list[int] = []
+
+    async def deliver(msgs: list[Any], owned: int) -> None:
+        delivered.append(owned)
+
+    log = SimpleNamespace(warning=lambda *a, **k: None)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(fetch_loop(sub, stop, deliver, batch=4, slots=slots, wait=0.01, log=log))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(loop, 5)
+    assert delivered == []  # no slot: not run here, over the agent's concurrency
+    assert sub.messages[0].did == [("nak", None)]  # but handed back for whoever fetches next
+    assert slots.held == 1  # the other loop's
