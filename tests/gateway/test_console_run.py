@@ -191,6 +191,7 @@ async def test_a_run_page_opened_before_compilation_follows_the_run_to_success_w
     await expect(run_status(page)).to_have_attribute("data-status", "requested")
     await expect(page.get_by_text("The run has not been compiled yet.")).to_be_visible()
     await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)  # a viewer cannot cancel
+    await assert_accessible(page, "the run page of a run not compiled yet")
     async with running_services(bus, settings, api.tenant, tmp_path):
         for activity in ("environment/on-init/hello", "resource/net/task/make", "resource/db/task/make",
                          "resource/app/task/make"):  # fmt: skip
@@ -308,6 +309,12 @@ async def test_a_long_log_is_capped_searched_coloured_and_downloaded_whole(
     await expect(log.locator(".ansi-red")).to_have_text("red alert")
     await expect(log.locator(".ansi-green.ansi-bold")).to_have_text("bold green")
     assert "\x1b" not in await log.inner_text()
+    at_bottom = "(el) => el.scrollHeight - el.scrollTop - el.clientHeight < 30"
+    assert await log.evaluate(at_bottom)  # following: the newest line in view
+    await log.evaluate("(el) => { el.scrollTop = 0; }")  # the reader scrolls up: following stops
+    await expect(panel.get_by_label("Follow")).not_to_be_checked()
+    await panel.get_by_label("Follow").check()
+    assert await log.evaluate(at_bottom)
     await panel.get_by_label("Search").fill("needle")
     await expect(panel.locator(".log-count")).to_have_text("5,203 lines · 1 matching")
     await expect(log.locator("mark")).to_have_text("needle")
@@ -332,7 +339,7 @@ async def test_a_run_of_a_thousand_resources_opens_collapsed_and_stays_live(
     await open_run(page, api.tokens["viewer"], run_id)
     groups = page.locator(".rg-group")
     await expect(groups).to_have_count(1000)
-    await expect(page.get_by_text("3002 activities in 1000 resources; 1000 collapsed")).to_be_visible()
+    await expect(page.get_by_text("3,002 activities in 1,000 resources; 1,000 collapsed")).to_be_visible()
     await expect(page.locator('.rg-group[data-resource="r0x7"]')).to_have_attribute("data-status", "succeeded")
     await expect(page.locator('.rg-group[data-resource="r0x7"]')).to_have_attribute(
         "aria-label", "Resource r0x7, 3 activities: succeeded, 3 done. Expand"
@@ -349,6 +356,8 @@ async def test_a_run_of_a_thousand_resources_opens_collapsed_and_stays_live(
     await expect(groups).to_have_count(999)
     await page.get_by_label("Filter").fill("r7x3/")
     await expect(page.locator(".act-row")).to_have_count(3)
+    await page.get_by_label("Filter").fill("no-such-activity")
+    await expect(page.get_by_text("No activity matches the filter.")).to_be_visible()
     await assert_never_reloaded(page)
 
 

@@ -81,7 +81,7 @@ class RunPage {
   get signal() { return this.controller.signal; }
 
   start() {
-    this.ticker = setInterval(() => this.updateTimes(), 1000);
+    this.ticker = setInterval(() => { if (!TERMINAL_RUN.has(this.run.status)) this.updateTimes(); }, 1000);
     const wanted = this.ctx.query?.get("activity");
     if (wanted && this.acts.has(wanted)) this.select(wanted, { focus: false });
     if (!TERMINAL_RUN.has(this.run.status)) this.follow();
@@ -133,10 +133,11 @@ class RunPage {
         this.listBox.scrollTop = 0;
         this.drawList();
       } } });
+    this.listEmpty = h("p.muted", { hidden: true });
     const list = h("section.run-list", { "aria-labelledby": "run-list-h" },
       h("h2", { id: "run-list-h" }, "Activities"),
       h("div.list-tools", {}, h("label", { for: "act-filter" }, "Filter"), filter),
-      this.listBox);
+      this.listEmpty, this.listBox);
 
     this.panelBox = h("div.run-panel-box");
     this.el = h("div.run-page", {}, header, this.banner, graph, h("div.run-lower", {}, list, this.panelBox));
@@ -291,7 +292,7 @@ class RunPage {
     const resources = new Set(activities.map((a) => a.resource).filter(Boolean)).size;
     this.graphInfo.textContent =
       `${plural(activities.length, "activity", "activities")} in ${plural(resources, "resource")}` +
-      (this.collapsed.size ? `; ${this.collapsed.size} collapsed` : "");
+      (this.collapsed.size ? `; ${this.collapsed.size.toLocaleString()} collapsed` : "");
     this.graphDrawn = true;
     this.graphBox.dataset.drawn = String(shape.nodes.length);
     performance.mark("trellis:run-graph-drawn");
@@ -405,7 +406,8 @@ class RunPage {
       rows.push(row);
     }
     replace(this.listSpacer, rows);
-    if (!ids.length) this.listSpacer.append(h("p.muted", {}, "No activity matches."));
+    this.listEmpty.hidden = ids.length > 0;
+    this.listEmpty.textContent = this.order.length ? "No activity matches the filter." : "No activities yet.";
     // Rows are drawn again on every change: keep the keyboard where it was.
     if (focused) [...this.listSpacer.querySelectorAll("button")].find((b) => b.dataset.id === focused)?.focus();
     this.listDirty = false;
@@ -601,7 +603,7 @@ function pick(a) {
 }
 
 function plural(count, one, many = `${one}s`) {
-  return `${count} ${count === 1 ? one : many}`;
+  return `${count.toLocaleString()} ${count === 1 ? one : many}`;
 }
 
 function truncate(text, max) {
