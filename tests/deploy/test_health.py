@@ -25,7 +25,7 @@ import pytest
 
 from trellis_core.bus import Bus, ensure_work_stream
 from trellis_core.embedded import EmbeddedNats
-from trellis_core.health import Health, parse_listen
+from trellis_core.health import Health, parse_listen, serving
 from trellis_core.settings import Settings
 
 TRELLIS = str(Path(sys.executable).parent / "trellis")
@@ -164,7 +164,7 @@ async def test_every_service_is_ready_alive_without_nats_and_ready_again(
         nats.stop()
 
 
-def test_health_is_off_unless_asked_and_a_bad_address_names_the_variable(tmp_path: Path) -> None:
+def test_a_bad_health_address_names_the_variable(tmp_path: Path) -> None:
     env = {**os.environ, "TRELLIS_NATS_URL": "nats://127.0.0.1:1", "TRELLIS_HEALTH_LISTEN": "8081"}
     bad = subprocess.run([TRELLIS, "compiler"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
@@ -174,6 +174,11 @@ def test_health_is_off_unless_asked_and_a_bad_address_names_the_variable(tmp_pat
     assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
     assert parse_listen(":8081") == ("0.0.0.0", 8081)
     assert parse_listen("[::1]:8081") == ("::1", 8081)
+
+
+async def test_health_off_when_unset() -> None:
+    async with serving("", Health("compiler")) as url:
+        assert url is None
 
 
 async def test_a_check_that_hangs_or_breaks_makes_not_ready_with_why() -> None:
@@ -189,6 +194,10 @@ async def test_a_check_that_hangs_or_breaks_makes_not_ready_with_why() -> None:
         raise RuntimeError("boom")
 
     assert await health.readiness() == (True, {"bus": "ok", "serving": "ok"})
+    health.stopping = asyncio.Event()
+    health.stopping.set()  # SIGTERM: draining, no longer counted as available
+    assert await health.readiness() == (False, {"bus": "ok", "serving": "stopping"})
+    health.stopping = None
     health.add_check("slow", hangs)
     health.add_check("broken", breaks)
     ready, checks = await health.readiness()
