@@ -41,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway_listen: str = "127.0.0.1:8080"
     gateway_public_url: str = ""
     admin_token: str = ""
+    # Where a service (compiler, scheduler, store, agent) answers GET /healthz and /readyz
+    # (host:port, port 0: a free one; empty: no health server). trellis_core.health.
+    health_listen: str = ""
     # HMAC key of approval callback tokens (shared by the scheduler that mints them and the gateway
     # that checks them) and how long a callback URL stays valid.
     callback_key: str = ""
@@ -157,6 +160,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ("state_credential_ttl_seconds", self.state_credential_ttl_seconds > 0, "must be greater than 0"),
             ("store_logs_retention_days", self.store_logs_retention_days > 0, "must be greater than 0"),
             ("store_pool_size", self.store_pool_size > 0, "must be at least 1"),
+            ("health_listen", _is_listen(self.health_listen), "write host:port (e.g. 0.0.0.0:8081; 0: a free port)"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -184,6 +188,13 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
     if not value:
         return True
     return any(value.startswith(f"{s}://") for s in schemes) and len(value.split("://", 1)[1]) > 0
+
+
+def _is_listen(value: str) -> bool:
+    if not value:
+        return True
+    _, sep, port = value.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 <= int(port) <= 65535
 
 
 def _name_variable(message: str) -> str:

@@ -351,15 +351,23 @@ async def executors_for(config: AgentConfig, bus: Bus | None) -> AsyncIterator[R
         )
 
 
-async def serve(bus: Bus, settings: Settings, stop: asyncio.Event, config: AgentConfig | None = None) -> None:
-    """Run an agent on `bus` until `stop` is set (`trellis agent`, and `trellis dev up`'s local agent)."""
+async def serve(
+    bus: Bus,
+    settings: Settings,
+    stop: asyncio.Event,
+    config: AgentConfig | None = None,
+    *,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run an agent on `bus` until `stop` is set (`trellis agent`, and `trellis dev up`'s local agent);
+    `ready` is set once it is subscribed to its work."""
     cfg = config if config is not None else AgentConfig.from_env(tenant=settings.tenant)
     cfg = cfg.with_defaults_from(heartbeat_seconds=settings.heartbeat_seconds)
     if cfg.executor == "process":  # commands run beside the agent, as its user; it is connected
         guard_agent_process()
     async with executors_for(cfg, bus) as router:
         agent = Agent(bus, cfg, router, cfg.workspaces(settings.data_dir))
-        await agent.run(stop)
+        await agent.run(stop, ready=ready)
 
 
 __all__ = ["AGENT_ACKS", "AGENT_JETSTREAM_API", "Agent", "agent_jetstream_api", "executors_for", "serve"]

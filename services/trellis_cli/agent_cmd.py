@@ -32,6 +32,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from trellis_agent.agent import serve
     from trellis_agent.config import AgentConfig
     from trellis_cli.service_runner import run_service, settings_or_exit
+    from trellis_core.health import Health
 
     settings = settings_or_exit("agent", tenant=args.tenant)
     if isinstance(settings, int):
@@ -48,10 +49,12 @@ def run_agent(args: argparse.Namespace) -> int:
     except TrellisError as exc:
         print(f"trellis agent: {exc}", file=sys.stderr)
         return 2
+    health = Health("agent", service_signals_ready=True)  # ready once subscribed to its work
     return run_service(
         "agent",
         settings,
-        lambda bus, stop: serve(bus, settings, stop, config),
+        lambda bus, stop: serve(bus, settings, stop, config, ready=health.serving),
         connection_name=f"agent-{config.agent_id}",
         agent_tenant=config.tenant,
+        health=health,
     )

@@ -21,9 +21,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def run_compiler(args: argparse.Namespace) -> int:
     from trellis_cli.service_runner import run_service, settings_or_exit
     from trellis_compiler.service import serve
+    from trellis_core.health import Health
 
     settings = settings_or_exit("compiler")
     if isinstance(settings, int):
         return settings
     relay = os.environ.get("TRELLIS_EMAIL_RELAY_URL", "")
-    return run_service("compiler", settings, lambda bus, stop: serve(bus, stop, email_relay_url=relay))
+    health = Health("compiler", service_signals_ready=True)  # ready once its consumer runs
+    return run_service(
+        "compiler",
+        settings,
+        lambda bus, stop: serve(bus, stop, ready=health.serving, email_relay_url=relay),
+        health=health,
+    )

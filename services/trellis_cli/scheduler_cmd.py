@@ -25,4 +25,5 @@ def run_scheduler(args: argparse.Namespace) -> int:
     settings = settings_or_exit("scheduler")
     if isinstance(settings, int):
         return settings
+    # Ready once started, leading or standing by (a standby takes over within the lease's TTL).
     return run_service("scheduler", settings, lambda bus, stop: serve(bus, settings, stop, tenant=args.tenant))

@@ -10,6 +10,7 @@ from typing import Any
 from trellis_core import subjects
 from trellis_core.bus import Bus, stop_on_signals
 from trellis_core.errors import TrellisError
+from trellis_core.health import Health, serving
 from trellis_core.logs import configure
 from trellis_core.settings import Settings
 
@@ -23,24 +24,33 @@ def run_service(
     *,
     connection_name: str | None = None,
     agent_tenant: str | None = None,
+    health: Health | None = None,
 ) -> int:
     """Connect, declare the streams, serve until SIGTERM/SIGINT, drain. 0 when stopped, 1 on error.
 
     A tenant's agent (`agent_tenant`) connects with its tenant's inbox prefix, the only inboxes its
-    permissions allow, and declares no streams: that is the control plane's job."""
+    permissions allow, and declares no streams: that is the control plane's job.
+    With TRELLIS_HEALTH_LISTEN set, /healthz and /readyz answer from before the bus connects until
+    the service has drained (trellis_core.health); `health` adds the service's own readiness."""
     configure(settings)
+    probes = health if health is not None else Health(name)
 
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        prefix = subjects.inbox_prefix(agent_tenant) if agent_tenant is not None else ""
-        bus = await Bus.connect(settings, name=connection_name or name, inbox_prefix=prefix)
-        try:
-            if agent_tenant is None:
-                await bus.ensure_streams()
-            await serve(bus, stop)
-        finally:
-            await bus.close()
+        probes.stopping = stop
+        async with serving(settings.health_listen, probes):
+            prefix = subjects.inbox_prefix(agent_tenant) if agent_tenant is not None else ""
+            bus = await Bus.connect(settings, name=connection_name or name, inbox_prefix=prefix)
+            probes.nats_connected = lambda: bus.nc.is_connected
+            try:
+                if agent_tenant is None:
+                    await bus.ensure_streams()
+                if not probes.service_signals_ready:
+                    probes.serving.set()
+                await serve(bus, stop)
+            finally:
+                await bus.close()
 
     try:
         asyncio.run(main())

@@ -19,9 +19,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run_store(args: argparse.Namespace) -> int:
     from trellis_cli.service_runner import run_service, settings_or_exit
+    from trellis_core.health import Health, postgres_check
     from trellis_store.service import serve
 
     settings = settings_or_exit("store")
     if isinstance(settings, int):
         return settings
-    return run_service("store", settings, lambda bus, stop: serve(bus, settings, stop))
+    # Ready once the projection runs and every op is answered, while its PostgreSQL answers.
+    health = Health("store", service_signals_ready=True)
+    health.add_check("postgres", postgres_check(settings.database_url))
+    return run_service("store", settings, lambda bus, stop: serve(bus, settings, stop, health.serving), health=health)
