@@ -10,12 +10,13 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from console_support import assert_accessible, sign_in
 from gateway_support import Api, GatewayServer, Tenant, eventually
-from playwright.async_api import Page
+from playwright.async_api import Page, expect
 from runs_support import running_services
 
 from trellis_core.bus import Bus
@@ -23,9 +24,10 @@ from trellis_core.bus import Bus
 SECRET_OUTPUT = "vault-password-never-shown-7731"
 SECRET_VARIABLE = "vault-token-never-shown-4410"
 OUTPUTS = json.dumps({"endpoint": "vault.internal", "password": {"value": SECRET_OUTPUT, "sensitive": True}})
+DRIFTED = json.dumps({"driftChanges": "yes", "driftSummary": "the vault policy was edited by hand"})
 
-# One resource whose deploy writes a plain and a sensitive output; a time to live that may be
-# extended twice; a day-2 action.
+# One resource whose deploy writes a plain and a sensitive output (and whose drift check always
+# finds drift); a time to live that may be extended twice; a day-2 action.
 VAULT = f"""\
 apiVersion: trellis.dev/v1
 kind: ResourceTemplate
@@ -44,6 +46,13 @@ spec:
                 if [ "$TRELLIS_ACTION" = deploy ]; then
                   echo '{OUTPUTS}' > "$TRELLIS_OUTPUTS"
                 fi
+      driftCheck:
+        name: compare
+        type: script
+        options:
+          script:
+            script: |
+              echo '{DRIFTED}' > "$TRELLIS_OUTPUTS"
 ---
 apiVersion: trellis.dev/v1
 kind: EnvironmentTemplate
@@ -68,16 +77,39 @@ spec:
         tasks:
           - {{name: rotate, type: script, options: {{script: {{script: "echo rotated"}}}}}}
 """
+# An environment reading vault's outputs through a static resource of kind environment.
+WEB = """\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {name: web}
+spec:
+  provider: custom
+  variables:
+    - {name: endpoint, value: '$(resource.vault.output.endpoint.value)$'}
+  providerOptions:
+    custom:
+      tasks: [{name: use, type: script, options: {script: {script: "echo web reads $TRELLIS_VAR_endpoint"}}}]
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {name: web-stack}
+spec:
+  version: v1
+  agents: [{name: default}]
+  resources:
+    - {name: vault, kind: environment, type: static}
+    - {name: web}
+"""
 RUN_URL = re.compile(r"#/runs/([0-9a-zA-Z-]+)$")
 
 
-async def create(api: Api, tenant: Tenant, name: str) -> None:
-    """Publish VAULT (once) and PUT environment `name` on it, with a sensitive variable."""
+async def create(api: Api, tenant: Tenant, name: str, bundle: str = VAULT, template: str = "vault-stack") -> None:
+    """Publish `bundle` and PUT environment `name` on its `template`@v1 (VAULT's: with a sensitive variable)."""
     published = await api.call("POST", "/v1/templates", token=tenant.operator,
-                               json={"sources": [{"path": "vault.yaml", "text": VAULT}]})
+                               json={"sources": [{"path": "bundle.yaml", "text": bundle}]})
     published.ok(201)
-    body = {"template": {"name": "vault-stack", "version": "v1"}, "agents": ["default"],
-            "variables": {"team": "red", "token": SECRET_VARIABLE}}
+    variables = {"team": "red", "token": SECRET_VARIABLE} if bundle == VAULT else {}
+    body = {"template": {"name": template, "version": "v1"}, "agents": ["default"], "variables": variables}
     (await api.call("PUT", f"/v1/environments/{name}", token=tenant.operator, json=body)).ok(201)
 
 
@@ -153,6 +185,183 @@ async def test_the_list_answer_carries_each_environments_last_run_and_time_to_li
     assert paged["environments"] == [vault]
     one = (await api.call("GET", "/v1/environments/vault", token=tenant.viewer)).ok()
     assert one["last_run"] == vault["last_run"]  # the same summary as one environment's
+
+
+async def test_a_deployed_environment_shows_in_the_list_with_status_template_last_run_and_time_to_live(
+    console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
+) -> None:
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    await page.goto("/console/#/environments")
+    await expect(page.get_by_text("There are no environments in this tenant yet.")).to_be_visible()
+    await expect(page.get_by_role("link", name="Launch one from the catalog")).to_have_attribute("href", "#/catalog")
+    await create(api, tenant, "vault")
+    await create(api, tenant, "idle")
+    async with running_services(bus, gateway_server.settings, tenant.name, tmp_path):
+        run_id = await deploy(api, tenant, "vault")
+    async with schedule_pass(bus, gateway_server) as runner:
+        expires = await armed(api, tenant, runner, "vault")
+    await page.reload()
+    vault = page.get_by_role("row").filter(has=page.get_by_role("link", name="vault", exact=True))
+    await expect(vault).to_contain_text("deployed")
+    await expect(vault).to_contain_text("vault-stack@v1")
+    ttl = vault.locator("time", has_text="expires in")
+    await expect(ttl).to_have_text(re.compile(r"^expires in (8h|7h 5\dm)$"))
+    assert datetime.fromisoformat(await ttl.get_attribute("datetime") or "") == expires
+    await expect(vault.get_by_role("link", name="deploy")).to_have_attribute("href", f"#/runs/{run_id}")
+    idle = page.get_by_role("row").filter(has=page.get_by_role("link", name="idle", exact=True))
+    await expect(idle).to_contain_text("new")
+    await expect(page.get_by_role("status").filter(has_text="environments")).to_have_text("2 environments")
+    await assert_accessible(page, "the environments list")
+    await page.get_by_label("Status").select_option("deployed")
+    await expect(idle).to_be_hidden()
+    await expect(vault).to_be_visible()
+    await page.get_by_label("Status").select_option("")
+    await page.get_by_label("Filter by name").fill("idl")
+    await expect(vault).to_be_hidden()
+    await expect(page.get_by_text("1 of 2 environments")).to_be_visible()
+    await idle.get_by_role("link", name="idle").click()
+    await expect(page).to_have_url(re.compile(r"#/environments/idle$"))
+    await expect(page.get_by_role("heading", level=1)).to_have_text("idle")
+
+
+async def test_the_environment_page_shows_masked_outputs_variables_schedules_actions_and_run_history(
+    console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
+) -> None:
+    await create(api, tenant, "vault")
+    async with running_services(bus, gateway_server.settings, tenant.name, tmp_path):
+        first = await deploy(api, tenant, "vault")
+        second = await deploy(api, tenant, "vault")
+    async with schedule_pass(bus, gateway_server) as runner:
+        expires = await armed(api, tenant, runner, "vault")
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    await page.goto("/console/#/environments/vault")
+    await expect(page.get_by_role("heading", level=1)).to_have_text("vault")
+    outputs = page.locator("section", has=page.get_by_role("heading", name="Outputs"))
+    endpoint = outputs.get_by_role("row").filter(has_text="endpoint")
+    await expect(endpoint).to_contain_text("vault.internal")
+    password = outputs.get_by_role("row").filter(has_text="password")
+    await expect(password).to_contain_text("********")
+    variables = page.locator("section", has=page.get_by_role("heading", name="Variables"))
+    await expect(variables.get_by_role("row").filter(has_text="token")).to_contain_text("********")
+    await expect(variables.get_by_role("row").filter(has_text="team")).to_contain_text("red")
+    content = await page.content()
+    assert SECRET_OUTPUT not in content
+    assert SECRET_VARIABLE not in content
+    history = page.locator("section", has=page.get_by_role("heading", name="Run history"))
+    links = history.get_by_role("link")
+    await expect(links).to_have_count(2)
+    await expect(links.nth(0)).to_have_attribute("href", f"#/runs/{second}")  # newest first
+    await expect(links.nth(1)).to_have_attribute("href", f"#/runs/{first}")
+    schedules = page.locator("section", has=page.get_by_role("heading", name="Schedules"))
+    await expect(schedules).to_contain_text("time to live 8h")
+    ttl = schedules.locator("time", has_text="in ")
+    await expect(ttl).to_have_text(re.compile(r"^in (8h|7h 5\dm)$"))
+    assert datetime.fromisoformat(await ttl.get_attribute("datetime") or "") == expires
+    await expect(schedules).to_contain_text("0 used of 2, at most 4h each")
+    actions = page.locator("section", has=page.get_by_role("heading", name="Day-2 actions"))
+    await expect(actions).to_contain_text("rotate the vault's credentials")
+    await assert_accessible(page, "the environment page")
+
+
+async def test_a_viewer_sees_no_deploy_button(console_page: Page, api: Api, tenant: Tenant) -> None:
+    await create(api, tenant, "vault")
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    await page.goto("/console/#/environments/vault")
+    await expect(page.get_by_role("heading", name="Day-2 actions")).to_be_visible()
+    await expect(page.get_by_text("rotate the vault's credentials")).to_be_visible()
+    await expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Destroy")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Run rotate")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Extend")).to_have_count(0)
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, tenant.operator)  # the same page for an operator has them
+    await page.goto("/console/#/environments/vault")
+    await expect(page.get_by_role("button", name="Deploy")).to_be_visible()
+    await expect(page.get_by_role("button", name="Run rotate")).to_be_visible()
+
+
+async def test_an_operator_deploys_runs_an_action_extends_and_destroys_after_confirming(
+    console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
+) -> None:
+    await create(api, tenant, "vault")
+    page = console_page
+    await sign_in(page, tenant.operator)
+    async with running_services(bus, gateway_server.settings, tenant.name, tmp_path):
+        await page.goto("/console/#/environments/vault")
+        await page.get_by_role("button", name="Deploy").click()
+        await expect(page).to_have_url(RUN_URL)
+        deployed = await run_ends(api, tenant, _run_id(page))
+        assert (deployed["environment"], deployed["action"]) == ("vault", "deploy")
+
+        await page.goto("/console/#/environments/vault")
+        await expect(page.locator(".env-summary")).to_contain_text("deployed")
+        await page.get_by_role("button", name="Run rotate").click()
+        await expect(page).to_have_url(RUN_URL)
+        action = await run_ends(api, tenant, _run_id(page))
+        assert action["purpose"] == "action:rotate"
+
+        async with schedule_pass(bus, gateway_server) as runner:
+            expires = await armed(api, tenant, runner, "vault")
+        await page.goto("/console/#/environments/vault")
+        await page.get_by_label("Extend ttl by").fill("2h")
+        await page.get_by_role("button", name="Extend").click()
+        schedules = page.locator("section", has=page.get_by_role("heading", name="Schedules"))
+        await expect(schedules).to_contain_text("1 used of 2")
+        [ttl] = (await api.call("GET", "/v1/environments/vault/schedules", token=tenant.viewer)).ok()["schedules"]
+        assert datetime.fromisoformat(ttl["expires_at"]) == expires + timedelta(hours=2)
+        await page.get_by_label("Extend ttl by").fill("9h")  # beyond maxAllowedDuration: the refusal shown
+        await page.get_by_role("button", name="Extend").click()
+        await expect(page.get_by_role("alert")).to_contain_text("Could not extend ttl")
+
+        before = (await api.call("GET", "/v1/runs?environment=vault", token=tenant.viewer)).ok()["runs"]
+        await page.get_by_role("button", name="Destroy").click()
+        dialog = page.get_by_role("dialog", name="Destroy vault?")
+        await expect(dialog).to_be_visible()
+        await dialog.get_by_role("button", name="Cancel").click()
+        await expect(dialog).to_be_hidden()
+        after = (await api.call("GET", "/v1/runs?environment=vault", token=tenant.viewer)).ok()["runs"]
+        assert after == before  # cancelling started nothing
+        await page.get_by_role("button", name="Destroy").click()
+        await dialog.get_by_role("button", name="Yes, destroy vault").click()
+        await expect(page).to_have_url(RUN_URL)
+        destroyed = await run_ends(api, tenant, _run_id(page))
+        assert destroyed["action"] == "destroy"
+    environment = (await api.call("GET", "/v1/environments/vault", token=tenant.viewer)).ok()
+    assert environment["status"] == "destroyed"
+
+
+async def test_the_page_links_dependencies_both_ways_shows_drift_and_a_refused_destroy_in_an_alert(
+    console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
+) -> None:
+    await create(api, tenant, "vault")
+    await create(api, tenant, "web", WEB, "web-stack")
+    async with running_services(bus, gateway_server.settings, tenant.name, tmp_path):
+        await deploy(api, tenant, "vault")
+        await deploy(api, tenant, "web")
+        check = (await api.call("POST", "/v1/environments/vault/drift", token=tenant.operator)).ok(202)
+        await run_ends(api, tenant, check["run_id"])
+    page = console_page
+    await sign_in(page, tenant.operator)
+    await page.goto("/console/#/environments/web")
+    links = page.locator("section", has=page.get_by_role("heading", name="Dependencies"))
+    await expect(links).to_contain_text("Reads the outputs of")
+    await links.get_by_role("link", name="vault").click()
+    await expect(page).to_have_url(re.compile(r"#/environments/vault$"))
+    await expect(page.get_by_role("heading", level=1)).to_have_text("vault")
+    await expect(links).to_contain_text("Read by")
+    await expect(links.get_by_role("link", name="web")).to_have_attribute("href", "#/environments/web")
+    drift = page.locator("section", has=page.get_by_role("heading", name="Drift"))
+    await expect(drift).to_contain_text("drifted")
+    await expect(drift).to_contain_text("the vault policy was edited by hand")
+    await expect(drift.get_by_role("link", name=check["run_id"])).to_be_visible()
+    await assert_accessible(page, "an environment page with dependencies and drift")
+    await page.get_by_role("button", name="Destroy").click()
+    await page.get_by_role("button", name="Yes, destroy vault").click()
+    await expect(page.get_by_role("alert")).to_contain_text("cannot be destroyed")  # web reads it: 409
+    await expect(page).to_have_url(re.compile(r"#/environments/vault$"))
 
 
 def _run_id(page: Page) -> str:
