@@ -308,10 +308,11 @@ class Runs(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EnvironmentListed(Environment, frozen=True, kw_only=True):
-    """An environment as the list shows it: also its last run (the one that last set its status)
+    """An environment as the list shows it: also its newest run of any kind, whatever it is doing
+    (`latest_run`: a run in progress shows at once, where `last_run_id` changes when a run ends),
     and when its time to live ends (`expires_at`; None: no time to live, or not armed yet)."""
 
-    last_run: RunSummary | None = None
+    latest_run: RunSummary | None = None
     expires_at: datetime | None = None
 
 

@@ -158,8 +158,9 @@ async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment
                                    dependents=readers or msgspec.UNSET, drift=drift or msgspec.UNSET)
 
 
-# One page of the list in one query: each environment with its last run's row (the run that last
-# set its status) and its time to live's expiry (the ttl schedule's next_due_at, NULL until armed).
+# One page of the list in one query: each environment with its newest run of any kind (by id, as
+# run.list orders them: ids are time-ordered), found through runs_by_environment, and its time to
+# live's expiry (the ttl schedule's next_due_at, NULL until armed).
 ENV_LIST = """
 SELECT e.name, e.template_name, e.template_version, e.variables::text AS variables, e.sealed::text AS sealed,
     e.sensitive, e.agents, e.status, e.revision, e.outputs::text AS outputs, e.last_run_id, e.created_at,
@@ -170,18 +171,20 @@ SELECT e.name, e.template_name, e.template_version, e.variables::text AS variabl
     (SELECT min(s.next_due_at) FROM schedules s
      WHERE s.tenant = e.tenant AND s.environment = e.name AND s.kind = 'ttl') AS expires_at
 FROM environments e
-LEFT JOIN runs r ON r.tenant = e.tenant AND r.run_id = e.last_run_id
+LEFT JOIN LATERAL (
+    SELECT * FROM runs WHERE runs.tenant = e.tenant AND runs.environment = e.name ORDER BY runs.run_id DESC LIMIT 1
+) r ON true
 WHERE e.tenant = $1 AND e.name > $2 ORDER BY e.name LIMIT $3
 """
 
 
 def listed_of(row: Any) -> EnvironmentListed:
-    """A row of ENV_LIST: the environment, its last run (run_* columns, NULL without one), its expiry."""
-    last_run = None
+    """A row of ENV_LIST: the environment, its newest run (run_* columns, NULL without one), its expiry."""
+    latest = None
     if row["run_run_id"] is not None:
-        last_run = RunSummary(**{name: row[f"run_{name}"] for name in RunSummary.__struct_fields__})
+        latest = RunSummary(**{name: row[f"run_{name}"] for name in RunSummary.__struct_fields__})
     fields = msgspec.structs.asdict(environment_of(row))
-    return EnvironmentListed(**fields, last_run=last_run, expires_at=row["expires_at"])
+    return EnvironmentListed(**fields, latest_run=latest, expires_at=row["expires_at"])
 
 
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:

@@ -2,7 +2,8 @@
 gateway, store, compiler, scheduler and a process agent: what a deploy leaves shows in the list and
 on the page (a sensitive output masked, its value never reaching the page), an operator deploys,
 runs a day-2 action, extends the time to live and destroys (after confirming) from the page, and a
-viewer sees none of those controls. Also the list answer's `last_run` and `expires_at`."""
+viewer sees none of those controls; both follow a run in progress. Also the list answer's
+`latest_run` and `expires_at`."""
 
 from __future__ import annotations
 
@@ -162,7 +163,7 @@ async def armed(api: Api, tenant: Tenant, runner: Any, name: str) -> datetime:
     return found[0]
 
 
-async def test_the_list_answer_carries_each_environments_last_run_and_time_to_live_expiry(
+async def test_the_list_answer_carries_each_environments_newest_run_and_time_to_live_expiry(
     api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
 ) -> None:
     await create(api, tenant, "vault")
@@ -173,21 +174,28 @@ async def test_the_list_answer_carries_each_environments_last_run_and_time_to_li
         expires = await armed(api, tenant, runner, "vault")
     listed = (await api.call("GET", "/v1/environments", token=tenant.viewer)).ok()["environments"]
     idle, vault = listed
-    assert (idle["name"], idle["last_run"], idle["expires_at"]) == ("idle", None, None)
+    assert (idle["name"], idle["latest_run"], idle["expires_at"]) == ("idle", None, None)
     assert vault["status"] == "deployed"
-    assert vault["last_run"]["run_id"] == run_id
-    assert vault["last_run"]["action"] == "deploy"
-    assert vault["last_run"]["status"] == "succeeded"
-    assert vault["last_run"]["finished_at"]
+    assert vault["latest_run"]["run_id"] == run_id
+    assert vault["latest_run"]["action"] == "deploy"
+    assert vault["latest_run"]["status"] == "succeeded"
+    assert vault["latest_run"]["finished_at"]
     assert datetime.fromisoformat(vault["expires_at"]) == expires
     assert vault["outputs"]["vault"]["password"]["value"] == "********"
     paged = (await api.call("GET", "/v1/environments?limit=1&after=idle", token=tenant.viewer)).ok()
     assert paged["environments"] == [vault]
     one = (await api.call("GET", "/v1/environments/vault", token=tenant.viewer)).ok()
-    assert one["last_run"] == vault["last_run"]  # the same summary as one environment's
+    assert one["last_run"] == vault["latest_run"]  # the same summary as one environment's
+
+    # The newest run of any kind, whatever it is doing: here an action nothing runs yet.
+    action = (await api.call("POST", "/v1/environments/vault/actions/rotate", token=tenant.operator)).ok(202)
+    [_, vault] = (await api.call("GET", "/v1/environments", token=tenant.viewer)).ok()["environments"]
+    assert vault["latest_run"]["run_id"] == action["run_id"]
+    assert (vault["latest_run"]["status"], vault["latest_run"]["purpose"]) == ("requested", "action:rotate")
+    assert vault["last_run_id"] == run_id  # what set the status is still the deploy
 
 
-async def test_a_deployed_environment_shows_in_the_list_with_status_template_last_run_and_time_to_live(
+async def test_a_deployed_environment_shows_in_the_list_with_status_template_newest_run_and_time_to_live(
     console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
 ) -> None:
     page = console_page
@@ -362,6 +370,79 @@ async def test_the_page_links_dependencies_both_ways_shows_drift_and_a_refused_d
     await page.get_by_role("button", name="Yes, destroy vault").click()
     await expect(page.get_by_role("alert")).to_contain_text("cannot be destroyed")  # web reads it: 409
     await expect(page).to_have_url(re.compile(r"#/environments/vault$"))
+
+
+def held(gate: Path) -> str:
+    """A bundle (EnvironmentTemplate `held-stack`) whose deploy and destroy each wait for a file
+    named after the action in `gate`: the test decides when a run in progress ends."""
+    return f"""\
+apiVersion: trellis.dev/v1
+kind: ResourceTemplate
+metadata: {{name: held}}
+spec:
+  provider: custom
+  providerOptions:
+    custom:
+      tasks:
+        - name: wait
+          type: script
+          options:
+            script:
+              script: |
+                until [ -f "{gate}/$TRELLIS_ACTION" ]; do sleep 0.1; done
+---
+apiVersion: trellis.dev/v1
+kind: EnvironmentTemplate
+metadata: {{name: held-stack}}
+spec:
+  version: v1
+  agents: [{{name: default}}]
+  resources: [{{name: held}}]
+"""
+
+
+async def run_is(api: Api, tenant: Tenant, run_id: str, status: str) -> None:
+    async def reached() -> bool:
+        return (await api.call("GET", f"/v1/runs/{run_id}", token=tenant.viewer)).ok()["status"] == status
+
+    await eventually(reached, within=30, what=f"run {run_id} {status}")
+
+
+async def test_the_list_and_the_page_follow_a_run_in_progress_without_a_reload(
+    console_page: Page, api: Api, tenant: Tenant, gateway_server: GatewayServer, bus: Bus, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    await create(api, tenant, "held", held(gate), "held-stack")
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    async with running_services(bus, gateway_server.settings, tenant.name, tmp_path / "agent"):
+        deploy = (await api.call("POST", "/v1/environments/held/runs", token=tenant.operator,
+                                 json={"action": "deploy"})).ok(202)["run_id"]
+        await run_is(api, tenant, deploy, "running")
+        await page.reload()  # signed in, the page shows the list already
+        row = page.get_by_role("row").filter(has=page.get_by_role("link", name="held", exact=True))
+        await expect(row).to_contain_text("running")
+        (gate / "deploy").touch()
+        await run_ends(api, tenant, deploy)
+        await expect(row).to_contain_text("deployed")  # the list refreshed itself
+        await expect(row).to_contain_text("succeeded")
+
+        destroy = (await api.call("POST", "/v1/environments/held/runs", token=tenant.operator,
+                                  json={"action": "destroy"})).ok(202)["run_id"]
+        await run_is(api, tenant, destroy, "running")
+        await row.get_by_role("link", name="held").click()
+        summary = page.locator(".env-summary")
+        await expect(summary).to_contain_text("In progress")
+        await expect(summary.get_by_role("link", name=destroy)).to_have_attribute("href", f"#/runs/{destroy}")
+        history = page.locator("section", has=page.get_by_role("heading", name="Run history"))
+        newest = history.get_by_role("row").filter(has_text=destroy)
+        await expect(newest).to_contain_text("running")
+        (gate / "destroy").touch()
+        await run_ends(api, tenant, destroy)
+        await expect(summary).to_contain_text("destroyed")  # and so did the page
+        await expect(summary).not_to_contain_text("In progress")
+        await expect(newest).to_contain_text("succeeded")
 
 
 def _run_id(page: Page) -> str:

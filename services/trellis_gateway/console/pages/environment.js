@@ -108,7 +108,8 @@ export async function render(ctx, name) {
   const paintRuns = () => replace(sections.runs, ...runsSection(state.runs, state.moreRuns, more));
   const paint = () => {
     const environment = state.environment;
-    replace(summary, ...summaryItems(environment));
+    const newest = state.runs[0];
+    replace(summary, ...summaryItems(environment, newest && !RUN_ENDED.has(newest.status) ? newest : null));
     replace(sections.variables, ...variablesSection(environment));
     replace(sections.outputs, ...outputsSection(environment));
     replace(sections.links, ...linksSection(environment));
@@ -174,11 +175,13 @@ function destroyDialog(name, confirm) {
     h("div.actions", {}, yes, h("button", { type: "button", autofocus: true, on: { click: () => dialog.close() } }, "Cancel")));
 }
 
-function summaryItems(environment) {
+// `running`: the newest run while it is in progress (the status changes only when a run ends).
+function summaryItems(environment, running) {
   const { status, template, last_run: run, created_at: created, updated_at: updated } = environment;
   const item = (term, ...value) => [h("dt", {}, term), h("dd", {}, ...value)];
   return [
     item("Status", badge(status)),
+    running ? item("In progress", badge(running.status), " ", runLink(running), " ", running.purpose || running.action) : null,
     item("Template", `${template.name}@${template.version}`),
     run ? item("Last run", badge(run.status), " ", runLink(run), " ", run.purpose || run.action, " ", time(run.requested_at)) : null,
     environment.agents?.length ? item("Agents", environment.agents.join(", ")) : null,

@@ -1,5 +1,5 @@
 // The environments list (#/environments): every environment of the tenant (GET /v1/environments,
-// page by page) with its status, template, last run, age and time to live, a filter by name and
+// page by page) with its status, template, newest run, age and time to live, a filter by name and
 // status, and a refresh every few seconds while one of them is deploying or destroying.
 
 import { ago, badge, h, replace, when } from "../dom.js";
@@ -8,6 +8,7 @@ const PAGE = 500; // the most GET /v1/environments answers at once
 const MAX_PAGES = 20; // 10,000 environments: beyond that the list says it stopped
 const REFRESH_MS = 4000;
 const BUSY = new Set(["deploying", "destroying"]);
+const RUN_ENDED = new Set(["succeeded", "failed", "cancelled", "rejected"]);
 const STATUSES = ["new", "deploying", "deployed", "failed", "destroying", "destroyed"];
 
 export async function render(ctx) {
@@ -85,7 +86,7 @@ export async function render(ctx) {
     schedule();
   };
   const schedule = () => {
-    if (!signal.aborted && environments.list.some((environment) => BUSY.has(environment.status))) {
+    if (!signal.aborted && environments.list.some(busy)) {
       timer = setTimeout(refresh, REFRESH_MS);
     }
   };
@@ -101,6 +102,11 @@ export async function render(ctx) {
       window.removeEventListener("focus", onFocus);
     },
   };
+}
+
+// Deploying or destroying, or its newest run (a day-2 action, a drift check ...) not ended yet.
+function busy({ status, latest_run: run }) {
+  return BUSY.has(status) || Boolean(run && !RUN_ENDED.has(run.status));
 }
 
 // Every environment, a page of PAGE at a time (after = the last name of the previous page).
@@ -119,7 +125,7 @@ async function loadAll(api, signal) {
 }
 
 function row(environment, now) {
-  const { name, status, template, last_run: run, created_at: created, expires_at: expires } = environment;
+  const { name, status, template, latest_run: run, created_at: created, expires_at: expires } = environment;
   return h("tr", { dataset: { name, status } },
     h("th", { scope: "row" }, h("a", { href: `#/environments/${encodeURIComponent(name)}` }, name)),
     h("td", {}, badge(status)),
