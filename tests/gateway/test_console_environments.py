@@ -7,6 +7,7 @@ viewer sees none of those controls; both follow a run in progress. Also the list
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -231,6 +232,30 @@ async def test_a_deployed_environment_shows_in_the_list_with_status_template_new
     await idle.get_by_role("link", name="idle").click()
     await expect(page).to_have_url(re.compile(r"#/environments/idle$"))
     await expect(page.get_by_role("heading", level=1)).to_have_text("idle")
+
+
+async def test_hundreds_of_environments_are_listed_and_filtered_by_name_and_status(
+    console_page: Page, api: Api, tenant: Tenant
+) -> None:
+    await create(api, tenant, "env-000")
+    body = {"template": {"name": "vault-stack", "version": "v1"}, "agents": ["default"]}
+    for first in range(1, 300, 50):  # env-001 .. env-299, 50 PUTs at a time
+        answers = await asyncio.gather(*(
+            api.call("PUT", f"/v1/environments/env-{n:03}", token=tenant.operator, json=body)
+            for n in range(first, min(first + 50, 300))
+        ))
+        assert {answer.status for answer in answers} == {201}
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    rows = page.locator("tbody tr")
+    await expect(rows).to_have_count(300)
+    await expect(page.get_by_text("300 environments", exact=True)).to_be_visible()
+    await page.get_by_label("Filter by name").fill("env-12")
+    await expect(page.locator("tbody tr:not([hidden])")).to_have_count(10)  # env-120 .. env-129
+    await expect(page.get_by_text("10 of 300 environments")).to_be_visible()
+    await page.get_by_label("Status").select_option("deployed")
+    await expect(page.locator("tbody tr:not([hidden])")).to_have_count(0)
+    await expect(page.get_by_text("0 of 300 environments")).to_be_visible()
 
 
 async def test_the_environment_page_shows_masked_outputs_variables_schedules_actions_and_run_history(
