@@ -397,6 +397,27 @@ async def test_the_page_links_dependencies_both_ways_shows_drift_and_a_refused_d
     await expect(page).to_have_url(re.compile(r"#/environments/vault$"))
 
 
+async def test_run_history_pages_with_more_runs(console_page: Page, api: Api, tenant: Tenant) -> None:
+    await create(api, tenant, "vault")
+    started = [  # nothing runs them: each stays requested, the newest last
+        (await api.call("POST", "/v1/environments/vault/runs", token=tenant.operator,
+                        json={"action": "deploy"})).ok(202)["run_id"]
+        for _ in range(23)
+    ]
+    page = console_page
+    await sign_in(page, tenant.viewer)
+    await page.goto("/console/#/environments/vault")
+    history = page.locator("section", has=page.get_by_role("heading", name="Run history"))
+    links = history.locator("tbody a")
+    await expect(links).to_have_count(20)
+    await expect(links.first).to_have_attribute("href", f"#/runs/{started[-1]}")
+    await history.get_by_role("button", name="More runs").click()
+    await expect(links).to_have_count(23)
+    await expect(links.last).to_have_attribute("href", f"#/runs/{started[0]}")
+    await expect(links.nth(20)).to_be_focused()  # where the new rows begin
+    await expect(history.get_by_role("button", name="More runs")).to_have_count(0)
+
+
 def held(gate: Path) -> str:
     """A bundle (EnvironmentTemplate `held-stack`) whose deploy and destroy each wait for a file
     named after the action in `gate`: the test decides when a run in progress ends."""

@@ -55,10 +55,15 @@ export async function render(ctx, name) {
   };
 
   const dialog = destroyDialog(name, (button) => start(button, "destroy", `${base}/runs`, { action: "destroy" }));
+  const deploy = (event) => start(event.currentTarget, "deploy", `${base}/runs`, { action: "deploy" });
+  const askDestroy = () => {
+    alert.textContent = "";
+    dialog.showModal();
+  };
   const controls = operator
     ? h("div.actions.env-controls", {},
-      h("button.primary", { type: "button", on: { click: (e) => start(e.currentTarget, "deploy", `${base}/runs`, { action: "deploy" }) } }, "Deploy"),
-      h("button.danger", { type: "button", on: { click: () => { alert.textContent = ""; dialog.showModal(); } } }, "Destroy"))
+      h("button.primary", { type: "button", on: { click: deploy } }, "Deploy"),
+      h("button.danger", { type: "button", on: { click: askDestroy } }, "Destroy"))
     : null;
 
   const summary = h("dl.env-summary");
@@ -97,6 +102,9 @@ export async function render(ctx, name) {
       state.runs = [...state.runs, ...page.runs];
       state.moreRuns = page.runs.length === RUNS_PAGE;
       paintRuns();
+      // The button was repainted: keep the keyboard where the new rows begin.
+      const links = sections.runs.querySelectorAll("tbody a");
+      (links[state.runs.length - page.runs.length] || sections.runs.querySelector("button.more"))?.focus();
     } catch (error) {
       fail("Could not load more runs", error);
       button.disabled = false;
@@ -127,8 +135,11 @@ export async function render(ctx, name) {
 
   // Live-ish: while the environment or its newest run is in progress, and when the tab regains focus.
   let timer = null;
+  let refreshing = false; // one refresh at a time (the timer and a focus may coincide)
   const busy = () => BUSY.has(state.environment.status) || (state.runs[0] && !RUN_ENDED.has(state.runs[0].status));
   const refresh = async () => {
+    if (refreshing) return;
+    refreshing = true;
     clearTimeout(timer);
     try {
       const [environment, newest, schedules, actions] = await Promise.all([
@@ -140,6 +151,8 @@ export async function render(ctx, name) {
       paint();
     } catch (error) {
       fail("Could not refresh", error);
+    } finally {
+      refreshing = false;
     }
     if (!signal.aborted && busy()) timer = setTimeout(refresh, REFRESH_MS);
   };

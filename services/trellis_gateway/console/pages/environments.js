@@ -1,6 +1,6 @@
 // The environments list (#/environments): every environment of the tenant (GET /v1/environments,
 // page by page) with its status, template, newest run, age and time to live, a filter by name and
-// status, and a refresh every few seconds while one of them is deploying or destroying.
+// status, and a refresh every few seconds while one of them has a run in progress.
 
 import { ago, badge, h, replace, when } from "../dom.js";
 
@@ -60,7 +60,7 @@ export async function render(ctx) {
       replace(el, heading, emptyState);
       return;
     }
-    if (!table.isConnected) replace(el, heading, filters, count, notice, table);
+    if (table.parentNode !== el) replace(el, heading, filters, count, notice, table);
     const now = Date.now();
     replace(body, environments.list.map((environment) => row(environment, now)));
     applyFilter();
@@ -72,9 +72,12 @@ export async function render(ctx) {
   statusSelect.addEventListener("change", applyFilter);
   show();
 
-  // Live-ish: while something deploys or destroys, and whenever the tab comes back into focus.
+  // Live-ish: while some environment has a run in progress, and whenever the tab regains focus.
   let timer = null;
+  let refreshing = false; // one refresh at a time (the timer and a focus may coincide)
   const refresh = async () => {
+    if (refreshing) return;
+    refreshing = true;
     clearTimeout(timer);
     try {
       environments = await loadAll(ctx.api, signal);
@@ -82,6 +85,8 @@ export async function render(ctx) {
     } catch (error) {
       if (signal.aborted) return;
       notice.textContent = `Could not refresh the list: ${error.message}`;
+    } finally {
+      refreshing = false;
     }
     schedule();
   };
