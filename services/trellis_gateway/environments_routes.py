@@ -358,7 +358,7 @@ def _invalid(errors: tuple[Problem, ...]) -> ApiProblem:
     routes,
     "GET",
     "/v1/environments",
-    summary="The caller's tenant's environments, by name",
+    summary="The caller's tenant's environments, by name, each with its newest run and time to live's expiry",
     response=Environments,
     query=(("limit", "at most this many (1-500, default 100)"), ("after", "the last name of the previous page")),
 )

@@ -209,10 +209,6 @@ class Environment(msgspec.Struct, frozen=True, kw_only=True):
     drift: EnvironmentDrift | msgspec.UnsetType = msgspec.UNSET  # the last drift check; omitted: none
 
 
-class Environments(msgspec.Struct, frozen=True, kw_only=True):
-    environments: tuple[Environment, ...]
-
-
 class WebhookRotate(_TenantRequest, frozen=True, kw_only=True, tag="webhook.rotate"):
     """Set a new webhook secret for `environment` (returned once, stored hashed)."""
 
@@ -309,6 +305,19 @@ class RunDetail(RunSummary, frozen=True, kw_only=True, omit_defaults=True):
 
 class Runs(msgspec.Struct, frozen=True, kw_only=True):
     runs: tuple[RunSummary, ...]
+
+
+class EnvironmentListed(Environment, frozen=True, kw_only=True):
+    """An environment as the list shows it: also its newest run of any kind, whatever it is doing
+    (`latest_run`: a run in progress shows at once, where `last_run_id` changes when a run ends),
+    and when its time to live ends (`expires_at`; None: no time to live, or not armed yet)."""
+
+    latest_run: RunSummary | None = None
+    expires_at: datetime | None = None
+
+
+class Environments(msgspec.Struct, frozen=True, kw_only=True):
+    environments: tuple[EnvironmentListed, ...]
 
 
 # ---- logs ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from trellis_store.api import (
     Environment,
     EnvironmentGet,
     EnvironmentList,
+    EnvironmentListed,
     Environments,
     LogChunkRow,
     LogChunks,
@@ -114,6 +115,10 @@ ENV_COLUMNS = (
     "status, revision, outputs::text AS outputs, last_run_id, created_at, updated_at"
 )
 
+RUN_COLUMNS = (
+    "run_id, environment, action, status, requested_by, requested_at, started_at, finished_at, message, purpose"
+)
+
 
 def environment_of(row: Any) -> Environment:
     """The API's view of a row: sensitive variables and outputs as the tokens stored (the
@@ -153,16 +158,40 @@ async def environment_get(ctx: StoreContext, req: EnvironmentGet) -> Environment
                                    dependents=readers or msgspec.UNSET, drift=drift or msgspec.UNSET)
 
 
+# One page of the list in one query: each environment with its newest run of any kind (by id, as
+# run.list orders them: ids are time-ordered), found through runs_by_environment, and its time to
+# live's expiry (the ttl schedule's next_due_at, NULL until armed).
+ENV_LIST = """
+SELECT e.name, e.template_name, e.template_version, e.variables::text AS variables, e.sealed::text AS sealed,
+    e.sensitive, e.agents, e.status, e.revision, e.outputs::text AS outputs, e.last_run_id, e.created_at,
+    e.updated_at,
+    r.run_id AS run_run_id, r.environment AS run_environment, r.action AS run_action, r.status AS run_status,
+    r.requested_by AS run_requested_by, r.requested_at AS run_requested_at, r.started_at AS run_started_at,
+    r.finished_at AS run_finished_at, r.message AS run_message, r.purpose AS run_purpose,
+    (SELECT min(s.next_due_at) FROM schedules s
+     WHERE s.tenant = e.tenant AND s.environment = e.name AND s.kind = 'ttl') AS expires_at
+FROM environments e
+LEFT JOIN LATERAL (
+    SELECT * FROM runs WHERE runs.tenant = e.tenant AND runs.environment = e.name ORDER BY runs.run_id DESC LIMIT 1
+) r ON true
+WHERE e.tenant = $1 AND e.name > $2 ORDER BY e.name LIMIT $3
+"""
+
+
+def listed_of(row: Any) -> EnvironmentListed:
+    """A row of ENV_LIST: the environment, its newest run (run_* columns, NULL without one), its expiry."""
+    latest = None
+    if row["run_run_id"] is not None:
+        latest = RunSummary(**{name: row[f"run_{name}"] for name in RunSummary.__struct_fields__})
+    fields = msgspec.structs.asdict(environment_of(row))
+    return EnvironmentListed(**fields, latest_run=latest, expires_at=row["expires_at"])
+
+
 async def environment_list(ctx: StoreContext, req: EnvironmentList) -> Environments | StoreError:
     if (bad := check_limit(req.limit)) is not None:
         return bad
-    rows = await ctx.pool.fetch(
-        f"SELECT {ENV_COLUMNS} FROM environments WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3",
-        req.tenant,
-        req.after,
-        req.limit,
-    )
-    return Environments(environments=tuple(environment_of(r) for r in rows))
+    rows = await ctx.pool.fetch(ENV_LIST, req.tenant, req.after, req.limit)
+    return Environments(environments=tuple(listed_of(r) for r in rows))
 
 
 async def webhook_resolve(ctx: StoreContext, req: WebhookResolve) -> WebhookTarget | StoreError:
@@ -175,10 +204,6 @@ async def webhook_resolve(ctx: StoreContext, req: WebhookResolve) -> WebhookTarg
         return error("not_found", f"no webhook of environment {req.environment!r} has this secret", "secret_sha256")
     return WebhookTarget(tenant=row["tenant"], environment=row["name"])
 
-
-RUN_COLUMNS = (
-    "run_id, environment, action, status, requested_by, requested_at, started_at, finished_at, message, purpose"
-)
 
 # The whole activity list built by PostgreSQL as one JSON array in workflow order: one round
 # trip and one msgspec decode, however many activities (a 7,000-activity run stays fast).
