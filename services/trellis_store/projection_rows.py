@@ -322,6 +322,11 @@ class Batch:
         self.env_template.append(
             (event.tenant, workflow.environment, workflow.template.name, workflow.template.version, event.occurred_at)
         )
+        if workflow.purpose.ordinary:  # its request travels on TRELLIS_RUNS, which the store does not read
+            status = "deploying" if workflow.action == "deploy" else "destroying"
+            self.env_requested.append(
+                (event.tenant, workflow.environment, status, seq, event.run_id, event.occurred_at)
+            )
         self.env_finished.add((event.tenant, event.run_id))
         if workflow.purpose.drift:
             self.drift_compiled.append(drift_rows.compiled_row(event.tenant, event.run_id, workflow))

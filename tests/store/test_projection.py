@@ -476,3 +476,21 @@ async def test_retention_deletes_only_log_chunks_older_than_the_setting(pool: as
     assert await retention.delete_expired_logs(pool, 30, slice_size=1) == 2  # in slices, until none is left
     assert [r["position"] for r in await pool.fetch("SELECT position FROM log_chunks ORDER BY 1")] == [3, 4]
     assert await retention.delete_expired_logs(pool, 30) == 0
+
+
+@pytest.mark.parametrize(("action", "during"), [("deploy", "deploying"), ("destroy", "destroying")])
+async def test_a_compiled_run_marks_its_environment_as_in_progress_until_it_ends(
+    bus: Bus, pool: asyncpg.Pool, settings: Settings, unique: str, action: str, during: str
+) -> None:
+    """The run's request goes on TRELLIS_RUNS (the compiler's input), which the store does not read:
+    the compiled run is what tells it a deploy or destroy is under way."""
+    events = deploy_run(unique, "web", 2, action=action)[1:]  # as the store sees it: from run.compiled
+    completed = events.pop()
+    async with projecting(bus, pool, settings, unique) as projection:
+        assert await projection.wait_projected(await publish(bus, events), 10)
+        env = await pool.fetchrow("SELECT status, last_run_id FROM environments WHERE tenant = $1", unique)
+        assert env is not None
+        assert (env["status"], env["last_run_id"]) == (during, completed.run_id)
+        assert await projection.wait_projected(await publish(bus, [completed]), 10)
+    status = await pool.fetchval("SELECT status FROM environments WHERE tenant = $1", unique)
+    assert status == ("deployed" if action == "deploy" else "destroyed")
