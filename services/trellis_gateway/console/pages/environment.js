@@ -188,9 +188,11 @@ function destroyDialog(name, confirm) {
     h("div.actions", {}, yes, h("button", { type: "button", autofocus: true, on: { click: () => dialog.close() } }, "Cancel")));
 }
 
-// `running`: the newest run while it is in progress (the status changes only when a run ends).
+// `running`: the newest run while it is in progress (a day-2 action or drift check leaves the
+// status as it is); the last run is shown apart only when it is another one.
 function summaryItems(environment, running) {
-  const { status, template, last_run: run, created_at: created, updated_at: updated } = environment;
+  const { status, template, created_at: created, updated_at: updated } = environment;
+  const run = environment.last_run?.run_id === running?.run_id ? null : environment.last_run;
   const item = (term, ...value) => [h("dt", {}, term), h("dd", {}, ...value)];
   return [
     item("Status", badge(status)),
