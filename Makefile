@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 # Every package, direct or transitive, pinned with its hashes (README: "Installing").
 LOCK := requirements.txt
+# make bench-peers only: Temporal's SDK and CLI (pyproject's `peers` extra), hashed, at LOCK's versions.
+PEERS_LOCK := requirements/peers.lock
+PEERS_STAMP := $(VENV)/.peers-installed
 
-.PHONY: install lock test-latest demo test test-slow test-all lint bench schemas golden clean
+.PHONY: install lock lock-peers test-latest demo test test-slow test-all lint bench bench-peers schemas golden clean
 
 install: $(STAMP)
 
@@ -26,6 +29,17 @@ lock:
 	$(BIN)/uv pip compile --quiet --upgrade --universal --generate-hashes --python-version 3.11 \
 		--custom-compile-command "make lock" --extra dev pyproject.toml requirements/build.in -o $(LOCK)
 	@echo "requirements.txt refreshed: review the diff, run make test, commit it"
+	$(MAKE) lock-peers PEERS_UPGRADE=--upgrade
+
+## lock-peers: lock pyproject's `peers` extra into requirements/peers.lock, constrained to requirements.txt
+# (a package both need keeps requirements.txt's version). The extra's requirements reach uv on stdin.
+PEERS_UPGRADE ?=
+lock-peers:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/tools.lock
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["peers"]))' \
+		| $(BIN)/uv pip compile --quiet $(PEERS_UPGRADE) --universal --generate-hashes --python-version 3.11 \
+		--custom-compile-command "make lock-peers" -c $(LOCK) - -o $(PEERS_LOCK)
 
 ## test-latest: the fast suite against the newest releases (not the lock), in .venv-latest
 test-latest:
@@ -57,7 +71,15 @@ lint: $(STAMP)
 
 ## bench: speed and memory figures (medians, side by side); never asserted by timed tests
 bench: $(STAMP)
-	$(PYTEST) -m bench -q -s tests
+	$(PYTEST) -m bench -q -s tests --ignore=tests/bench_peers
+
+## bench-peers: Trellis and Temporal's dev server, same shapes, one after the other (docs/benchmarks.md)
+$(PEERS_STAMP): $(STAMP) $(PEERS_LOCK)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(PEERS_LOCK)
+	@touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PYTEST) -m bench -q -s tests/bench_peers
 
 schemas: $(STAMP)
 	$(BIN)/trellis schemas export
