@@ -108,6 +108,7 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.settings = settings
         self.name = name
+        self.replicas_checked: set[str] = set()  # object stores scaled to the setting (ensure_replicas)
 
     @classmethod
     async def connect(cls, settings: Settings, *, name: str, inbox_prefix: str = "") -> Bus:
@@ -131,13 +132,17 @@ class Bus:
         nc_ref: list[NATS] = []
         try:
             nc = await nats.connect(
-                servers=[settings.nats_url],
+                servers=settings.nats_servers(),
                 name=f"trellis-{name}",
                 connect_timeout=settings.connect_timeout_seconds,
                 allow_reconnect=True,
                 # Bounded while we have never connected (nats-py loops for ever at -1) ...
                 max_reconnect_attempts=max(1, int(settings.connect_timeout_seconds / 0.5)),
                 reconnect_time_wait=0.5,
+                # A node that vanished without closing the connection (a host lost, a partition)
+                # is noticed within ~30 s, then the client moves to another of TRELLIS_NATS_URL's.
+                ping_interval=10,
+                max_outstanding_pings=3,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
@@ -436,9 +441,30 @@ async def bundle_store(bus: Bus, tenant: str) -> ObjectStore:
     return await _object_store(bus, subjects.bundles_bucket(tenant), what, BUNDLES_TTL_SECONDS)
 
 
+async def ensure_replicas(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Scale `stream` (a KV bucket's `KV_<bucket>`, an object store's `OBJ_<bucket>`) to
+    `replicas` if it was made with another count: an installation moved from one nats-server
+    to a cluster (TRELLIS_STREAM_REPLICAS=3) keeps its buckets and gets them replicated.
+    Shared streams are updated by `Bus.ensure_stream` already."""
+    info = await js.stream_info(stream)
+    if info.config.num_replicas == replicas:
+        return
+    config = info.config
+    config.num_replicas = replicas
+    try:
+        await js.update_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        raise ConfigError(f"cannot change stream {stream} to {replicas} replicas: {exc.description}") from None
+    log.info("stream_replicas_changed", stream=stream, replicas=replicas)
+
+
 async def _object_store(bus: Bus, bucket: str, description: str, ttl: float) -> ObjectStore:
     with contextlib.suppress(nats.js.errors.BucketNotFoundError):
-        return await bus.js.object_store(bucket)
+        store = await bus.js.object_store(bucket)
+        if bucket not in bus.replicas_checked:  # once a connection: puts come often
+            await ensure_replicas(bus.js, f"OBJ_{bucket}", bus.settings.stream_replicas)
+            bus.replicas_checked.add(bucket)
+        return store
     config = js_api.ObjectStoreConfig(
         description=description,
         ttl=ttl,

@@ -325,3 +325,139 @@ class EmbeddedPostgres:
         if self.proc is not None:
             _terminate(self.proc, 15, signal.SIGINT)  # SIGINT: PostgreSQL's fast shutdown
             self.proc = None
+
+
+class EmbeddedNatsCluster:
+    """`size` nats-servers from the wheel forming one JetStream cluster on loopback: each node with
+    its own client, route and monitoring ports (free ones, kept across restarts so the routes hold)
+    and its own store directory below `data_dir`. For tests and trying TRELLIS_STREAM_REPLICAS=3
+    on one machine; `kill(i)` and `start_node(i)` take a node away and bring it back."""
+
+    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "trellis") -> None:
+        if size < 1:
+            raise ValueError("a cluster has at least one node")
+        self.data_dir = Path(data_dir)
+        self.name = name
+        self.size = size
+        self.client_ports: list[int] = []
+        self.route_ports: list[int] = []
+        self.monitor_ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{port}" for port in self.client_ports]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated: what TRELLIS_NATS_URL takes for a cluster."""
+        return ",".join(self.urls)
+
+    def node_dir(self, index: int) -> Path:
+        return self.data_dir / f"n{index}"
+
+    def _config(self, index: int) -> str:
+        routes = ", ".join(
+            f"nats-route://127.0.0.1:{port}" for n, port in enumerate(self.route_ports) if n != index
+        )
+        store = str((self.node_dir(index) / "jetstream").absolute())
+        return (
+            f"server_name: {self.name}-n{index}\n"
+            f"listen: 127.0.0.1:{self.client_ports[index]}\n"
+            f"http: 127.0.0.1:{self.monitor_ports[index]}\n"
+            f"jetstream {{ store_dir: {json_string(store)} }}\n"
+            f"cluster {{\n  name: {self.name}\n  listen: 127.0.0.1:{self.route_ports[index]}\n"
+            f"  routes: [{routes}]\n}}\n"
+        )
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start every node and wait until the cluster is healthy (a JetStream meta leader, every
+        node current); the comma-separated URL list."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[int] = set()
+        for ports in (self.client_ports, self.route_ports, self.monitor_ports):
+            while len(ports) < self.size:
+                port = free_port()
+                if port not in taken:
+                    taken.add(port)
+                    ports.append(port)
+        try:
+            for index in range(self.size):
+                self._spawn(index, timeout)
+            self.wait_healthy(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def _spawn(self, index: int, timeout: float) -> None:
+        directory = self.node_dir(index)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "nats-server.conf"
+        config.write_text(self._config(index))
+        log = directory / "nats-server.log"
+        proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config), "-l", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
+        )
+        self.procs[index] = proc
+        _wait_port("127.0.0.1", self.client_ports[index], proc, log, f"nats-server node {index}", timeout)
+
+    def running(self, index: int) -> bool:
+        proc = self.procs[index]
+        return proc is not None and proc.poll() is None
+
+    def healthy(self, index: int) -> bool:
+        """Whether node `index` answers its /healthz: JetStream up, the meta group and every
+        stream and consumer it holds current (a restarted node has caught up)."""
+        import urllib.error
+        import urllib.request
+
+        if not self.running(index):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_ports[index]}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_healthy(self, nodes: list[int] | None = None, timeout: float = 30.0) -> None:
+        """Wait until every running node (or those of `nodes`) is healthy."""
+        deadline = time.monotonic() + timeout
+        chosen = [n for n in range(self.size) if self.running(n)] if nodes is None else nodes
+        while True:
+            waiting = [n for n in chosen if not self.healthy(n)]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"node {n}:\n{_tail(self.node_dir(n) / 'nats-server.log')}" for n in waiting)
+                raise EmbeddedServerError(f"nats-server nodes {waiting} not healthy within {timeout:.0f}s:\n{tails}")
+            time.sleep(0.1)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node `index` (its store directory stays for a restart)."""
+        proc = self.procs[index]
+        if proc is not None:
+            _terminate(proc, 5, signal.SIGKILL)
+            self.procs[index] = None
+
+    def start_node(self, index: int, timeout: float = 30.0) -> None:
+        """Start node `index` again on its ports and store, and wait until it has caught up."""
+        if self.running(index):
+            return
+        self._spawn(index, timeout)
+        self.wait_healthy([index], timeout=timeout)
+
+    def stop(self) -> None:
+        for index, proc in enumerate(self.procs):
+            if proc is not None:
+                _terminate(proc, 10)
+                self.procs[index] = None
+
+
+def json_string(text: str) -> str:
+    """`text` quoted for a nats-server config (its syntax takes JSON strings)."""
+    import json
+
+    return json.dumps(text)

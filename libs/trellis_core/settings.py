@@ -116,6 +116,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         settings.validate()
         return settings
 
+    def nats_servers(self) -> list[str]:
+        """TRELLIS_NATS_URL as a list: one URL, or several separated by commas (a cluster's nodes:
+        a client connects to any and moves to another when its node goes away)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
     def validate(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             (
@@ -151,7 +156,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 "must be greater than 0 and at most 256 MiB",
             ),
             ("stack_wait_seconds", self.stack_wait_seconds > 0, "must be greater than 0"),
-            ("nats_url", _is_url(self.nats_url, ("nats", "tls", "ws", "wss")), "must be a nats:// URL"),
+            (
+                "nats_url",
+                all(_is_url(url, ("nats", "tls", "ws", "wss")) for url in self.nats_servers()),
+                "must be a nats:// URL, or several separated by commas (the nodes of a cluster)",
+            ),
             ("database_url", _is_url(self.database_url, ("postgres", "postgresql")), "must be a postgresql:// URL"),
             ("gateway_url", _is_url(self.gateway_url, ("http", "https")), "must be an http(s):// URL"),
             ("gateway_public_url", _is_url(self.gateway_public_url, ("http", "https")), "must be an http(s):// URL"),

@@ -61,7 +61,7 @@ from trellis_agent.executors.process import ProcessExecutor
 from trellis_agent.executors.router import Router
 from trellis_agent.guard import guard_agent_process
 from trellis_agent.janitor import prune
-from trellis_agent.runner import ActivityRun
+from trellis_agent.runner import ActivityRun, publish_reliably
 from trellis_agent.secrets import AgentKeys, nats_request
 from trellis_core import subjects
 from trellis_core.bus import Bus, get_bundle
@@ -71,6 +71,7 @@ from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 
 MAX_DELIVER = 5
+WORK_ACK_SECONDS = 2.0  # for the server's confirmation of a work item's ack, each try
 FETCH_WAIT_SECONDS = 0.5
 # A loop holding the last free slot while it waits starves the other subscription: wait less.
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
@@ -266,7 +267,10 @@ class Agent:
 
         async def on_started() -> None:
             nonlocal started
-            await msg.ack()
+            # Acked and confirmed (a double ack), retried through a NATS failover: an ack lost while
+            # the work stream's consumer elects a new leader would hand the item out again after
+            # the ack wait, and run an attempt that may have finished a second time.
+            await publish_reliably(lambda: msg.ack_sync(timeout=WORK_ACK_SECONDS), "work ack")
             started = True
 
         try:

@@ -3,15 +3,20 @@
 Chunks are sequence-numbered per activity attempt from 0 and published strictly in order; a chunk
 whose publish fails stays queued and is retried on the next flush, so a short outage leaves no
 gap. A publish failure never fails the activity: if the bus stays away, the oldest queued chunks
-are dropped (readers see the gap in the sequence) and the command goes on.
+are dropped (readers see the gap in the sequence) and the command goes on. When the command has
+ended, what is left is retried with backoff for `exit_flush_seconds` (as long as the terminal
+event, which follows the last chunk, would be): a NATS cluster electing a new stream leader
+after a node died refuses publishes for a few seconds, and the last lines must survive that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal
@@ -26,7 +31,8 @@ Publish = Callable[[ActivityLogChunk], Awaitable[None]]
 
 MASK = sealed.MASK
 MAX_PENDING_CHUNKS = 1024  # while the bus is away; older chunks are dropped (a visible gap)
-EXIT_FLUSH_ATTEMPTS = 3
+EXIT_FLUSH_SECONDS = 120.0  # about what runner.publish_reliably gives the terminal event
+EXIT_FLUSH_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 log = get_logger("agent.sink")
 _MIN_SECRET_LEN = 3  # masking "a" or "1" everywhere would destroy the log and reveal nothing
 
@@ -172,8 +178,10 @@ class LogSink:
         masker: Masker | None = None,
         flush_seconds: float = 0.25,
         chunk_bytes: int = 32 * 1024,
+        exit_flush_seconds: float = EXIT_FLUSH_SECONDS,
     ) -> None:
         self._ids = (tenant, run_id, activity_id, attempt)
+        self._exit_flush_seconds = exit_flush_seconds
         self._publish = publish
         self._masker = masker or Masker(())
         self._flush_seconds = flush_seconds
@@ -226,10 +234,14 @@ class LogSink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        for attempt in range(EXIT_FLUSH_ATTEMPTS):
+        deadline = time.monotonic() + self._exit_flush_seconds
+        for attempt in itertools.count():
             if await self._try_flush():
                 return
-            await asyncio.sleep(0.1 * (attempt + 1))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(EXIT_FLUSH_BACKOFF[min(attempt, len(EXIT_FLUSH_BACKOFF) - 1)], left))
         log.warning("log_chunks_lost", activity=self._ids[2], chunks=len(self._pending))
 
     async def write(self, stream: LogStream, text: str) -> None:

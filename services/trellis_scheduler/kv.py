@@ -8,15 +8,20 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from trellis_core import subjects
+from trellis_core.bus import ensure_replicas
 from trellis_core.settings import Settings
 
 
 async def bucket(js: JetStreamContext, name: str, settings: Settings) -> KeyValue:
-    """Bind to bucket `name`, creating it (history 1) on first use."""
+    """Bind to bucket `name`, creating it (history 1) on first use, or scaling it to the
+    configured replicas."""
     try:
-        return await js.key_value(name)
+        kv = await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         pass
+    else:
+        await ensure_replicas(js, f"KV_{name}", settings.stream_replicas)
+        return kv
     storage = js_api.StorageType.FILE if settings.stream_storage == "file" else js_api.StorageType.MEMORY
     config = js_api.KeyValueConfig(
         bucket=name, history=1, storage=storage, replicas=settings.stream_replicas, max_value_size=-1

@@ -8,6 +8,8 @@ import contextlib
 import os
 import socket
 
+import nats.errors
+
 from trellis_core.bus import Bus
 from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
@@ -43,15 +45,35 @@ async def serve(
     lease = Lease(kv, replica_id(), ttl_seconds=lease_ttl, key=key)
     log.info("scheduler_standby", replica=lease.holder)
     while not stop.is_set():
-        if not await lease.try_acquire():
+        if not await _try_acquire(lease):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=lease_ttl / 3)
             continue
         log.info("scheduler_lease_taken", replica=lease.holder)
-        lost = await _lead(Scheduler(bus, settings, tenant=tenant, config=config, mint=mint), lease, stop, ready)
+        failed: BaseException | None = None
+        try:
+            lost = await _lead(Scheduler(bus, settings, tenant=tenant, config=config, mint=mint), lease, stop, ready)
+        except* nats.errors.Error as group:
+            failed = group.exceptions[0]
+        if failed is not None:
+            # The bus failed the term (a NATS node died and its streams are electing leaders):
+            # stand by and lead again from the snapshots, as a successor would.
+            log.warning("scheduler_term_failed", replica=lease.holder, error=repr(failed))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=lease_ttl / 3)
+            continue
         if stop.is_set():
             await lease.release()
         log.info("scheduler_term_over", replica=lease.holder, lease_lost=lost)
+
+
+async def _try_acquire(lease: Lease) -> bool:
+    """Take the lease if free; False too when the bus does not answer (try again later)."""
+    try:
+        return await lease.try_acquire()
+    except nats.errors.Error as exc:
+        log.warning("lease_unavailable", replica=lease.holder, error=repr(exc))
+        return False
 
 
 async def _lead(scheduler: Scheduler, lease: Lease, stop: asyncio.Event, ready: asyncio.Event | None) -> bool:

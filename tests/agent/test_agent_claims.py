@@ -45,6 +45,9 @@ class Delivery:
     async def ack(self) -> None:
         self.acked = True
 
+    async def ack_sync(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109 - as nats-py's
+        self.acked = True
+
     async def nak(self, delay: float | None = None) -> None:
         self.handed_back = True
 

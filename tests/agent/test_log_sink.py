@@ -81,6 +81,24 @@ async def test_a_failed_publish_keeps_the_chunk_and_its_sequence_for_the_next_fl
     assert sink.chunks_published == 2
 
 
+async def test_the_last_chunks_wait_out_a_bus_away_for_a_while_when_the_command_ends() -> None:
+    """A cluster electing a stream leader refuses publishes for seconds: the last chunks are
+    retried with backoff, not given up after a few tries (the failover test loses none)."""
+    collector = ChunkCollector()
+    refusals = [True] * 5  # more than the three quick tries of old
+
+    async def electing(chunk: ActivityLogChunk) -> None:
+        if refusals:
+            refusals.pop()
+            raise ConnectionError("no stream leader yet")
+        await collector(chunk)
+
+    async with LogSink.for_work(work_item(), electing, flush_seconds=3600) as sink:
+        await sink.write("stdout", "the last line\n")
+    assert [(c.sequence, c.data) for c in collector.chunks] == [(0, "the last line\n")]
+    assert sink.dropped == 0
+
+
 def test_the_masker_hides_every_line_of_a_multi_line_secret_and_ignores_tiny_values() -> None:
     key = "-----BEGIN KEY-----\nAAAABBBBCCCC\n-----END KEY-----"
     masker = Masker([key, "ab"])
@@ -109,7 +127,7 @@ async def test_a_bus_that_stays_away_never_fails_the_writer_and_drops_the_oldest
     async def down(chunk: ActivityLogChunk) -> None:
         raise ConnectionError("bus away")
 
-    sink = LogSink.for_work(work_item(), down, flush_seconds=3600, chunk_bytes=256)
+    sink = LogSink.for_work(work_item(), down, flush_seconds=3600, chunk_bytes=256, exit_flush_seconds=0.5)
     async with sink:
         for i in range(2000):
             await sink.write("stdout", f"{i:0200d}\n")
