@@ -244,9 +244,13 @@ async def fetch_loop(
     log: Any,
     slots: Slots | None = None,
     wait: float = 0.5,
+    finish_fetched: bool = False,
 ) -> None:
     """Fetch until `stop` is set (or the connection closes), handing each batch to
     `deliver(msgs, owned)`: the first `owned` messages hold a slot each, to give back when done.
+    A batch that arrives once `stop` is set is handed back (nak), or delivered with
+    `finish_fetched` (a consumer that may still handle it: a nak is lost if the server stops
+    before it redelivers, and the message then waits out the whole ack wait).
 
     Without `slots` every fetch asks for `batch`. With them, a loop fetches only while a slot is
     free and asks for twice what its last fetch brought (one after an empty fetch), up to `batch`
@@ -273,7 +277,7 @@ async def fetch_loop(
         except nats.errors.Error as exc:
             log.warning("fetch_failed", error=str(exc))
             await asyncio.sleep(wait)
-        if msgs and stop.is_set():  # the loop's term ended while it waited: not ours to handle
+        if msgs and stop.is_set() and not finish_fetched:  # the term ended while it waited: not ours
             await _hand_back(msgs)
             return
         owned = len(msgs)

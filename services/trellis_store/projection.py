@@ -255,7 +255,14 @@ class Projection:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(write())
             try:
-                await fetch_loop(sub, stop, deliver, batch=self.batch, wait=FETCH_WAIT_SECONDS, log=log)
+                # What was fetched is written, even after `stop`: PostgreSQL is still there, and a
+                # batch handed back (nak) is lost if the nats-server stops too before redelivering
+                # it (the embedded stack stops both): the next start would wait out the ack wait.
+                await fetch_loop(
+                    sub, stop, deliver, batch=self.batch, wait=FETCH_WAIT_SECONDS, log=log, finish_fetched=True
+                )
+                if last := await sub.last_taken():
+                    await fetched.put(last)
             finally:
                 await fetched.put(None)
 

@@ -95,11 +95,30 @@ class BatchPull:
                     self._changed.clear()
                     await self._changed.wait()
 
+    async def last_taken(self) -> list[Msg]:
+        """Once fetching has stopped: wait out the requests still open at the server (each at
+        most until its expiry) and hand out what they delivered, to be handled like any batch."""
+        await self._wait_open_out()
+        msgs, self.msgs = self.msgs, []
+        return msgs
+
     async def unsubscribe(self) -> None:
-        """Stop; messages taken but never handed out go back at once (nak), not after the ack wait.
+        """Stop; messages taken but never handed out go back (nak): whoever fetches next gets
+        them at once while the server runs (a server stopped before it redelivers keeps them
+        for the ack wait: `last_taken` first is better).
 
         Requests still open at the server are waited out first (each at most until its expiry):
         what one delivered after the unsubscribe would reach no one."""
+        await self._wait_open_out()
+        leftover, self.msgs = self.msgs, []
+        for msg in leftover:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+        if self._sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._sub.unsubscribe()
+
+    async def _wait_open_out(self) -> None:
         if self._open:
             # On a loaded machine a request can reach the server well after `fetch` gave up on it,
             # and its expiry runs from then: once a flush returns, every request has arrived.
@@ -111,10 +130,3 @@ class BatchPull:
                     while self._open:
                         self._changed.clear()
                         await self._changed.wait()
-        leftover, self.msgs = self.msgs, []
-        for msg in leftover:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._sub.unsubscribe()

@@ -259,3 +259,38 @@ async def test_a_message_with_no_slot_left_is_handed_back_at_once() -> None:
     assert delivered == []  # no slot: not run here, over the agent's concurrency
     assert sub.messages[0].did == [("nak", None)]  # but handed back for whoever fetches next
     assert slots.held == 1  # the other loop's
+
+
+class StopsWhileFetching(Script):
+    """A fetch during which the loop's `stop` is set (a stack told to stop)."""
+
+    def __init__(self, stop: asyncio.Event, *answers: int | Exception) -> None:
+        super().__init__(*answers)
+        self.stop = stop
+        self.messages: list[Message] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[Any]:  # noqa: ASYNC109 - as nats-py's
+        msgs = await super().fetch(batch, timeout)
+        self.stop.set()
+        self.messages += msgs
+        return msgs
+
+
+@pytest.mark.parametrize("finish_fetched", [False, True], ids=["hand-back", "finish"])
+async def test_a_batch_fetched_as_the_loop_stops_is_handed_back_or_finished(finish_fetched: bool) -> None:
+    stop = asyncio.Event()
+    sub = StopsWhileFetching(stop, 2)
+    delivered: list[int] = []
+
+    async def deliver(msgs: list[Any], owned: int) -> None:
+        delivered.append(len(msgs))
+
+    log = SimpleNamespace(warning=lambda *a, **k: None)
+    await asyncio.wait_for(
+        fetch_loop(sub, stop, deliver, batch=8, log=log, finish_fetched=finish_fetched),  # type: ignore[arg-type]
+        5,
+    )
+    if finish_fetched:  # a consumer that can still write it: no nak the server may lose on stopping
+        assert (delivered, [m.did for m in sub.messages]) == ([2], [[], []])
+    else:
+        assert (delivered, [m.did for m in sub.messages]) == ([], [[("nak", None)], [("nak", None)]])

@@ -76,3 +76,26 @@ async def test_taken_but_not_handed_out_goes_back_at_once(nats_url: str, unique:
     finally:
         await nc.close()
 
+
+
+async def test_what_open_requests_deliver_after_fetching_stopped_is_handed_out_to_be_written(
+    nats_url: str, unique: str
+) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        stream, durable, subject = await _stream(nc, unique)
+        pull = await BatchPull(nc, stream, durable).start()
+        with contextlib.suppress(TimeoutError):  # a request given up on, open at the server for 3 s
+            async with asyncio.timeout(0.2):
+                await pull.fetch(10, timeout=3)
+        taking = asyncio.create_task(pull.last_taken())
+        await asyncio.sleep(0.3)
+        assert not taking.done(), "the open request was not waited out"
+        await nc.jetstream().publish(subject, b"late")
+        last = await asyncio.wait_for(taking, 5)
+        assert [m.data for m in last] == [b"late"]  # for the projection to write and ack, not a nak
+        await last[0].ack_sync()
+        await pull.unsubscribe()
+        assert await _next_consumer_gets(nc, stream, durable, within=0.5) == []
+    finally:
+        await nc.close()
