@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import msgspec
@@ -81,6 +82,9 @@ class _Ref(msgspec.Struct):
 
 
 _decode_ref = msgspec.json.Decoder(_Ref).decode
+# Subjects checked once per tenant, pool, agent and run, not once per message (a bad token raises, and is not kept).
+_work_subject = functools.lru_cache(maxsize=4096)(subjects.work)
+_event_subject = functools.lru_cache(maxsize=4096)(subjects.run_event)
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -303,7 +307,7 @@ class Scheduler:
                     changed = not await self._dispatch(cmd) or changed
                 case PublishEvent(event=event):
                     self.unsaved.add(event.run_id)
-                    subject = subjects.run_event(event.tenant, event.run_id, event.kind)
+                    subject = _event_subject(event.tenant, event.run_id, event.kind)
                     await self.publisher.publish(subject, self._encode_fitting(event), event.msg_id())
                     if isinstance(event, RunCompleted):
                         log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
@@ -321,7 +325,7 @@ class Scheduler:
     async def _dispatch(self, cmd: Dispatch) -> bool:
         """Send the work item; False if it is too large for the bus (its activity failed instead)."""
         self.unsaved.add(cmd.run_id)
-        subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
+        subject = _work_subject(cmd.tenant, cmd.pool, cmd.agent or None)
         if cmd.tenant not in self.work_streams and not await self._ensure_work_stream(cmd):
             return False
         item = cmd.work_item()
