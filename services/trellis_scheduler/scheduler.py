@@ -406,12 +406,12 @@ class Scheduler:
             payload = encode(msgspec.structs.replace(event, outputs={}, message=message))
         return payload
 
-    async def _save_unsaved(self, *, final: bool = False) -> None:
+    async def _save_unsaved(self, *, final: bool = False, now: float | None = None) -> None:
         """Snapshot the runs that changed: every one if `final`, else those finished and those
         whose next snapshot is due (a large run's comes less often, see the module's docstring)."""
         if not self.unsaved or self.store is None:
             return
-        now = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time() if now is None else now
         due = [
             run_id
             for run_id in self.unsaved
