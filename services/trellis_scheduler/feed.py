@@ -9,9 +9,9 @@ expired: a status says so), so `fetch` mostly just takes what has arrived. It is
 `consume.Fetcher`, so `consume.fetch_loop` drives it as it drives the others.
 
 Only one request is open at a time, so every delivery counts toward it. A stop waits the open
-one out (at most its `expires`), and hands back (nak) what was taken but not handed out: what a
-request delivered after the subscription is gone would reach no one and sit unacked for the
-whole ack wait.
+one out (until its status says it is over), and hands back (nak) what was taken but not handed
+out: what a request delivered after the subscription is gone would reach no one, and the next
+leader's first ack (the durable acks all before it) would settle it unseen.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from trellis_core.logs import get_logger
 log = get_logger("scheduler.feed")
 _STATUS = "Status"
 _OVER = ("404", "408")  # no messages / request expired: the request is over, nothing is wrong
-_MARGIN_SECONDS = 0.5  # past a request's expiry: its last delivery or status is on its way
 _LOST_SECONDS = 5.0  # past its expiry, a request no status ended is taken as over (a reconnect)
 
 
@@ -119,15 +118,18 @@ class PullFeed:
             raise
 
     async def unsubscribe(self) -> None:
-        """Stop: wait the open request out (at most until its expiry), then hand back (nak) what
-        was taken but never handed out."""
+        """Stop: wait the open request out, then hand back (nak) what was taken but never handed
+        out. The wait ends with the request's status (at its expiry), not a guess at when that
+        comes: the durable acks all before a sequence at once, so a delivery stranded at a gone
+        subscription would be acked by the next leader's first ack, and lost, not redelivered.
+        Only a status that never comes (a reconnect lost it) is given up on, well past the expiry."""
         if self._open is not None:
             # On a loaded machine the request can reach the server late, and its expiry runs from
             # then: once a flush returns, it has arrived.
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.nc.flush(timeout=2)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.expires + _MARGIN_SECONDS):
+                async with asyncio.timeout(self.expires + _LOST_SECONDS):
                     while self._open is not None:
                         self._arrived.clear()
                         await self._arrived.wait()
