@@ -31,9 +31,6 @@ class _PubAck(msgspec.Struct):
     seq: int
 
 
-_decode_ack = msgspec.json.Decoder(_PubAck).decode
-
-
 class PipelinedPublisher:
     def __init__(self, bus: Bus, *, confirm_timeout: float = 5.0) -> None:
         self.bus = bus
@@ -93,11 +90,8 @@ class PipelinedPublisher:
             self.refused.append(item)  # no stream answered, or the stream refused it
         elif item is not None and item[2] in self._tracked:
             key = self._tracked.pop(item[2])
-            try:
-                self.stored[key] = _decode_ack(msg.data).seq
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-            else:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                self.stored[key] = msgspec.json.decode(msg.data, type=_PubAck).seq
                 while len(self.stored) > MAX_TRACKED:
                     self.stored.popitem(last=False)
         if not self.pending:

@@ -6,19 +6,17 @@ then the batch is folded, `decide` runs once, its commands are published (pipeli
 before the next snapshot), then the batch is acked. An event that cannot be decoded, that the
 engine's bounds refuse, or that cannot be folded is dead-lettered, and the batch goes on. A work
 item too large for the bus fails its activity, with its size and the limit, instead of going out.
-Snapshots are written a few times a second for the runs that changed, a large run's less often
-(a snapshot costs in proportion to the run's size: writing one every `snapshot_interval` per
-`SNAPSHOT_ACTIVITIES` activities keeps that cost per activity flat); a run's first snapshot is
-written before its RunCompiled is acked, and a finished run's at once, so every run is found
-again after a crash, and the events after its snapshot are replayed from the stream.
+Snapshots are written a few times a second for the runs that changed; a run's first snapshot
+is written before its RunCompiled is acked, so every run is found again after a crash, and the
+events after its snapshot are replayed from the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -62,7 +60,6 @@ from trellis_engine.decide import decide, fold
 from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.callbacks import CallbackMinter
-from trellis_scheduler.feed import PullFeed
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.publisher import PipelinedPublisher
 from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
@@ -74,7 +71,6 @@ FETCH_WAIT_SECONDS = 0.5
 ACK_WAIT_SECONDS = 10.0
 MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is dead-lettered unread
 HEADER_ROOM = 1024  # of the bus's max_payload, kept for a work item's subject and headers
-SNAPSHOT_ACTIVITIES = 500  # a run this large or smaller is snapshotted every snapshot_interval
 
 
 class _Ref(msgspec.Struct):
@@ -82,9 +78,6 @@ class _Ref(msgspec.Struct):
 
 
 _decode_ref = msgspec.json.Decoder(_Ref).decode
-# Subjects checked once per tenant, pool, agent and run, not once per message (a bad token raises, and is not kept).
-_work_subject = functools.lru_cache(maxsize=4096)(subjects.work)
-_event_subject = functools.lru_cache(maxsize=4096)(subjects.run_event)
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -96,21 +89,6 @@ FOREIGN_EVENTS = (
     "approval.requested",
     "approval.decided",
 )
-
-
-def delivery(msg: Msg) -> tuple[int, int]:
-    """How often the message was delivered, and its stream sequence: read straight from its
-    ack subject, `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.
-    <pending>` (or with `<domain>.<account hash>.` after `$JS.ACK.`, and a token at the end), as
-    `msg.metadata` does, without building the rest (its dataclasses and timestamp) per event."""
-    tokens = (msg.reply or "").split(".")
-    if tokens[:2] == ["$JS", "ACK"] and (len(tokens) == 9 or len(tokens) >= 11):
-        try:  # not contextlib.suppress: this runs for every event
-            return (int(tokens[4]), int(tokens[5])) if len(tokens) == 9 else (int(tokens[6]), int(tokens[7]))
-        except ValueError:
-            pass
-    meta = msg.metadata  # anything else: let nats-py say what it makes of it (or raise)
-    return meta.num_delivered, meta.sequence.stream
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -146,8 +124,6 @@ class Scheduler:
         self.mint = mint if mint is not None else CallbackMinter(settings)
         self.lock = asyncio.Lock()
         self.unsaved: set[str] = set()  # runs changed since their last snapshot (not SchedulerState.dirty)
-        self.save_after: dict[str, float] = {}  # run id -> when its next periodic snapshot is due (loop time)
-        self.debug = settings.log_level == "debug"  # a log call costs even when its level is off
         self.publisher = PipelinedPublisher(bus)
         self.wake_at: float | None = None
         self.wake_changed = asyncio.Event()
@@ -175,10 +151,10 @@ class Scheduler:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         async with self.lock:  # leave a fresh snapshot behind for whoever leads next
-            await self._save_unsaved(final=True)
+            await self._save_unsaved()
         await self.publisher.close()
 
-    async def _subscribe(self) -> PullFeed:
+    async def _subscribe(self) -> Any:
         # Events are handled strictly in order, so acking a batch's last message acks it all.
         # The scheduler's own events are folded when it emits them: only the others come back.
         config = js_api.ConsumerConfig(
@@ -201,26 +177,16 @@ class Scheduler:
             await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
             config.deliver_policy = js_api.DeliverPolicy.NEW
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
-        # Not a fetch per batch: a request kept open, so events flow in without a round trip each.
-        feed = PullFeed(
-            self.bus.nc, subjects.STREAM_EVENTS, self.durable, batch=FETCH_BATCH, expires=FETCH_WAIT_SECONDS
-        )
-        return await feed.start()
+        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
 
-    async def _consume(self, sub: PullFeed, stop: asyncio.Event) -> None:
+    async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         await fetch_loop(sub, stop, self._on_batch, batch=FETCH_BATCH, wait=FETCH_WAIT_SECONDS, log=log)
 
     async def _on_batch(self, msgs: list[Msg], _owned: int) -> None:
         """Fold the batch, decide once, then ack its last message (so all of it)."""
         workflows = await self._stored_workflows(msgs)
         async with self.lock:
-            new_runs: list[str] = []
-            for msg in msgs:
-                created, park = self._fold(msg, workflows)
-                if park is not None:
-                    await carry_out(msg, park, park=self._park, log=log)
-                if created is not None:
-                    new_runs.append(created)
+            new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg, workflows)) is not None]
             await self._step()
             if new_runs:  # a run is acked only once it can be found again after a crash
                 await self.publisher.confirm()
@@ -246,18 +212,19 @@ class Scheduler:
                 found[ref] = await stored_workflow(self.bus.js, ref)
         return found
 
-    def _fold(self, msg: Msg, workflows: dict[str, Workflow | str]) -> tuple[str | None, Park | None]:
-        """Fold one message; the run id if it created a run, and how to dead-letter it if it must
-        be. One that is delivered too often, cannot be decoded or folded is dead-lettered, and the
-        batch goes on without it (its delivery is settled by the batch's ack: terminating it would
-        ack those before it too). Not a coroutine: only a dead letter awaits anything."""
-        delivered, seq = delivery(msg)
-        choice: Choice | None = admit(delivered, MAX_DELIVER)
+    async def _fold(self, msg: Msg, workflows: dict[str, Workflow | str]) -> str | None:
+        """Fold one message; the run id if it created a run. One that is delivered too often,
+        cannot be decoded or folded is dead-lettered, and the batch goes on without it (its
+        delivery is settled by the batch's ack: terminating it would ack those before it too)."""
+        meta = msg.metadata
+        choice: Choice | None = admit(meta.num_delivered, MAX_DELIVER)
         created: str | None = None
         if choice is None:
-            outcome, created = self._apply(msg.data, msg.subject, seq, workflows)
-            choice = choose(delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
-        return created, choice if isinstance(choice, Park) else None
+            outcome, created = self._apply(msg.data, msg.subject, meta.sequence.stream, workflows)
+            choice = choose(meta.num_delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
+        if isinstance(choice, Park):
+            await carry_out(msg, choice, park=self._park, log=log)
+        return created
 
     def _apply(
         self, data: bytes, subject: str, seq: int, workflows: dict[str, Workflow | str]
@@ -314,7 +281,7 @@ class Scheduler:
                     changed = not await self._dispatch(cmd) or changed
                 case PublishEvent(event=event):
                     self.unsaved.add(event.run_id)
-                    subject = _event_subject(event.tenant, event.run_id, event.kind)
+                    subject = subjects.run_event(event.tenant, event.run_id, event.kind)
                     await self.publisher.publish(subject, self._encode_fitting(event), event.msg_id())
                     if isinstance(event, RunCompleted):
                         log.info("run_completed", tenant=event.tenant, run=event.run_id, status=event.status)
@@ -332,7 +299,7 @@ class Scheduler:
     async def _dispatch(self, cmd: Dispatch) -> bool:
         """Send the work item; False if it is too large for the bus (its activity failed instead)."""
         self.unsaved.add(cmd.run_id)
-        subject = _work_subject(cmd.tenant, cmd.pool, cmd.agent or None)
+        subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
         if cmd.tenant not in self.work_streams and not await self._ensure_work_stream(cmd):
             return False
         item = cmd.work_item()
@@ -342,8 +309,7 @@ class Scheduler:
             await self._fail(cmd, f"work item is {len(payload)} bytes, over the {limit}-byte limit of the bus")
             return False
         await self.publisher.publish(subject, payload, item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt))
-        if self.debug:
-            log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
+        log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
         return True
 
     async def _ensure_work_stream(self, cmd: Dispatch) -> bool:
@@ -413,36 +379,19 @@ class Scheduler:
             payload = encode(msgspec.structs.replace(event, outputs={}, message=message))
         return payload
 
-    async def _save_unsaved(self, *, final: bool = False, now: float | None = None) -> None:
-        """Snapshot the runs that changed: every one if `final`, else those finished and those
-        whose next snapshot is due (a large run's comes less often, see the module's docstring)."""
+    async def _save_unsaved(self) -> None:
         if not self.unsaved or self.store is None:
             return
-        now = asyncio.get_running_loop().time() if now is None else now
-        due = [
-            run_id
-            for run_id in self.unsaved
-            if final
-            or now >= self.save_after.get(run_id, 0.0)
-            or (run_id in self.st.runs and self.st.runs[run_id].status in TERMINAL_RUN)
-        ]
-        if not due:
-            return
         await self.publisher.confirm()
-        self.unsaved.difference_update(due)
-        for run_id in sorted(due):
+        unsaved, self.unsaved = self.unsaved, set()
+        for run_id in sorted(unsaved):
             run = self.st.runs.get(run_id)
             if run is None:
-                self.save_after.pop(run_id, None)
                 continue
             await self.store.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
             if run.status in TERMINAL_RUN:
                 forget(self.st, run_id)
                 self.mint.forget(run_id)
-                self.save_after.pop(run_id, None)
-            else:
-                scale = max(1.0, len(run.acts) / SNAPSHOT_ACTIVITIES)
-                self.save_after[run_id] = now + self.snapshot_interval * scale
 
     async def _snapshot_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
