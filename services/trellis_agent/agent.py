@@ -73,7 +73,6 @@ from trellis_core.settings import Settings
 MAX_DELIVER = 5
 WORK_ACK_SECONDS = 2.0  # for the server's confirmation of a work item's ack, each try
 FETCH_WAIT_SECONDS = 0.5
-# A loop holding the last free slot while it waits starves the other subscription: wait less.
 PINNED_INACTIVE_SECONDS = 7 * 86_400.0
 JANITOR_INTERVAL_SECONDS = 3600.0
 
