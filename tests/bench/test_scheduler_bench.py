@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from stored_events import stored_events
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import (
@@ -32,7 +33,6 @@ from trellis_core.events import (
     ActivityStarted,
     RunCompiled,
     RunCompleted,
-    RunEvent,
     RunStarted,
 )
 from trellis_core.ids import new_run_id
@@ -112,23 +112,8 @@ async def _run(bus: Bus, tenant: str, wf: Workflow, timings: Timings, within: fl
         await timings.done.wait()
     done = next(e for e in timings.events if isinstance(e, RunCompleted))
     assert done.status == "succeeded", done.message
-    timings.events = await _stored_events(bus, tenant, run_id)
+    timings.events = await stored_events(bus, tenant, run_id)
     return done
-
-
-async def _stored_events(bus: Bus, tenant: str, run_id: str) -> list[Any]:
-    """The run's events as stored, read after the measurement so reading costs it nothing."""
-    decode = msgspec.json.Decoder(RunEvent).decode
-    sub = await bus.js.subscribe(subjects.run_events(tenant, run_id), ordered_consumer=True)
-    events: list[Any] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            events.append(decode(msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
 
 
 def _percentile(values: list[float], p: float) -> float:

@@ -29,14 +29,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from peers_report import CHAIN, LAYERS, SHAPES, Dag, Figures, Report
 
+from stored_events import stored_events
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.embedded import die_with_parent, free_port
-from trellis_core.events import ActivityCompleted, ActivityStarted, RunCompiled, RunCompleted, RunEvent, RunStarted
+from trellis_core.events import ActivityCompleted, ActivityStarted, RunCompiled, RunCompleted, RunStarted
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
@@ -147,21 +147,6 @@ async def trellis_stack(bus: Bus, settings: Settings, tenant: str, replicas: int
         assert not errors, errors
 
 
-async def _stored_events(bus: Bus, tenant: str, run_id: str) -> list[Any]:
-    """The run's events as stored, read after the measurement so reading costs it nothing."""
-    decode = msgspec.json.Decoder(RunEvent).decode
-    sub = await bus.js.subscribe(subjects.run_events(tenant, run_id), ordered_consumer=True)
-    events: list[Any] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            events.append(decode(msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
-
-
 async def run_on_trellis(bus: Bus, stack: Stack, tenant: str, shape: str, within: float = 120) -> Figures:
     dag = SHAPES[shape]
     run_id = new_run_id()
@@ -179,7 +164,7 @@ async def run_on_trellis(bus: Bus, stack: Stack, tenant: str, shape: str, within
         cpu = [after - before for before, after in zip(cpu, stack.cpu(), strict=True)]
     finally:
         await completed_sub.unsubscribe()
-    events = await _stored_events(bus, tenant, run_id)
+    events = await stored_events(bus, tenant, run_id)
     end = next(e for e in events if isinstance(e, RunCompleted))
     assert end.status == "succeeded", end.message
     begin = next(e for e in events if isinstance(e, RunStarted))
