@@ -160,7 +160,9 @@ class ActivityRun:
         )
         outcome: Outcome | None = None
         async with sink:
-            beats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+            beating = asyncio.Event()
+            beating.set()
+            beats = asyncio.create_task(self._heartbeats(beating), name="heartbeats")
             try:
                 if unopened:
                     await sink.system(unopened)
@@ -168,6 +170,7 @@ class ActivityRun:
                 else:
                     outcome = await self._execute(work, sink)
             finally:
+                beating.clear()
                 beats.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beats
@@ -233,9 +236,15 @@ class ActivityRun:
         subject = subjects.logs(chunk.tenant, chunk.run_id, chunk.activity_id)
         await self._publisher.publish(subject, chunk, msg_id=chunk.msg_id())
 
-    async def _heartbeats(self) -> None:
+    async def _heartbeats(self, beating: asyncio.Event) -> None:
+        """Beat while `beating` is set. The attempt also cancels this task, but a cancel that lands
+        as a publish completes can be lost (asyncio.wait_for before Python 3.12, inside nats-py,
+        returns the result instead): without the event the beats, and the attempt awaiting their
+        end, went on for ever, its activity never completed."""
         for sequence in range(1, 1 << 62):
             await asyncio.sleep(self._config.heartbeat_seconds or DEFAULT_HEARTBEAT_SECONDS)
+            if not beating.is_set():
+                return
             beat = ActivityHeartbeat(agent=self._config.agent_id, sequence=sequence, **self._event_fields())
             try:
                 await self._publisher.publish_event(beat)

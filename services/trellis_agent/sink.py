@@ -348,8 +348,11 @@ class LogSink:
         return chunk
 
     async def _flush_periodically(self) -> None:
+        # Until closed, not only until cancelled: a cancel that lands as a publish completes can be
+        # lost (asyncio.wait_for before Python 3.12 returns the result instead), and the exit
+        # would then wait on this loop for ever.
         seen = -1
-        while True:
+        while self._open:
             await asyncio.sleep(self._flush_seconds)
             # A tail held through a whole tick with no write after it is released: the command
             # paused, and its last line should not wait for the next one.

@@ -30,8 +30,7 @@ def drift_report(written: dict[str, Any]) -> Outcome:
     """The check's outputs from what the drift plan script wrote, or why they cannot be read."""
     code, plan = written.get("detailedExitcode"), written.get("plan")
     if code not in (0, 2) or not isinstance(plan, dict):
-        return Outcome.failed("the drift plan wrote no exit code and JSON plan (`show -json` failed?)",
-                              retryable=False)
+        return Outcome.failed("the drift plan wrote no exit code and JSON plan (`show -json` failed?)", retryable=False)
     drifted = _changed(plan.get("resource_drift"))
     changing = _changed(plan.get("resource_changes"))
     resources = list(dict.fromkeys([*drifted, *changing]))
@@ -67,8 +66,11 @@ def _changed(entries: Any) -> list[str]:
 def summary(resources: list[str], outputs: list[str], *, changes: bool) -> str:
     if not changes:
         return "no changes: the infrastructure matches the state"
-    parts = [f"{len(resources)} resource(s) differ: {', '.join(resources[:10])}{' …' if len(resources) > 10 else ''}"
-             if resources else "the plan has changes"]
+    parts = [
+        f"{len(resources)} resource(s) differ: {', '.join(resources[:10])}{' …' if len(resources) > 10 else ''}"
+        if resources
+        else "the plan has changes"
+    ]
     if outputs:
         parts.append(f"outputs that would change: {', '.join(outputs)}")
     return "; ".join(parts)
