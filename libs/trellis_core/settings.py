@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_timeout_seconds: float = 15.0
     max_parallel_per_run: int = 32
     max_parallel_per_tenant: int = 256
+    # Scheduler partitions: runs split by their tenant and environment, each partition led by one
+    # replica (docs/scaling.md). Fixed at install: changing it strands the runs of the old layout.
+    scheduler_partitions: int = 1
     run_answer_timeout_seconds: float = 30.0  # `trellis run`: how long to wait for any answer to a run
     # Files beside the templates travel base64-encoded inside the run request, one NATS message:
     # these defaults keep it under the 1 MiB max_payload of a default (and the embedded) nats-server.
@@ -142,6 +145,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             ("max_parallel_per_run", self.max_parallel_per_run > 0, "must be at least 1"),
             ("max_parallel_per_tenant", self.max_parallel_per_tenant > 0, "must be at least 1"),
+            ("scheduler_partitions", 1 <= self.scheduler_partitions <= 256, "must be 1 to 256"),
             ("connect_timeout_seconds", self.connect_timeout_seconds > 0, "must be greater than 0"),
             ("run_answer_timeout_seconds", self.run_answer_timeout_seconds > 0, "must be greater than 0"),
             ("bundle_max_bytes", 0 < self.bundle_max_bytes <= MAX_BUNDLE_BYTES, BUNDLE_RANGE),

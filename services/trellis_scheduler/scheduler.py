@@ -61,8 +61,9 @@ from trellis_engine.runs import forget
 from trellis_engine.state import TERMINAL_RUN, EngineConfig, SchedulerState
 from trellis_scheduler.callbacks import CallbackMinter
 from trellis_scheduler.kv import run_state_bucket
+from trellis_scheduler.partitions import Partition
 from trellis_scheduler.publisher import PipelinedPublisher
-from trellis_scheduler.store import SnapshotStore, encode_snapshot, run_key
+from trellis_scheduler.store import SnapshotStore, encode_snapshot
 from trellis_templates.expressions import LATE
 
 log = get_logger("scheduler")
@@ -73,8 +74,15 @@ MAX_DELIVER = 5  # a batch redelivered this often (its leaders died on it) is de
 HEADER_ROOM = 1024  # of the bus's max_payload, kept for a work item's subject and headers
 
 
+class _Header(msgspec.Struct):
+    environment: str = ""
+
+
 class _Ref(msgspec.Struct):
-    workflow_ref: str = ""  # of a run.compiled: the rest of it is skipped, not decoded
+    """Of a run.compiled, what is read before folding it; the rest is skipped, not decoded."""
+
+    workflow_ref: str = ""
+    workflow: _Header = msgspec.field(default_factory=_Header)
 
 
 _decode_ref = msgspec.json.Decoder(_Ref).decode
@@ -109,6 +117,7 @@ class Scheduler:
         settings: Settings,
         *,
         tenant: str = "*",
+        partition: Partition | None = None,
         config: EngineConfig | None = None,
         snapshot_interval: float = 0.2,
         render: Renderer | None = None,
@@ -116,8 +125,9 @@ class Scheduler:
     ) -> None:
         self.bus = bus
         self.settings = settings
-        self.tenant = tenant
-        self.durable = "scheduler" if tenant == "*" else f"scheduler-{tenant}"
+        self.partition = partition if partition is not None else Partition(0, 1, tenant)
+        self.tenant = self.partition.tenant
+        self.durable = self.partition.name
         self.st = SchedulerState(config=config or engine_config(settings))
         self.snapshot_interval = snapshot_interval
         self.render = render if render is not None else LATE
@@ -132,13 +142,13 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         kv = await run_state_bucket(self.bus.js, self.settings)
-        self.store = SnapshotStore(kv, self.bus.js)
+        self.store = SnapshotStore(kv, self.bus.js, self.partition.snapshot_prefix)
         await self.publisher.start()
         async with self.lock:
             live = await self.store.load_all(self.st, time.time(), tenant=self.tenant)
             self.unsaved.update(self.st.runs)
             await self._step()
-        log.info("scheduler_leading", runs=live, durable=self.durable)
+        log.info("scheduler_leading", runs=live, durable=self.durable, partition=str(self.partition))
         sub = await self._subscribe()
         if ready is not None:
             ready.set()
@@ -202,7 +212,7 @@ class Scheduler:
         had), fetched before the lock is taken: one fetch per large run."""
         found: dict[str, Workflow | str] = {}
         for msg in msgs:
-            if not msg.subject.endswith(".run.compiled"):
+            if not msg.subject.endswith(".run.compiled") or not self._ours(msg.data, msg.subject):
                 continue
             try:
                 ref = _decode_ref(msg.data).workflow_ref
@@ -230,6 +240,8 @@ class Scheduler:
         self, data: bytes, subject: str, seq: int, workflows: dict[str, Workflow | str]
     ) -> tuple[Outcome, str | None]:
         """Decode, check and fold one event; what came of it, and the run id if it created a run."""
+        if self.partition.count > 1 and not self._ours(data, subject):
+            return Handled(), None
         try:
             event: RunEvent = decode_run_event(data)
         except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
@@ -258,6 +270,24 @@ class Scheduler:
         run.last_seq = seq
         self.unsaved.add(run.run_id)
         return Handled(), run.run_id if created else None
+
+    def _ours(self, data: bytes, subject: str) -> bool:
+        """Whether this partition schedules the event's run: a run it knows, or a run.compiled of
+        one of its environments. Every partition's consumer reads every event (run-event subjects
+        name the run, not its environment) and passes over the others' runs without decoding
+        them. An event no partition can place (a run.compiled whose environment cannot be read,
+        an event of a run no partition knows) falls to partition 0, which dead-letters what is
+        bad and ignores the rest, as the one scheduler of an unpartitioned installation does."""
+        parts = subject.split(".", 4)
+        if len(parts) == 5 and parts[3] in self.st.runs:
+            return True
+        if len(parts) == 5 and parts[4] == "run.compiled":
+            try:
+                environment = _decode_ref(data).workflow.environment
+            except Exception:  # not only msgspec's errors; partition 0 dead-letters it
+                return self.partition.index == 0
+            return self.partition.owns(parts[1], environment)
+        return self.partition.index == 0
 
     async def _park(self, msg: Msg, reason: str) -> None:
         await self.bus.dead_letter(
@@ -388,7 +418,7 @@ class Scheduler:
             run = self.st.runs.get(run_id)
             if run is None:
                 continue
-            await self.store.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
+            await self.store.kv.put(self.store.key(run), encode_snapshot(run))
             if run.status in TERMINAL_RUN:
                 forget(self.st, run_id)
                 self.mint.forget(run_id)

@@ -39,8 +39,9 @@ _encoder = msgspec.json.Encoder()
 OLD_DEPLOY_PREFIX = "deployed."
 
 
-def run_key(tenant: str, run_id: str) -> str:
-    return f"run.{tenant}.{run_id}"
+def run_key(tenant: str, run_id: str, prefix: str = "run") -> str:
+    """A run's snapshot key; `prefix` is its scheduler partition's (Partition.snapshot_prefix)."""
+    return f"{prefix}.{tenant}.{run_id}"
 
 
 def encode_snapshot(run: RunState) -> bytes:
@@ -53,12 +54,18 @@ def encode_snapshot(run: RunState) -> bytes:
 
 
 class SnapshotStore:
-    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+    """The snapshots of one scheduler partition: keys `<prefix>.<tenant>.<run>`."""
+
+    def __init__(self, kv: KeyValue, js: JetStreamContext, prefix: str = "run") -> None:
         self.kv = kv
         self.js = js
+        self.prefix = prefix
+
+    def key(self, run: RunState) -> str:
+        return run_key(run.tenant, run.run_id, self.prefix)
 
     async def save(self, run: RunState) -> None:
-        await self.kv.put(run_key(run.tenant, run.run_id), encode_snapshot(run))
+        await self.kv.put(self.key(run), encode_snapshot(run))
 
     async def load_all(self, st: SchedulerState, now: float, *, tenant: str = "*") -> int:
         """Rebuild every run (of `tenant`, or all) from its snapshot and later events; the
@@ -73,7 +80,7 @@ class SnapshotStore:
         await self._drop_deploy_records([k for k in keys if k.startswith(OLD_DEPLOY_PREFIX)])
         live = 0
         for key in keys:
-            if not key.startswith("run."):
+            if not key.startswith(f"{self.prefix}."):
                 continue
             try:
                 live += await self._load_run(st, key, now)

@@ -1,0 +1,118 @@
+"""Scheduler partitions: the stable hash, the balanced assignment, the names, the setting, and
+two replicas sharing four partitions on the real bus."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import nats.js.errors
+import pytest
+from scheduler_support import engine_config, recording, running_agent, sh, submit, workflow
+
+from trellis_core import subjects
+from trellis_core.bus import Bus
+from trellis_core.errors import ConfigError
+from trellis_core.events import ActivityDispatched
+from trellis_core.settings import Settings
+from trellis_scheduler.kv import run_state_bucket
+from trellis_scheduler.lease import LeaseRecord
+from trellis_scheduler.partitions import Partition, assignment, partition_of
+from trellis_scheduler.service import serve
+
+
+def test_an_environments_partition_is_the_same_in_every_release() -> None:
+    # Pinned: another hash would move every live run to a partition that does not know it.
+    assert [partition_of("acme", env, 8) for env in ("prod", "staging", "dev", "qa")] == [7, 4, 2, 5]
+    assert partition_of("acme", "prod", 1) == 0
+    assert len({partition_of(f"tenant-{n}", "prod", 8) for n in range(40)}) > 1  # the tenant is hashed too
+    spread = Counter(partition_of("t", f"env-{n}", 8) for n in range(800))
+    assert set(spread) == set(range(8))
+    assert max(spread.values()) < 2 * min(spread.values())
+
+
+def owners(assigned: dict[str, set[int]]) -> dict[int, str]:
+    return {index: member for member, indexes in assigned.items() for index in indexes}
+
+
+def test_the_assignment_is_balanced_the_same_from_any_order_and_moves_few_partitions() -> None:
+    three = assignment(["c", "a", "b"], 12)
+    assert three == assignment(["a", "b", "c", "a"], 12)
+    assert sorted(len(p) for p in three.values()) == [4, 4, 4]
+    assert sorted(set().union(*three.values())) == list(range(12))
+    four = assignment(["a", "b", "c", "d"], 12)
+    moved = [i for i in range(12) if owners(three)[i] != owners(four)[i]]
+    assert sorted(moved) == sorted(four["d"])  # a joining replica takes its share, nothing else moves
+    two = assignment(["a", "c"], 12)
+    assert sorted(len(p) for p in two.values()) == [6, 6]
+    assert owners(two).items() >= {i: m for i, m in owners(three).items() if m != "b"}.items()  # only b's move
+    more = assignment(["a", "b", "c"], 2)  # more replicas than partitions: one stands by
+    assert sorted(len(p) for p in more.values()) == [0, 1, 1]
+    assert assignment([], 4) == {}
+
+
+def test_one_partition_keeps_the_names_of_the_single_scheduler() -> None:
+    assert (Partition(0, 1).name, Partition(0, 1).snapshot_prefix) == ("scheduler", "run")
+    assert Partition(0, 1, "acme").name == "scheduler-acme"
+    assert (Partition(3, 8, "acme").name, Partition(3, 8).snapshot_prefix) == ("scheduler-acme-p3of8", "run-p3of8")
+
+
+@pytest.mark.parametrize("value", ["0", "257", "many"])
+def test_a_bad_partition_count_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="TRELLIS_SCHEDULER_PARTITIONS"):
+        Settings.from_env({"TRELLIS_SCHEDULER_PARTITIONS": value})
+
+
+async def test_two_replicas_share_four_partitions_and_each_run_is_scheduled_by_its_own(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    tenant, count = unique, 4
+    stops = [asyncio.Event(), asyncio.Event()]
+    readies = [asyncio.Event(), asyncio.Event()]
+    replicas = [
+        asyncio.create_task(
+            serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
+        )
+        for stop, ready in zip(stops, readies, strict=True)
+    ]
+    try:
+        async with asyncio.timeout(20):
+            for ready in readies:
+                await ready.wait()
+        leases = await bus.js.key_value(subjects.KV_LEASES)
+        async with asyncio.timeout(20):
+            while True:  # the second replica's arrival moves half the partitions to it
+                entries = [await leases.get(Partition(i, count, tenant).name) for i in range(count)]
+                holders = Counter(msgspec.json.decode(e.value or b"", type=LeaseRecord).holder for e in entries)
+                if sorted(holders.values()) == [2, 2]:
+                    break
+                await asyncio.sleep(0.2)
+
+        envs = [f"env{n}" for n in range(8)]
+        assert len({partition_of(tenant, env, count) for env in envs}) > 1
+        async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+            runs = {
+                env: await submit(bus, tenant, workflow(sh("a", "true"), sh("b", "true", "a"), env=env)) for env in envs
+            }
+            for run_id in runs.values():
+                assert (await rec.completion(run_id)).status == "succeeded"
+            dispatched = Counter((e.run_id, e.activity_id) for e in rec.of(ActivityDispatched))
+            assert dispatched == {(run_id, a): 1 for run_id in runs.values() for a in ("a", "b")}
+
+        kv = await run_state_bucket(bus.js, settings)
+        for env, run_id in runs.items():  # each run's tombstone is under its own partition's prefix
+            prefix = Partition(partition_of(tenant, env, count), count, tenant).snapshot_prefix
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await kv.get(f"{prefix}.{tenant}.{run_id}")
+                        break
+                    except nats.js.errors.KeyNotFoundError:
+                        await asyncio.sleep(0.1)
+    finally:
+        for stop in stops:
+            stop.set()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*replicas)
