@@ -35,6 +35,12 @@ def layers(width: int = 20, depth: int = 50) -> Dag:
 
 
 SHAPES: dict[str, Dag] = {CHAIN: chain(), LAYERS: layers()}
+# The replicas' load: 1,000 activities as 10 runs of 5 layers of 20, each run in its own environment,
+# so that scheduler partitions (hashed by tenant and environment) spread it over the replicas.
+SPREAD = "1,000 as 10 runs of 5 layers of 20, 10 environments"
+SPREAD_RUNS = 10
+SPREAD_DAG: Dag = layers(20, 5)
+SPREAD_PARTITIONS = 6
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -138,7 +144,9 @@ class Report:
             if spread:
                 out.append(f"{'':<24}{'rounds':<14}{'; '.join(spread)}")
         if self.replicas:
-            out.append(f"scheduler replicas, {LAYERS} (rounds alternate 1 and 3 replicas):")
+            out.append(
+                f"scheduler replicas, {SPREAD}, {SPREAD_PARTITIONS} partitions (rounds alternate 1 and 3 replicas):"
+            )
             for n, r in sorted(self.replicas.items()):
                 m = Figures.median(r)
                 rates, loads = _range([f.rate for f in r]), _range([f.load[0] for f in r], ".1f")
@@ -149,11 +157,7 @@ class Report:
                 )
             if self.replicas.get(1) and self.replicas.get(3):
                 ratio = Figures.median(self.replicas[3]).rate / Figures.median(self.replicas[1]).rate
-                out.append(
-                    f"  3 vs 1 replica: {ratio:.2f}x, goal {_mark(ratio, REPLICAS_GOAL)}; one lease for every tenant "
-                    "today: one replica leads and the others only wait (their CPU above), so the two differ by "
-                    "noise and the standbys' polling; partitioned scheduling is not there yet"
-                )
+                out.append(f"  3 vs 1 replica: {ratio:.2f}x, goal {_mark(ratio, REPLICAS_GOAL)}")
         for what, why in self.not_measured.items():
             out.append(f"not measured: {what}: {why}")
         return out

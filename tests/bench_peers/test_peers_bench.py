@@ -12,25 +12,42 @@
 Shapes (peers_report.SHAPES): a chain of 200, and 1,000 activities in 50 layers of 20, each depending
 on two of the layer above. Hop: an activity's start minus its last dependency's completion. Nothing
 here is asserted on time: the figures are printed, with the goals of issue 20, in a table at the end.
+
+Scheduler replicas (Trellis only): 1,000 activities as 10 runs in 10 environments on 6 scheduler
+partitions, led by 1 replica and then by 3 (docs/scaling.md); activities/s from the first run's start
+to the last run's completion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import pytest
-from peers_report import CHAIN, LAYERS, SHAPES, Dag, Figures, Report
+from peers_report import (
+    CHAIN,
+    LAYERS,
+    SHAPES,
+    SPREAD_DAG,
+    SPREAD_PARTITIONS,
+    SPREAD_RUNS,
+    Dag,
+    Figures,
+    Report,
+)
 
 from stored_events import stored_events
 from trellis_core import subjects
@@ -40,6 +57,7 @@ from trellis_core.events import ActivityCompleted, ActivityStarted, RunCompiled,
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
+from trellis_scheduler.partitions import Partition
 
 pytestmark = pytest.mark.bench
 HERE = Path(__file__).parent
@@ -76,6 +94,7 @@ class _Replica:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.standby, self.leading = asyncio.Event(), asyncio.Event()
+        self.holder = ""
         self.lines: list[str] = []
         self.reader = asyncio.create_task(self._read())
 
@@ -85,9 +104,33 @@ class _Replica:
             line = raw.decode(errors="replace").rstrip()
             self.lines.append(line)
             if '"scheduler_standby"' in line:
+                self.holder = json.loads(line)["replica"]
                 self.standby.set()
             elif '"scheduler_leading"' in line:
                 self.leading.set()
+
+
+async def _spread(bus: Bus, tenant: str, partitions: int, procs: list[_Replica]) -> None:
+    """Wait until the replicas lead the partitions evenly (a replica that started first leads them
+    all, then hands some over as the others announce themselves)."""
+    kv = await bus.js.key_value(subjects.KV_LEASES)
+    room = -(-partitions // len(procs))
+    while True:
+        holders: list[str] = []
+        for index in range(partitions):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await kv.get(Partition(index, partitions, tenant).name)
+                holders.append(json.loads(entry.value or b"{}").get("holder", ""))
+        counts = Counter(holders)
+        if len(holders) == partitions and set(counts) == {r.holder for r in procs} and max(counts.values()) <= room:
+            return
+        await asyncio.sleep(0.2)
+
+
+def _machine_busy() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far, every core (Linux /proc/stat)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -106,8 +149,11 @@ class Stack:
 
 
 @asynccontextmanager
-async def trellis_stack(bus: Bus, settings: Settings, tenant: str, replicas: int) -> AsyncIterator[Stack]:
-    """`replicas` scheduler processes (one leads: one lease per tenant) and a real agent, until the end."""
+async def trellis_stack(
+    bus: Bus, settings: Settings, tenant: str, replicas: int, partitions: int = 1
+) -> AsyncIterator[Stack]:
+    """`replicas` scheduler processes sharing `partitions` (with one, one replica leads and the others
+    stand by) and a real agent, until the end; yielded once the partitions are spread evenly."""
     env = {
         **os.environ,
         "TRELLIS_NATS_URL": settings.nats_url,
@@ -116,6 +162,7 @@ async def trellis_stack(bus: Bus, settings: Settings, tenant: str, replicas: int
         "TRELLIS_LOG_LEVEL": "info",  # the scheduler logs a line per run at info, none per activity
         "TRELLIS_MAX_PARALLEL_PER_RUN": str(MAX_PARALLEL_PER_RUN),
         "TRELLIS_HEARTBEAT_TIMEOUT_SECONDS": "30",
+        "TRELLIS_SCHEDULER_PARTITIONS": str(partitions),
     }
     trellis = str(Path(sys.executable).with_name("trellis"))
     procs = [
@@ -132,6 +179,8 @@ async def trellis_stack(bus: Bus, settings: Settings, tenant: str, replicas: int
                 await r.standby.wait()
             await asyncio.wait([asyncio.ensure_future(r.leading.wait()) for r in procs],
                                return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if partitions > 1:
+                await _spread(bus, tenant, partitions, procs)
         yield Stack(procs)
     finally:
         for r in procs:
@@ -181,23 +230,73 @@ async def test_trellis_chain_of_200(bus: Bus, settings: Settings, unique: str, r
             _print("Trellis", CHAIN, figures)
 
 
-async def test_trellis_1000_in_layers_of_20_with_1_and_3_scheduler_replicas(
+async def test_trellis_1000_in_layers_of_20(bus: Bus, settings: Settings, unique: str, report: Report) -> None:
+    async with trellis_stack(bus, settings, unique, replicas=1) as stack:
+        for _ in range(ROUNDS):
+            figures = await run_on_trellis(bus, stack, unique, LAYERS)
+            report.trellis.setdefault(LAYERS, []).append(figures)
+            _print("Trellis", LAYERS, figures)
+
+
+async def test_trellis_1000_over_10_environments_with_1_and_3_scheduler_replicas(
     bus: Bus, settings: Settings, unique: str, report: Report
 ) -> None:
-    """1 replica is Trellis's figure against Temporal's. 3: one lease for every tenant today, so one
-    leads and two wait; the figure says what a second and third replica buy now (nothing yet), not
-    what partitioned scheduling will. Rounds alternate 1 and 3, each on a fresh stack."""
+    """The same load led by 1 replica and by 3, sharing 6 partitions; rounds alternate 1 and 3,
+    each on a fresh stack."""
     for i in range(ROUNDS):
         for replicas in (1, 3):
             tenant = f"{unique}r{i}x{replicas}"
-            async with trellis_stack(bus, settings, tenant, replicas=replicas) as stack:
-                figures = await run_on_trellis(bus, stack, tenant, LAYERS)
+            async with trellis_stack(bus, settings, tenant, replicas=replicas, partitions=SPREAD_PARTITIONS) as stack:
+                busy0, total0 = _machine_busy()
+                figures = await spread_on_trellis(bus, stack, tenant)
+                busy1, total1 = _machine_busy()
             report.replicas.setdefault(replicas, []).append(figures)
             cpu = ", ".join(f"{c:.2f}" for c in figures.cpu)
-            _print(
-                f"Trellis ({replicas} scheduler replica{'s' if replicas > 1 else ''}; CPU s: {cpu})", LAYERS, figures
-            )
-    report.trellis[LAYERS] = report.replicas[1]
+            busy = (busy1 - busy0) / max(1, total1 - total0)
+            print(f"Trellis, {replicas} scheduler replica(s), CPU s {cpu}: {figures.rate:.0f} activities/s, "
+                  f"hop p50 {figures.hop_p50_ms:.2f} ms ({figures.span_s:.2f} s); the machine's "
+                  f"{os.cpu_count()} cores {busy:.0%} busy")  # fmt: skip
+
+
+async def spread_on_trellis(bus: Bus, stack: Stack, tenant: str, within: float = 120) -> Figures:
+    """SPREAD_RUNS runs of SPREAD_DAG at once, each in its own environment; the figures of all of them."""
+    run_ids = [new_run_id() for _ in range(SPREAD_RUNS)]
+    left = set(run_ids)
+    done = asyncio.Event()
+
+    async def on_completed(msg: Any) -> None:
+        left.discard(msg.subject.split(".")[3])
+        if not left:
+            done.set()
+
+    completed_sub = await bus.nc.subscribe(f"{subjects.PREFIX}.{tenant}.run.*.run.completed", cb=on_completed)
+    try:
+        load, cpu = _load(), stack.cpu()
+        for n, run_id in enumerate(run_ids):
+            workflow = _workflow(f"{tenant}-e{n}", SPREAD_DAG)
+            await bus.publish_event(RunCompiled(tenant=tenant, run_id=run_id, workflow=workflow))
+        async with asyncio.timeout(within):
+            await done.wait()
+        cpu = [after - before for before, after in zip(cpu, stack.cpu(), strict=True)]
+    finally:
+        await completed_sub.unsubscribe()
+    dag: Dag = {}
+    started: dict[str, float] = {}
+    completed: dict[str, float] = {}
+    begin, end = float("inf"), 0.0
+    for run_id in run_ids:
+        events = await stored_events(bus, tenant, run_id)
+        finish = next(e for e in events if isinstance(e, RunCompleted))
+        assert finish.status == "succeeded", finish.message
+        begin = min(begin, next(e for e in events if isinstance(e, RunStarted)).occurred_at.timestamp())
+        end = max(end, finish.occurred_at.timestamp())
+        dag |= {f"{run_id}/{a}": [f"{run_id}/{p}" for p in parents] for a, parents in SPREAD_DAG.items()}
+        for e in events:
+            if isinstance(e, ActivityStarted):
+                started[f"{run_id}/{e.activity_id}"] = e.occurred_at.timestamp()
+            elif isinstance(e, ActivityCompleted):
+                completed[f"{run_id}/{e.activity_id}"] = e.occurred_at.timestamp()
+    return Figures.of(dag, started, completed, end - begin, load, cpu)
 
 
 # ---- Temporal ------------------------------------------------------------------------------------------

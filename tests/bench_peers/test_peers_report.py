@@ -62,7 +62,7 @@ def test_the_table_marks_each_goal_met_or_missed_and_says_what_was_not_measured(
     assert "14.3x  >= 20x: MISSED" in text  # the layers' throughput: 1000 / 70
     assert "busiest first: 0.90, 0.01, 0.00" in text
     assert "3 vs 1 replica: 1.00x, goal >= 1.5x: MISSED" in text
-    assert "partitioned scheduling is not there yet" in text
+    assert "10 environments, 6 partitions" in text
 
     report = Report(trellis={CHAIN: [_f(2.0, 300.0)]}, not_measured={"Temporal": "exited with 1"})
     lines = report.lines()
