@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +51,11 @@ class Partition:
     def snapshot_prefix(self) -> str:
         """Snapshot keys are `<prefix>.<tenant>.<run>`."""
         return "run" if self.count == 1 else f"run-p{self.index}of{self.count}"
+
+    def other_layout(self, name: str) -> bool:
+        """Whether `name` is a lease or durable of this scope under another partition count."""
+        found = re.fullmatch(rf"{re.escape(self.scope)}(?:-p\d+of(\d+))?", name)
+        return found is not None and int(found.group(1) or 1) != self.count
 
     def owns(self, tenant: str, environment: str) -> bool:
         return partition_of(tenant, environment, self.count) == self.index

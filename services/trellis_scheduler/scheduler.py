@@ -178,6 +178,11 @@ class Scheduler:
             max_ack_pending=FETCH_BATCH * 16,
             filter_subjects=[f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS],
         )
+        if self.partition.count > 1 and (after := await self._other_layouts_floor()):
+            # A partition's first durable where another partition count ran before: start after
+            # what that layout handled, or every old run.compiled would start its run again.
+            config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = after + 1
         try:
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         except nats.js.errors.BadRequestError as exc:
@@ -188,6 +193,22 @@ class Scheduler:
             config.deliver_policy = js_api.DeliverPolicy.NEW
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
+
+    async def _other_layouts_floor(self) -> int:
+        """0 when this partition's durable exists or no other partition count's does; else the
+        highest stream sequence those durables acknowledged (the layout's runs are drained before
+        the count changes: docs/scaling.md)."""
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self.bus.js.consumer_info(subjects.STREAM_EVENTS, self.durable)
+            return 0
+        floors = [
+            info.ack_floor.stream_seq
+            for info in await self.bus.js.consumers_info(subjects.STREAM_EVENTS)
+            if info.name and info.ack_floor and self.partition.other_layout(info.name)
+        ]
+        if floors:
+            log.warning("partition_durable_after_another_layout", durable=self.durable, after_seq=max(floors))
+        return max(floors, default=0)
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         await fetch_loop(sub, stop, self._on_batch, batch=FETCH_BATCH, wait=FETCH_WAIT_SECONDS, log=log)

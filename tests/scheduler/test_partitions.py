@@ -116,3 +116,40 @@ async def test_two_replicas_share_four_partitions_and_each_run_is_scheduled_by_i
             stop.set()
         async with asyncio.timeout(20):
             await asyncio.gather(*replicas)
+
+
+async def test_a_new_partition_count_does_not_start_the_old_layouts_runs_again(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The count changed after the runs of the old one ended (docs/scaling.md): the new layout's
+    durables start after what the old one handled, not at the start of the stream."""
+    tenant = unique
+
+    async def replica(count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        config = engine_config(settings)
+        task = asyncio.create_task(
+            serve(bus, settings, stop, tenant=tenant, config=config, ready=ready, partitions=count)
+        )
+        async with asyncio.timeout(20):
+            await ready.wait()
+        return stop, task
+
+    async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+        stop, task = await replica(1)
+        # Wide enough that its history spans several of the scheduler's fetches (256 events): folded
+        # from the start again, the first fetch would leave activities to dispatch again.
+        old = await submit(bus, tenant, workflow(*(sh(f"a{n}", "true") for n in range(200)), env="before"))
+        assert (await rec.completion(old)).status == "succeeded"
+        stop.set()
+        await task
+
+        stop, task = await replica(3)
+        try:
+            new = await submit(bus, tenant, workflow(sh("a", "true"), env="after"))
+            assert (await rec.completion(new)).status == "succeeded"
+            await asyncio.sleep(1.0)  # what an old run started again would dispatch meanwhile
+        finally:
+            stop.set()
+            await task
+    assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1}
