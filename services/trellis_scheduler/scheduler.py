@@ -215,6 +215,43 @@ class Scheduler:
 
     async def _on_batch(self, msgs: list[Msg], _owned: int) -> None:
         """Fold the batch, decide once, then ack its last message (so all of it)."""
+        last = msgs[-1]
+        if self.partition.count > 1:
+            msgs = self._mine(msgs)
+        if msgs:
+            await self._handle(msgs)
+        with contextlib.suppress(nats.errors.Error):
+            await last.ack()
+
+    def _mine(self, msgs: list[Msg]) -> list[Msg]:
+        """The events of this partition's runs: of a run it walks, or a run.compiled of one of its
+        environments (and what follows it in the batch). Every partition's consumer reads every
+        run event, since run-event subjects name the run, not its environment; the others' are
+        passed over undecoded, without the lock or a decision. A run.compiled whose environment
+        cannot be read falls to partition 0, which dead-letters it; an event of a run no
+        partition walks is ignored, as folding it would."""
+        adopted: set[str] = set()
+        mine: list[Msg] = []
+        for msg in msgs:
+            parts = msg.subject.split(".", 4)  # the consumer's filter: trellis.<tenant>.run.<run>.<kind>
+            if len(parts) < 5:
+                continue
+            _, tenant, _, run_id, kind = parts
+            if run_id in self.st.runs or run_id in adopted:
+                mine.append(msg)
+            elif kind == "run.compiled" and self._compiled_here(msg.data, tenant):
+                adopted.add(run_id)
+                mine.append(msg)
+        return mine
+
+    def _compiled_here(self, data: bytes, tenant: str) -> bool:
+        try:
+            environment = _decode_ref(data).workflow.environment
+        except Exception:  # not only msgspec's errors
+            return self.partition.index == 0
+        return self.partition.owns(tenant, environment)
+
+    async def _handle(self, msgs: list[Msg]) -> None:
         workflows = await self._stored_workflows(msgs)
         async with self.lock:
             new_runs = [run_id for msg in msgs if (run_id := await self._fold(msg, workflows)) is not None]
@@ -225,15 +262,13 @@ class Scheduler:
                     run = self.st.runs.get(run_id)
                     if run is not None and self.store is not None:
                         await self.store.save(run)
-        with contextlib.suppress(nats.errors.Error):
-            await msgs[-1].ack()
 
     async def _stored_workflows(self, msgs: list[Msg]) -> dict[str, Workflow | str]:
         """The workflows the batch's run.compiled events name by digest (or why one cannot be
         had), fetched before the lock is taken: one fetch per large run."""
         found: dict[str, Workflow | str] = {}
         for msg in msgs:
-            if not msg.subject.endswith(".run.compiled") or not self._ours(msg.data, msg.subject):
+            if not msg.subject.endswith(".run.compiled"):
                 continue
             try:
                 ref = _decode_ref(msg.data).workflow_ref
@@ -261,8 +296,6 @@ class Scheduler:
         self, data: bytes, subject: str, seq: int, workflows: dict[str, Workflow | str]
     ) -> tuple[Outcome, str | None]:
         """Decode, check and fold one event; what came of it, and the run id if it created a run."""
-        if self.partition.count > 1 and not self._ours(data, subject):
-            return Handled(), None
         try:
             event: RunEvent = decode_run_event(data)
         except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
@@ -291,24 +324,6 @@ class Scheduler:
         run.last_seq = seq
         self.unsaved.add(run.run_id)
         return Handled(), run.run_id if created else None
-
-    def _ours(self, data: bytes, subject: str) -> bool:
-        """Whether this partition schedules the event's run: a run it knows, or a run.compiled of
-        one of its environments. Every partition's consumer reads every event (run-event subjects
-        name the run, not its environment) and passes over the others' runs without decoding
-        them. An event no partition can place (a run.compiled whose environment cannot be read,
-        an event of a run no partition knows) falls to partition 0, which dead-letters what is
-        bad and ignores the rest, as the one scheduler of an unpartitioned installation does."""
-        parts = subject.split(".", 4)
-        if len(parts) == 5 and parts[3] in self.st.runs:
-            return True
-        if len(parts) == 5 and parts[4] == "run.compiled":
-            try:
-                environment = _decode_ref(data).workflow.environment
-            except Exception:  # not only msgspec's errors; partition 0 dead-letters it
-                return self.partition.index == 0
-            return self.partition.owns(parts[1], environment)
-        return self.partition.index == 0
 
     async def _park(self, msg: Msg, reason: str) -> None:
         await self.bus.dead_letter(
