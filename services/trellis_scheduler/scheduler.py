@@ -51,6 +51,7 @@ from trellis_core.events import (
     encode,
 )
 from trellis_core.logs import get_logger
+from trellis_core.pull import BatchPull
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
 from trellis_engine.binding import Renderer
@@ -192,7 +193,7 @@ class Scheduler:
             await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
             config.deliver_policy = js_api.DeliverPolicy.NEW
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
-        return await self.bus.js.pull_subscribe_bind(durable=self.durable, stream=subjects.STREAM_EVENTS)
+        return await BatchPull(self.bus.nc, subjects.STREAM_EVENTS, self.durable).start()
 
     async def _other_layouts_floor(self) -> int:
         """0 when this partition's durable exists or no other partition count's does; else the

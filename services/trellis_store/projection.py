@@ -38,12 +38,12 @@ from trellis_core.bus import Bus, stored_workflow
 from trellis_core.consume import admit, decode_error, fetch_loop
 from trellis_core.events import ActivityLogChunk, RunCompiled, RunEvent, decode_run_event
 from trellis_core.logs import get_logger
+from trellis_core.pull import BatchPull
 from trellis_core.sealed import MasterKeyring, TenantKeys
 from trellis_core.settings import Settings
 from trellis_core.workflow import Workflow
 from trellis_store import drift_rows, links, retention
 from trellis_store import projection_rows as rows
-from trellis_store.pull import BatchPull
 
 EVENTS_DURABLE = "trellis_store_events"
 LOGS_DURABLE = "trellis_store_logs"

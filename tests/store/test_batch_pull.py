@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api as js_api
 
-from trellis_store.pull import BatchPull
+from trellis_core.pull import BatchPull
 
 ACK_WAIT = 30.0  # what a stranded message would cost the next consumer
 
