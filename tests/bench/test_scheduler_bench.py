@@ -73,11 +73,14 @@ class Timings:
     def __init__(self) -> None:
         self.events: list[Any] = []
         self.done = asyncio.Event()
+        self.cpu_at_done = 0.0  # this process's CPU time when the run's completion was seen
+        self.wall_at_done = 0.0  # and the wall clock's (perf_counter)
 
     async def on_msg(self, msg: Any) -> None:
         event = _decode(msg.data)
         self.events.append(event)
         if isinstance(event, RunCompleted):
+            self.cpu_at_done, self.wall_at_done = time.process_time(), time.perf_counter()
             self.done.set()
 
 
@@ -146,7 +149,10 @@ async def test_throughput_over_a_20_wide_200_deep_dag(bus: Bus, settings: Settin
     async with stack(bus, settings, unique, 32 if agent == "real agent" else 0) as timings:
         t0, cpu0 = time.perf_counter(), time.process_time()
         done = await _run(bus, unique, wf, timings, within=300)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        cpu_with_readback = time.process_time() - cpu0
+    # The scheduler's CPU (and the wall time): this process's until the completion is seen, not the
+    # reading back of the run's events afterwards (the test's own work, once counted in this figure too).
+    wall, cpu = timings.wall_at_done - t0, timings.cpu_at_done - cpu0
     started = next(e for e in timings.events if isinstance(e, RunStarted))
     span = (done.occurred_at - started.occurred_at).total_seconds()
     rate = len(wf.activities) / span
@@ -160,5 +166,6 @@ async def test_throughput_over_a_20_wide_200_deep_dag(bus: Bus, settings: Settin
     print(f"\n20x200 DAG ({agent}): {len(wf.activities)} activities in {span:.2f} s "
           f"({rate:.0f} activities/s; {wall:.2f} s from submit to completion seen); "
           f"scheduler CPU {per_activity:.3f} ms per activity "
-          f"(capacity ~{1000 / per_activity:.0f}/s on one core)")  # fmt: skip
+          f"(capacity ~{1000 / per_activity:.0f}/s on one core; "
+          f"{cpu_with_readback / len(wf.activities) * 1000:.3f} ms with the test reading the events back)")  # fmt: skip
     print(f"target >= 1,000 activities/s: {'met' if rate >= 1000 else 'MISSED'}")
