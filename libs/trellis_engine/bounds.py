@@ -51,20 +51,28 @@ def activity_problems(activity: Activity) -> list[str]:
         subjects.activity_token(activity.id)
     except subjects.InvalidSubjectToken as exc:
         problems.append(str(exc))
-    where = f"activity {activity.id!r}"
     for n, pool in enumerate(activity.agents):
         try:
             subjects.token(pool, "pool")
         except subjects.InvalidSubjectToken as exc:
-            problems.append(f"{where}: agents[{n}]: {exc}")
+            problems.append(f"activity {activity.id!r}: agents[{n}]: {exc}")
     timeout = activity.timeout_seconds
     if timeout is not None and not 0 <= timeout <= MAX_TIMEOUT_SECONDS:
-        problems.append(f"{where}: {_out_of_bounds('timeoutSeconds', timeout, 0, MAX_TIMEOUT_SECONDS)}")
-    problems.extend(f"{where}: {problem}" for problem in retry_problems(activity.retry))
+        problems.append(
+            f"activity {activity.id!r}: {_out_of_bounds('timeoutSeconds', timeout, 0, MAX_TIMEOUT_SECONDS)}"
+        )
+    problems.extend(f"activity {activity.id!r}: {problem}" for problem in retry_problems(activity.retry))
     return problems
 
 
 def retry_problems(retry: RetryPolicy) -> list[str]:
+    if (  # the common case, checked without building the report (a run checks every activity's)
+        1 <= retry.max_attempts <= MAX_ATTEMPTS
+        and 0 <= retry.initial_backoff_seconds <= MAX_BACKOFF_SECONDS
+        and 0 <= retry.max_backoff_seconds <= MAX_BACKOFF_SECONDS
+        and 1 <= retry.multiplier <= MAX_MULTIPLIER
+    ):
+        return []
     checks: list[tuple[str, float, float, float]] = [
         ("retry.maxAttempts", retry.max_attempts, 1, MAX_ATTEMPTS),
         ("retry.initialBackoffSeconds", retry.initial_backoff_seconds, 0, MAX_BACKOFF_SECONDS),

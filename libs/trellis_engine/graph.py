@@ -6,10 +6,11 @@ import heapq
 
 import msgspec
 
-from trellis_core.workflow import Workflow
+from trellis_core.workflow import Activity, Workflow
 from trellis_engine.state import IN_FLIGHT, TERMINAL, ActivityState, RunSnapshot, RunState
 
 _LATE = b"$("
+_encoder = msgspec.json.Encoder()
 
 
 def graph_problems(workflow: Workflow) -> list[str]:
@@ -66,7 +67,15 @@ def _index(run: RunState) -> None:
     for i, a in enumerate(acts):
         if a.workspace:
             run.by_workspace.setdefault(a.workspace, []).append(i)
-    run.needs_render = [_LATE in msgspec.json.encode(a) for a in acts]
+    run.needs_render = _needs_render(acts)
+
+
+def _needs_render(acts: tuple[Activity, ...]) -> list[bool]:
+    """Which activities hold a late-bound expression. The array's encoding is its activities'
+    joined by commas, so when it holds none, no activity does: one encode, not one each."""
+    if _LATE not in _encoder.encode(acts):
+        return [False] * len(acts)
+    return [_LATE in _encoder.encode(a) for a in acts]
 
 
 def snapshot(run: RunState) -> RunSnapshot:

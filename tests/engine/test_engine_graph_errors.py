@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from engine_support import Driver, act, workflow
 
+from trellis_core.workflow import ContainerSpec
 from trellis_engine.graph import build_run, graph_problems, restore, snapshot
 
 
@@ -37,3 +38,15 @@ def test_a_snapshot_of_another_shape_than_its_workflow_is_refused() -> None:
     snap = snapshot(run)
     with pytest.raises(ValueError, match="snapshot of run r1 has 2 activities, workflow has 3"):
         restore(snap, workflow(act("a"), act("b", "a"), act("c")))
+
+
+def test_which_activities_need_rendering_is_found_in_each_of_them_alone() -> None:
+    """The run's check encodes all its activities at once when none holds an expression: with
+    some, each is still checked on its own (an expression in one never marks its neighbours)."""
+    late = ContainerSpec(command=("echo", "$(resource.x.output.y.value)$"))
+    plain = build_run("acme", "r1", workflow(act("a"), act("b", "a"), act("c", "b")), 1000.0, "me")
+    assert plain.needs_render == [False, False, False]
+    mixed = workflow(act("a"), act("b", "a", spec=late), act("c", "b"), act("d", inputs={"q": "$(x)$"}))
+    assert build_run("acme", "r2", mixed, 1000.0, "me").needs_render == [False, True, False, True]
+    # restore indexes the same way
+    assert restore(snapshot(plain), plain.workflow).needs_render == [False, False, False]
