@@ -37,6 +37,7 @@ from trellis_core.consume import (
     carry_out,
     choose,
     decode_error,
+    delivery,
     fetch_loop,
     raise_if_cancelled,
 )
@@ -283,12 +284,12 @@ class Scheduler:
         """Fold one message; the run id if it created a run. One that is delivered too often,
         cannot be decoded or folded is dead-lettered, and the batch goes on without it (its
         delivery is settled by the batch's ack: terminating it would ack those before it too)."""
-        meta = msg.metadata
-        choice: Choice | None = admit(meta.num_delivered, MAX_DELIVER)
+        delivered, seq = delivery(msg)
+        choice: Choice | None = admit(delivered, MAX_DELIVER)
         created: str | None = None
         if choice is None:
-            outcome, created = self._apply(msg.data, msg.subject, meta.sequence.stream, workflows)
-            choice = choose(meta.num_delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
+            outcome, created = self._apply(msg.data, msg.subject, seq, workflows)
+            choice = choose(delivered, MAX_DELIVER, outcome, backoff=(FETCH_WAIT_SECONDS,))
         if isinstance(choice, Park):
             await carry_out(msg, choice, park=self._park, log=log)
         return created
@@ -376,7 +377,6 @@ class Scheduler:
             await self._fail(cmd, f"work item is {len(payload)} bytes, over the {limit}-byte limit of the bus")
             return False
         await self.publisher.publish(subject, payload, item.msg_id(), track=(cmd.run_id, cmd.activity.id, cmd.attempt))
-        log.debug("activity_dispatched", run=cmd.run_id, activity=cmd.activity.id, attempt=cmd.attempt)
         return True
 
     async def _ensure_work_stream(self, cmd: Dispatch) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import time
@@ -68,6 +69,10 @@ async def serve(
     mint = CallbackMinter(settings)
     kv = await leases_bucket(bus.js, settings)
     count = partitions or settings.scheduler_partitions
+    # What start-up allocated (modules, classes, settings) lives as long as the process: out of the
+    # collector's sight, a full collection no longer walks it (one took 70 ms of a benchmark run).
+    gc.collect()
+    gc.freeze()
     replica = Replica(bus, settings, kv, mint, tenant=tenant, count=count, config=config, lease_ttl=lease_ttl)
     await replica.run(stop, ready)
 
