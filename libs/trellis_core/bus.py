@@ -231,10 +231,11 @@ class Bus:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         return await self.js.publish(subject, payload, headers=headers)
 
-    async def publish_event(self, event: Event) -> js_api.PubAck:
-        """Publish a run event on its own subject with its identity as the dedupe id."""
+    async def publish_event(self, event: Event, *, route: str = "") -> js_api.PubAck:
+        """Publish a run event on its own subject (with `route` after it: `subjects.run_event`)
+        with its identity as the dedupe id."""
         return await self.publish(
-            subjects.run_event(event.tenant, event.run_id, event.kind), event, msg_id=event.msg_id()
+            subjects.run_event(event.tenant, event.run_id, event.kind, route), event, msg_id=event.msg_id()
         )
 
     async def dead_letter(self, msg: Msg, *, stream: str, consumer: str, reason: str, terminate: bool = True) -> None:

@@ -254,6 +254,9 @@ class WorkItem(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=
     attempt: int
     activity: Activity
     schema_version: int = SCHEMA_VERSION
+    # The token an agent appends to the subjects of this attempt's events: the scheduler partition
+    # that walks the run (docs/scaling.md). Empty with one partition: the subjects are as ever.
+    route: str = ""
 
     def msg_id(self) -> str:
         return f"{self.tenant}/{self.run_id}/{self.activity.id}/{self.attempt}/work"

@@ -65,8 +65,10 @@ def agent_permissions(tenant: str) -> Permissions:
     # logs, its dead letters and its key requests.
     control_only = [
         f"{subjects.PREFIX}.{t}.run.*.approval.decided",
+        f"{subjects.PREFIX}.{t}.run.*.approval.decided.>",
         f"{subjects.PREFIX}.{t}.run.*.run.>",
         f"{subjects.PREFIX}.{t}.run.*.activity.dispatched",
+        f"{subjects.PREFIX}.{t}.run.*.activity.dispatched.>",
         f"{subjects.PREFIX}.{t}.runs.>",
         f"{subjects.PREFIX}.{t}.work.>",
         f"{subjects.PREFIX}.{t}.control.>",

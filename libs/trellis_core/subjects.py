@@ -62,9 +62,12 @@ def runs_requested(tenant: str) -> str:
     return f"{PREFIX}.{tenant_token(tenant)}.runs.requested"
 
 
-def run_event(tenant: str, run_id: str, kind: str) -> str:
-    """`kind` is the event's tag, e.g. `activity.completed` (two subject tokens)."""
-    return f"{PREFIX}.{tenant_token(tenant)}.run.{token(run_id, 'run id')}.{kind}"
+def run_event(tenant: str, run_id: str, kind: str, route: str = "") -> str:
+    """`kind` is the event's tag, e.g. `activity.completed` (two subject tokens). `route`, when
+    given, is one more token after it: the scheduler partition an agent's events go to
+    (WorkItem.route), so that only that partition's consumer reads them."""
+    subject = f"{PREFIX}.{tenant_token(tenant)}.run.{token(run_id, 'run id')}.{kind}"
+    return f"{subject}.{token(route, 'route')}" if route else subject
 
 
 def run_events(tenant: str, run_id: str) -> str:

@@ -20,7 +20,7 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     pool: str
     agent: str = ""
 
-    def work_item(self) -> WorkItem:
+    def work_item(self, route: str = "") -> WorkItem:
         return WorkItem(
             tenant=self.tenant,
             run_id=self.run_id,
@@ -28,6 +28,7 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
             action=self.action,
             attempt=self.attempt,
             activity=self.activity,
+            route=route,
         )
 
 

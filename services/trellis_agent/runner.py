@@ -49,7 +49,7 @@ class Publisher(Protocol):
 
     async def publish(self, subject: str, message: msgspec.Struct | bytes, *, msg_id: str | None = None) -> Any: ...
 
-    async def publish_event(self, event: Event) -> Any: ...
+    async def publish_event(self, event: Event, *, route: str = "") -> Any: ...
 
 
 async def publish_reliably(send: Callable[[], Awaitable[Any]], what: str, attempts: int = 30) -> None:
@@ -124,12 +124,14 @@ class ActivityRun:
                 reported.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reported
-        await publish_reliably(lambda: self._publisher.publish_event(end), end.kind)
+        await publish_reliably(lambda: self._publisher.publish_event(end, route=self.work.route), end.kind)
         bound.info("activity_finished", outcome=end.kind, attempt=self.work.attempt)
         return end
 
     async def _report_started(self, started: ActivityStarted, bound: Any) -> None:
-        await publish_reliably(lambda: self._publisher.publish_event(started), "activity.started")
+        await publish_reliably(
+            lambda: self._publisher.publish_event(started, route=self.work.route), "activity.started"
+        )
         bound.info("activity_started", attempt=self.work.attempt)
         if self._on_started is not None:
             await self._on_started()
@@ -247,6 +249,6 @@ class ActivityRun:
                 return
             beat = ActivityHeartbeat(agent=self._config.agent_id, sequence=sequence, **self._event_fields())
             try:
-                await self._publisher.publish_event(beat)
+                await self._publisher.publish_event(beat, route=self.work.route)
             except Exception as exc:  # a missed heartbeat is not fatal; the next one may pass
                 log.warning("heartbeat_failed", activity=self.work.activity.id, error=repr(exc))

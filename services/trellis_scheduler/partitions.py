@@ -52,6 +52,11 @@ class Partition:
         """Snapshot keys are `<prefix>.<tenant>.<run>`."""
         return "run" if self.count == 1 else f"run-p{self.index}of{self.count}"
 
+    @property
+    def route(self) -> str:
+        """The token after the subjects of the events agents send this partition (WorkItem.route)."""
+        return "" if self.count == 1 else f"p{self.index}of{self.count}"
+
     def other_layout(self, name: str) -> bool:
         """Whether `name` is a lease or durable of this scope under another partition count."""
         found = re.fullmatch(rf"{re.escape(self.scope)}(?:-p\d+of(\d+))?", name)

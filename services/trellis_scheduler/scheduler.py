@@ -178,7 +178,7 @@ class Scheduler:
             ack_wait=ACK_WAIT_SECONDS,
             max_deliver=-1,
             max_ack_pending=FETCH_BATCH * 16,
-            filter_subjects=[f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS],
+            filter_subjects=self._filter(),
         )
         if self.partition.count > 1 and (after := await self._other_layouts_floor()):
             # A partition's first durable where another partition count ran before: start after
@@ -195,6 +195,15 @@ class Scheduler:
             config.deliver_policy = js_api.DeliverPolicy.NEW
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         return await BatchPull(self.bus.nc, subjects.STREAM_EVENTS, self.durable).start()
+
+    def _filter(self) -> list[str]:
+        """The events of others: on their plain subjects, and with several partitions also those
+        agents route to this one (WorkItem.route). Every partition reads the plain ones (run.compiled,
+        cancels and approvals from the gateway, events of agents from before routes); agents' events,
+        the bulk, reach their partition only."""
+        plain = [f"{subjects.PREFIX}.{self.tenant}.run.*.{kind}" for kind in FOREIGN_EVENTS]
+        route = self.partition.route
+        return plain + [f"{subject}.{route}" for subject in plain if route and not subject.endswith("run.compiled")]
 
     async def _other_layouts_floor(self) -> int:
         """0 when this partition's durable exists or no other partition count's does; else the
@@ -370,7 +379,7 @@ class Scheduler:
         subject = subjects.work(cmd.tenant, cmd.pool, cmd.agent or None)
         if cmd.tenant not in self.work_streams and not await self._ensure_work_stream(cmd):
             return False
-        item = cmd.work_item()
+        item = cmd.work_item(self.partition.route)
         payload = encode(item)
         limit = self.bus.nc.max_payload - HEADER_ROOM
         if len(payload) > limit:

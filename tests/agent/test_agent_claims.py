@@ -30,7 +30,7 @@ class QuietBus:
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
         pass
 
-    async def publish_event(self, event: Any) -> None:
+    async def publish_event(self, event: Any, *, route: str = "") -> None:
         self.kinds.append(event.kind)
 
 

@@ -71,7 +71,7 @@ class Recorder:
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
         self.chunks.append(message)
 
-    async def publish_event(self, event: Event) -> None:
+    async def publish_event(self, event: Event, *, route: str = "") -> None:
         self.events.append(event)
 
     def logs(self) -> str:

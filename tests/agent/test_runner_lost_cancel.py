@@ -39,7 +39,7 @@ class LosesCancels:
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
         await self._store("log")
 
-    async def publish_event(self, event: Any) -> None:
+    async def publish_event(self, event: Any, *, route: str = "") -> None:
         if isinstance(event, ActivityHeartbeat):
             self.in_heartbeat.set()
         await self._store(event.kind)

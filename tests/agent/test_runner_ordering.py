@@ -24,7 +24,7 @@ class SlowStartedAck:
     async def publish(self, subject: str, message: Any, *, msg_id: str | None = None) -> None:
         self.stored.append("log")
 
-    async def publish_event(self, event: Any) -> None:
+    async def publish_event(self, event: Any, *, route: str = "") -> None:
         if isinstance(event, ActivityStarted):
             await self.release.wait()
         self.stored.append(event.kind)

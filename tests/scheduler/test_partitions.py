@@ -101,6 +101,15 @@ async def test_two_replicas_share_four_partitions_and_each_run_is_scheduled_by_i
             dispatched = Counter((e.run_id, e.activity_id) for e in rec.of(ActivityDispatched))
             assert dispatched == {(run_id, a): 1 for run_id in runs.values() for a in ("a", "b")}
 
+        # The agent sent each run's events to its partition only (WorkItem.route after the type).
+        info = await bus.js.stream_info(
+            subjects.STREAM_EVENTS, subjects_filter=f"{subjects.PREFIX}.{tenant}.run.*.activity.completed.>"
+        )
+        routed = {subject.split(".")[3]: subject.rsplit(".", 1)[1] for subject in info.state.subjects or {}}
+        assert routed == {
+            run_id: Partition(partition_of(tenant, env, count), count, tenant).route for env, run_id in runs.items()
+        }
+
         kv = await run_state_bucket(bus.js, settings)
         for env, run_id in runs.items():  # each run's tombstone is under its own partition's prefix
             prefix = Partition(partition_of(tenant, env, count), count, tenant).snapshot_prefix
