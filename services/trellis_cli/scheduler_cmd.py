@@ -10,9 +10,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "scheduler",
         help="walk workflow runs: dispatch activities to agents, retry, time out, cancel",
-        description="Run one scheduler replica. Replicas share a leader lease in NATS KV: one "
-        "leads, the others take over within seconds if it dies. Settings come from TRELLIS_* "
-        "variables (TRELLIS_NATS_URL, TRELLIS_MAX_PARALLEL_PER_RUN, ...).",
+        description="Run one scheduler replica. Each partition of the runs (TRELLIS_SCHEDULER_PARTITIONS, "
+        "1 by default) has a leader lease in NATS KV: with one, one replica leads and the others take "
+        "over within seconds if it dies; with several, the live replicas share them evenly. Settings "
+        "come from TRELLIS_* variables (TRELLIS_NATS_URL, TRELLIS_MAX_PARALLEL_PER_RUN, ...).",
     )
     parser.add_argument("--tenant", default="*", help="schedule only this tenant's runs (default: every tenant)")
     parser.set_defaults(func=run_scheduler)
