@@ -78,18 +78,38 @@ def late_scope(
     the run's own (a day-2 action reads the environment's last deploy's)."""
     scope = dict(run.workflow.scope)
     scope["variables"] = activity.inputs
-    outputs: Mapping[str, Mapping[str, Any]] = run.outputs
-    if deployed:
-        names = dict.fromkeys([*deployed, *run.outputs])
-        outputs = {name: {**deployed.get(name, {}), **run.outputs.get(name, {})} for name in names}
-    scope["resource"] = MappingProxyType(
-        {name: {"output": MappingProxyType(dict(recorded))} for name, recorded in outputs.items()}
-    )
+    scope["resource"] = _Resources(run.outputs, deployed or {})
     if callback is not None:
         scope["approval"] = _Approval(callback)
     else:  # no attempt is being dispatched (a skip condition, a test): keep the expression as is
         scope.setdefault("approval", {"callback_url": "$(approval.callback_url)$"})
     return scope
+
+
+class _Resources(Mapping[str, Mapping[str, Any]]):
+    """A late scope's `resource`: `resource.R.output.K.value` over the outputs recorded so far
+    (over `deployed`'s where given), read-only, looked up by name as an expression reads it. A
+    dispatch costs what its expressions read, not a copy of every output of the run, which made
+    a run's rendering grow with the square of its size."""
+
+    __slots__ = ("_deployed", "_recorded")
+
+    def __init__(self, recorded: Mapping[str, Mapping[str, Any]], deployed: Mapping[str, Mapping[str, Any]]) -> None:
+        self._recorded = recorded
+        self._deployed = deployed
+
+    def __getitem__(self, name: str) -> Mapping[str, Any]:
+        own, base = self._recorded.get(name), self._deployed.get(name)
+        if own is None and base is None:
+            raise KeyError(name)
+        outputs = {**(base or {}), **(own or {})} if base is not None else own
+        return MappingProxyType({"output": MappingProxyType(dict(outputs or {}))})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._deployed, *self._recorded]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*self._deployed, *self._recorded]))
 
 
 class RenderError(TrellisError):
