@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -35,7 +34,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import pytest
 from peers_report import (
     CHAIN,
@@ -49,6 +47,7 @@ from peers_report import (
     Report,
 )
 
+from scheduler_processes import SchedulerProcess, lease_holders
 from stored_events import stored_events
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -57,7 +56,6 @@ from trellis_core.events import ActivityCompleted, ActivityStarted, RunCompiled,
 from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_core.workflow import Activity, ContainerSpec, TemplateRef, Workflow
-from trellis_scheduler.partitions import Partition
 
 pytestmark = pytest.mark.bench
 HERE = Path(__file__).parent
@@ -88,41 +86,13 @@ def _workflow(name: str, dag: Dag) -> Workflow:
     return Workflow(environment=name, template=TemplateRef(name="bench-peers"), action="deploy", activities=acts)
 
 
-class _Replica:
-    """One `trellis scheduler --tenant T` process; its log lines (JSON, info) say when it stands by and leads."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.standby, self.leading = asyncio.Event(), asyncio.Event()
-        self.holder = ""
-        self.lines: list[str] = []
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            if '"scheduler_standby"' in line:
-                self.holder = json.loads(line)["replica"]
-                self.standby.set()
-            elif '"scheduler_leading"' in line:
-                self.leading.set()
-
-
-async def _spread(bus: Bus, tenant: str, partitions: int, procs: list[_Replica]) -> None:
+async def _spread(bus: Bus, tenant: str, partitions: int, procs: list[SchedulerProcess]) -> None:
     """Wait until the replicas lead the partitions evenly (a replica that started first leads them
     all, then hands some over as the others announce themselves)."""
-    kv = await bus.js.key_value(subjects.KV_LEASES)
     room = -(-partitions // len(procs))
     while True:
-        holders: list[str] = []
-        for index in range(partitions):
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                entry = await kv.get(Partition(index, partitions, tenant).name)
-                holders.append(json.loads(entry.value or b"{}").get("holder", ""))
-        counts = Counter(holders)
-        if len(holders) == partitions and set(counts) == {r.holder for r in procs} and max(counts.values()) <= room:
+        counts = Counter(await lease_holders(bus, tenant, partitions))
+        if set(counts) == {r.holder for r in procs} and max(counts.values()) <= room:
             return
         await asyncio.sleep(0.2)
 
@@ -140,7 +110,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class Stack:
-    def __init__(self, replicas: list[_Replica]) -> None:
+    def __init__(self, replicas: list[SchedulerProcess]) -> None:
         self.replicas = replicas
 
     def cpu(self) -> list[float]:
@@ -155,21 +125,11 @@ async def trellis_stack(
     """`replicas` scheduler processes sharing `partitions` (with one, one replica leads and the others
     stand by) and a real agent, until the end; yielded once the partitions are spread evenly."""
     env = {
-        **os.environ,
-        "TRELLIS_NATS_URL": settings.nats_url,
-        "TRELLIS_STREAM_STORAGE": settings.stream_storage,
-        "TRELLIS_LOG_FORMAT": "json",
-        "TRELLIS_LOG_LEVEL": "info",  # the scheduler logs a line per run at info, none per activity
         "TRELLIS_MAX_PARALLEL_PER_RUN": str(MAX_PARALLEL_PER_RUN),
         "TRELLIS_HEARTBEAT_TIMEOUT_SECONDS": "30",
         "TRELLIS_SCHEDULER_PARTITIONS": str(partitions),
     }
-    trellis = str(Path(sys.executable).with_name("trellis"))
-    procs = [
-        _Replica(await asyncio.create_subprocess_exec(trellis, "scheduler", "--tenant", tenant, env=env,
-                                                      stderr=asyncio.subprocess.PIPE))
-        for _ in range(replicas)
-    ]  # fmt: skip
+    procs = [await SchedulerProcess.start(settings, tenant, **env) for _ in range(replicas)]
     argv = [sys.executable, str(HERE / "peers_agent.py"), settings.nats_url, tenant, str(AGENT_SLOTS),
             settings.stream_storage]  # fmt: skip
     agent = subprocess.Popen(argv)
@@ -222,20 +182,14 @@ async def run_on_trellis(bus: Bus, stack: Stack, tenant: str, shape: str, within
     return Figures.of(dag, started, completed, (end.occurred_at - begin.occurred_at).total_seconds(), load, cpu)
 
 
-async def test_trellis_chain_of_200(bus: Bus, settings: Settings, unique: str, report: Report) -> None:
+@pytest.mark.parametrize("shape", [CHAIN, LAYERS])
+async def test_trellis(bus: Bus, settings: Settings, unique: str, report: Report, shape: str) -> None:
+    """Each shape on one replica, Trellis's figures against Temporal's."""
     async with trellis_stack(bus, settings, unique, replicas=1) as stack:
         for _ in range(ROUNDS):
-            figures = await run_on_trellis(bus, stack, unique, CHAIN)
-            report.trellis.setdefault(CHAIN, []).append(figures)
-            _print("Trellis", CHAIN, figures)
-
-
-async def test_trellis_1000_in_layers_of_20(bus: Bus, settings: Settings, unique: str, report: Report) -> None:
-    async with trellis_stack(bus, settings, unique, replicas=1) as stack:
-        for _ in range(ROUNDS):
-            figures = await run_on_trellis(bus, stack, unique, LAYERS)
-            report.trellis.setdefault(LAYERS, []).append(figures)
-            _print("Trellis", LAYERS, figures)
+            figures = await run_on_trellis(bus, stack, unique, shape)
+            report.trellis.setdefault(shape, []).append(figures)
+            _print("Trellis", shape, figures)
 
 
 async def test_trellis_1000_over_10_environments_with_1_and_3_scheduler_replicas(

@@ -122,6 +122,20 @@ async def wait_runs_ended(db: asyncpg.Connection, tenant: str, run_ids: list[str
         raise AssertionError(f"not every run ended within {within:g} s: {statuses}") from None
 
 
+def ledger_lines(ledger: Path) -> list[str]:
+    """The lines the activities appended to `ledger` (one each time one ran)."""
+    return ledger.read_text().splitlines() if ledger.exists() else []
+
+
+async def ran_at_least(ledger: Path, count: int, within: float = 60.0) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while len(ledger_lines(ledger)) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{len(ledger_lines(ledger))} activities ran, not {count}, within {within:g} s") from None
+
+
 def custom_task(name: str, script: str) -> str:
     """A ResourceTemplate `name` with one script task `run` (the script indented for YAML)."""
     body = "\n".join(f"                {line}" for line in script.strip().splitlines())

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cluster_support import control_plane, custom_task, environment, request_run, wait_runs_ended
+from cluster_support import (
+    control_plane,
+    custom_task,
+    environment,
+    ledger_lines,
+    ran_at_least,
+    request_run,
+    wait_runs_ended,
+)
 
 from trellis_core import subjects
 from trellis_core.bus import Bus
@@ -41,19 +49,6 @@ def templates(ledger: Path) -> str:
     docs = [custom_task(r, script) for r in resources]
     docs.append(environment("wide", resources, [f"e{n:02}" for n in range(RUNS)]))
     return "---\n".join(docs)
-
-
-def ledger_lines(ledger: Path) -> list[str]:
-    return ledger.read_text().splitlines() if ledger.exists() else []
-
-
-async def ran_at_least(ledger: Path, count: int, within: float = 60.0) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while len(ledger_lines(ledger)) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{len(ledger_lines(ledger))} activities ran, not {count}, within {within:g} s") from None
 
 
 async def leader_of(bus: Bus, cluster: EmbeddedNatsCluster, stream: str, *, not_: int | None = None) -> int:

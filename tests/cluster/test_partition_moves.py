@@ -10,27 +10,23 @@ once and ran once, at its first attempt."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import msgspec
-import nats.js.errors
 import pytest
-from cluster_support import _serving, custom_task, environment, request_run
+from cluster_support import _serving, custom_task, environment, ledger_lines, ran_at_least, request_run
 
 from running_agent import running_agent
+from scheduler_processes import SchedulerProcess, lease_holders
 from stored_events import stored_events
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.events import RunCompleted
 from trellis_core.settings import Settings
-from trellis_scheduler.lease import LeaseRecord
-from trellis_scheduler.partitions import Partition
 
 RUNS, ACTIVITIES, PARTITIONS = 12, 8, 6
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -44,30 +40,10 @@ def templates(ledger: Path) -> str:
     return "---\n".join(docs)
 
 
-class Replica:
-    """One `trellis scheduler --tenant T` process; its id (the lease holder) is read from its log."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.holder = ""
-        self.started = asyncio.Event()
-        self.lines: list[str] = []
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            if '"scheduler_standby"' in line and not self.holder:
-                self.holder = msgspec.json.decode(line)["replica"]
-                self.started.set()
-
-
 @asynccontextmanager
-async def replicas(settings: Settings, tenant: str) -> AsyncIterator[list[Replica]]:
+async def replicas() -> AsyncIterator[list[SchedulerProcess]]:
     """A list to start replicas into (`start`); each is stopped (SIGTERM) at the end."""
-    started: list[Replica] = []
+    started: list[SchedulerProcess] = []
     try:
         yield started
     finally:
@@ -80,70 +56,29 @@ async def replicas(settings: Settings, tenant: str) -> AsyncIterator[list[Replic
             await r.reader
 
 
-async def start(into: list[Replica], settings: Settings, tenant: str) -> Replica:
-    env = {
-        **os.environ,
-        "TRELLIS_NATS_URL": settings.nats_url,
-        "TRELLIS_STREAM_STORAGE": settings.stream_storage,
-        "TRELLIS_DATA_DIR": str(settings.data_dir),
-        "TRELLIS_LOG_FORMAT": "json",
-        "TRELLIS_LOG_LEVEL": "info",
-        "TRELLIS_SCHEDULER_PARTITIONS": str(PARTITIONS),
-    }
-    trellis = str(Path(sys.executable).with_name("trellis"))
-    proc = await asyncio.create_subprocess_exec(
-        trellis, "scheduler", "--tenant", tenant, env=env, stderr=asyncio.subprocess.PIPE
+async def start(into: list[SchedulerProcess], settings: Settings, tenant: str) -> SchedulerProcess:
+    replica = await SchedulerProcess.start(
+        settings, tenant, TRELLIS_DATA_DIR=str(settings.data_dir), TRELLIS_SCHEDULER_PARTITIONS=str(PARTITIONS)
     )
-    replica = Replica(proc)
     into.append(replica)
     async with asyncio.timeout(30):
-        await replica.started.wait()
+        await replica.standby.wait()
     return replica
 
 
-async def holders(bus: Bus, tenant: str) -> list[str]:
-    """Each partition's lease holder ("" where none holds it)."""
-    try:
-        kv = await bus.js.key_value(subjects.KV_LEASES)
-    except nats.js.errors.BucketNotFoundError:  # no replica has started yet
-        return [""] * PARTITIONS
-    out = []
-    for index in range(PARTITIONS):
-        try:
-            entry = await kv.get(Partition(index, PARTITIONS, tenant).name)
-        except nats.js.errors.KeyNotFoundError:
-            out.append("")
-            continue
-        out.append(msgspec.json.decode(entry.value or b"", type=LeaseRecord).holder if entry.value else "")
-    return out
-
-
-async def spread(bus: Bus, tenant: str, live: list[Replica], within: float = 30.0) -> list[str]:
+async def spread(bus: Bus, tenant: str, live: list[SchedulerProcess], within: float = 30.0) -> list[str]:
     """Wait until the `live` replicas, and only they, lead every partition, evenly."""
     want = {r.holder: PARTITIONS // len(live) for r in live}
     seen: list[str] = []
     try:
         async with asyncio.timeout(within):
             while True:
-                seen = await holders(bus, tenant)
+                seen = await lease_holders(bus, tenant, PARTITIONS)
                 if Counter(seen) == want:
                     return seen
                 await asyncio.sleep(0.2)
     except TimeoutError:
         raise AssertionError(f"partitions held {seen}, not {want} evenly, within {within:g} s") from None
-
-
-def ledger_lines(ledger: Path) -> list[str]:
-    return ledger.read_text().splitlines() if ledger.exists() else []
-
-
-async def ran_at_least(ledger: Path, count: int, within: float = 60.0) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while len(ledger_lines(ledger)) < count:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{len(ledger_lines(ledger))} activities ran, not {count}, within {within:g} s") from None
 
 
 async def counts(bus: Bus, tenant: str, kind: str) -> dict[str, int]:
@@ -164,7 +99,7 @@ async def test_partitions_move_as_replicas_go_from_one_to_three_to_two_mid_load(
         await stack.enter_async_context(
             running_agent(agent_bus, stack_dir, tenant=tenant, executor="process", concurrency=4)
         )
-        started = await stack.enter_async_context(replicas(settings, tenant))
+        started = await stack.enter_async_context(replicas())
         first = await start(started, settings, tenant)
         await spread(bus, tenant, [first])
 
