@@ -35,7 +35,7 @@ from nats.js import api as js_api
 
 from trellis_core import subjects
 from trellis_core.bus import Bus, stored_workflow
-from trellis_core.consume import admit, decode_error, fetch_loop
+from trellis_core.consume import admit, decode_error, delivery, fetch_loop
 from trellis_core.events import ActivityLogChunk, RunCompiled, RunEvent, decode_run_event
 from trellis_core.logs import get_logger
 from trellis_core.pull import BatchPull
@@ -304,9 +304,8 @@ class Projection:
         await self._advance(stream, [d.seq for d in decoded])
 
     async def _decode(self, stream: _Stream, msg: Msg) -> _Decoded:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        if (refused := admit(meta.num_delivered, MAX_DELIVER)) is not None:
+        delivered, seq = delivery(msg)
+        if (refused := admit(delivered, MAX_DELIVER)) is not None:
             await self._park(stream, msg, refused.reason)
             return _Decoded(msg, seq, None)
         try:
