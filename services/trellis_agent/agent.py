@@ -262,6 +262,10 @@ class Agent:
         so acked) the scheduler owns the attempt, and a failure here is only logged."""
         if work.tenant != self.config.tenant:
             raise PermanentError(f"work of tenant {work.tenant!r} reached an agent of {self.config.tenant!r}")
+        try:  # it names the workspace's directory and the subjects of the attempt's events
+            subjects.token(work.run_id, "the work item's run id")
+        except subjects.InvalidSubjectToken as exc:
+            raise PermanentError(str(exc)) from None
         started = False
 
         async def on_started() -> None:

@@ -173,6 +173,24 @@ async def test_work_of_another_tenant_on_its_subject_is_dead_lettered_not_run(
     assert rec.events == []
 
 
+@pytest.mark.parametrize("run_id", ["../../../escaped", "a.b", ""])
+async def test_work_whose_run_id_is_not_one_token_is_dead_lettered_not_run(
+    bus: Bus, unique: str, tmp_path: Path, run_id: str
+) -> None:
+    """The run id names the workspace's directory: "../../../escaped" would put it outside the data dir."""
+    marker = tmp_path / "ran"
+    hostile = msgspec.structs.replace(work_item(shell(f"touch {marker}"), tenant=unique), run_id=run_id)
+    subject = subjects.work(unique, "default")
+    letters = await bus.nc.subscribe(subjects.deadletter(subject))
+    async with running_agent(bus, tmp_path / "agent", tenant=unique):
+        await bus.publish(subject, hostile, msg_id=hostile.msg_id())
+        letter = msgspec.json.decode((await letters.next_msg(timeout=15)).data, type=DeadLetter)
+    await letters.unsubscribe()
+    assert f"the work item's run id {run_id!r} cannot be used in a subject" in letter.reason
+    assert not marker.exists()
+    assert not (tmp_path / "escaped").exists()
+
+
 async def test_a_cancel_command_kills_the_activity_and_reports_it_cancelled(
     bus: Bus, unique: str, tmp_path: Path
 ) -> None:
