@@ -132,13 +132,12 @@ Parking = Callable[[Msg, str], Awaitable[None]]  # writes the dead letter of a m
 async def carry_out(msg: Msg, choice: Choice, *, park: Parking, log: Any) -> None:
     """Ack, nak or dead-letter `msg`. A dead letter that cannot be written leaves the message
     to be delivered again (naked), so it is parked on a later delivery, not lost."""
-    deliveries = msg.metadata.num_delivered
     match choice:
         case Ack():
             with contextlib.suppress(nats.errors.Error):
                 await msg.ack()
         case Nak(delay):
-            log.info("message_retried", subject=msg.subject, deliveries=deliveries, retry_in=delay)
+            log.info("message_retried", subject=msg.subject, deliveries=delivery(msg)[0], retry_in=delay)
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=delay)
         case Park(reason):
@@ -149,7 +148,7 @@ async def carry_out(msg: Msg, choice: Choice, *, park: Parking, log: Any) -> Non
                 with contextlib.suppress(nats.errors.Error):
                     await msg.nak(delay=5.0)
                 return
-            log.error("message_dead_lettered", subject=msg.subject, deliveries=deliveries, reason=reason)
+            log.error("message_dead_lettered", subject=msg.subject, deliveries=delivery(msg)[0], reason=reason)
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ async def settle(
 ) -> None:
     """admit -> decode -> handle -> choose, then carry the choice out. Never raises but on
     cancellation (then the message is handed back)."""
-    deliveries = msg.metadata.num_delivered
+    deliveries, _ = delivery(msg)
     choice: Choice | None = admit(deliveries, how.max_deliver)
     if choice is None:
         outcome = await _outcome(msg, decode, handle, how.log)

@@ -48,6 +48,8 @@ MASK = "********"
 NONCE_BYTES = 12
 _HKDF_SALT = b"trellis tenant data key v1"
 # kid: 8 hex digits. payload: base64url without padding (nonce 12 + tag 16 bytes at least).
+# Every token starts so (JSON-encoded too: no character of it is escaped).
+TOKEN_MARK = b"[[trellis-sealed:"
 TOKEN_PATTERN = re.compile(r"\[\[trellis-sealed:v1:(?P<kid>[0-9a-f]{8}):(?P<payload>[A-Za-z0-9_-]{38,})\]\]")
 # The shortest encoded form worth masking: shorter ones match ordinary text too often.
 MIN_ENCODED_FORM = 6

@@ -152,6 +152,8 @@ def open_activity(keys: sealed.TenantKeys, activity: Activity, opened: set[str])
 async def open_work(agent_keys: AgentKeys, work: WorkItem, opened: set[str]) -> WorkItem:
     """`work` with its activity's tokens opened (no key is fetched when it holds none)."""
     activity = work.activity
+    if sealed.TOKEN_MARK not in msgspec.json.encode((activity.spec, activity.inputs)):
+        return work  # the common case, told at C speed: no token anywhere in the spec or inputs
     kids = sealed.token_kids(msgspec.to_builtins(activity.spec)) | sealed.token_kids(
         msgspec.to_builtins(activity.inputs)
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import nats.errors
@@ -38,7 +37,7 @@ class Delivery:
     def __init__(self, work: WorkItem) -> None:
         self.data = encode(work)
         self.subject = "trellis.t.work.default"
-        self.metadata = SimpleNamespace(num_delivered=1)
+        self.reply = "$JS.ACK.TRELLIS_WORK_t.agent-t-default.1.7.7.1764669600000000000.0"  # delivered once
         self.acked = False
         self.handed_back = False
 

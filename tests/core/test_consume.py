@@ -86,7 +86,7 @@ class Message:
 
     def __init__(self, data: bytes, deliveries: int) -> None:
         self.data, self.subject = data, "trellis.t.run.r.run.started"
-        self.metadata = SimpleNamespace(num_delivered=deliveries)
+        self.reply = f"$JS.ACK.TRELLIS_EVENTS.scheduler.{deliveries}.7.7.1764669600000000000.0"  # the count
         self.did: list[Any] = []
 
     async def ack(self) -> None:

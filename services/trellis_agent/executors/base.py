@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -62,6 +63,11 @@ class Sink(Protocol):
     async def system(self, text: str) -> None: ...
 
 
+@functools.lru_cache(maxsize=8)
+def _resolved(data_dir: Path) -> Path:
+    return data_dir.resolve()
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A resource run's working directory: `<data dir>/<tenant>/<run>/<workspace key>` on the agent.
@@ -81,7 +87,9 @@ class Workspace:
         key = raw.replace("/", "~")
         if key in ("", ".", "..") or "\x00" in key:
             key = "ws-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
-        root = (data_dir / work.tenant / work.run_id / key).resolve()
+        # The data dir is resolved once, not every path below it for every attempt (five lstat
+        # calls each); tenant and run id are one safe segment each (the agent checks them).
+        root = Path(f"{_resolved(data_dir)}/{work.tenant}/{work.run_id}/{key}")
         return cls(root=root, tenant=work.tenant, run_id=work.run_id, key=key)
 
     @property
