@@ -180,9 +180,10 @@ class Scheduler:
             max_ack_pending=FETCH_BATCH * 16,
             filter_subjects=self._filter(),
         )
-        if self.partition.count > 1 and (after := await self._other_layouts_floor()):
-            # A partition's first durable where another partition count ran before: start after
-            # what that layout handled, or every old run.compiled would start its run again.
+        if after := await self._after_other_layouts():
+            # Another partition count ran since this durable last read, or before it was made:
+            # start after what that layout handled, or every run.compiled it saw would start its
+            # run again (runs of another count keep their snapshots under other names).
             config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = after + 1
         try:
@@ -205,21 +206,30 @@ class Scheduler:
         route = self.partition.route
         return plain + [f"{subject}.{route}" for subject in plain if route and not subject.endswith("run.compiled")]
 
-    async def _other_layouts_floor(self) -> int:
-        """0 when this partition's durable exists or no other partition count's does; else the
-        highest stream sequence those durables acknowledged (the layout's runs are drained before
-        the count changes: docs/scaling.md)."""
+    async def _after_other_layouts(self) -> int:
+        """0 to read this partition's durable as it stands (or to make it, reading from the start);
+        else the highest stream sequence that durables of other partition counts acknowledged,
+        when it is past this one's: the count changed (docs/scaling.md: runs are drained first),
+        maybe back to this one, whose durable was left where it stood then. That durable is
+        deleted, to be made again after that sequence."""
+        own: int | None = None
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.bus.js.consumer_info(subjects.STREAM_EVENTS, self.durable)
+            info = await self.bus.js.consumer_info(subjects.STREAM_EVENTS, self.durable)
+            own = info.ack_floor.stream_seq if info.ack_floor else 0
+        latest = max(
+            (
+                info.ack_floor.stream_seq
+                for info in await self.bus.js.consumers_info(subjects.STREAM_EVENTS)
+                if info.name and info.ack_floor and self.partition.other_layout(info.name)
+            ),
+            default=0,
+        )
+        if latest == 0 or (own is not None and own >= latest):
             return 0
-        floors = [
-            info.ack_floor.stream_seq
-            for info in await self.bus.js.consumers_info(subjects.STREAM_EVENTS)
-            if info.name and info.ack_floor and self.partition.other_layout(info.name)
-        ]
-        if floors:
-            log.warning("partition_durable_after_another_layout", durable=self.durable, after_seq=max(floors))
-        return max(floors, default=0)
+        if own is not None:
+            await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
+        log.warning("partition_durable_after_another_layout", durable=self.durable, after_seq=latest, was_at=own)
+        return latest
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         await fetch_loop(sub, stop, self._on_batch, batch=FETCH_BATCH, wait=FETCH_WAIT_SECONDS, log=log)

@@ -130,8 +130,9 @@ async def test_two_replicas_share_four_partitions_and_each_run_is_scheduled_by_i
 async def test_a_new_partition_count_does_not_start_the_old_layouts_runs_again(
     bus: Bus, settings: Settings, unique: str, tmp_path: Path
 ) -> None:
-    """The count changed after the runs of the old one ended (docs/scaling.md): the new layout's
-    durables start after what the old one handled, not at the start of the stream."""
+    """The count changed after the runs of the old one ended (docs/scaling.md), then changed back: each
+    layout's durables start after what the one before handled, not at the start of the stream nor
+    where they stood when their layout last ran."""
     tenant = unique
 
     async def replica(count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
@@ -161,4 +162,15 @@ async def test_a_new_partition_count_does_not_start_the_old_layouts_runs_again(
         finally:
             stop.set()
             await task
-    assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1}
+
+        # And back: the single partition's durable, left behind, is behind what three partitions
+        # handled since; resumed where it stood, it would start `new` again.
+        stop, task = await replica(1)
+        try:
+            back = await submit(bus, tenant, workflow(sh("a", "true"), env="back"))
+            assert (await rec.completion(back)).status == "succeeded"
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            await task
+    assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1, back: 1}
