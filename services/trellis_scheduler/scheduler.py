@@ -245,14 +245,17 @@ class Scheduler:
             await last.ack()
 
     def _mine(self, msgs: list[Msg]) -> list[Msg]:
-        """The events of this partition's runs: of a run it walks, or a run.compiled of one of its
-        environments (and what follows it in the batch). Every partition's consumer reads every
-        run event, since run-event subjects name the run, not its environment; the others' are
-        passed over undecoded, without the lock or a decision. A run.compiled whose environment
-        cannot be read falls to partition 0, which dead-letters it; an event of a run no
-        partition walks is ignored, as folding it would."""
+        """The events this partition folds: of a run it walks, a run.compiled of one of its
+        environments (and what follows it in the batch), and of a run it does not know those sent
+        to it (routed here; partition 0: on the plain subjects), to dead-letter what cannot be read
+        or claims another subject, as a single scheduler does (the rest folds as nothing).
+        Every partition's consumer reads the plain subjects; the others' events there are passed
+        over undecoded, without the lock or a decision. A run.compiled whose environment cannot
+        be read falls to partition 0."""
         adopted: set[str] = set()
         mine: list[Msg] = []
+        checks_plain = self.partition.index == 0
+        routed = f".{self.partition.route}"
         for msg in msgs:
             parts = msg.subject.split(".", 4)  # the consumer's filter: trellis.<tenant>.run.<run>.<kind>
             if len(parts) < 5:
@@ -260,8 +263,11 @@ class Scheduler:
             _, tenant, _, run_id, kind = parts
             if run_id in self.st.runs or run_id in adopted:
                 mine.append(msg)
-            elif kind == "run.compiled" and self._compiled_here(msg.data, tenant):
-                adopted.add(run_id)
+            elif kind == "run.compiled":
+                if self._compiled_here(msg.data, tenant):
+                    adopted.add(run_id)
+                    mine.append(msg)
+            elif kind.endswith(routed) or checks_plain:  # a plain subject's kind has no route token
                 mine.append(msg)
         return mine
 
@@ -347,8 +353,10 @@ class Scheduler:
         return Handled(), run.run_id if created else None
 
     async def _park(self, msg: Msg, reason: str) -> None:
+        # Named for the scope, not the partition: two partitions parking one plain-subject event
+        # (its run's, and partition 0 that checks every such event) write one letter (msg id).
         await self.bus.dead_letter(
-            msg, stream=subjects.STREAM_EVENTS, consumer=self.durable, reason=reason, terminate=False
+            msg, stream=subjects.STREAM_EVENTS, consumer=self.partition.scope, reason=reason, terminate=False
         )
 
     async def _step(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -15,7 +16,8 @@ from scheduler_support import engine_config, recording, running_agent, sh, submi
 from trellis_core import subjects
 from trellis_core.bus import Bus
 from trellis_core.errors import ConfigError
-from trellis_core.events import ActivityDispatched
+from trellis_core.events import ActivityDispatched, DeadLetter
+from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.lease import LeaseRecord
@@ -174,3 +176,54 @@ async def test_a_new_partition_count_does_not_start_the_old_layouts_runs_again(
             stop.set()
             await task
     assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1, back: 1}
+
+
+async def test_with_partitions_an_unreadable_event_is_dead_lettered_once_whoever_reads_it(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """As a single scheduler does: garbage on a run's subject is parked, with several partitions too,
+    and kept once. A plain subject is read by every partition (partition 0 checks those of runs it does not
+    know; the run's own partition, when it walks it, too); a routed one by its partition only."""
+    tenant, count = unique, 4
+    env = next(f"env{n}" for n in range(50) if partition_of(tenant, f"env{n}", count) != 0)
+    route = Partition(partition_of(tenant, env, count), count, tenant).route
+    letters: list[DeadLetter] = []
+
+    async def collect(msg: Any) -> None:
+        letters.append(msgspec.json.decode(msg.data, type=DeadLetter))
+
+    sub = await bus.nc.subscribe(subjects.tenant_deadletters(tenant), cb=collect)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    replica = asyncio.create_task(
+        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
+    )
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+        async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+            walked = await submit(bus, tenant, workflow(sh("wait", "sleep 1.5"), env=env))
+            await rec.wait(lambda: any(e.run_id == walked for e in rec.of(ActivityDispatched)))
+            unknown = new_run_id()
+            garbage = {
+                "plain, a run no partition walks": subjects.run_event(tenant, unknown, "activity.completed"),
+                "routed, a run no partition walks": subjects.run_event(tenant, unknown, "activity.failed", route),
+                "plain, a run partition 0 does not walk": subjects.run_event(tenant, walked, "activity.completed"),
+            }
+            for n, subject in enumerate(garbage.values()):
+                await bus.publish(subject, b"{not json", msg_id=f"{unique}/garbage/{n}")
+            assert (await rec.completion(walked)).status == "succeeded"  # the garbage touched nothing
+            async with asyncio.timeout(15):
+                while {letter.subject for letter in letters} != set(garbage.values()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # what else comes of them comes meanwhile
+    finally:
+        stop.set()
+        await sub.unsubscribe()
+        async with asyncio.timeout(20):
+            await replica
+    assert {letter.subject for letter in letters} == set(garbage.values())
+    assert all(letter.reason.startswith("undecodable:") for letter in letters)
+    assert {letter.consumer for letter in letters} == {f"scheduler-{tenant}"}
+    # Two partitions parked the walked run's plain one: the stream kept one letter (same msg id).
+    info = await bus.js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=subjects.tenant_deadletters(tenant))
+    assert info.state.subjects == {subjects.deadletter(subject): 1 for subject in garbage.values()}
