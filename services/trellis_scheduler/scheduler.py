@@ -88,6 +88,13 @@ class _Ref(msgspec.Struct):
 
 
 _decode_ref = msgspec.json.Decoder(_Ref).decode
+
+
+def _floor(info: js_api.ConsumerInfo) -> int:
+    """The stream sequence up to which a durable has acknowledged everything it was given."""
+    return info.ack_floor.stream_seq if info.ack_floor else 0
+
+
 FOREIGN_EVENTS = (
     "run.compiled",
     "run.cancel_requested",
@@ -172,28 +179,32 @@ class Scheduler:
         config = js_api.ConsumerConfig(
             durable_name=self.durable,
             ack_policy=js_api.AckPolicy.ALL,
-            # A leader that dies with a pull outstanding leaves what the server then delivers to it
-            # unacked; its successor gets it back after ack_wait, so keep that short (redelivered
-            # events fold as no-ops).
+            # What a leader that died had fetched is read again by its successor (see _start_at).
             ack_wait=ACK_WAIT_SECONDS,
             max_deliver=-1,
             max_ack_pending=FETCH_BATCH * 16,
             filter_subjects=self._filter(),
         )
-        if after := await self._after_other_layouts():
-            # Another partition count ran since this durable last read, or before it was made:
-            # start after what that layout handled, or every run.compiled it saw would start its
-            # run again (runs of another count keep their snapshots under other names).
-            config.deliver_policy = js_api.DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = after + 1
+        own: js_api.ConsumerInfo | None = None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            own = await self.bus.js.consumer_info(subjects.STREAM_EVENTS, self.durable)
+        start = await self._start_at(own)
+        if own is not None and start is None:  # kept: an update may not move where it delivers from
+            config.deliver_policy, config.opt_start_seq = own.config.deliver_policy, own.config.opt_start_seq
+        elif start is not None:
+            if own is not None:
+                await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
+            config.deliver_policy, config.opt_start_seq = js_api.DeliverPolicy.BY_START_SEQUENCE, start
         try:
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
-        except nats.js.errors.BadRequestError as exc:
-            # An older scheduler left the durable with another shape. Recovery has already
-            # replayed every live run from its snapshot, so only new events are needed from it.
+        except nats.js.errors.APIError as exc:
+            if own is None:
+                raise
+            # An older scheduler left the durable with another shape (an ack policy cannot be
+            # updated): made anew, it reads on from where that one had acknowledged.
             log.warning("consumer_recreated", durable=self.durable, error=exc.description)
             await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
-            config.deliver_policy = js_api.DeliverPolicy.NEW
+            config.deliver_policy, config.opt_start_seq = js_api.DeliverPolicy.BY_START_SEQUENCE, _floor(own) + 1
             await self.bus.js.add_consumer(subjects.STREAM_EVENTS, config)
         return await BatchPull(self.bus.nc, subjects.STREAM_EVENTS, self.durable).start()
 
@@ -206,30 +217,34 @@ class Scheduler:
         route = self.partition.route
         return plain + [f"{subject}.{route}" for subject in plain if route and not subject.endswith("run.compiled")]
 
-    async def _after_other_layouts(self) -> int:
-        """0 to read this partition's durable as it stands (or to make it, reading from the start);
-        else the highest stream sequence that durables of other partition counts acknowledged,
-        when it is past this one's: the count changed (docs/scaling.md: runs are drained first),
-        maybe back to this one, whose durable was left where it stood then. That durable is
-        deleted, to be made again after that sequence."""
-        own: int | None = None
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            info = await self.bus.js.consumer_info(subjects.STREAM_EVENTS, self.durable)
-            own = info.ack_floor.stream_seq if info.ack_floor else 0
-        latest = max(
-            (
-                info.ack_floor.stream_seq
-                for info in await self.bus.js.consumers_info(subjects.STREAM_EVENTS)
-                if info.name and info.ack_floor and self.partition.other_layout(info.name)
-            ),
-            default=0,
-        )
-        if latest == 0 or (own is not None and own >= latest):
-            return 0
-        if own is not None:
-            await self.bus.js.delete_consumer(subjects.STREAM_EVENTS, self.durable)
-        log.warning("partition_durable_after_another_layout", durable=self.durable, after_seq=latest, was_at=own)
-        return latest
+    async def _start_at(self, own: js_api.ConsumerInfo | None) -> int | None:
+        """Where a term reads from: None to read this partition's durable as it stands (or to make
+        it, reading from the stream's start); else the stream sequence a durable made anew starts at:
+
+        * past what durables of other partition counts acknowledged, when that is past this one's
+          floor or it has none: the count changed (docs/scaling.md: runs are drained first), maybe
+          back to this one, whose durable was left where it stood then. Read from its floor, every
+          run.compiled that other count handled would start its run again.
+        * this durable's own ack floor, when it holds deliveries no one acknowledged: a leader died
+          (or lost its lease) in the middle of a batch. Its successor would be handed what comes
+          after, and the first ack (AckPolicy.ALL) would acknowledge that batch too; a run.compiled
+          in it, its run not saved yet, would be lost. Read again, what was folded folds as nothing.
+        """
+        floor = _floor(own) if own is not None else 0
+        latest = 0
+        offset = 0
+        while page := await self.bus.js.consumers_info(subjects.STREAM_EVENTS, offset=offset):
+            offset += len(page)  # the server lists at most 256 at a time
+            others = [_floor(info) for info in page if info.name and self.partition.other_layout(info.name)]
+            latest = max([latest, *others])
+        if latest > floor:
+            log.warning("partition_durable_after_another_layout", durable=self.durable, after_seq=latest, was_at=floor)
+            return latest + 1
+        if own is not None and own.num_ack_pending:
+            log.warning("durable_read_again_from_ack_floor", durable=self.durable, after_seq=floor,
+                        unacknowledged=own.num_ack_pending)  # fmt: skip
+            return floor + 1
+        return None
 
     async def _consume(self, sub: Any, stop: asyncio.Event) -> None:
         await fetch_loop(sub, stop, self._on_batch, batch=FETCH_BATCH, wait=FETCH_WAIT_SECONDS, log=log)

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import nats.js.errors
 import pytest
+from nats.js import api as js_api
 from scheduler_support import engine_config, recording, running_agent, sh, submit, workflow
 
 from trellis_core import subjects
@@ -227,3 +228,109 @@ async def test_with_partitions_an_unreadable_event_is_dead_lettered_once_whoever
     # Two partitions parked the walked run's plain one: the stream kept one letter (same msg id).
     info = await bus.js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=subjects.tenant_deadletters(tenant))
     assert info.state.subjects == {subjects.deadletter(subject): 1 for subject in garbage.values()}
+
+
+async def _replica(bus: Bus, settings: Settings, tenant: str, count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """A replica leading `count` partitions of `tenant`, once it is ready (fails if it never is)."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
+    )
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+    except TimeoutError:
+        stop.set()
+        await task
+        raise AssertionError(f"a replica of {count} partition(s) never led them") from None
+    return stop, task
+
+
+async def test_after_a_count_change_a_restarted_partition_is_led_again(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The new count's durables were made to start after the old count's: a later term (a restart,
+    a handover, a failover) must not ask the server to move that start (it refuses, and the term
+    failed on every tick, the partition led by no one)."""
+    tenant = unique
+    async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+        stop, task = await _replica(bus, settings, tenant, 1)
+        before = await submit(bus, tenant, workflow(sh("a", "true"), env="before"))
+        assert (await rec.completion(before)).status == "succeeded"
+        stop.set()
+        await task
+        for _ in range(2):  # the new count's first term, then a restart with a run waiting for it
+            waiting = await submit(bus, tenant, workflow(sh("a", "true"), env="while-down"))
+            stop, task = await _replica(bus, settings, tenant, 2)
+            try:
+                assert (await rec.completion(waiting, within=15)).status == "succeeded"
+            finally:
+                stop.set()
+                await task
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_a_run_compiled_in_the_batch_of_a_leader_that_died_is_not_lost(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path, count: int
+) -> None:
+    """The leader fetched a run.compiled and died before it saved the run or acked anything. Its
+    successor is handed what comes after (the dead one's batch waits out the ack wait), and its
+    first ack acknowledges everything before (AckPolicy.ALL): the run would never start."""
+    tenant, env = unique, "dev"
+    stop, task = await _replica(bus, settings, tenant, count)  # makes the durables
+    stop.set()
+    await task
+    durable = Partition(partition_of(tenant, env, count), count, tenant).name
+    async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+        lost = await submit(bus, tenant, workflow(sh("a", "true"), env=env))
+        dying = await Bus.connect(settings, name="dying-leader")
+        try:
+            sub = await dying.js.pull_subscribe_bind(durable, stream=subjects.STREAM_EVENTS)
+            fetched = await sub.fetch(1, timeout=5)
+            assert [m.subject for m in fetched] == [subjects.run_event(tenant, lost, "run.compiled")]
+        finally:
+            await dying.close()
+        stop, task = await _replica(bus, settings, tenant, count)  # the successor
+        try:
+            other = await submit(bus, tenant, workflow(sh("a", "true"), env=env))
+            assert (await rec.completion(other)).status == "succeeded"
+            assert (await rec.completion(lost, within=5)).status == "succeeded"  # not after the 10 s ack wait
+        finally:
+            stop.set()
+            await task
+    assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {lost: 1, other: 1}
+
+
+async def test_other_counts_durables_are_found_among_more_consumers_than_one_listing_holds(
+    bus: Bus, settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The server lists at most 256 consumers at a time; names before `scheduler-…` (approval waits,
+    say) fill the first page. Missed, the old count's floor reads as 0 and the new count's durables
+    read the stream from its start, every old run.compiled starting its run again."""
+    tenant = unique
+    fillers = [f"a-filler-{unique}-{n:03}" for n in range(300)]
+    for name in fillers:
+        await bus.js.add_consumer(
+            subjects.STREAM_EVENTS,
+            js_api.ConsumerConfig(durable_name=name, filter_subject=f"{subjects.PREFIX}.{unique}x.run.*.filler"),
+        )
+    try:
+        async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+            stop, task = await _replica(bus, settings, tenant, 1)
+            # Its history spans several fetches: replayed from the start, the first would dispatch again.
+            old = await submit(bus, tenant, workflow(*(sh(f"a{n}", "true") for n in range(200)), env="before"))
+            assert (await rec.completion(old)).status == "succeeded"
+            stop.set()
+            await task
+            stop, task = await _replica(bus, settings, tenant, 2)
+            try:
+                new = await submit(bus, tenant, workflow(sh("a", "true"), env="after"))
+                assert (await rec.completion(new)).status == "succeeded"
+                await asyncio.sleep(1.0)  # what an old run started again would dispatch meanwhile
+            finally:
+                stop.set()
+                await task
+        assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1}
+    finally:
+        for name in fillers:
+            await bus.js.delete_consumer(subjects.STREAM_EVENTS, name)
