@@ -148,8 +148,10 @@ class Scheduler:
         self.wake_changed = asyncio.Event()
         self.store: SnapshotStore | None = None
         self.work_streams: set[str] = set()  # tenants whose work stream this process has ensured
+        self.term_over = asyncio.Event()  # run()'s stop: no decision is taken once it is set
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        self.term_over = stop
         kv = await run_state_bucket(self.bus.js, self.settings)
         self.store = SnapshotStore(kv, self.bus.js, self.partition.snapshot_prefix)
         await self.publisher.start()
@@ -375,7 +377,11 @@ class Scheduler:
         )
 
     async def _step(self) -> None:
-        """Decide now and carry the commands out (publishes are confirmed later, in order)."""
+        """Decide now and carry the commands out (publishes are confirmed later, in order). Not
+        once the term is over: what was folded since is in the snapshot it leaves, and the next
+        leader decides, alone (this one may have lost its lease while it waited for the lock)."""
+        if self.term_over.is_set():
+            return
         again = True
         while again:
             _, cmds = decide(self.st, time.time(), render=self.render, mint=self.mint)

@@ -244,8 +244,18 @@ async def _lead(scheduler: Scheduler, lease: Lease, stop: asyncio.Event, ready: 
                 w.cancel()
         term_over.set()
 
+    async def lead() -> None:
+        try:
+            await scheduler.run(term_over, ready=ready)
+        finally:
+            done.set()
+
+    # The lease is renewed until the term has wound down (its last fetch waited out, its snapshots
+    # written), not only until it was told to end: a lease left to expire meanwhile would let a
+    # successor start on older snapshots while this one still writes.
+    done = asyncio.Event()
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(lease.keep(lost, term_over))
+        tasks.create_task(lease.keep(lost, done))
         tasks.create_task(watch())
-        tasks.create_task(scheduler.run(term_over, ready=ready))
+        tasks.create_task(lead())
     return lost.is_set()
