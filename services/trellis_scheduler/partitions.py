@@ -30,6 +30,22 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+_PARTITION_SUFFIX = re.compile(r"(?:^|-)p\d+of\d+$")
+
+
+def scope_tenant_error(tenant: str) -> str:
+    """Why a replica may not be narrowed to `tenant`, or "": its lease and durable names would be
+    another scope's partition names (tenant `acme-p0of2`'s are `scheduler-acme-p0of2`, partition 0
+    of 2 of tenant `acme`; tenant `p0of2`'s those of partition 0 of 2 of every tenant)."""
+    if tenant != "*" and _PARTITION_SUFFIX.search(tenant):
+        return (
+            f"a scheduler cannot be narrowed to tenant {tenant!r}: a name ending in p<i>of<n> would "
+            "share its lease and consumer with another scheduler's partition; schedule it with the "
+            "scheduler of every tenant"
+        )
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     index: int

@@ -27,6 +27,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from trellis_core.bus import Bus
+from trellis_core.errors import ConfigError
 from trellis_core.ids import uuid7
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
@@ -34,7 +35,7 @@ from trellis_engine.state import EngineConfig
 from trellis_scheduler.callbacks import CallbackMinter
 from trellis_scheduler.kv import leases_bucket
 from trellis_scheduler.lease import Lease
-from trellis_scheduler.partitions import Partition, assignment
+from trellis_scheduler.partitions import Partition, assignment, scope_tenant_error
 from trellis_scheduler.scheduler import Scheduler
 
 log = get_logger("scheduler.service")
@@ -66,6 +67,8 @@ async def serve(
     `partitions` overrides TRELLIS_SCHEDULER_PARTITIONS. `ready` is set once the replica leads
     every partition assigned to it. A TRELLIS_CALLBACK_KEY too short to sign with stops it here,
     before it takes a lease."""
+    if why := scope_tenant_error(tenant):
+        raise ConfigError(why)
     mint = CallbackMinter(settings)
     kv = await leases_bucket(bus.js, settings)
     count = partitions or settings.scheduler_partitions

@@ -22,7 +22,7 @@ from trellis_core.ids import new_run_id
 from trellis_core.settings import Settings
 from trellis_scheduler.kv import run_state_bucket
 from trellis_scheduler.lease import LeaseRecord
-from trellis_scheduler.partitions import Partition, assignment, partition_of
+from trellis_scheduler.partitions import Partition, assignment, partition_of, scope_tenant_error
 from trellis_scheduler.service import serve
 
 
@@ -60,6 +60,20 @@ def test_one_partition_keeps_the_names_of_the_single_scheduler() -> None:
     assert (Partition(0, 1).name, Partition(0, 1).snapshot_prefix) == ("scheduler", "run")
     assert Partition(0, 1, "acme").name == "scheduler-acme"
     assert (Partition(3, 8, "acme").name, Partition(3, 8).snapshot_prefix) == ("scheduler-acme-p3of8", "run-p3of8")
+
+
+@pytest.mark.parametrize("tenant", ["acme-p0of2", "p3of8"])
+async def test_a_replica_is_not_narrowed_to_a_tenant_named_like_a_partition(
+    bus: Bus, settings: Settings, tenant: str
+) -> None:
+    """Its names would be another scheduler's partition names: `scheduler-acme-p0of2` is partition
+    0 of 2 of tenant acme, `scheduler-p3of8` partition 3 of 8 of every tenant."""
+    with pytest.raises(ConfigError, match=f"cannot be narrowed to tenant '{tenant}'"):
+        await serve(bus, settings, asyncio.Event(), tenant=tenant)
+
+
+def test_tenants_that_merely_hold_p_and_of_may_have_their_own_replica() -> None:
+    assert [t for t in ("p0of2x", "acme-p0", "shop-of2", "pof", "acme_p0of2") if scope_tenant_error(t)] == []
 
 
 @pytest.mark.parametrize("value", ["0", "257", "many"])
