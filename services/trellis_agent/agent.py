@@ -66,7 +66,7 @@ from trellis_agent.secrets import AgentKeys, nats_request
 from trellis_core import subjects
 from trellis_core.bus import Bus, get_bundle
 from trellis_core.consume import PermanentError, Settling, Slots, decode_error, fetch_loop, settle
-from trellis_core.events import CancelActivity, WorkItem
+from trellis_core.events import ActivityFailed, CancelActivity, WorkItem
 from trellis_core.logs import get_logger
 from trellis_core.settings import Settings
 
@@ -98,6 +98,24 @@ def agent_jetstream_api(tenant: str) -> list[str]:
 
 _decode_work = msgspec.json.Decoder(WorkItem).decode
 _decode_control = msgspec.json.Decoder(CancelActivity).decode
+
+
+class _ActivityRef(msgspec.Struct):
+    id: str
+
+
+class _WorkRef(msgspec.Struct):
+    """What names a work item's attempt: readable where the whole item is not (a spec this agent's
+    version does not know)."""
+
+    tenant: str
+    run_id: str
+    attempt: int
+    activity: _ActivityRef
+    route: str = ""
+
+
+_decode_work_ref = msgspec.json.Decoder(_WorkRef).decode
 
 
 class Agent:
@@ -304,7 +322,31 @@ class Agent:
             del self.running[run.key]
 
     async def _park(self, msg: Msg, reason: str) -> None:
+        """Dead-letter an item this agent will not run, and tell the scheduler its attempt failed:
+        nothing else would (only pinned work has a start timeout), and its run would wait for ever."""
         await self.bus.dead_letter(msg, stream=self.stream, consumer=self.pool_durable, reason=reason)
+        try:
+            ref = _decode_work_ref(msg.data)
+            subjects.token(ref.run_id, "run id")
+            subjects.activity_token(ref.activity.id)
+            if ref.route:
+                subjects.token(ref.route, "route")
+        except Exception:  # not only msgspec's: deep nesting raises RecursionError
+            return  # nothing names the attempt: the dead letter is all there is
+        if ref.tenant != self.config.tenant or ref.attempt < 1:
+            return  # another tenant's run is not this agent's to speak for
+        failed = ActivityFailed(
+            tenant=ref.tenant,
+            run_id=ref.run_id,
+            activity_id=ref.activity.id,
+            attempt=ref.attempt,
+            reason=f"agent {self.config.agent_id} could not take its work item, dead-lettered: {reason}",
+            retryable=False,
+        )
+        try:
+            await publish_reliably(lambda: self.bus.publish_event(failed, route=ref.route), "activity.failed")
+        except Exception as exc:
+            self.log.error("parked_work_not_reported", run=ref.run_id, activity=ref.activity.id, error=repr(exc))
 
     async def _on_control(self, msg: Msg) -> None:
         try:

@@ -191,6 +191,50 @@ async def test_work_whose_run_id_is_not_one_token_is_dead_lettered_not_run(
     assert not (tmp_path / "escaped").exists()
 
 
+async def test_a_work_item_handed_back_too_often_is_parked_and_its_attempt_reported_failed(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """Each hand-back (a slot race, a drain, an agent that died) is a delivery; the sixth is parked
+    unread. Only pinned work has a start timeout: unless the agent says the attempt failed, the
+    scheduler waits for it for ever, and its run with it."""
+    subject = subjects.work(unique, "default")
+    work = work_item(shell(f"touch {tmp_path}/ran"), tenant=unique)
+    async with recording(bus, unique) as rec:
+        async with running_agent(bus, tmp_path, tenant=unique, concurrency=1):
+            pass  # its durables exist; now it is gone
+        await bus.publish(subject, work, msg_id=work.msg_id())
+        sub = await bus.js.pull_subscribe_bind(durable=f"agent-{unique}-default", stream=subjects.work_stream(unique))
+        for _ in range(5):  # what consume._hand_back does with an item it has no slot for
+            [msg] = await sub.fetch(1, timeout=5)
+            await msg.nak()
+        await sub.unsubscribe()
+        async with running_agent(bus, tmp_path, tenant=unique, concurrency=1):
+            failed = await rec.first(ActivityFailed, work.run_id)
+    assert (failed.activity_id, failed.attempt, failed.retryable) == (work.activity.id, work.attempt, False)
+    assert failed.reason.endswith("could not take its work item, dead-lettered: delivered 6 times without an ack")
+    assert [type(e) for e in rec.events if e.run_id == work.run_id] == [ActivityFailed]
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_a_work_item_this_agent_cannot_read_is_reported_failed_naming_why(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """A spec kind from a newer scheduler, say: the item's attempt is still named, so it fails
+    (on its partition's route) rather than waiting for ever."""
+    work = msgspec.structs.replace(work_item(tenant=unique), route="p1of4")
+    item = msgspec.json.decode(encode(work))
+    item["activity"]["kind"] = "teleport"
+    subject = subjects.work(unique, "default")
+    routed = await bus.nc.subscribe(subjects.run_event(unique, work.run_id, "activity.failed", "p1of4"))
+    async with running_agent(bus, tmp_path, tenant=unique):
+        await bus.publish(subject, msgspec.json.encode(item), msg_id=work.msg_id())
+        failed = msgspec.json.decode((await routed.next_msg(timeout=15)).data, type=ActivityFailed)
+    await routed.unsubscribe()
+    assert (failed.activity_id, failed.attempt, failed.retryable) == (work.activity.id, 1, False)
+    assert "dead-lettered: undecodable:" in failed.reason
+    assert "teleport" in failed.reason
+
+
 async def test_a_cancel_command_kills_the_activity_and_reports_it_cancelled(
     bus: Bus, unique: str, tmp_path: Path
 ) -> None:
