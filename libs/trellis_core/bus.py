@@ -140,9 +140,11 @@ class Bus:
                 max_reconnect_attempts=max(1, int(settings.connect_timeout_seconds / 0.5)),
                 reconnect_time_wait=0.5,
                 # A node that vanished without closing the connection (a host lost, a partition)
-                # is noticed within ~30 s, then the client moves to another of TRELLIS_NATS_URL's.
-                ping_interval=10,
-                max_outstanding_pings=3,
+                # is noticed within ~6 s, then the client moves to another of TRELLIS_NATS_URL's:
+                # well inside the scheduler's heartbeat timeout (15 s), or an agent whose beats
+                # went nowhere meanwhile would have its attempt run a second time elsewhere.
+                ping_interval=2,
+                max_outstanding_pings=2,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
