@@ -116,15 +116,26 @@ class ActivityRun:
         # Should it never be stored, the executor is stopped and run() raises (the item is handed back).
         reported = asyncio.create_task(self._report_started(started, bound))
         reported.add_done_callback(self._stop_unless_reported)
+        # Heartbeats go on until the end event is stored: the last log chunks, and the end behind
+        # them, may wait out an election of their stream for longer than the heartbeat timeout.
+        beating = asyncio.Event()
+        beating.set()
+        beats = asyncio.create_task(self._heartbeats(beating), name="heartbeats")
         try:
-            end = await self._attempt()
-            await reported  # the end event is stored after ActivityStarted
+            try:
+                end = await self._attempt()
+                await reported  # the end event is stored after ActivityStarted
+            finally:
+                if not reported.done():
+                    reported.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reported
+            await publish_reliably(lambda: self._publisher.publish_event(end, route=self.work.route), end.kind)
         finally:
-            if not reported.done():
-                reported.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reported
-        await publish_reliably(lambda: self._publisher.publish_event(end, route=self.work.route), end.kind)
+            beating.clear()
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
         bound.info("activity_finished", outcome=end.kind, attempt=self.work.attempt)
         return end
 
@@ -141,8 +152,8 @@ class ActivityRun:
             self.cancel("activity.started could not be published")
 
     async def _attempt(self) -> ActivityEvent:
-        """Open the item's tokens, run the executor with its log sink and heartbeats, seal what
-        must leave sealed; the terminal event (not yet sent)."""
+        """Open the item's tokens, run the executor with its log sink, seal what must leave
+        sealed; the terminal event (not yet sent)."""
         opened: set[str] = set()
         work = self.work
         unopened = ""
@@ -162,20 +173,11 @@ class ActivityRun:
         )
         outcome: Outcome | None = None
         async with sink:
-            beating = asyncio.Event()
-            beating.set()
-            beats = asyncio.create_task(self._heartbeats(beating), name="heartbeats")
-            try:
-                if unopened:
-                    await sink.system(unopened)
-                    outcome = Outcome.failed(unopened, retryable=retry_unopened)
-                else:
-                    outcome = await self._execute(work, sink)
-            finally:
-                beating.clear()
-                beats.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beats
+            if unopened:
+                await sink.system(unopened)
+                outcome = Outcome.failed(unopened, retryable=retry_unopened)
+            else:
+                outcome = await self._execute(work, sink)
             if outcome is None:
                 await sink.system(f"cancelled: {self._cancel_reason}")
             if outcome is not None and outcome.ok:
