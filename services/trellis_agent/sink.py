@@ -3,7 +3,8 @@
 Chunks are sequence-numbered per activity attempt from 0 and published strictly in order; a chunk
 whose publish fails stays queued and is retried on the next flush, so a short outage leaves no
 gap. A publish failure never fails the activity: if the bus stays away, the oldest queued chunks
-are dropped (readers see the gap in the sequence) and the command goes on. When the command has
+are dropped (readers see the gap in the sequence, and once the bus is back a system line says
+which chunks were lost) and the command goes on. When the command has
 ended, what is left is retried with backoff for `exit_flush_seconds` (as long as the terminal
 event, which follows the last chunk, would be): a NATS cluster electing a new stream leader
 after a node died refuses publishes for a few seconds, and the last lines must survive that.
@@ -199,6 +200,7 @@ class LogSink:
         self._tail: tuple[LogStream, str] | None = None
         self._writes = 0
         self.dropped = 0
+        self._lost: tuple[int, int] | None = None  # first and last sequence dropped, not yet said
 
     @classmethod
     def for_work(cls, work: WorkItem, publish: Publish, *, opened: Iterable[str] = (), **kwargs: Any) -> LogSink:
@@ -288,8 +290,11 @@ class LogSink:
         except Exception as exc:
             excess = len(self._pending) - MAX_PENDING_CHUNKS
             if excess > 0:
+                gone = (self._pending[0].sequence, self._pending[excess - 1].sequence)
+                self._lost = gone if self._lost is None else (self._lost[0], gone[1])
                 del self._pending[:excess]
                 self.dropped += excess
+                log.warning("log_chunks_dropped", activity=self._ids[2], dropped=excess, sequences=gone)
             log.warning("log_publish_failed", activity=self._ids[2], pending=len(self._pending), error=repr(exc))
             return False
 
@@ -306,6 +311,14 @@ class LogSink:
             while self._pending:
                 await self._publish(self._pending[0])
                 self._pending.pop(0)
+                if not self._pending and self._lost is not None:  # the bus is back: say what it cost
+                    first, last = self._lost
+                    self._lost = None
+                    line = (
+                        f"log chunks {first} to {last} of this attempt were lost: the bus was unreachable "
+                        f"for longer than {MAX_PENDING_CHUNKS} chunks could wait for it\n"
+                    )
+                    self._pending.append(self._chunk("system", line))
 
     def _take_buffer(self) -> list[tuple[LogStream, str]]:
         buffer, self._buffer, self._buffered = self._buffer, [], 0

@@ -135,6 +135,34 @@ async def test_a_bus_that_stays_away_never_fails_the_writer_and_drops_the_oldest
     assert sink.chunks_published == 0
 
 
+async def test_chunks_dropped_while_the_bus_was_away_are_named_in_a_system_line_once_it_is_back() -> None:
+    collector = ChunkCollector()
+    away = True
+
+    async def flaky(chunk: ActivityLogChunk) -> None:
+        if away:
+            raise ConnectionError("bus away")
+        await collector(chunk)
+
+    sink = LogSink.for_work(work_item(), flaky, flush_seconds=3600, chunk_bytes=256, exit_flush_seconds=5)
+    async with sink:
+        for i in range(1100):
+            await sink.write("stdout", f"{i:0200d}\n")
+        away = False
+        await sink.write("stdout", "after\n")
+    assert sink.dropped > 0
+    published = [c.sequence for c in collector.chunks]
+    assert published == sorted(published)
+    lost = sorted(set(range(published[-1] + 1)) - set(published))
+    assert len(lost) == sink.dropped
+    said = [c for c in collector.chunks if c.stream == "system"]
+    assert [c.data for c in said] == [
+        f"log chunks {lost[0]} to {lost[-1]} of this attempt were lost: the bus was unreachable "
+        "for longer than 1024 chunks could wait for it\n"
+    ]
+    assert said[0].sequence == published[-1]  # after everything that was kept
+
+
 SECRET = "s3cr3t-Pa55word/with+chars"
 
 
