@@ -36,6 +36,7 @@ under its inbox prefix `_INBOX_<t>` (Bus.connect(inbox_prefix=...)).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import time
@@ -77,6 +78,8 @@ PINNED_INACTIVE_SECONDS = 7 * 86_400.0
 JANITOR_INTERVAL_SECONDS = 3600.0
 
 STREAM_WAIT_LOG_SECONDS = 30.0
+CANCEL_MEMORY_SECONDS = 600.0
+CANCEL_MEMORY_SIZE = 10_000
 
 # The JetStream API subjects a tenant's agent calls (see the module docstring), "<t>" its tenant.
 AGENT_JETSTREAM_API = (
@@ -129,6 +132,9 @@ class Agent:
         self._slots = Slots(config.concurrency)  # a slot freed twice raises
         self._settling = Settling(max_deliver=MAX_DELIVER, backoff=(2.0,), park=self._park, log=self.log)
         self._tasks: set[asyncio.Task[None]] = set()  # running work, owned by run()'s task group
+        # Cancels of attempts this agent was not running when they came, by when they came: the
+        # scheduler cancels, then withdraws the work item, which this agent may have fetched already.
+        self._cancelled_early: collections.OrderedDict[tuple[str, str, int], float] = collections.OrderedDict()
         self.keys = AgentKeys(config.tenant, self._keys_request)  # asked only when work holds a token
 
     async def _keys_request(self, subject: str, payload: bytes, wait: float) -> bytes:
@@ -284,6 +290,10 @@ class Agent:
             subjects.token(work.run_id, "the work item's run id")
         except subjects.InvalidSubjectToken as exc:
             raise PermanentError(str(exc)) from None
+        if self._cancelled_early.pop((work.run_id, work.activity.id, work.attempt), None) is not None:
+            # Cancelled as this agent took it: the scheduler has ended the attempt (withdrawn).
+            self.log.info("activity_cancelled_before_start", run=work.run_id, activity=work.activity.id)
+            return
         started = False
 
         async def on_started() -> None:
@@ -321,6 +331,19 @@ class Agent:
         finally:
             del self.running[run.key]
 
+    def _remember_cancel(self, key: tuple[str, str, int]) -> None:
+        """Keep a cancel for an attempt not running here for CANCEL_MEMORY_SECONDS (at most
+        CANCEL_MEMORY_SIZE of them): most are for other agents' work, a few for an item this one
+        has fetched but not yet started."""
+        now = time.monotonic()
+        self._cancelled_early[key] = now
+        self._cancelled_early.move_to_end(key)
+        while self._cancelled_early and (
+            len(self._cancelled_early) > CANCEL_MEMORY_SIZE
+            or next(iter(self._cancelled_early.values())) < now - CANCEL_MEMORY_SECONDS
+        ):
+            self._cancelled_early.popitem(last=False)
+
     async def _park(self, msg: Msg, reason: str) -> None:
         """Dead-letter an item this agent will not run, and tell the scheduler its attempt failed:
         nothing else would (only pinned work has a start timeout), and its run would wait for ever."""
@@ -354,8 +377,12 @@ class Agent:
         except Exception as exc:  # not only msgspec's errors: deep nesting raises RecursionError
             self.log.warning("control_undecodable", error=decode_error(exc))
             return
-        run = self.running.get((command.run_id, command.activity_id, command.attempt))
-        if run is None or command.tenant != self.config.tenant:
+        if command.tenant != self.config.tenant:
+            return
+        key = (command.run_id, command.activity_id, command.attempt)
+        run = self.running.get(key)
+        if run is None:
+            self._remember_cancel(key)
             return
         self.log.info("activity_cancel_requested", run=command.run_id, activity=command.activity_id)
         run.cancel(command.reason)

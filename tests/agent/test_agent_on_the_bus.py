@@ -235,6 +235,31 @@ async def test_a_work_item_this_agent_cannot_read_is_reported_failed_naming_why(
     assert "teleport" in failed.reason
 
 
+async def test_a_cancel_that_comes_before_its_work_item_is_run_keeps_it_from_running(
+    bus: Bus, unique: str, tmp_path: Path
+) -> None:
+    """The scheduler cancels (on core NATS), then withdraws the work item; an agent that fetched the
+    item just before has the cancel first and the withdrawal fails to reach it. Told of an attempt
+    it does not run yet, the agent keeps the cancel and acknowledges the item unrun."""
+    work = work_item(shell(f"touch {tmp_path}/ran"), tenant=unique)
+    command = CancelActivity(
+        tenant=unique, run_id=work.run_id, activity_id=work.activity.id, attempt=work.attempt, reason="by test"
+    )
+    async with recording(bus, unique) as rec, running_agent(bus, tmp_path, tenant=unique) as agent:
+        await bus.nc.publish(subjects.control(unique, "default"), encode(command))
+        await bus.nc.flush()
+        await dispatch(bus, work)
+        async with asyncio.timeout(10):  # taken and acknowledged
+            while True:
+                info = await bus.js.consumer_info(subjects.work_stream(unique), agent.pool_durable)
+                if not (info.num_pending or info.num_ack_pending):
+                    break
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    assert rec.of(ActivityStarted, work.run_id) == []
+    assert not (tmp_path / "ran").exists()
+
+
 async def test_a_cancel_command_kills_the_activity_and_reports_it_cancelled(
     bus: Bus, unique: str, tmp_path: Path
 ) -> None:
