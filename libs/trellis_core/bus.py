@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +110,7 @@ class Bus:
         self.settings = settings
         self.name = name
         self.replicas_checked: set[str] = set()  # object stores scaled to the setting (ensure_replicas)
+        self.connected_at = time.time()  # when the connection last came (back): wall clock
 
     @classmethod
     async def connect(cls, settings: Settings, *, name: str, inbox_prefix: str = "") -> Bus:
@@ -127,9 +129,12 @@ class Bus:
                 log.warning("nats_disconnected", service=name)
 
         async def on_reconnect() -> None:
+            if bus_ref:
+                bus_ref[0].connected_at = time.time()
             log.info("nats_reconnected", service=name)
 
         nc_ref: list[NATS] = []
+        bus_ref: list[Bus] = []
         try:
             nc = await nats.connect(
                 servers=settings.nats_servers(),
@@ -159,7 +164,8 @@ class Bus:
             ) from None
         nc.options["max_reconnect_attempts"] = -1  # ... and unbounded once we have: ride out restarts
         nc_ref.append(nc)
-        return cls(nc, settings, name)
+        bus_ref.append(cls(nc, settings, name))
+        return bus_ref[0]
 
     async def ensure_streams(self) -> None:
         """Create every shared stream, or update it to the configured limits (the control plane's

@@ -74,7 +74,7 @@ def _fire(st: SchedulerState, timer: Timer, now: float, cmds: list[Command]) -> 
     if timer.kind == "heartbeat":
         if a.status != "running":
             return
-        deadline = a.last_seen + st.config.heartbeat_timeout_seconds
+        deadline = max(a.last_seen, st.heard_since) + st.config.heartbeat_timeout_seconds
         if deadline > now:
             st.add_timer(deadline, run.run_id, i, a.attempt, "heartbeat")
             return

@@ -225,6 +225,10 @@ class SchedulerState:
     dirty: set[str] = field(default_factory=set)
     timers: list[Timer] = field(default_factory=list)
     timer_seq: int = 0
+    # Since when this scheduler has been able to hear agents without a break (its term began, or
+    # its connection to the bus came back): a heartbeat missed while it could hear nothing is
+    # not one an agent failed to send, and counts for nothing (0: always could).
+    heard_since: float = 0.0
 
     def __post_init__(self) -> None:
         self.finished.keep_seconds = self.config.tombstone_seconds

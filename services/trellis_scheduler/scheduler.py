@@ -149,9 +149,11 @@ class Scheduler:
         self.store: SnapshotStore | None = None
         self.work_streams: set[str] = set()  # tenants whose work stream this process has ensured
         self.term_over = asyncio.Event()  # run()'s stop: no decision is taken once it is set
+        self.term_started_at = 0.0
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         self.term_over = stop
+        self.term_started_at = time.time()
         kv = await run_state_bucket(self.bus.js, self.settings)
         self.store = SnapshotStore(kv, self.bus.js, self.partition.snapshot_prefix)
         await self.publisher.start()
@@ -379,9 +381,13 @@ class Scheduler:
     async def _step(self) -> None:
         """Decide now and carry the commands out (publishes are confirmed later, in order). Not
         once the term is over: what was folded since is in the snapshot it leaves, and the next
-        leader decides, alone (this one may have lost its lease while it waited for the lock)."""
-        if self.term_over.is_set():
-            return
+        leader decides, alone (this one may have lost its lease while it waited for the lock).
+        Not while the bus is away either: an agent's heartbeats cannot reach a deaf scheduler, and
+        its attempts are not lost for that (the timeout counts from when it hears again)."""
+        if self.term_over.is_set() or not self.bus.nc.is_connected:
+            return  # nothing decided can go out; the wake loop decides once the bus is back
+        # Heartbeats missed while this scheduler heard nothing are no agent's fault.
+        self.st.heard_since = max(self.term_started_at, self.bus.connected_at)
         again = True
         while again:
             _, cmds = decide(self.st, time.time(), render=self.render, mint=self.mint)

@@ -172,6 +172,24 @@ def test_heartbeat_loss_retries_the_activity_as_a_new_attempt() -> None:
     assert done.status == "succeeded"
 
 
+def test_the_heartbeat_timeout_counts_from_when_the_scheduler_could_hear_again() -> None:
+    """The scheduler's own connection was down: the agent's beats went nowhere through no fault of
+    the agent's, and the timeout runs from when the scheduler could hear again."""
+    d = Driver(EngineConfig(heartbeat_timeout_seconds=10.0))
+    d.compile(workflow(act("a")))
+    first = d.last("a")
+    d.feed(d.started(first))
+    d.st.heard_since = d.now + 25  # the bus came back 25 s later
+    d.tick(30)
+    assert [e for e in d.emitted if isinstance(e, ActivityLost)] == []
+    d.feed(d.heartbeat(first))  # the agent is heard again
+    d.tick(9)
+    assert [e for e in d.emitted if isinstance(e, ActivityLost)] == []
+    d.tick(10)  # and then falls silent: lost, a timeout after it was last heard
+    assert [(e.attempt, e.activity_id) for e in d.emitted if isinstance(e, ActivityLost)] == [(1, "a")]
+    assert d.last("a").attempt == 2
+
+
 def test_losing_the_agent_holding_a_workspace_reruns_the_resource_from_its_checkout() -> None:
     d = Driver(EngineConfig(heartbeat_timeout_seconds=10.0))
     stages = ["checkout", "init", "plan", "apply"]
