@@ -26,6 +26,22 @@ from trellis_scheduler.partitions import Partition, assignment, partition_of, sc
 from trellis_scheduler.service import serve
 
 
+async def _replica(bus: Bus, settings: Settings, tenant: str, count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """A replica leading `count` partitions of `tenant`, once it is ready (fails if it never is)."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
+    )
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+    except TimeoutError:
+        stop.set()
+        await task
+        raise AssertionError(f"a replica of {count} partition(s) never led them") from None
+    return stop, task
+
+
 def test_an_environments_partition_is_the_same_in_every_release() -> None:
     # Pinned: another hash would move every live run to a partition that does not know it.
     assert [partition_of("acme", env, 8) for env in ("prod", "staging", "dev", "qa")] == [7, 4, 2, 5]
@@ -144,53 +160,39 @@ async def test_two_replicas_share_four_partitions_and_each_run_is_scheduled_by_i
             await asyncio.gather(*replicas)
 
 
+async def _runs_across_counts(
+    bus: Bus, settings: Settings, tenant: str, tmp_path: Path, counts: list[int]
+) -> tuple[list[str], Counter[str]]:
+    """A replica of each count in turn, each after the last has stopped, with one run each (the
+    runs drained before the count changes, as docs/scaling.md asks); the run ids and how many
+    dispatches each run had in all. The first run is 200 wide, so its history spans several of the
+    scheduler's fetches (256 events): folded from the start again, the first fetch would leave
+    activities to dispatch again."""
+    runs: list[str] = []
+    async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
+        for n, count in enumerate(counts):
+            stop, task = await _replica(bus, settings, tenant, count)
+            try:
+                width = 200 if n == 0 else 1
+                wf = workflow(*(sh(f"a{i}", "true") for i in range(width)), env=f"env{n}")
+                runs.append(await submit(bus, tenant, wf))
+                assert (await rec.completion(runs[-1])).status == "succeeded"
+                await asyncio.sleep(1.0 if n else 0)  # what an old run started again would dispatch meanwhile
+            finally:
+                stop.set()
+                await task
+    return runs, Counter(e.run_id for e in rec.of(ActivityDispatched))
+
+
 async def test_a_new_partition_count_does_not_start_the_old_layouts_runs_again(
     bus: Bus, settings: Settings, unique: str, tmp_path: Path
 ) -> None:
     """The count changed after the runs of the old one ended (docs/scaling.md), then changed back: each
     layout's durables start after what the one before handled, not at the start of the stream nor
-    where they stood when their layout last ran."""
-    tenant = unique
-
-    async def replica(count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        config = engine_config(settings)
-        task = asyncio.create_task(
-            serve(bus, settings, stop, tenant=tenant, config=config, ready=ready, partitions=count)
-        )
-        async with asyncio.timeout(20):
-            await ready.wait()
-        return stop, task
-
-    async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
-        stop, task = await replica(1)
-        # Wide enough that its history spans several of the scheduler's fetches (256 events): folded
-        # from the start again, the first fetch would leave activities to dispatch again.
-        old = await submit(bus, tenant, workflow(*(sh(f"a{n}", "true") for n in range(200)), env="before"))
-        assert (await rec.completion(old)).status == "succeeded"
-        stop.set()
-        await task
-
-        stop, task = await replica(3)
-        try:
-            new = await submit(bus, tenant, workflow(sh("a", "true"), env="after"))
-            assert (await rec.completion(new)).status == "succeeded"
-            await asyncio.sleep(1.0)  # what an old run started again would dispatch meanwhile
-        finally:
-            stop.set()
-            await task
-
-        # And back: the single partition's durable, left behind, is behind what three partitions
-        # handled since; resumed where it stood, it would start `new` again.
-        stop, task = await replica(1)
-        try:
-            back = await submit(bus, tenant, workflow(sh("a", "true"), env="back"))
-            assert (await rec.completion(back)).status == "succeeded"
-            await asyncio.sleep(1.0)
-        finally:
-            stop.set()
-            await task
-    assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1, back: 1}
+    where they stood when their layout last ran (the single partition's durable, left behind, is
+    behind what three partitions handled since; resumed where it stood, it would start `new` again)."""
+    (old, new, back), dispatched = await _runs_across_counts(bus, settings, unique, tmp_path, [1, 3, 1])
+    assert dispatched == {old: 200, new: 1, back: 1}
 
 
 async def test_with_partitions_an_unreadable_event_is_dead_lettered_once_whoever_reads_it(
@@ -208,13 +210,8 @@ async def test_with_partitions_an_unreadable_event_is_dead_lettered_once_whoever
         letters.append(msgspec.json.decode(msg.data, type=DeadLetter))
 
     sub = await bus.nc.subscribe(subjects.tenant_deadletters(tenant), cb=collect)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    replica = asyncio.create_task(
-        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
-    )
+    stop, replica = await _replica(bus, settings, tenant, count)
     try:
-        async with asyncio.timeout(20):
-            await ready.wait()
         async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
             walked = await submit(bus, tenant, workflow(sh("wait", "sleep 1.5"), env=env))
             await rec.wait(lambda: any(e.run_id == walked for e in rec.of(ActivityDispatched)))
@@ -242,22 +239,6 @@ async def test_with_partitions_an_unreadable_event_is_dead_lettered_once_whoever
     # Two partitions parked the walked run's plain one: the stream kept one letter (same msg id).
     info = await bus.js.stream_info(subjects.STREAM_DEADLETTER, subjects_filter=subjects.tenant_deadletters(tenant))
     assert info.state.subjects == {subjects.deadletter(subject): 1 for subject in garbage.values()}
-
-
-async def _replica(bus: Bus, settings: Settings, tenant: str, count: int) -> tuple[asyncio.Event, asyncio.Task[None]]:
-    """A replica leading `count` partitions of `tenant`, once it is ready (fails if it never is)."""
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        serve(bus, settings, stop, tenant=tenant, config=engine_config(settings), ready=ready, partitions=count)
-    )
-    try:
-        async with asyncio.timeout(20):
-            await ready.wait()
-    except TimeoutError:
-        stop.set()
-        await task
-        raise AssertionError(f"a replica of {count} partition(s) never led them") from None
-    return stop, task
 
 
 async def test_after_a_count_change_a_restarted_partition_is_led_again(
@@ -321,7 +302,6 @@ async def test_other_counts_durables_are_found_among_more_consumers_than_one_lis
     """The server lists at most 256 consumers at a time; names before `scheduler-…` (approval waits,
     say) fill the first page. Missed, the old count's floor reads as 0 and the new count's durables
     read the stream from its start, every old run.compiled starting its run again."""
-    tenant = unique
     fillers = [f"a-filler-{unique}-{n:03}" for n in range(300)]
     for name in fillers:
         await bus.js.add_consumer(
@@ -329,22 +309,8 @@ async def test_other_counts_durables_are_found_among_more_consumers_than_one_lis
             js_api.ConsumerConfig(durable_name=name, filter_subject=f"{subjects.PREFIX}.{unique}x.run.*.filler"),
         )
     try:
-        async with recording(bus, tenant) as rec, running_agent(bus, tmp_path, tenant):
-            stop, task = await _replica(bus, settings, tenant, 1)
-            # Its history spans several fetches: replayed from the start, the first would dispatch again.
-            old = await submit(bus, tenant, workflow(*(sh(f"a{n}", "true") for n in range(200)), env="before"))
-            assert (await rec.completion(old)).status == "succeeded"
-            stop.set()
-            await task
-            stop, task = await _replica(bus, settings, tenant, 2)
-            try:
-                new = await submit(bus, tenant, workflow(sh("a", "true"), env="after"))
-                assert (await rec.completion(new)).status == "succeeded"
-                await asyncio.sleep(1.0)  # what an old run started again would dispatch meanwhile
-            finally:
-                stop.set()
-                await task
-        assert Counter(e.run_id for e in rec.of(ActivityDispatched)) == {old: 200, new: 1}
+        (old, new), dispatched = await _runs_across_counts(bus, settings, unique, tmp_path, [1, 2])
+        assert dispatched == {old: 200, new: 1}
     finally:
         for name in fillers:
             await bus.js.delete_consumer(subjects.STREAM_EVENTS, name)
